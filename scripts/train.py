@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Train a (beta-)VAE on healthy brain slices.
+
+    python scripts/train.py --config configs/beta10.json [--run-dir runs/beta10]
+        [--set data.name=brain_phantom train.epochs=2 ...] [--resume | --overwrite]
+
+Watch it with ``tensorboard --logdir runs``. See ``tfvae/training.py`` for what the run directory
+holds and ``tfvae/config.py`` for every config key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="JSON config (see configs/); optional with --resume, which uses the run's own")
+    p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set train.epochs=2 data.config=tiny")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run in --run-dir and start again")
+    args = p.parse_args(argv)
+    if not args.config and not args.resume:
+        p.error("--config is required (unless --resume continues an existing --run-dir)")
+    if args.resume and not args.run_dir:
+        p.error("--resume needs --run-dir")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tfvae import config as config_lib
+    from tfvae import data, training
+    from tfvae.callbacks import NonFiniteLoss
+
+    try:
+        config = config_lib.load(args.config, args.set) if args.config else None
+        run_dir = args.run_dir or os.path.join("runs", config["name"])
+        config = training.prepare_run_dir(run_dir, config, resume=args.resume, overwrite=args.overwrite,
+                                          overrides=args.set)
+    except (config_lib.ConfigError, training.RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    print(f"run directory: {run_dir}  (tensorboard --logdir {os.path.join(run_dir, 'logs')})")
+    try:
+        history = training.train(config, run_dir)
+    except (data.DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"error: {e}; stopped. The checkpoints of the last good epoch are in "
+              f"{os.path.join(run_dir, 'checkpoints')}; try a lower train.learning_rate.", file=sys.stderr)
+        return 1
+    final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
+    summary = "  ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()))
+    print(f"trained {config['train']['epochs']} epochs: {summary}")
+    print(f"model: {os.path.join(run_dir, 'model.keras')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""tfvae: unsupervised anomaly localization in brain MRI with VAEs and beta-VAEs (TensorFlow)."""
+
+from setuptools import setup
+
+setup(
+    name="tfvae",
+    version="0.1.0",
+    description="Unsupervised anomaly localization in brain MRI with VAEs and beta-VAEs (TensorFlow/Keras)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    # The TFDS builders live in the top-level folder datasets/ but install as ``tfvae_datasets``,
+    # so they never shadow the Hugging Face ``datasets`` package.
+    packages=["tfvae", "tfvae_datasets", "tfvae_datasets.brain_phantom"],
+    package_dir={"tfvae": "tfvae", "tfvae_datasets": "datasets"},
+    package_data={"tfvae_datasets.brain_phantom": ["README.md"]},
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",  # tensorflow-probability imports only when tf_keras is importable
+        "tensorflow-probability>=0.25,<0.26",
+        "tensorflow-datasets==4.9.10",
+        "tensorboard>=2.21,<2.22",  # TF 2.21 no longer pulls it in
+        "keras-tuner==1.4.8",
+        "nibabel>=5.2",
+        "nilearn>=0.10.3",  # ships the MNI152 2009a templates the phantom is made from
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "scikit-learn>=1.4",
+        "matplotlib>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8", "dill"]},  # tfds.testing needs dill
+)

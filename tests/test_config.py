@@ -1,0 +1,94 @@
+import glob
+import json
+import os
+
+import pytest
+
+from tfvae import config as config_lib
+from tfvae.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(tmp_path, content):
+    path = tmp_path / "c.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_partial_config_takes_defaults_and_converts_int_to_float(tmp_path):
+    cfg = config_lib.load(write(tmp_path, {"model": {"beta": 10}}))
+    assert cfg["model"]["beta"] == 10.0 and isinstance(cfg["model"]["beta"], float)
+    assert cfg["model"]["latent_dim"] == 64
+    assert cfg["train"]["learning_rate"] == 1e-4
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"model": {"betta": 1}}, ["c.json", "unknown key", "'model.betta'"]),
+    ({"extra": 1}, ["c.json", "'extra'"]),
+    ({"train": {"epochs": "10"}}, ["c.json", "train.epochs", "integer", "'10'"]),
+    ({"train": {"epochs": 2.5}}, ["train.epochs", "integer", "2.5"]),
+    ({"train": {"epochs": True}}, ["train.epochs", "integer", "True"]),
+    ({"model": {"beta": -1}}, ["model.beta", ">= 0", "-1"]),
+    ({"data": {"image_size": 48}}, ["data.image_size", "power of 2", "48"]),
+    ({"model": {"filters": [16, 0]}}, ["model.filters", "positive"]),
+    ({"model": 3}, ["model", "JSON object"]),
+])
+def test_bad_values_are_one_line_errors_naming_file_and_key(tmp_path, content, words):
+    with pytest.raises(ConfigError) as err:
+        config_lib.load(write(tmp_path, content))
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_invalid_json_names_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.json: not valid JSON \(line 2"):
+        config_lib.load(write(tmp_path, '{"model":\n {,}}'))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        config_lib.load(tmp_path / "nope.json")
+
+
+def test_overrides_parse_json_values_and_strings(tmp_path):
+    cfg = config_lib.load(write(tmp_path, {}), ["train.epochs=2", "data.config=tiny", "model.filters=[8,16,32]",
+                                                "data.data_dir=null", "model.beta=0.5"])
+    assert cfg["train"]["epochs"] == 2
+    assert cfg["data"]["config"] == "tiny"
+    assert cfg["model"]["filters"] == [8, 16, 32]
+    assert cfg["data"]["data_dir"] is None
+    assert cfg["model"]["beta"] == 0.5
+
+
+@pytest.mark.parametrize("item, words", [
+    ("train.epoch=2", ["--set train.epoch=2", "'train.epoch'"]),
+    ("train.epochs=two", ["train.epochs", "'two'"]),
+    ("epochs", ["KEY=VALUE"]),
+])
+def test_bad_overrides(tmp_path, item, words):
+    with pytest.raises(ConfigError) as err:
+        config_lib.load(write(tmp_path, {}), [item])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_shipped_configs_are_valid_and_cover_the_papers_tables():
+    settings = set()
+    for path in glob.glob(os.path.join(ROOT, "configs", "*.json")):
+        cfg = config_lib.load(path)
+        settings.add((cfg["model"]["beta"], cfg["model"]["latent_dim"]))
+    for beta in (0.1, 0.5, 1.0, 2.0, 10.0):
+        assert (beta, 64) in settings
+    for latent in (32, 64, 256):
+        assert (1.0, latent) in settings
+    paper = config_lib.load(os.path.join(ROOT, "configs", "beta10.json"))
+    assert paper["train"] == {**paper["train"], "epochs": 500, "batch_size": 64, "learning_rate": 1e-4}
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = config_lib.resolve({"model": {"beta": 2.0}}, ["train.epochs=3"])
+    config_lib.save(cfg, tmp_path / "saved.json")
+    assert config_lib.load(tmp_path / "saved.json") == cfg

@@ -1,0 +1,124 @@
+"""The beta-VAE: architecture, ELBO terms against closed forms, KL against TFP, saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfvae import networks
+from tfvae.model import BetaVAE
+
+
+def tiny_model(beta=2.0, image_size=32, latent_dim=6, seed=3):
+    return BetaVAE(image_size=image_size, latent_dim=latent_dim, beta=beta, seed=seed)
+
+
+def inputs(n=3, size=32, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, size, size, 1)).astype(np.float32)
+
+
+def numpy_terms(model, x):
+    """The loss of Eq. 2 at z = mu, computed in numpy from the networks' raw outputs."""
+    out = model.encoder(x).numpy().astype(np.float64)
+    mu, log_sigma = np.split(out, 2, axis=-1)
+    sigma2 = np.exp(2 * log_sigma)
+    g = model.decoder(mu.astype(np.float32)).numpy().astype(np.float64)
+    d = np.prod(x.shape[1:])
+    rec = 0.5 * ((x - g) ** 2).reshape(len(x), -1).sum(1) + 0.5 * d * np.log(2 * np.pi)
+    kl = 0.5 * (mu**2 + sigma2 - 1.0 - np.log(sigma2)).sum(1)
+    return rec, kl, g
+
+
+@pytest.mark.parametrize("size, levels", [(32, 3), (64, 4), (128, 5)])
+def test_architecture_matches_the_paper(size, levels):
+    model = BetaVAE(image_size=size, latent_dim=16)
+    convs = [l for l in model.encoder.layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) == levels + 1
+    for layer in convs[:-1]:
+        assert layer.kernel_size == (4, 4) and layer.strides == (2, 2) and not layer.use_bias
+    assert convs[-1].filters == 32 and convs[-1].kernel_size == (4, 4)
+    assert [c.filters for c in convs[:-1]] == list(networks.default_filters(size))
+    acts = [l for l in model.encoder.layers if isinstance(l, keras.layers.LeakyReLU)]
+    assert len(acts) == levels and all(abs(a.negative_slope - 0.01) < 1e-9 for a in acts)
+    assert model.encoder.output_shape == (None, 32)
+    assert model.decoder.output_shape == (None, size, size, 1)
+    assert model.decoder.layers[-1].activation.__name__ == "linear"
+    if size == 64:
+        assert model.filters == (16, 32, 64, 256)
+
+
+def test_filters_of_the_wrong_length_are_refused():
+    with pytest.raises(ValueError, match="model.filters has 4 entries but image_size 32 needs 3"):
+        BetaVAE(image_size=32, filters=[16, 32, 64, 256])
+
+
+def test_loss_terms_at_mu_equal_the_closed_form():
+    model = tiny_model(beta=2.5)
+    x = inputs()
+    terms = model.loss_terms(x, sample=False)
+    rec, kl, g = numpy_terms(model, x)
+    np.testing.assert_allclose(terms["rec"].numpy(), rec, rtol=1e-5)
+    np.testing.assert_allclose(terms["kl"].numpy(), kl, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(terms["loss"].numpy(), rec + 2.5 * kl, rtol=1e-5)
+    np.testing.assert_allclose(terms["reconstruction"].numpy(), g, atol=1e-6)
+    np.testing.assert_allclose(model(x).numpy(), g, atol=1e-6)
+
+
+def test_kl_equals_tfp_and_the_analytic_formula():
+    model = tiny_model()
+    x = inputs(n=4, seed=1)
+    terms = model.loss_terms(x, sample=False)
+    mu, sigma = terms["mu"].numpy().astype(np.float64), terms["sigma"].numpy().astype(np.float64)
+    analytic = 0.5 * (mu**2 + sigma**2 - 1 - 2 * np.log(sigma)).sum(1)
+    tfd = tfp.distributions
+    mvn = tfd.kl_divergence(tfd.MultivariateNormalDiag(mu, sigma),
+                            tfd.MultivariateNormalDiag(np.zeros_like(mu), np.ones_like(sigma))).numpy()
+    np.testing.assert_allclose(terms["kl"].numpy(), analytic, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(terms["kl"].numpy(), mvn, rtol=1e-4, atol=1e-6)
+    assert (analytic > 0).all()
+
+
+def test_sampled_reconstruction_term_averages_to_the_expectation():
+    """E_q[-log p(x|z)] by averaging sampled terms equals a numpy Monte Carlo estimate of it."""
+    model = tiny_model()
+    x = np.repeat(inputs(n=1, seed=2), 400, axis=0)
+    sampled = model.loss_terms(x, sample=True)["rec"].numpy()
+    at_mu = model.loss_terms(x[:1], sample=False)["rec"].numpy()[0]
+    assert sampled.std() > 0  # z really is sampled
+    terms = model.loss_terms(x[:1], sample=False)
+    mu, sigma = terms["mu"].numpy(), terms["sigma"].numpy()
+    z = mu + sigma * np.random.default_rng(0).normal(size=(400, mu.shape[1])).astype(np.float32)
+    g = model.decoder(z).numpy()
+    mc = (0.5 * ((x[:1] - g) ** 2).reshape(400, -1).sum(1) + 0.5 * x[0].size * np.log(2 * np.pi))
+    assert abs(sampled.mean() - mc.mean()) < 4 * (mc.std() / np.sqrt(400)) + 1e-3 * abs(at_mu)
+
+
+def test_training_lowers_the_loss():
+    keras.utils.set_random_seed(0)
+    model = tiny_model(beta=1.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    pattern = np.sin(np.linspace(0, 3, 32))[None, None, :, None]
+    x = (2.0 + pattern * inputs(n=16, seed=4)[:, :1, :1] + np.zeros((16, 32, 32, 1))).astype(np.float32)
+    before = float(tf.reduce_mean(model.loss_terms(x, sample=False)["loss"]))
+    history = model.fit(x, epochs=30, batch_size=16, verbose=0)
+    after = float(tf.reduce_mean(model.loss_terms(x, sample=False)["loss"]))
+    assert after < before - 100
+    assert set(history.history) == {"loss", "rec", "kl"}
+
+
+def test_save_and_load_give_identical_outputs(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(beta=10.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x = inputs(n=8, seed=5)
+    model.fit(x, epochs=2, batch_size=4, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, BetaVAE)
+    assert (loaded.beta, loaded.latent_dim, loaded.image_size, loaded.filters) == (10.0, 6, 32, model.filters)
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    a, b = model.loss_terms(x, sample=False), loaded.loss_terms(x, sample=False)
+    for key in ("rec", "kl", "loss"):
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())

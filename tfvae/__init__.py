@@ -1,0 +1,18 @@
+"""tfvae: unsupervised anomaly localization in brain MRI with VAEs and beta-VAEs.
+
+Modules, by role:
+
+- ``config``        -- JSON run configurations: defaults, validation, ``--set`` overrides.
+- ``preprocessing`` -- one volume -> 2D slices path shared by every dataset (and its inverse).
+- ``phantom``       -- synthetic T2 brains with synthetic tumours (the embedded default data).
+- ``data``          -- TFDS datasets -> ``tf.data`` pipelines for training and evaluation.
+- ``networks``      -- the paper's fully-convolutional encoder and decoder.
+- ``model``         -- ``BetaVAE``: the Keras model and its TFP evidence lower bound.
+- ``callbacks``     -- TensorBoard images, hparams, NaN stop.
+- ``training``      -- run directories, checkpoints, resume: what ``scripts/train.py`` runs.
+- ``metrics``       -- streaming pixel AUROC / AUPRC / Dice.
+
+Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,178 @@
+"""Run configurations: JSON files validated against one schema.
+
+A config file may give any subset of the keys below; the rest take their defaults. An unknown key,
+a value of the wrong type or an impossible value is a ``ConfigError`` whose one-line message names
+the file and the dotted key. ``--set data.config=tiny train.epochs=2`` style overrides go through
+the same validation (values are parsed as JSON when they parse, else taken as strings).
+
+Schema (dotted key: type, default -- meaning):
+
+- ``name``: str, "run" -- a label for the run (TensorBoard hparams, default run directory).
+- ``seed``: int, 0 -- seeds weight init, sampling of z, shuffling.
+- ``data.name``: str, "brain_phantom" -- TFDS builder (see ``tfvae.data.BUILDERS``).
+- ``data.config``: str, "default" -- the builder's BuilderConfig.
+- ``data.data_dir``: str or null -- where TFDS keeps built datasets (null: TFDS's default).
+- ``data.image_size``: int, 64 -- slices are resampled to image_size x image_size (power of 2).
+- ``data.train_split`` / ``validation_split`` / ``test_split``: str -- split names.
+- ``model.latent_dim``: int, 64 -- l, the size of z.
+- ``model.beta``: float, 1.0 -- weight of the KL term (beta-VAE); 1 is the plain VAE.
+- ``model.filters``: list of int or null -- encoder feature maps per stride-2 level; null gives
+  the paper's 16-32-64-256 at 64x64 (adapted to other sizes by ``networks.default_filters``).
+- ``train.epochs``: int, 500; ``train.batch_size``: int, 64; ``train.learning_rate``: float, 1e-4
+  (Adam, as in the paper).
+- ``train.shuffle_buffer``: int, 10000 -- slices held by the shuffle buffer.
+- ``train.image_every``: int, 10 -- write input/reconstruction/sample images every N epochs.
+- ``train.num_images``: int, 8 -- how many slices those image summaries show.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line naming the source and the dotted key."""
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple
+    default: Any
+    check: Callable[[Any], str | None] | None = None  # returns a reason when the value is impossible
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _power_of_two(v):
+    if v < 8 or v & (v - 1):
+        return "must be a power of 2 and at least 8 (e.g. 32, 64, 128)"
+    return None
+
+
+def _positive_ints(v):
+    if v is None:
+        return None
+    if not v or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in v):
+        return "must be a non-empty list of positive integers"
+    return None
+
+
+STR, INT, FLOAT, LIST = (str,), (int,), (float, int), (list,)
+
+SCHEMA: dict[str, Any] = {
+    "name": Field(STR, "run"),
+    "seed": Field(INT, 0, _non_negative),
+    "data": {
+        "name": Field(STR, "brain_phantom"),
+        "config": Field(STR, "default"),
+        "data_dir": Field(STR + (type(None),), None),
+        "image_size": Field(INT, 64, _power_of_two),
+        "train_split": Field(STR, "train"),
+        "validation_split": Field(STR, "validation"),
+        "test_split": Field(STR, "test"),
+    },
+    "model": {
+        "latent_dim": Field(INT, 64, _positive),
+        "beta": Field(FLOAT, 1.0, _non_negative),
+        "filters": Field(LIST + (type(None),), None, _positive_ints),
+    },
+    "train": {
+        "epochs": Field(INT, 500, _positive),
+        "batch_size": Field(INT, 64, _positive),
+        "learning_rate": Field(FLOAT, 1e-4, _positive),
+        "shuffle_buffer": Field(INT, 10000, _positive),
+        "image_every": Field(INT, 10, _positive),
+        "num_images": Field(INT, 8, _positive),
+    },
+}
+
+
+def defaults(schema: dict | None = None) -> dict:
+    """The config with every key at its default."""
+    schema = SCHEMA if schema is None else schema
+    return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+def _type_name(types: tuple) -> str:
+    names = {str: "string", int: "integer", float: "number", list: "list", type(None): "null"}
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def _check_value(field: Field, value, key: str, source: str):
+    ok = isinstance(value, field.types) and not (isinstance(value, bool) and bool not in field.types)
+    if not ok:
+        raise ConfigError(f"{source}: {key} must be a {_type_name(field.types)}, got {value!r}")
+    if float in field.types and isinstance(value, int):
+        value = float(value)
+    if field.check is not None and value is not None:
+        reason = field.check(value)
+        if reason:
+            raise ConfigError(f"{source}: {key} {reason}, got {value!r}")
+    return value
+
+
+def _merge(base: dict, update: dict, schema: dict, source: str, prefix: str = "") -> None:
+    if not isinstance(update, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a JSON object")
+    for key, value in update.items():
+        dotted = prefix + key
+        if key not in schema:
+            known = ", ".join(prefix + k for k in schema)
+            raise ConfigError(f"{source}: unknown key {dotted!r} (known: {known})")
+        if isinstance(schema[key], dict):
+            _merge(base[key], value, schema[key], source, dotted + ".")
+        else:
+            base[key] = _check_value(schema[key], value, dotted, source)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+    key, raw = item.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def resolve(config: dict, overrides: list[str] = (), source: str = "config") -> dict:
+    """Defaults, then ``config``, then ``KEY=VALUE`` overrides; validated."""
+    resolved = defaults()
+    _merge(resolved, config, SCHEMA, source)
+    for item in overrides:
+        path, value = _parse_override(item)
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        _merge(resolved, nested, SCHEMA, f"--set {item}")
+    return resolved
+
+
+def load(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
+    """Read, merge with defaults, apply overrides and validate the JSON config at ``path``."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    return resolve(raw, overrides, source=path)
+
+
+def save(config: dict, path: str | os.PathLike) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=False)
+        f.write("\n")

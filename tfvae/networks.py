@@ -1,0 +1,74 @@
+"""The paper's fully-convolutional encoder and decoder (Zimmerer et al. 2019, as used by Zhou et al.).
+
+Encoder: one 4x4 stride-2 convolution without bias per level (feature maps 16-32-64-256 at 64x64),
+each followed by LeakyReLU(0.01), halving the image down to 4x4; then a 4x4 valid convolution to
+``2 * latent_dim`` channels at 1x1, split into mu and log sigma.
+
+Decoder, the mirror image: a 4x4 transposed convolution from z (1x1) to 4x4 with the last level's
+feature maps, then one 4x4 stride-2 transposed convolution per level (without bias, LeakyReLU)
+doubling the size, the last one to one channel with a bias and a linear output.
+
+The number of stride-2 levels is ``log2(image_size / 4)``: 4 at 64x64, 3 at 32x32, 5 at 128x128.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+PAPER_FILTERS = (16, 32, 64, 256)
+LEAKY_SLOPE = 0.01
+
+
+def num_levels(image_size: int) -> int:
+    levels = int(round(math.log2(image_size / 4)))
+    if image_size < 8 or 4 * 2**levels != image_size:
+        raise ValueError(f"image_size must be a power of 2 and at least 8, got {image_size}")
+    return levels
+
+
+def default_filters(image_size: int) -> tuple[int, ...]:
+    """16-32-64-256 at 64x64; fewer levels drop the first ones, more levels prepend halvings."""
+    levels = num_levels(image_size)
+    if levels <= len(PAPER_FILTERS):
+        return PAPER_FILTERS[len(PAPER_FILTERS) - levels:]
+    extra = levels - len(PAPER_FILTERS)
+    return tuple(max(PAPER_FILTERS[0] >> (extra - i), 1) for i in range(extra)) + PAPER_FILTERS
+
+
+def resolve_filters(image_size: int, filters) -> tuple[int, ...]:
+    if filters is None:
+        return default_filters(image_size)
+    levels = num_levels(image_size)
+    if len(filters) != levels:
+        raise ValueError(
+            f"model.filters has {len(filters)} entries but image_size {image_size} needs {levels} "
+            f"(one per stride-2 level down to 4x4), got {list(filters)}")
+    return tuple(int(f) for f in filters)
+
+
+def build_encoder(image_size: int, latent_dim: int, filters) -> keras.Model:
+    """x (B, S, S, 1) -> concatenated (mu, log_sigma) of shape (B, 2 * latent_dim)."""
+    x = inputs = keras.Input((image_size, image_size, 1), name="x")
+    for i, f in enumerate(filters):
+        x = layers.Conv2D(f, 4, strides=2, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
+        x = layers.LeakyReLU(LEAKY_SLOPE, name=f"act{i + 1}")(x)
+    x = layers.Conv2D(2 * latent_dim, 4, padding="valid", name="to_latent")(x)
+    outputs = layers.Flatten(name="mu_log_sigma")(x)
+    return keras.Model(inputs, outputs, name="encoder")
+
+
+def build_decoder(image_size: int, latent_dim: int, filters) -> keras.Model:
+    """z (B, latent_dim) -> mean of p(x|z), shape (B, S, S, 1), linear output."""
+    z = inputs = keras.Input((latent_dim,), name="z")
+    x = layers.Reshape((1, 1, latent_dim), name="z_as_image")(z)
+    x = layers.Conv2DTranspose(filters[-1], 4, padding="valid", use_bias=False, name="from_latent")(x)
+    x = layers.LeakyReLU(LEAKY_SLOPE, name="act0")(x)
+    targets = list(reversed(filters[:-1]))
+    for i, f in enumerate(targets):
+        x = layers.Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False, name=f"deconv{i + 1}")(x)
+        x = layers.LeakyReLU(LEAKY_SLOPE, name=f"act{i + 1}")(x)
+    outputs = layers.Conv2DTranspose(1, 4, strides=2, padding="same", name="to_image")(x)
+    return keras.Model(inputs, outputs, name="decoder")

@@ -1,0 +1,134 @@
+"""Training runs: the run directory, the model, the callbacks and ``model.fit``.
+
+A run directory holds::
+
+    config.json          the resolved config the run was trained with
+    history.csv          loss, rec, kl (train and val_) per epoch, appended across resumes
+    logs/                TensorBoard: train/ and validation/ scalars, images/, hparams
+    checkpoints/best.keras   the model at the epoch of lowest validation loss
+    checkpoints/last.keras   the model after the latest finished epoch
+    checkpoints/backup/      Keras BackupAndRestore state (weights, optimizer, epoch) for --resume
+    model.keras          the model after the last epoch
+
+A run directory is never overwritten unless asked (``overwrite=True``), and only when it is one:
+a folder without ``config.json`` is not deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import keras
+import numpy as np
+from tensorboard.plugins.hparams import api as hparams_api
+
+from tfvae import callbacks as tfvae_callbacks
+from tfvae import config as config_lib
+from tfvae import data
+from tfvae.model import BetaVAE
+
+CONFIG_FILE = "config.json"
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked; the message says why and what to pass."""
+
+
+def prepare_run_dir(run_dir: str, config: dict | None, *, resume: bool = False, overwrite: bool = False,
+                    overrides=()) -> dict:
+    """Create (or reopen, or replace) ``run_dir`` and return the config to train with.
+
+    A new run saves ``config``. ``resume`` reopens an existing run with its saved config, changed
+    by ``overrides`` (``KEY=VALUE``, e.g. ``train.epochs=800`` to extend it); a ``config`` given
+    with ``resume`` must agree with the saved one except for ``train.epochs``. ``overwrite``
+    deletes a previous run first.
+    """
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    is_run = os.path.isfile(config_path)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other")
+    if resume:
+        if not is_run:
+            raise RunDirError(f"{run_dir}: cannot resume, no {CONFIG_FILE} there (start the run without --resume)")
+        saved = config_lib.load(config_path, overrides)
+        if config is not None:
+            changed = [k for k, v in flat_hparams(config).items()
+                       if k != "train.epochs" and flat_hparams(saved).get(k) != v]
+            if changed:
+                raise RunDirError(f"{run_dir}: the config differs from the run's {CONFIG_FILE} in "
+                                  f"{', '.join(changed)}; resume without --config, or start a new run")
+            saved["train"]["epochs"] = config["train"]["epochs"]
+        config = saved
+    elif os.path.exists(run_dir) and os.listdir(run_dir):
+        if not overwrite:
+            raise RunDirError(f"{run_dir} already exists and is not empty; pass --resume to continue that run "
+                              "or --overwrite to replace it")
+        if not is_run:
+            raise RunDirError(f"{run_dir} is not a tfvae run directory (no {CONFIG_FILE}); refusing to delete it")
+        shutil.rmtree(run_dir)
+    if config is None:
+        raise RunDirError(f"{run_dir}: a config is needed to start a new run")
+    os.makedirs(run_dir, exist_ok=True)
+    config_lib.save(config, config_path)
+    return config
+
+
+def build_model(config: dict) -> BetaVAE:
+    model = BetaVAE(image_size=config["data"]["image_size"], latent_dim=config["model"]["latent_dim"],
+                    beta=config["model"]["beta"], filters=config["model"]["filters"], seed=config["seed"])
+    model.compile(optimizer=keras.optimizers.Adam(config["train"]["learning_rate"]))
+    return model
+
+
+def flat_hparams(config: dict) -> dict:
+    """The config's scalar settings with dotted keys, as TensorBoard's HParams dashboard wants them."""
+    flat = {}
+    for section, values in config.items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            name = f"{section}.{key}" if key else section
+            if isinstance(value, (bool, int, float, str)):
+                flat[name] = value
+            elif value is not None:
+                flat[name] = str(value)
+    return flat
+
+
+def _preview_slices(validation: "tf.data.Dataset", n: int) -> np.ndarray:
+    """``n`` validation slices evenly spread over the first few hundred (fixed, for the images)."""
+    pool = np.concatenate([batch for batch in data.images(validation.take(512), 256, cache=False).as_numpy_iterator()])
+    return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
+
+
+def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> keras.callbacks.History:
+    """Train the run in ``run_dir`` (prepared by ``prepare_run_dir``), continuing from its backup
+    if it has one. Raises ``callbacks.NonFiniteLoss`` if the loss diverges."""
+    keras.utils.set_random_seed(config["seed"])
+    t = config["train"]
+    train_examples = data.load_split(config["data"], config["data"]["train_split"])
+    validation_examples = data.load_split(config["data"], config["data"]["validation_split"])
+    train_ds = data.images(train_examples, t["batch_size"], shuffle_buffer=t["shuffle_buffer"], seed=config["seed"])
+    validation_ds = data.images(validation_examples, t["batch_size"])
+
+    model = build_model(config)
+    logs = os.path.join(run_dir, "logs")
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    callbacks = [
+        tfvae_callbacks.StopOnNaN(),
+        keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.keras"), monitor="val_loss",
+                                        save_best_only=True),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.keras")),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(logs, write_graph=False),
+        hparams_api.KerasCallback(logs, flat_hparams(config), trial_id=config["name"]),
+        tfvae_callbacks.ImageSummaries(os.path.join(logs, "images"),
+                                       _preview_slices(validation_examples, t["num_images"]),
+                                       every=t["image_every"], seed=config["seed"]),
+        *extra_callbacks,
+    ]
+    history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
+                        verbose=verbose)
+    model.save(os.path.join(run_dir, "model.keras"))
+    return history
