@@ -39,10 +39,10 @@ def prepare_run_dir(run_dir: str, config: dict | None, *, resume: bool = False, 
                     overrides=()) -> dict:
     """Create (or reopen, or replace) ``run_dir`` and return the config to train with.
 
-    A new run saves ``config``. ``resume`` reopens an existing run with its saved config, changed
-    by ``overrides`` (``KEY=VALUE``, e.g. ``train.epochs=800`` to extend it); a ``config`` given
-    with ``resume`` must agree with the saved one except for ``train.epochs``. ``overwrite``
-    deletes a previous run first.
+    A new run saves ``config``. ``resume`` reopens an existing run; the config it continues with is
+    ``config`` if given, else the saved one, changed by ``overrides`` (``KEY=VALUE``, e.g.
+    ``train.epochs=800`` to extend the run). Only ``train.*`` keys may differ from the saved config:
+    the model and its data are the run's. ``overwrite`` deletes a previous run first.
     """
     config_path = os.path.join(run_dir, CONFIG_FILE)
     is_run = os.path.isfile(config_path)
@@ -51,15 +51,13 @@ def prepare_run_dir(run_dir: str, config: dict | None, *, resume: bool = False, 
     if resume:
         if not is_run:
             raise RunDirError(f"{run_dir}: cannot resume, no {CONFIG_FILE} there (start the run without --resume)")
-        saved = config_lib.load(config_path, overrides)
-        if config is not None:
-            changed = [k for k, v in flat_hparams(config).items()
-                       if k != "train.epochs" and flat_hparams(saved).get(k) != v]
-            if changed:
-                raise RunDirError(f"{run_dir}: the config differs from the run's {CONFIG_FILE} in "
-                                  f"{', '.join(changed)}; resume without --config, or start a new run")
-            saved["train"]["epochs"] = config["train"]["epochs"]
-        config = saved
+        saved = config_lib.load(config_path)
+        config = config_lib.resolve(config if config is not None else saved, overrides, source=config_path)
+        before, after = flat_hparams(saved), flat_hparams(config)
+        changed = [k for k in after if not k.startswith("train.") and before.get(k) != after[k]]
+        if changed:
+            raise RunDirError(f"{run_dir}: resuming cannot change {', '.join(changed)} (only train.* keys); "
+                              "start a new run instead")
     elif os.path.exists(run_dir) and os.listdir(run_dir):
         if not overwrite:
             raise RunDirError(f"{run_dir} already exists and is not empty; pass --resume to continue that run "
@@ -129,6 +127,6 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
         *extra_callbacks,
     ]
     history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
-                        verbose=verbose)
+                        shuffle=False, verbose=verbose)  # tf.data shuffles
     model.save(os.path.join(run_dir, "model.keras"))
     return history

@@ -1,0 +1,130 @@
+"""scripts/train.py end to end on the tiny phantom: run directory, TensorBoard, refusal, resume, NaN."""
+
+import csv
+import glob
+import importlib.util
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfvae import callbacks as tfvae_callbacks
+from tfvae import config as config_lib
+from tfvae import training
+from tfvae.model import BetaVAE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BETA10 = os.path.join(ROOT, "configs", "beta10.json")
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_script = load_script("train")
+
+
+def summary_tags(folder):
+    """{tag: plugin name} of every summary written under ``folder``."""
+    tags = {}
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags[value.tag] = value.metadata.plugin_data.plugin_name
+    return tags
+
+
+def history_epochs(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, tiny_overrides, capsys):
+    run = str(tmp_path / "R")
+    assert train_script.main(["--config", BETA10, "--run-dir", run, "--set", *tiny_overrides]) == 0
+    for path in ("model.keras", "config.json", "checkpoints/best.keras", "checkpoints/last.keras"):
+        assert os.path.isfile(os.path.join(run, path)), path
+    assert history_epochs(run) == [0, 1]
+    saved = config_lib.load(os.path.join(run, "config.json"))
+    assert saved["model"]["beta"] == 10.0 and saved["train"]["epochs"] == 2
+    train_tags = summary_tags(os.path.join(run, "logs", "train"))
+    validation_tags = summary_tags(os.path.join(run, "logs", "validation"))
+    for tag in ("epoch_loss", "epoch_rec", "epoch_kl"):
+        assert tag in train_tags and tag in validation_tags
+    image_tags = summary_tags(os.path.join(run, "logs", "images"))
+    assert image_tags == {"inputs | reconstructions": "images", "samples from the prior": "images"}
+    assert "hparams" in set(summary_tags(os.path.join(run, "logs")).values())
+    model = keras.models.load_model(os.path.join(run, "model.keras"))
+    assert isinstance(model, BetaVAE) and model.beta == 10.0 and model.image_size == 32
+    assert "trained 2 epochs" in capsys.readouterr().out
+
+
+def test_an_existing_run_is_never_overwritten_without_asking(tmp_path, tiny_overrides, capsys):
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    args = ["--config", BETA10, "--run-dir", str(run), "--set", *tiny_overrides]
+    assert train_script.main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert train_script.main(args + ["--overwrite"]) == 2
+    assert "not a tfvae run directory" in capsys.readouterr().err
+    assert (run / "precious.txt").read_text() == "keep me"
+
+
+def test_config_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert train_script.main(["--config", BETA10, "--run-dir", str(tmp_path / "R"), "--set", "train.epoch=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'train.epoch'" in err
+    assert not (tmp_path / "R").exists()
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_where_training_stopped(tmp_path, tiny_overrides):
+    run = str(tmp_path / "R")
+    config = config_lib.load(BETA10, tiny_overrides + ["train.epochs=3"])
+    config = training.prepare_run_dir(run, config)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config, run, extra_callbacks=[InterruptAfterEpoch(0)], verbose=0)
+    assert history_epochs(run) == [0]
+    assert not os.path.exists(os.path.join(run, "model.keras"))
+    assert train_script.main(["--run-dir", run, "--resume"]) == 0
+    assert history_epochs(run) == [0, 1, 2]
+    assert os.path.isfile(os.path.join(run, "model.keras"))
+    # extending a finished run trains only the new epochs
+    assert train_script.main(["--config", BETA10, "--run-dir", run, "--resume",
+                              "--set", *tiny_overrides, "train.epochs=4"]) == 0
+    assert history_epochs(run) == [0, 1, 2, 3]
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_overrides, capsys):
+    run = str(tmp_path / "R")
+    training.prepare_run_dir(run, config_lib.load(BETA10, tiny_overrides))
+    assert train_script.main(["--config", BETA10, "--run-dir", run, "--resume",
+                              "--set", *tiny_overrides, "model.beta=1"]) == 2
+    assert "model.beta" in capsys.readouterr().err
+
+
+def test_a_nan_loss_stops_training_with_a_clear_error(tmp_path):
+    model = BetaVAE(image_size=32, latent_dim=4, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x = np.zeros((8, 32, 32, 1), np.float32)
+    x[5, 3, 3, 0] = np.nan
+    last = str(tmp_path / "last.keras")
+    with pytest.raises(tfvae_callbacks.NonFiniteLoss, match=r"became nan at epoch 1, batch 2"):
+        model.fit(x, batch_size=4, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[tfvae_callbacks.StopOnNaN(), keras.callbacks.ModelCheckpoint(last)])
+    assert not os.path.exists(last)  # the epoch never ended, nothing broken was saved
