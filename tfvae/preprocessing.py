@@ -8,7 +8,8 @@
 2. Brain mask: the one given, else the non-zero voxels (scans are brain-extracted, background 0).
 3. Z-score over brain voxels (the paper's zero mean / unit variance); background set to 0.
 4. In-plane crop and resampling at a fixed physical scale: a square field of view of ``fov_mm``
-   millimetres, centred on the brain's bounding box, is resampled to ``image_size`` pixels
+   millimetres, centred on the brain's bounding box (snapped so that at native resolution pixel
+   centres fall on voxel centres), is resampled to ``image_size`` pixels
    (so one pixel is ``fov_mm / image_size`` mm whatever the scan's voxel size: HCP's 0.7 mm and
    BraTS's 1 mm slices show anatomy at the same scale). Images are low-pass filtered before
    downsampling (sigma = (factor - 1) / 2 voxels, as scikit-image's anti-aliasing) and sampled
@@ -132,7 +133,10 @@ def volume_to_slices(image: np.ndarray, affine: np.ndarray, *, mask: np.ndarray 
     voxel = canonical_voxel_sizes(affine)
     step = (fov_mm / image_size / voxel[0], fov_mm / image_size / voxel[1])
     bx, by, _ = np.nonzero(brain)
-    center = ((bx.min() + bx.max()) / 2.0, (by.min() + by.max()) / 2.0)
+    # centre of the brain's bounding box, snapped so that at native resolution pixels fall on voxels
+    half = ((image_size - 1) / 2.0) % 1.0
+    center = tuple(float(np.round((lo + hi) / 2.0 - half) + half) for lo, hi in ((bx.min(), bx.max()),
+                                                                                  (by.min(), by.max())))
     sigma = (max(0.0, (step[0] - 1) / 2), max(0.0, (step[1] - 1) / 2), 0.0)
     smooth = ndimage.gaussian_filter(data, sigma) if any(sigma) else data
     brain_f = brain.astype(np.float32)
