@@ -23,6 +23,17 @@ Schema (dotted key: type, default -- meaning):
 - ``train.shuffle_buffer``: int, 10000 -- slices held by the shuffle buffer.
 - ``train.image_every``: int, 10 -- write input/reconstruction/sample images every N epochs.
 - ``train.num_images``: int, 8 -- how many slices those image summaries show.
+- ``predictors.n_samples``: int, 0 -- 0 computes the maps at z = mu (the paper); n > 0 averages
+  them over n sampled z.
+- ``predictors.combi``: "paper" (|dKL/dx| * rec_error) or "zimmerer" (KL-grad smoothed and
+  min-max normalised per slice before the product).
+- ``predictors.smooth_sigma``: float, 0 -- Gaussian smoothing of every map, in pixels (0: off).
+- ``predictors.projection_steps``: int, 100; ``projection_lambda``: float, 1.0;
+  ``projection_lr``: float, 0.03 -- the energy-based projection (see ``tfvae.projection``).
+- ``evaluate.predictors``: list or null (all) -- which predictors ``evaluate.py`` scores.
+- ``evaluate.batch_size``: int, 64; ``evaluate.ensemble_fraction``: float, 0.1 -- share of test
+  volumes the logistic-regression ensemble is fitted on; ``evaluate.num_figures``: int, 4 -- figures
+  per kind (with / without tumour); ``evaluate.write_nifti``: bool, true -- one map per volume.
 """
 
 from __future__ import annotations
@@ -67,7 +78,26 @@ def _positive_ints(v):
     return None
 
 
-STR, INT, FLOAT, LIST = (str,), (int,), (float, int), (list,)
+def _one_of(*choices):
+    def check(v):
+        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
+    return check
+
+
+def _predictor_names(v):
+    from tfvae.predictors import ALL_PREDICTORS  # the one list of predictor names
+
+    unknown = [p for p in v if p not in ALL_PREDICTORS]
+    if not v or unknown:
+        return f"must be a non-empty list of predictors from {', '.join(ALL_PREDICTORS)}"
+    return None
+
+
+def _fraction(v):
+    return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
+
+
+STR, INT, FLOAT, LIST, BOOL = (str,), (int,), (float, int), (list,), (bool,)
 
 SCHEMA: dict[str, Any] = {
     "name": Field(STR, "run"),
@@ -93,6 +123,21 @@ SCHEMA: dict[str, Any] = {
         "shuffle_buffer": Field(INT, 10000, _positive),
         "image_every": Field(INT, 10, _positive),
         "num_images": Field(INT, 8, _positive),
+    },
+    "predictors": {
+        "n_samples": Field(INT, 0, _non_negative),
+        "combi": Field(STR, "paper", _one_of("paper", "zimmerer")),
+        "smooth_sigma": Field(FLOAT, 0.0, _non_negative),
+        "projection_steps": Field(INT, 100, _non_negative),
+        "projection_lambda": Field(FLOAT, 1.0, _non_negative),
+        "projection_lr": Field(FLOAT, 0.03, _positive),
+    },
+    "evaluate": {
+        "predictors": Field(LIST, None, _predictor_names),
+        "batch_size": Field(INT, 64, _positive),
+        "ensemble_fraction": Field(FLOAT, 0.1, _fraction),
+        "num_figures": Field(INT, 4, _non_negative),
+        "write_nifti": Field(BOOL, True),
     },
 }
 

@@ -114,3 +114,8 @@ class BetaVAE(keras.Model):
         config.update(image_size=self.image_size, latent_dim=self.latent_dim, beta=self.beta,
                       filters=list(self.filters), seed=self.seed)
         return config
+
+
+def load(path: str) -> BetaVAE:
+    """A saved ``.keras`` model (importing this module registers ``BetaVAE`` for Keras)."""
+    return keras.models.load_model(path)

@@ -1,0 +1,115 @@
+"""Results as the paper shows them: a table per predictor (text, markdown, CSV, JSON) and figures
+like its Fig. 1 and 2 (input, ground truth, reconstruction, projected image, each predictor's map)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLUMNS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
+HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "auroc_brain": "AUROC brain", "auprc_brain": "AUPRC brain",
+           "best_dice": "best Dice", "dice_fpr01": "Dice@1%FPR", "dice_fpr05": "Dice@5%FPR"}
+
+
+def _cell(result: dict, column: str) -> str:
+    value = result[column]
+    if column.startswith("dice_fpr"):
+        return f"{value:.3f}±{result[column + '_std']:.3f}"
+    return f"{value:.3f}"
+
+
+def rows(results: dict) -> list[list[str]]:
+    return [[name] + [_cell(r, c) for c in COLUMNS] for name, r in results.items()]
+
+
+def text_table(results: dict) -> str:
+    header = ["predictor"] + [HEADERS[c] for c in COLUMNS]
+    body = rows(results)
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+    line = lambda row: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
+
+
+def markdown_table(results: dict) -> str:
+    header = ["predictor"] + [HEADERS[c] for c in COLUMNS]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows(results)]
+    return "\n".join(out)
+
+
+def ensemble_note(results: dict) -> str:
+    if "ensemble" not in results or "coefficients" not in results["ensemble"]:
+        return ""
+    c = results["ensemble"]["coefficients"]
+    coefs = ", ".join(f"{f} {w:.3g}" for f, w in zip(c["features"], c["raw"]))
+    return (f"ensemble: logistic regression fitted on {len(c['fit_volumes'])} test volume(s) "
+            f"({', '.join(c['fit_volumes'])}), scored on the other {results['ensemble']['scored_volumes']}; "
+            f"raw-scale coefficients: {coefs}")
+
+
+def write_results(results: dict, out_dir: str, header: str = "") -> None:
+    """results.json (everything), results.csv and results.md (the table)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        extra = [c + "_std" for c in COLUMNS if c.startswith("dice_fpr")]
+        writer.writerow(["predictor", *COLUMNS, *extra])
+        for name, r in results.items():
+            writer.writerow([name, *(r[c] for c in COLUMNS), *(r[c] for c in extra)])
+    note = ensemble_note(results)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write((header + "\n\n" if header else "") + markdown_table(results) + "\n" + (f"\n{note}\n" if note else ""))
+
+
+def figure(items: list[dict], predictors: list[str], title: str):
+    """One row per slice: input, ground truth, reconstruction, projected image (when computed),
+    then each predictor's map."""
+    panels = ["image", "label", "reconstruction"] + (["projected"] if items and "projected" in items[0] else [])
+    panels += [p for p in predictors if p != "intensity" and items and p in items[0]]
+    fig, axes = plt.subplots(len(items), len(panels), figsize=(1.6 * len(panels), 1.7 * len(items) + 0.4),
+                             squeeze=False)
+    for row, item in zip(axes, items):
+        for ax, panel in zip(row, panels):
+            data = np.asarray(item[panel])[..., 0]
+            if panel in ("image", "reconstruction", "projected"):
+                ax.imshow(data, cmap="gray", vmin=np.percentile(item["image"], 1), vmax=np.percentile(item["image"], 99.5))
+            elif panel == "label":
+                ax.imshow(data, cmap="viridis", vmin=0, vmax=4, interpolation="nearest")
+            else:
+                ax.imshow(data, cmap="inferno", vmin=0, vmax=np.percentile(data, 99.5) + 1e-12)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(item["title"], fontsize=6)
+    for ax, panel in zip(axes[0], panels):
+        ax.set_title({"image": "input", "label": "ground truth"}.get(panel, panel), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figures(figures, predictors, out_dir: str) -> dict[str, np.ndarray]:
+    """``tumour_slices.png`` and ``healthy_slices.png`` in ``out_dir``; returns them as RGB arrays
+    (for TensorBoard)."""
+    os.makedirs(out_dir, exist_ok=True)
+    images = {}
+    for kind, pool in (("tumour_slices", figures.tumour), ("healthy_slices", figures.healthy)):
+        if not pool:
+            continue
+        fig = figure([item for _, item in pool], predictors, kind.replace("_", " "))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        with open(os.path.join(out_dir, f"{kind}.png"), "wb") as f:
+            f.write(buffer.getvalue())
+        images[kind] = plt.imread(io.BytesIO(buffer.getvalue()))[..., :3]
+    return images
