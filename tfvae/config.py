@@ -133,7 +133,7 @@ SCHEMA: dict[str, Any] = {
         "projection_lr": Field(FLOAT, 0.03, _positive),
     },
     "evaluate": {
-        "predictors": Field(LIST, None, _predictor_names),
+        "predictors": Field(LIST + (type(None),), None, _predictor_names),
         "batch_size": Field(INT, 64, _positive),
         "ensemble_fraction": Field(FLOAT, 0.1, _fraction),
         "num_figures": Field(INT, 4, _non_negative),

@@ -1,0 +1,144 @@
+"""evaluate.py end to end on the tiny phantom, and the pieces it is made of."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from tfvae import config as config_lib
+from tfvae import data
+from tfvae.ensemble import split_volumes
+from tfvae.predictors import ALL_PREDICTORS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate_script = load_script("evaluate")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run):
+    assert evaluate_script.main(["--run-dir", tiny_run]) == 0
+    with open(os.path.join(tiny_run, "eval", "results.json")) as f:
+        return tiny_run, json.load(f)
+
+
+def split_arrays(run, split):
+    config = config_lib.load(os.path.join(run, "config.json"))
+    examples = list(data.load_split(config["data"], split).as_numpy_iterator())
+    return examples, config
+
+
+def test_results_hold_every_predictor_and_metric(evaluated):
+    run, results = evaluated
+    assert list(results) == list(ALL_PREDICTORS)
+    for name, r in results.items():
+        for metric in METRICS:
+            assert 0.0 <= r[metric] <= 1.0, (name, metric)
+    for path in ("results.csv", "results.md", "figures/tumour_slices.png", "figures/healthy_slices.png"):
+        assert os.path.isfile(os.path.join(run, "eval", path)), path
+    with open(os.path.join(run, "eval", "results.md")) as f:
+        assert "| rec_grad |" in f.read()
+
+
+def test_streamed_metrics_equal_sklearn_on_the_whole_test_split(evaluated):
+    """The intensity baseline needs no model: recompute its metrics from the raw test split."""
+    run, results = evaluated
+    examples, _ = split_arrays(run, "test")
+    scores = np.concatenate([ex["image"].ravel() for ex in examples])
+    labels = np.concatenate([ex["label"].ravel() > 0 for ex in examples])
+    brain = np.concatenate([ex["brain_mask"].ravel() > 0 for ex in examples])
+    r = results["intensity"]
+    assert r["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert r["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
+    assert r["auroc_brain"] == pytest.approx(roc_auc_score(labels[brain], scores[brain]), abs=1e-6)
+    assert r["pixels"] == labels.size
+
+
+def test_thresholds_are_calibrated_on_healthy_validation_pixels(evaluated):
+    run, results = evaluated
+    examples, _ = split_arrays(run, "validation")
+    brain_scores = np.concatenate([ex["image"][ex["brain_mask"] > 0] for ex in examples])
+    for key, fpr in (("dice_fpr01", 0.01), ("dice_fpr05", 0.05)):
+        flagged = np.mean(brain_scores >= results["intensity"][f"{key}_threshold"])
+        assert fpr / 2 < flagged <= fpr
+
+
+def test_the_ensemble_never_scores_a_volume_it_was_fitted_on(evaluated):
+    run, results = evaluated
+    examples, _ = split_arrays(run, "test")
+    fit = results["ensemble"]["coefficients"]["fit_volumes"]
+    scored_pixels = sum(ex["label"].size for ex in examples if ex["volume_id"].decode() not in fit)
+    assert fit and results["ensemble"]["pixels"] == scored_pixels
+    assert results["ensemble"]["scored_volumes"] == len({ex["volume_id"] for ex in examples}) - len(fit)
+
+
+def test_maps_are_written_in_each_source_volume_grid(evaluated):
+    run, results = evaluated
+    examples, _ = split_arrays(run, "test")
+    geometry = {ex["volume_id"].decode(): (tuple(ex["source_shape"]), ex["source_affine"]) for ex in examples}
+    fit = results["ensemble"]["coefficients"]["fit_volumes"]
+    for volume_id, (shape, affine) in geometry.items():
+        ensemble_map = os.path.join(run, "eval", "maps", f"{volume_id}_ensemble.nii.gz")
+        assert os.path.exists(ensemble_map) == (volume_id not in fit)  # no in-sample ensemble maps
+        for name in ("rec_grad", "proj_rec_error", "label", "image"):
+            img = nib.load(os.path.join(run, "eval", "maps", f"{volume_id}_{name}.nii.gz"))
+            assert img.shape == shape
+            np.testing.assert_allclose(img.affine, affine)
+        label = nib.load(os.path.join(run, "eval", "maps", f"{volume_id}_label.nii.gz")).get_fdata()
+        assert set(np.unique(label)) <= {0, 1, 2, 4} and label.any()
+
+
+def test_figures_reach_tensorboard(evaluated):
+    run, _ = evaluated
+    tags = set()
+    for path in glob.glob(os.path.join(run, "logs", "eval", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags |= {v.tag for v in event.summary.value}
+    assert tags == {"tumour_slices", "healthy_slices"}
+
+
+def test_same_seed_same_numbers_and_no_silent_overwrite(evaluated, capsys):
+    run, results = evaluated
+    assert evaluate_script.main(["--run-dir", run]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    other = os.path.join(run, "eval_again")
+    assert evaluate_script.main(["--run-dir", run, "--out", other, "--predictors", "rec_error", "ensemble"]) == 0
+    with open(os.path.join(other, "results.json")) as f:
+        again = json.load(f)
+    assert list(again) == ["rec_error", "ensemble"]
+    for name in again:
+        for metric in METRICS:
+            assert again[name][metric] == results[name][metric], (name, metric)
+
+
+def test_unknown_predictor_is_a_one_line_error(tiny_run, capsys):
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", os.path.join(tiny_run, "x"),
+                                 "--predictors", "rec_eror"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "evaluate.predictors" in err and "\n" not in err
+
+
+def test_split_volumes_is_seeded_disjoint_and_never_empty():
+    ids = [f"v{i}" for i in range(20)] * 3
+    fit, scored = split_volumes(ids, 0.1, seed=0)
+    assert len(fit) == 2 and len(scored) == 18 and not set(fit) & set(scored)
+    assert split_volumes(ids, 0.1, seed=0) == (fit, scored)
+    assert split_volumes(ids, 0.1, seed=1) != (fit, scored)
+    assert split_volumes(["a", "b"], 0.1, seed=0)[1]
+    with pytest.raises(ValueError, match="at least 2 test volumes"):
+        split_volumes(["a"], 0.1, seed=0)

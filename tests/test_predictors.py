@@ -1,0 +1,119 @@
+"""Each pixel predictor against an independent computation (finite differences, numpy)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfvae.model import BetaVAE
+from tfvae.predictors import PixelPredictors, smooth
+from tfvae.projection import CompiledProjection, energy, project
+
+BETA = 3.0
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(1)
+    m = BetaVAE(image_size=8, latent_dim=3, beta=BETA, filters=[6], seed=1)
+    # make the weights large enough that every term has a clear gradient
+    for w in m.trainable_weights:
+        w.assign(w * 3.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype(np.float32)
+
+
+def finite_difference(model, x, term, slice_index, pixel, eps=1e-2):
+    """Central difference of ``term`` of slice ``slice_index`` w.r.t. one of its pixels (float64 sums)."""
+    values = []
+    for sign in (1, -1):
+        shifted = x.copy()
+        shifted[(slice_index, *pixel, 0)] += sign * eps
+        values.append(np.float64(model.loss_terms(shifted, sample=False)[term].numpy()[slice_index]))
+    return (values[0] - values[1]) / (2 * eps)
+
+
+PIXELS = [(0, (1, 2)), (1, (4, 4)), (2, (7, 0)), (2, (3, 6))]
+
+
+@pytest.mark.parametrize("term, key", [("rec", "d_rec"), ("kl", "d_kl"), ("loss", "d_loss")])
+def test_signed_gradients_match_finite_differences(model, x, term, key):
+    grads = PixelPredictors(model).signed_maps(x)[key].numpy()
+    for slice_index, pixel in PIXELS:
+        fd = finite_difference(model, x, term, slice_index, pixel)
+        analytic = grads[(slice_index, *pixel, 0)]
+        assert abs(analytic - fd) <= 2e-2 * max(1.0, abs(fd)), (term, slice_index, pixel, analytic, fd)
+    assert np.abs(grads).max() > 1e-2  # the gradient is not trivially zero
+
+
+def test_each_slice_gets_the_gradient_of_its_own_loss(model, x):
+    alone = PixelPredictors(model).signed_maps(x[1:2])["d_rec"].numpy()
+    batched = PixelPredictors(model).signed_maps(x)["d_rec"].numpy()
+    np.testing.assert_allclose(batched[1:2], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_maps_are_the_absolute_values_and_elbo_grad_is_the_signed_sum(model, x):
+    predictors = PixelPredictors(model)
+    signed = {k: v.numpy() for k, v in predictors.signed_maps(x).items()}
+    maps = predictors(x)
+    np.testing.assert_allclose(signed["d_loss"], signed["d_rec"] + BETA * signed["d_kl"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps["elbo_grad"], np.abs(signed["d_rec"] + BETA * signed["d_kl"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps["kl_grad"], np.abs(signed["d_kl"]), rtol=1e-6)
+    np.testing.assert_allclose(maps["rec_grad"], np.abs(signed["d_rec"]), rtol=1e-6)
+    # |a + b| differs from |a| + |b| somewhere: the sum is taken before the absolute value
+    assert np.abs(maps["elbo_grad"] - (maps["rec_grad"] + BETA * maps["kl_grad"])).max() > 1e-3
+    np.testing.assert_allclose(maps["rec_error"], (x - model(x).numpy()) ** 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps["combi"], maps["kl_grad"] * maps["rec_error"], rtol=1e-6)
+    np.testing.assert_array_equal(maps["intensity"], x)
+
+
+def test_zimmerer_combi_and_smoothing(model, x):
+    maps = PixelPredictors(model, combi="zimmerer")(x)
+    plain = PixelPredictors(model)(x)
+    kl = smooth(plain["kl_grad"], 3.0)
+    kl = (kl - kl.min(axis=(1, 2, 3), keepdims=True)) / np.ptp(kl, axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(maps["combi"], kl * plain["rec_error"], rtol=1e-5, atol=1e-7)
+    smoothed = PixelPredictors(model, smooth_sigma=1.5)(x)
+    np.testing.assert_allclose(smoothed["rec_grad"], smooth(plain["rec_grad"], 1.5), rtol=1e-6)
+    assert smoothed["rec_grad"].std() < plain["rec_grad"].std()
+
+
+def test_sampled_maps_average_over_z(model, x):
+    keras.utils.set_random_seed(0)
+    sampled = PixelPredictors(model, n_samples=64)(x)
+    at_mu = PixelPredictors(model)(x)
+    # the KL term does not depend on z: its gradient is the same up to float error
+    np.testing.assert_allclose(sampled["kl_grad"], at_mu["kl_grad"], rtol=1e-3, atol=1e-5)
+    assert not np.allclose(sampled["rec_error"], at_mu["rec_error"])
+
+
+def total_energy(model, x, x0, lam):
+    return energy(model, tf.constant(x), tf.constant(x0), lam).numpy()
+
+
+def test_projection_lowers_the_energy_and_stays_closer_to_x0_as_lambda_grows(model, x):
+    distances = []
+    for lam in (0.1, 0.5, 2.0):
+        projected, _, _ = CompiledProjection(model, steps=40, lam=lam, lr=0.03)(x)
+        assert np.all(total_energy(model, projected, x, lam) < total_energy(model, x, x, lam))
+        distances.append(np.abs(projected - x).sum())
+    assert distances[0] > distances[1] > distances[2]
+
+
+def test_projection_score_is_the_reconstruction_error_of_the_projected_image(model, x):
+    projected, score, reconstruction = CompiledProjection(model, steps=10)(x)
+    np.testing.assert_allclose(reconstruction, model(projected).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(score, (x - reconstruction) ** 2, rtol=1e-5, atol=1e-6)
+    _, zero_steps, _ = CompiledProjection(model, steps=0)(x)
+    np.testing.assert_allclose(zero_steps, PixelPredictors(model)(x)["rec_error"], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_and_eager_projection_agree(model, x):
+    compiled, _, _ = CompiledProjection(model, steps=25, lam=0.5, lr=0.03)(x)
+    eager = project(model, x, 25, 0.5, 0.03).numpy()
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert np.abs(eager - x).max() > 0.1  # it moved
