@@ -1,7 +1,6 @@
 """evaluate.py end to end on the tiny phantom, and the pieces it is made of."""
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -11,20 +10,15 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from script_loader import ROOT, load_script
 from tfvae import config as config_lib
 from tfvae import data
 from tfvae.ensemble import split_volumes
 from tfvae.predictors import ALL_PREDICTORS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 evaluate_script = load_script("evaluate")

@@ -2,7 +2,6 @@
 
 import csv
 import glob
-import importlib.util
 import os
 
 import keras
@@ -10,20 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from script_loader import ROOT, load_script
 from tfvae import callbacks as tfvae_callbacks
 from tfvae import config as config_lib
 from tfvae import training
 from tfvae.model import BetaVAE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BETA10 = os.path.join(ROOT, "configs", "beta10.json")
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 train_script = load_script("train")

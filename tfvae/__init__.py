@@ -10,7 +10,12 @@ Modules, by role:
 - ``model``         -- ``BetaVAE``: the Keras model and its TFP evidence lower bound.
 - ``callbacks``     -- TensorBoard images, hparams, NaN stop.
 - ``training``      -- run directories, checkpoints, resume: what ``scripts/train.py`` runs.
+- ``predictors``    -- pixel maps: reconstruction error and loss gradients (one tape).
+- ``projection``    -- the energy-based projection onto the normal manifold (compiled loop).
+- ``ensemble``      -- logistic regression over predictors, fitted on held-out volumes.
 - ``metrics``       -- streaming pixel AUROC / AUPRC / Dice.
+- ``evaluation``    -- scoring a test split volume by volume; calibration; NIfTI maps.
+- ``reporting``     -- tables (text, markdown, CSV, JSON) and figures.
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
 """

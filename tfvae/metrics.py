@@ -112,6 +112,20 @@ def _as_real_array(x, name: str) -> np.ndarray:
     return x
 
 
+
+def _flat_inputs(scores, labels, mask):
+    """Checked, flattened ``(scores, labels, mask or None)``; the mask as bool."""
+    scores = _as_real_array(scores, "scores")
+    labels = np.asarray(labels)
+    _check_same_shape(scores, labels, "scores", "labels")
+    if mask is not None:
+        mask = np.asarray(mask)
+        _check_same_shape(scores, mask, "scores", "mask")
+        mask = mask.reshape(-1)
+        if mask.dtype != np.bool_:
+            mask = mask != 0
+    return scores.reshape(-1), labels.reshape(-1), mask
+
 def _check_no_nan(f: np.ndarray) -> None:
     # np.max propagates NaN and is a single fast reduction pass.
     if f.size and np.isnan(np.max(f)):
@@ -275,17 +289,7 @@ class PixelHistogram:
     # ------------------------------------------------------------------ accumulation
     def update(self, scores, labels, mask=None) -> None:
         """Add pixels. ``labels > 0`` is positive; ``mask`` (bool) selects the pixels to count."""
-        scores = _as_real_array(scores, "scores")
-        labels = np.asarray(labels)
-        _check_same_shape(scores, labels, "scores", "labels")
-        if mask is not None:
-            mask = np.asarray(mask)
-            _check_same_shape(scores, mask, "scores", "mask")
-            mask = mask.reshape(-1)
-            if mask.dtype != np.bool_:
-                mask = mask != 0
-        scores = scores.reshape(-1)
-        labels = labels.reshape(-1)
+        scores, labels, mask = _flat_inputs(scores, labels, mask)
         n = scores.size
         if n == 0:
             return
@@ -485,14 +489,8 @@ class VolumeDice:
 
     def update(self, scores, labels, mask=None) -> None:
         """Record the Dice of one volume at every threshold."""
-        scores = _as_real_array(scores, "scores")
-        labels = np.asarray(labels)
-        _check_same_shape(scores, labels, "scores", "labels")
+        scores, labels, mask = _flat_inputs(scores, labels, mask)
         if mask is not None:
-            mask = np.asarray(mask)
-            _check_same_shape(scores, mask, "scores", "mask")
-            if mask.dtype != np.bool_:
-                mask = mask != 0
             scores = scores[mask]
             labels = labels[mask]
         scores = scores.astype(np.float32, copy=False)

@@ -51,14 +51,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                            image_size=32, voxel_mm=4.0, num_train=3, num_validation=1, num_test=2),
     ]
     DEFAULT_CONFIG_NAME = "default"
-    # Keep the generation order (volume by volume, slices in order), so that evaluation can stream
-    # one volume at a time; training shuffles in tf.data.
-    disable_shuffling = True
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=slice_features(self.builder_config.image_size),
             supervised_keys=None,
+            # keep the generation order (volume by volume, slices in order) so that evaluation can
+            # stream one volume at a time; training shuffles in tf.data
+            disable_shuffling=True,
             homepage="https://nilearn.github.io/stable/modules/datasets.html",
             citation="Fonov et al., Unbiased average age-appropriate atlases for pediatric studies, "
                      "NeuroImage 54(1), 2011 (MNI152 2009a templates).",

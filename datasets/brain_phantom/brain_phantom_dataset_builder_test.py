@@ -49,6 +49,15 @@ def test_same_seed_same_bytes_and_labels_inside_the_brain(tmp_path):
     assert len(train_ids) == first.builder_config.num_train
 
 
+def test_slices_are_stored_volume_by_volume_in_order(tmp_path):
+    builder = _build(tmp_path, "ordered")
+    for split in ("train", "test"):
+        keys = [(ex["volume_id"].decode(), int(ex["slice_index"]))
+                for ex in builder.as_dataset(split=split).as_numpy_iterator()]
+        assert keys == sorted(keys)
+        assert len({v for v, _ in keys}) > 1
+
+
 def test_subject_seeds_differ_between_splits_and_indices():
     seeds = {brain_phantom_dataset_builder.subject_seed(0, split, i)
              for split in ("train", "validation", "test") for i in range(50)}
