@@ -122,3 +122,15 @@ def test_a_nan_loss_stops_training_with_a_clear_error(tmp_path):
         model.fit(x, batch_size=4, epochs=2, shuffle=False, verbose=0,
                   callbacks=[tfvae_callbacks.StopOnNaN(), keras.callbacks.ModelCheckpoint(last)])
     assert not os.path.exists(last)  # the epoch never ended, nothing broken was saved
+
+
+def test_same_seed_same_model(tmp_path, tiny_overrides):
+    outputs = []
+    for name in ("a", "b"):
+        run = str(tmp_path / name)
+        config = training.prepare_run_dir(run, config_lib.load(BETA10, tiny_overrides))
+        training.train(config, run, verbose=0)
+        model = keras.models.load_model(os.path.join(run, "model.keras"))
+        outputs.append([w.numpy() for w in model.weights])
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)
