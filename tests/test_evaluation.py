@@ -136,3 +136,19 @@ def test_split_volumes_is_seeded_disjoint_and_never_empty():
     assert split_volumes(["a", "b"], 0.1, seed=0)[1]
     with pytest.raises(ValueError, match="at least 2 test volumes"):
         split_volumes(["a"], 0.1, seed=0)
+
+
+def test_postprocessing_is_reported_beside_the_raw_metrics(tiny_run):
+    out = os.path.join(tiny_run, "eval_pp")
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", out, "--predictors", "rec_error", "intensity",
+                                 "--set", "postprocess.median_size=3", "postprocess.erode_brain=1",
+                                 "postprocess.min_component_voxels=4", "postprocess.positive_only=true"]) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    for name in ("rec_error", "intensity"):
+        pp = results[name]["postprocessed"]
+        assert all(0 <= pp[m] <= 1 for m in METRICS)
+        assert pp["auroc"] != results[name]["auroc"]
+    with open(os.path.join(out, "results.md")) as f:
+        assert "| rec_error +pp |" in f.read()
+    assert glob.glob(os.path.join(out, "maps", "*_rec_error_postprocessed.nii.gz"))

@@ -10,6 +10,11 @@ For each predictor (``tfvae.predictors.ALL_PREDICTORS``) ``evaluate`` reports
   5 % of the brain pixels of healthy *validation* slices (no test label is used), averaged over
   volumes, with the spread (``*_std``) and the thresholds.
 
+When post-processing is on (``postprocess.*``, see ``tfvae.postprocessing``), every metric is
+reported twice: on the raw maps and, under ``"postprocessed"``, on the post-processed ones (with
+their own thresholds, calibrated on post-processed validation maps; connected components are
+removed from the binary masks before the Dice at a fixed FPR, not in ``best_dice``).
+
 Metrics are streamed (``tfvae.metrics``): memory does not grow with the test set. Maps of each
 volume are written back into the source volume's grid as NIfTI (``maps/``), and a few slices with
 and without tumour are kept for the figures.
@@ -29,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import ensemble as ensemble_lib
-from tfvae import metrics, preprocessing
+from tfvae import metrics, postprocessing, preprocessing
 from tfvae.predictors import ALL_PREDICTORS, PixelPredictors, smooth
 from tfvae.projection import CompiledProjection
 
@@ -97,45 +102,64 @@ class Scorer:
             x = images[start:start + self.batch_size]
             maps = self.pixel(x)
             if self.projection is not None:
-                projected, score, _ = self.projection(x)
+                projected, score, reconstruction = self.projection(x)
                 maps["proj_rec_error"] = smooth(score, self.smooth_sigma)
                 maps["projected"] = projected
+                maps["projected_reconstruction"] = reconstruction
             for k, v in maps.items():
                 out.setdefault(k, []).append(v)
         return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, ensemble=None) -> dict:
-    """Per predictor, the thresholds at the false-positive rates of ``FPRS`` on healthy validation
-    brain pixels (at most ``MAX_CALIBRATION_SLICES`` slices)."""
-    hists = {p: metrics.PixelHistogram(bits=HISTOGRAM_BITS) for p in predictors}
+def variants(volume: Volume, predictors, settings: dict) -> dict[str, dict]:
+    """The maps of ``predictors`` as scored ("raw") and, when any post-processing is on, after it
+    ("postprocessed", on the stacked slices of the volume)."""
+    out = {"raw": {p: volume.maps[p] for p in predictors if p in volume.maps}}
+    if postprocessing.enabled(settings):
+        maps = postprocessing.positive_residual(volume.maps, volume.image) if settings["positive_only"] else volume.maps
+        brain = volume.brain_mask[..., 0] > 0
+        out["postprocessed"] = {p: postprocessing.scores(maps[p][..., 0], brain, settings)[..., None]
+                                for p in out["raw"]}
+    return out
+
+
+def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, settings: dict, ensemble=None,
+              fprs: dict = FPRS) -> dict:
+    """``{variant: {predictor: {key: threshold}}}``: the thresholds at the false-positive rates
+    ``fprs`` on healthy validation brain pixels (at most ``MAX_CALIBRATION_SLICES`` slices)."""
+    hists: dict = {}
     taken = 0
     for volume in volumes(validation):
         if taken >= MAX_CALIBRATION_SLICES:
             break
-        maps = scorer(volume.image)
+        volume.maps = scorer(volume.image)
         if ensemble is not None and "ensemble" in predictors:
-            maps["ensemble"] = ensemble.score(maps)
+            volume.maps["ensemble"] = ensemble.score(volume.maps)
         brain = volume.brain_mask > 0
-        for p in predictors:
-            hists[p].update(maps[p], np.zeros_like(volume.label), mask=brain)
+        for variant, maps in variants(volume, predictors, settings).items():
+            for p, score in maps.items():
+                hist = hists.setdefault(variant, {}).setdefault(p, metrics.PixelHistogram(bits=HISTOGRAM_BITS))
+                hist.update(score, np.zeros_like(volume.label), mask=brain)
         taken += len(volume.image)
-    return {p: {k: hists[p].threshold_at_fpr(fpr) for k, fpr in FPRS.items()} for p in predictors}
+    return {variant: {p: {k: h.threshold_at_fpr(fpr) for k, fpr in fprs.items()} for p, h in by_p.items()}
+            for variant, by_p in hists.items()}
 
 
 class Measures:
-    """The streamed metrics of one predictor."""
+    """The streamed metrics of one predictor (one variant)."""
 
-    def __init__(self, thresholds: dict):
+    def __init__(self, thresholds: dict, min_component_voxels: int = 0):
         self.all = metrics.PixelHistogram(bits=HISTOGRAM_BITS)
         self.brain = metrics.PixelHistogram(bits=HISTOGRAM_BITS)
         self.thresholds = thresholds
-        self.dice = metrics.VolumeDice(thresholds)
+        clean = ((lambda pred: postprocessing.remove_small_components(pred, min_component_voxels))
+                 if min_component_voxels else None)
+        self.dice = metrics.VolumeDice(thresholds, clean=clean)
 
     def update(self, score, label, brain):
         self.all.update(score, label)
         self.brain.update(score, label, mask=brain)
-        self.dice.update(score, label, mask=brain)
+        self.dice.update(score[..., 0], label[..., 0], mask=brain[..., 0])
 
     def result(self) -> dict:
         best, best_threshold = self.brain.best_dice()
@@ -170,11 +194,11 @@ class FigureSlices:
                 del pool[self.n:]
 
 
-def write_nifti(volume: Volume, out_dir: str, names) -> None:
-    """``<volume>_<name>.nii.gz`` in the source volume's shape and affine, for each map ``name``,
-    plus the preprocessed ``image`` and the ``label``."""
+def write_nifti(volume: Volume, out_dir: str, maps: dict) -> None:
+    """``<volume>_<name>.nii.gz`` in the source volume's shape and affine, for each of ``maps``
+    (name -> slices), plus the preprocessed ``image`` and the ``label``."""
     os.makedirs(out_dir, exist_ok=True)
-    layers = {"image": (volume.image, 1), "label": (volume.label, 0), **{n: (volume.maps[n], 1) for n in names}}
+    layers = {"image": (volume.image, 1), "label": (volume.label, 0), **{n: (m, 1) for n, m in maps.items()}}
     for name, (planes, order) in layers.items():
         data = preprocessing.slices_to_volume(planes, volume.slice_index, volume.geometry, order=order)
         data = data.astype(np.uint8) if name == "label" else data
@@ -218,8 +242,10 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
             ensemble.add_volume(volume.volume_id, volume.maps, volume.label)
         ensemble.fit()
     # 2. thresholds from healthy validation slices
-    thresholds = calibrate(scorer, validation, predictors, ensemble)
-    measures = {p: Measures(thresholds[p]) for p in predictors}
+    settings = config["postprocess"]
+    thresholds = calibrate(scorer, validation, predictors, settings, ensemble)
+    measures = {variant: {p: Measures(t, settings["min_component_voxels"] if variant != "raw" else 0)
+                          for p, t in by_p.items()} for variant, by_p in thresholds.items()}
     figures = FigureSlices(ev["num_figures"])
 
     # 3. every test volume
@@ -227,12 +253,14 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
         label, brain = volume.label, volume.brain_mask > 0
         if ensemble is not None and not fitting:
             volume.maps["ensemble"] = ensemble.score(volume.maps)
-        for p in predictors:
-            if p in volume.maps:
-                measures[p].update(volume.maps[p], label, brain)
+        maps = variants(volume, predictors, settings)
+        for variant, by_p in maps.items():
+            for p, score in by_p.items():
+                measures[variant][p].update(score, label, brain)
         if ev["write_nifti"]:
             write_nifti(volume, os.path.join(out_dir, "maps"),
-                        [p for p in predictors if p in volume.maps and p != "intensity"])
+                        {p: v for p, v in maps["raw"].items() if p != "intensity"}
+                        | {f"{p}_postprocessed": v for p, v in maps.get("postprocessed", {}).items()})
         figures.update(volume)
 
     for volume in fit_volumes:
@@ -242,7 +270,9 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     for volume in volumes(rest):
         measure(score(volume), fitting=False)
 
-    results = {p: measures[p].result() for p in predictors}
+    results = {p: measures["raw"][p].result() for p in predictors}
+    for p, m in measures.get("postprocessed", {}).items():
+        results[p]["postprocessed"] = m.result()
     if ensemble is not None:
         results["ensemble"].update(coefficients=ensemble.coefficients(), scored_volumes=len(scored_ids))
     return results, figures

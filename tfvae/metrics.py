@@ -478,27 +478,34 @@ class VolumeDice:
     ddof=0) over volumes; mean and std are NaN when no volume was added.
     """
 
-    def __init__(self, thresholds: Mapping[str, float]):
+    def __init__(self, thresholds: Mapping[str, float], clean=None):
         if not thresholds:
             raise ValueError("thresholds must name at least one threshold")
         self.thresholds = {str(k): float(v) for k, v in thresholds.items()}
         for name, t in self.thresholds.items():
             if np.isnan(t):
                 raise ValueError(f"threshold {name!r} is NaN")
+        self.clean = clean  # optional: binary prediction (volume-shaped) -> cleaned prediction
         self.values: dict[str, list[float]] = {k: [] for k in self.thresholds}
 
     def update(self, scores, labels, mask=None) -> None:
-        """Record the Dice of one volume at every threshold."""
+        """Record the Dice of one volume at every threshold. With ``clean`` (e.g. removal of small
+        connected components), each binary prediction, in the scores' own shape and restricted to
+        ``mask``, is cleaned before it is compared."""
+        shape = np.shape(scores)
         scores, labels, mask = _flat_inputs(scores, labels, mask)
-        if mask is not None:
-            scores = scores[mask]
-            labels = labels[mask]
         scores = scores.astype(np.float32, copy=False)
-        _check_no_nan(scores.reshape(-1))
+        _check_no_nan(scores)
         target = labels > 0
         for name, t in self.thresholds.items():
             # compare in float64: exact for float32 scores and any float threshold
-            self.values[name].append(dice(scores >= np.float64(t), target))
+            pred = scores >= np.float64(t)
+            if self.clean is not None:
+                pred = np.asarray(self.clean((pred if mask is None else pred & mask).reshape(shape))).reshape(-1)
+            if mask is None:
+                self.values[name].append(dice(pred, target))
+            else:
+                self.values[name].append(dice(pred[mask], target[mask]))
 
     def summary(self) -> dict[str, dict]:
         """``{name: {"mean": float, "std": float, "n": int}}`` over the volumes seen."""

@@ -26,8 +26,18 @@ def _cell(result: dict, column: str) -> str:
     return f"{value:.3f}"
 
 
+def table_entries(results: dict) -> dict:
+    """Each predictor's metrics, followed by ``<name> +pp`` for its post-processed metrics."""
+    out = {}
+    for name, r in results.items():
+        out[name] = r
+        if "postprocessed" in r:
+            out[f"{name} +pp"] = r["postprocessed"]
+    return out
+
+
 def rows(results: dict) -> list[list[str]]:
-    return [[name] + [_cell(r, c) for c in COLUMNS] for name, r in results.items()]
+    return [[name] + [_cell(r, c) for c in COLUMNS] for name, r in table_entries(results).items()]
 
 
 def text_table(results: dict) -> str:
@@ -64,7 +74,7 @@ def write_results(results: dict, out_dir: str, header: str = "") -> None:
         writer = csv.writer(f)
         extra = [c + "_std" for c in COLUMNS if c.startswith("dice_fpr")]
         writer.writerow(["predictor", *COLUMNS, *extra])
-        for name, r in results.items():
+        for name, r in table_entries(results).items():
             writer.writerow([name, *(r[c] for c in COLUMNS), *(r[c] for c in extra)])
     note = ensemble_note(results)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
