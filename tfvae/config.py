@@ -30,6 +30,9 @@ Schema (dotted key: type, default -- meaning):
 - ``predictors.smooth_sigma``: float, 0 -- Gaussian smoothing of every map, in pixels (0: off).
 - ``predictors.projection_steps``: int, 100; ``projection_lambda``: float, 1.0;
   ``projection_lr``: float, 0.03 -- the energy-based projection (see ``tfvae.projection``).
+- ``postprocess.erode_brain`` (voxels), ``median_size`` (voxels), ``min_component_voxels``: ints,
+  0 = off; ``postprocess.positive_only``: bool, false -- 3D post-processing of the maps, see
+  ``tfvae.postprocessing``. When any is on, ``evaluate.py`` reports metrics with and without it.
 - ``evaluate.predictors``: list or null (all) -- which predictors ``evaluate.py`` scores.
 - ``evaluate.batch_size``: int, 64; ``evaluate.ensemble_fraction``: float, 0.1 -- share of test
   volumes the logistic-regression ensemble is fitted on; ``evaluate.num_figures``: int, 4 -- figures
@@ -131,6 +134,12 @@ SCHEMA: dict[str, Any] = {
         "projection_steps": Field(INT, 100, _non_negative),
         "projection_lambda": Field(FLOAT, 1.0, _non_negative),
         "projection_lr": Field(FLOAT, 0.03, _positive),
+    },
+    "postprocess": {
+        "erode_brain": Field(INT, 0, _non_negative),
+        "median_size": Field(INT, 0, _non_negative),
+        "min_component_voxels": Field(INT, 0, _non_negative),
+        "positive_only": Field(BOOL, False),
     },
     "evaluate": {
         "predictors": Field(LIST + (type(None),), None, _predictor_names),
