@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     title = (f"{config['name']}: {d['name']}/{d['config']} {d['test_split']}, beta {config['model']['beta']:g}, "
              f"latent {config['model']['latent_dim']}, {args.checkpoint} model")
     reporting.write_results(results, out_dir, header=f"# {title}")
+    config_lib.save(config, os.path.join(out_dir, "config.json"))  # what these results were made with
     images = reporting.save_figures(figures, predictors, os.path.join(out_dir, "figures"))
     with tf.summary.create_file_writer(os.path.join(args.run_dir, "logs", "eval")).as_default(step=0):
         for name, image in images.items():

@@ -15,7 +15,9 @@ Modules, by role:
 - ``ensemble``      -- logistic regression over predictors, fitted on held-out volumes.
 - ``metrics``       -- streaming pixel AUROC / AUPRC / Dice.
 - ``evaluation``    -- scoring a test split volume by volume; calibration; NIfTI maps.
-- ``reporting``     -- tables (text, markdown, CSV, JSON) and figures.
+- ``postprocessing`` -- 3D erosion, median filter, small-component removal, positive residuals.
+- ``localization``  -- maps, calibrated masks and reports for new scans (``localize.py``).
+- ``reporting``     -- tables (text, markdown, CSV, JSON), figures and overlays.
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
 """

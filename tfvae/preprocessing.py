@@ -75,12 +75,14 @@ class SlicedVolume:
     geometry: SliceGeometry
 
 
-def _to_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def to_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``data`` (stored with ``affine``) reordered and flipped to the closest RAS+ axes."""
     transform = ornt_lib.ornt_transform(ornt_lib.io_orientation(affine), RAS)
     return ornt_lib.apply_orientation(data, transform)
 
 
-def _from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The inverse of ``to_canonical``: RAS+ data back to the axis order and flips of ``affine``."""
     transform = ornt_lib.ornt_transform(RAS, ornt_lib.io_orientation(affine))
     return ornt_lib.apply_orientation(data, transform)
 
@@ -117,9 +119,9 @@ def volume_to_slices(image: np.ndarray, affine: np.ndarray, *, mask: np.ndarray 
         if other is not None and np.shape(other) != image.shape:
             raise PreprocessingError(f"{name} shape {np.shape(other)} does not match image shape {image.shape}")
     source_shape = image.shape
-    data = _to_canonical(image.astype(np.float32), affine)
-    brain = _to_canonical(np.asarray(mask) > 0, affine) if mask is not None else data != 0
-    labels = (_to_canonical(np.asarray(label).astype(np.uint8), affine) if label is not None
+    data = to_canonical(image.astype(np.float32), affine)
+    brain = to_canonical(np.asarray(mask) > 0, affine) if mask is not None else data != 0
+    labels = (to_canonical(np.asarray(label).astype(np.uint8), affine) if label is not None
               else np.zeros(data.shape, np.uint8))
     if not brain.any():
         raise PreprocessingError("empty brain: no non-zero voxels (or an empty brain mask)")
@@ -175,11 +177,11 @@ def slices_to_volume(maps: np.ndarray, slice_index, geometry: SliceGeometry, *, 
     if maps.shape[0] != len(slice_index):
         raise ValueError(f"{maps.shape[0]} maps but {len(slice_index)} slice indices")
     size = maps.shape[1]
-    canonical_shape = _to_canonical(np.empty(geometry.source_shape, np.bool_), geometry.source_affine).shape
+    canonical_shape = to_canonical(np.empty(geometry.source_shape, np.bool_), geometry.source_affine).shape
     gx, gy = np.meshgrid(np.arange(canonical_shape[0]), np.arange(canonical_shape[1]), indexing="ij")
     cols = (gx - geometry.center[0]) / geometry.step[0] + size / 2.0 - 0.5
     rows = -(gy - geometry.center[1]) / geometry.step[1] + size / 2.0 - 0.5
     volume = np.full(canonical_shape, fill, np.float32)
     for plane, z in zip(maps, slice_index):
         volume[:, :, z] = ndimage.map_coordinates(plane, [rows, cols], order=order, mode="constant", cval=fill)
-    return _from_canonical(volume, geometry.source_affine)
+    return from_canonical(volume, geometry.source_affine)

@@ -123,3 +123,33 @@ def save_figures(figures, predictors, out_dir: str) -> dict[str, np.ndarray]:
             f.write(buffer.getvalue())
         images[kind] = plt.imread(io.BytesIO(buffer.getvalue()))[..., :3]
     return images
+
+
+def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path: str, title: str,
+                    n: int = 12) -> None:
+    """A PNG montage of ``n`` axial slices (RAS volumes, anterior up) through the brain: the scan in
+    grey, the top 10 % of the brain's anomaly scores as a heat map over it, the thresholded mask
+    outlined in cyan."""
+    area = (image != 0).reshape(-1, image.shape[2]).sum(axis=0)
+    zs = np.nonzero(area >= 0.2 * area.max())[0]
+    zs = zs[np.linspace(0, len(zs) - 1, min(n, len(zs))).astype(int)] if len(zs) else np.arange(image.shape[2])[:n]
+    cols = 4
+    rows_ = int(np.ceil(len(zs) / cols))
+    fig, axes = plt.subplots(rows_, cols, figsize=(2.6 * cols, 2.8 * rows_), squeeze=False)
+    brain_scores = score[image != 0]
+    shown = np.percentile(brain_scores, 90) if brain_scores.size else 0.0
+    top = np.percentile(brain_scores, 99.5) if brain_scores.size else 1.0
+    lo, hi = np.percentile(image[image != 0], [1, 99.5]) if (image != 0).any() else (0, 1)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, z in zip(axes.flat, zs):
+        ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+        ax.imshow(np.ma.masked_less_equal(score[:, :, z].T, shown), cmap="hot", origin="lower", alpha=0.6,
+                  vmin=shown, vmax=max(top, shown + 1e-12))
+        if mask[:, :, z].any():
+            ax.contour(mask[:, :, z].T, levels=[0.5], colors="cyan", linewidths=0.8, origin="lower")
+        ax.set_title(f"z={z}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,78 @@
+"""scripts/localize.py on a phantom scan stored with an unusual affine (LPS, 1.2 mm voxels)."""
+
+import csv
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from script_loader import load_script
+from tfvae import phantom
+from tfvae.localization import modality_from_name
+
+localize_script = load_script("localize")
+
+
+@pytest.fixture(scope="module")
+def lps_scan(tmp_path_factory):
+    """A phantom test subject at 1.2 mm, stored LPS (x and y flipped), with its tumour label."""
+    subject = phantom.synthesize_subject(7, tumours=True, voxel_mm=1.2)
+    image, label = subject.image[::-1, ::-1], subject.label[::-1, ::-1]
+    affine = subject.affine.copy()
+    for axis in (0, 1):
+        affine[:3, 3] += affine[:3, axis] * (image.shape[axis] - 1)
+        affine[:3, axis] *= -1
+    folder = tmp_path_factory.mktemp("scans")
+    path = folder / "patient_t2.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(image), affine), str(path))
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(label), affine), str(folder / "patient_t2_seg.nii.gz"))
+    return str(path), np.ascontiguousarray(label), affine
+
+
+def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_path, capsys):
+    path, label, affine = lps_scan
+    before = {p: os.path.getmtime(os.path.join(os.path.dirname(path), p)) for p in os.listdir(os.path.dirname(path))}
+    out = str(tmp_path / "out")
+    assert localize_script.main(["--run-dir", tiny_run, os.path.dirname(path), "--out", out,
+                                 "--predictor", "rec_error", "--fpr", "0.05"]) == 0
+    score = nib.load(os.path.join(out, "patient_t2_score.nii.gz"))
+    mask = nib.load(os.path.join(out, "patient_t2_mask.nii.gz"))
+    for img in (score, mask):
+        assert img.shape == label.shape
+        np.testing.assert_allclose(img.affine, affine)
+    s, brain = score.get_fdata(), nib.load(path).get_fdata() > 0
+    top = s >= np.quantile(s[brain], 0.98)
+    prevalence = (label > 0)[brain].mean()
+    precision = (label > 0)[top & brain].mean()
+    assert precision > 3 * prevalence, (precision, prevalence)
+    assert os.path.isfile(os.path.join(out, "patient_t2_overlay.png"))
+    with open(os.path.join(out, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["predictor"] == "rec_error" and float(rows[0]["anomalous_ml"]) > 0
+    assert int(rows[0]["components"]) >= 1
+    assert "shape" in capsys.readouterr().err  # warned: another voxel size than the training scans
+    after = {p: os.path.getmtime(os.path.join(os.path.dirname(path), p)) for p in os.listdir(os.path.dirname(path))}
+    assert after == before  # the input folder is untouched (the _seg file was skipped, not scored)
+    # outputs are not overwritten without asking
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_3d_nifti_is_named(tiny_run, tmp_path, capsys):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    assert localize_script.main(["--run-dir", tiny_run, str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(bad) in err and "\n" not in err
+    four_d = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), str(four_d))
+    assert localize_script.main(["--run-dir", tiny_run, str(four_d), "--out", str(tmp_path / "o2")]) == 2
+    assert f"{four_d}: expected a 3D NIfTI volume, got shape (4, 4, 4, 3)" in capsys.readouterr().err
+
+
+def test_modality_is_read_from_file_names():
+    assert modality_from_name("/d/BraTS2021_00000_t1ce.nii.gz") == "t1ce"
+    assert modality_from_name("sub-01_T2w.nii") == "t2"
+    assert modality_from_name("BraTS-GLI-00000-000-t2f.nii.gz") == "flair"
+    assert modality_from_name("scan.nii.gz") is None
