@@ -11,9 +11,11 @@ setup(
     python_requires=">=3.10,<3.13",
     # The TFDS builders live in the top-level folder datasets/ but install as ``tfvae_datasets``,
     # so they never shadow the Hugging Face ``datasets`` package.
-    packages=["tfvae", "tfvae_datasets", "tfvae_datasets.brain_phantom"],
+    packages=["tfvae", "tfvae_datasets", "tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
+              "tfvae_datasets.brats", "tfvae_datasets.nifti_folder"],
     package_dir={"tfvae": "tfvae", "tfvae_datasets": "datasets"},
-    package_data={"tfvae_datasets.brain_phantom": ["README.md"]},
+    package_data={name: ["README.md"] for name in ("tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
+                                                   "tfvae_datasets.brats", "tfvae_datasets.nifti_folder")},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",  # tensorflow-probability imports only when tf_keras is importable

@@ -36,3 +36,14 @@ def slice_examples(volume_id: str, sliced: preprocessing.SlicedVolume):
             "image": sliced.image[i], "brain_mask": sliced.brain_mask[i], "label": sliced.label[i],
             "volume_id": volume_id, "slice_index": int(z), **geometry,
         }
+
+
+def slice_dataset_info(builder: tfds.core.GeneratorBasedBuilder, *, homepage: str, citation: str,
+                       metadata: bool = False) -> tfds.core.DatasetInfo:
+    """The ``DatasetInfo`` of a slice dataset: ``slice_features`` at the config's image size, and
+    examples kept in generation order (volume by volume, slices in order), so that evaluation can
+    stream one volume at a time (training shuffles in tf.data). ``metadata`` adds a
+    ``MetadataDict`` (where builders record skipped cases)."""
+    return builder.dataset_info_from_configs(
+        features=slice_features(builder.builder_config.image_size), supervised_keys=None, disable_shuffling=True,
+        metadata=tfds.core.MetadataDict() if metadata else None, homepage=homepage, citation=citation)

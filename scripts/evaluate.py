@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(config["seed"])
     model = load(model_path)
     d = config["data"]
+    test_data = data.test_data_config(d)  # e.g. trained on hcp_t2, tested on brats
     try:
-        test = data.load_split(d, d["test_split"])
+        test = data.load_split(test_data, d["test_split"])
         validation = data.load_split(d, d["validation_split"])
         results, figures = evaluation.evaluate(model, config, test, validation, out_dir)
     except (data.DataError, ValueError) as e:
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         return 2
 
     predictors = list(results)
-    title = (f"{config['name']}: {d['name']}/{d['config']} {d['test_split']}, beta {config['model']['beta']:g}, "
+    title = (f"{config['name']}: {test_data['name']}/{test_data['config']} {d['test_split']}, beta {config['model']['beta']:g}, "
              f"latent {config['model']['latent_dim']}, {args.checkpoint} model")
     reporting.write_results(results, out_dir, header=f"# {title}")
     config_lib.save(config, os.path.join(out_dir, "config.json"))  # what these results were made with

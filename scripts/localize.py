@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from tfvae import data, evaluation, localization, reporting
+    from tfvae.nifti import BadInputError, check_same_grid, load_volume
     from tfvae.model import load
 
     model_path = os.path.join(args.run_dir, {"final": "model.keras", "best": "checkpoints/best.keras",
@@ -126,19 +127,18 @@ def main(argv=None) -> int:
     rows = []
     for path, name in zip(files, names):
         try:
-            scan, affine = localization.load_scan(path)
+            scan, affine = load_volume(path)
             mask = None
             if args.mask:
-                mask, mask_affine = localization.load_scan(args.mask)
-                if mask.shape != scan.shape or not np.allclose(mask_affine, affine, atol=1e-3):
-                    raise localization.ScanError(f"{args.mask}: shape or affine does not match {path}")
+                mask, mask_affine = load_volume(args.mask)
+                check_same_grid(args.mask, mask, mask_affine, path, scan, affine, "brain mask")
             for warning in localization.scan_warnings(path, scan, affine, reference):
                 print(f"warning: {warning}", file=sys.stderr)
             result = localization.localize(
                 scorer, scan, affine, predictor=args.predictor, threshold=threshold, settings=settings,
                 image_size=config["data"]["image_size"], fov_mm=builder_config.fov_mm,
                 min_brain_fraction=builder_config.min_brain_fraction, mask=mask)
-        except (localization.ScanError, ValueError) as e:
+        except (BadInputError, ValueError) as e:
             message = str(e) if str(e).startswith(path) or str(e).startswith(str(args.mask)) else f"{path}: {e}"
             return fail(message)
         nib.save(nib.Nifti1Image(result.score.astype(np.float32), affine), os.path.join(args.out, name + OUTPUTS[0]))

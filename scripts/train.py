@@ -2,7 +2,10 @@
 """Train a (beta-)VAE on healthy brain slices.
 
     python scripts/train.py --config configs/beta10.json [--run-dir runs/beta10]
-        [--set data.name=brain_phantom train.epochs=2 ...] [--resume | --overwrite]
+        [--set data.name=brain_phantom train.epochs=2 ...] [--resume | --overwrite] [--manual-dir DIR]
+
+Real data (hcp_t2, brats, nifti_folder) is read from the folder given by --manual-dir, else the
+config key data.manual_dir, else the environment variable TFVAE_MANUAL_DIR (see README, "Real data").
 
 Watch it with ``tensorboard --logdir runs``. See ``tfvae/training.py`` for what the run directory
 holds and ``tfvae/config.py`` for every config key.
@@ -11,6 +14,7 @@ holds and ``tfvae/config.py`` for every config key.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -23,6 +27,9 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set train.epochs=2 data.config=tiny")
+    p.add_argument("--manual-dir", metavar="DIR",
+                   help="folder holding the downloaded data (HCP, BraTS, NIfTI scans); overrides data.manual_dir "
+                        "and the environment variable TFVAE_MANUAL_DIR")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
     mode.add_argument("--overwrite", action="store_true", help="delete the run in --run-dir and start again")
@@ -40,12 +47,16 @@ def main(argv=None) -> int:
     from tfvae import data, training
     from tfvae.callbacks import NonFiniteLoss
 
+    if args.manual_dir:
+        args.set = [*args.set, "data.manual_dir=" + json.dumps(os.path.abspath(os.path.expanduser(args.manual_dir)))]
     try:
         config = config_lib.load(args.config, args.set) if args.config else None
+        if config is not None and not args.resume:
+            data.check_available(config["data"])  # missing data: the instructions, before any run directory
         run_dir = args.run_dir or os.path.join("runs", config["name"])
         config = training.prepare_run_dir(run_dir, config, resume=args.resume, overwrite=args.overwrite,
                                           overrides=args.set)
-    except (config_lib.ConfigError, training.RunDirError) as e:
+    except (config_lib.ConfigError, training.RunDirError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -68,7 +68,7 @@ def test_a_file_that_is_not_a_3d_nifti_is_named(tiny_run, tmp_path, capsys):
     four_d = tmp_path / "series.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), str(four_d))
     assert localize_script.main(["--run-dir", tiny_run, str(four_d), "--out", str(tmp_path / "o2")]) == 2
-    assert f"{four_d}: expected a 3D NIfTI volume, got shape (4, 4, 4, 3)" in capsys.readouterr().err
+    assert f"{four_d}: is 4D (shape (4, 4, 4, 3)), expected a 3D volume" in capsys.readouterr().err
 
 
 def test_modality_is_read_from_file_names():

@@ -53,7 +53,7 @@ def test_signed_gradients_match_finite_differences(model, x, term, key):
 def test_each_slice_gets_the_gradient_of_its_own_loss(model, x):
     alone = PixelPredictors(model).signed_maps(x[1:2])["d_rec"].numpy()
     batched = PixelPredictors(model).signed_maps(x)["d_rec"].numpy()
-    np.testing.assert_allclose(batched[1:2], alone, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched[1:2], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_maps_are_the_absolute_values_and_elbo_grad_is_the_signed_sum(model, x):

@@ -14,6 +14,16 @@ Schema (dotted key: type, default -- meaning):
 - ``data.data_dir``: str or null -- where TFDS keeps built datasets (null: TFDS's default).
 - ``data.image_size``: int, 64 -- slices are resampled to image_size x image_size (power of 2).
 - ``data.train_split`` / ``validation_split`` / ``test_split``: str -- split names.
+- ``data.manual_dir``: str or null -- the folder holding data the user downloaded (HCP, BraTS,
+  NIfTI scans; a ``<dataset>/`` subfolder of it is used when present, so one folder can hold
+  ``hcp_t2/`` and ``brats/``). null: the environment variable ``TFVAE_MANUAL_DIR``, else TFDS's
+  ``<data_dir>/downloads/manual``. ``train.py --manual-dir DIR`` sets it.
+- ``data.skip_bad``: bool, false -- when building a real dataset, skip (and report) cases whose
+  files are corrupt, missing or inconsistent instead of stopping at the first one.
+- ``data.test_name`` / ``data.test_config``: str or null -- the dataset (and its config; null:
+  "default") scored by evaluation when it differs from the training one, e.g. train on ``hcp_t2``
+  and test on ``brats``. null: the test split of ``data.name`` itself (see ``data.test_data_config``).
+  Healthy validation slices for calibration always come from the training dataset.
 - ``model.latent_dim``: int, 64 -- l, the size of z.
 - ``model.beta``: float, 1.0 -- weight of the KL term (beta-VAE); 1 is the plain VAE.
 - ``model.filters``: list of int or null -- encoder feature maps per stride-2 level; null gives
@@ -23,6 +33,13 @@ Schema (dotted key: type, default -- meaning):
 - ``train.shuffle_buffer``: int, 10000 -- slices held by the shuffle buffer.
 - ``train.image_every``: int, 10 -- write input/reconstruction/sample images every N epochs.
 - ``train.num_images``: int, 8 -- how many slices those image summaries show.
+- ``augment.*`` -- on-the-fly augmentation of the training split only (never validation or test),
+  deterministic given ``seed`` (see ``tfvae.augment``); every one off by default:
+  ``noise_std``: float, 0 -- std of Gaussian noise added inside the brain (z-score units);
+  ``rotation_deg``: float, 0 -- random rotation in [-r, r] degrees; ``scale``: float, 0 -- random
+  zoom by a factor in [1 - s, 1 + s]; ``flip``: bool, false -- random left-right flip;
+  ``brightness``: float, 0 -- add U(-b, b) inside the brain; ``contrast``: float, 0 -- multiply by
+  U(1 - c, 1 + c); ``gamma``: float, 0 -- gamma exp(U(-g, g)) on the brain's min-max range.
 - ``predictors.n_samples``: int, 0 -- 0 computes the maps at z = mu (the paper); n > 0 averages
   them over n sampled z.
 - ``predictors.combi``: "paper" (|dKL/dx| * rec_error) or "zimmerer" (KL-grad smoothed and
@@ -65,6 +82,16 @@ def _positive(v):
 
 def _non_negative(v):
     return None if v >= 0 else "must be >= 0"
+
+
+def _below_one(v):
+    return None if 0 <= v < 1 else "must be >= 0 and < 1"
+
+
+def _at_most(limit):
+    def check(v):
+        return None if 0 <= v <= limit else f"must be between 0 and {limit:g}"
+    return check
 
 
 def _power_of_two(v):
@@ -113,6 +140,10 @@ SCHEMA: dict[str, Any] = {
         "train_split": Field(STR, "train"),
         "validation_split": Field(STR, "validation"),
         "test_split": Field(STR, "test"),
+        "manual_dir": Field(STR + (type(None),), None),
+        "skip_bad": Field(BOOL, False),
+        "test_name": Field(STR + (type(None),), None),
+        "test_config": Field(STR + (type(None),), None),
     },
     "model": {
         "latent_dim": Field(INT, 64, _positive),
@@ -126,6 +157,15 @@ SCHEMA: dict[str, Any] = {
         "shuffle_buffer": Field(INT, 10000, _positive),
         "image_every": Field(INT, 10, _positive),
         "num_images": Field(INT, 8, _positive),
+    },
+    "augment": {
+        "noise_std": Field(FLOAT, 0.0, _non_negative),
+        "rotation_deg": Field(FLOAT, 0.0, _at_most(180.0)),
+        "scale": Field(FLOAT, 0.0, _below_one),
+        "flip": Field(BOOL, False),
+        "brightness": Field(FLOAT, 0.0, _non_negative),
+        "contrast": Field(FLOAT, 0.0, _below_one),
+        "gamma": Field(FLOAT, 0.0, _non_negative),
     },
     "predictors": {
         "n_samples": Field(INT, 0, _non_negative),

@@ -3,25 +3,63 @@
 ``builder(data_config)`` finds the TFDS builder a run config names (``data.name``, ``data.config``,
 ``data.data_dir``, ``data.image_size``), ``load_split`` builds it when needed (with TFDS's progress
 bars) and returns a split as a dataset of example dicts, and ``images`` turns that into the
-batches of slices the model trains on.
+batches of slices the model trains on (augmented on the fly when asked: training split only).
+
+Real datasets (``hcp_t2``, ``brats``, ``nifti_folder``) are built from files the user downloaded,
+found in the manual folder: ``data.manual_dir``, else the environment variable
+``TFVAE_MANUAL_DIR``, else TFDS's ``<data_dir>/downloads/manual``. When that folder is missing or
+empty and the dataset is not built yet, ``load_split`` raises ``MissingDataError`` with the
+builder's instructions. ``test_data_config`` gives the data config evaluation scores
+(``data.test_name`` / ``data.test_config``, e.g. train on ``hcp_t2``, test on ``brats``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tfvae import augment as augment_lib
+
 # data.name -> module whose import registers the builder with TFDS
 BUILDERS = {
     "brain_phantom": "tfvae_datasets.brain_phantom",
+    "hcp_t2": "tfvae_datasets.hcp_t2",
+    "brats": "tfvae_datasets.brats",
+    "nifti_folder": "tfvae_datasets.nifti_folder",
 }
+MANUAL_DIR_ENV = "TFVAE_MANUAL_DIR"
 
 
 class DataError(ValueError):
     """A dataset named in a config cannot be found or built; the message says why."""
+
+
+class MissingDataError(DataError):
+    """A dataset the user must download is not there; the message holds the instructions."""
+
+
+def test_data_config(data_config: dict) -> dict:
+    """The data config of the dataset evaluation scores: ``data.test_name`` / ``data.test_config``
+    when given (``test_config`` null: "default"), else the training dataset itself. Every other key
+    (data_dir, image_size, manual_dir, skip_bad, split names) is shared."""
+    out = dict(data_config)
+    if data_config.get("test_name"):
+        out["name"] = data_config["test_name"]
+        out["config"] = data_config.get("test_config") or "default"
+    elif data_config.get("test_config"):
+        out["config"] = data_config["test_config"]
+    out["test_name"] = out["test_config"] = None
+    return out
+
+
+def manual_dir(data_config: dict) -> str | None:
+    """``data.manual_dir``, else ``$TFVAE_MANUAL_DIR``, else None (TFDS's default)."""
+    path = data_config.get("manual_dir") or os.environ.get(MANUAL_DIR_ENV) or None
+    return os.path.expanduser(path) if path else None
 
 
 def builder(data_config: dict) -> tfds.core.DatasetBuilder:
@@ -37,14 +75,48 @@ def builder(data_config: dict) -> tfds.core.DatasetBuilder:
     size = data_config["image_size"]
     if config.image_size != size:
         config = dataclasses.replace(config, name=f"{config.name}_{size}px", image_size=size)
+    if data_config.get("skip_bad") and hasattr(config, "skip_bad") and not config.skip_bad:
+        # same name: skipping changes nothing unless cases are bad, and the skipped ones are
+        # recorded in the built dataset's metadata.json
+        config = dataclasses.replace(config, skip_bad=True)
     return cls(config=config, data_dir=data_config["data_dir"])
+
+
+def _missing_data_message(b: tfds.core.DatasetBuilder, data_config: dict, where: str) -> str:
+    return (f"{data_config['name']}: the data is not there yet ({where}); it must be downloaded by you.\n"
+            f"{b.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}\n"
+            f"Then point tfvae at it: train.py --manual-dir DIR, the config key data.manual_dir or the "
+            f"environment variable {MANUAL_DIR_ENV}.\n"
+            "To try tfvae without downloading anything, use the embedded phantom: "
+            "--set data.name=brain_phantom data.test_name=null")
+
+
+def check_available(data_config: dict) -> tfds.core.DatasetBuilder:
+    """The builder; raises ``MissingDataError`` (with the download instructions) when the dataset
+    is neither built nor present in the manual folder. Cheap: reads no data."""
+    b = builder(data_config)
+    if b.is_prepared() or not b.MANUAL_DOWNLOAD_INSTRUCTIONS or getattr(b.builder_config, "folder", None):
+        return b
+    folder = manual_dir(data_config) or os.path.join(b.data_dir_root, "downloads", "manual")
+    if not os.path.isdir(folder):
+        raise MissingDataError(_missing_data_message(b, data_config, f"no folder {folder}"))
+    if not os.listdir(folder):
+        raise MissingDataError(_missing_data_message(b, data_config, f"{folder} is empty"))
+    return b
+
+
+def prepare(data_config: dict) -> tfds.core.DatasetBuilder:
+    """The builder, built (from the manual folder for real data) when it is not built yet."""
+    b = check_available(data_config)
+    if not b.is_prepared():
+        b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir(data_config)))
+    return b
 
 
 def load_split(data_config: dict, split: str) -> tf.data.Dataset:
     """The split as a dataset of example dicts (image, brain_mask, label, volume_id, ...),
     in a fixed order; builds the dataset first if it is not built yet."""
-    b = builder(data_config)
-    b.download_and_prepare()
+    b = prepare(data_config)
     if split not in b.info.splits:
         raise DataError(f"{data_config['name']}/{b.builder_config.name} has no split {split!r} "
                         f"(known: {', '.join(b.info.splits)})")
@@ -52,11 +124,21 @@ def load_split(data_config: dict, split: str) -> tf.data.Dataset:
 
 
 def images(examples: tf.data.Dataset, batch_size: int, *, shuffle_buffer: int = 0, seed: int | None = None,
-           cache: bool = True) -> tf.data.Dataset:
-    """Batches of slices (B, S, S, 1) for training (``shuffle_buffer`` > 0) or evaluation."""
+           cache: bool = True, augment: dict | None = None) -> tf.data.Dataset:
+    """Batches of slices (B, S, S, 1) for training (``shuffle_buffer`` > 0) or evaluation.
+
+    ``augment`` (a config's ``augment`` section; training only) transforms each batch on the fly
+    (``tfvae.augment``), with per-batch seeds drawn from ``seed`` that change every epoch; None or
+    all off adds nothing to the pipeline."""
     ds = examples.map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if augment_lib.is_active(augment):
+        settings = dict(augment)
+        seeds = tf.data.Dataset.random(seed=0 if seed is None else seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(lambda x, s: augment_lib.augment(x, settings, s),
+                                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

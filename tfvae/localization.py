@@ -25,24 +25,6 @@ MODALITY_ALIASES = {"t2": "t2", "t2w": "t2", "flair": "flair", "t2f": "flair", "
                     "t1n": "t1", "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "pd": "pd", "pdw": "pd"}
 
 
-class ScanError(ValueError):
-    """A scan cannot be used; the one-line message names the file."""
-
-
-def load_scan(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 3D data, affine) of a NIfTI file, or a ``ScanError`` naming it."""
-    try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # nibabel raises many kinds for unreadable files
-        raise ScanError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})".splitlines()[0]) from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ScanError(f"{path}: expected a 3D NIfTI volume, got shape {data.shape}")
-    return data, np.asarray(img.affine, np.float64)
-
-
 def modality_from_name(path: str) -> str | None:
     """The MRI modality a file name suggests (``..._t1ce.nii.gz`` -> "t1ce"), or None."""
     name = re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path).lower())

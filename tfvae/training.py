@@ -29,6 +29,8 @@ from tfvae import data
 from tfvae.model import BetaVAE
 
 CONFIG_FILE = "config.json"
+# keys besides train.* that a resumed run may change: where the user's data lies is not part of the run
+RESUMABLE_KEYS = ("data.manual_dir",)
 
 
 class RunDirError(ValueError):
@@ -54,7 +56,8 @@ def prepare_run_dir(run_dir: str, config: dict | None, *, resume: bool = False, 
         saved = config_lib.load(config_path)
         config = config_lib.resolve(config if config is not None else saved, overrides, source=config_path)
         before, after = flat_hparams(saved), flat_hparams(config)
-        changed = [k for k in after if not k.startswith("train.") and before.get(k) != after[k]]
+        changed = [k for k in after if not k.startswith("train.") and k not in RESUMABLE_KEYS
+                   and before.get(k) != after[k]]
         if changed:
             raise RunDirError(f"{run_dir}: resuming cannot change {', '.join(changed)} (only train.* keys); "
                               "start a new run instead")
@@ -92,7 +95,7 @@ def flat_hparams(config: dict) -> dict:
     return flat
 
 
-def _preview_slices(validation: "tf.data.Dataset", n: int) -> np.ndarray:
+def _preview_slices(validation, n: int) -> np.ndarray:
     """``n`` validation slices evenly spread over the first few hundred (fixed, for the images)."""
     pool = np.concatenate([batch for batch in data.images(validation.take(512), 256, cache=False).as_numpy_iterator()])
     return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
@@ -105,7 +108,9 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
     t = config["train"]
     train_examples = data.load_split(config["data"], config["data"]["train_split"])
     validation_examples = data.load_split(config["data"], config["data"]["validation_split"])
-    train_ds = data.images(train_examples, t["batch_size"], shuffle_buffer=t["shuffle_buffer"], seed=config["seed"])
+    # augmentation (config section "augment", all off by default) for the training split only
+    train_ds = data.images(train_examples, t["batch_size"], shuffle_buffer=t["shuffle_buffer"], seed=config["seed"],
+                           augment=config.get("augment"))
     validation_ds = data.images(validation_examples, t["batch_size"])
 
     model = build_model(config)

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfvae import phantom, preprocessing
-from tfvae_datasets.slices import slice_examples, slice_features
+from tfvae_datasets.slices import slice_dataset_info, slice_examples
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 
@@ -53,16 +53,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "default"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=slice_features(self.builder_config.image_size),
-            supervised_keys=None,
-            # keep the generation order (volume by volume, slices in order) so that evaluation can
-            # stream one volume at a time; training shuffles in tf.data
-            disable_shuffling=True,
-            homepage="https://nilearn.github.io/stable/modules/datasets.html",
+        return slice_dataset_info(
+            self, homepage="https://nilearn.github.io/stable/modules/datasets.html",
             citation="Fonov et al., Unbiased average age-appropriate atlases for pediatric studies, "
-                     "NeuroImage 54(1), 2011 (MNI152 2009a templates).",
-        )
+                     "NeuroImage 54(1), 2011 (MNI152 2009a templates).")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # nothing to download

@@ -1,0 +1,175 @@
+"""brats: BraTS brain-tumour scans with their segmentations, for testing (one ``test`` split).
+
+Recognises on its own, case by case, the layouts of BraTS 2018-2023+ found anywhere (up to four
+folders deep) under the manual folder: a case is a folder holding NIfTI files named after it,
+``<case>_<modality>.nii[.gz]`` (2018-2021) or ``<case>-<modality>.nii.gz`` (2023+), e.g.
+
+- 2018 / 2019: ``{HGG,LGG}/Brats18_CBICA_AAB_1/Brats18_CBICA_AAB_1_t2.nii.gz`` (``BraTS19_`` in 2019)
+- 2020: ``BraTS20_Training_001/BraTS20_Training_001_t2.nii[.gz]`` (case 355's segmentation has an
+  odd name, e.g. ``W39_1998.09.19_Segm.nii``: a single ``*seg*`` file in the case folder is taken)
+- 2021: ``BraTS2021_00000/BraTS2021_00000_t2.nii.gz``
+- 2023+: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2w.nii.gz`` (t2w = t2, t2f = flair, t1n = t1,
+  t1c = t1ce)
+
+Labels are stored in the BraTS 2018 convention: 1 necrotic / non-enhancing core, 2 edema,
+4 enhancing (2023's label 3 becomes 4); the whole tumour is ``label > 0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from tfvae_datasets import nifti_io
+from tfvae_datasets.slices import slice_dataset_info, slice_examples
+
+# modality -> the names it has in the file names of the different releases
+MODALITY_NAMES = {
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f"),
+    "t1": ("t1", "t1n"),
+    "t1ce": ("t1ce", "t1c", "t1gd"),
+    "seg": ("seg",),
+}
+LABELS = (0, 1, 2, 3, 4)
+LABEL_MAP = {3: 4}  # 2023+: 3 is enhancing tumour, which BraTS 2018 calls 4
+MAX_DEPTH = 4
+
+LAYOUTS = [  # (release, pattern of its case names)
+    ("2018", re.compile(r"^Brats18_")),
+    ("2019", re.compile(r"^BraTS19_")),
+    ("2020", re.compile(r"^BraTS20_")),
+    ("2021", re.compile(r"^BraTS2021_")),
+    ("2023+", re.compile(r"^BraTS-[A-Z]+-\d+-\d+$")),
+]
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+BraTS needs registration: get the training data of BraTS 2018-2023 (e.g. via
+https://www.med.upenn.edu/sbia/brats2018/data.html, the CBICA Image Processing Portal, Kaggle or
+Synapse for 2021+) and unpack it into the manual folder (--manual-dir DIR, data.manual_dir or
+TFVAE_MANUAL_DIR; either DIR itself or DIR/brats/), keeping the release's own layout, e.g.
+    MICCAI_BraTS_2018_Data_Training/{HGG,LGG}/Brats18_*/Brats18_*_{t2,seg}.nii.gz
+    MICCAI_BraTS2020_TrainingData/BraTS20_Training_NNN/BraTS20_Training_NNN_{t2,seg}.nii[.gz]
+    BraTS2021_NNNNN/BraTS2021_NNNNN_{t2,seg}.nii.gz
+    BraTS-GLI-NNNNN-NNN/BraTS-GLI-NNNNN-NNN-{t2w,seg}.nii.gz
+Every case needs the chosen modality and its segmentation (validation sets without seg files do
+not work). Nothing in the folder is changed."""
+
+
+@dataclasses.dataclass(eq=False)
+class BratsConfig(nifti_io.SliceConfig):
+    """``modality``: t2 (the paper), flair, t1 or t1ce."""
+
+    modality: str = "t2"
+
+
+def layout_of(case: str) -> str:
+    """The BraTS release a case name comes from ("2018", ..., "2023+", or "unknown")."""
+    return next((release for release, pattern in LAYOUTS if pattern.match(case)), "unknown")
+
+
+def _nifti_stems(folder: epath.Path) -> dict:
+    """{stem: path} of the NIfTI files directly in ``folder``."""
+    out = {}
+    for path in folder.iterdir():
+        stem = nifti_io.strip_nifti_suffix(path.name)
+        if stem is not None and path.is_file():
+            out[stem] = path
+    return out
+
+
+def is_case(folder: epath.Path, stems: dict) -> bool:
+    return any(stem.startswith((folder.name + "_", folder.name + "-")) for stem in stems)
+
+
+def find_cases(root: epath.Path) -> list[epath.Path]:
+    """Case folders under ``root`` (up to ``MAX_DEPTH`` deep), sorted by case name."""
+    cases, seen = [], {}
+    pending = [(root, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        for child in sorted(folder.iterdir()):
+            if not child.is_dir() or child.name.startswith((".", "__")):
+                continue
+            if is_case(child, _nifti_stems(child)):
+                if child.name in seen:
+                    raise nifti_io.bad(child, f"duplicate BraTS case name (also at {seen[child.name]})")
+                seen[child.name] = child
+                cases.append(child)
+            elif depth + 1 < MAX_DEPTH:
+                pending.append((child, depth + 1))
+    return sorted(cases, key=lambda c: c.name)
+
+
+def case_file(case: epath.Path, modality: str) -> epath.Path:
+    """The case's file of ``modality`` (or "seg"); ``BadInputError`` when it is missing."""
+    stems = _nifti_stems(case)
+    for name in MODALITY_NAMES[modality]:
+        for sep in ("_", "-"):
+            path = stems.get(f"{case.name}{sep}{name}")
+            if path is not None:
+                return path
+    if modality == "seg":  # BraTS 2020 case 355: e.g. W39_1998.09.19_Segm.nii
+        odd = [p for s, p in stems.items() if "seg" in s.lower()]
+        if len(odd) == 1:
+            return odd[0]
+    what = "segmentation" if modality == "seg" else f"modality {modality}"
+    expected = " or ".join(f"{case.name}_{n}.nii[.gz]" for n in MODALITY_NAMES[modality])
+    raise nifti_io.bad(case, f"missing {what} (expected {expected})")
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """BraTS test slices with tumour labels (one ``test`` split)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        BratsConfig(name="default", description="T2 (the paper's modality), 64x64 slices of a 192 mm field of view."),
+        BratsConfig(name="flair", modality="flair", description="FLAIR, 64x64."),
+        BratsConfig(name="t1", modality="t1", description="T1 (native), 64x64."),
+        BratsConfig(name="t1ce", modality="t1ce", description="T1 with contrast, 64x64."),
+    ]
+    DEFAULT_CONFIG_NAME = "default"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return slice_dataset_info(
+            self, homepage="https://www.synapse.org/brats", metadata=True,
+            citation="Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), "
+                     "IEEE TMI 34(10), 2015; Bakas et al., Nature Scientific Data 4, 2017.")
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        cfg = self.builder_config
+        if cfg.modality not in MODALITY_NAMES or cfg.modality == "seg":
+            raise ValueError(f"brats config {cfg.name}: modality must be one of t2, flair, t1, t1ce, "
+                             f"got {cfg.modality!r}")
+        root = nifti_io.manual_root(dl_manager, self.name)
+        cases = find_cases(root)
+        if not cases:
+            raise nifti_io.BadInputError(f"{root}: no BraTS case folders found (expected e.g. "
+                                         "Brats18_CBICA_AAB_1/Brats18_CBICA_AAB_1_t2.nii.gz)")
+        return {"test": self._generate_examples(cases, root)}
+
+    def _load(self, case: epath.Path):
+        image_path = case_file(case, self.builder_config.modality)
+        seg_path = case_file(case, "seg")
+        image, affine = nifti_io.load_volume(image_path)
+        seg, seg_affine = nifti_io.load_volume(seg_path)
+        nifti_io.check_same_grid(seg_path, seg, seg_affine, image_path, image, affine, "segmentation")
+        label = nifti_io.check_labels(seg_path, seg, LABELS, LABEL_MAP)
+        return nifti_io.slices_of(image_path, image, affine, label=label, cfg=self.builder_config)
+
+    def _generate_examples(self, cases, root):
+        skipper = nifti_io.CaseSkipper(self.builder_config.skip_bad, self.name, "test", self.info.metadata)
+        count = 0
+        for case in cases:
+            sliced = skipper.run(case.name, lambda: self._load(case))
+            if sliced is None:
+                continue
+            for key, example in slice_examples(case.name, sliced):
+                count += 1
+                yield key, example
+        skipper.finish(count, root)

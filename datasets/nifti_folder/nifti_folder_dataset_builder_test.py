@@ -1,0 +1,51 @@
+"""nifti_folder built through TFDS: healthy scans split by file, segmented scans for test."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tfvae_datasets import nifti_io  # noqa: E402
+from tfvae_datasets import testing_trees as tt  # noqa: E402
+from tfvae_datasets.nifti_folder import nifti_folder_dataset_builder as nf  # noqa: E402
+
+
+def test_healthy_scans_train_and_segmented_scans_test(tmp_path):
+    src = tt.nifti_folder_tree(str(tmp_path / "ixi"), healthy=4, with_seg=2)
+    before = tt.file_bytes(src)
+    builder = tt.build(nf.Builder, src, tmp_path / "tfds", validation_fraction=0.25)
+    assert set(builder.info.splits) == {"train", "validation", "test"}
+    train, validation = tt.volume_ids(builder, "train"), tt.volume_ids(builder, "validation")
+    assert len(train) == 3 and len(validation) == 1
+    assert sorted(train + validation) == [f"IXI{i:03d}-T2" for i in range(4)]
+    assert tt.volume_ids(builder, "test") == ["lesions/case0", "lesions/case1"]
+    labels = np.concatenate([ex["label"].ravel() for ex in tt.examples(builder, "test")])
+    assert set(np.unique(labels).tolist()) == {0, 1, 2, 4}
+    assert all(not ex["label"].any() for ex in tt.examples(builder, "train"))
+    keys = [(ex["volume_id"].decode(), int(ex["slice_index"])) for ex in tt.examples(builder, "test")]
+    assert keys == sorted(keys)
+    assert tt.file_bytes(src) == before
+
+
+def test_healthy_only_folder_declares_no_test_split_and_folder_field(tmp_path):
+    src = tt.nifti_folder_tree(str(tmp_path / "ixi"), healthy=3, with_seg=0)
+    # the config's `folder` field wins over the manual folder (which does not even exist here)
+    builder = tt.build(nf.Builder, tmp_path / "nowhere", tmp_path / "tfds", folder=src)
+    assert set(builder.info.splits) == {"train", "validation"}
+
+
+def test_unknown_label_and_empty_folder(tmp_path):
+    src = tt.nifti_folder_tree(str(tmp_path / "ixi"), healthy=2, with_seg=1)
+    seg = os.path.join(src, "lesions", "case0_seg.nii.gz")
+    _, _, label = tt.brain(seed=20, tumour=True)
+    label[label == 4] = 9
+    tt.save(seg, label)
+    with pytest.raises(nifti_io.BadInputError) as err:
+        tt.build(nf.Builder, src, tmp_path / "tfds")
+    assert str(err.value) == f"{seg}: unknown label value(s) [9] (expected [0, 1, 2, 3, 4])"
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "readme.txt").write_text("no scans")
+    with pytest.raises(nifti_io.BadInputError, match="empty: no NIfTI scans"):
+        tt.build(nf.Builder, tmp_path / "empty", tmp_path / "tfds")

@@ -1,0 +1,127 @@
+"""What the real-data builders share: their config fields, safe NIfTI reading (re-exported from
+``tfvae.nifti``), label checks, ``skip_bad`` handling and subject splits.
+
+Every problem with a source file becomes a ``BadInputError`` whose message is one line that names
+the file and the problem (``<path>: <problem>``): a missing, corrupt or truncated file, a 2D or 4D
+volume, NaN or infinite voxels, a segmentation or mask whose shape or affine differs from its
+image's, a label value the dataset does not know, an empty brain. ``CaseSkipper`` implements the
+builders' ``skip_bad`` option: it either re-raises or records the bad case and reports the skipped
+cases when the split is done. Nothing here writes to the source folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from tfvae import preprocessing
+from tfvae.nifti import (AFFINE_ATOL, NIFTI_SUFFIXES, BadInputError, bad, check_same_grid,  # noqa: F401
+                         find_nifti, load_volume, strip_nifti_suffix)
+
+log = logging.getLogger("tfvae_datasets")
+
+
+@dataclasses.dataclass(eq=False)
+class SliceConfig(tfds.core.BuilderConfig):
+    """Fields shared by the real-data builders' configs. ``image_size`` pixels span ``fov_mm`` mm
+    (so pixels have the same physical size whatever the scan's voxel size); axial slices with less
+    than ``min_brain_fraction`` of the largest slice's brain area are dropped; ``skip_bad`` skips
+    (and reports) bad cases instead of stopping the build."""
+
+    image_size: int = 64
+    fov_mm: float = 192.0
+    min_brain_fraction: float = 0.2
+    skip_bad: bool = False
+
+
+def check_labels(path, label: np.ndarray, allowed, mapping: dict | None = None) -> np.ndarray:
+    """Integer label values from ``allowed`` as uint8, with ``mapping`` applied (e.g. {3: 4})."""
+    if not np.all(label == np.round(label)):
+        raise bad(path, "segmentation has non-integer values")
+    values = set(int(v) for v in np.unique(label))
+    unknown = sorted(values - set(allowed))
+    if unknown:
+        raise bad(path, f"unknown label value(s) {unknown} (expected {sorted(allowed)})")
+    out = label.astype(np.uint8)
+    for source, target in (mapping or {}).items():
+        out[out == source] = target
+    return out
+
+
+def slices_of(path, image, affine, *, mask=None, label=None, cfg) -> preprocessing.SlicedVolume:
+    """``preprocessing.volume_to_slices`` with its errors turned into ``BadInputError`` naming ``path``."""
+    try:
+        return preprocessing.volume_to_slices(image, affine, mask=mask, label=label, image_size=cfg.image_size,
+                                              fov_mm=cfg.fov_mm, min_brain_fraction=cfg.min_brain_fraction)
+    except preprocessing.PreprocessingError as e:
+        raise bad(path, e) from None
+
+
+class CaseSkipper:
+    """Stop at the first bad case (``skip_bad=False``) or skip it and report at the end.
+
+    Usage::
+
+        skipper = CaseSkipper(skip_bad, "hcp_t2", split)
+        for case in cases:
+            with skipper(case_name):
+                ...  # yields nothing when a BadInputError is raised
+        skipper.finish(num_examples, where)
+    """
+
+    def __init__(self, skip_bad: bool, dataset: str, split: str, record: dict | None = None):
+        self.skip_bad, self.dataset, self.split = skip_bad, dataset, split
+        self.skipped: list[tuple[str, str]] = []
+        self.record = record  # e.g. the builder's info.metadata: gets {"skipped": {split: [...]}}
+
+    def run(self, case: str, make):
+        """Call ``make()``; on ``BadInputError`` re-raise or record ``case`` and return None."""
+        try:
+            return make()
+        except BadInputError as e:
+            if not self.skip_bad:
+                raise
+            self.skipped.append((case, str(e)))
+            log.warning("%s/%s: skipping bad case %s: %s", self.dataset, self.split, case, e)
+            return None
+
+    def finish(self, num_examples: int, where) -> None:
+        """Report the skipped cases; an empty split is an error."""
+        if self.skipped:
+            lines = [f"{self.dataset}: skipped {len(self.skipped)} bad case(s) of split {self.split!r}:"]
+            lines += [f"  {case}: {reason}" for case, reason in self.skipped]
+            print("\n".join(lines), file=sys.stderr)
+            log.warning("\n".join(lines))
+            if self.record is not None:
+                self.record.setdefault("skipped", {})[self.split] = [
+                    {"case": case, "reason": reason} for case, reason in self.skipped]
+        if num_examples == 0:
+            why = f" ({len(self.skipped)} bad case(s) skipped)" if self.skipped else ""
+            raise BadInputError(f"{where}: split {self.split!r} of {self.dataset} would be empty{why}")
+
+
+def validation_subset(ids, fraction: float, seed: int) -> set:
+    """The ids that go to validation: ``round(fraction * n)`` of them (at least one when there are
+    two or more ids and ``fraction`` > 0), chosen by a seeded hash of each id, so the choice is
+    reproducible and does not depend on the listing order (adding subjects moves few others)."""
+    import hashlib
+
+    ids = sorted(ids)
+    if fraction <= 0 or len(ids) < 2:
+        return set()
+    n_val = min(len(ids) - 1, max(1, int(round(fraction * len(ids)))))
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    return set(ranked[:n_val])
+
+
+def manual_root(dl_manager, dataset: str) -> epath.Path:
+    """The manual folder, or its ``<dataset>/`` subfolder when there is one (so one folder can hold
+    ``hcp_t2/`` and ``brats/`` side by side)."""
+    root = epath.Path(dl_manager.manual_dir)
+    sub = root / dataset
+    return sub if sub.is_dir() else root
