@@ -34,11 +34,14 @@ def numpy_terms(model, x):
 def test_architecture_matches_the_paper(size, levels):
     model = BetaVAE(image_size=size, latent_dim=16)
     convs = [l for l in model.encoder.layers if isinstance(l, keras.layers.Conv2D)]
-    assert len(convs) == levels + 1
-    for layer in convs[:-1]:
+    assert len(convs) == levels
+    for layer in convs:
         assert layer.kernel_size == (4, 4) and layer.strides == (2, 2) and not layer.use_bias
-    assert convs[-1].filters == 32 and convs[-1].kernel_size == (4, 4)
-    assert [c.filters for c in convs[:-1]] == list(networks.default_filters(size))
+    assert [c.filters for c in convs] == list(networks.default_filters(size))
+    to_latent = model.encoder.get_layer("to_latent")
+    assert to_latent.kernel.shape == (4 * 4 * convs[-1].filters, 32)  # a 4x4 conv from 4x4 to 1x1
+    deconvs = [l for l in model.decoder.layers if isinstance(l, keras.layers.Conv2DTranspose)]
+    assert len(deconvs) == levels and all(d.strides == (2, 2) and d.kernel_size == (4, 4) for d in deconvs)
     acts = [l for l in model.encoder.layers if isinstance(l, keras.layers.LeakyReLU)]
     assert len(acts) == levels and all(abs(a.negative_slope - 0.01) < 1e-9 for a in acts)
     assert model.encoder.output_shape == (None, 32)
@@ -46,6 +49,32 @@ def test_architecture_matches_the_paper(size, levels):
     assert model.decoder.layers[-1].activation.__name__ == "linear"
     if size == 64:
         assert model.filters == (16, 32, 64, 256)
+
+
+def test_the_dense_ends_equal_the_papers_4x4_convolutions():
+    """to_latent is a 4x4 valid convolution 4x4 -> 1x1; from_latent a 4x4 transposed one 1x1 -> 4x4."""
+    model = BetaVAE(image_size=32, latent_dim=5, seed=0)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2, 4, 4, 256)).astype(np.float32)
+    dense = model.encoder.get_layer("to_latent")
+    kernel = dense.kernel.numpy().reshape(4, 4, 256, 10)
+    conv = tf.nn.conv2d(features, kernel, strides=1, padding="VALID")[:, 0, 0] + dense.bias.numpy()
+    np.testing.assert_allclose(dense(features.reshape(2, -1)).numpy(), conv.numpy(), rtol=1e-5, atol=1e-4)
+    z = rng.normal(size=(2, 5)).astype(np.float32)
+    up = model.decoder.get_layer("from_latent")
+    kernel = up.kernel.numpy().reshape(5, 4, 4, 256).transpose(1, 2, 3, 0)  # (kh, kw, out, in)
+    deconv = tf.nn.conv2d_transpose(z[:, None, None, :], kernel, (2, 4, 4, 256), strides=1, padding="VALID")
+    np.testing.assert_allclose(up(z).numpy().reshape(2, 4, 4, 256), deconv.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_flop_count_of_the_papers_network():
+    """Per slice at 64x64, latent 64: each layer's 2 * outputs * kernel taps * input channels."""
+    encoder = [2 * 32 * 32 * 16 * 16 * 1, 2 * 16 * 16 * 32 * 16 * 16, 2 * 8 * 8 * 64 * 16 * 32,
+               2 * 4 * 4 * 256 * 16 * 64, 2 * 4 * 4 * 256 * 128]
+    decoder = [2 * 64 * 4 * 4 * 256, 2 * 4 * 4 * 256 * 16 * 64, 2 * 8 * 8 * 64 * 16 * 32,
+               2 * 16 * 16 * 32 * 16 * 16, 2 * 32 * 32 * 16 * 16 * 1]
+    assert networks.forward_flops(BetaVAE(image_size=64, latent_dim=64)) == sum(encoder) + sum(decoder)
+    assert abs(sum(encoder) + sum(decoder) - 36e6) < 0.5e6  # the paper's network: ~36 MFLOP
 
 
 def test_filters_of_the_wrong_length_are_refused():

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Throughput of training, predictors, projection, input pipeline and metrics; prints a table and
+writes JSON.
+
+    python scripts/benchmark.py [--quick] [--out benchmark.json] [--data-dir DIR]
+
+Every figure is the median over repeats after a warm-up. ``--quick`` (under 3 minutes on a 2-core
+CPU) uses fewer repeats, shorter projections and the tiny phantom for the input pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BATCH = 64
+SIZE = 64
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats; finishes in under 3 minutes")
+    p.add_argument("--out", default="benchmark.json", help="JSON output (default: benchmark.json)")
+    p.add_argument("--data-dir", help="TFDS data_dir for the input-pipeline benchmark (default: TFDS's)")
+    args = p.parse_args(argv)
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.metrics import roc_auc_score
+
+    from tfvae import data, metrics
+    from tfvae.model import BetaVAE
+    from tfvae.networks import forward_flops
+    from tfvae.predictors import PixelPredictors
+    from tfvae.projection import CompiledProjection, project
+
+    quick = args.quick
+    repeats = 3 if quick else 7
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32)
+    gpus = tf.config.list_physical_devices("GPU")
+    out = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+                       "gpu": [g.name for g in gpus] or None, "quick": quick}}
+    rows = []
+
+    def record(key, value, unit, note=""):
+        out[key] = value
+        rows.append((key, value, unit, note))
+        print(f"  {key:38s} {value:12.4g} {unit:14s} {note}", flush=True)
+
+    print(f"{out['machine']['cpu']}, {os.cpu_count()} cores, TF {tf.__version__}, GPU: {bool(gpus)}")
+
+    # training: Keras fit on in-memory batches (the real training step, with its Keras overhead)
+    keras.utils.set_random_seed(0)
+    steps = 10 if quick else 30
+    images = tf.data.Dataset.from_tensor_slices(np.repeat(x, 4, axis=0)).batch(BATCH).cache().repeat()
+    for latent in (64, 256):
+        model = BetaVAE(image_size=SIZE, latent_dim=latent, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-4))
+        seconds = median_time(lambda: model.fit(images, steps_per_epoch=steps, epochs=1, verbose=0), repeats)
+        rate = steps * BATCH / seconds
+        record(f"train_slices_per_s_latent{latent}", rate, "slices/s", "target >= 1400 at latent 64")
+        if latent == 64:
+            flops = forward_flops(model)
+            train_rate = rate
+            record("forward_mflop_per_slice", flops / 1e6, "MFLOP")
+            record("train_gflop_per_s", 3 * flops * rate / 1e9, "GFLOP/s", "3 x forward per slice")
+
+    model = BetaVAE(image_size=SIZE, latent_dim=64, seed=0)
+    predictors = PixelPredictors(model)
+    seconds = median_time(lambda: predictors(x), repeats)
+    record("predictor_maps_slices_per_s", BATCH / seconds, "slices/s", "all five maps; target >= 1200")
+
+    proj_steps = 10 if quick else 50
+    compiled = CompiledProjection(model, steps=proj_steps)
+    seconds_compiled = median_time(lambda: compiled(x), repeats)
+    seconds_eager = median_time(lambda: project(model, x, proj_steps).numpy(), max(1, repeats // 2))
+    record("projection_compiled_slice_steps_per_s", BATCH * proj_steps / seconds_compiled, "slice-steps/s")
+    record("projection_eager_slice_steps_per_s", BATCH * proj_steps / seconds_eager, "slice-steps/s")
+    record("projection_compiled_over_eager", seconds_eager / seconds_compiled, "x", "target >= 5")
+
+    data_config = {"name": "brain_phantom", "config": "tiny" if quick else "default", "image_size": SIZE,
+                   "data_dir": args.data_dir}
+    examples = data.load_split(data_config, "train")
+    pipeline = data.images(examples, BATCH, shuffle_buffer=10000, seed=0).repeat()
+    batches = 20 if quick else 100
+
+    def read():
+        for _ in pipeline.take(batches):
+            pass
+    rate = batches * BATCH / median_time(read, repeats)
+    record("input_pipeline_slices_per_s", rate, "slices/s", f"brain_phantom/{data_config['config']}")
+    record("input_over_training", rate / train_rate, "x", "target >= 3")
+
+    # metrics: the streaming histograms on 10^8 pixels, beside scikit-learn on 10^7
+    chunk = 10**7
+    scores = rng.random(chunk, dtype=np.float32)
+    labels = rng.random(chunk) < 0.02
+    tracemalloc.start()
+    start = time.perf_counter()
+    hist = metrics.PixelHistogram()
+    for i in range(10):
+        hist.update(np.roll(scores, i), labels)
+    hist.auroc(), hist.auprc()
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    record("metrics_1e8_pixels_s", seconds, "s", "target < 10 s")
+    record("metrics_1e8_pixels_peak_mb", peak / 2**20, "MB", "target < 1024 MB")
+    tracemalloc.start()
+    start = time.perf_counter()
+    roc_auc_score(labels, scores)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    record("sklearn_auroc_1e7_pixels_s", seconds, "s")
+    record("sklearn_auroc_1e7_pixels_peak_mb", peak / 2**20, "MB")
+
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
