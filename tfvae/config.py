@@ -33,6 +33,10 @@ Schema (dotted key: type, default -- meaning):
 - ``train.shuffle_buffer``: int, 10000 -- slices held by the shuffle buffer.
 - ``train.image_every``: int, 10 -- write input/reconstruction/sample images every N epochs.
 - ``train.num_images``: int, 8 -- how many slices those image summaries show.
+- ``train.distribute``: "none" or "mirrored" -- "mirrored" trains under
+  ``tf.distribute.MirroredStrategy`` on all local GPUs (``train.batch_size`` is the global batch).
+- ``train.mixed_precision``: bool, false -- ``mixed_float16`` layers on a GPU (the distributions
+  and the loss stay float32); ignored with a warning where there is no GPU.
 - ``augment.*`` -- on-the-fly augmentation of the training split only (never validation or test),
   deterministic given ``seed`` (see ``tfvae.augment``); every one off by default:
   ``noise_std``: float, 0 -- std of Gaussian noise added inside the brain (z-score units);
@@ -157,6 +161,8 @@ SCHEMA: dict[str, Any] = {
         "shuffle_buffer": Field(INT, 10000, _positive),
         "image_every": Field(INT, 10, _positive),
         "num_images": Field(INT, 8, _positive),
+        "distribute": Field(STR, "none", _one_of("none", "mirrored")),
+        "mixed_precision": Field(BOOL, False),
     },
     "augment": {
         "noise_std": Field(FLOAT, 0.0, _non_negative),

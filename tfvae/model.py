@@ -45,7 +45,8 @@ class BetaVAE(keras.Model):
     # --- distributions -------------------------------------------------------------------------
     def posterior(self, x, training=False) -> tfd.Distribution:
         """q(z|x): diagonal Normal, batch shape (B,), event shape (latent_dim,)."""
-        mu, log_sigma = tf.split(self.encoder(x, training=training), 2, axis=-1)
+        # float32 whatever the layers compute in (mixed precision keeps the distributions in float32)
+        mu, log_sigma = tf.split(tf.cast(self.encoder(x, training=training), tf.float32), 2, axis=-1)
         return tfd.Independent(tfd.Normal(mu, tf.exp(log_sigma)), reinterpreted_batch_ndims=1)
 
     def prior(self) -> tfd.Distribution:
@@ -55,7 +56,7 @@ class BetaVAE(keras.Model):
 
     def likelihood(self, z, training=False) -> tfd.Distribution:
         """p(x|z) = Normal(g(z), 1) per pixel, event shape (S, S, 1)."""
-        mean = self.decoder(z, training=training)
+        mean = tf.cast(self.decoder(z, training=training), tf.float32)
         return tfd.Independent(tfd.Normal(mean, 1.0), reinterpreted_batch_ndims=3)
 
     # --- the ELBO ------------------------------------------------------------------------------
@@ -79,13 +80,13 @@ class BetaVAE(keras.Model):
                 "reconstruction": p_x.mean(), "mu": q.mean(), "sigma": q.stddev()}
 
     def call(self, x, training=False):
-        """The reconstruction g(mu(x))."""
-        return self.decoder(self.posterior(x, training=training).mean(), training=training)
+        """The reconstruction g(mu(x)), float32."""
+        return tf.cast(self.decoder(self.posterior(x, training=training).mean(), training=training), tf.float32)
 
     def sample_prior(self, n: int, seed=None):
         """Decoded means of ``n`` draws from p(z)."""
         z = self.prior().sample(n, seed=seed)
-        return self.decoder(z, training=False)
+        return tf.cast(self.decoder(z, training=False), tf.float32)
 
     # --- Keras training loop -------------------------------------------------------------------
     @property
@@ -99,10 +100,14 @@ class BetaVAE(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
+        # Under tf.distribute each replica sees its share of the batch and Keras sums the replicas'
+        # gradients: dividing by the number of replicas makes that the gradient of the global mean.
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         with tf.GradientTape() as tape:
             terms = self.loss_terms(data, sample=True, training=True)
-            loss = tf.reduce_mean(terms["loss"])
-        grads = tape.gradient(loss, self.trainable_weights)
+            loss = tf.reduce_mean(terms["loss"]) / replicas
+            scaled = self.optimizer.scale_loss(loss)  # mixed precision: the LossScaleOptimizer's scale
+        grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._update_trackers(terms)
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from tfvae import callbacks as tfvae_callbacks
@@ -75,10 +77,28 @@ def prepare_run_dir(run_dir: str, config: dict | None, *, resume: bool = False, 
     return config
 
 
+def strategy(config: dict) -> tf.distribute.Strategy:
+    """``MirroredStrategy`` over all local GPUs for ``train.distribute: mirrored``, else the default."""
+    if config["train"]["distribute"] == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 def build_model(config: dict) -> BetaVAE:
-    model = BetaVAE(image_size=config["data"]["image_size"], latent_dim=config["model"]["latent_dim"],
-                    beta=config["model"]["beta"], filters=config["model"]["filters"], seed=config["seed"])
-    model.compile(optimizer=keras.optimizers.Adam(config["train"]["learning_rate"]))
+    """The compiled model, its layers in ``mixed_float16`` when ``train.mixed_precision`` is on and a
+    GPU is there (Keras then wraps the optimizer in a LossScaleOptimizer)."""
+    policy = keras.mixed_precision.dtype_policy()
+    if config["train"]["mixed_precision"]:
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_dtype_policy("mixed_float16")
+        else:
+            print("warning: train.mixed_precision needs a GPU; training in float32", file=sys.stderr)
+    try:
+        model = BetaVAE(image_size=config["data"]["image_size"], latent_dim=config["model"]["latent_dim"],
+                        beta=config["model"]["beta"], filters=config["model"]["filters"], seed=config["seed"])
+        model.compile(optimizer=keras.optimizers.Adam(config["train"]["learning_rate"]))
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
     return model
 
 
@@ -113,7 +133,8 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
                            augment=config.get("augment"))
     validation_ds = data.images(validation_examples, t["batch_size"])
 
-    model = build_model(config)
+    with strategy(config).scope():
+        model = build_model(config)
     logs = os.path.join(run_dir, "logs")
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
