@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfvae import preprocessing
+from tfvae_datasets.slices import slice_examples
 from tfvae.nifti import (AFFINE_ATOL, NIFTI_SUFFIXES, BadInputError, bad, check_same_grid,  # noqa: F401
                          find_nifti, load_volume, strip_nifti_suffix)
 
@@ -125,3 +126,22 @@ def manual_root(dl_manager, dataset: str) -> epath.Path:
     root = epath.Path(dl_manager.manual_dir)
     sub = root / dataset
     return sub if sub.is_dir() else root
+
+
+def case_examples(builder, split: str, cases, load, root):
+    """(key, example) of every slice of every case, for a builder's ``_generate_examples``.
+
+    ``cases`` are ``(case id, item)`` pairs and ``load(item)`` returns the case's
+    ``SlicedVolume``; bad cases stop the build, or are skipped and reported with ``skip_bad``
+    (``CaseSkipper``), and an empty split is an error.
+    """
+    skipper = CaseSkipper(builder.builder_config.skip_bad, builder.name, split, builder.info.metadata)
+    count = 0
+    for case_id, item in cases:
+        sliced = skipper.run(case_id, lambda: load(item))
+        if sliced is None:
+            continue
+        for key, example in slice_examples(case_id, sliced):
+            count += 1
+            yield key, example
+    skipper.finish(count, root)

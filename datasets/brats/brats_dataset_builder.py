@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfvae_datasets import nifti_io
-from tfvae_datasets.slices import slice_dataset_info, slice_examples
+from tfvae_datasets.slices import slice_dataset_info
 
 # modality -> the names it has in the file names of the different releases
 MODALITY_NAMES = {
@@ -163,13 +163,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return nifti_io.slices_of(image_path, image, affine, label=label, cfg=self.builder_config)
 
     def _generate_examples(self, cases, root):
-        skipper = nifti_io.CaseSkipper(self.builder_config.skip_bad, self.name, "test", self.info.metadata)
-        count = 0
-        for case in cases:
-            sliced = skipper.run(case.name, lambda: self._load(case))
-            if sliced is None:
-                continue
-            for key, example in slice_examples(case.name, sliced):
-                count += 1
-                yield key, example
-        skipper.finish(count, root)
+        yield from nifti_io.case_examples(self, "test", [(c.name, c) for c in cases], self._load, root)

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfvae_datasets import nifti_io
-from tfvae_datasets.slices import slice_dataset_info, slice_examples
+from tfvae_datasets.slices import slice_dataset_info
 
 SPACES = {
     # space: (folder under the subject, T2 file, brain mask file)
@@ -108,13 +108,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return nifti_io.slices_of(image_path, image, affine, mask=mask, cfg=cfg)
 
     def _generate_examples(self, split: str, subjects, root):
-        skipper = nifti_io.CaseSkipper(self.builder_config.skip_bad, self.name, split, self.info.metadata)
-        count = 0
-        for subject in subjects:
-            sliced = skipper.run(subject.name, lambda: self._load(subject))
-            if sliced is None:
-                continue
-            for key, example in slice_examples(subject.name, sliced):
-                count += 1
-                yield key, example
-        skipper.finish(count, root)
+        yield from nifti_io.case_examples(self, split, [(s.name, s) for s in subjects], self._load, root)

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfvae_datasets import nifti_io
-from tfvae_datasets.slices import slice_dataset_info, slice_examples
+from tfvae_datasets.slices import slice_dataset_info
 
 COMPANIONS = ("_seg", "_mask")
 MAX_DEPTH = 8
@@ -120,13 +120,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return nifti_io.slices_of(path, image, affine, mask=mask, label=label, cfg=cfg)
 
     def _generate_examples(self, split, items, root):
-        skipper = nifti_io.CaseSkipper(self.builder_config.skip_bad, self.name, split, self.info.metadata)
-        count = 0
-        for volume_id, path in items:
-            sliced = skipper.run(volume_id, lambda: self._load(path))
-            if sliced is None:
-                continue
-            for key, example in slice_examples(volume_id, sliced):
-                count += 1
-                yield key, example
-        skipper.finish(count, root)
+        yield from nifti_io.case_examples(self, split, items, self._load, root)
