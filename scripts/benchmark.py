@@ -50,11 +50,49 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def layer_times(model, batch: int, repeats: int) -> dict:
+    """Forward and forward+backward milliseconds per batch of each weighted layer, run alone."""
+    import tensorflow as tf
+
+    from tfvae.networks import layer_flops
+
+    print(f"  {'layer':14s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'MFLOP/slice':>12s} {'GFLOP/s':>8s}  (batch {batch})")
+
+    times = {}
+    for part in (model.encoder, model.decoder):
+        for layer in part.layers:
+            if not layer.trainable_weights:
+                continue
+            x = tf.random.normal((batch, *layer.input.shape[1:]))
+
+            @tf.function
+            def forward(x, layer=layer):
+                return layer(x)
+
+            @tf.function
+            def both(x, layer=layer):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = layer(x)
+                return tape.gradient(tf.reduce_sum(y * y), [x, *layer.trainable_weights])
+
+            fwd = median_time(lambda: forward(x).numpy(), repeats, warmup=2) * 1e3
+            fb = median_time(lambda: [g.numpy() for g in both(x)], repeats, warmup=2) * 1e3
+            flops = layer_flops(layer)
+            gflops = 3 * flops * batch / (fb / 1e3) / 1e9  # backward ~ 2x forward
+            times[layer.name] = {"forward_ms": fwd, "forward_backward_ms": fb, "mflop_per_slice": flops / 1e6,
+                                 "gflop_per_s": gflops}
+            print(f"  {layer.name:14s} {fwd:8.2f} {fb:11.2f} {flops / 1e6:12.2f} {gflops:8.1f}", flush=True)
+    return times
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats; finishes in under 3 minutes")
     p.add_argument("--out", default="benchmark.json", help="JSON output (default: benchmark.json)")
     p.add_argument("--data-dir", help="TFDS data_dir for the input-pipeline benchmark (default: TFDS's)")
+    p.add_argument("--layers", action="store_true", help="also time each layer's forward and backward pass "
+                                                         "(where the training step spends its time)")
     args = p.parse_args(argv)
 
     import keras
@@ -151,6 +189,9 @@ def main(argv=None) -> int:
     tracemalloc.stop()
     record("sklearn_auroc_1e7_pixels_s", seconds, "s")
     record("sklearn_auroc_1e7_pixels_peak_mb", peak / 2**20, "MB")
+
+    if args.layers:
+        out["layers_ms_per_batch"] = layer_times(model, BATCH, repeats)
 
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)

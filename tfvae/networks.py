@@ -79,20 +79,21 @@ def build_decoder(image_size: int, latent_dim: int, filters) -> keras.Model:
     return keras.Model(inputs, outputs, name="decoder")
 
 
+def layer_flops(layer) -> int:
+    """Floating-point operations (a multiply-add counts 2) of one slice through a convolution,
+    transposed convolution or dense layer (biases and activations, a few per mille, are not
+    counted); 0 for other layers."""
+    if isinstance(layer, layers.Conv2DTranspose):
+        _, h, w, c_in = layer.input.shape
+        return 2 * h * w * c_in * layer.filters * layer.kernel_size[0] * layer.kernel_size[1]
+    if isinstance(layer, layers.Conv2D):
+        _, h, w, c_out = layer.output.shape
+        return 2 * h * w * c_out * layer.input.shape[-1] * layer.kernel_size[0] * layer.kernel_size[1]
+    if isinstance(layer, layers.Dense):
+        return 2 * layer.input.shape[-1] * layer.units
+    return 0
+
+
 def forward_flops(model: keras.Model) -> int:
-    """Floating-point operations (a multiply-add counts 2) of one forward pass of one slice through
-    the convolutions, transposed convolutions and dense layers of ``model`` (biases and
-    activations, a few per mille, are not counted)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += forward_flops(layer)
-        elif isinstance(layer, layers.Conv2DTranspose):
-            _, h, w, c_in = layer.input.shape
-            total += 2 * h * w * c_in * layer.filters * layer.kernel_size[0] * layer.kernel_size[1]
-        elif isinstance(layer, layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            total += 2 * h * w * c_out * layer.input.shape[-1] * layer.kernel_size[0] * layer.kernel_size[1]
-        elif isinstance(layer, layers.Dense):
-            total += 2 * layer.input.shape[-1] * layer.units
-    return int(total)
+    """FLOPs of one forward pass of one slice through ``model`` (see ``layer_flops``)."""
+    return int(sum(forward_flops(l) if isinstance(l, keras.Model) else layer_flops(l) for l in model.layers))
