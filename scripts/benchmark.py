@@ -77,7 +77,7 @@ def layer_times(model, batch: int, repeats: int) -> dict:
                 return tape.gradient(tf.reduce_sum(y * y), [x, *layer.trainable_weights])
 
             fwd = median_time(lambda: forward(x).numpy(), repeats, warmup=2) * 1e3
-            fb = median_time(lambda: [g.numpy() for g in both(x)], repeats, warmup=2) * 1e3
+            fb = median_time(lambda: [g.numpy() for g in both(x) if g is not None], repeats, warmup=2) * 1e3
             flops = layer_flops(layer)
             gflops = 3 * flops * batch / (fb / 1e3) / 1e9  # backward ~ 2x forward
             times[layer.name] = {"forward_ms": fwd, "forward_backward_ms": fb, "mflop_per_slice": flops / 1e6,

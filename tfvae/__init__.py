@@ -18,6 +18,10 @@ Modules, by role:
 - ``postprocessing`` -- 3D erosion, median filter, small-component removal, positive residuals.
 - ``localization``  -- maps, calibrated masks and reports for new scans (``localize.py``).
 - ``reporting``     -- tables (text, markdown, CSV, JSON), figures and overlays.
+- ``augment``       -- on-the-fly training augmentation (noise, rotation, scale, flip, intensity).
+- ``nifti``         -- safe NIfTI reading with one-line errors naming the file.
+- ``tuning``        -- Keras Tuner searches over beta and latent size (``tune.py``).
+- ``paper``         -- the paper's published numbers, for comparison tables.
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
 """
