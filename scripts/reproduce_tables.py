@@ -244,15 +244,20 @@ def findings(all_results: dict) -> list[str]:
     out = []
     runs = [(l, paper.TABLE1_BETA) for l in paper.LATENT_SIZES] + [(paper.TABLE2_LATENT, b) for b in paper.BETAS]
     runs = list(dict.fromkeys(runs))
-    pairs = [(auroc(l, b, "rec_grad"), auroc(l, b, "rec_error")) for l, b in runs]
-    pairs = [(g, e) for g, e in pairs if g is not None and e is not None]
+    def paired(first, second, settings):
+        """(first, second) AUROC of each setting that has both."""
+        both = [(auroc(l, b, first), auroc(l, b, second)) for l, b in settings]
+        return [(x, y) for x, y in both if x is not None and y is not None]
+
+    def verdict(count, total):
+        return "holds" if count == total else "holds in part" if count else "does not hold"
+
+    pairs = paired("rec_grad", "rec_error", runs)
     if pairs:
         wins = sum(g > e for g, e in pairs)
         out.append(f"Rec-grad beats Rec-Error (paper: in every row, by ~0.03-0.05): {wins} of {len(pairs)} runs; "
-                   f"mean difference {sum(g - e for g, e in pairs) / len(pairs):+.3f} -> "
-                   f"{'holds' if wins == len(pairs) else 'holds in part' if wins else 'does not hold'}.")
-    grads = [(auroc(l, b, "rec_grad"), auroc(l, b, "elbo_grad")) for l, b in runs]
-    grads = [(g, e) for g, e in grads if g is not None and e is not None]
+                   f"mean difference {sum(g - e for g, e in pairs) / len(pairs):+.3f} -> {verdict(wins, len(pairs))}.")
+    grads = paired("rec_grad", "elbo_grad", runs)
     if grads:
         gap = max(abs(g - e) for g, e in grads)
         out.append(f"ELBO-grad and Rec-grad perform comparably (paper: within 0.001): largest gap {gap:.3f} -> "
@@ -262,21 +267,19 @@ def findings(all_results: dict) -> list[str]:
     if kl:
         worse = sum(max(k, c) < g for k, c, g in kl)
         out.append(f"KL-grad and Combi are worse than Rec-grad (paper: in every row): {worse} of {len(kl)} runs -> "
-                   f"{'holds' if worse == len(kl) else 'holds in part' if worse else 'does not hold'}.")
-    proj = [(auroc(paper.TABLE2_LATENT, b, "proj_rec_error"), auroc(paper.TABLE2_LATENT, b, "rec_error"))
-            for b in paper.BETAS]
-    proj = [(p, e) for p, e in proj if p is not None and e is not None]
+                   f"{verdict(worse, len(kl))}.")
+    proj = paired("proj_rec_error", "rec_error", [(paper.TABLE2_LATENT, b) for b in paper.BETAS])
     if proj:
         wins = sum(p > e for p, e in proj)
         out.append(f"Projection improves Rec-Error (paper: Proj-Rec-Error > Rec-Error for every beta, by ~0.005): "
                    f"{wins} of {len(proj)} betas, mean difference {sum(p - e for p, e in proj) / len(proj):+.3f} -> "
-                   f"{'holds' if wins == len(proj) else 'holds in part' if wins else 'does not hold'}.")
+                   f"{verdict(wins, len(proj))}.")
     combi = [(b, auroc(paper.TABLE2_LATENT, b, "combi")) for b in paper.BETAS]
     combi = [(b, c) for b, c in combi if c is not None]
     if len(combi) >= 2:
         steps = [c2 - c1 for (_, c1), (_, c2) in zip(combi, combi[1:])]
         falls = sum(s < 0 for s in steps)
-        out.append(f"Combi degrades as beta grows (paper: .810 -> .749 from beta 0.1 to 10): "
+        out.append("Combi degrades as beta grows (paper: .810 -> .749 from beta 0.1 to 10): "
                    + ", ".join(f"beta {b:g}: {c:.3f}" for b, c in combi)
                    + f"; falls in {falls} of {len(steps)} steps, beta {combi[0][0]:g} -> {combi[-1][0]:g}: "
                    f"{combi[-1][1] - combi[0][1]:+.3f} -> "
