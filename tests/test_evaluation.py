@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from script_loader import ROOT, load_script
+from script_loader import load_script
 from tfvae import config as config_lib
 from tfvae import data
 from tfvae.ensemble import split_volumes
