@@ -19,8 +19,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CHECKPOINTS = {"final": "model.keras", "best": os.path.join("checkpoints", "best.keras"),
-               "last": os.path.join("checkpoints", "last.keras")}
+CHECKPOINTS = ("final", "best", "last")  # tfvae.training.MODEL_FILES
 
 
 def parse_args(argv=None):
@@ -45,13 +44,15 @@ def main(argv=None) -> int:
     if args.predictors:
         overrides.append("evaluate.predictors=" + ",".join(f'"{p}"' for p in args.predictors).join("[]"))
     config_path = os.path.join(args.run_dir, "config.json")
-    model_path = os.path.join(args.run_dir, CHECKPOINTS[args.checkpoint])
     out_dir = args.out or os.path.join(args.run_dir, "eval")
     try:
         config = config_lib.load(config_path, overrides)
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from tfvae.training import MODEL_FILES
+
+    model_path = os.path.join(args.run_dir, MODEL_FILES[args.checkpoint])
     if not os.path.isfile(model_path):
         print(f"error: {model_path} not found (train the run first, or pick --checkpoint)", file=sys.stderr)
         return 2
@@ -65,33 +66,13 @@ def main(argv=None) -> int:
             return 2
         shutil.rmtree(out_dir)
 
-    import keras
-    import tensorflow as tf
-
     from tfvae import data, evaluation, reporting
-    from tfvae.model import load
 
-    keras.utils.set_random_seed(config["seed"])
-    model = load(model_path)
-    d = config["data"]
-    test_data = data.test_data_config(d)  # e.g. trained on hcp_t2, tested on brats
     try:
-        test = data.load_split(test_data, d["test_split"])
-        validation = data.load_split(d, d["validation_split"])
-        results, figures = evaluation.evaluate(model, config, test, validation, out_dir)
+        results, title = evaluation.evaluate_run(args.run_dir, config, out_dir, checkpoint=args.checkpoint)
     except (data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    predictors = list(results)
-    title = (f"{config['name']}: {test_data['name']}/{test_data['config']} {d['test_split']}, beta {config['model']['beta']:g}, "
-             f"latent {config['model']['latent_dim']}, {args.checkpoint} model")
-    reporting.write_results(results, out_dir, header=f"# {title}")
-    config_lib.save(config, os.path.join(out_dir, "config.json"))  # what these results were made with
-    images = reporting.save_figures(figures, predictors, os.path.join(out_dir, "figures"))
-    with tf.summary.create_file_writer(os.path.join(args.run_dir, "logs", "eval")).as_default(step=0):
-        for name, image in images.items():
-            tf.summary.image(name, image[None])
     print()
     print(title)
     print(reporting.text_table(results))

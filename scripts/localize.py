@@ -34,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on healthy validation brain "
                                                           "pixels that sets the threshold (default: 0.05)")
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
-    p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final")
+    p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
+                   help="which saved model (default: final; see tfvae.training.MODEL_FILES)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys "
                    "(e.g. postprocess.min_component_voxels=8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -101,9 +102,9 @@ def main(argv=None) -> int:
     from tfvae import data, evaluation, localization, reporting
     from tfvae.nifti import BadInputError, check_same_grid, load_volume
     from tfvae.model import load
+    from tfvae.training import MODEL_FILES
 
-    model_path = os.path.join(args.run_dir, {"final": "model.keras", "best": "checkpoints/best.keras",
-                                             "last": "checkpoints/last.keras"}[args.checkpoint])
+    model_path = os.path.join(args.run_dir, MODEL_FILES[args.checkpoint])
     if not os.path.isfile(model_path):
         return fail(f"{model_path} not found (train the run first, or pick --checkpoint)")
     keras.utils.set_random_seed(config["seed"])

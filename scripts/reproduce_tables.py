@@ -135,21 +135,10 @@ def ensure_evaluated(config: dict, run_dir: str, reevaluate: bool, verbose: bool
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
 
-    import keras
+    from tfvae import evaluation
 
-    from tfvae import data, evaluation, reporting
-    from tfvae.model import load
-
-    keras.utils.set_random_seed(config["seed"])
-    model = load(os.path.join(run_dir, "model.keras"))
-    d = config["data"]
-    test = data.load_split(data.test_data_config(d), d["test_split"])
-    validation = data.load_split(d, d["validation_split"])
-    results, figures = evaluation.evaluate(model, config, test, validation, out_dir, verbose=verbose)
-    reporting.write_results(results, out_dir, header=f"# {config['name']}")
-    reporting.save_figures(figures, list(results), os.path.join(out_dir, "figures"))
-    config_lib.save(config, saved_config)  # last: marks the evaluation complete
-    return results
+    # evaluate_run saves the config last: its presence marks the evaluation complete
+    return evaluation.evaluate_run(run_dir, config, out_dir, verbose=verbose)[0]
 
 
 # --- tables ------------------------------------------------------------------------------------

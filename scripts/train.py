@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
     summary = "  ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()))
     print(f"trained {config['train']['epochs']} epochs: {summary}")
-    print(f"model: {os.path.join(run_dir, 'model.keras')}")
+    print(f"model: {os.path.join(run_dir, training.MODEL_FILES['final'])}")
     return 0
 
 

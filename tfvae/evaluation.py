@@ -33,8 +33,12 @@ import nibabel as nib
 import numpy as np
 import tensorflow as tf
 
+from tfvae import config as config_lib
+from tfvae import data
 from tfvae import ensemble as ensemble_lib
-from tfvae import metrics, postprocessing, preprocessing
+from tfvae import metrics, postprocessing, preprocessing, reporting
+from tfvae.model import load
+from tfvae.training import MODEL_FILES
 from tfvae.predictors import ALL_PREDICTORS, PixelPredictors, smooth
 from tfvae.projection import CompiledProjection
 
@@ -276,3 +280,26 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     if ensemble is not None:
         results["ensemble"].update(coefficients=ensemble.coefficients(), scored_volumes=len(scored_ids))
     return results, figures
+
+
+def evaluate_run(run_dir: str, config: dict, out_dir: str, *, checkpoint: str = "final",
+                 verbose: bool = True) -> tuple[dict, str]:
+    """Evaluate a run's saved model (``checkpoint``: a key of ``training.MODEL_FILES``) on its test
+    data (``data.test_data_config``) with ``config``; write results, figures and the config used to
+    ``out_dir`` and the figures to TensorBoard (``run_dir/logs/eval``). Returns (results, title)."""
+    keras.utils.set_random_seed(config["seed"])
+    model = load(os.path.join(run_dir, MODEL_FILES[checkpoint]))
+    d = config["data"]
+    test_data = data.test_data_config(d)  # e.g. trained on hcp_t2, tested on brats
+    test = data.load_split(test_data, d["test_split"])
+    validation = data.load_split(d, d["validation_split"])
+    results, figures = evaluate(model, config, test, validation, out_dir, verbose=verbose)
+    title = (f"{config['name']}: {test_data['name']}/{test_data['config']} {d['test_split']}, "
+             f"beta {config['model']['beta']:g}, latent {config['model']['latent_dim']}, {checkpoint} model")
+    reporting.write_results(results, out_dir, header=f"# {title}")
+    images = reporting.save_figures(figures, list(results), os.path.join(out_dir, "figures"))
+    with tf.summary.create_file_writer(os.path.join(run_dir, "logs", "eval")).as_default(step=0):
+        for name, image in images.items():
+            tf.summary.image(name, image[None])
+    config_lib.save(config, os.path.join(out_dir, "config.json"))  # last: what these results were made with
+    return results, title

@@ -31,6 +31,9 @@ from tfvae import data
 from tfvae.model import BetaVAE
 
 CONFIG_FILE = "config.json"
+# the saved models of a run directory, by the name scripts offer for them (--checkpoint)
+MODEL_FILES = {"final": "model.keras", "best": os.path.join("checkpoints", "best.keras"),
+               "last": os.path.join("checkpoints", "last.keras")}
 # keys besides train.* that a resumed run may change: where the user's data lies is not part of the run
 RESUMABLE_KEYS = ("data.manual_dir",)
 
@@ -141,9 +144,9 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
     callbacks = [
         tfvae_callbacks.StopOnNaN(),
         keras.callbacks.BackupAndRestore(os.path.join(checkpoints, "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.keras"), monitor="val_loss",
+        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, MODEL_FILES["best"]), monitor="val_loss",
                                         save_best_only=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.keras")),
+        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, MODEL_FILES["last"])),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(logs, write_graph=False),
         hparams_api.KerasCallback(logs, flat_hparams(config), trial_id=config["name"]),
@@ -154,5 +157,5 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
     ]
     history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
                         shuffle=False, verbose=verbose)  # tf.data shuffles
-    model.save(os.path.join(run_dir, "model.keras"))
+    model.save(os.path.join(run_dir, MODEL_FILES["final"]))
     return history
