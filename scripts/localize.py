@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     import nibabel as nib
     import numpy as np
 
-    from tfvae import data, evaluation, localization, reporting
+    from tfvae import data, evaluation, localization, preprocessing, reporting
     from tfvae.nifti import BadInputError, check_same_grid, load_volume
     from tfvae.model import load
     from tfvae.training import MODEL_FILES
@@ -144,8 +144,8 @@ def main(argv=None) -> int:
             return fail(message)
         nib.save(nib.Nifti1Image(result.score.astype(np.float32), affine), os.path.join(args.out, name + OUTPUTS[0]))
         nib.save(nib.Nifti1Image(result.mask, affine), os.path.join(args.out, name + OUTPUTS[1]))
-        reporting.overlay_montage(result.canonical_image, result.canonical_score, result.canonical_mask,
-                                  os.path.join(args.out, name + OUTPUTS[2]),
+        ras = [preprocessing.to_canonical(v, affine) for v in (scan, result.score, result.mask)]
+        reporting.overlay_montage(*ras, os.path.join(args.out, name + OUTPUTS[2]),
                                   f"{name}: {args.predictor}, mask at {args.fpr:g} FPR ({result.volume_ml:.1f} ml)")
         rows.append({"scan": path, "predictor": args.predictor, "threshold": f"{threshold:.6g}",
                      "fpr": args.fpr, "anomalous_ml": f"{result.volume_ml:.2f}", "components": result.components,

@@ -56,9 +56,6 @@ class Localized:
     voxel_ml: float
     components: int
     largest_voxels: int
-    canonical_image: np.ndarray  # the scan in RAS orientation, for pictures
-    canonical_score: np.ndarray
-    canonical_mask: np.ndarray
 
     @property
     def volume_ml(self) -> float:
@@ -80,15 +77,14 @@ def localize(scorer: evaluation.Scorer, data: np.ndarray, affine: np.ndarray, *,
     mask_volume = preprocessing.slices_to_volume(binary.astype(np.float32), sliced.slice_index, sliced.geometry,
                                                  order=0).astype(np.uint8)
     n, largest = postprocessing.components(mask_volume)
-    to_ras = preprocessing.to_canonical
-    return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest,
-                     to_ras(data, affine), to_ras(score_volume, affine), to_ras(mask_volume, affine))
+    return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest)
 
 
 def stored_thresholds(run_dir: str, config: dict, predictor: str, fpr: float) -> float | None:
-    """The threshold ``evaluate.py`` calibrated for ``predictor`` at ``fpr`` (1 % or 5 %), if its
-    evaluation used the same predictor and post-processing settings; else None."""
-    key = {0.01: "dice_fpr01", 0.05: "dice_fpr05"}.get(fpr)
+    """The threshold ``evaluate.py`` calibrated for ``predictor`` at ``fpr`` (one of
+    ``evaluation.FPRS``: 1 % or 5 %), if its evaluation used the same predictor and
+    post-processing settings; else None."""
+    key = {rate: name for name, rate in evaluation.FPRS.items()}.get(fpr)
     results_path = os.path.join(run_dir, "eval", "results.json")
     config_path = os.path.join(run_dir, "eval", "config.json")
     if key is None or not (os.path.isfile(results_path) and os.path.isfile(config_path)):
