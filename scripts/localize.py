@@ -2,7 +2,7 @@
 """Anomaly maps, calibrated masks and a report for new scans, from a trained run.
 
     python scripts/localize.py --run-dir R scan_t2.nii.gz [more scans or folders] --out OUT
-        [--predictor rec_grad] [--fpr 0.05] [--mask brainmask.nii.gz] [--set KEY=VALUE ...] [--overwrite]
+        [--predictor recommended] [--fpr 0.05] [--mask brainmask.nii.gz] [--set KEY=VALUE ...] [--overwrite]
 
 For each scan, in the scan's own shape and affine: OUT/<name>_score.nii.gz (float anomaly score),
 OUT/<name>_mask.nii.gz (binary, thresholded at the false-positive rate --fpr calibrated on the
@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--predictor", default="rec_grad", help="which map (default: rec_grad)")
+    p.add_argument("--predictor", default="recommended", help="which map (default: recommended)")
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on healthy validation brain "
                                                           "pixels that sets the threshold (default: 0.05)")
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
@@ -113,10 +113,11 @@ def main(argv=None) -> int:
     builder_config = data.builder(config["data"]).builder_config
     settings = config["postprocess"]
 
+    validation = data.load_split(config["data"], config["data"]["validation_split"])
+    scorer.fit(validation, stored=localization.stored_reference(args.run_dir, config))
     threshold = localization.stored_thresholds(args.run_dir, config, args.predictor, args.fpr)
     if threshold is None:
         print(f"calibrating the {args.predictor} threshold at {args.fpr:g} FPR on the run's validation slices ...")
-        validation = data.load_split(config["data"], config["data"]["validation_split"])
         threshold = evaluation.calibrate(scorer, validation, [args.predictor], settings, fprs={"t": args.fpr})
         threshold = threshold["postprocessed" if "postprocessed" in threshold else "raw"][args.predictor]["t"]
     train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
             result = localization.localize(
                 scorer, scan, affine, predictor=args.predictor, threshold=threshold, settings=settings,
                 image_size=config["data"]["image_size"], fov_mm=builder_config.fov_mm,
-                min_brain_fraction=builder_config.min_brain_fraction, mask=mask)
+                min_brain_fraction=builder_config.min_brain_fraction, mask=mask, clip=config["data"]["clip"])
         except (BadInputError, ValueError) as e:
             message = str(e) if str(e).startswith(path) or str(e).startswith(str(args.mask)) else f"{path}: {e}"
             return fail(message)

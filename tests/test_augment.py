@@ -81,7 +81,9 @@ def test_a_90_degree_rotation_is_np_rot90_and_the_flip_is_np_flip():
 
 
 def _examples(n=24, size=16):
-    return tf.data.Dataset.from_tensor_slices({"image": _brain_batch(n=n, size=size)})
+    """Slices stored volume by volume, as the builders store them (4 volumes)."""
+    ids = np.repeat([f"vol{i}" for i in range(4)], n // 4)
+    return tf.data.Dataset.from_tensor_slices({"image": _brain_batch(n=n, size=size), "volume_id": ids})
 
 
 def _epochs(ds, n=2):
@@ -119,3 +121,44 @@ def test_training_augments_the_train_split_only(tiny_data_dir, tmp_path, monkeyp
     active = [c for c in calls if A.is_active(c)]
     assert len(active) == 1 and active[0]["rotation_deg"] == 10.0  # train; validation and previews plain
     assert len(calls) >= 3
+
+
+def test_reference_ranges_for_zoom_contrast_and_noise():
+    x = _brain_batch(n=64)
+    brain = x != 0
+    # contrast as a factor range: every slice's brain is multiplied by one factor inside [0.95, 1.1]
+    out = _run(x, {**OFF, "contrast": [0.95, 1.1]})
+    ratio = out[brain].reshape(-1) / x[brain].reshape(-1)
+    per_slice = [np.median((out[i][brain[i]] / x[i][brain[i]])) for i in range(len(x))]
+    assert 0.95 - 1e-5 <= ratio.min() and ratio.max() <= 1.1 + 1e-5
+    assert min(per_slice) < 0.99 and max(per_slice) > 1.05  # both sides of 1 are drawn
+    # a noise range draws each slice's std: some slices nearly clean, some noisy
+    noisy = _run(x, {**OFF, "noise_std": [0.0, 0.5]})
+    stds = [np.std(noisy[i][brain[i]] - x[i][brain[i]]) for i in range(len(x))]
+    assert min(stds) < 0.1 and max(stds) > 0.35
+    # a zoom range [1.0, 1.0] is off; [0.9, 1.2] changes the images
+    np.testing.assert_array_equal(_run(x, {**OFF, "scale": [1.0, 1.0]}), x)
+    assert not np.allclose(_run(x, {**OFF, "scale": [0.9, 1.2]}), x)
+    assert A.factor_range(0.1) == (0.9, 1.1) and A.factor_range([0.9, 1.2]) == (0.9, 1.2)
+    assert A.factor_range(0.0) is None
+
+
+def test_training_shuffles_the_volume_order_every_epoch():
+    """Slices stored volume by volume, a buffer far smaller than the split: a batch can still hold
+    slices of the first and the last volume, and the first batch differs between epochs."""
+    n_volumes, per = 5, 8
+    images = np.repeat(np.arange(n_volumes, dtype=np.float32), per)[:, None, None, None] * np.ones((1, 4, 4, 1))
+    ids = np.repeat([f"vol{i}" for i in range(n_volumes)], per)
+    examples = tf.data.Dataset.from_tensor_slices({"image": images.astype(np.float32), "volume_id": ids})
+    ds = data.images(examples, 4, shuffle_buffer=4, seed=0)
+    firsts, mixed_ends = [], False
+    for _ in range(12):
+        batches = [sorted(set(b[:, 0, 0, 0].astype(int).tolist())) for b in ds.as_numpy_iterator()]
+        firsts.append(tuple(batches[0]))
+        mixed_ends |= any(0 in b and n_volumes - 1 in b for b in batches)
+        # every slice once per epoch
+        assert sorted(np.concatenate(list(ds.as_numpy_iterator()))[:, 0, 0, 0].tolist()) == sorted(images[:, 0, 0, 0].tolist())
+    assert any(n_volumes - 1 in f for f in firsts)  # the last volume can come first
+    assert len(set(firsts)) > 1
+    assert mixed_ends
+    assert ds.cardinality().numpy() == n_volumes * per // 4  # Keras knows an epoch's length

@@ -33,6 +33,13 @@ def test_partial_config_takes_defaults_and_converts_int_to_float(tmp_path):
     ({"data": {"image_size": 48}}, ["data.image_size", "power of 2", "48"]),
     ({"model": {"filters": [16, 0]}}, ["model.filters", "positive"]),
     ({"model": 3}, ["model", "JSON object"]),
+    ({"augment": {"scale": [1.2, 0.9]}}, ["augment.scale", "range", "[1.2, 0.9]"]),
+    ({"augment": {"noise_std": [0.1]}}, ["augment.noise_std", "range"]),
+    ({"augment": {"contrast": "x"}}, ["augment.contrast", "number", "list", "'x'"]),
+    ({"data": {"clip": 0}}, ["data.clip", "> 0"]),
+    ({"recommended": {"median_size": 4}}, ["recommended.median_size", "odd"]),
+    ({"ensemble": {"features": ["rec_error", "ensemble"]}}, ["ensemble.features", "distinct predictors"]),
+    ({"predictors": {"combi": "sum"}}, ["predictors.combi", "'zimmerer'"]),
 ])
 def test_bad_values_are_one_line_errors_naming_file_and_key(tmp_path, content, words):
     with pytest.raises(ConfigError) as err:
@@ -88,6 +95,12 @@ def test_shipped_configs_are_valid_and_cover_the_papers_tables():
         assert (1.0, latent) in settings
     paper = config_lib.load(os.path.join(ROOT, "configs", "beta10.json"))
     assert paper["train"] == {**paper["train"], "epochs": 500, "batch_size": 64, "learning_rate": 1e-4}
+    for name in ("beta0.1", "beta0.5", "beta1", "beta2", "beta10", "latent32", "latent64", "latent256"):
+        cfg = config_lib.load(os.path.join(ROOT, "configs", f"{name}.json"))
+        # the reference code's augmentation and map-making (Zimmerer et al.)
+        assert cfg["augment"] == {**cfg["augment"], "flip": True, "rotation_deg": 5.73, "scale": [0.9, 1.2],
+                                  "contrast": [0.95, 1.1], "noise_std": [0.0, 0.05]}, name
+        assert cfg["predictors"]["combi"] == "zimmerer" and cfg["predictors"]["smooth_gradients"], name
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -80,3 +80,33 @@ def test_mixed_precision_without_a_gpu_trains_in_float32(capsys):
     assert model.encoder.layers[1].compute_dtype == "float32"
     assert "needs a GPU" in capsys.readouterr().err
     assert keras.mixed_precision.dtype_policy().name == "float32"
+
+
+def test_a_mixed_precision_model_makes_its_maps_in_float32():
+    """Built (trained) under mixed_float16, the model computes in float16; the scorer rebuilds it in
+    float32, so its maps equal those of a float32 model with the same weights."""
+    from tfvae import evaluation
+    from tfvae.model import BetaVAE, in_float32
+    from tfvae.predictors import PixelPredictors
+
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        mixed = BetaVAE(image_size=32, latent_dim=4, beta=1.0, seed=0)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    assert mixed.encoder.layers[1].compute_dtype == "float16"
+    plain = BetaVAE(image_size=32, latent_dim=4, beta=1.0, seed=1)
+    plain.encoder.set_weights(mixed.encoder.get_weights())
+    plain.decoder.set_weights(mixed.decoder.get_weights())
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype(np.float32)
+    config = config_lib.resolve({}, ["data.image_size=32"])
+    maps = evaluation.Scorer(mixed, config, ["rec_grad", "kl_grad"])(x)
+    expected = PixelPredictors(plain)(x)
+    for name in ("rec_grad", "kl_grad", "rec_error"):
+        assert maps[name].dtype == np.float32
+        np.testing.assert_allclose(maps[name], expected[name], rtol=1e-4, atol=1e-7)
+    # in float16 the same maps differ (the reason for the rebuild)
+    half = PixelPredictors(mixed, smooth_gradients=False)(x)["kl_grad"]
+    assert not np.allclose(half, PixelPredictors(plain, smooth_gradients=False)(x)["kl_grad"], rtol=1e-3, atol=0)
+    assert in_float32(plain) is plain

@@ -152,3 +152,54 @@ def test_postprocessing_is_reported_beside_the_raw_metrics(tiny_run):
     with open(os.path.join(out, "results.md")) as f:
         assert "| rec_error +pp |" in f.read()
     assert glob.glob(os.path.join(out, "maps", "*_rec_error_postprocessed.nii.gz"))
+
+
+def test_every_predictor_is_also_measured_on_the_ensembles_volumes(evaluated):
+    """The ensemble is compared like with like: each predictor's metrics over the scored volumes only."""
+    run, results = evaluated
+    examples, _ = split_arrays(run, "test")
+    fit = set(results["ensemble"]["coefficients"]["fit_volumes"])
+    scored = [ex for ex in examples if ex["volume_id"].decode() not in fit]
+    scores = np.concatenate([ex["image"].ravel() for ex in scored])
+    labels = np.concatenate([ex["label"].ravel() > 0 for ex in scored])
+    same = results["intensity"]["ensemble_volumes"]
+    assert same["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert same["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
+    for name in ALL_PREDICTORS:
+        assert "ensemble_volumes" in results[name], name
+    assert results["ensemble"]["ensemble_volumes"]["auroc"] == results["ensemble"]["auroc"]
+
+
+def test_the_recommended_map_is_first_and_its_settings_come_from_validation(evaluated):
+    run, results = evaluated
+    assert list(results)[0] == "recommended"
+    config = config_lib.load(os.path.join(run, "config.json"))
+    validation_volumes = len({ex["volume_id"] for ex, in zip(split_arrays(run, "validation")[0])})
+    selection = results["recommended"]["selection"]
+    assert selection["lesions"] == config["recommended"]["synthetic_copies"] * validation_volumes
+    settings = results["recommended"]["settings"]
+    best = max(selection["table"], key=lambda row: row["auprc"])
+    assert settings == {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"]}
+    low, high = results["combi"]["kl_grad_range"]
+    assert 0 <= low < high
+
+
+def test_ensemble_scores_are_log_odds_that_do_not_saturate_and_take_any_features():
+    from tfvae.ensemble import PredictorEnsemble
+
+    rng = np.random.default_rng(0)
+    label = rng.random((2, 200, 200)) < 0.2
+    maps = {"intensity": (label * 8.0 + rng.normal(size=label.shape)).astype(np.float32),
+            "rec_error": rng.random(label.shape).astype(np.float32)}
+    ensemble = PredictorEnsemble(features=["intensity", "rec_error"], seed=0)
+    ensemble.add_volume("a", {k: v[:1] for k, v in maps.items()}, label[:1])
+    ensemble.fit()
+    score = ensemble.score({k: v[1:] for k, v in maps.items()})
+    probability = ensemble.pipeline.predict_proba(np.stack([maps[f][1:].ravel() for f in ensemble.features], 1))[:, 1]
+    usable = (probability > 1e-9) & (probability < 1 - 1e-9)  # where float64 log-odds are accurate
+    log_odds = np.log(probability[usable]) - np.log1p(-probability[usable])
+    np.testing.assert_allclose(score.ravel()[usable], log_odds, rtol=1e-4, atol=1e-4)
+    confident = probability.astype(np.float32) == 1.0
+    assert confident.sum() > 10 and len(np.unique(score.ravel()[confident])) == confident.sum()  # no ties
+    assert roc_auc_score(label[1:].ravel(), score.ravel()) > 0.99
+    assert ensemble.coefficients()["features"] == ["intensity", "rec_error"]

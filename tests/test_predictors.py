@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfvae.model import BetaVAE
-from tfvae.predictors import PixelPredictors, smooth
+from tfvae.predictors import PixelPredictors, min_max, reference_kernel, smooth, smooth_reference
 from tfvae.projection import CompiledProjection, energy, project
 
 BETA = 3.0
@@ -57,7 +57,7 @@ def test_each_slice_gets_the_gradient_of_its_own_loss(model, x):
 
 
 def test_maps_are_the_absolute_values_and_elbo_grad_is_the_signed_sum(model, x):
-    predictors = PixelPredictors(model)
+    predictors = PixelPredictors(model, smooth_gradients=False, combi="paper")
     signed = {k: v.numpy() for k, v in predictors.signed_maps(x).items()}
     maps = predictors(x)
     np.testing.assert_allclose(signed["d_loss"], signed["d_rec"] + BETA * signed["d_kl"], rtol=1e-5, atol=1e-6)
@@ -71,15 +71,75 @@ def test_maps_are_the_absolute_values_and_elbo_grad_is_the_signed_sum(model, x):
     np.testing.assert_array_equal(maps["intensity"], x)
 
 
-def test_zimmerer_combi_and_smoothing(model, x):
-    maps = PixelPredictors(model, combi="zimmerer")(x)
-    plain = PixelPredictors(model)(x)
-    kl = smooth(plain["kl_grad"], 3.0)
-    kl = (kl - kl.min(axis=(1, 2, 3), keepdims=True)) / np.ptp(kl, axis=(1, 2, 3), keepdims=True)
-    np.testing.assert_allclose(maps["combi"], kl * plain["rec_error"], rtol=1e-5, atol=1e-7)
-    smoothed = PixelPredictors(model, smooth_sigma=1.5)(x)
-    np.testing.assert_allclose(smoothed["rec_grad"], smooth(plain["rec_grad"], 1.5), rtol=1e-6)
-    assert smoothed["rec_grad"].std() < plain["rec_grad"].std()
+def hand_kernel():
+    """utils/util.py::smooth_tensor written out: kernel_size 8 -> 7, sigma 3, centred, sum 1."""
+    k = np.zeros((7, 7))
+    for i in range(7):
+        for j in range(7):
+            k[i, j] = np.exp(-((i - 3) ** 2 + (j - 3) ** 2) / (2 * 3.0 ** 2)) / (2 * np.pi * 9.0)
+    return k / k.sum()
+
+
+def hand_smooth(maps):
+    """Zero-padded 7x7 convolution of every slice, pixel by pixel."""
+    k = hand_kernel()
+    b, h, w, _ = maps.shape
+    padded = np.zeros((b, h + 6, w + 6))
+    padded[:, 3:-3, 3:-3] = maps[..., 0]
+    out = np.zeros((b, h, w, 1))
+    for i in range(h):
+        for j in range(w):
+            out[:, i, j, 0] = (padded[:, i:i + 7, j:j + 7] * k).sum(axis=(1, 2))
+    return out
+
+
+def test_reference_kernel_and_smoothing_match_a_hand_built_7x7_gaussian(x):
+    np.testing.assert_allclose(reference_kernel(), hand_kernel(), rtol=1e-12)
+    assert reference_kernel().shape == (7, 7) and reference_kernel(kernel_size=7).shape == (7, 7)
+    np.testing.assert_allclose(smooth_reference(x), hand_smooth(x), rtol=1e-5, atol=1e-6)
+    # zero padding: a constant image loses mass at its border but keeps it in the middle
+    ones = np.ones((1, 16, 16, 1), np.float32)
+    assert smooth_reference(ones)[0, 0, 0, 0] < 0.6 and smooth_reference(ones)[0, 8, 8, 0] == pytest.approx(1.0)
+
+
+def test_gradient_maps_are_smoothed_and_rec_error_is_not(model, x):
+    smoothed = PixelPredictors(model)(x)  # the reference's default: gradients smoothed
+    plain = PixelPredictors(model, smooth_gradients=False)(x)
+    for name in ("elbo_grad", "kl_grad", "rec_grad"):
+        np.testing.assert_allclose(smoothed[name], hand_smooth(plain[name]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(smoothed["rec_error"], plain["rec_error"])
+    extra = PixelPredictors(model, smooth_gradients=False, smooth_sigma=1.5)(x)
+    np.testing.assert_allclose(extra["rec_grad"], smooth(plain["rec_grad"], 1.5), rtol=1e-6)
+    assert extra["rec_grad"].std() < plain["rec_grad"].std()
+
+
+def test_per_pixel_negative_log_likelihood_is_tfp_normal():
+    import math
+
+    import tensorflow_probability as tfp
+
+    rng = np.random.default_rng(3)
+    x, g = rng.normal(size=50), rng.normal(size=50)
+    nll = -tfp.distributions.Normal(g, 1.0).log_prob(x).numpy()
+    np.testing.assert_allclose(nll, 0.5 * (x - g) ** 2 + 0.5 * math.log(2 * math.pi), rtol=1e-6)
+
+
+def test_zimmerer_combi_is_the_reference_formula(model, x):
+    plain = PixelPredictors(model, smooth_gradients=False)(x)
+    kl, rec = plain["kl_grad"].astype(np.float64), plain["rec_error"].astype(np.float64)
+    nll = 0.5 * rec + 0.5 * np.log(2 * np.pi)  # the reference's per-pixel rec term, constant included
+    # without a fixed range: min-max over the whole batch, as utils/util.py::normalize does
+    batch = PixelPredictors(model)(x)["combi"]
+    np.testing.assert_allclose(batch, hand_smooth((kl - kl.min()) / (kl.max() - kl.min())) * nll, rtol=1e-4, atol=1e-7)
+    # with a fixed range (taken from healthy validation maps): a slice's map no longer depends on its batch
+    fixed = PixelPredictors(model, kl_range=(0.0, 2.0 * float(kl.max())))
+    np.testing.assert_allclose(fixed(x)["combi"], hand_smooth(kl / (2.0 * kl.max())) * nll, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(fixed(x[1:2])["combi"], fixed(x)["combi"][1:2], rtol=1e-4, atol=1e-7)
+    assert not np.allclose(PixelPredictors(model)(x[1:2])["combi"], batch[1:2], rtol=1e-3)
+    # the paper's product is kept as a variant
+    np.testing.assert_allclose(PixelPredictors(model, combi="paper", smooth_gradients=False)(x)["combi"],
+                               plain["kl_grad"] * plain["rec_error"], rtol=1e-6)
+    np.testing.assert_allclose(min_max(np.array([2.0, 4.0, 6.0])), [0.0, 0.5, 1.0])
 
 
 def test_sampled_maps_average_over_z(model, x):

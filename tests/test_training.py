@@ -134,3 +134,37 @@ def test_same_seed_same_model(tmp_path, tiny_overrides):
         outputs.append([w.numpy() for w in model.weights])
     for a, b in zip(*outputs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_patience_stops_at_the_plateau_and_keeps_the_best_epoch(tiny_overrides, tmp_path):
+    """A learning rate so small that nothing is learnt: the validation loss only wanders (sampled z),
+    so training stops after ``patience`` epochs without improvement, and model.keras is the best epoch."""
+    run = str(tmp_path / "plateau")
+    config = config_lib.resolve({"name": "plateau"}, tiny_overrides + [
+        "train.epochs=40", "train.patience=2", "train.learning_rate=1e-12"])
+    training.train(training.prepare_run_dir(run, config), run, verbose=0)
+    with open(os.path.join(run, "history.csv")) as f:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    assert 3 <= len(losses) < 40
+    best = int(np.argmin(losses))
+    assert best == len(losses) - 1 - 2  # stopped exactly `patience` epochs after the best one
+    final, last = (keras.models.load_model(os.path.join(run, p)) for p in (training.MODEL_FILES["final"],
+                                                                           training.MODEL_FILES["last"]))
+    best_weights = keras.models.load_model(os.path.join(run, training.MODEL_FILES["best"])).get_weights()
+    for a, b in zip(final.get_weights(), best_weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_clip_limits_every_split_and_is_off_by_default(tiny_data_dir):
+    from tfvae import data
+
+    config = config_lib.resolve({}, ["data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}"])
+    plain = np.concatenate([ex["image"] for ex in data.load_split(config["data"], "test").as_numpy_iterator()])
+    assert config["data"]["clip"] is None and np.abs(plain).max() > 1.5
+    clipped_config = config_lib.resolve(config, ["data.clip=1.5"])
+    for split in ("train", "validation", "test"):
+        clipped = np.concatenate([ex["image"] for ex in
+                                  data.load_split(clipped_config["data"], split).as_numpy_iterator()])
+        assert np.abs(clipped).max() <= 1.5
+    np.testing.assert_array_equal(np.concatenate([ex["image"] for ex in data.load_split(
+        clipped_config["data"], "test").as_numpy_iterator()]), np.clip(plain, -1.5, 1.5))

@@ -24,36 +24,57 @@ Schema (dotted key: type, default -- meaning):
   "default") scored by evaluation when it differs from the training one, e.g. train on ``hcp_t2``
   and test on ``brats``. null: the test split of ``data.name`` itself (see ``data.test_data_config``).
   Healthy validation slices for calibration always come from the training dataset.
+- ``data.clip``: float or null, null -- clip the z-scored intensities to [-clip, clip] (Zimmerer
+  et al.'s preprocessing clips to +-1.5); applied to every split and to scans given to localize.
+  Off by default and in the paper configs: the paper only z-scores, and clipping at 1.5 also
+  flattens the bright tumours and CSF of T2 scans.
 - ``model.latent_dim``: int, 64 -- l, the size of z.
 - ``model.beta``: float, 1.0 -- weight of the KL term (beta-VAE); 1 is the plain VAE.
 - ``model.filters``: list of int or null -- encoder feature maps per stride-2 level; null gives
   the paper's 16-32-64-256 at 64x64 (adapted to other sizes by ``networks.default_filters``).
 - ``train.epochs``: int, 500; ``train.batch_size``: int, 64; ``train.learning_rate``: float, 1e-4
   (Adam, as in the paper).
-- ``train.shuffle_buffer``: int, 10000 -- slices held by the shuffle buffer.
+- ``train.shuffle_buffer``: int, 10000 -- slices held by the shuffle buffer; the order of the
+  volumes is shuffled every epoch as well (see ``data.images``).
 - ``train.image_every``: int, 10 -- write input/reconstruction/sample images every N epochs.
 - ``train.num_images``: int, 8 -- how many slices those image summaries show.
 - ``train.distribute``: "none" or "mirrored" -- "mirrored" trains under
   ``tf.distribute.MirroredStrategy`` on all local GPUs (``train.batch_size`` is the global batch).
 - ``train.mixed_precision``: bool, false -- ``mixed_float16`` layers on a GPU (the distributions
-  and the loss stay float32); ignored with a warning where there is no GPU.
+  and the loss stay float32); ignored with a warning where there is no GPU. Anomaly maps are
+  always computed in float32.
+- ``train.patience``: int, 0 -- stop when the validation loss has not improved for this many
+  epochs (``train.epochs`` is then the maximum) and keep the best epoch's weights; 0: off.
 - ``augment.*`` -- on-the-fly augmentation of the training split only (never validation or test),
   deterministic given ``seed`` (see ``tfvae.augment``); every one off by default:
-  ``noise_std``: float, 0 -- std of Gaussian noise added inside the brain (z-score units);
-  ``rotation_deg``: float, 0 -- random rotation in [-r, r] degrees; ``scale``: float, 0 -- random
-  zoom by a factor in [1 - s, 1 + s]; ``flip``: bool, false -- random left-right flip;
-  ``brightness``: float, 0 -- add U(-b, b) inside the brain; ``contrast``: float, 0 -- multiply by
-  U(1 - c, 1 + c); ``gamma``: float, 0 -- gamma exp(U(-g, g)) on the brain's min-max range.
+  ``noise_std``: float or [low, high], 0 -- std of Gaussian noise added inside the brain (z-score
+  units; a range draws each slice's std); ``rotation_deg``: float, 0 -- random rotation in [-r, r]
+  degrees; ``scale``: float or [low, high], 0 -- random zoom by a factor in [1 - s, 1 + s] (or in
+  [low, high]); ``flip``: bool, false -- random left-right flip; ``brightness``: float, 0 -- add
+  U(-b, b) inside the brain; ``contrast``: float or [low, high], 0 -- multiply by U(1 - c, 1 + c)
+  (or U(low, high)); ``gamma``: float, 0 -- gamma exp(U(-g, g)) on the brain's min-max range.
+  The paper configs set the reference's values (flip, 5.73 degrees, scale [0.9, 1.2], contrast
+  [0.95, 1.1], noise_std [0, 0.05]).
 - ``predictors.n_samples``: int, 0 -- 0 computes the maps at z = mu (the paper); n > 0 averages
   them over n sampled z.
-- ``predictors.combi``: "paper" (|dKL/dx| * rec_error) or "zimmerer" (KL-grad smoothed and
-  min-max normalised per slice before the product).
+- ``predictors.combi``: "zimmerer" (the reference code: smooth(min-max(|dKL/dx|)) times the
+  per-pixel negative log-likelihood, the min-max range fixed from healthy validation maps) or
+  "paper" (|dKL/dx| * rec_error, the product as the paper writes it). See ``tfvae.predictors``.
+- ``predictors.smooth_gradients``: bool, true -- smooth ELBO-, KL- and Rec-grad with the reference
+  code's normalised 7x7 Gaussian (sigma 3 px, zero padding), as Zimmerer et al. do.
 - ``predictors.smooth_sigma``: float, 0 -- Gaussian smoothing of every map, in pixels (0: off).
 - ``predictors.projection_steps``: int, 100; ``projection_lambda``: float, 1.0;
   ``projection_lr``: float, 0.03 -- the energy-based projection (see ``tfvae.projection``).
 - ``postprocess.erode_brain`` (voxels), ``median_size`` (voxels), ``min_component_voxels``: ints,
   0 = off; ``postprocess.positive_only``: bool, false -- 3D post-processing of the maps, see
   ``tfvae.postprocessing``. When any is on, ``evaluate.py`` reports metrics with and without it.
+- ``recommended.*`` -- the ``recommended`` map (``tfvae.recommended``): ``restore``: bool, true --
+  residual of the restored (projected) image, else of the plain reconstruction;
+  ``median_size``: odd int or null -- 3D median filter (0: off); ``gaussian_sigma``: float or null
+  -- 3D Gaussian (voxels, 0: off); null: chosen on the healthy validation volumes with synthetic
+  lesions; ``synthetic_copies``: int, 3 -- lesioned copies of each validation volume for that choice.
+- ``ensemble.features``: list, ["rec_error", "kl_grad", "rec_grad"] (the paper's) -- the maps the
+  logistic-regression ensemble combines; any predictor but the ensemble itself.
 - ``evaluate.predictors``: list or null (all) -- which predictors ``evaluate.py`` scores.
 - ``evaluate.batch_size``: int, 64; ``evaluate.ensemble_fraction``: float, 0.1 -- share of test
   volumes the logistic-regression ensemble is fitted on; ``evaluate.num_figures``: int, 4 -- figures
@@ -127,6 +148,31 @@ def _predictor_names(v):
     return None
 
 
+def _ensemble_features(v):
+    from tfvae.predictors import ALL_PREDICTORS
+
+    known = [p for p in ALL_PREDICTORS if p != "ensemble"]
+    if not v or any(p not in known for p in v) or len(set(v)) != len(v):
+        return f"must be a non-empty list of distinct predictors from {', '.join(known)}"
+    return None
+
+
+def _odd_or_zero(v):
+    return None if v == 0 or (v > 0 and v % 2 == 1) else "must be 0 (off) or an odd number of voxels"
+
+
+def _range_or(check_number, low: float, exclusive: bool = False):
+    """A number checked by ``check_number``, or a range ``[lo, hi]`` with ``low <= lo <= hi``
+    (for factors: ``lo > low``)."""
+    def check(v):
+        if not isinstance(v, list):
+            return check_number(v)
+        ok = (len(v) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in v)
+              and (v[0] > low if exclusive else v[0] >= low) and v[0] <= v[1])
+        return None if ok else f"must be a number or a range [low, high] with {'>' if exclusive else '>='} {low:g} <= low <= high"
+    return check
+
+
 def _fraction(v):
     return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
 
@@ -148,6 +194,7 @@ SCHEMA: dict[str, Any] = {
         "skip_bad": Field(BOOL, False),
         "test_name": Field(STR + (type(None),), None),
         "test_config": Field(STR + (type(None),), None),
+        "clip": Field(FLOAT + (type(None),), None, _positive),
     },
     "model": {
         "latent_dim": Field(INT, 64, _positive),
@@ -163,19 +210,21 @@ SCHEMA: dict[str, Any] = {
         "num_images": Field(INT, 8, _positive),
         "distribute": Field(STR, "none", _one_of("none", "mirrored")),
         "mixed_precision": Field(BOOL, False),
+        "patience": Field(INT, 0, _non_negative),
     },
     "augment": {
-        "noise_std": Field(FLOAT, 0.0, _non_negative),
+        "noise_std": Field(FLOAT + LIST, 0.0, _range_or(_non_negative, low=0.0)),
         "rotation_deg": Field(FLOAT, 0.0, _at_most(180.0)),
-        "scale": Field(FLOAT, 0.0, _below_one),
+        "scale": Field(FLOAT + LIST, 0.0, _range_or(_below_one, low=0.0, exclusive=True)),
         "flip": Field(BOOL, False),
         "brightness": Field(FLOAT, 0.0, _non_negative),
-        "contrast": Field(FLOAT, 0.0, _below_one),
+        "contrast": Field(FLOAT + LIST, 0.0, _range_or(_below_one, low=0.0, exclusive=True)),
         "gamma": Field(FLOAT, 0.0, _non_negative),
     },
     "predictors": {
         "n_samples": Field(INT, 0, _non_negative),
-        "combi": Field(STR, "paper", _one_of("paper", "zimmerer")),
+        "combi": Field(STR, "zimmerer", _one_of("zimmerer", "paper")),
+        "smooth_gradients": Field(BOOL, True),
         "smooth_sigma": Field(FLOAT, 0.0, _non_negative),
         "projection_steps": Field(INT, 100, _non_negative),
         "projection_lambda": Field(FLOAT, 1.0, _non_negative),
@@ -186,6 +235,15 @@ SCHEMA: dict[str, Any] = {
         "median_size": Field(INT, 0, _non_negative),
         "min_component_voxels": Field(INT, 0, _non_negative),
         "positive_only": Field(BOOL, False),
+    },
+    "recommended": {
+        "restore": Field(BOOL, True),
+        "median_size": Field(INT + (type(None),), None, _odd_or_zero),
+        "gaussian_sigma": Field(FLOAT + (type(None),), None, _non_negative),
+        "synthetic_copies": Field(INT, 3, _positive),
+    },
+    "ensemble": {
+        "features": Field(LIST, ["rec_error", "kl_grad", "rec_grad"], _ensemble_features),
     },
     "evaluate": {
         "predictors": Field(LIST + (type(None),), None, _predictor_names),

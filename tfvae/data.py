@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -113,28 +114,73 @@ def prepare(data_config: dict) -> tfds.core.DatasetBuilder:
     return b
 
 
+def clip(image, limit: float | None):
+    """``data.clip``: z-scored intensities clipped to [-limit, limit] (tensor or array); None: as is."""
+    if limit is None:
+        return image
+    return tf.clip_by_value(image, -limit, limit) if tf.is_tensor(image) else np.clip(image, -limit, limit)
+
+
 def load_split(data_config: dict, split: str) -> tf.data.Dataset:
     """The split as a dataset of example dicts (image, brain_mask, label, volume_id, ...),
-    in a fixed order; builds the dataset first if it is not built yet."""
+    in a fixed order; builds the dataset first if it is not built yet. Images are clipped when
+    ``data.clip`` says so."""
     b = prepare(data_config)
     if split not in b.info.splits:
         raise DataError(f"{data_config['name']}/{b.builder_config.name} has no split {split!r} "
                         f"(known: {', '.join(b.info.splits)})")
-    return b.as_dataset(split=split, shuffle_files=False)
+    ds = b.as_dataset(split=split, shuffle_files=False)
+    limit = data_config.get("clip")
+    return ds if limit is None else ds.map(lambda ex: {**ex, "image": clip(ex["image"], limit)})
+
+
+def volume_slices(examples: tf.data.Dataset) -> tuple[tf.data.Dataset, list[str], list[int]]:
+    """``(volumes, ids, counts)``: a dataset with one element per volume, its slices stacked
+    (n, S, S, 1), in stored order, the volume ids and their slice counts. Reads the split's volume ids once; the split must be
+    stored volume by volume (as every tfvae builder stores it)."""
+    ids, counts = [], []
+    for vid in examples.map(lambda ex: ex["volume_id"]).as_numpy_iterator():
+        vid = vid.decode()
+        if not ids or ids[-1] != vid:
+            if vid in ids:
+                raise DataError(f"slices of volume {vid} are not stored together; rebuild the dataset")
+            ids.append(vid)
+            counts.append(0)
+        counts[-1] += 1
+    if not ids:
+        raise DataError("the split holds no slices")
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), default_value=-1)
+    sizes = tf.constant(counts, tf.int64)
+    keyed = examples.map(lambda ex: (table.lookup(ex["volume_id"]), ex["image"]))
+    volumes = keyed.group_by_window(key_func=lambda key, image: key,
+                                    reduce_func=lambda key, window: window.map(lambda k, image: image).batch(sizes[key]),
+                                    window_size_func=lambda key: sizes[key])
+    return volumes.apply(tf.data.experimental.assert_cardinality(len(ids))), ids, counts
 
 
 def images(examples: tf.data.Dataset, batch_size: int, *, shuffle_buffer: int = 0, seed: int | None = None,
            cache: bool = True, augment: dict | None = None) -> tf.data.Dataset:
     """Batches of slices (B, S, S, 1) for training (``shuffle_buffer`` > 0) or evaluation.
 
+    For training, slices are shuffled across all volumes every epoch: the volumes are cached in
+    memory as stacks of slices, their order is shuffled anew each epoch, and a buffer of
+    ``shuffle_buffer`` slices mixes the slices of neighbouring volumes in that order. (Shuffling
+    slices alone would mix only volumes stored near each other, always the same ones: HCP's
+    ~150k slices stored volume by volume give ~50 subjects per 10,000-slice buffer.)
+
     ``augment`` (a config's ``augment`` section; training only) transforms each batch on the fly
     (``tfvae.augment``), with per-batch seeds drawn from ``seed`` that change every epoch; None or
     all off adds nothing to the pipeline."""
-    ds = examples.map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache()
     if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        volumes, ids, counts = volume_slices(examples)
+        volumes = volumes.cache() if cache else volumes
+        ds = (volumes.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True).unbatch()
+              .apply(tf.data.experimental.assert_cardinality(sum(counts)))  # Keras then knows the epoch's length
+              .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True))
+    else:
+        ds = examples.map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.cache() if cache else ds
     ds = ds.batch(batch_size)
     if augment_lib.is_active(augment):
         settings = dict(augment)

@@ -19,8 +19,14 @@ Metrics are streamed (``tfvae.metrics``): memory does not grow with the test set
 volume are written back into the source volume's grid as NIfTI (``maps/``), and a few slices with
 and without tumour are kept for the figures.
 
-The ensemble is fitted on ``evaluate.ensemble_fraction`` of the test volumes, which are processed
-first; its metrics are over the other volumes only (all other predictors use every volume).
+Before any test slice is scored, ``Scorer.fit`` takes from the healthy validation volumes what
+the maps need (the reference Combi's KL-grad range, the recommended map's settings chosen with
+synthetic lesions), and ``calibrate`` the thresholds; no test label is used by either.
+
+The ensemble is fitted on ``evaluate.ensemble_fraction`` of the test volumes (with their labels),
+which are processed first; its metrics are over the other volumes only. Every predictor's metrics
+over all volumes are in its result, and, when the ensemble is evaluated, again over the ensemble's
+scored volumes only (``"ensemble_volumes"``), so the ensemble is compared like with like.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from tfvae import config as config_lib
 from tfvae import data
 from tfvae import ensemble as ensemble_lib
 from tfvae import metrics, postprocessing, preprocessing, reporting
-from tfvae.model import load
+from tfvae import recommended as recommended_lib
+from tfvae.model import in_float32, load
 from tfvae.training import MODEL_FILES
 from tfvae.predictors import ALL_PREDICTORS, PixelPredictors, smooth
 from tfvae.projection import CompiledProjection
@@ -45,6 +52,7 @@ from tfvae.projection import CompiledProjection
 FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}
 HISTOGRAM_BITS = 22  # 4M bins per class when the exact mode overflows: ~1e-5 of AUROC, 64 MB each
 MAX_CALIBRATION_SLICES = 4096
+SAME_VOLUME_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
 
 @dataclasses.dataclass
@@ -88,19 +96,77 @@ def volumes(examples: tf.data.Dataset, batch_size: int = 256):
 
 
 class Scorer:
-    """All requested maps of a batch of slices."""
+    """All requested maps of a volume's slices.
+
+    ``fit(validation)`` must run before scoring when the maps need statistics of healthy
+    validation volumes: the fixed KL-grad range of the reference Combi, and the recommended map's
+    settings (``tfvae.recommended``); ``reference`` holds what it found."""
 
     def __init__(self, model, config: dict, predictors):
-        p = config["predictors"]
+        p, r = config["predictors"], config["recommended"]
+        model = in_float32(model)  # a mixed-precision model's float16 input gradients underflow
+        self.model = model
         self.predictors = list(predictors)
+        self.seed = config["seed"]
         self.pixel = PixelPredictors(model, n_samples=p["n_samples"], combi=p["combi"],
-                                     smooth_sigma=p["smooth_sigma"])
-        self.projection = (CompiledProjection(model, p["projection_steps"], p["projection_lambda"],
-                                              p["projection_lr"]) if "proj_rec_error" in self.predictors else None)
+                                     smooth_gradients=p["smooth_gradients"], smooth_sigma=p["smooth_sigma"])
+        self.restore = "recommended" in self.predictors and r["restore"]
+        self.projection = (CompiledProjection(model, p["projection_steps"], p["projection_lambda"], p["projection_lr"])
+                           if "proj_rec_error" in self.predictors or self.restore else None)
         self.smooth_sigma = p["smooth_sigma"]
         self.batch_size = config["evaluate"]["batch_size"]
+        self.recommended = {"median_size": r["median_size"], "gaussian_sigma": r["gaussian_sigma"]}
+        self.synthetic_copies = r["synthetic_copies"]
+        self.reference: dict = {}
 
-    def __call__(self, images: np.ndarray) -> dict:
+    def _needs_kl_range(self) -> bool:
+        return "combi" in self.predictors and self.pixel.combi == "zimmerer" and self.pixel.kl_range is None
+
+    def _needs_selection(self) -> bool:
+        return "recommended" in self.predictors and None in self.recommended.values()
+
+    def fit(self, validation: tf.data.Dataset | None, stored: dict | None = None) -> dict:
+        """Take what the maps need from the healthy ``validation`` split -- or from ``stored``, the
+        ``reference`` of an earlier fit of the same model and settings -- and return ``reference``."""
+        stored = stored or {}
+        if self._needs_kl_range():
+            if "kl_grad_range" in stored:
+                lo, hi = stored["kl_grad_range"]
+            else:
+                lo, hi, taken = np.inf, -np.inf, 0
+                for volume in volumes(validation):
+                    if taken >= MAX_CALIBRATION_SLICES:
+                        break
+                    for start in range(0, len(volume.image), self.batch_size):
+                        kl = self.pixel.raw_kl_grad(volume.image[start:start + self.batch_size])
+                        lo, hi = min(lo, float(kl.min())), max(hi, float(kl.max()))
+                    taken += len(volume.image)
+            self.pixel.kl_range = (lo, hi)
+            self.reference["kl_grad_range"] = [lo, hi]
+        if self._needs_selection():
+            if "recommended" in stored:
+                chosen = stored["recommended"]
+            else:
+                fixed = {k: v for k, v in self.recommended.items() if v is not None}
+                healthy = ((v.image[..., 0], v.brain_mask[..., 0] > 0, v.geometry.voxel_mm())
+                           for v in volumes(validation))
+                chosen = recommended_lib.select(self._positive_residual, healthy, self.synthetic_copies, self.seed,
+                                                **fixed)
+            self.recommended = {k: chosen[k] for k in self.recommended}
+            self.reference["recommended"] = chosen
+        return self.reference
+
+    def _positive_residual(self, images: np.ndarray) -> np.ndarray:
+        """max(x - g, 0) with g the reconstruction of the restored image (or of x itself)."""
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            x = images[start:start + self.batch_size]
+            parts.append(self.projection(x)[2] if self.restore else self.model(x, training=False).numpy())
+        return recommended_lib.positive_residual(images, np.concatenate(parts))
+
+    def __call__(self, images: np.ndarray, brain_mask: np.ndarray | None = None) -> dict:
+        """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)
+        bounds the recommended map."""
         out: dict[str, list] = {}
         for start in range(0, len(images), self.batch_size):
             x = images[start:start + self.batch_size]
@@ -112,7 +178,16 @@ class Scorer:
                 maps["projected_reconstruction"] = reconstruction
             for k, v in maps.items():
                 out.setdefault(k, []).append(v)
-        return {k: np.concatenate(v) for k, v in out.items()}
+        maps = {k: np.concatenate(v) for k, v in out.items()}
+        if "recommended" in self.predictors:
+            if self._needs_selection():
+                raise RuntimeError("Scorer.fit(validation) must choose the recommended map's settings first")
+            brain = (images != 0) if brain_mask is None else (np.asarray(brain_mask) > 0)
+            reconstruction = maps["projected_reconstruction" if self.restore else "reconstruction"]
+            residual = recommended_lib.positive_residual(images, reconstruction)
+            maps["recommended"] = recommended_lib.postprocess(residual[..., 0], brain[..., 0],
+                                                              **self.recommended)[..., None]
+        return maps
 
 
 def variants(volume: Volume, predictors, settings: dict) -> dict[str, dict]:
@@ -136,7 +211,7 @@ def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, settings:
     for volume in volumes(validation):
         if taken >= MAX_CALIBRATION_SLICES:
             break
-        volume.maps = scorer(volume.image)
+        volume.maps = scorer(volume.image, volume.brain_mask)
         if ensemble is not None and "ensemble" in predictors:
             volume.maps["ensemble"] = ensemble.score(volume.maps)
         brain = volume.brain_mask > 0
@@ -218,9 +293,12 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     unknown = [p for p in predictors if p not in ALL_PREDICTORS]
     if unknown:
         raise ValueError(f"unknown predictor(s) {', '.join(unknown)} (known: {', '.join(ALL_PREDICTORS)})")
+    predictors = [p for p in ALL_PREDICTORS if p in predictors]  # tables list them in this order
     ev = config["evaluate"]
-    needed = set(predictors) | ({"rec_error", "kl_grad", "rec_grad"} if "ensemble" in predictors else set())
+    features = config["ensemble"]["features"]
+    needed = set(predictors) | (set(features) if "ensemble" in predictors else set())
     scorer = Scorer(model, config, [p for p in ALL_PREDICTORS if p in needed])
+    reference = scorer.fit(validation)  # KL-grad range, recommended settings: healthy validation only
 
     ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
@@ -233,14 +311,14 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
         return tf.reduce_any(tf.equal(ex["volume_id"], fit_set))
 
     def score(volume: Volume) -> Volume:
-        volume.maps = scorer(volume.image)
+        volume.maps = scorer(volume.image, volume.brain_mask)
         progress.add(len(volume.image))
         return volume
 
     # 1. the ensemble's fit volumes (kept: they are measured by the other predictors too)
     ensemble, fit_volumes = None, []
     if fit_ids:
-        ensemble = ensemble_lib.PredictorEnsemble(seed=config["seed"])
+        ensemble = ensemble_lib.PredictorEnsemble(features, seed=config["seed"])
         for volume in volumes(test.filter(in_fit)):
             fit_volumes.append(score(volume))
             ensemble.add_volume(volume.volume_id, volume.maps, volume.label)
@@ -250,6 +328,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     thresholds = calibrate(scorer, validation, predictors, settings, ensemble)
     measures = {variant: {p: Measures(t, settings["min_component_voxels"] if variant != "raw" else 0)
                           for p, t in by_p.items()} for variant, by_p in thresholds.items()}
+    # every predictor again on the ensemble's scored volumes only, to compare like with like
+    same_volumes = {p: Measures(thresholds["raw"][p]) for p in predictors} if ensemble is not None else {}
     figures = FigureSlices(ev["num_figures"])
 
     # 3. every test volume
@@ -261,6 +341,9 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
         for variant, by_p in maps.items():
             for p, score in by_p.items():
                 measures[variant][p].update(score, label, brain)
+        if ensemble is not None and not fitting:
+            for p, score in maps["raw"].items():
+                same_volumes[p].update(score, label, brain)
         if ev["write_nifti"]:
             write_nifti(volume, os.path.join(out_dir, "maps"),
                         {p: v for p, v in maps["raw"].items() if p != "intensity"}
@@ -277,8 +360,16 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     results = {p: measures["raw"][p].result() for p in predictors}
     for p, m in measures.get("postprocessed", {}).items():
         results[p]["postprocessed"] = m.result()
+    for p, m in same_volumes.items():
+        results[p]["ensemble_volumes"] = {k: v for k, v in m.result().items() if k in SAME_VOLUME_METRICS}
     if ensemble is not None:
         results["ensemble"].update(coefficients=ensemble.coefficients(), scored_volumes=len(scored_ids))
+    if "recommended" in results:
+        results["recommended"]["settings"] = dict(scorer.recommended)
+        if "recommended" in reference:
+            results["recommended"]["selection"] = reference["recommended"]
+    if "combi" in results and "kl_grad_range" in reference:
+        results["combi"]["kl_grad_range"] = reference["kl_grad_range"]
     return results, figures
 
 

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from tfvae import evaluation, postprocessing, preprocessing
+from tfvae.data import clip as clip_lib
 
 MODALITY_ALIASES = {"t2": "t2", "t2w": "t2", "flair": "flair", "t2f": "flair", "t1": "t1", "t1w": "t1",
                     "t1n": "t1", "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "pd": "pd", "pdw": "pd"}
@@ -64,11 +65,12 @@ class Localized:
 
 def localize(scorer: evaluation.Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, threshold: float,
              settings: dict, image_size: int, fov_mm: float, min_brain_fraction: float,
-             mask: np.ndarray | None = None) -> Localized:
+             mask: np.ndarray | None = None, clip: float | None = None) -> Localized:
     sliced = preprocessing.volume_to_slices(data, affine, mask=mask, image_size=image_size, fov_mm=fov_mm,
                                             min_brain_fraction=min_brain_fraction)
+    sliced = dataclasses.replace(sliced, image=clip_lib(sliced.image, clip))
     volume = evaluation.Volume("scan", sliced.image, sliced.label, sliced.brain_mask, sliced.slice_index,
-                               sliced.geometry, maps=scorer(sliced.image))
+                               sliced.geometry, maps=scorer(sliced.image, sliced.brain_mask))
     maps = evaluation.variants(volume, [predictor], settings)
     score = maps.get("postprocessed", maps["raw"])[predictor][..., 0]
     brain = sliced.brain_mask[..., 0] > 0
@@ -80,23 +82,43 @@ def localize(scorer: evaluation.Scorer, data: np.ndarray, affine: np.ndarray, *,
     return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest)
 
 
-def stored_thresholds(run_dir: str, config: dict, predictor: str, fpr: float) -> float | None:
-    """The threshold ``evaluate.py`` calibrated for ``predictor`` at ``fpr`` (one of
-    ``evaluation.FPRS``: 1 % or 5 %), if its evaluation used the same predictor and
-    post-processing settings; else None."""
-    key = {rate: name for name, rate in evaluation.FPRS.items()}.get(fpr)
+MAP_SECTIONS = ("predictors", "postprocess", "recommended")  # config sections a map depends on
+
+
+def _stored_evaluation(run_dir: str, config: dict) -> dict | None:
+    """``RUN/eval/results.json`` when ``evaluate.py`` made it with the same map settings, else None."""
     results_path = os.path.join(run_dir, "eval", "results.json")
     config_path = os.path.join(run_dir, "eval", "config.json")
-    if key is None or not (os.path.isfile(results_path) and os.path.isfile(config_path)):
+    if not (os.path.isfile(results_path) and os.path.isfile(config_path)):
         return None
     with open(config_path) as f:
         used = json.load(f)
-    if any(used.get(s) != config[s] for s in ("predictors", "postprocess")):
+    if any(used.get(s) != config[s] for s in MAP_SECTIONS) or used["data"].get("clip") != config["data"].get("clip"):
         return None
     with open(results_path) as f:
-        result = json.load(f).get(predictor)
-    if result is None:
+        return json.load(f)
+
+
+def stored_reference(run_dir: str, config: dict) -> dict:
+    """What ``evaluate.py`` took from the healthy validation slices for these map settings (the
+    recommended map's chosen settings, the Combi's KL-grad range), for ``Scorer.fit``; {} if none."""
+    results = _stored_evaluation(run_dir, config) or {}
+    out = {}
+    if "settings" in results.get("recommended", {}):
+        out["recommended"] = results["recommended"]["settings"]
+    if "kl_grad_range" in results.get("combi", {}):
+        out["kl_grad_range"] = results["combi"]["kl_grad_range"]
+    return out
+
+
+def stored_thresholds(run_dir: str, config: dict, predictor: str, fpr: float) -> float | None:
+    """The threshold ``evaluate.py`` calibrated for ``predictor`` at ``fpr`` (one of
+    ``evaluation.FPRS``: 1 % or 5 %), if its evaluation used the same map settings; else None."""
+    key = {rate: name for name, rate in evaluation.FPRS.items()}.get(fpr)
+    results = _stored_evaluation(run_dir, config)
+    if key is None or results is None or predictor not in results:
         return None
+    result = results[predictor]
     if postprocessing.enabled(config["postprocess"]):
         result = result.get("postprocessed", {})
     return result.get(f"{key}_threshold")

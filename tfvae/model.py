@@ -121,6 +121,27 @@ class BetaVAE(keras.Model):
         return config
 
 
+def in_float32(model: BetaVAE) -> BetaVAE:
+    """``model`` itself when every layer computes in float32, else a float32 copy with its weights.
+
+    A model trained with mixed precision computes in float16, whose input gradients underflow:
+    anomaly maps are always made in float32."""
+    layers = model.encoder.layers + model.decoder.layers
+    if all(layer.compute_dtype == "float32" for layer in layers):
+        return model
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        copy = BetaVAE(image_size=model.image_size, latent_dim=model.latent_dim, beta=model.beta,
+                       filters=model.filters, seed=model.seed)
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+    copy.encoder.set_weights(model.encoder.get_weights())
+    copy.decoder.set_weights(model.decoder.get_weights())
+    return copy
+
+
 def load(path: str) -> BetaVAE:
-    """A saved ``.keras`` model (importing this module registers ``BetaVAE`` for Keras)."""
-    return keras.models.load_model(path)
+    """A saved ``.keras`` model (importing this module registers ``BetaVAE`` for Keras), its layers
+    in float32 whatever precision it was trained in."""
+    return in_float32(keras.models.load_model(path))

@@ -1,55 +1,100 @@
-"""Pixel-wise anomaly maps from a trained (beta-)VAE (Zhou et al., Sec. 2.2).
+"""Pixel-wise anomaly maps from a trained (beta-)VAE (Zhou et al., Sec. 2.2), made the way the
+code the paper builds on makes them (Zimmerer et al., ``MIC-DKFZ/vae-anomaly-experiments``,
+``brats_script.py::test_pixel`` and ``utils/util.py``).
 
 For a batch of slices x (B, S, S, 1), with L = Lrec + beta * KL the model's per-slice loss:
 
-- ``rec_error``  (x - g(mu(x)))^2, the pixel-wise squared reconstruction error;
+- ``rec_error``  (x - g(mu(x)))^2, the pixel-wise squared reconstruction error (never smoothed);
 - ``elbo_grad``  |dL/dx|, the gradient of the slice's own loss (with beta, as trained);
 - ``kl_grad``    |dKL/dx|;
 - ``rec_grad``   |dLrec/dx|;
-- ``combi``      |dKL/dx| * rec_error (the paper); ``combi="zimmerer"`` smooths KL-grad
-  (sigma ``ZIMMERER_SIGMA`` px) and min-max normalises it per slice before the product;
+- ``combi``      two variants (``predictors.combi``):
+  ``"zimmerer"`` (the reference): ``smooth(normalise(|dKL/dx|)) * nll``, where ``normalise`` is
+  min-max scaling and ``nll = 0.5 (x - g)^2 + 0.5 log(2 pi)`` is the per-pixel negative
+  log-likelihood, constant included (it makes the map rank by KL-grad where the residual is
+  small). The reference normalises with the minimum and maximum of the *batch*, which makes a
+  pixel's score depend on the other slices it is scored with; we use a fixed range instead
+  (``kl_range``), taken from the healthy validation maps (``tfvae.calibration``); without one the
+  batch's own range is used, exactly as the reference does.
+  ``"paper"``: |dKL/dx| * rec_error, the product as the paper writes it;
 - ``intensity``  the input itself: the plain-threshold baseline (Meissen et al.);
-- ``proj_rec_error`` and ``ensemble`` come from ``tfvae.projection`` and ``tfvae.ensemble``.
+- ``proj_rec_error``, ``ensemble`` and ``recommended`` come from ``tfvae.projection``,
+  ``tfvae.ensemble`` and ``tfvae.recommended``.
+
+Smoothing. ``smooth_gradients`` (on by default, as in the reference) smooths ELBO-grad, KL-grad and
+Rec-grad -- not Rec-Error -- with the reference's kernel (``reference_kernel``: a normalised 7x7
+Gaussian, sigma 3 px, zero padding). ``smooth_sigma`` > 0 additionally smooths every map with a
+Gaussian of that many pixels (``scipy.ndimage``, reflecting borders; off by default).
 
 All gradient maps come from one forward pass under one ``tf.GradientTape``: the gradients of the
-batch sums of Lrec and KL (slices do not interact, so these are each slice's own gradients), and
+batch sums of Lrec and KL (slices do not interact, so these are each slice's own gradients; the
+reference differentiates the batch *mean*, i.e. the same maps divided by the batch size), and
 dL/dx = dLrec/dx + beta * dKL/dx. With ``n_samples=0`` z = mu (the paper); with n > 0 every map
 is averaged over n reparameterised samples of z (the KL term does not depend on z).
-``smooth_sigma`` > 0 smooths every map with a Gaussian of that many pixels (off in the paper).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
 GRADIENT_MAPS = ("rec_error", "elbo_grad", "kl_grad", "rec_grad", "combi")
-ALL_PREDICTORS = GRADIENT_MAPS + ("proj_rec_error", "ensemble", "intensity")
-ZIMMERER_SIGMA = 3.0
+SMOOTHED_GRADIENTS = ("elbo_grad", "kl_grad", "rec_grad")
+ALL_PREDICTORS = ("recommended",) + GRADIENT_MAPS + ("proj_rec_error", "ensemble", "intensity")
+COMBI_VARIANTS = ("zimmerer", "paper")
+# utils/util.py::smooth_tensor(kernel_size=8, sigma=3): an even size is decremented, so 7x7
+REFERENCE_KERNEL_SIZE, REFERENCE_SIGMA = 8, 3.0
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of (B, S, S, 1) maps within each slice."""
+    """Gaussian smoothing of (B, S, S, 1) maps within each slice (reflecting borders)."""
     return ndimage.gaussian_filter(maps, sigma=(0, sigma, sigma, 0)) if sigma > 0 else maps
 
 
-def _normalise_per_slice(maps: np.ndarray) -> np.ndarray:
-    lo = maps.min(axis=(1, 2, 3), keepdims=True)
-    hi = maps.max(axis=(1, 2, 3), keepdims=True)
-    return (maps - lo) / np.maximum(hi - lo, 1e-12)
+def reference_kernel(kernel_size: int = REFERENCE_KERNEL_SIZE, sigma: float = REFERENCE_SIGMA) -> np.ndarray:
+    """The reference's 2D Gaussian: an odd size (even sizes lose one), centred, normalised to sum 1."""
+    size = kernel_size - 1 if kernel_size % 2 == 0 else kernel_size
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    kernel = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2.0 * sigma ** 2))
+    return kernel / kernel.sum()
+
+
+def smooth_reference(maps: np.ndarray) -> np.ndarray:
+    """(B, S, S, 1) maps convolved slice by slice with ``reference_kernel()``, zero padding, same size
+    (the reference's depthwise ``Conv2d(padding=kernel_size // 2)``)."""
+    kernel = reference_kernel()[None, :, :, None]
+    return ndimage.correlate(np.asarray(maps, np.float64), kernel, mode="constant", cval=0.0).astype(np.float32)
+
+
+def min_max(maps: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """(maps - lo) / (hi - lo) with ``value_range`` = (lo, hi), or the maps' own extremes when None
+    (the reference's ``normalize``, over the whole batch)."""
+    lo, hi = (float(maps.min()), float(maps.max())) if value_range is None else map(float, value_range)
+    return ((maps - lo) / max(hi - lo, 1e-30)).astype(np.float32)
+
+
+def zimmerer_combi(kl_grad: np.ndarray, rec_error: np.ndarray, kl_range=None) -> np.ndarray:
+    """``smooth_reference(min_max(|dKL/dx|)) * (0.5 * rec_error + 0.5 log 2 pi)``; ``kl_grad`` unsmoothed."""
+    return smooth_reference(min_max(kl_grad, kl_range)) * (0.5 * rec_error + HALF_LOG_2PI)
 
 
 class PixelPredictors:
     """Computes the gradient / reconstruction maps of a model, compiled once per input shape."""
 
-    def __init__(self, model, *, n_samples: int = 0, combi: str = "paper", smooth_sigma: float = 0.0):
-        if combi not in ("paper", "zimmerer"):
-            raise ValueError(f"combi must be 'paper' or 'zimmerer', got {combi!r}")
+    def __init__(self, model, *, n_samples: int = 0, combi: str = "zimmerer", smooth_gradients: bool = True,
+                 smooth_sigma: float = 0.0, kl_range: tuple[float, float] | None = None):
+        if combi not in COMBI_VARIANTS:
+            raise ValueError(f"combi must be one of {', '.join(COMBI_VARIANTS)}, got {combi!r}")
         self.model = model
         self.n_samples = int(n_samples)
         self.combi = combi
+        self.smooth_gradients = bool(smooth_gradients)
         self.smooth_sigma = float(smooth_sigma)
+        self.kl_range = kl_range
         self._compiled = tf.function(self.signed_maps, reduce_retracing=True)
 
     def signed_maps(self, x):
@@ -72,15 +117,22 @@ class PixelPredictors:
         return {"rec_error": rec_error, "reconstruction": reconstruction,
                 "d_rec": d_rec, "d_kl": d_kl, "d_loss": d_rec + self.model.beta * d_kl}
 
+    def raw_kl_grad(self, x) -> np.ndarray:
+        """|dKL/dx| before any smoothing: what ``kl_range`` is taken from."""
+        return np.abs(self._compiled(tf.convert_to_tensor(x, tf.float32))["d_kl"].numpy())
+
     def __call__(self, x) -> dict[str, np.ndarray]:
         """numpy maps of ``GRADIENT_MAPS`` plus ``intensity`` and ``reconstruction``."""
         t = {k: v.numpy() for k, v in self._compiled(tf.convert_to_tensor(x, tf.float32)).items()}
-        kl_grad = np.abs(t["d_kl"])
-        maps = {"rec_error": t["rec_error"], "elbo_grad": np.abs(t["d_loss"]), "kl_grad": kl_grad,
-                "rec_grad": np.abs(t["d_rec"]), "intensity": np.asarray(x, np.float32)}
+        maps = {"rec_error": t["rec_error"], "elbo_grad": np.abs(t["d_loss"]), "kl_grad": np.abs(t["d_kl"]),
+                "rec_grad": np.abs(t["d_rec"])}
         if self.combi == "zimmerer":
-            kl_grad = _normalise_per_slice(smooth(kl_grad, ZIMMERER_SIGMA))
-        maps["combi"] = kl_grad * t["rec_error"]
-        maps = {k: smooth(v, self.smooth_sigma) if k != "intensity" else v for k, v in maps.items()}
+            maps["combi"] = zimmerer_combi(maps["kl_grad"], t["rec_error"], self.kl_range)
+        else:
+            maps["combi"] = maps["kl_grad"] * t["rec_error"]
+        if self.smooth_gradients:
+            maps.update({k: smooth_reference(maps[k]) for k in SMOOTHED_GRADIENTS})
+        maps = {k: smooth(v, self.smooth_sigma) for k, v in maps.items()}
+        maps["intensity"] = np.asarray(x, np.float32)
         maps["reconstruction"] = t["reconstruction"]
         return maps

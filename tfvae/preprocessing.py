@@ -57,6 +57,11 @@ class SliceGeometry:
                 "source_affine": np.asarray(self.source_affine, np.float64),
                 "crop": np.asarray(self.center + self.step, np.float32)}
 
+    def voxel_mm(self) -> tuple[float, float, float]:
+        """Millimetres per step along the stacked slices' axes: (slice spacing, row, column)."""
+        vx, vy, vz = canonical_voxel_sizes(self.source_affine)
+        return float(vz), float(self.step[1] * vy), float(self.step[0] * vx)
+
     @classmethod
     def from_arrays(cls, source_shape, source_affine, crop) -> "SliceGeometry":
         crop = [float(v) for v in np.asarray(crop)]

@@ -96,7 +96,8 @@ def figure(items: list[dict], predictors: list[str], title: str):
             elif panel == "label":
                 ax.imshow(data, cmap="viridis", vmin=0, vmax=4, interpolation="nearest")
             else:
-                ax.imshow(data, cmap="inferno", vmin=0, vmax=np.percentile(data, 99.5) + 1e-12)
+                low = min(0.0, float(np.percentile(data, 1)))  # the ensemble's log-odds are negative
+                ax.imshow(data, cmap="inferno", vmin=low, vmax=max(float(np.percentile(data, 99.5)), low) + 1e-12)
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(item["title"], fontsize=6)

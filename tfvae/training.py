@@ -155,6 +155,9 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
                                        every=t["image_every"], seed=config["seed"]),
         *extra_callbacks,
     ]
+    if t["patience"]:  # train until the validation loss plateaus; keep the best epoch's weights
+        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=t["patience"],
+                                                          restore_best_weights=True, verbose=1))
     history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
                         shuffle=False, verbose=verbose)  # tf.data shuffles
     model.save(os.path.join(run_dir, MODEL_FILES["final"]))

@@ -295,12 +295,16 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
     pixels, labels = seg > 0), with the code ``evaluate.py`` uses. Uses labels."""
     from tfvae import evaluation, metrics
 
+    from tfvae import data
+
     scorer = evaluation.Scorer(model, config, [predictor])
+    # what the map needs from healthy validation slices (recommended settings, Combi's KL range)
+    scorer.fit(data.load_split(config["data"], config["data"]["validation_split"]))
     hist = metrics.PixelHistogram(bits=evaluation.HISTOGRAM_BITS)
     for i, volume in enumerate(evaluation.volumes(examples)):
         if i >= n_volumes:
             break
-        hist.update(scorer(volume.image)[predictor], volume.label)
+        hist.update(scorer(volume.image, volume.brain_mask)[predictor], volume.label)
     return float(hist.auroc())
 
 

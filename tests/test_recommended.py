@@ -1,0 +1,94 @@
+"""The recommended map: its steps against brute-force numpy, the synthetic lesions, and the
+label-free choice of its smoothing."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tfvae import recommended as R
+
+
+def brute_median(volume, k):
+    """k x k x k median with edge replication ('nearest'), voxel by voxel."""
+    h = k // 2
+    padded = np.pad(volume, h, mode="edge")
+    out = np.empty_like(volume)
+    for idx in itertools.product(*(range(n) for n in volume.shape)):
+        out[idx] = np.median(padded[idx[0]:idx[0] + k, idx[1]:idx[1] + k, idx[2]:idx[2] + k])
+    return out
+
+
+def brute_gaussian(volume, sigma, truncate=4.0):
+    """Separable Gaussian with edge replication, written out with np.convolve per axis."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel /= kernel.sum()
+    out = volume.astype(np.float64)
+    for axis in range(3):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(3)], mode="edge")
+        out = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), axis, padded)
+    return out
+
+
+def test_postprocess_is_positive_residual_median_gaussian_then_brain():
+    rng = np.random.default_rng(0)
+    image, recon = rng.normal(size=(6, 9, 8)), rng.normal(size=(6, 9, 8))
+    brain = np.zeros((6, 9, 8), bool)
+    brain[1:5, 2:8, 1:7] = True
+    residual = R.positive_residual(image, recon)
+    np.testing.assert_allclose(residual, np.where(image > recon, image - recon, 0.0), rtol=1e-6, atol=1e-6)
+    out = R.postprocess(residual, brain, median_size=3, gaussian_sigma=1.0)
+    expected = np.where(brain, brute_gaussian(brute_median(residual, 3), 1.0), 0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(R.postprocess(residual, brain, 0, 0.0), np.where(brain, residual, 0.0))
+
+
+def test_synthetic_lesion_is_an_ellipsoid_of_the_stated_size_in_millimetres():
+    rng = np.random.default_rng(1)
+    image = np.zeros((40, 48, 48), np.float32)
+    brain = np.ones_like(image, bool)
+    voxel_mm = (2.0, 3.0, 3.0)
+    volumes = []
+    for _ in range(20):
+        lesioned, label = R.synthetic_lesion(image, brain, voxel_mm, rng)
+        assert label.any() and (lesioned[label] > 0).all() and (lesioned[~label] >= 0).all()
+        brightened = lesioned[label].max()
+        assert R.LESION_AMPLITUDE[0] <= brightened <= R.LESION_AMPLITUDE[1]
+        volumes.append(label.sum() * np.prod(voxel_mm))
+    low, high = (4 / 3 * np.pi * r ** 3 for r in R.LESION_RADIUS_MM)
+    assert low * 0.8 <= min(volumes) and max(volumes) <= high * 1.2  # mm^3 of an ellipsoid of those radii
+
+
+def test_synthetic_lesions_stay_in_the_brain():
+    rng = np.random.default_rng(2)
+    image = np.zeros((20, 32, 32), np.float32)
+    brain = np.zeros_like(image, bool)
+    brain[5:15, 8:24, 8:24] = True
+    for _ in range(5):
+        lesioned, label = R.synthetic_lesion(image, brain, (3.0, 3.0, 3.0), rng)
+        assert not label[~brain].any() and not lesioned[~brain].any()
+
+
+@pytest.mark.parametrize("noise, expect_smoothing", [(0.0, False), (0.8, True)])
+def test_selection_smooths_noisy_residuals_and_leaves_exact_ones(noise, expect_smoothing):
+    """A 'model' that reconstructs the healthy volume exactly: the residual is the lesion itself
+    (plus noise). Exact residuals are best unsmoothed; noisy ones need smoothing."""
+    rng = np.random.default_rng(3)
+    healthy = rng.normal(size=(24, 32, 32)).astype(np.float32)
+    brain = np.zeros_like(healthy, bool)
+    brain[2:22, 4:28, 4:28] = True
+    healthy *= brain
+
+    def residual_fn(images):
+        return np.maximum(images - healthy[..., None] + noise * rng.normal(size=images.shape), 0.0)
+
+    chosen = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=3, seed=0)
+    assert chosen["lesions"] == 3 and len(chosen["table"]) == len(R.MEDIAN_CANDIDATES) * len(R.SIGMA_CANDIDATES)
+    best = max(chosen["table"], key=lambda row: row["auprc"])
+    assert (chosen["median_size"], chosen["gaussian_sigma"]) == (best["median_size"], best["gaussian_sigma"])
+    smoothed = chosen["median_size"] > 0 or chosen["gaussian_sigma"] > 0
+    assert smoothed == expect_smoothing, chosen
+    fixed = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=1, seed=0, median_size=3)
+    assert fixed["median_size"] == 3 and {row["median_size"] for row in fixed["table"]} == {3}
