@@ -1,14 +1,17 @@
-"""scripts/reproduce_tables.py: the paper's numbers, the tables with and without the comparison,
-the findings, reuse of evaluations and refusal of runs trained with other settings."""
+"""tfvae.reproduce (and scripts/reproduce_tables.py): the paper's numbers, plans, the tables over
+seeds, findings judged on paired differences, reuse of runs and evaluations, refusal of runs trained
+with other settings, and a whole reproduction on the tiny phantom."""
 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from script_loader import ROOT, load_script
 from tfvae import config as config_lib
 from tfvae import paper
+from tfvae import reproduce as rp
 
 rt = load_script("reproduce_tables")
 
@@ -30,85 +33,157 @@ def test_paper_numbers_match_the_paper_text():
             assert f"{beta:.1f} " + " ".join(f"{row[p]:.3f}" for p in paper.TABLE2_PREDICTORS) in text
 
 
-def fake_results(shift=0.0, combi_slope=-0.01):
-    """Results shaped like evaluation.evaluate's, for every run of the two tables."""
+def fake(auroc: dict, seed_shift=0.0) -> dict:
+    return {p: {"auroc": v + seed_shift, "auprc": 0.5, "auroc_brain": v - 0.1 + seed_shift,
+                "auprc_brain": 0.2, "dice_fpr01": 0.3} for p, v in auroc.items()}
+
+
+def fake_per_setting(shift=0.0, combi_slope=-0.01, seeds=3):
+    """Results shaped like evaluation.evaluate's, for every setting, with per-seed jitter."""
     out = {}
     for latent, beta in paper.settings():
-        r = {"rec_error": 0.80, "elbo_grad": 0.85, "kl_grad": 0.70, "rec_grad": 0.85 + shift, "combi": 0.75,
-             "intensity": 0.9}
-        r["combi"] += combi_slope * paper.BETAS.index(beta) if latent == 64 else 0
-        if latent == 64:
-            r["proj_rec_error"] = 0.81
-        if beta == 10.0:
-            r["ensemble"] = 0.84
-        out[(latent, beta)] = {p: {"auroc": v, "auprc": 0.5, "auroc_brain": v - 0.1} for p, v in r.items()}
-        if beta == 10.0:
-            out[(latent, beta)]["ensemble"].update(coefficients={"fit_volumes": ["a", "b"]}, scored_volumes=18)
+        runs = []
+        for s in range(seeds if (latent, beta) in ((64, 1.0), (64, 10.0)) else 1):
+            r = {"rec_error": 0.80, "elbo_grad": 0.85, "kl_grad": 0.70, "rec_grad": 0.85 + shift, "combi": 0.75,
+                 "intensity": 0.9, "recommended": 0.97}
+            r["combi"] += combi_slope * paper.BETAS.index(beta) if latent == 64 else 0
+            if latent == 64:
+                r["proj_rec_error"] = 0.81
+            runs.append(fake(r, seed_shift=0.002 * s * (1 if s % 2 else -1)))
+        out[(latent, beta)] = runs
     return out
 
 
-def test_tables_show_the_paper_only_for_brats():
-    results = fake_results()
-    with_paper, rows = rt.render(results, compare=True, markdown=True)
-    without, _ = rt.render(results, compare=False, markdown=False)
-    # Table 1, l=32, Rec-Error: ours 0.800, paper 0.860
-    assert "| 32 | 0.800 (0.860, -0.060) |" in with_paper
-    assert "(0.860" not in without and "0.800" in without
-    assert "Proj-Rec-Error" in with_paper and "Ensemble" in with_paper and "(0.903, -0.063)" in with_paper
-    # CSV rows: 3 x 6 for Table 1, 5 x 7 for Table 2, the ensemble line
-    assert len(rows) == 3 * 6 + 5 * 7 + 1
-    row = next(r for r in rows if r[0] == 2 and r[2] == 10.0 and r[3] == "combi")
-    assert row[4] == pytest.approx(0.75 - 0.04) and row[7] == 0.749 and row[8] == pytest.approx(0.71 - 0.749)
-    brain, _ = rt.render(results, compare=True, markdown=True, metric="auroc_brain")
-    assert "| 32 | 0.700 |" in brain and "(0.860" not in brain
+def test_cells_are_mean_and_std_over_seeds_and_show_the_paper_only_for_brats():
+    per_setting = fake_per_setting()
+    per_setting[(64, 1.0)][2]["rec_error"]["auroc"] = 0.83
+    with_paper, rows = rp.render(per_setting, compare_paper=True)
+    values = [r["rec_error"]["auroc"] for r in per_setting[(64, 1.0)]]
+    cell = f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} (0.856"
+    assert cell in with_paper
+    assert "| 32 | 1 | 0.970 | 0.800 (0.860, -0.060) |" in with_paper  # one seed: no spread
+    without, _ = rp.render(per_setting, compare_paper=False)
+    assert "(0.860" not in without and "Recommended" in without and "Proj-Rec-Error" in without
+    # CSV rows: 3 x 7 for Table 1, 5 x 8 for Table 2
+    assert len(rows) == 3 * 7 + 5 * 8
+    row = next(r for r in rows if r[0] == 1 and r[2] == 64 and r[3] == "rec_error")
+    assert row[5] == pytest.approx(np.mean(values)) and row[7] == 3 and row[8] == 0.856
+    brain, _ = rp.render(per_setting, compare_paper=True, metric="auroc_brain")
+    assert "| 32 | 1 | 0.870 | 0.700 |" in brain and "(0.860" not in brain
+
+
+def test_paired_differences_decide_better_worse_or_tie():
+    assert rp.judge([0.02, 0.03, 0.025])["verdict"] == "better"
+    assert rp.judge([-0.02, -0.03, -0.025])["verdict"] == "worse"
+    assert rp.judge([0.02, -0.03, 0.015])["verdict"] == "tie"  # mean within the spread
+    j = rp.judge([0.01, 0.03])
+    assert j["mean"] == pytest.approx(0.02) and j["spread"] == pytest.approx(np.std([0.01, 0.03], ddof=1))
+    assert rp.judge([0.004])["verdict"] == "tie" and rp.judge([0.004], pooled=0.001)["verdict"] == "better"
+    assert rp.pooled_spread([[0.0, 0.2], [0.1], [0.0, 0.0]]) == pytest.approx(np.sqrt(0.02 / 2))
 
 
 def test_findings_say_what_holds():
-    holds = rt.findings(fake_results(shift=0.0, combi_slope=-0.01))
+    holds = rp.findings(fake_per_setting(shift=0.1, combi_slope=-0.01))
     text = "\n".join(holds)
-    assert "Rec-grad beats Rec-Error" in text and "7 of 7 runs" in text
-    assert "Projection improves Rec-Error" in text and "5 of 5 betas" in text
-    assert "Combi degrades as beta grows" in text and "falls in 4 of 4 steps" in text
-    assert all(line.endswith("holds.") for line in holds if line.startswith(("Rec-grad beats", "Combi")))
-    fails = rt.findings(fake_results(shift=-0.1, combi_slope=0.01))
+    rec = next(line for line in holds if line.startswith("Rec-grad beats"))
+    assert rec.endswith("-> holds.") and "l64 b1: +0.150 ± 0.000 (3 seeds, better)" in rec
+    assert any(line.startswith("Projection improves") and line.endswith("-> holds.") for line in holds)
+    combi = next(line for line in holds if line.startswith("Combi degrades"))
+    assert "l64 b10 - l64 b1 = -0.020" in combi and combi.endswith("-> holds.")
+    assert "ELBO-grad and Rec-grad" in text
+    fails = rp.findings(fake_per_setting(shift=-0.1, combi_slope=0.01))
     rec = next(line for line in fails if line.startswith("Rec-grad beats"))
     combi = next(line for line in fails if line.startswith("Combi degrades"))
     assert rec.endswith("does not hold.") and combi.endswith("does not hold.")
+    ties = rp.findings(fake_per_setting(shift=-0.05))  # Rec-grad == Rec-Error exactly, every seed
+    assert next(line for line in ties if line.startswith("Rec-grad beats")).endswith("-> tie.")
 
 
-def test_predictors_per_run():
-    assert "proj_rec_error" not in rt.predictors_for(32, 1.0)
-    assert "proj_rec_error" in rt.predictors_for(64, 0.5) and "ensemble" not in rt.predictors_for(64, 0.5)
-    assert "ensemble" in rt.predictors_for(64, 10.0)
-    assert all("intensity" in rt.predictors_for(*s) for s in paper.settings())
+def test_target_is_judged_beyond_the_seed_spread():
+    per_setting = fake_per_setting()
+    for r in per_setting[(64, 1.0)]:
+        r["recommended"].update(auprc_brain=0.9, dice_fpr01=0.6)
+    table, verdicts = rp.target_table(per_setting)
+    assert "| 64 | 1 | 3 |" in table
+    line = next(v for v in verdicts if v.startswith("latent 64, beta 1 "))
+    assert line.endswith("met, beyond the seed spread.") and "4.5x" in line
+    failing = next(v for v in verdicts if v.startswith("latent 64, beta 10 "))
+    assert failing.endswith("not met.")  # AUPRC ratio 1x, Dice 0.3
 
 
-def test_quick_settings_are_valid_phantom_configs():
-    config = config_lib.load(os.path.join(ROOT, "configs", "beta1.json"), rt.QUICK)
-    assert config["data"]["name"] == "brain_phantom" and config["data"]["config"] == "default"
-    assert config["data"]["test_name"] is None
-    assert config["train"]["epochs"] == 12 and config["train"]["learning_rate"] == 0.001
+def test_plans_are_validated_and_name_the_file_and_key(tmp_path):
+    plan = rp.load_plan(rp.QUICK_PLAN)
+    assert plan.seeds == 3 and plan.seeds_for(64, 10.0) == [0, 1, 2] and plan.seeds_for(32, 1.0) == [0]
+    assert rp.load_plan(rp.QUICK_PLAN, seeds=5).seeds_for(64, 1.0) == [0, 1, 2, 3, 4]
+    runs = rp.configs(plan)
+    assert len(runs) == 2 * 3 + 5
+    config = runs[(64, 10.0, 2)]
+    assert config["seed"] == 2 and config["model"]["beta"] == 10.0 and config["data"]["name"] == "brain_phantom"
+    assert config["train"]["learning_rate"] == 1e-4 and config["train"]["patience"] > 0
+    assert config["evaluate"]["predictors"][0] == "recommended" and "ensemble" in config["evaluate"]["predictors"]
+    assert config["augment"]["flip"]  # the paper's augmentation
+    assert len(rp.configs(rp.load_plan(rp.PAPER_PLAN))) == 7
+    bad = tmp_path / "plan.json"
+    for content, words in (({"base": "beta1.json", "sedes": 2}, ["plan.json", "unknown key 'sedes'"]),
+                           ({"base": "beta1.json", "seeds": "3"}, ["plan.json", "seeds", "'3'"]),
+                           ({"base": "beta1.json", "seeded_settings": [[48, 1]]}, ["seeded_settings", "[48, 1]"]),
+                           ({"seeds": 2}, ["base is missing"])):
+        bad.write_text(json.dumps(content))
+        with pytest.raises(config_lib.ConfigError) as err:
+            rp.load_plan(str(bad))
+        assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
 
 
 def test_existing_evaluation_is_reused(tmp_path):
-    config = config_lib.load(os.path.join(ROOT, "configs", "beta1.json"), rt.QUICK)
+    config = rp.configs(rp.load_plan(rp.QUICK_PLAN))[(64, 1.0, 0)]
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     config_lib.save(config, run / "eval" / "config.json")
     (run / "eval" / "results.json").write_text(json.dumps({"rec_error": {"auroc": 0.5}}))
     # no model.keras: evaluating again would fail, so this must come from the saved results
-    assert rt.ensure_evaluated(config, str(run), False, False) == {"rec_error": {"auroc": 0.5}}
+    assert rp.ensure_evaluated(config, str(run)) == {"rec_error": {"auroc": 0.5}}
 
 
 def test_run_trained_with_other_settings_is_refused(tmp_path, capsys):
     runs = tmp_path / "runs"
-    other = config_lib.load(os.path.join(ROOT, "configs", "beta1.json"), rt.QUICK + ["train.epochs=3"])
-    (runs / "l32_b1").mkdir(parents=True)
-    config_lib.save(other, runs / "l32_b1" / "config.json")
-    with pytest.raises(SystemExit, match="trained with other settings .*train.epochs.*--retrain"):
-        rt.main(["--quick", "--runs-dir", str(runs), "--data-dir", str(tmp_path / "tfds"), "--quiet"])
+    other = rp.configs(rp.load_plan(rp.QUICK_PLAN, overrides=["train.epochs=3"]))[(32, 1.0, 0)]
+    (runs / "l32_b1_s0").mkdir(parents=True)
+    config_lib.save(other, runs / "l32_b1_s0" / "config.json")
+    assert rt.main(["--quick", "--runs-dir", str(runs), "--data-dir", str(tmp_path / "tfds"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with other settings" in err and "train.epochs" in err and "--retrain" in err
 
 
 def test_bad_override_is_one_line(capsys):
     assert rt.main(["--quick", "--set", "model.betta=2"]) == 2
     assert "unknown key 'model.betta'" in capsys.readouterr().err
+
+
+def test_a_whole_reproduction_on_the_tiny_phantom(tiny_data_dir, tmp_path):
+    """Every setting trained for one epoch, two seeds for latent 64 at beta 10, the extras, the
+    document; run again, everything is reused."""
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({
+        "base": os.path.join(ROOT, "configs", "beta1.json"),
+        "set": ["data.name=brain_phantom", "data.config=tiny", "data.image_size=32", "data.test_name=null",
+                f"data.data_dir={tiny_data_dir}", "model.filters=null", "train.epochs=1", "train.batch_size=32",
+                "train.learning_rate=0.001", "predictors.projection_steps=2", "evaluate.write_nifti=false",
+                "evaluate.num_figures=1", "recommended.synthetic_copies=1"],
+        "seeds": 2, "seeded_settings": [[64, 10.0]], "extras": True}))
+    plan = rp.load_plan(str(plan_path))
+    logs = []
+    out = rp.reproduce(plan, str(tmp_path / "runs"), str(tmp_path / "tables"), verbose=False, command="test",
+                       log=logs.append)
+    assert len(out["per_setting"][(64, 10.0)]) == 2 and len(out["per_setting"][(32, 1.0)]) == 1
+    md = (tmp_path / "tables" / "tables.md").read_text()
+    for heading in ("## The recommended map against the intensity baseline", "### Table 1", "### Table 2",
+                    "## The paper's findings", "Reference map-making against plain maps", "Ensemble over",
+                    "## Where each run stopped", "| l64_b10_s1 | 1 | 1 |"):
+        assert heading in md, heading
+    assert os.path.isfile(tmp_path / "runs" / "l64_b10_s1" / "eval_plain" / "results.json")
+    plain = json.loads((tmp_path / "runs" / "l64_b10_s1" / "eval_plain" / "results.json").read_text())
+    assert list(plain) == rp.PLAIN_MAPS
+    logs.clear()
+    rp.reproduce(plan, str(tmp_path / "runs"), str(tmp_path / "tables"), verbose=False, command="test",
+                 log=logs.append)
+    assert all("reused" in line for line in logs) and len(logs) == 8

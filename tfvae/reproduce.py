@@ -1,0 +1,542 @@
+"""Reproducing the paper's Table 1 (latent size) and Table 2 (beta) and its ensemble line, over
+several seeds, with the paper's findings judged on paired per-seed differences.
+
+A *plan* (``configs/reproduce_*.json``, validated by ``load_plan``) says what to run:
+
+- ``base``: the run config every setting starts from (relative to the plan file), ``set``: overrides
+  (``KEY=VALUE``) for every run;
+- ``seeds``: how many seeds (0, 1, ...) to train per setting, ``seeded_settings``: the
+  ``[latent, beta]`` settings that get all of them (null: every setting); the others get seed 0;
+- ``extras``: also measure, on the seeded settings, the gradient maps without the reference's
+  smoothing and with the paper's Combi (``eval_plain``), and an ensemble over the recommended map,
+  the intensity and Rec-grad (``eval_ensemble_plus``, beta 10 only).
+
+One run per setting and seed (``RUNS/l<latent>_b<beta>_s<seed>``; 7 settings: latent 32/64/256 at
+beta 1, beta 0.1/0.5/1/2/10 at latent 64), each evaluated into ``RUN/eval`` with the predictors its
+table needs plus ``recommended`` and ``intensity``. Finished runs and evaluations made with the same
+settings are reused and an interrupted run is resumed, so an interrupted reproduction continues
+where it stopped; a run directory trained with other settings is an error unless ``retrain``.
+
+Cells are mean +- std (ddof 1) over seeds. A finding compares two predictors (or settings) seed by
+seed: the paired differences' mean ``d`` against their spread ``s`` (the std of the paired
+differences; for a setting with one seed, the pooled spread of the same comparison on the settings
+that have several, else ``DEFAULT_SPREAD``): ``d > s`` is "better", ``d < -s`` "worse", else "tie".
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from tfvae import config as config_lib
+from tfvae import paper
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+QUICK_PLAN = os.path.join(CONFIG_DIR, "reproduce_quick.json")
+PAPER_PLAN = os.path.join(CONFIG_DIR, "reproduce_paper.json")
+# keys that only change the evaluation, not the trained model (a run is reused across them)
+EVAL_ONLY_PREFIXES = ("predictors.", "postprocess.", "evaluate.", "recommended.", "ensemble.", "data.manual_dir",
+                      "data.test_", "train.image_every", "train.num_images")
+NAMES = {"recommended": "Recommended", "rec_error": "Rec-Error", "elbo_grad": "ELBO-grad", "kl_grad": "KL-grad",
+         "rec_grad": "Rec-grad", "combi": "Combi", "proj_rec_error": "Proj-Rec-Error", "intensity": "Intensity*",
+         "ensemble": "Ensemble"}
+DEFAULT_SPREAD = 0.005
+PLAN_KEYS = {"description": (str,), "base": (str,), "set": (list,), "seeds": (int,),
+             "seeded_settings": (list, type(None)), "extras": (bool,)}
+TARGET = {"auroc_brain_gain": 0.05, "auprc_brain_ratio": 3.0, "dice_fpr01": 0.35}  # issue 10's target
+PLAIN_MAPS = ["rec_error", "elbo_grad", "kl_grad", "rec_grad", "combi"]
+ENSEMBLE_PLUS = ["recommended", "intensity", "rec_grad"]
+
+
+@dataclasses.dataclass
+class Plan:
+    base: str
+    overrides: list
+    seeds: int
+    seeded_settings: list | None
+    extras: bool
+    source: str = ""
+
+    def seeds_for(self, latent: int, beta: float) -> list[int]:
+        seeded = self.seeded_settings is None or [latent, beta] in [[l, float(b)] for l, b in self.seeded_settings]
+        return list(range(self.seeds if seeded else 1))
+
+
+def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
+    """The plan at ``path``; ``seeds`` replaces its seed count, ``overrides`` are added to its ``set``.
+    Raises ``config.ConfigError`` (one line naming the file and the key) for a bad plan."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise config_lib.ConfigError(f"{path}: plan file not found") from None
+    except json.JSONDecodeError as e:
+        raise config_lib.ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(raw, dict):
+        raise config_lib.ConfigError(f"{path}: the plan must be a JSON object")
+    for key, value in raw.items():
+        if key not in PLAN_KEYS:
+            raise config_lib.ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(PLAN_KEYS)})")
+        if not isinstance(value, PLAN_KEYS[key]) or isinstance(value, bool) != (bool in PLAN_KEYS[key]):
+            raise config_lib.ConfigError(f"{path}: {key} has the wrong type, got {value!r}")
+    if "base" not in raw:
+        raise config_lib.ConfigError(f"{path}: base is missing (the run config every setting starts from)")
+    count = raw.get("seeds", 1) if seeds is None else seeds
+    if count < 1:
+        raise config_lib.ConfigError(f"{path}: seeds must be >= 1, got {count}")
+    settings = raw.get("seeded_settings")
+    known = [[l, float(b)] for l, b in paper.settings()]
+    for s in settings or []:
+        if not (isinstance(s, list) and len(s) == 2 and [s[0], float(s[1])] in known):
+            raise config_lib.ConfigError(f"{path}: seeded_settings entries must be [latent, beta] of the paper's "
+                                         f"tables ({known}), got {s!r}")
+    base = raw["base"] if os.path.isabs(raw["base"]) else os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                                        raw["base"])
+    return Plan(base, list(raw.get("set", [])) + list(overrides), count, settings, raw.get("extras", False), path)
+
+
+def run_name(latent: int, beta: float, seed: int) -> str:
+    return f"l{latent}_b{beta:g}_s{seed}"
+
+
+def predictors_for(latent: int, beta: float) -> list[str]:
+    """The table's predictors of this setting, the recommended map and the intensity baseline."""
+    out = ["recommended", *paper.TABLE1_PREDICTORS]
+    if latent == paper.TABLE2_LATENT and beta in paper.BETAS:
+        out.append("proj_rec_error")
+    if (latent, beta) == (paper.ENSEMBLE["latent_dim"], paper.ENSEMBLE["beta"]):
+        out.append("ensemble")
+    return out + ["intensity"]
+
+
+def configs(plan: Plan) -> dict[tuple, dict]:
+    """``{(latent, beta, seed): run config}`` for every run of the plan."""
+    out = {}
+    for latent, beta in paper.settings():
+        for seed in plan.seeds_for(latent, beta):
+            out[(latent, beta, seed)] = config_lib.load(plan.base, plan.overrides + [
+                f"name={run_name(latent, beta, seed)}", f"seed={seed}", f"model.latent_dim={latent}",
+                f"model.beta={beta}", "evaluate.predictors=" + json.dumps(predictors_for(latent, beta))])
+    return out
+
+
+def training_keys(config: dict) -> dict:
+    from tfvae import training
+
+    return {k: v for k, v in training.flat_hparams(config).items() if not k.startswith(EVAL_ONLY_PREFIXES)
+            and k != "name"}
+
+
+class RetrainError(ValueError):
+    """A run directory holds a run trained with other settings."""
+
+
+def ensure_trained(config: dict, run_dir: str, retrain: bool = False, verbose=2) -> str:
+    """Train the run (or reuse / resume it); returns what was done."""
+    from tfvae import training
+
+    saved_path = os.path.join(run_dir, training.CONFIG_FILE)
+    if os.path.isfile(saved_path):
+        saved = config_lib.load(saved_path)
+        same = training_keys(saved) == training_keys(config)
+        if same and os.path.isfile(os.path.join(run_dir, training.MODEL_FILES["final"])):
+            return "reused"
+        if same:  # interrupted: continue from its backup
+            training.train(training.prepare_run_dir(run_dir, config, resume=True), run_dir, verbose=verbose)
+            return "resumed"
+        if not retrain:
+            diff = sorted(k for k in set(training_keys(saved)) | set(training_keys(config))
+                          if training_keys(saved).get(k) != training_keys(config).get(k))
+            raise RetrainError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
+                               "pass --retrain to replace it or --runs-dir to use another folder")
+        training.prepare_run_dir(run_dir, config, overwrite=True)
+    else:
+        training.prepare_run_dir(run_dir, config)
+    training.train(config, run_dir, verbose=verbose)
+    return "trained"
+
+
+def ensure_evaluated(config: dict, run_dir: str, reevaluate: bool = False, verbose: bool = False,
+                     name: str = "eval") -> dict:
+    """``RUN/<name>/results.json``, computed unless an evaluation with the same config is there."""
+    out_dir = os.path.join(run_dir, name)
+    results_path = os.path.join(out_dir, "results.json")
+    saved_config = os.path.join(out_dir, "config.json")
+    if not reevaluate and os.path.isfile(results_path) and os.path.isfile(saved_config):
+        if config_lib.load(saved_config) == config:
+            with open(results_path) as f:
+                return json.load(f)
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+
+    from tfvae import evaluation
+
+    # evaluate_run saves the config last: its presence marks the evaluation complete
+    return evaluation.evaluate_run(run_dir, config, out_dir, verbose=verbose)[0]
+
+
+def extras_for(config: dict) -> dict[str, dict]:
+    """The extra evaluations of a seeded run: ``{folder name: config}``."""
+    latent, beta = config["model"]["latent_dim"], config["model"]["beta"]
+    out = {"eval_plain": config_lib.resolve(config, [
+        "predictors.smooth_gradients=false", "predictors.combi=paper",
+        "evaluate.predictors=" + json.dumps(PLAIN_MAPS)])}
+    if (latent, beta) == (paper.ENSEMBLE["latent_dim"], paper.ENSEMBLE["beta"]):
+        out["eval_ensemble_plus"] = config_lib.resolve(config, [
+            "ensemble.features=" + json.dumps(ENSEMBLE_PLUS), 'evaluate.predictors=["ensemble", "rec_grad"]'])
+    return out
+
+
+def history(run_dir: str) -> dict:
+    """Epochs trained, the best epoch (1-based) and its validation loss, from history.csv."""
+    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    best = int(np.argmin(losses)) if losses else -1
+    return {"epochs": len(losses), "best_epoch": best + 1, "best_val_loss": losses[best] if losses else None}
+
+
+# --- statistics ------------------------------------------------------------------------------------
+def value(results: dict, predictor: str, metric: str):
+    r = results.get(predictor)
+    return None if r is None else r.get(metric)
+
+
+def cell_stats(values) -> tuple[float, float, int] | None:
+    """(mean, std with ddof 1 (0 for one value), n) of the non-missing values, or None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
+
+
+def paired(first: list, second: list) -> list[float]:
+    """Per-seed differences first - second, over the seeds that have both."""
+    return [a - b for a, b in zip(first, second) if a is not None and b is not None]
+
+
+def judge(diffs: list[float], pooled: float | None = None) -> dict:
+    """``{"mean", "spread", "n", "verdict"}``: better / worse / tie against the spread of the
+    paired differences (for one seed: ``pooled``, else ``DEFAULT_SPREAD``)."""
+    mean = float(np.mean(diffs))
+    if len(diffs) > 1:
+        spread = float(np.std(diffs, ddof=1))
+    else:
+        spread = pooled if pooled is not None else DEFAULT_SPREAD
+    margin = max(spread, 1e-9)  # differences at float rounding are ties too
+    verdict = "better" if mean > margin else "worse" if mean < -margin else "tie"
+    return {"mean": mean, "spread": spread, "n": len(diffs), "verdict": verdict}
+
+
+def pooled_spread(all_diffs: list[list[float]]) -> float | None:
+    """sqrt of the mean variance of the paired differences of the settings with several seeds."""
+    variances = [np.var(d, ddof=1) for d in all_diffs if len(d) > 1]
+    return float(np.sqrt(np.mean(variances))) if variances else None
+
+
+def compare(per_setting: dict, first: str, second: str, metric: str = "auroc", settings=None) -> dict:
+    """``{setting: judge(...)}`` of ``first`` against ``second`` on ``metric`` over the seeds of
+    each setting; ``per_setting[(latent, beta)]`` is a list of per-seed results."""
+    settings = [s for s in (settings or per_setting) if s in per_setting]
+    diffs = {s: paired([value(r, first, metric) for r in per_setting[s]],
+                       [value(r, second, metric) for r in per_setting[s]]) for s in settings}
+    diffs = {s: d for s, d in diffs.items() if d}
+    pooled = pooled_spread(list(diffs.values()))
+    return {s: judge(d, pooled) for s, d in diffs.items()}
+
+
+def _fmt(stats, digits=3) -> str:
+    if stats is None:
+        return "—"
+    mean, std, n = stats
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+# --- tables ----------------------------------------------------------------------------------------
+def table_rows(per_setting: dict, table: int, metric: str = "auroc"):
+    """``(rows, predictors)``: per row the setting and predictor -> (mean, std, n)."""
+    if table == 1:
+        keys = [((l, paper.TABLE1_BETA), l) for l in paper.LATENT_SIZES]
+        predictors = ["recommended", *paper.TABLE1_PREDICTORS, "intensity"]
+    else:
+        keys = [((paper.TABLE2_LATENT, b), b) for b in paper.BETAS]
+        predictors = ["recommended", *paper.TABLE2_PREDICTORS, "intensity"]
+    rows = []
+    for key, setting in keys:
+        seeds = per_setting.get(key, [])
+        rows.append({"setting": setting, "seeds": len(seeds),
+                     "values": {p: cell_stats([value(r, p, metric) for r in seeds]) for p in predictors}})
+    return rows, predictors
+
+
+def render(per_setting: dict, compare_paper: bool, metric: str = "auroc") -> tuple[str, list[list]]:
+    """Both tables (markdown) and CSV rows. With ``compare_paper`` (BraTS test data), each cell has
+    the paper's number and our difference; ``metric="auroc_brain"`` gives brain pixels only."""
+    compare_paper = compare_paper and metric == "auroc"
+    lines, csv_rows = [], []
+    what = "AUROC" if metric == "auroc" else "AUROC inside the brain mask"
+    for table, label, title in ((1, "latent size l", f"Table 1: {what}, VAE (beta 1)"),
+                                (2, "beta", f"Table 2: {what}, beta-VAE (latent {paper.TABLE2_LATENT})")):
+        rows, predictors = table_rows(per_setting, table, metric)
+        lines += [f"### {title}", "", "| " + " | ".join([label, "seeds"] + [NAMES[p] for p in predictors]) + " |",
+                  "|" + "---|" * (len(predictors) + 2)]
+        for row in rows:
+            cells = [f"{row['setting']:g}", str(row["seeds"])]
+            for p in predictors:
+                stats = row["values"][p]
+                pub = paper.published(table, row["setting"], p)
+                cell = _fmt(stats)
+                if compare_paper and pub is not None and stats is not None:
+                    cell += f" ({pub:.3f}, {stats[0] - pub:+.3f})"
+                cells.append(cell)
+                csv_rows.append([table, label.split()[0], row["setting"], p, metric,
+                                 *(stats if stats else (None, None, 0)), pub])
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(("Cells: pixel AUROC over all pixels of all test slices (the paper's convention)"
+                  if metric == "auroc" else "Cells: pixel AUROC over brain pixels only (not in the paper)")
+                 + ", mean ± std over seeds" + ("; in brackets the paper's number and our difference." if compare_paper
+                                               else "."))
+    lines.append("Recommended and Intensity* (the plain-threshold baseline) are not in the paper.")
+    return "\n".join(lines), csv_rows
+
+
+def target_table(per_setting: dict) -> tuple[str, list[str]]:
+    """The recommended map against the intensity baseline inside the brain, per setting, and the
+    target's verdict lines (judged on the settings with several seeds)."""
+    metrics_ = (("auroc_brain", "AUROC brain"), ("auprc_brain", "AUPRC brain"), ("dice_fpr01", "Dice@1%FPR"))
+    lines = ["| latent | beta | seeds | " + " | ".join(f"{n} recommended | {n} intensity" for _, n in metrics_) + " |",
+             "|" + "---|" * (3 + 2 * len(metrics_))]
+    for (latent, beta), seeds in per_setting.items():
+        cells = [str(latent), f"{beta:g}", str(len(seeds))]
+        for m, _ in metrics_:
+            cells += [_fmt(cell_stats([value(r, p, m) for r in seeds])) for p in ("recommended", "intensity")]
+        lines.append("| " + " | ".join(cells) + " |")
+    verdicts = []
+    for (latent, beta), seeds in per_setting.items():
+        if len(seeds) < 2 or not all("recommended" in r for r in seeds):
+            continue
+        gain = judge(paired([value(r, "recommended", "auroc_brain") - TARGET["auroc_brain_gain"] for r in seeds],
+                            [value(r, "intensity", "auroc_brain") for r in seeds]))
+        ratios = [value(r, "recommended", "auprc_brain") / value(r, "intensity", "auprc_brain") for r in seeds]
+        ratio = judge([x - TARGET["auprc_brain_ratio"] for x in ratios])
+        dice = judge([value(r, "recommended", "dice_fpr01") - TARGET["dice_fpr01"] for r in seeds])
+        ok = all(j["verdict"] == "better" for j in (gain, ratio, dice))
+        verdicts.append(
+            f"latent {latent}, beta {beta:g} ({len(seeds)} seeds): AUROC brain gain over intensity "
+            f"{gain['mean'] + TARGET['auroc_brain_gain']:+.3f} ± {gain['spread']:.3f} (target +{TARGET['auroc_brain_gain']}); "
+            f"AUPRC brain ratio {np.mean(ratios):.1f}x ± {ratio['spread']:.1f} (target {TARGET['auprc_brain_ratio']:g}x); "
+            f"Dice@1%FPR {dice['mean'] + TARGET['dice_fpr01']:.3f} ± {dice['spread']:.3f} (target {TARGET['dice_fpr01']}) "
+            f"-> {'met, beyond the seed spread' if ok else 'not met'}.")
+    return "\n".join(lines), verdicts
+
+
+def _summary(judged: dict, label) -> tuple[str, dict]:
+    counts = {v: sum(j["verdict"] == v for j in judged.values()) for v in ("better", "tie", "worse")}
+    parts = [f"{label(s)}: {j['mean']:+.3f} ± {j['spread']:.3f} ({j['n']} seed{'s' if j['n'] > 1 else ''}, {j['verdict']})"
+             for s, j in judged.items()]
+    return "; ".join(parts), counts
+
+
+def _setting_label(s) -> str:
+    return f"l{s[0]} b{s[1]:g}"
+
+
+def _verdict(counts: dict, want: str) -> str:
+    total = sum(counts.values())
+    if not total:
+        return "not measured"
+    if counts[want] == total:
+        return "holds"
+    if counts[want]:
+        return f"holds in part ({counts[want]} of {total}; ties {counts['tie']})"
+    return "tie" if counts["tie"] == total else "does not hold"
+
+
+def findings(per_setting: dict) -> list[str]:
+    """The paper's claims, each judged on paired per-seed differences (see the module docstring)."""
+    out = []
+    table2 = [(paper.TABLE2_LATENT, b) for b in paper.BETAS]
+
+    def claim(text, first, second, want, metric="auroc", settings=None):
+        judged = compare(per_setting, first, second, metric, settings)
+        detail, counts = _summary(judged, _setting_label)
+        out.append(f"{text}: {detail} -> {_verdict(counts, want)}.")
+
+    claim("Rec-grad beats Rec-Error (paper: in every row, by ~0.03-0.05)", "rec_grad", "rec_error", "better")
+    claim("ELBO-grad and Rec-grad perform comparably (paper: within 0.001)", "elbo_grad", "rec_grad", "tie")
+    claim("KL-grad is worse than Rec-grad (paper: in every row)", "kl_grad", "rec_grad", "worse")
+    claim("Combi is worse than Rec-grad (paper: in every row)", "combi", "rec_grad", "worse")
+    claim("Projection improves Rec-Error (paper: Proj-Rec-Error > Rec-Error for every beta, by ~0.005)",
+          "proj_rec_error", "rec_error", "better", settings=table2)
+
+    def across(text, predictor, low, high, want):
+        a, b = per_setting.get(high, []), per_setting.get(low, [])
+        diffs = paired([value(r, predictor, "auroc") for r in a], [value(r, predictor, "auroc") for r in b])
+        if not diffs:
+            return
+        j = judge(diffs)
+        counts = {v: int(j["verdict"] == v) for v in ("better", "tie", "worse")}
+        out.append(f"{text}: {_setting_label(high)} - {_setting_label(low)} = {j['mean']:+.3f} ± {j['spread']:.3f} "
+                   f"({j['n']} seed pair{'s' if j['n'] > 1 else ''}, {j['verdict']}) -> {_verdict(counts, want)}.")
+
+    across("Combi degrades as beta grows (paper: .800 at beta 1 -> .749 at beta 10)", "combi",
+           (paper.TABLE2_LATENT, 1.0), (paper.TABLE2_LATENT, 10.0), "worse")
+    across("beta 10 gives better gradient predictors than beta 1 (paper: Rec-grad .900 -> .905)", "rec_grad",
+           (paper.TABLE2_LATENT, 1.0), (paper.TABLE2_LATENT, 10.0), "better")
+    key = (paper.ENSEMBLE["latent_dim"], paper.ENSEMBLE["beta"])
+    seeds = per_setting.get(key, [])
+    diffs = paired([value(r, "ensemble", "auroc") for r in seeds],
+                   [(r.get("rec_grad", {}).get("ensemble_volumes") or {}).get("auroc") for r in seeds])
+    if diffs:
+        j = judge(diffs)
+        verdict = "holds" if j["verdict"] != "better" else "does not hold"
+        out.append(f"The ensemble does not beat Rec-grad (paper: .903 vs .905), both on the ensemble's scored "
+                   f"volumes: ensemble - Rec-grad = {j['mean']:+.3f} ± {j['spread']:.3f} ({j['n']} seeds, "
+                   f"{j['verdict']}) -> {verdict}.")
+    return out
+
+
+def plateau_table(histories: dict) -> str:
+    lines = ["| run | epochs trained | best epoch | best validation loss |", "|---|---|---|---|"]
+    for name, h in histories.items():
+        lines.append(f"| {name} | {h['epochs']} | {h['best_epoch']} | {h['best_val_loss']:.1f} |")
+    return "\n".join(lines)
+
+
+def extras_section(extras: dict) -> str:
+    """Markdown for the extra evaluations: reference map-making against the plain maps, and the
+    ensemble over the recommended map, the intensity and Rec-grad."""
+    lines = []
+    plain = {s: [r for r in runs if r] for s, runs in extras.get("eval_plain", {}).items()}
+    main_ = extras.get("eval", {})
+    if plain:
+        lines += ["### Reference map-making against plain maps", "",
+                  "The same models, the gradient maps without the reference's 7x7 smoothing and Combi as the "
+                  "paper's product (`predictors.smooth_gradients=false predictors.combi=paper`); AUROC over all "
+                  "pixels, then inside the brain, mean ± std over seeds, and the paired difference reference - plain.",
+                  "", "| setting | map | reference | plain | difference | AUROC brain reference | plain | difference |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s, runs in plain.items():
+            ref = main_.get(s, [])
+            for p in ("elbo_grad", "kl_grad", "rec_grad", "combi"):
+                cells = [_setting_label(s), NAMES[p]]
+                for m in ("auroc", "auroc_brain"):
+                    a, b = [value(r, p, m) for r in ref], [value(r, p, m) for r in runs]
+                    d = paired(a, b)
+                    j = judge(d) if d else None
+                    cells += [_fmt(cell_stats(a)), _fmt(cell_stats(b)),
+                              f"{j['mean']:+.3f} ± {j['spread']:.3f} ({j['verdict']})" if j else "—"]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    plus = extras.get("eval_ensemble_plus", {})
+    for s, runs in plus.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        lines += [f"### Ensemble over {', '.join(NAMES[p] for p in ENSEMBLE_PLUS)} ({_setting_label(s)})", "",
+                  "Fitted on 10% of the test volumes with their labels (as the paper's ensemble), scored on the rest; "
+                  "every map measured on those same volumes.", "",
+                  "| map | AUROC | AUROC brain | AUPRC brain | Dice@1%FPR |", "|---|---|---|---|---|"]
+        ref = main_.get(s, [])
+        rows = {"ensemble (recommended, intensity, Rec-grad)": [r.get("ensemble") for r in runs],
+                "ensemble (paper: Rec-Error, KL-grad, Rec-grad)": [r.get("ensemble") for r in ref],
+                **{NAMES[p]: [(r.get(p) or {}).get("ensemble_volumes") for r in ref]
+                   for p in ("recommended", "rec_grad", "intensity")}}
+        for name, results in rows.items():
+            results = [r for r in results if r]
+            lines.append("| " + " | ".join([name] + [_fmt(cell_stats([r.get(m) for r in results]))
+                                                  for m in ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- the whole reproduction --------------------------------------------------------------------------
+def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = None, *, retrain: bool = False,
+              reevaluate: bool = False, verbose: bool = True, command: str = "", log=print) -> dict:
+    """Train and evaluate every run of ``plan`` (reusing what is done), write ``tables.md`` (or
+    ``md_path``), ``tables.csv`` and ``tables.json`` to ``out_dir``; returns the per-setting results."""
+    from tfvae import data
+
+    runs = configs(plan)
+    first = next(iter(runs.values()))
+    data.check_available(first["data"])
+    per_setting: dict = {}
+    extras: dict = {}
+    histories = {}
+    start = time.time()
+    for (latent, beta, seed), config in runs.items():
+        run_dir = os.path.join(runs_dir, run_name(latent, beta, seed))
+        t0 = time.time()
+        done = ensure_trained(config, run_dir, retrain, verbose=2 if verbose else 0)
+        t1 = time.time()
+        results = ensure_evaluated(config, run_dir, reevaluate, verbose)
+        per_setting.setdefault((latent, beta), []).append(results)
+        extras.setdefault("eval", {}).setdefault((latent, beta), []).append(results)
+        histories[run_name(latent, beta, seed)] = history(run_dir)
+        if plan.extras and len(plan.seeds_for(latent, beta)) > 1:
+            for name, extra in extras_for(config).items():
+                extras.setdefault(name, {}).setdefault((latent, beta), []).append(
+                    ensure_evaluated(extra, run_dir, reevaluate, verbose, name=name))
+        log(f"[{time.time() - start:6.0f}s] {run_dir}: {done} ({t1 - t0:.0f}s), evaluated ({time.time() - t1:.0f}s)")
+
+    test_data = data.test_data_config(first["data"])
+    compare_paper = test_data["name"] == paper.TEST_DATASET
+    md, csv_rows = render(per_setting, compare_paper)
+    md_brain, csv_brain = render(per_setting, False, metric="auroc_brain")
+    target, verdicts = target_table(per_setting)
+    claims = findings(per_setting)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_atomic(os.path.join(out_dir, "tables.csv"), _csv_text(csv_rows + csv_brain))
+    _write_atomic(os.path.join(out_dir, "tables.json"), json.dumps(
+        {f"{run_name(l, b, s)}": r for (l, b), rs in per_setting.items() for s, r in enumerate(rs)}, indent=2))
+    t = first["train"]
+    text = [f"# The paper's tables on {test_data['name']}/{test_data['config']} ({first['data']['image_size']}px)", "",
+            "Made by", "", f"```bash\n{command.strip()}\n```", "",
+            f"Plan `{os.path.relpath(plan.source, os.path.dirname(CONFIG_DIR)) if plan.source else ''}`: base config "
+            f"`{os.path.basename(plan.base)}`, Adam lr {t['learning_rate']:g}, batch {t['batch_size']}, at most "
+            f"{t['epochs']} epochs" + (f", stopped when the validation loss had not improved for {t['patience']} "
+                                       f"epochs (best epoch kept)" if t["patience"] else "")
+            + f", projection {first['predictors']['projection_steps']} steps (lambda "
+            f"{first['predictors']['projection_lambda']:g}, lr {first['predictors']['projection_lr']:g}); "
+            f"seeds: {plan.seeds} for " + ("every setting" if plan.seeded_settings is None else
+                                           ", ".join(f"latent {l} beta {b:g}" for l, b in plan.seeded_settings)
+                                           + ", 1 for the others")
+            + f"; overrides: {' '.join(plan.overrides) or 'none'}. Total time of this invocation "
+            f"{time.time() - start:.0f} s.", "",
+            "## The recommended map against the intensity baseline (inside the brain)", "", target, "",
+            *[f"- {v}" for v in verdicts], "", "## The paper's tables", "", md, "",
+            "## The same tables inside the brain mask", "", md_brain, "",
+            "## The paper's findings, judged on paired per-seed differences", "",
+            "A difference is 'better' or 'worse' only when its mean over seeds exceeds the spread (std) of the "
+            "paired differences; otherwise it is a 'tie'. Settings with one seed use the pooled spread of the "
+            "same comparison on the settings with several.", "", *[f"- {c}" for c in claims], ""]
+    if plan.extras:
+        text += ["## Measured effects", "", extras_section(extras)]
+    text += ["## Where each run stopped", "", plateau_table(histories), ""]
+    _write_atomic(md_path or os.path.join(out_dir, "tables.md"), "\n".join(text))
+    return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras}
+
+
+def _csv_text(rows: list[list]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["table", "varied", "setting", "predictor", "metric", "mean", "std", "seeds", "paper_auroc"])
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    os.replace(tmp, path)
