@@ -166,6 +166,7 @@ def test_a_whole_reproduction_on_the_tiny_phantom(tiny_data_dir, tmp_path):
     plan_path.write_text(json.dumps({
         "base": os.path.join(ROOT, "configs", "beta1.json"),
         "set": ["data.name=brain_phantom", "data.config=tiny", "data.image_size=32", "data.test_name=null",
+                "data.test_config=null",
                 f"data.data_dir={tiny_data_dir}", "model.filters=null", "train.epochs=1", "train.batch_size=32",
                 "train.learning_rate=0.001", "predictors.projection_steps=2", "evaluate.write_nifti=false",
                 "evaluate.num_figures=1", "recommended.synthetic_copies=1"],
@@ -184,6 +185,10 @@ def test_a_whole_reproduction_on_the_tiny_phantom(tiny_data_dir, tmp_path):
     plain = json.loads((tmp_path / "runs" / "l64_b10_s1" / "eval_plain" / "results.json").read_text())
     assert list(plain) == rp.PLAIN_MAPS
     logs.clear()
+    notes = f"\n{rp.NOTES_MARKER}\n\nWhy these numbers look as they do.\n"
+    (tmp_path / "tables" / "tables.md").write_text(md + notes)
     rp.reproduce(plan, str(tmp_path / "runs"), str(tmp_path / "tables"), verbose=False, command="test",
                  log=logs.append)
     assert all("reused" in line for line in logs) and len(logs) == 8
+    again = (tmp_path / "tables" / "tables.md").read_text()
+    assert again.endswith(notes) and again.count(rp.NOTES_MARKER) == 1  # hand-written notes are kept

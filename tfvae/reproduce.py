@@ -354,7 +354,8 @@ def _verdict(counts: dict, want: str) -> str:
     if counts[want] == total:
         return "holds"
     if counts[want]:
-        return f"holds in part ({counts[want]} of {total}; ties {counts['tie']})"
+        return (f"holds in part ({counts[want]} of {total}: {counts['better']} better, {counts['tie']} tie, "
+                f"{counts['worse']} worse)")
     return "tie" if counts["tie"] == total else "does not hold"
 
 
@@ -519,8 +520,21 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     if plan.extras:
         text += ["## Measured effects", "", extras_section(extras)]
     text += ["## Where each run stopped", "", plateau_table(histories), ""]
-    _write_atomic(md_path or os.path.join(out_dir, "tables.md"), "\n".join(text))
+    md_file = md_path or os.path.join(out_dir, "tables.md")
+    _write_atomic(md_file, "\n".join(text) + _kept_notes(md_file))
     return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras}
+
+
+NOTES_MARKER = "<!-- notes below this line are kept when the document is regenerated -->"
+
+
+def _kept_notes(path: str) -> str:
+    """The hand-written notes of an earlier version of ``path`` (from ``NOTES_MARKER`` on), or ""."""
+    if not os.path.isfile(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        old = f.read()
+    return "\n" + old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
 
 
 def _csv_text(rows: list[list]) -> str:
