@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CHECKPOINTS = ("final", "best", "last")  # tfvae.training.MODEL_FILES
+CHECKPOINTS = ("final", "best", "last")  # tfvae.run.MODEL_FILES
 
 
 def parse_args(argv=None):
@@ -37,44 +36,27 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae import config as config_lib
+    from tfvae import data, reporting
+    from tfvae.run import Run, RunDirError
 
     overrides = list(args.set)
     if args.projection_steps is not None:
         overrides.append(f"predictors.projection_steps={args.projection_steps}")
     if args.predictors:
         overrides.append("evaluate.predictors=" + ",".join(f'"{p}"' for p in args.predictors).join("[]"))
-    config_path = os.path.join(args.run_dir, "config.json")
-    out_dir = args.out or os.path.join(args.run_dir, "eval")
+    run = Run(args.run_dir)
     try:
-        config = config_lib.load(config_path, overrides)
-    except config_lib.ConfigError as e:
+        run.config(overrides)  # a bad config or a missing model: one line, before anything is computed
+        if not os.path.isfile(run.model_path(args.checkpoint)):
+            raise RunDirError(f"{run.model_path(args.checkpoint)} not found (train the run first, or pick --checkpoint)")
+        results = run.evaluate(overrides=overrides, checkpoint=args.checkpoint, out_dir=args.out,
+                               overwrite=args.overwrite)
+    except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from tfvae.training import MODEL_FILES
-
-    model_path = os.path.join(args.run_dir, MODEL_FILES[args.checkpoint])
-    if not os.path.isfile(model_path):
-        print(f"error: {model_path} not found (train the run first, or pick --checkpoint)", file=sys.stderr)
-        return 2
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        if not args.overwrite:
-            print(f"error: {out_dir} already exists; pass --overwrite to replace it or --out to write elsewhere",
-                  file=sys.stderr)
-            return 2
-        if not os.path.isfile(os.path.join(out_dir, "results.json")):
-            print(f"error: {out_dir} holds no results.json; refusing to delete it", file=sys.stderr)
-            return 2
-        shutil.rmtree(out_dir)
-
-    from tfvae import data, evaluation, reporting
-
-    try:
-        results, title = evaluation.evaluate_run(args.run_dir, config, out_dir, checkpoint=args.checkpoint)
-    except (data.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out_dir = args.out or run.eval_dir
     print()
-    print(title)
+    print(reporting.title(run.config(overrides), args.checkpoint))
     print(reporting.text_table(results))
     note = reporting.ensemble_note(results)
     if note:

@@ -7,8 +7,8 @@
 Real data (hcp_t2, brats, nifti_folder) is read from the folder given by --manual-dir, else the
 config key data.manual_dir, else the environment variable TFVAE_MANUAL_DIR (see README, "Real data").
 
-Watch it with ``tensorboard --logdir runs``. See ``tfvae/training.py`` for what the run directory
-holds and ``tfvae/config.py`` for every config key.
+Watch it with ``tensorboard --logdir runs``. See ``tfvae/run.py`` for what the run directory
+holds and ``tfvae/config.py`` for every config key. From Python: ``tfvae.Run.create(...).train()``.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae import config as config_lib
-    from tfvae import data, training
+    from tfvae import data
     from tfvae.callbacks import NonFiniteLoss
+    from tfvae.run import Run, RunDirError
 
     if args.manual_dir:
         args.set = [*args.set, "data.manual_dir=" + json.dumps(os.path.abspath(os.path.expanduser(args.manual_dir)))]
@@ -53,27 +54,26 @@ def main(argv=None) -> int:
         config = config_lib.load(args.config, args.set) if args.config else None
         if config is not None and not args.resume:
             data.check_available(config["data"])  # missing data: the instructions, before any run directory
-        run_dir = args.run_dir or os.path.join("runs", config["name"])
-        config = training.prepare_run_dir(run_dir, config, resume=args.resume, overwrite=args.overwrite,
-                                          overrides=args.set)
-    except (config_lib.ConfigError, training.RunDirError, data.DataError) as e:
+        run = Run.create(args.run_dir or os.path.join("runs", config["name"]), config, resume=args.resume,
+                         overwrite=args.overwrite, overrides=args.set)
+    except (config_lib.ConfigError, RunDirError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    print(f"run directory: {run_dir}  (tensorboard --logdir {os.path.join(run_dir, 'logs')})")
+    print(f"run directory: {run.dir}  (tensorboard --logdir {run.logs_dir})")
     try:
-        history = training.train(config, run_dir)
+        history = run.train()
     except (data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
-        print(f"error: {e}; stopped. The checkpoints of the last good epoch are in "
-              f"{os.path.join(run_dir, 'checkpoints')}; try a lower train.learning_rate.", file=sys.stderr)
+        print(f"error: {e}; stopped. The checkpoints of the last good epoch are in {run.checkpoints_dir}; "
+              "try a lower train.learning_rate.", file=sys.stderr)
         return 1
     final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
     summary = "  ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()))
-    print(f"trained {config['train']['epochs']} epochs: {summary}")
-    print(f"model: {os.path.join(run_dir, training.MODEL_FILES['final'])}")
+    print(f"trained {len(history.epoch)} epochs: {summary}")
+    print(f"model: {run.model_path()}")
     return 0
 
 

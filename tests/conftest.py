@@ -30,12 +30,12 @@ def tiny_overrides(tiny_data_dir):
 def tiny_run(tiny_data_dir, tmp_path_factory):
     """A run directory with a model trained for 2 epochs on the tiny phantom."""
     from tfvae import config as config_lib
-    from tfvae import training
+    from tfvae.run import Run
 
     run = str(tmp_path_factory.mktemp("runs") / "tiny")
     config = config_lib.resolve({"name": "tiny", "model": {"latent_dim": 8, "beta": 1.0}}, [
         "data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}", "train.epochs=2",
         "train.batch_size=16", "train.learning_rate=0.001", "predictors.projection_steps=5",
         "evaluate.num_figures=2"])
-    training.train(training.prepare_run_dir(run, config), run, verbose=0)
+    Run.create(run, config).train(verbose=0)
     return run

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from tfvae import augment as A
 from tfvae import config as config_lib
-from tfvae import data, training
+from tfvae import data
+from tfvae.run import Run
 
 OFF = config_lib.defaults()["augment"]
 ON = {"noise_std": 0.1, "rotation_deg": 20.0, "scale": 0.1, "flip": True, "brightness": 0.2, "contrast": 0.2,
@@ -117,7 +118,7 @@ def test_training_augments_the_train_split_only(tiny_data_dir, tmp_path, monkeyp
         "model.latent_dim=4", "train.epochs=1", "train.batch_size=32", "augment.rotation_deg=10",
         "augment.noise_std=0.1"])
     run = str(tmp_path / "run")
-    training.train(training.prepare_run_dir(run, config), run, verbose=0)
+    Run.create(run, config).train(verbose=0)
     active = [c for c in calls if A.is_active(c)]
     assert len(active) == 1 and active[0]["rotation_deg"] == 10.0  # train; validation and previews plain
     assert len(calls) >= 3

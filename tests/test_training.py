@@ -13,6 +13,7 @@ from script_loader import ROOT, load_script
 from tfvae import callbacks as tfvae_callbacks
 from tfvae import config as config_lib
 from tfvae import training
+from tfvae.run import MODEL_FILES, Run
 from tfvae.model import BetaVAE
 
 BETA10 = os.path.join(ROOT, "configs", "beta10.json")
@@ -90,7 +91,7 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
 def test_resume_continues_where_training_stopped(tmp_path, tiny_overrides):
     run = str(tmp_path / "R")
     config = config_lib.load(BETA10, tiny_overrides + ["train.epochs=3"])
-    config = training.prepare_run_dir(run, config)
+    config = Run.create(run, config).config()
     with pytest.raises(KeyboardInterrupt):
         training.train(config, run, extra_callbacks=[InterruptAfterEpoch(0)], verbose=0)
     assert history_epochs(run) == [0]
@@ -106,7 +107,7 @@ def test_resume_continues_where_training_stopped(tmp_path, tiny_overrides):
 
 def test_resume_refuses_a_different_config(tmp_path, tiny_overrides, capsys):
     run = str(tmp_path / "R")
-    training.prepare_run_dir(run, config_lib.load(BETA10, tiny_overrides))
+    Run.create(run, config_lib.load(BETA10, tiny_overrides))
     assert train_script.main(["--config", BETA10, "--run-dir", run, "--resume",
                               "--set", *tiny_overrides, "model.beta=1"]) == 2
     assert "model.beta" in capsys.readouterr().err
@@ -128,7 +129,7 @@ def test_same_seed_same_model(tmp_path, tiny_overrides):
     outputs = []
     for name in ("a", "b"):
         run = str(tmp_path / name)
-        config = training.prepare_run_dir(run, config_lib.load(BETA10, tiny_overrides))
+        config = Run.create(run, config_lib.load(BETA10, tiny_overrides)).config()
         training.train(config, run, verbose=0)
         model = keras.models.load_model(os.path.join(run, "model.keras"))
         outputs.append([w.numpy() for w in model.weights])
@@ -142,15 +143,15 @@ def test_patience_stops_at_the_plateau_and_keeps_the_best_epoch(tiny_overrides, 
     run = str(tmp_path / "plateau")
     config = config_lib.resolve({"name": "plateau"}, tiny_overrides + [
         "train.epochs=40", "train.patience=2", "train.learning_rate=1e-12"])
-    training.train(training.prepare_run_dir(run, config), run, verbose=0)
+    Run.create(run, config).train(verbose=0)
     with open(os.path.join(run, "history.csv")) as f:
         losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
     assert 3 <= len(losses) < 40
     best = int(np.argmin(losses))
     assert best == len(losses) - 1 - 2  # stopped exactly `patience` epochs after the best one
-    final, last = (keras.models.load_model(os.path.join(run, p)) for p in (training.MODEL_FILES["final"],
-                                                                           training.MODEL_FILES["last"]))
-    best_weights = keras.models.load_model(os.path.join(run, training.MODEL_FILES["best"])).get_weights()
+    final, last = (keras.models.load_model(os.path.join(run, p)) for p in (MODEL_FILES["final"],
+                                                                           MODEL_FILES["last"]))
+    best_weights = keras.models.load_model(os.path.join(run, MODEL_FILES["best"])).get_weights()
     for a, b in zip(final.get_weights(), best_weights):
         np.testing.assert_array_equal(a, b)
 

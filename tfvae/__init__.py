@@ -1,29 +1,35 @@
 """tfvae: unsupervised anomaly localization in brain MRI with VAEs and beta-VAEs.
 
-Modules, by role:
+    import tfvae
+    run = tfvae.Run.create("runs/demo", tfvae.config.load("configs/quickstart.json"))
+    run.train(); run.evaluate(); run.localize("scan_t2.nii.gz")
 
-- ``config``        -- JSON run configurations: defaults, validation, ``--set`` overrides.
-- ``preprocessing`` -- one volume -> 2D slices path shared by every dataset (and its inverse).
-- ``phantom``       -- synthetic T2 brains with synthetic tumours (the embedded default data).
-- ``data``          -- TFDS datasets -> ``tf.data`` pipelines for training and evaluation.
-- ``networks``      -- the paper's fully-convolutional encoder and decoder.
-- ``model``         -- ``BetaVAE``: the Keras model and its TFP evidence lower bound.
-- ``callbacks``     -- TensorBoard images, hparams, NaN stop.
-- ``training``      -- run directories, checkpoints, resume: what ``scripts/train.py`` runs.
-- ``predictors``    -- pixel maps: reconstruction error and loss gradients (one tape).
-- ``projection``    -- the energy-based projection onto the normal manifold (compiled loop).
-- ``ensemble``      -- logistic regression over predictors, fitted on held-out volumes.
-- ``metrics``       -- streaming pixel AUROC / AUPRC / Dice.
-- ``evaluation``    -- scoring a test split volume by volume; calibration; NIfTI maps.
-- ``postprocessing`` -- 3D erosion, median filter, small-component removal, positive residuals.
-- ``localization``  -- maps, calibrated masks and reports for new scans (``localize.py``).
-- ``reporting``     -- tables (text, markdown, CSV, JSON), figures and overlays.
-- ``augment``       -- on-the-fly training augmentation (noise, rotation, scale, flip, intensity).
-- ``nifti``         -- safe NIfTI reading with one-line errors naming the file.
-- ``tuning``        -- Keras Tuner searches over beta and latent size (``tune.py``).
-- ``paper``         -- the paper's published numbers, for comparison tables.
+Modules, in the order data flows through them:
+
+- ``config``         -- JSON run configurations: defaults, validation, ``--set`` overrides.
+- ``run``            -- ``Run``: a run directory's layout and every job on it (train, evaluate,
+                        calibrate, localize); what the scripts call.
+- data: ``nifti`` (safe NIfTI reading and writing), ``preprocessing`` (one volume -> 2D slices path
+  shared by every dataset, and its inverse), ``phantom`` (synthetic T2 brains with tumours, the
+  embedded default data), ``data`` (TFDS datasets -> ``tf.data`` pipelines), ``augment``
+  (on-the-fly training augmentation).
+- model: ``networks`` (the paper's encoder and decoder), ``model`` (``BetaVAE`` and its TFP ELBO),
+  ``callbacks`` (TensorBoard images, NaN stop), ``training`` (``model.fit`` into a run directory).
+- maps: ``predictors`` (reconstruction error and loss gradients, made as the reference code makes
+  them), ``projection`` (the energy-based projection), ``recommended`` (the recommended map and its
+  label-free settings), ``postprocessing`` (3D filters, components), ``scoring`` (maps of whole
+  volumes: the stream every job scores with), ``ensemble`` (logistic regression over maps).
+- measuring: ``calibration`` (thresholds on healthy validation slices, ``thresholds.json``),
+  ``metrics`` (streaming AUROC / AUPRC / Dice), ``evaluation`` (the test split through its
+  consumers: metrics, NIfTI maps, figures).
+- reports: ``reporting`` (tables, figures, overlays), ``localization`` (new scans),
+  ``reproduce`` (the paper's tables over seeds), ``paper`` (its published numbers).
+- search: ``tuning`` (Keras Tuner over beta and latent size).
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
 """
+
+from tfvae import config  # noqa: F401  (cheap: no TensorFlow)
+from tfvae.run import Run  # noqa: F401
 
 __version__ = "0.1.0"

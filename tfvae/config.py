@@ -330,7 +330,25 @@ def load(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
     return resolve(raw, overrides, source=path)
 
 
+def flatten(config: dict) -> dict:
+    """The config's scalar settings with dotted keys (lists as strings), as TensorBoard's HParams
+    dashboard wants them and as runs are compared."""
+    flat = {}
+    for section, values in config.items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            name = f"{section}.{key}" if key else section
+            if isinstance(value, (bool, int, float, str)):
+                flat[name] = value
+            elif value is not None:
+                flat[name] = str(value)
+    return flat
+
+
 def save(config: dict, path: str | os.PathLike) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Write ``config`` as JSON, whole or not at all (a temporary file, then a rename)."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=False)
         f.write("\n")
+    os.replace(tmp, path)

@@ -7,20 +7,24 @@ every kept slice is scored in batches, the maps are post-processed as the config
 (``tfvae.postprocessing``) and thresholded at a false-positive rate calibrated on the run's healthy
 validation slices, and score and mask are written back into the scan's own grid. Slices the
 preprocessing skips (little brain) get score 0.
+
+``Localizer`` (what ``Run.localize`` uses) holds the fitted scorer and the threshold of one run,
+predictor and FPR, and localizes scans one after another; ``write_outputs`` writes a result as
+``scripts/localize.py`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 
 import nibabel as nib
 import numpy as np
 
-from tfvae import evaluation, postprocessing, preprocessing
+from tfvae import postprocessing, preprocessing
 from tfvae.data import clip as clip_lib
+from tfvae.scoring import Scorer, Volume, variants
 
 MODALITY_ALIASES = {"t2": "t2", "t2w": "t2", "flair": "flair", "t2f": "flair", "t1": "t1", "t1w": "t1",
                     "t1n": "t1", "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "pd": "pd", "pdw": "pd"}
@@ -55,23 +59,46 @@ class Localized:
     score: np.ndarray       # float32, the scan's grid
     mask: np.ndarray        # uint8 0/1, the scan's grid
     voxel_ml: float
-    components: int
+    n_components: int
     largest_voxels: int
+    affine: np.ndarray | None = None
+    threshold: float | None = None
+    image: np.ndarray | None = None  # the scan itself, as read
+    warnings: list = dataclasses.field(default_factory=list)
 
     @property
     def volume_ml(self) -> float:
         return float(self.mask.sum()) * self.voxel_ml
 
+    @property
+    def components(self) -> list[dict]:
+        """One row per 26-connected finding, largest first: voxels, ml, centroid in scanner mm,
+        maximum and mean score."""
+        from scipy import ndimage
 
-def localize(scorer: evaluation.Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, threshold: float,
+        labels, n = ndimage.label(self.mask > 0, structure=np.ones((3, 3, 3)))
+        rows = []
+        for i in range(1, n + 1):
+            where = labels == i
+            centroid = np.argwhere(where).mean(axis=0)
+            mm = (self.affine @ np.append(centroid, 1.0))[:3] if self.affine is not None else centroid
+            scores = self.score[where]
+            rows.append({"voxels": int(where.sum()), "ml": float(where.sum() * self.voxel_ml),
+                         "centroid_mm": [round(float(v), 1) for v in mm], "max_score": float(scores.max()),
+                         "mean_score": float(scores.mean())})
+        rows.sort(key=lambda r: -r["voxels"])
+        return [{"id": k + 1, **r} for k, r in enumerate(rows)]
+
+
+def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, threshold: float,
              settings: dict, image_size: int, fov_mm: float, min_brain_fraction: float,
              mask: np.ndarray | None = None, clip: float | None = None) -> Localized:
     sliced = preprocessing.volume_to_slices(data, affine, mask=mask, image_size=image_size, fov_mm=fov_mm,
                                             min_brain_fraction=min_brain_fraction)
     sliced = dataclasses.replace(sliced, image=clip_lib(sliced.image, clip))
-    volume = evaluation.Volume("scan", sliced.image, sliced.label, sliced.brain_mask, sliced.slice_index,
-                               sliced.geometry, maps=scorer(sliced.image, sliced.brain_mask))
-    maps = evaluation.variants(volume, [predictor], settings)
+    volume = Volume("scan", sliced.image, sliced.label, sliced.brain_mask, sliced.slice_index,
+                    sliced.geometry, maps=scorer(sliced.image, sliced.brain_mask))
+    maps = variants(volume, [predictor], settings)
     score = maps.get("postprocessed", maps["raw"])[predictor][..., 0]
     brain = sliced.brain_mask[..., 0] > 0
     binary = postprocessing.remove_small_components((score >= threshold) & brain, settings["min_component_voxels"])
@@ -79,46 +106,70 @@ def localize(scorer: evaluation.Scorer, data: np.ndarray, affine: np.ndarray, *,
     mask_volume = preprocessing.slices_to_volume(binary.astype(np.float32), sliced.slice_index, sliced.geometry,
                                                  order=0).astype(np.uint8)
     n, largest = postprocessing.components(mask_volume)
-    return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest)
+    return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest,
+                     affine=np.asarray(affine), threshold=float(threshold))
 
 
-MAP_SECTIONS = ("predictors", "postprocess", "recommended")  # config sections a map depends on
+class Localizer:
+    """Localizes scans with one run, predictor and false-positive rate (``Run.localize``)."""
+
+    def __init__(self, run, config: dict, *, predictor: str = "recommended", fpr: float = 0.05,
+                 checkpoint: str = "final"):
+        from tfvae import data
+        from tfvae.predictors import ALL_PREDICTORS
+
+        if predictor not in ALL_PREDICTORS or predictor == "ensemble":
+            raise ValueError(f"predictor {predictor!r}: choose one of "
+                             f"{', '.join(p for p in ALL_PREDICTORS if p != 'ensemble')} "
+                             "(the ensemble needs labelled scans)")
+        if not 0 < fpr < 1:
+            raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
+        self.run, self.config, self.predictor, self.fpr, self.checkpoint = run, config, predictor, fpr, checkpoint
+        self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
+        self.threshold = run.threshold(predictor, fpr, config=config, checkpoint=checkpoint, scorer=self.scorer)
+        self.builder_config = data.builder(config["data"]).builder_config
+        train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
+        self.reference = {"modality": getattr(self.builder_config, "modality", "t2"),
+                          "shape": [int(v) for v in train_example["source_shape"].numpy()],
+                          "voxel_mm": nib.affines.voxel_sizes(train_example["source_affine"].numpy()).tolist()}
+
+    def __call__(self, scan, *, mask=None, affine=None) -> Localized:
+        """``scan``: a NIfTI path, or an array with its ``affine``; ``mask``: a brain mask (path or
+        array on the scan's grid). Raises ``nifti.BadInputError`` / ``ValueError`` with one line."""
+        from tfvae.nifti import check_same_grid, load_volume
+
+        path = os.fspath(scan) if isinstance(scan, (str, os.PathLike)) else "array"
+        if path != "array":
+            data, affine = load_volume(path)
+        elif affine is None:
+            raise ValueError("an array scan needs its affine (affine=...)")
+        else:
+            data, affine = np.asarray(scan, np.float32), np.asarray(affine, np.float64)
+        if isinstance(mask, (str, os.PathLike)):
+            mask_data, mask_affine = load_volume(os.fspath(mask))
+            check_same_grid(os.fspath(mask), mask_data, mask_affine, path, data, affine, "brain mask")
+            mask = mask_data
+        warnings = scan_warnings(path, data, affine, self.reference)
+        result = localize(self.scorer, data, affine, predictor=self.predictor, threshold=self.threshold,
+                          settings=self.config["postprocess"], image_size=self.config["data"]["image_size"],
+                          fov_mm=self.builder_config.fov_mm, min_brain_fraction=self.builder_config.min_brain_fraction,
+                          mask=mask, clip=self.config["data"]["clip"])
+        result.warnings, result.image = warnings, data
+        return result
 
 
-def _stored_evaluation(run_dir: str, config: dict) -> dict | None:
-    """``RUN/eval/results.json`` when ``evaluate.py`` made it with the same map settings, else None."""
-    results_path = os.path.join(run_dir, "eval", "results.json")
-    config_path = os.path.join(run_dir, "eval", "config.json")
-    if not (os.path.isfile(results_path) and os.path.isfile(config_path)):
-        return None
-    with open(config_path) as f:
-        used = json.load(f)
-    if any(used.get(s) != config[s] for s in MAP_SECTIONS) or used["data"].get("clip") != config["data"].get("clip"):
-        return None
-    with open(results_path) as f:
-        return json.load(f)
+def write_outputs(result: Localized, out_dir: str, name: str, title: str) -> dict:
+    """``<name>_score.nii.gz``, ``<name>_mask.nii.gz`` (the scan's grid and affine) and
+    ``<name>_overlay.png`` in ``out_dir``; returns the summary row of the scan."""
+    from tfvae import reporting
+
+    os.makedirs(out_dir, exist_ok=True)
+    nib.save(nib.Nifti1Image(result.score.astype(np.float32), result.affine), os.path.join(out_dir, name + OUTPUTS[0]))
+    nib.save(nib.Nifti1Image(result.mask, result.affine), os.path.join(out_dir, name + OUTPUTS[1]))
+    ras = [preprocessing.to_canonical(v, result.affine) for v in (result.image, result.score, result.mask)]
+    reporting.overlay_montage(*ras, os.path.join(out_dir, name + OUTPUTS[2]), title)
+    return {"threshold": f"{result.threshold:.6g}", "anomalous_ml": f"{result.volume_ml:.2f}",
+            "components": result.n_components, "largest_component_ml": f"{result.largest_voxels * result.voxel_ml:.2f}"}
 
 
-def stored_reference(run_dir: str, config: dict) -> dict:
-    """What ``evaluate.py`` took from the healthy validation slices for these map settings (the
-    recommended map's chosen settings, the Combi's KL-grad range), for ``Scorer.fit``; {} if none."""
-    results = _stored_evaluation(run_dir, config) or {}
-    out = {}
-    if "settings" in results.get("recommended", {}):
-        out["recommended"] = results["recommended"]["settings"]
-    if "kl_grad_range" in results.get("combi", {}):
-        out["kl_grad_range"] = results["combi"]["kl_grad_range"]
-    return out
-
-
-def stored_thresholds(run_dir: str, config: dict, predictor: str, fpr: float) -> float | None:
-    """The threshold ``evaluate.py`` calibrated for ``predictor`` at ``fpr`` (one of
-    ``evaluation.FPRS``: 1 % or 5 %), if its evaluation used the same map settings; else None."""
-    key = {rate: name for name, rate in evaluation.FPRS.items()}.get(fpr)
-    results = _stored_evaluation(run_dir, config)
-    if key is None or results is None or predictor not in results:
-        return None
-    result = results[predictor]
-    if postprocessing.enabled(config["postprocess"]):
-        result = result.get("postprocessed", {})
-    return result.get(f"{key}_threshold")
+OUTPUTS = ("_score.nii.gz", "_mask.nii.gz", "_overlay.png")

@@ -1,18 +1,22 @@
 """Reading users' NIfTI files safely: every problem is a ``BadInputError`` whose message is one
 line naming the file and the problem (missing, corrupt or truncated file, not 3D, NaN or infinite
 voxels, a singular affine, a mask or segmentation on another voxel grid than its image).
-Used by the real-data builders (``tfvae_datasets``) and by ``localize.py``.
+Used by the real-data builders (``tfvae_datasets``) and by ``localize.py``. ``write_maps`` writes
+a volume's 2D maps back into its source grid as NIfTI files (evaluation's maps).
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import zlib
 
 import nibabel as nib
 import numpy as np
 from etils import epath
+
+from tfvae import preprocessing
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # how far two affines may differ (mm, per entry) and still describe the same voxel grid
@@ -87,3 +91,15 @@ def check_same_grid(path, data, affine, image_path, image, image_affine, what: s
     if not np.allclose(affine, image_affine, rtol=0, atol=AFFINE_ATOL):
         diff = float(np.abs(affine - image_affine).max())
         raise bad(path, f"{what} affine differs from the affine of {image_path} (by up to {diff:.4g} mm)")
+
+
+def write_maps(volume, out_dir: str, maps: dict) -> None:
+    """``<volume>_<name>.nii.gz`` in the source volume's shape and affine, for each of ``maps``
+    (name -> slices), plus the preprocessed ``image`` and the ``label``."""
+    os.makedirs(out_dir, exist_ok=True)
+    layers = {"image": (volume.image, 1), "label": (volume.label, 0), **{n: (m, 1) for n, m in maps.items()}}
+    for name, (planes, order) in layers.items():
+        data = preprocessing.slices_to_volume(planes, volume.slice_index, volume.geometry, order=order)
+        data = data.astype(np.uint8) if name == "label" else data
+        nib.save(nib.Nifti1Image(data, volume.geometry.source_affine),
+                 os.path.join(out_dir, f"{volume.volume_id}_{name}.nii.gz"))

@@ -19,6 +19,15 @@ HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "auroc_brain": "AUROC brain", "au
            "best_dice": "best Dice", "dice_fpr01": "Dice@1%FPR", "dice_fpr05": "Dice@5%FPR"}
 
 
+def title(config: dict, checkpoint: str = "final") -> str:
+    """What an evaluation scored: run name, test data and split, beta, latent size, checkpoint."""
+    from tfvae.data import test_data_config
+
+    test = test_data_config(config["data"])
+    return (f"{config['name']}: {test['name']}/{test['config']} {config['data']['test_split']}, "
+            f"beta {config['model']['beta']:g}, latent {config['model']['latent_dim']}, {checkpoint} model")
+
+
 def _cell(result: dict, column: str) -> str:
     value = result[column]
     if column.startswith("dice_fpr"):
@@ -154,3 +163,25 @@ def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+class FigureSlices:
+    """Keeps the ``n`` test slices with the largest tumour area, and ``n`` tumour-free slices with
+    the largest brain area, with their maps, for the figures."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.tumour: list[tuple[float, dict]] = []
+        self.healthy: list[tuple[float, dict]] = []
+
+    def update(self, volume):
+        tumour_area = (volume.label > 0).sum(axis=(1, 2, 3))
+        brain_area = (volume.brain_mask > 0).sum(axis=(1, 2, 3))
+        for i in range(len(volume.image)):
+            pool, key = (self.tumour, tumour_area[i]) if tumour_area[i] else (self.healthy, brain_area[i])
+            if len(pool) < self.n or key > pool[-1][0]:
+                item = {"title": f"{volume.volume_id} z={volume.slice_index[i]}", "image": volume.image[i],
+                        "label": volume.label[i], **{k: v[i] for k, v in volume.maps.items()}}
+                pool.append((float(key), item))
+                pool.sort(key=lambda t: -t[0])
+                del pool[self.n:]

@@ -36,6 +36,7 @@ import numpy as np
 
 from tfvae import config as config_lib
 from tfvae import paper
+from tfvae.run import Run
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 QUICK_PLAN = os.path.join(CONFIG_DIR, "reproduce_quick.json")
@@ -127,9 +128,7 @@ def configs(plan: Plan) -> dict[tuple, dict]:
 
 
 def training_keys(config: dict) -> dict:
-    from tfvae import training
-
-    return {k: v for k, v in training.flat_hparams(config).items() if not k.startswith(EVAL_ONLY_PREFIXES)
+    return {k: v for k, v in config_lib.flatten(config).items() if not k.startswith(EVAL_ONLY_PREFIXES)
             and k != "name"}
 
 
@@ -139,26 +138,21 @@ class RetrainError(ValueError):
 
 def ensure_trained(config: dict, run_dir: str, retrain: bool = False, verbose=2) -> str:
     """Train the run (or reuse / resume it); returns what was done."""
-    from tfvae import training
-
-    saved_path = os.path.join(run_dir, training.CONFIG_FILE)
-    if os.path.isfile(saved_path):
-        saved = config_lib.load(saved_path)
+    run = Run(run_dir)
+    if run.is_run:
+        saved = config_lib.load(run.config_path)
         same = training_keys(saved) == training_keys(config)
-        if same and os.path.isfile(os.path.join(run_dir, training.MODEL_FILES["final"])):
+        if same and os.path.isfile(run.model_path("final")):
             return "reused"
         if same:  # interrupted: continue from its backup
-            training.train(training.prepare_run_dir(run_dir, config, resume=True), run_dir, verbose=verbose)
+            Run.create(run_dir, config, resume=True).train(verbose=verbose)
             return "resumed"
         if not retrain:
             diff = sorted(k for k in set(training_keys(saved)) | set(training_keys(config))
                           if training_keys(saved).get(k) != training_keys(config).get(k))
             raise RetrainError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
                                "pass --retrain to replace it or --runs-dir to use another folder")
-        training.prepare_run_dir(run_dir, config, overwrite=True)
-    else:
-        training.prepare_run_dir(run_dir, config)
-    training.train(config, run_dir, verbose=verbose)
+    Run.create(run_dir, config, overwrite=retrain).train(verbose=verbose)
     return "trained"
 
 
@@ -178,7 +172,7 @@ def ensure_evaluated(config: dict, run_dir: str, reevaluate: bool = False, verbo
     from tfvae import evaluation
 
     # evaluate_run saves the config last: its presence marks the evaluation complete
-    return evaluation.evaluate_run(run_dir, config, out_dir, verbose=verbose)[0]
+    return evaluation.evaluate_run(Run(run_dir), config, out_dir, verbose=verbose)[0]
 
 
 def extras_for(config: dict) -> dict[str, dict]:
@@ -195,7 +189,7 @@ def extras_for(config: dict) -> dict[str, dict]:
 
 def history(run_dir: str) -> dict:
     """Epochs trained, the best epoch (1-based) and its validation loss, from history.csv."""
-    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+    with open(Run(run_dir).history_path, newline="") as f:
         losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
     best = int(np.argmin(losses)) if losses else -1
     return {"epochs": len(losses), "best_epoch": best + 1, "best_val_loss": losses[best] if losses else None}

@@ -54,6 +54,7 @@ import shutil
 from typing import Any
 
 from tfvae import config as config_lib
+from tfvae.run import Run
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 OBJECTIVES = {"val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}
@@ -338,7 +339,7 @@ def _auroc_callback_class():
 
 # --- the HyperModel and the tuners ---------------------------------------------------------------
 def _last_val_loss(run_dir: str) -> float:
-    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+    with open(Run(run_dir).history_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise RuntimeError(f"{run_dir}: history.csv is empty")
@@ -361,15 +362,14 @@ def make_hypermodel(search: Search, search_dir: str, verbose=0):
         def fit(self, hp, model, trial_id: str, epochs: int | None = None, previous: str | None = None):
             run_dir = trial_dir(search_dir, trial_id)
             config = search.trial_config(hp, trial_id, epochs)
-            if previous and not os.path.isfile(os.path.join(run_dir, training.CONFIG_FILE)):
+            if previous and not Run(run_dir).is_run:
                 # Hyperband: continue the trial promoted from the previous round
                 shutil.copytree(trial_dir(search_dir, previous), run_dir)
-                saved_path = os.path.join(run_dir, training.CONFIG_FILE)
+                saved_path = Run(run_dir).config_path
                 config_lib.save(config_lib.load(saved_path) | {"name": config["name"]}, saved_path)
                 if os.path.exists(os.path.join(run_dir, "objective.json")):
                     os.remove(os.path.join(run_dir, "objective.json"))
-            resume = os.path.isfile(os.path.join(run_dir, training.CONFIG_FILE))
-            config = training.prepare_run_dir(run_dir, config, resume=resume)
+            config = Run.create(run_dir, config, resume=Run(run_dir).is_run).config()
             extra = []
             if search.objective_key == "auroc":
                 d = config["data"]
@@ -377,7 +377,7 @@ def make_hypermodel(search: Search, search_dir: str, verbose=0):
                 examples = data.load_split(test_data, search.objective_split or d["test_split"])
                 extra.append(_auroc_callback_class()(config, search.objective_predictor, examples,
                                                      search.objective_volumes,
-                                                     os.path.join(run_dir, "logs", "validation")))
+                                                     Run(run_dir).path("logs", "validation")))
             training.train(config, run_dir, extra_callbacks=extra, verbose=verbose)
             metrics = {"val_loss": _last_val_loss(run_dir)}
             if extra:

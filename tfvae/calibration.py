@@ -1,0 +1,115 @@
+"""Thresholds calibrated on healthy validation slices (never test labels), and the run's store of
+them (``thresholds.json``).
+
+``calibrate`` scores at most ``scoring.MAX_CALIBRATION_SLICES`` healthy validation slices and
+returns, per variant (raw / post-processed) and predictor, the thresholds that flag the given
+false-positive rates of their brain pixels. ``ThresholdStore`` keeps such thresholds in one small
+JSON file per run, each entry keyed by everything it depends on -- the checkpoint file's content
+(SHA-256), the predictor, the config sections that shape the maps and the post-processing -- so a
+different predictor, post-processing or checkpoint is a new calibration and never a stale threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfvae import metrics
+from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, variants, volumes
+
+FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}  # the rates every evaluation reports Dice at
+HISTOGRAM_BITS = 22  # 4M bins per class when the exact mode overflows: ~1e-5 of AUROC, 64 MB each
+MAP_SECTIONS = ("predictors", "postprocess", "recommended")  # config sections a map depends on
+
+
+def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, settings: dict, ensemble=None,
+              fprs: dict = FPRS) -> dict:
+    """``{variant: {predictor: {key: threshold}}}``: the thresholds at the false-positive rates
+    ``fprs`` on healthy validation brain pixels (at most ``MAX_CALIBRATION_SLICES`` slices)."""
+    hists: dict = {}
+    taken = 0
+    for volume in volumes(validation):
+        if taken >= MAX_CALIBRATION_SLICES:
+            break
+        volume.maps = scorer(volume.image, volume.brain_mask)
+        if ensemble is not None and "ensemble" in predictors:
+            volume.maps["ensemble"] = ensemble.score(volume.maps)
+        brain = volume.brain_mask > 0
+        for variant, maps in variants(volume, predictors, settings).items():
+            for p, score in maps.items():
+                hist = hists.setdefault(variant, {}).setdefault(p, metrics.PixelHistogram(bits=HISTOGRAM_BITS))
+                hist.update(score, np.zeros_like(volume.label), mask=brain)
+        taken += len(volume.image)
+    return {variant: {p: {k: h.threshold_at_fpr(fpr) for k, fpr in fprs.items()} for p, h in by_p.items()}
+            for variant, by_p in hists.items()}
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's content (what a checkpoint is, whatever its name or date)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def map_settings(config: dict) -> dict:
+    """The config values a map's scores depend on (beside the model): its sections and the clip."""
+    return {**{s: config[s] for s in MAP_SECTIONS}, "data.clip": config["data"].get("clip")}
+
+
+class ThresholdStore:
+    """``thresholds.json`` of a run: calibrations keyed by (checkpoint digest, predictor, map settings).
+
+    An entry holds ``thresholds`` (FPR as a string -> threshold, for the variant the settings
+    select: post-processed when any post-processing is on, else raw) and ``reference`` (what
+    ``Scorer.fit`` took from the validation volumes). Writes are atomic (temporary file, rename)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.entries: list[dict] = []
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                self.entries = json.load(f).get("calibrations", [])
+
+    @staticmethod
+    def key(digest: str, predictor: str, config: dict) -> dict:
+        return {"checkpoint_sha256": digest, "predictor": predictor, "settings": map_settings(config)}
+
+    def find(self, key: dict) -> dict | None:
+        return next((e for e in self.entries if e["key"] == json.loads(json.dumps(key))), None)
+
+    def threshold(self, key: dict, fpr: float) -> float | None:
+        entry = self.find(key)
+        return None if entry is None else entry["thresholds"].get(_fpr_key(fpr))
+
+    def reference(self, key: dict) -> dict | None:
+        entry = self.find(key)
+        return None if entry is None else entry.get("reference")
+
+    def put(self, key: dict, thresholds: dict[float, float], reference: dict | None = None) -> None:
+        entry = self.find(key)
+        if entry is None:
+            entry = {"key": json.loads(json.dumps(key)), "thresholds": {}, "reference": {}}
+            self.entries.append(entry)
+        entry["thresholds"].update({_fpr_key(f): float(t) for f, t in thresholds.items()})
+        if reference:
+            entry["reference"] = json.loads(json.dumps(reference))
+        self.save()
+
+    def save(self) -> None:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(self.path)}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"calibrations": self.entries}, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, self.path)
+
+
+def _fpr_key(fpr: float) -> str:
+    return f"{float(fpr):g}"

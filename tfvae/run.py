@@ -1,0 +1,237 @@
+"""``Run``: a run directory, and every job on it -- train, evaluate, calibrate, localize -- from Python.
+
+    import tfvae
+    run = tfvae.Run.create("runs/demo", tfvae.config.load("configs/quickstart.json"))
+    run.train()
+    results = run.evaluate()
+    found = run.localize("scan_t2.nii.gz", fpr=0.01)      # maps in the scan's own grid
+    found.components                                     # one row per connected finding
+
+This module is the one place that knows the layout of a run directory::
+
+    config.json                 the resolved config the run was trained with
+    history.csv                 loss, rec, kl (train and val_) per epoch, appended across resumes
+    logs/                       TensorBoard: train/, validation/, images/, eval/, hparams
+    checkpoints/best.keras      the model at the epoch of lowest validation loss
+    checkpoints/last.keras      the model after the latest finished epoch
+    checkpoints/backup/         Keras BackupAndRestore state for resuming
+    model.keras                 the model after the last epoch (the best one with train.patience)
+    thresholds.json             thresholds calibrated on healthy validation slices (tfvae.calibration)
+    eval/                       the evaluation: results.json / .csv / .md, maps/, figures/, config.json
+
+The scripts (``scripts/*.py``) are this class's command-line face: they parse arguments, call it
+and print a summary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from tfvae import config as config_lib
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+LOGS_DIR = "logs"
+CHECKPOINTS_DIR = "checkpoints"
+BACKUP_DIR = os.path.join(CHECKPOINTS_DIR, "backup")
+THRESHOLDS_FILE = "thresholds.json"
+EVAL_DIR = "eval"
+# the saved models of a run directory, by the name scripts offer for them (--checkpoint)
+MODEL_FILES = {"final": "model.keras", "best": os.path.join(CHECKPOINTS_DIR, "best.keras"),
+               "last": os.path.join(CHECKPOINTS_DIR, "last.keras")}
+CHECKPOINTS = tuple(MODEL_FILES)
+# keys besides train.* that a resumed run may change: where the user's data lies is not part of the run
+RESUMABLE_KEYS = ("data.manual_dir",)
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked; the message says why and what to pass."""
+
+
+class Run:
+    """A run directory (see the module docstring for its layout)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = os.fspath(run_dir)
+
+    def __repr__(self) -> str:
+        return f"Run({self.dir!r})"
+
+    # --- layout ------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    @property
+    def config_path(self) -> str:
+        return self.path(CONFIG_FILE)
+
+    @property
+    def history_path(self) -> str:
+        return self.path(HISTORY_FILE)
+
+    @property
+    def logs_dir(self) -> str:
+        return self.path(LOGS_DIR)
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return self.path(CHECKPOINTS_DIR)
+
+    @property
+    def backup_dir(self) -> str:
+        return self.path(BACKUP_DIR)
+
+    @property
+    def thresholds_path(self) -> str:
+        return self.path(THRESHOLDS_FILE)
+
+    @property
+    def eval_dir(self) -> str:
+        return self.path(EVAL_DIR)
+
+    def model_path(self, checkpoint: str = "final") -> str:
+        if checkpoint not in MODEL_FILES:
+            raise RunDirError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+        return self.path(MODEL_FILES[checkpoint])
+
+    @property
+    def is_run(self) -> bool:
+        return os.path.isfile(self.config_path)
+
+    # --- config and model --------------------------------------------------------------------------
+    def config(self, overrides=()) -> dict:
+        """The run's saved config, with ``KEY=VALUE`` overrides (validated)."""
+        if not self.is_run:
+            raise RunDirError(f"{self.dir}: not a tfvae run directory (no {CONFIG_FILE})")
+        return config_lib.load(self.config_path, overrides)
+
+    def model(self, checkpoint: str = "final"):
+        """The saved model (``checkpoint``: final, best or last), its layers in float32."""
+        from tfvae.model import load
+
+        path = self.model_path(checkpoint)
+        if not os.path.isfile(path):
+            raise RunDirError(f"{path} not found (train the run first, or pick another checkpoint)")
+        return load(path)
+
+    # --- jobs --------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir, config: dict | None, *, resume: bool = False, overwrite: bool = False,
+               overrides=()) -> "Run":
+        """Create (or reopen with ``resume``, or replace with ``overwrite``) a run directory and save
+        the config it trains with. A new run saves ``config``; ``resume`` continues with ``config``
+        if given, else the saved one, changed by ``overrides`` (only ``train.*`` keys may differ:
+        the model and its data are the run's); ``overwrite`` deletes a previous run first, and only
+        a folder that is a run."""
+        run = cls(run_dir)
+        is_run = run.is_run
+        if resume and overwrite:
+            raise RunDirError("--resume and --overwrite exclude each other")
+        if resume:
+            if not is_run:
+                raise RunDirError(f"{run.dir}: cannot resume, no {CONFIG_FILE} there (start the run without --resume)")
+            saved = config_lib.load(run.config_path)
+            config = config_lib.resolve(config if config is not None else saved, overrides, source=run.config_path)
+            before, after = config_lib.flatten(saved), config_lib.flatten(config)
+            changed = [k for k in after if not k.startswith("train.") and k not in RESUMABLE_KEYS
+                       and before.get(k) != after[k]]
+            if changed:
+                raise RunDirError(f"{run.dir}: resuming cannot change {', '.join(changed)} (only train.* keys); "
+                                  "start a new run instead")
+        elif os.path.exists(run.dir) and os.listdir(run.dir):
+            if not overwrite:
+                raise RunDirError(f"{run.dir} already exists and is not empty; pass --resume to continue that run "
+                                  "or --overwrite to replace it")
+            if not is_run:
+                raise RunDirError(f"{run.dir} is not a tfvae run directory (no {CONFIG_FILE}); refusing to delete it")
+            shutil.rmtree(run.dir)
+        if config is None:
+            raise RunDirError(f"{run.dir}: a config is needed to start a new run")
+        os.makedirs(run.dir, exist_ok=True)
+        config_lib.save(config, run.config_path)
+        return run
+
+    def train(self, *, verbose="auto", extra_callbacks=()):
+        """Train (continuing from the backup when there is one); returns Keras's History."""
+        from tfvae import training
+
+        return training.train(self.config(), self.dir, verbose=verbose, extra_callbacks=extra_callbacks)
+
+    def evaluate(self, *, overrides=(), checkpoint: str = "final", out_dir: str | None = None,
+                 overwrite: bool = False, verbose: bool = True) -> dict:
+        """Score the test split with every predictor of the config (``evaluate.predictors``; e.g.
+        ``overrides=['evaluate.predictors=["recommended", "intensity"]']``) and write
+        ``eval/`` (or ``out_dir``): results, maps, figures. Its thresholds go to ``thresholds.json``.
+        An existing evaluation folder is replaced only with ``overwrite``. Returns the results."""
+        from tfvae import evaluation
+
+        config = self.config(overrides)
+        out_dir = out_dir or self.eval_dir
+        if os.path.exists(out_dir) and os.listdir(out_dir):
+            if not overwrite:
+                raise RunDirError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it "
+                                  "or another out_dir (--out)")
+            if not os.path.isfile(os.path.join(out_dir, "results.json")):
+                raise RunDirError(f"{out_dir} holds no results.json; refusing to delete it")
+            shutil.rmtree(out_dir)
+        return evaluation.evaluate_run(self, config, out_dir, checkpoint=checkpoint, verbose=verbose)[0]
+
+    def scorer(self, predictors, *, config: dict | None = None, checkpoint: str = "final"):
+        """A fitted ``scoring.Scorer`` for ``predictors``: what the maps need from healthy validation
+        volumes is read from ``thresholds.json`` when a calibration of the same checkpoint and map
+        settings stored it, else computed (and stored by ``threshold``)."""
+        from tfvae import calibration, data
+        from tfvae.scoring import Scorer
+
+        config = config or self.config()
+        scorer = Scorer(self.model(checkpoint), config, predictors)
+        store = calibration.ThresholdStore(self.thresholds_path)
+        digest = calibration.file_digest(self.model_path(checkpoint))
+        stored: dict = {}
+        for p in predictors:
+            stored.update(store.reference(store.key(digest, p, config)) or {})
+        validation = data.load_split(config["data"], config["data"]["validation_split"])
+        scorer.fit(validation, stored=stored)
+        return scorer
+
+    def threshold(self, predictor: str, fpr: float, *, config: dict | None = None, checkpoint: str = "final",
+                  scorer=None) -> float:
+        """The threshold of ``predictor`` (post-processed when the config post-processes) that flags
+        ``fpr`` of the healthy validation brain pixels: from ``thresholds.json`` when it holds one for
+        this checkpoint's content, predictor and map settings, else calibrated now and stored."""
+        from tfvae import calibration, data, postprocessing
+
+        if not 0 < fpr < 1:
+            raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
+        config = config or self.config()
+        store = calibration.ThresholdStore(self.thresholds_path)
+        key = store.key(calibration.file_digest(self.model_path(checkpoint)), predictor, config)
+        found = store.threshold(key, fpr)
+        if found is not None:
+            return found
+        scorer = scorer or self.scorer([predictor], config=config, checkpoint=checkpoint)
+        validation = data.load_split(config["data"], config["data"]["validation_split"])
+        by_variant = calibration.calibrate(scorer, validation, [predictor], config["postprocess"], fprs={"t": fpr})
+        variant = "postprocessed" if postprocessing.enabled(config["postprocess"]) else "raw"
+        threshold = by_variant[variant][predictor]["t"]
+        store.put(key, {fpr: threshold}, _reference_for(scorer.reference, predictor))
+        return threshold
+
+    def localize(self, scan, *, fpr: float = 0.05, predictor: str = "recommended", mask=None, affine=None,
+                 overrides=(), checkpoint: str = "final"):
+        """Anomaly score, calibrated mask and connected findings of one scan (a NIfTI path, or an
+        array with ``affine``), in the scan's own grid: a ``localization.Localized`` whose
+        ``warnings`` list what differs from the training scans. ``mask``: a brain mask (path or
+        array; default: the scan's non-zero voxels)."""
+        from tfvae import localization
+
+        config = self.config(overrides)
+        localizer = localization.Localizer(self, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint)
+        return localizer(scan, mask=mask, affine=affine)
+
+
+def _reference_for(reference: dict, predictor: str) -> dict:
+    """The part of ``Scorer.reference`` a predictor's maps depend on."""
+    keys = {"recommended": ("recommended",), "combi": ("kl_grad_range",)}.get(predictor, ())
+    return {k: reference[k] for k in keys if k in reference}

@@ -1,0 +1,174 @@
+"""Anomaly maps of whole volumes: the stream every job (evaluation, calibration, localization,
+tuning) scores with.
+
+- ``volumes(examples)`` groups a split's slices (stored volume by volume) into ``Volume`` objects;
+- ``Scorer`` makes every requested map of a volume's slices (``tfvae.predictors``,
+  ``tfvae.projection``, ``tfvae.recommended``), after ``Scorer.fit`` took from the healthy
+  validation volumes what the maps need (the reference Combi's KL-grad range, the recommended map's
+  settings); it always computes in float32, whatever precision the model was trained in;
+- ``variants`` gives the maps as scored ("raw") and post-processed in 3D (``tfvae.postprocessing``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tfvae import postprocessing, preprocessing
+from tfvae import recommended as recommended_lib
+from tfvae.model import in_float32
+from tfvae.predictors import PixelPredictors, smooth
+from tfvae.projection import CompiledProjection
+
+MAX_CALIBRATION_SLICES = 4096  # healthy validation slices used for statistics and thresholds
+
+
+@dataclasses.dataclass
+class Volume:
+    """The slices of one test volume and everything scored on them."""
+
+    volume_id: str
+    image: np.ndarray
+    label: np.ndarray
+    brain_mask: np.ndarray
+    slice_index: np.ndarray
+    geometry: preprocessing.SliceGeometry
+    maps: dict = dataclasses.field(default_factory=dict)
+    variants: dict = dataclasses.field(default_factory=dict)  # see ``variants``
+    ensemble_fit: bool = False  # the ensemble was fitted on this volume (evaluation)
+
+
+def volumes(examples: tf.data.Dataset, batch_size: int = 256):
+    """Group a split's examples (stored volume by volume) into ``Volume`` objects."""
+    current, parts, seen = None, [], set()
+
+    def finish():
+        first = parts[0]
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "label", "brain_mask", "slice_index")}
+        geometry = preprocessing.SliceGeometry.from_arrays(first["source_shape"][0], first["source_affine"][0],
+                                                           first["crop"][0])
+        return Volume(current, cat["image"], cat["label"], cat["brain_mask"], cat["slice_index"], geometry)
+
+    for batch in examples.batch(batch_size).as_numpy_iterator():
+        ids = [v.decode() for v in batch["volume_id"]]
+        for vid in dict.fromkeys(ids):
+            rows = np.array([i == vid for i in ids])
+            if vid != current:
+                if current is not None:
+                    yield finish()
+                if vid in seen:
+                    raise ValueError(f"slices of volume {vid} are not stored together; rebuild the dataset")
+                seen.add(vid)
+                current, parts = vid, []
+            parts.append({k: v[rows] for k, v in batch.items() if k != "volume_id"})
+    if current is not None:
+        yield finish()
+
+
+class Scorer:
+    """All requested maps of a volume's slices.
+
+    ``fit(validation)`` must run before scoring when the maps need statistics of healthy
+    validation volumes: the fixed KL-grad range of the reference Combi, and the recommended map's
+    settings (``tfvae.recommended``); ``reference`` holds what it found."""
+
+    def __init__(self, model, config: dict, predictors):
+        p, r = config["predictors"], config["recommended"]
+        model = in_float32(model)  # a mixed-precision model's float16 input gradients underflow
+        self.model = model
+        self.predictors = list(predictors)
+        self.seed = config["seed"]
+        self.pixel = PixelPredictors(model, n_samples=p["n_samples"], combi=p["combi"],
+                                     smooth_gradients=p["smooth_gradients"], smooth_sigma=p["smooth_sigma"])
+        self.restore = "recommended" in self.predictors and r["restore"]
+        self.projection = (CompiledProjection(model, p["projection_steps"], p["projection_lambda"], p["projection_lr"])
+                           if "proj_rec_error" in self.predictors or self.restore else None)
+        self.smooth_sigma = p["smooth_sigma"]
+        self.batch_size = config["evaluate"]["batch_size"]
+        self.recommended = {"median_size": r["median_size"], "gaussian_sigma": r["gaussian_sigma"]}
+        self.synthetic_copies = r["synthetic_copies"]
+        self.reference: dict = {}
+
+    def _needs_kl_range(self) -> bool:
+        return "combi" in self.predictors and self.pixel.combi == "zimmerer" and self.pixel.kl_range is None
+
+    def _needs_selection(self) -> bool:
+        return "recommended" in self.predictors and None in self.recommended.values()
+
+    def fit(self, validation: tf.data.Dataset | None, stored: dict | None = None) -> dict:
+        """Take what the maps need from the healthy ``validation`` split -- or from ``stored``, the
+        ``reference`` of an earlier fit of the same model and settings -- and return ``reference``."""
+        stored = stored or {}
+        if self._needs_kl_range():
+            if "kl_grad_range" in stored:
+                lo, hi = stored["kl_grad_range"]
+            else:
+                lo, hi, taken = np.inf, -np.inf, 0
+                for volume in volumes(validation):
+                    if taken >= MAX_CALIBRATION_SLICES:
+                        break
+                    for start in range(0, len(volume.image), self.batch_size):
+                        kl = self.pixel.raw_kl_grad(volume.image[start:start + self.batch_size])
+                        lo, hi = min(lo, float(kl.min())), max(hi, float(kl.max()))
+                    taken += len(volume.image)
+            self.pixel.kl_range = (lo, hi)
+            self.reference["kl_grad_range"] = [lo, hi]
+        if self._needs_selection():
+            if "recommended" in stored:
+                chosen = stored["recommended"]
+            else:
+                fixed = {k: v for k, v in self.recommended.items() if v is not None}
+                healthy = ((v.image[..., 0], v.brain_mask[..., 0] > 0, v.geometry.voxel_mm())
+                           for v in volumes(validation))
+                chosen = recommended_lib.select(self._positive_residual, healthy, self.synthetic_copies, self.seed,
+                                                **fixed)
+            self.recommended = {k: chosen[k] for k in self.recommended}
+            self.reference["recommended"] = chosen
+        return self.reference
+
+    def _positive_residual(self, images: np.ndarray) -> np.ndarray:
+        """max(x - g, 0) with g the reconstruction of the restored image (or of x itself)."""
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            x = images[start:start + self.batch_size]
+            parts.append(self.projection(x)[2] if self.restore else self.model(x, training=False).numpy())
+        return recommended_lib.positive_residual(images, np.concatenate(parts))
+
+    def __call__(self, images: np.ndarray, brain_mask: np.ndarray | None = None) -> dict:
+        """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)
+        bounds the recommended map."""
+        out: dict[str, list] = {}
+        for start in range(0, len(images), self.batch_size):
+            x = images[start:start + self.batch_size]
+            maps = self.pixel(x)
+            if self.projection is not None:
+                projected, score, reconstruction = self.projection(x)
+                maps["proj_rec_error"] = smooth(score, self.smooth_sigma)
+                maps["projected"] = projected
+                maps["projected_reconstruction"] = reconstruction
+            for k, v in maps.items():
+                out.setdefault(k, []).append(v)
+        maps = {k: np.concatenate(v) for k, v in out.items()}
+        if "recommended" in self.predictors:
+            if self._needs_selection():
+                raise RuntimeError("Scorer.fit(validation) must choose the recommended map's settings first")
+            brain = (images != 0) if brain_mask is None else (np.asarray(brain_mask) > 0)
+            reconstruction = maps["projected_reconstruction" if self.restore else "reconstruction"]
+            residual = recommended_lib.positive_residual(images, reconstruction)
+            maps["recommended"] = recommended_lib.postprocess(residual[..., 0], brain[..., 0],
+                                                              **self.recommended)[..., None]
+        return maps
+
+
+def variants(volume: Volume, predictors, settings: dict) -> dict[str, dict]:
+    """The maps of ``predictors`` as scored ("raw") and, when any post-processing is on, after it
+    ("postprocessed", on the stacked slices of the volume)."""
+    out = {"raw": {p: volume.maps[p] for p in predictors if p in volume.maps}}
+    if postprocessing.enabled(settings):
+        maps = postprocessing.positive_residual(volume.maps, volume.image) if settings["positive_only"] else volume.maps
+        brain = volume.brain_mask[..., 0] > 0
+        out["postprocessed"] = {p: postprocessing.scores(maps[p][..., 0], brain, settings)[..., None]
+                                for p in out["raw"]}
+    return out
