@@ -136,22 +136,28 @@ class RetrainError(ValueError):
     """A run directory holds a run trained with other settings."""
 
 
+def check_trained_with(config: dict, run_dir: str, retrain: bool = False) -> bool:
+    """Whether ``run_dir`` holds a run trained with ``config``'s training settings; a run trained
+    with other settings is a ``RetrainError`` unless ``retrain``."""
+    run = Run(run_dir)
+    if not run.is_run:
+        return False
+    saved, wanted = training_keys(config_lib.load(run.config_path)), training_keys(config)
+    if saved != wanted and not retrain:
+        diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise RetrainError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
+                           "pass --retrain to replace it or --runs-dir to use another folder")
+    return saved == wanted
+
+
 def ensure_trained(config: dict, run_dir: str, retrain: bool = False, verbose=2) -> str:
     """Train the run (or reuse / resume it); returns what was done."""
     run = Run(run_dir)
-    if run.is_run:
-        saved = config_lib.load(run.config_path)
-        same = training_keys(saved) == training_keys(config)
-        if same and os.path.isfile(run.model_path("final")):
+    if check_trained_with(config, run_dir, retrain):
+        if os.path.isfile(run.model_path("final")):
             return "reused"
-        if same:  # interrupted: continue from its backup
-            Run.create(run_dir, config, resume=True).train(verbose=verbose)
-            return "resumed"
-        if not retrain:
-            diff = sorted(k for k in set(training_keys(saved)) | set(training_keys(config))
-                          if training_keys(saved).get(k) != training_keys(config).get(k))
-            raise RetrainError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
-                               "pass --retrain to replace it or --runs-dir to use another folder")
+        Run.create(run_dir, config, resume=True).train(verbose=verbose)  # interrupted: continue from its backup
+        return "resumed"
     Run.create(run_dir, config, overwrite=retrain).train(verbose=verbose)
     return "trained"
 
@@ -461,11 +467,16 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     runs = configs(plan)
     first = next(iter(runs.values()))
     data.check_available(first["data"])
+    for (latent, beta, seed), config in runs.items():  # refuse before anything is trained
+        check_trained_with(config, os.path.join(runs_dir, run_name(latent, beta, seed)), retrain)
     per_setting: dict = {}
     extras: dict = {}
     histories = {}
     start = time.time()
-    for (latent, beta, seed), config in runs.items():
+    # the settings with several seeds first (the findings rest on them), then the others
+    order = sorted(runs, key=lambda k: -len(plan.seeds_for(k[0], k[1])))
+    for latent, beta, seed in order:
+        config = runs[(latent, beta, seed)]
         run_dir = os.path.join(runs_dir, run_name(latent, beta, seed))
         t0 = time.time()
         done = ensure_trained(config, run_dir, retrain, verbose=2 if verbose else 0)
@@ -480,6 +491,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
                     ensure_evaluated(extra, run_dir, reevaluate, verbose, name=name))
         log(f"[{time.time() - start:6.0f}s] {run_dir}: {done} ({t1 - t0:.0f}s), evaluated ({time.time() - t1:.0f}s)")
 
+    per_setting = {k: per_setting[k] for k in paper.settings() if k in per_setting}  # the tables' order
     test_data = data.test_data_config(first["data"])
     compare_paper = test_data["name"] == paper.TEST_DATASET
     md, csv_rows = render(per_setting, compare_paper)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import keras
@@ -69,7 +70,9 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
     callbacks = [
         tfvae_callbacks.StopOnNaN(),
         keras.callbacks.BackupAndRestore(run.backup_dir, delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(run.model_path("best"), monitor="val_loss", save_best_only=True),
+        # a resumed run keeps its best epoch so far: only a better one replaces best.keras
+        keras.callbacks.ModelCheckpoint(run.model_path("best"), monitor="val_loss", save_best_only=True,
+                                        initial_value_threshold=_best_val_loss(run)),
         keras.callbacks.ModelCheckpoint(run.model_path("last")),
         keras.callbacks.CSVLogger(run.history_path, append=True),
         keras.callbacks.TensorBoard(logs, write_graph=False),
@@ -84,5 +87,18 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
                                                           restore_best_weights=True, verbose=1))
     history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
                         shuffle=False, verbose=verbose)  # tf.data shuffles
+    if t["patience"] and os.path.isfile(run.model_path("best")):
+        model.load_weights(run.model_path("best"))  # the best epoch, also across a resume
     model.save(run.model_path("final"))
     return history
+
+
+def _best_val_loss(run: Run) -> float | None:
+    """The lowest validation loss in the run's history.csv (a resumed run), else None."""
+    import csv
+
+    if not os.path.isfile(run.history_path):
+        return None
+    with open(run.history_path, newline="") as f:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(f) if row.get("val_loss")]
+    return min(losses) if losses else None
