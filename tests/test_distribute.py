@@ -8,6 +8,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfvae import config as config_lib
@@ -47,6 +48,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_training_equals_one_device_for_the_same_global_batch():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
@@ -74,6 +76,7 @@ def test_mixed_precision_keeps_the_distributions_in_float32():
     assert np.all(np.isfinite(terms["loss"].numpy()))
 
 
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="this machine has a GPU")
 def test_mixed_precision_without_a_gpu_trains_in_float32(capsys):
     config = config_lib.resolve({}, ["train.mixed_precision=true", "data.image_size=32", "model.latent_dim=4"])
     model = training.build_model(config)

@@ -51,7 +51,9 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["predictor"] == "rec_error" and float(rows[0]["anomalous_ml"]) > 0
     assert int(rows[0]["components"]) >= 1
-    assert "shape" in capsys.readouterr().err  # warned: another voxel size than the training scans
+    warning = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:"))
+    # warned, naming the scan, its voxel size and the training scans': another voxel size (1.2 vs 4 mm)
+    assert path in warning and "(1.2, 1.2, 1.2) mm" in warning and "4.0" in warning and "resampled" in warning
     after = {p: os.path.getmtime(os.path.join(os.path.dirname(path), p)) for p in os.listdir(os.path.dirname(path))}
     assert after == before  # the input folder is untouched (the _seg file was skipped, not scored)
     # outputs are not overwritten without asking

@@ -123,6 +123,7 @@ def test_sampled_reconstruction_term_averages_to_the_expectation():
     assert abs(sampled.mean() - mc.mean()) < 4 * (mc.std() / np.sqrt(400)) + 1e-3 * abs(at_mu)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss():
     keras.utils.set_random_seed(0)
     model = tiny_model(beta=1.0)

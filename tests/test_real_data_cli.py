@@ -24,6 +24,7 @@ def _no_env_manual_dir(monkeypatch):
     monkeypatch.delenv(data.MANUAL_DIR_ENV, raising=False)
 
 
+@pytest.mark.slow
 def test_train_on_a_fabricated_hcp_tree(tmp_path, capsys):
     src = tt.hcp_tree(str(tmp_path / "hcp"))
     assert train_script.main(_args(tmp_path, "--manual-dir", src)) == 0

@@ -159,6 +159,7 @@ def test_bad_override_is_one_line(capsys):
     assert "unknown key 'model.betta'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_whole_reproduction_on_the_tiny_phantom(tiny_data_dir, tmp_path):
     """Every setting trained for one epoch, two seeds for latent 64 at beta 10, the extras, the
     document; run again, everything is reused."""

@@ -18,6 +18,8 @@ from tfvae.model import BetaVAE
 
 BETA10 = os.path.join(ROOT, "configs", "beta10.json")
 
+pytestmark = pytest.mark.slow  # trains models
+
 
 
 

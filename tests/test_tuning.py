@@ -89,6 +89,7 @@ def _events_contain(folder, needle: bytes) -> bool:
 
 
 # --- searches on the tiny phantom ----------------------------------------------------------------
+@pytest.mark.slow
 def test_grid_search_val_loss_resumes_and_exports_best(tmp_path, tiny_data_dir, monkeypatch, capsys):
     from tfvae import training
 
@@ -156,6 +157,7 @@ def test_grid_search_val_loss_resumes_and_exports_best(tmp_path, tiny_data_dir, 
     assert "holds another search" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_grid_search_auroc_objective_uses_the_evaluation_metric(tmp_path, tiny_data_dir):
     from sklearn.metrics import roc_auc_score
 
@@ -197,6 +199,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_chief_and_worker_share_one_search(tmp_path, tiny_data_dir):
     search_file = tiny_search(tmp_path, tiny_data_dir)
     search_dir = str(tmp_path / "search")

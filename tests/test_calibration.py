@@ -1,0 +1,71 @@
+"""Thresholds on healthy validation slices and the run's thresholds.json: calibrated at the asked
+false-positive rate, keyed so that another predictor, post-processing or checkpoint is never served
+a stale threshold."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tfvae import calibration, config as config_lib, data
+from tfvae.run import Run
+
+
+def validation_brain_scores(run, config, predictor):
+    from tfvae.scoring import volumes
+
+    scorer = run.scorer([predictor], config=config)
+    out = []
+    for volume in volumes(data.load_split(config["data"], "validation")):
+        out.append(scorer(volume.image, volume.brain_mask)[predictor][volume.brain_mask > 0])
+    return np.concatenate(out)
+
+
+def test_a_threshold_flags_the_asked_rate_of_healthy_brain_pixels(tiny_run, tmp_path):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*", "thresholds.json"))
+    run = Run(run_dir)
+    config = run.config()
+    for fpr in (0.02, 0.1):
+        threshold = run.threshold("rec_error", fpr)
+        flagged = np.mean(validation_brain_scores(run, config, "rec_error") >= threshold)
+        assert fpr / 2 < flagged <= fpr, (fpr, flagged)
+    entries = json.loads(open(run.thresholds_path).read())["calibrations"]
+    assert len(entries) == 1 and set(entries[0]["thresholds"]) == {"0.02", "0.1"}
+    assert entries[0]["key"]["checkpoint_sha256"] == calibration.file_digest(run.model_path())
+
+
+def test_another_predictor_postprocessing_or_checkpoint_is_calibrated_anew(tiny_run, tmp_path):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*", "thresholds.json"))
+    run = Run(run_dir)
+    store = calibration.ThresholdStore(run.thresholds_path)
+    config = run.config()
+    digest = calibration.file_digest(run.model_path())
+    # a planted (wrong) threshold is served for exactly its key ...
+    store.put(store.key(digest, "rec_error", config), {0.05: 123.0})
+    assert run.threshold("rec_error", 0.05) == 123.0
+    # ... and for nothing else: another predictor, post-processing, checkpoint content
+    assert run.threshold("intensity", 0.05) != 123.0
+    smoothed = config_lib.resolve(config, ["postprocess.median_size=3"])
+    assert run.threshold("rec_error", 0.05, config=smoothed) != 123.0
+    with open(run.model_path(), "ab") as f:  # the final model changes (e.g. retrained): new content
+        f.write(b"\0")
+    assert store.key(calibration.file_digest(run.model_path()), "rec_error", config) != store.key(digest, "rec_error", config)
+    keys = [e["key"] for e in calibration.ThresholdStore(run.thresholds_path).entries]
+    assert len(keys) == len({json.dumps(k, sort_keys=True) for k in keys}) >= 3
+
+
+def test_the_store_is_written_whole(tmp_path):
+    path = tmp_path / "thresholds.json"
+    store = calibration.ThresholdStore(str(path))
+    key = {"checkpoint_sha256": "x", "predictor": "p", "settings": {"a": 1}}
+    store.put(key, {0.01: 1.5}, {"recommended": {"median_size": 3, "gaussian_sigma": 1.0}})
+    assert not [p for p in os.listdir(tmp_path) if p != "thresholds.json"]  # no temporary file left
+    again = calibration.ThresholdStore(str(path))
+    assert again.threshold(key, 0.01) == 1.5 and again.threshold(key, 0.05) is None
+    assert again.reference(key) == {"recommended": {"median_size": 3, "gaussian_sigma": 1.0}}
+    with pytest.raises(ValueError, match="fpr"):
+        Run(str(tmp_path)).threshold("rec_error", 1.5)
