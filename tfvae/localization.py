@@ -9,13 +9,16 @@ validation slices, and score and mask are written back into the scan's own grid.
 preprocessing skips (little brain) get score 0.
 
 ``Localizer`` (what ``Run.localize`` uses) holds the fitted scorer and the threshold of one run,
-predictor and FPR, and localizes scans one after another; ``write_outputs`` writes a result as
-``scripts/localize.py`` does.
+predictor and FPR, and localizes scans one after another; ``localize_files`` does what
+``scripts/localize.py`` does: scans and folders in, maps, masks, overlays and ``summary.csv`` out,
+never writing over an input or, unless asked, an earlier output.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import glob
 import os
 import re
 
@@ -173,3 +176,74 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str) -> dic
 
 
 OUTPUTS = ("_score.nii.gz", "_mask.nii.gz", "_overlay.png")
+
+
+def scan_files(items) -> list[str]:
+    """The NIfTI scans among ``items`` (files, or folders searched for *.nii / *.nii.gz, skipping
+    ``*_seg`` and ``*_mask`` files); a missing item or an empty folder is a one-line ``ValueError``."""
+    files = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(glob.glob(os.path.join(item, "*.nii")) + glob.glob(os.path.join(item, "*.nii.gz")))
+            found = [f for f in found if not re.search(r"_(seg|mask)\.nii(\.gz)?$", f)]
+            if not found:
+                raise ValueError(f"{item}: no .nii or .nii.gz scans in this folder")
+            files += found
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise ValueError(f"{item}: no such file or folder")
+    return files
+
+
+def stem(path: str) -> str:
+    return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
+
+
+def check_outputs(files: list[str], out_dir: str, overwrite: bool, mask=None) -> list[str]:
+    """The output names of ``files``; a one-line ``ValueError`` when two scans share a name, a
+    ``mask`` is given for several scans, an output exists (without ``overwrite``) or would replace
+    an input."""
+    if mask and len(files) != 1:
+        raise ValueError(f"--mask {mask} applies to one scan, but {len(files)} were given")
+    names = [stem(f) for f in files]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"several scans are named {', '.join(duplicated)}; their outputs would collide")
+    existing = [os.path.join(out_dir, n + suffix) for n in names for suffix in OUTPUTS]
+    existing = [p for p in existing + [os.path.join(out_dir, "summary.csv")] if os.path.exists(p)]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} already exists; pass --overwrite to replace outputs")
+    inputs = {os.path.realpath(f) for f in files + ([mask] if mask else [])}
+    if any(os.path.realpath(p) in inputs for p in existing):
+        raise ValueError(f"{existing[0]} is one of the input scans; choose another --out")
+    return names
+
+
+def localize_files(localizer: Localizer, files: list[str], out_dir: str, *, mask=None, overwrite: bool = False,
+                   log=print, warn=print) -> list[dict]:
+    """Localize every scan of ``files`` and write its outputs and a ``summary.csv`` row to
+    ``out_dir``; returns the rows. Errors (``nifti.BadInputError``, ``ValueError``) name the file."""
+    from tfvae.nifti import BadInputError
+
+    names = check_outputs(files, out_dir, overwrite, mask)
+    rows = []
+    for path, name in zip(files, names):
+        try:
+            result = localizer(path, mask=mask)
+        except (BadInputError, ValueError) as e:
+            message = str(e)
+            raise type(e)(message if message.startswith((path, str(mask))) else f"{path}: {message}") from None
+        for warning in result.warnings:
+            warn(f"warning: {warning}")
+        row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} FPR "
+                                                   f"({result.volume_ml:.1f} ml)")
+        rows.append({"scan": path, "predictor": localizer.predictor, "fpr": localizer.fpr, **row})
+        log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
+    tmp = os.path.join(out_dir, ".summary.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, os.path.join(out_dir, "summary.csv"))
+    return rows

@@ -1,0 +1,200 @@
+"""Throughput of training, predictors, projection, input pipeline and metrics (``benchmark.run``,
+what ``scripts/benchmark.py`` runs): prints a table as it measures and writes JSON.
+
+Every figure is the median over repeats after a warm-up. ``quick`` (under 3 minutes on a 2-core
+CPU) uses fewer repeats, shorter projections and the tiny phantom for the input pipeline. The CPU
+model is recorded beside the figures: compare speeds only within one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+from tfvae import data, metrics
+from tfvae.model import BetaVAE
+from tfvae.networks import forward_flops, layer_flops
+from tfvae.predictors import PixelPredictors
+from tfvae.projection import CompiledProjection, project
+
+BATCH = 64
+SIZE = 64
+# every augmentation on, at strengths a user would pick
+AUGMENT = {"noise_std": 0.05, "rotation_deg": 10.0, "scale": 0.1, "flip": True, "brightness": 0.1,
+           "contrast": 0.1, "gamma": 0.1}
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class BatchTimer(keras.callbacks.Callback):
+    """Records when each training batch ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+
+def layer_times(model, batch: int, repeats: int) -> dict:
+    """Forward and forward+backward milliseconds per batch of each weighted layer, run alone."""
+    print(f"  {'layer':14s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'MFLOP/slice':>12s} {'GFLOP/s':>8s}  (batch {batch})")
+
+    times = {}
+    for part in (model.encoder, model.decoder):
+        for layer in part.layers:
+            if not layer.trainable_weights:
+                continue
+            x = tf.random.normal((batch, *layer.input.shape[1:]))
+
+            @tf.function
+            def forward(x, layer=layer):
+                return layer(x)
+
+            @tf.function
+            def both(x, layer=layer):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    loss = tf.reduce_sum(layer(x) ** 2)
+                return tape.gradient(loss, [x, *layer.trainable_weights])
+
+            fwd = median_time(lambda: forward(x).numpy(), repeats, warmup=2) * 1e3
+            fb = median_time(lambda: [g.numpy() for g in both(x)], repeats, warmup=2) * 1e3
+            flops = layer_flops(layer)
+            gflops = 3 * flops * batch / (fb / 1e3) / 1e9  # backward ~ 2x forward
+            times[layer.name] = {"forward_ms": fwd, "forward_backward_ms": fb, "mflop_per_slice": flops / 1e6,
+                                 "gflop_per_s": gflops}
+            print(f"  {layer.name:14s} {fwd:8.2f} {fb:11.2f} {flops / 1e6:12.2f} {gflops:8.1f}", flush=True)
+    return times
+
+
+def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: str | None = None,
+        layers: bool = False) -> dict:
+    """Every figure (printed as a table as it is measured); written as JSON to ``out_path``."""
+    repeats = 3 if quick else 7
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32)
+    gpus = tf.config.list_physical_devices("GPU")
+    out = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+                       "gpu": [g.name for g in gpus] or None, "quick": quick}}
+    rows = []
+
+    def record(key, value, unit, note=""):
+        out[key] = value
+        rows.append((key, value, unit, note))
+        print(f"  {key:38s} {value:12.4g} {unit:14s} {note}", flush=True)
+
+    print(f"{out['machine']['cpu']}, {os.cpu_count()} cores, TF {tf.__version__}, GPU: {bool(gpus)}")
+
+    # training: Keras fit on in-memory batches (the real training step, with its Keras overhead);
+    # the time per batch is the median interval between batch ends, so the start of each fit call
+    # (iterator creation, callbacks) does not count
+    keras.utils.set_random_seed(0)
+    steps = 15 if quick else 40
+    images = tf.data.Dataset.from_tensor_slices(np.repeat(x, 4, axis=0)).batch(BATCH).cache().repeat()
+    for latent in (64, 256):
+        model = BetaVAE(image_size=SIZE, latent_dim=latent, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-4))
+        timer = BatchTimer()
+        model.fit(images, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up: tracing
+        model.fit(images, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+        rate = BATCH / statistics.median(np.diff(timer.ends))
+        record(f"train_slices_per_s_latent{latent}", rate, "slices/s", "target >= 1400 at latent 64")
+        if latent == 64:
+            flops = forward_flops(model)
+            train_rate = rate
+            record("forward_mflop_per_slice", flops / 1e6, "MFLOP")
+            record("train_gflop_per_s", 3 * flops * rate / 1e9, "GFLOP/s", "3 x forward per slice")
+
+    model = BetaVAE(image_size=SIZE, latent_dim=64, seed=0)
+    predictors = PixelPredictors(model)
+    seconds = median_time(lambda: predictors(x), repeats)
+    record("predictor_maps_slices_per_s", BATCH / seconds, "slices/s", "all five maps; target >= 1200")
+
+    proj_steps = 10 if quick else 50
+    compiled = CompiledProjection(model, steps=proj_steps)
+    seconds_compiled = median_time(lambda: compiled(x), repeats)
+    seconds_eager = median_time(lambda: project(model, x, proj_steps).numpy(), max(1, repeats // 2))
+    record("projection_compiled_slice_steps_per_s", BATCH * proj_steps / seconds_compiled, "slice-steps/s")
+    record("projection_eager_slice_steps_per_s", BATCH * proj_steps / seconds_eager, "slice-steps/s")
+    record("projection_compiled_over_eager", seconds_eager / seconds_compiled, "x", "target >= 5")
+
+    data_config = {"name": "brain_phantom", "config": "tiny" if quick else "default", "image_size": SIZE,
+                   "data_dir": data_dir}
+    examples = data.load_split(data_config, "train")
+    batches = 20 if quick else 100
+    for label, augment in (("", None), ("_augmented", AUGMENT)):
+        pipeline = data.images(examples, BATCH, shuffle_buffer=10000, seed=0, augment=augment).repeat()
+
+        def read():
+            for _ in pipeline.take(batches):
+                pass
+        rate = batches * BATCH / median_time(read, repeats)
+        record(f"input_pipeline{label}_slices_per_s", rate, "slices/s",
+               f"brain_phantom/{data_config['config']}, shuffle, batch" + (", augmentation" if augment else ""))
+    record("input_over_training", rate / train_rate, "x", "augmented; target >= 3")
+
+    # metrics: the streaming histograms on 10^8 pixels, beside scikit-learn on 10^7
+    chunk = 10**7
+    scores = rng.random(chunk, dtype=np.float32)
+    labels = rng.random(chunk) < 0.02
+    tracemalloc.start()
+    start = time.perf_counter()
+    hist = metrics.PixelHistogram()
+    for i in range(10):
+        hist.update(np.roll(scores, i), labels)
+    hist.auroc(), hist.auprc()
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    record("metrics_1e8_pixels_s", seconds, "s", "target < 10 s")
+    record("metrics_1e8_pixels_peak_mb", peak / 2**20, "MB", "target < 1024 MB")
+    tracemalloc.start()
+    start = time.perf_counter()
+    roc_auc_score(labels, scores)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    record("sklearn_auroc_1e7_pixels_s", seconds, "s")
+    record("sklearn_auroc_1e7_pixels_peak_mb", peak / 2**20, "MB")
+
+    if layers:
+        out["layers_ms_per_batch"] = layer_times(model, BATCH, repeats)
+
+    if out_path:
+        tmp = f"{out_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+        os.replace(tmp, out_path)
+        print(f"written: {out_path}")
+    return out
