@@ -40,6 +40,11 @@ def test_partial_config_takes_defaults_and_converts_int_to_float(tmp_path):
     ({"recommended": {"median_size": 4}}, ["recommended.median_size", "odd"]),
     ({"ensemble": {"features": ["rec_error", "ensemble"]}}, ["ensemble.features", "distinct predictors"]),
     ({"predictors": {"combi": "sum"}}, ["predictors.combi", "'zimmerer'"]),
+    ({"model": {"beta": float("inf")}}, ["model.beta", "finite", "inf"]),
+    ({"train": {"learning_rate": float("nan")}}, ["train.learning_rate", "finite", "nan"]),
+    ({"augment": {"scale": [0.9, float("inf")]}}, ["augment.scale", "finite"]),
+    ({"seed": 10**20}, ["seed", "2**31", str(10**20)]),
+    ({"seed": -1}, ["seed", "2**31"]),
 ])
 def test_bad_values_are_one_line_errors_naming_file_and_key(tmp_path, content, words):
     with pytest.raises(ConfigError) as err:
@@ -53,6 +58,15 @@ def test_bad_values_are_one_line_errors_naming_file_and_key(tmp_path, content, w
 def test_invalid_json_names_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"c\.json: not valid JSON \(line 2"):
         config_lib.load(write(tmp_path, '{"model":\n {,}}'))
+
+
+def test_unreadable_configs_are_one_line_errors(tmp_path):
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    for path, words in ((latin, ["latin.json", "UTF-8"]), (tmp_path, ["is a folder"])):
+        with pytest.raises(ConfigError) as err:
+            config_lib.load(path)
+        assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
 
 
 def test_missing_file(tmp_path):

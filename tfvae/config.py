@@ -8,7 +8,7 @@ the same validation (values are parsed as JSON when they parse, else taken as st
 Schema (dotted key: type, default -- meaning):
 
 - ``name``: str, "run" -- a label for the run (TensorBoard hparams, default run directory).
-- ``seed``: int, 0 -- seeds weight init, sampling of z, shuffling.
+- ``seed``: int, 0 -- seeds weight init, sampling of z, shuffling (0 to 2**31 - 1).
 - ``data.name``: str, "brain_phantom" -- TFDS builder (see ``tfvae.data.BUILDERS``).
 - ``data.config``: str, "default" -- the builder's BuilderConfig.
 - ``data.data_dir``: str or null -- where TFDS keeps built datasets (null: TFDS's default).
@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -99,6 +100,10 @@ class Field:
     types: tuple
     default: Any
     check: Callable[[Any], str | None] | None = None  # returns a reason when the value is impossible
+
+
+def _seed(v):
+    return None if 0 <= v < 2**31 else "must be between 0 and 2**31 - 1"
 
 
 def _positive(v):
@@ -181,7 +186,7 @@ STR, INT, FLOAT, LIST, BOOL = (str,), (int,), (float, int), (list,), (bool,)
 
 SCHEMA: dict[str, Any] = {
     "name": Field(STR, "run"),
-    "seed": Field(INT, 0, _non_negative),
+    "seed": Field(INT, 0, _seed),
     "data": {
         "name": Field(STR, "brain_phantom"),
         "config": Field(STR, "default"),
@@ -272,6 +277,9 @@ def _check_value(field: Field, value, key: str, source: str):
         raise ConfigError(f"{source}: {key} must be a {_type_name(field.types)}, got {value!r}")
     if float in field.types and isinstance(value, int):
         value = float(value)
+    numbers = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
     if field.check is not None and value is not None:
         reason = field.check(value)
         if reason:
@@ -325,6 +333,12 @@ def load(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
             raw = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot be read (permission denied)") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     return resolve(raw, overrides, source=path)
