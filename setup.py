@@ -14,8 +14,11 @@ setup(
     packages=["tfvae", "tfvae_datasets", "tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
               "tfvae_datasets.brats", "tfvae_datasets.nifti_folder"],
     package_dir={"tfvae": "tfvae", "tfvae_datasets": "datasets"},
-    package_data={name: ["README.md"] for name in ("tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
-                                                   "tfvae_datasets.brats", "tfvae_datasets.nifti_folder")},
+    # TFDS reads a builder's description, citation and tags from the files next to its module; the
+    # builder tests' dummy_data/ stays out of the package, as in TFDS's own.
+    package_data={name: ["README.md", "CITATIONS.bib", "TAGS.txt"]
+                  for name in ("tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
+                               "tfvae_datasets.brats", "tfvae_datasets.nifti_folder")},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",  # tensorflow-probability imports only when tf_keras is importable

@@ -38,12 +38,14 @@ def slice_examples(volume_id: str, sliced: preprocessing.SlicedVolume):
         }
 
 
-def slice_dataset_info(builder: tfds.core.GeneratorBasedBuilder, *, homepage: str, citation: str,
+def slice_dataset_info(builder: tfds.core.GeneratorBasedBuilder, *, homepage: str,
                        metadata: bool = False) -> tfds.core.DatasetInfo:
     """The ``DatasetInfo`` of a slice dataset: ``slice_features`` at the config's image size, and
     examples kept in generation order (volume by volume, slices in order), so that evaluation can
     stream one volume at a time (training shuffles in tf.data). ``metadata`` adds a
-    ``MetadataDict`` (where builders record skipped cases)."""
+    ``MetadataDict`` (where builders record skipped cases). The description and the citation are
+    the builder folder's ``README.md`` and ``CITATIONS.bib``, which ``dataset_info_from_configs``
+    reads (TFDS also reads ``TAGS.txt`` from there)."""
     return builder.dataset_info_from_configs(
         features=slice_features(builder.builder_config.image_size), supervised_keys=None, disable_shuffling=True,
-        metadata=tfds.core.MetadataDict() if metadata else None, homepage=homepage, citation=citation)
+        metadata=tfds.core.MetadataDict() if metadata else None, homepage=homepage)

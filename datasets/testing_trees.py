@@ -5,6 +5,13 @@ z-scoring and slicing behave as on real scans, and optionally a spherical "tumou
 labels (1 core, 2 edema, 4 -- or 3 in the 2023+ convention -- enhancing). Voxels are large (6 mm)
 so that a 192 mm field of view shows the brain at a sensible size. Every volume can be written with
 an RAS or an LPS affine (the same anatomy, stored with flipped x and y axes).
+
+``DUMMY_DATA`` holds the recipes of the checked-in ``datasets/<name>/dummy_data/`` trees that the
+builders' ``tfds.testing.DatasetBuilderTestCase`` tests build from; they were written once with
+
+    python -m tfvae_datasets.testing_trees hcp_t2 brats nifti_folder
+
+(``--overwrite`` replaces existing trees; the tests' ``SPLITS`` counts must then be checked).
 """
 
 from __future__ import annotations
@@ -132,6 +139,53 @@ def nifti_folder_tree(root, healthy: int = 4, with_seg: int = 2):
     return str(root)
 
 
+DUMMY_DATA = {
+    # name: (what the tree holds, recipe writing it under a root folder)
+    "hcp_t2": ("3 HCP subjects with T1w/ and MNINonLinear/ images and brain masks",
+               lambda root: hcp_tree(root, ("100307", "100408", "101107"), mni=True)),
+    "brats": ("2 BraTS cases, a 2021 one and a 2023+ one (all four modalities, label 3 enhancing), "
+              "each under a release folder",
+              lambda root: [brats_case(os.path.join(root, "BraTS2021_Training_Data"), "BraTS2021_00000", 0),
+                            brats_case(os.path.join(root, "BraTS2023_GLI_Training_Data"), "BraTS-GLI-00001-000", 1,
+                                       modalities=BRATS_2023_MODALITIES, sep="-", enhancing=3)]),
+    "nifti_folder": ("3 healthy IXI-like scans (one with a _mask) and one lesions/ case with a _seg",
+                     lambda root: nifti_folder_tree(root, healthy=3, with_seg=1)),
+}
+
+
+def dummy_data_dir(name: str) -> str:
+    """``datasets/<name>/dummy_data`` (the folder TFDS's builder test reads as the manual folder)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name, "dummy_data")
+
+
+def write_dummy_data(name: str, root) -> str:
+    """Write the dummy data tree of builder ``name`` under ``root``."""
+    DUMMY_DATA[name][1](str(root))
+    return str(root)
+
+
+def nifti_contents(root) -> dict:
+    """{relative path: (voxel data, affine)} of every NIfTI file under ``root`` (to compare trees
+    without depending on how gzip compressed them)."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith((".nii", ".nii.gz")):
+                img = nib.load(os.path.join(folder, name))
+                out[os.path.relpath(os.path.join(folder, name), root)] = (np.asarray(img.dataobj), img.affine)
+    return out
+
+
+def assert_same_niftis(root, other) -> None:
+    """The NIfTI files under ``root`` and ``other`` have the same names, grids and voxels."""
+    first, second = nifti_contents(root), nifti_contents(other)
+    assert sorted(first) == sorted(second), (sorted(first), sorted(second))
+    for rel, (data, affine) in first.items():
+        assert data.shape == second[rel][0].shape and data.dtype == second[rel][0].dtype, rel
+        np.testing.assert_allclose(affine, second[rel][1], err_msg=rel)
+        np.testing.assert_allclose(data, second[rel][0], rtol=1e-5, atol=1e-4, err_msg=rel)
+
+
 def file_bytes(root) -> dict:
     """{relative path: bytes} of every file under ``root`` (to check a build changed nothing)."""
     out = {}
@@ -163,3 +217,30 @@ def examples(builder, split: str) -> list[dict]:
 def volume_ids(builder, split: str) -> list[str]:
     """Volume ids of a split in stored order, each once."""
     return list(dict.fromkeys(ex["volume_id"].decode() for ex in examples(builder, split)))
+
+
+def main(argv=None) -> None:
+    """Write ``datasets/<name>/dummy_data`` of the named builders (see ``DUMMY_DATA``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tfvae_datasets.testing_trees", description=main.__doc__)
+    p.add_argument("names", nargs="+", choices=sorted(DUMMY_DATA))
+    p.add_argument("--overwrite", action="store_true", help="first delete the NIfTI files already there")
+    args = p.parse_args(argv)
+    for name in args.names:
+        root = dummy_data_dir(name)
+        existing = nifti_contents(root) if os.path.isdir(root) else {}
+        if existing and not args.overwrite:
+            p.error(f"{root} already holds {len(existing)} NIfTI files (use --overwrite)")
+        for rel in existing:
+            os.remove(os.path.join(root, rel))
+        for folder, _, _ in sorted(os.walk(root), reverse=True):  # drop the folders left empty
+            if folder != root and not os.listdir(folder):
+                os.rmdir(folder)
+        write_dummy_data(name, root)
+        total = sum(os.path.getsize(os.path.join(f, n)) for f, _, files in os.walk(root) for n in files)
+        print(f"{root}: {DUMMY_DATA[name][0]} ({total} bytes)")
+
+
+if __name__ == "__main__":
+    main()

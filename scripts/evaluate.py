@@ -46,9 +46,11 @@ def main(argv=None) -> int:
         overrides.append("evaluate.predictors=" + ",".join(f'"{p}"' for p in args.predictors).join("[]"))
     run = Run(args.run_dir)
     try:
-        run.config(overrides)  # a bad config or a missing model: one line, before anything is computed
+        config = run.config(overrides)  # a bad config, split or model: one line, before anything is touched
         if not os.path.isfile(run.model_path(args.checkpoint)):
             raise RunDirError(f"{run.model_path(args.checkpoint)} not found (train the run first, or pick --checkpoint)")
+        data.check_splits(data.test_data_config(config["data"]), [config["data"]["test_split"]])
+        data.check_splits(config["data"], [config["data"]["validation_split"]])
         results = run.evaluate(overrides=overrides, checkpoint=args.checkpoint, out_dir=args.out,
                                overwrite=args.overwrite)
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:

@@ -4,11 +4,13 @@
     python scripts/localize.py --run-dir R scan_t2.nii.gz [more scans or folders] --out OUT
         [--predictor recommended] [--fpr 0.05] [--mask brainmask.nii.gz] [--set KEY=VALUE ...] [--overwrite]
 
-For each scan, in the scan's own shape and affine: OUT/<name>_score.nii.gz (float anomaly score),
-OUT/<name>_mask.nii.gz (binary, thresholded at the false-positive rate --fpr calibrated on the
-run's healthy validation slices), OUT/<name>_overlay.png, and a line of OUT/summary.csv. Folders
-are searched for *.nii / *.nii.gz (files ending in _seg or _mask are skipped). Input files are only
-read; outputs are never overwritten without --overwrite.
+For each scan, in the scan's own shape and affine: OUT/<name>_tfvae_score.nii.gz (float anomaly
+score), OUT/<name>_tfvae_mask.nii.gz (binary, thresholded at the false-positive rate --fpr
+calibrated on the run's healthy validation slices), OUT/<name>_tfvae_overlay.png, and a line of
+OUT/summary.csv (appended to when OUT has one). Folders are searched for *.nii / *.nii.gz (files
+ending in _seg or _mask, and tfvae's own outputs, are skipped). Input files are only read; OUT may
+not hold an input; a scan's outputs are replaced only with --overwrite. From Python:
+``tfvae.Run(run_dir).localize(scan)`` (see tfvae/localization.py).
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from tfvae import config as config_lib
     from tfvae import data
     from tfvae.callbacks import NonFiniteLoss
+    from tfvae.nifti import BadInputError
     from tfvae.run import Run, RunDirError
 
     if args.manual_dir:
@@ -54,9 +55,11 @@ def main(argv=None) -> int:
         config = config_lib.load(args.config, args.set) if args.config else None
         if config is not None and not args.resume:
             data.check_available(config["data"])  # missing data: the instructions, before any run directory
+            d = config["data"]
+            data.check_splits(d, [d["train_split"], d["validation_split"]])  # before --overwrite moves anything
         run = Run.create(args.run_dir or os.path.join("runs", config["name"]), config, resume=args.resume,
                          overwrite=args.overwrite, overrides=args.set)
-    except (config_lib.ConfigError, RunDirError, data.DataError) as e:
+    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

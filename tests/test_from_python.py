@@ -19,7 +19,7 @@ def readme_python_block() -> str:
 
 @pytest.mark.slow
 def test_the_readme_notebook_code_runs(tiny_data_dir, tmp_path, monkeypatch, capsys):
-    from tfvae import phantom
+    from tfvae_datasets.brain_phantom import phantom
 
     # the folder the code runs in: a quickstart config pointing at the tiny phantom, and a scan
     (tmp_path / "configs").mkdir()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from script_loader import load_script
-from tfvae import phantom
+from tfvae_datasets.brain_phantom import phantom
 from tfvae.localization import modality_from_name
 
 localize_script = load_script("localize")
@@ -36,8 +36,8 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
     out = str(tmp_path / "out")
     assert localize_script.main(["--run-dir", tiny_run, os.path.dirname(path), "--out", out,
                                  "--predictor", "rec_error", "--fpr", "0.05"]) == 0
-    score = nib.load(os.path.join(out, "patient_t2_score.nii.gz"))
-    mask = nib.load(os.path.join(out, "patient_t2_mask.nii.gz"))
+    score = nib.load(os.path.join(out, "patient_t2_tfvae_score.nii.gz"))
+    mask = nib.load(os.path.join(out, "patient_t2_tfvae_mask.nii.gz"))
     for img in (score, mask):
         assert img.shape == label.shape
         np.testing.assert_allclose(img.affine, affine)
@@ -46,7 +46,7 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
     prevalence = (label > 0)[brain].mean()
     precision = (label > 0)[top & brain].mean()
     assert precision > 3 * prevalence, (precision, prevalence)
-    assert os.path.isfile(os.path.join(out, "patient_t2_overlay.png"))
+    assert os.path.isfile(os.path.join(out, "patient_t2_tfvae_overlay.png"))
     with open(os.path.join(out, "summary.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["predictor"] == "rec_error" and float(rows[0]["anomalous_ml"]) > 0
@@ -78,3 +78,41 @@ def test_modality_is_read_from_file_names():
     assert modality_from_name("sub-01_T2w.nii") == "t2"
     assert modality_from_name("BraTS-GLI-00000-000-t2f.nii.gz") == "flair"
     assert modality_from_name("scan.nii.gz") is None
+
+
+def test_outputs_never_land_among_inputs_and_are_never_read_as_scans(tiny_run, lps_scan, tmp_path, capsys):
+    path, label, affine = lps_scan
+    folder = os.path.dirname(path)
+    # --out holding an input (the scan's own folder, or the folder of --mask): refused, nothing written
+    before = sorted(os.listdir(folder))
+    mask_path = os.path.join(folder, "patient_t2_mask.nii.gz")
+    nib.save(nib.Nifti1Image((nib.load(path).get_fdata() > 0).astype(np.uint8), affine), mask_path)
+    for extra in ([], ["--mask", mask_path]):
+        assert localize_script.main(["--run-dir", tiny_run, path, "--out", folder, "--overwrite", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds the input" in err and "\n" not in err
+    assert sorted(os.listdir(folder)) == sorted(before + ["patient_t2_mask.nii.gz"])
+    os.remove(mask_path)
+    # outputs carry _tfvae_: a folder holding a scan and localize's outputs yields only the scan
+    out = str(tmp_path / "out")
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error"]) == 0
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(path, mixed / "patient_t2.nii.gz")
+    for name in os.listdir(out):
+        shutil.copy(os.path.join(out, name), mixed / name)
+    from tfvae.localization import scan_files
+    from tfvae_datasets.nifti_folder.nifti_folder_dataset_builder import find_scans
+    from etils import epath
+
+    assert [os.path.basename(f) for f in scan_files([str(mixed)])] == ["patient_t2.nii.gz"]
+    assert [vid for vid, _ in find_scans(epath.Path(mixed))] == ["patient_t2"]
+    # adding a scan to an existing --out appends to its summary
+    other = tmp_path / "other_t2.nii.gz"
+    shutil.copy(path, other)
+    assert localize_script.main(["--run-dir", tiny_run, str(other), "--out", out, "--predictor", "rec_error"]) == 0
+    with open(os.path.join(out, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [os.path.basename(r["scan"]) for r in rows] == ["patient_t2.nii.gz", "other_t2.nii.gz"]

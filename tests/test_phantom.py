@@ -1,4 +1,5 @@
-"""Tests of the synthetic T2 brain phantom (tfvae.phantom), mostly on coarse 3-4 mm grids."""
+"""Tests of the synthetic T2 brain phantom (tfvae_datasets.brain_phantom.phantom, i.e.
+datasets/brain_phantom/phantom.py), mostly on coarse 3-4 mm grids."""
 
 import socket
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tfvae import phantom
+from tfvae_datasets.brain_phantom import phantom
 
 COARSE_MM = 4.0
 

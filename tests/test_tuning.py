@@ -1,5 +1,7 @@
-"""Hyperparameter search: search configs, a two-trial grid search per objective on the tiny
-phantom, resuming a stopped search, and Keras Tuner's chief/worker mode on localhost."""
+"""Hyperparameter search: search configs, the HyperModel (its fit trains the model its build
+returned) and the named tuners, a two-trial grid search per objective on the tiny phantom, resuming
+a stopped search, Hyperband continuing a promoted trial, and Keras Tuner's chief/worker mode on
+localhost."""
 
 import glob
 import json
@@ -65,6 +67,13 @@ def test_shipped_search_configs_are_valid(name):
     ({"space": {"model.beta": [1, -2]}}, "space.model.beta: value -2 rejected"),
     ({"space": [{"model.beta": [1]}, {"model.latent_dim": ["big"]}]}, "space[1].model.latent_dim: value 'big'"),
     ({"set": ["train.epochs=0"]}, "train.epochs must be > 0"),
+    ({"set": "train.epochs=2"}, "set must be a list"),
+    ({"max_trials": True}, "max_trials must be an integer or null"),
+    ({"hyperband_factor": 1}, "hyperband_factor must be >= 2"),
+    ({"base": 3}, "base must be a string or object"),
+    ({"space": {"model": [1]}}, "space: unknown run-config key 'model'"),  # a section, not a key
+    ({"space": {"name": ["a"]}}, "space: 'name' cannot be searched"),
+    ({"space": {"train.epochs": [1, 2]}, "tuner": "hyperband"}, "train.epochs cannot be searched with hyperband"),
 ])
 def test_bad_search_config_is_one_line_naming_file_and_key(tmp_path, change, message):
     path = tmp_path / "bad_search.json"
@@ -74,6 +83,87 @@ def test_bad_search_config_is_one_line_naming_file_and_key(tmp_path, change, mes
     text = str(e.value)
     assert message in text and "\n" not in text
     assert "bad_search.json" in text
+
+
+def test_missing_required_key_is_named(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"base": {"name": "x"}}))
+    with pytest.raises(config_lib.ConfigError, match=r"s.json: missing key 'space'"):
+        tuning.load_search(str(path))
+
+
+def test_search_schema_is_config_fields_with_the_documented_defaults(tmp_path):
+    assert all(isinstance(f, config_lib.Field) for f in tuning.SEARCH_SCHEMA.values())
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"base": {"name": "x"}, "space": {"model.beta": [1]}}))
+    search = tuning.load_search(str(path))
+    assert (search.tuner, search.objective_key, search.objective_predictor, search.objective_volumes,
+            search.objective_split, search.max_trials, search.hyperband_factor) == \
+        ("grid", "val_loss", "rec_grad", 2, None, None, 3)
+    assert tuning.run_config_field("model.beta") is config_lib.SCHEMA["model"]["beta"]
+    assert tuning.run_config_field("model") is None and tuning.run_config_field("model.bogus") is None
+
+
+def test_public_keras_tuner_api_only():
+    for path in ("tfvae/tuning.py", "scripts/tune.py"):
+        with open(os.path.join(ROOT, path)) as f:
+            assert "keras_tuner.src" not in f.read(), path
+
+
+def test_chief_and_worker_roles_follow_keras_tuner_environment(monkeypatch):
+    for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert not tuning.is_chief() and not tuning.is_worker()
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    with pytest.raises(RuntimeError, match="KERASTUNER_ORACLE_PORT"):
+        tuning.is_worker()
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    with pytest.raises(RuntimeError, match="KERASTUNER_TUNER_ID"):
+        tuning.is_chief()
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    assert tuning.is_chief() and not tuning.is_worker()
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
+    assert tuning.is_worker() and not tuning.is_chief()
+
+
+@pytest.mark.parametrize("tuner, tuner_class, keras_tuner_class", [
+    ("grid", "GridTuner", "GridSearch"), ("random", "RandomTuner", "RandomSearch"),
+    ("bayesian", "BayesianTuner", "BayesianOptimization"), ("hyperband", "HyperbandTuner", "Hyperband")])
+def test_each_tuner_fits_the_model_its_hypermodel_built(tmp_path, monkeypatch, tuner, tuner_class,
+                                                        keras_tuner_class):
+    """The named tuners' run_trial: build(hp), then fit(hp, that model) -- no data needed, fit is a stub."""
+    import keras_tuner as kt
+
+    search = tuning.load_search(tiny_search(tmp_path, "unused", tuner=tuner, epochs=2))
+    built, fitted = [], []
+    real_build = tuning.VAEHyperModel.build
+
+    def build(self, hp):
+        model = real_build(self, hp)
+        built.append(model)
+        return model
+
+    def fit(self, hp, model, *, trial_id, epochs=None, previous=None):
+        # the model the trial's build just returned (Keras Tuner also builds once before the first
+        # trial, to collect the hyperparameters)
+        fitted.append((model is built[-1], model, trial_id, epochs, previous, search.point(hp)))
+        return {"val_loss": float(search.point(hp)["model.beta"])}
+
+    monkeypatch.setattr(tuning.VAEHyperModel, "build", build)
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit", fit)
+    t = tuning.make_tuner(search, str(tmp_path / "search"))
+    assert type(t) is getattr(tuning, tuner_class) and isinstance(t, getattr(kt, keras_tuner_class))
+    assert isinstance(t.hypermodel, tuning.VAEHyperModel)
+    t.search()
+    assert fitted
+    for is_last_built, model, trial_id, epochs, previous, point in fitted:
+        assert is_last_built  # the model build returned is the one fit trains
+        assert model.beta == point["model.beta"] and model.latent_dim == 8
+        values = t.oracle.trials[trial_id].hyperparameters.values
+        assert (epochs, previous) == ((values["tuner/epochs"], values.get("tuner/trial_id"))
+                                      if tuner == "hyperband" else (None, None))
+    assert {p["model.beta"] for *_, p in fitted} == {0.5, 4.0}
+    assert t.oracle.get_best_trials(1)[0].score == 0.5
 
 
 def test_missing_base_file_is_named(tmp_path):
@@ -191,6 +281,58 @@ def test_grid_search_auroc_objective_uses_the_evaluation_metric(tmp_path, tiny_d
         best = json.load(f)
     assert best["trial_id"] == best_trial and best["objective"] == "val_auroc"
     assert best["score"] == pytest.approx(scores[best_trial])
+
+
+@pytest.mark.slow
+def test_hypermodel_fit_trains_the_model_build_returned(tmp_path, tiny_data_dir):
+    from tfvae.model import load
+
+    search = tuning.load_search(tiny_search(tmp_path, tiny_data_dir))
+    search_dir = str(tmp_path / "search")
+    hypermodel = tuning.VAEHyperModel(search, search_dir)
+    hp = search.hyperparameters()
+    model = hypermodel.build(hp)
+    assert model.beta == search.point(hp)["model.beta"]
+    before = [w.copy() for w in model.get_weights()]
+    metrics = hypermodel.fit(hp, model, trial_id="0")
+    after = model.get_weights()
+    assert any(not np.array_equal(b, a) for b, a in zip(before, after)), "fit did not train the model it was given"
+    run = os.path.join(search_dir, "trials", "0")
+    saved = load(os.path.join(run, "model.keras")).get_weights()
+    assert len(saved) == len(after) and all(np.array_equal(s, a) for s, a in zip(saved, after))
+    with open(os.path.join(run, "objective.json")) as f:
+        assert json.load(f)["val_loss"] == metrics["val_loss"] and np.isfinite(metrics["val_loss"])
+    # the model build returned starts where training.train's own would: same weights after training
+    from tfvae import training
+    from tfvae.run import Run
+
+    config = search.trial_config(hp, "0")
+    Run.create(str(tmp_path / "plain"), config)
+    training.train(config, str(tmp_path / "plain"), verbose=0)
+    plain = load(str(tmp_path / "plain" / "model.keras")).get_weights()
+    assert all(np.array_equal(p, a) for p, a in zip(plain, after))
+
+
+@pytest.mark.slow
+def test_hyperband_continues_a_promoted_trial_from_its_run_directory(tmp_path, tiny_data_dir):
+    import csv
+
+    search_file = tiny_search(tmp_path, tiny_data_dir, tuner="hyperband", epochs=3, hyperband_factor=3,
+                              space={"model.beta": [0.5, 4, 8]})
+    search_dir = str(tmp_path / "search")
+    assert load_script("tune").main(["--search", search_file, "--dir", search_dir, "--quiet"]) == 0
+    histories, names = {}, {}
+    for run in sorted(glob.glob(os.path.join(search_dir, "trials", "*"))):
+        with open(os.path.join(run, "history.csv")) as f:
+            histories[os.path.basename(run)] = [(r["epoch"], r["val_loss"]) for r in csv.DictReader(f)]
+        names[os.path.basename(run)] = config_lib.load(os.path.join(run, "config.json"))["name"]
+    longest = max(histories, key=lambda t: len(histories[t]))
+    assert len(histories[longest]) == 3
+    # its first epoch is the earlier round's trial it continues (copied, not trained again)
+    assert any(h == histories[longest][:1] for t, h in histories.items() if t != longest)
+    assert names[longest] == tuning.trial_name("tiny", longest)
+    with open(os.path.join(search_dir, "best", "best_trial.json")) as f:
+        assert json.load(f)["trial_id"] == longest
 
 
 def _free_port() -> int:

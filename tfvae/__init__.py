@@ -10,9 +10,10 @@ Modules, in the order data flows through them:
 - ``run``            -- ``Run``: a run directory's layout and every job on it (train, evaluate,
                         calibrate, localize); what the scripts call.
 - data: ``nifti`` (safe NIfTI reading and writing), ``preprocessing`` (one volume -> 2D slices path
-  shared by every dataset, and its inverse), ``phantom`` (synthetic T2 brains with tumours, the
-  embedded default data), ``data`` (TFDS datasets -> ``tf.data`` pipelines), ``augment``
-  (on-the-fly training augmentation).
+  shared by every dataset, and its inverse), ``data`` (TFDS datasets -> ``tf.data`` pipelines),
+  ``augment`` (on-the-fly training augmentation). The phantom (synthetic T2 brains with tumours,
+  the embedded default data) is made by ``tfvae_datasets.brain_phantom.phantom``
+  (``datasets/brain_phantom/phantom.py``), next to its TFDS builder.
 - model: ``networks`` (the paper's encoder and decoder), ``model`` (``BetaVAE`` and its TFP ELBO),
   ``callbacks`` (TensorBoard images, NaN stop), ``training`` (``model.fit`` into a run directory).
 - maps: ``predictors`` (reconstruction error and loss gradients, made as the reference code makes

@@ -1,8 +1,20 @@
-"""Keras callbacks of the training loop: TensorBoard images and a clear stop on a NaN loss."""
+"""Keras callbacks of the training loop: TensorBoard images, a clear stop on a NaN loss, and the
+run's checkpoints and resume state, each written whole or not at all.
+
+At the end of an epoch the run's callbacks run in this order: the history row (``CSVLogger``),
+``Checkpoints`` (``last.keras``, and ``best.keras`` when the validation loss improved), then
+``ResumeState``, whose rename of ``state.json`` marks the epoch as finished. A kill at any moment
+leaves either the previous epoch's state or this one's, never a half-written file; on resume,
+history rows of epochs after the state are dropped (``truncate_history``), so every epoch is in
+``history.csv`` exactly once.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -68,3 +80,105 @@ class StopOnNaN(keras.callbacks.Callback):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
             raise NonFiniteLoss(self.epoch + 1, batch + 1, loss)
+
+
+def save_model(model, path: str) -> None:
+    """``model.save(path)`` to a temporary name, then renamed: the file is whole or absent."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # Keras wants the .keras suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """``last`` after every epoch and ``best`` when the validation loss is the lowest so far
+    (``best_so_far``: the lowest of a resumed run's earlier epochs), each saved atomically."""
+
+    def __init__(self, best: str, last: str, best_so_far: float | None = None):
+        super().__init__()
+        self.best_path, self.last_path = best, last
+        self.best = math.inf if best_so_far is None else float(best_so_far)
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_model(self.model, self.last_path)
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and loss < self.best:
+            self.best = float(loss)
+            save_model(self.model, self.best_path)
+
+
+class ResumeState(keras.callbacks.Callback):
+    """The state a run resumes from, in ``folder``: ``weights-<epoch>.weights.h5`` (model and
+    optimizer), then ``state.json`` naming it and the number of finished epochs, written to a
+    temporary name and renamed (the moment the epoch counts as done); older weights are deleted."""
+
+    STATE = "state.json"
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    @classmethod
+    def read(cls, folder: str) -> dict | None:
+        """``{"epoch": finished epochs, "weights": path}``, or None when there is no complete state.
+        Runs made before this format resume from Keras's ``BackupAndRestore`` files."""
+        path = os.path.join(folder, cls.STATE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                state = json.load(f)
+            weights = os.path.join(folder, state["weights"])
+            return {"epoch": int(state["epoch"]), "weights": weights} if os.path.isfile(weights) else None
+        legacy, metadata = os.path.join(folder, "latest.weights.h5"), os.path.join(folder, "training_metadata.json")
+        if os.path.isfile(legacy) and os.path.isfile(metadata):
+            with open(metadata) as f:
+                return {"epoch": int(json.load(f)["epoch"]), "weights": legacy}
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.folder, exist_ok=True)
+        name = f"weights-{epoch + 1}.weights.h5"
+        self.model.save_weights(os.path.join(self.folder, name))
+        tmp = os.path.join(self.folder, f".{self.STATE}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"epoch": epoch + 1, "weights": name}, f)
+        os.replace(tmp, os.path.join(self.folder, self.STATE))
+        for old in os.listdir(self.folder):
+            if old.startswith("weights-") and old != name:
+                os.remove(os.path.join(self.folder, old))
+
+
+def history_epochs(path: str) -> int:
+    """How many consecutive epochs (0, 1, ...) ``history.csv`` holds complete rows of."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    done = 0
+    for row in rows[1:]:
+        if len(row) == len(rows[0]) and row[0] == str(done):
+            done += 1
+    return done
+
+
+def truncate_history(path: str, epochs: int) -> None:
+    """Keep the rows of ``history.csv`` for epochs ``0 .. epochs - 1`` (a row cut short by a kill,
+    or of an epoch the resume state does not cover, is dropped); rewritten atomically."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, kept = rows[0], []
+    for row in rows[1:]:
+        try:
+            if len(row) == len(header) and int(row[0]) < epochs:
+                kept.append(row)
+        except ValueError:
+            continue
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header, *kept])
+    os.replace(tmp, path)

@@ -267,14 +267,16 @@ def defaults(schema: dict | None = None) -> dict:
 
 
 def _type_name(types: tuple) -> str:
-    names = {str: "string", int: "integer", float: "number", list: "list", type(None): "null"}
-    return " or ".join(dict.fromkeys(names[t] for t in types))
+    names = {str: "string", int: "integer", float: "number", list: "list", dict: "object", bool: "boolean",
+             type(None): "null"}
+    text = " or ".join(dict.fromkeys(names[t] for t in types))
+    return ("an " if text[0] in "aeiou" else "a ") + text
 
 
 def _check_value(field: Field, value, key: str, source: str):
     ok = isinstance(value, field.types) and not (isinstance(value, bool) and bool not in field.types)
     if not ok:
-        raise ConfigError(f"{source}: {key} must be a {_type_name(field.types)}, got {value!r}")
+        raise ConfigError(f"{source}: {key} must be {_type_name(field.types)}, got {value!r}")
     if float in field.types and isinstance(value, int):
         value = float(value)
     numbers = value if isinstance(value, list) else [value]
@@ -299,6 +301,23 @@ def _merge(base: dict, update: dict, schema: dict, source: str, prefix: str = ""
             _merge(base[key], value, schema[key], source, dotted + ".")
         else:
             base[key] = _check_value(schema[key], value, dotted, source)
+
+
+REQUIRED = ...  # the default of a key a config must give (Ellipsis deep-copies to itself)
+
+
+def validate(raw, schema: dict, source: str, what: str = "a config") -> dict:
+    """``raw`` over the defaults of ``schema`` (any schema of ``Field`` s, e.g. ``SCHEMA`` or a search
+    config's), every key checked as run configs are; an unknown key, a wrong type, an impossible
+    value or a missing ``REQUIRED`` key is a one-line ``ConfigError`` naming ``source`` and the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {what} must be a JSON object")
+    out = defaults(schema)
+    _merge(out, raw, schema, source)
+    missing = [k for k, v in out.items() if v is REQUIRED]
+    if missing:
+        raise ConfigError(f"{source}: missing key {missing[0]!r}")
+    return out
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

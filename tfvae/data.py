@@ -114,6 +114,16 @@ def prepare(data_config: dict) -> tfds.core.DatasetBuilder:
     return b
 
 
+def check_splits(data_config: dict, splits) -> None:
+    """Build the dataset if needed and check that it has every split of ``splits``: a mistyped
+    split name is found before anything (a run directory, an evaluation) is touched."""
+    b = prepare(data_config)
+    missing = [s for s in splits if s not in b.info.splits]
+    if missing:
+        raise DataError(f"{data_config['name']}/{b.builder_config.name} has no split {missing[0]!r} "
+                        f"(known: {', '.join(b.info.splits)})")
+
+
 def clip(image, limit: float | None):
     """``data.clip``: z-scored intensities clipped to [-limit, limit] (tensor or array); None: as is."""
     if limit is None:

@@ -175,17 +175,21 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str) -> dic
             "components": result.n_components, "largest_component_ml": f"{result.largest_voxels * result.voxel_ml:.2f}"}
 
 
-OUTPUTS = ("_score.nii.gz", "_mask.nii.gz", "_overlay.png")
+OUTPUT_TAG = "_tfvae_"  # in every output name: never read back as a scan (localize, nifti_folder)
+OUTPUTS = (f"{OUTPUT_TAG}score.nii.gz", f"{OUTPUT_TAG}mask.nii.gz", f"{OUTPUT_TAG}overlay.png")
+SUMMARY = "summary.csv"
 
 
 def scan_files(items) -> list[str]:
     """The NIfTI scans among ``items`` (files, or folders searched for *.nii / *.nii.gz, skipping
-    ``*_seg`` and ``*_mask`` files); a missing item or an empty folder is a one-line ``ValueError``."""
+    ``*_seg`` and ``*_mask`` files and tfvae's own outputs); a missing item or an empty folder is a
+    one-line ``ValueError``."""
     files = []
     for item in items:
         if os.path.isdir(item):
             found = sorted(glob.glob(os.path.join(item, "*.nii")) + glob.glob(os.path.join(item, "*.nii.gz")))
-            found = [f for f in found if not re.search(r"_(seg|mask)\.nii(\.gz)?$", f)]
+            found = [f for f in found if not re.search(r"_(seg|mask)\.nii(\.gz)?$", f)
+                     and OUTPUT_TAG not in os.path.basename(f)]
             if not found:
                 raise ValueError(f"{item}: no .nii or .nii.gz scans in this folder")
             files += found
@@ -202,21 +206,22 @@ def stem(path: str) -> str:
 
 def check_outputs(files: list[str], out_dir: str, overwrite: bool, mask=None) -> list[str]:
     """The output names of ``files``; a one-line ``ValueError`` when two scans share a name, a
-    ``mask`` is given for several scans, an output exists (without ``overwrite``) or would replace
-    an input."""
+    ``mask`` is given for several scans, ``out_dir`` holds an input, or a scan's outputs exist
+    (without ``overwrite``)."""
     if mask and len(files) != 1:
         raise ValueError(f"--mask {mask} applies to one scan, but {len(files)} were given")
     names = [stem(f) for f in files]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ValueError(f"several scans are named {', '.join(duplicated)}; their outputs would collide")
+    out_real = os.path.realpath(out_dir)
+    for item in files + ([mask] if mask else []):
+        if os.path.dirname(os.path.realpath(item)) == out_real:
+            raise ValueError(f"--out {out_dir} holds the input {item}; choose another output folder")
     existing = [os.path.join(out_dir, n + suffix) for n in names for suffix in OUTPUTS]
-    existing = [p for p in existing + [os.path.join(out_dir, "summary.csv")] if os.path.exists(p)]
+    existing = [p for p in existing if os.path.exists(p)]
     if existing and not overwrite:
         raise ValueError(f"{existing[0]} already exists; pass --overwrite to replace outputs")
-    inputs = {os.path.realpath(f) for f in files + ([mask] if mask else [])}
-    if any(os.path.realpath(p) in inputs for p in existing):
-        raise ValueError(f"{existing[0]} is one of the input scans; choose another --out")
     return names
 
 
@@ -240,10 +245,21 @@ def localize_files(localizer: Localizer, files: list[str], out_dir: str, *, mask
                                                    f"({result.volume_ml:.1f} ml)")
         rows.append({"scan": path, "predictor": localizer.predictor, "fpr": localizer.fpr, **row})
         log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
-    tmp = os.path.join(out_dir, ".summary.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, "summary.csv"))
+    write_summary(os.path.join(out_dir, SUMMARY), rows)
     return rows
+
+
+def write_summary(path: str, rows: list[dict]) -> None:
+    """Add ``rows`` to the summary CSV at ``path`` (a scan localized again replaces its row), whole
+    or not at all."""
+    kept = []
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r.get("scan") not in {row["scan"] for row in rows}]
+    fields = list(dict.fromkeys([k for r in kept + rows for k in r]))
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept + rows)
+    os.replace(tmp, path)

@@ -29,7 +29,6 @@ import csv
 import dataclasses
 import json
 import os
-import shutil
 import time
 
 import numpy as np
@@ -172,13 +171,7 @@ def ensure_evaluated(config: dict, run_dir: str, reevaluate: bool = False, verbo
         if config_lib.load(saved_config) == config:
             with open(results_path) as f:
                 return json.load(f)
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
-
-    from tfvae import evaluation
-
-    # evaluate_run saves the config last: its presence marks the evaluation complete
-    return evaluation.evaluate_run(Run(run_dir), config, out_dir, verbose=verbose)[0]
+    return Run(run_dir).evaluate(config=config, out_dir=out_dir, overwrite=True, verbose=verbose)
 
 
 def extras_for(config: dict) -> dict[str, dict]:

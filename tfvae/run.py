@@ -14,17 +14,25 @@ This module is the one place that knows the layout of a run directory::
     logs/                       TensorBoard: train/, validation/, images/, eval/, hparams
     checkpoints/best.keras      the model at the epoch of lowest validation loss
     checkpoints/last.keras      the model after the latest finished epoch
-    checkpoints/backup/         Keras BackupAndRestore state for resuming
+    checkpoints/backup/         the resume state: state.json and the weights it names (tfvae.callbacks)
     model.keras                 the model after the last epoch (the best one with train.patience)
     thresholds.json             thresholds calibrated on healthy validation slices (tfvae.calibration)
     eval/                       the evaluation: results.json / .csv / .md, maps/, figures/, config.json
 
 The scripts (``scripts/*.py``) are this class's command-line face: they parse arguments, call it
 and print a summary.
+
+Nothing a user made is deleted. Folders tfvae makes carry a marker file (``.tfvae``: kind and
+version); a folder without it is never deleted, whatever ``overwrite`` says. ``Run.create(...,
+overwrite=True)`` moves the previous run aside (``.<name>.tfvae-replaced``, a sibling) and deletes it
+only once the new run has trained (a failure puts it back). An evaluation is written into a
+temporary sibling and renamed into place when complete, the previous one moved aside and deleted
+only then; a temporary sibling left by a kill is named in the error and cleared by ``overwrite``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -43,6 +51,43 @@ MODEL_FILES = {"final": "model.keras", "best": os.path.join(CHECKPOINTS_DIR, "be
 CHECKPOINTS = tuple(MODEL_FILES)
 # keys besides train.* that a resumed run may change: where the user's data lies is not part of the run
 RESUMABLE_KEYS = ("data.manual_dir",)
+MARKER_FILE = ".tfvae"
+MARKER_VERSION = 1
+
+
+def mark(folder: str, kind: str) -> None:
+    """Mark ``folder`` as made by tfvae (``kind``: "run" or "evaluation")."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, MARKER_FILE), "w") as f:
+        json.dump({"kind": kind, "version": MARKER_VERSION}, f)
+
+
+def marker(folder: str) -> dict | None:
+    """The marker of a folder tfvae made, else None."""
+    try:
+        with open(os.path.join(folder, MARKER_FILE)) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def is_ours(folder: str, kind: str) -> bool:
+    return (marker(folder) or {}).get("kind") == kind
+
+
+def sibling(folder: str, tag: str) -> str:
+    """A hidden sibling of ``folder`` named after it: ``<parent>/.<name>.tfvae-<tag>``."""
+    folder = os.path.abspath(folder)
+    return os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.tfvae-{tag}")
+
+
+def remove_ours(folder: str, kind: str) -> None:
+    """Delete ``folder`` if tfvae made it as ``kind``; anything else is refused."""
+    if not is_ours(folder, kind):
+        raise RunDirError(f"{folder} was not made by tfvae as a {kind} (no {MARKER_FILE} marker); "
+                          "refusing to delete it")
+    shutil.rmtree(folder)
 
 
 class RunDirError(ValueError):
@@ -143,39 +188,76 @@ class Run:
             if not overwrite:
                 raise RunDirError(f"{run.dir} already exists and is not empty; pass --resume to continue that run "
                                   "or --overwrite to replace it")
-            if not is_run:
-                raise RunDirError(f"{run.dir} is not a tfvae run directory (no {CONFIG_FILE}); refusing to delete it")
-            shutil.rmtree(run.dir)
+            if not is_ours(run.dir, "run"):
+                raise RunDirError(f"{run.dir} is not a tfvae run directory (no {MARKER_FILE} marker); refusing to "
+                                  "delete it (delete it yourself or choose another --run-dir)")
+            aside = sibling(run.dir, "replaced")
+            if os.path.exists(aside):
+                remove_ours(aside, "run")
+            os.rename(run.dir, aside)  # kept until the new run has trained
         if config is None:
             raise RunDirError(f"{run.dir}: a config is needed to start a new run")
         os.makedirs(run.dir, exist_ok=True)
+        if not resume or marker(run.dir) is None:
+            mark(run.dir, "run")
         config_lib.save(config, run.config_path)
         return run
+
+    @property
+    def replaced(self) -> str:
+        """Where ``create(overwrite=True)`` keeps the previous run until the new one has trained."""
+        return sibling(self.dir, "replaced")
 
     def train(self, *, verbose="auto", extra_callbacks=()):
         """Train (continuing from the backup when there is one); returns Keras's History."""
         from tfvae import training
 
-        return training.train(self.config(), self.dir, verbose=verbose, extra_callbacks=extra_callbacks)
+        try:
+            history = training.train(self.config(), self.dir, verbose=verbose, extra_callbacks=extra_callbacks)
+        except Exception:
+            if os.path.exists(self.replaced) and not os.path.isfile(self.model_path("final")):
+                remove_ours(self.dir, "run")  # the new run failed: the previous one comes back
+                os.rename(self.replaced, self.dir)
+            raise
+        if os.path.exists(self.replaced):
+            remove_ours(self.replaced, "run")
+        return history
 
-    def evaluate(self, *, overrides=(), checkpoint: str = "final", out_dir: str | None = None,
-                 overwrite: bool = False, verbose: bool = True) -> dict:
+    def evaluate(self, *, overrides=(), config: dict | None = None, checkpoint: str = "final",
+                 out_dir: str | None = None, overwrite: bool = False, verbose: bool = True) -> dict:
         """Score the test split with every predictor of the config (``evaluate.predictors``; e.g.
         ``overrides=['evaluate.predictors=["recommended", "intensity"]']``) and write
-        ``eval/`` (or ``out_dir``): results, maps, figures. Its thresholds go to ``thresholds.json``.
-        An existing evaluation folder is replaced only with ``overwrite``. Returns the results."""
+        ``eval/`` (or ``out_dir``): results, maps, figures (``config``: a whole config instead of
+        the run's with ``overrides``). Its thresholds go to ``thresholds.json``. An existing
+        evaluation folder is replaced only with ``overwrite``, and only when complete. Returns the
+        results."""
         from tfvae import evaluation
 
-        config = self.config(overrides)
-        out_dir = out_dir or self.eval_dir
+        config = config or self.config(overrides)
+        out_dir = os.path.abspath(out_dir or self.eval_dir)
+        partial = sibling(out_dir, "partial")
+        if os.path.exists(partial):  # left by an interrupted evaluation
+            if not overwrite:
+                raise RunDirError(f"{partial} holds an interrupted evaluation; pass overwrite=True (--overwrite) "
+                                  "to clear it")
+            remove_ours(partial, "evaluation")
         if os.path.exists(out_dir) and os.listdir(out_dir):
             if not overwrite:
                 raise RunDirError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it "
                                   "or another out_dir (--out)")
-            if not os.path.isfile(os.path.join(out_dir, "results.json")):
-                raise RunDirError(f"{out_dir} holds no results.json; refusing to delete it")
-            shutil.rmtree(out_dir)
-        return evaluation.evaluate_run(self, config, out_dir, checkpoint=checkpoint, verbose=verbose)[0]
+            if not is_ours(out_dir, "evaluation"):
+                raise RunDirError(f"{out_dir} is not a tfvae evaluation (no {MARKER_FILE} marker); refusing to "
+                                  "replace it")
+        mark(partial, "evaluation")
+        results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
+        if os.path.exists(out_dir):
+            aside = sibling(out_dir, "replaced")
+            os.rename(out_dir, aside)
+            os.rename(partial, out_dir)
+            shutil.rmtree(aside)  # ours: checked above (or empty)
+        else:
+            os.rename(partial, out_dir)
+        return results
 
     def scorer(self, predictors, *, config: dict | None = None, checkpoint: str = "final"):
         """A fitted ``scoring.Scorer`` for ``predictors``: what the maps need from healthy validation

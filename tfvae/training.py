@@ -50,9 +50,11 @@ def _preview_slices(validation, n: int) -> np.ndarray:
     return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
 
 
-def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> keras.callbacks.History:
+def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", model=None) -> keras.callbacks.History:
     """Train the run in ``run_dir`` (made by ``Run.create``), continuing from its backup
-    if it has one. Raises ``callbacks.NonFiniteLoss`` if the loss diverges."""
+    if it has one. Raises ``callbacks.NonFiniteLoss`` if the loss diverges. ``model``: the compiled
+    model of ``config`` to train (as ``build_model`` makes it, under ``strategy(config).scope()``;
+    e.g. a Keras Tuner HyperModel's ``build``), else one is built here."""
     keras.utils.set_random_seed(config["seed"])
     t = config["train"]
     train_examples = data.load_split(config["data"], config["data"]["train_split"])
@@ -62,19 +64,19 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
                            augment=config.get("augment"))
     validation_ds = data.images(validation_examples, t["batch_size"])
 
-    with strategy(config).scope():
-        model = build_model(config)
+    if model is None:
+        with strategy(config).scope():
+            model = build_model(config)
     run = Run(run_dir)
     logs = run.logs_dir
     tf.io.gfile.makedirs(run.checkpoints_dir)
+    initial_epoch = resume(model, run)
+    # the history row, the checkpoints, then the resume state (which marks the epoch done): see callbacks
     callbacks = [
         tfvae_callbacks.StopOnNaN(),
-        keras.callbacks.BackupAndRestore(run.backup_dir, delete_checkpoint=False),
-        # a resumed run keeps its best epoch so far: only a better one replaces best.keras
-        keras.callbacks.ModelCheckpoint(run.model_path("best"), monitor="val_loss", save_best_only=True,
-                                        initial_value_threshold=_best_val_loss(run)),
-        keras.callbacks.ModelCheckpoint(run.model_path("last")),
         keras.callbacks.CSVLogger(run.history_path, append=True),
+        tfvae_callbacks.Checkpoints(run.model_path("best"), run.model_path("last"), best_so_far=_best_val_loss(run)),
+        tfvae_callbacks.ResumeState(run.backup_dir),
         keras.callbacks.TensorBoard(logs, write_graph=False),
         hparams_api.KerasCallback(logs, config_lib.flatten(config), trial_id=config["name"]),
         tfvae_callbacks.ImageSummaries(run.path("logs", "images"),
@@ -86,11 +88,27 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto") -> 
         callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=t["patience"],
                                                           restore_best_weights=True, verbose=1))
     history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
-                        shuffle=False, verbose=verbose)  # tf.data shuffles
+                        shuffle=False, verbose=verbose, initial_epoch=initial_epoch)  # tf.data shuffles
     if t["patience"] and os.path.isfile(run.model_path("best")):
         model.load_weights(run.model_path("best"))  # the best epoch, also across a resume
-    model.save(run.model_path("final"))
+    tfvae_callbacks.save_model(model, run.model_path("final"))
     return history
+
+
+def resume(model, run: Run) -> int:
+    """Load the newest complete training state of ``run`` into ``model`` (weights and optimizer:
+    the resume state, else ``checkpoints/last.keras``) and return the number of finished epochs;
+    ``history.csv`` keeps exactly the rows of those epochs. 0 for a new run."""
+    state = tfvae_callbacks.ResumeState.read(run.backup_dir)
+    epochs, weights = (state["epoch"], state["weights"]) if state else (0, None)
+    if state is None and os.path.isfile(run.model_path("last")) and os.path.isfile(run.history_path):
+        epochs, weights = tfvae_callbacks.history_epochs(run.history_path), run.model_path("last")
+    if weights is not None and epochs:
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(weights)
+    tfvae_callbacks.truncate_history(run.history_path, epochs)
+    return epochs
 
 
 def _best_val_loss(run: Run) -> float | None:

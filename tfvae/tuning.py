@@ -1,7 +1,10 @@
 """Hyperparameter search with Keras Tuner: search configs, the HyperModel, the objectives.
 
-A search config is a JSON file (``configs/search_*.json``), validated like the run configs (an
-unknown key or a wrong type is a ``config.ConfigError`` whose one line names the file and the key):
+A search config is a JSON file (``configs/search_*.json``), validated like the run configs: its
+keys are ``SEARCH_SCHEMA``, ``config.Field`` entries (types, default, check) checked as
+``tfvae.config`` checks a run config's, and the keys of its space are run-config keys of
+``config.SCHEMA`` (an unknown key, a wrong type or an impossible value is a ``config.ConfigError``
+whose one line names the file and the key):
 
 - ``base``: str or object, required -- the run config every trial starts from: a path (relative to
   the search file) or an inline run config.
@@ -41,17 +44,28 @@ Tuner's own state is in ``<search_dir>/kt/``. ``<search_dir>/best/`` is a copy o
 run directory. A search that stopped resumes where it stopped (Keras Tuner reloads its oracle; a
 trial that was interrupted continues from its last finished epoch). Hyperband continues a trial
 promoted from an earlier round from a copy of that trial's run directory (weights and optimizer).
+
+The Keras Tuner side is written as its guides write it: ``VAEHyperModel`` (a
+``keras_tuner.HyperModel``) builds a trial's model in ``build(hp)`` and trains that model in
+``fit(hp, model, ...)``, returning the objective; ``GridTuner``, ``RandomTuner``, ``BayesianTuner``
+and ``HyperbandTuner`` subclass the built-in tuners and override ``run_trial`` (build, then fit) --
+Keras Tuner's own checkpoints are not used, a trial's weights live in its run directory. A trial
+that continues (a resumed search, a Hyperband promotion) gets a freshly built model whose weights
+and optimizer state ``training.resume`` restores from the run directory before it trains.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import itertools
 import json
 import os
 import shutil
 from typing import Any
+
+import keras
+import keras_tuner as kt
+import tensorflow as tf
 
 from tfvae import config as config_lib
 from tfvae.run import Run
@@ -61,21 +75,61 @@ OBJECTIVES = {"val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}
 SEARCH_FILE = "search.json"
 POINT_HP = "setting"  # the one hyperparameter of a union of grids
 
+
+# --- the search-config schema: config.Field entries, checked as the run configs are ---------------
+REQUIRED = config_lib.REQUIRED  # the default of a key every search config must give
 _NULL = type(None)
-SEARCH_SCHEMA: dict[str, tuple[tuple, Any]] = {
-    "base": ((str, dict), None),
-    "set": ((list,), []),
-    "space": ((dict, list), None),
-    "tuner": ((str,), "grid"),
-    "objective": ((str,), "val_loss"),
-    "objective_predictor": ((str,), "rec_grad"),
-    "objective_volumes": ((int,), 2),
-    "objective_split": ((str, _NULL), None),
-    "max_trials": ((int, _NULL), None),
-    "epochs": ((int, _NULL), None),
-    "hyperband_factor": ((int,), 3),
+
+
+def _one_of(choices):
+    def check(v):
+        names = choices() if callable(choices) else choices
+        return None if v in names else f"must be one of {', '.join(names)}"
+    return check
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _at_least(low: int):
+    def check(v):
+        return None if v >= low else f"must be >= {low}"
+    return check
+
+
+def _key_value_strings(v):
+    return None if all(isinstance(item, str) for item in v) else "must be a list of KEY=VALUE strings"
+
+
+def _scorable():
+    from tfvae.predictors import ALL_PREDICTORS
+
+    return [p for p in ALL_PREDICTORS if p != "ensemble"]
+
+
+SEARCH_SCHEMA: dict[str, config_lib.Field] = {
+    "base": config_lib.Field((str, dict), REQUIRED),
+    "set": config_lib.Field((list,), [], _key_value_strings),
+    "space": config_lib.Field((dict, list), REQUIRED),  # its keys and values: Search._check_space
+    "tuner": config_lib.Field((str,), "grid", _one_of(TUNERS)),
+    "objective": config_lib.Field((str,), "val_loss", _one_of(tuple(OBJECTIVES))),
+    "objective_predictor": config_lib.Field((str,), "rec_grad", _one_of(_scorable)),
+    "objective_volumes": config_lib.Field((int,), 2, _positive),
+    "objective_split": config_lib.Field((str, _NULL), None),
+    "max_trials": config_lib.Field((int, _NULL), None, _positive),
+    "epochs": config_lib.Field((int, _NULL), None, _positive),
+    "hyperband_factor": config_lib.Field((int,), 3, _at_least(2)),
 }
-REQUIRED = ("base", "space")
+
+def run_config_field(dotted: str) -> config_lib.Field | None:
+    """The ``config.SCHEMA`` field of a dotted run-config key (``model.beta``), None if there is none."""
+    node: Any = config_lib.SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, config_lib.Field) else None
 
 
 class Search:
@@ -112,53 +166,31 @@ class Search:
         self.keys = list(dict.fromkeys(k for p in self.points for k in p))
 
     # --- validation ------------------------------------------------------------------------------
-    def _validate(self, raw, source) -> dict:
-        if not isinstance(raw, dict):
-            raise config_lib.ConfigError(f"{source}: a search config must be a JSON object")
-        out = {k: copy.deepcopy(d) for k, (_, d) in SEARCH_SCHEMA.items()}
-        for key, value in raw.items():
-            if key not in SEARCH_SCHEMA:
-                raise config_lib.ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(SEARCH_SCHEMA)})")
-            types = SEARCH_SCHEMA[key][0]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                names = " or ".join({str: "string", dict: "object", list: "list", int: "integer",
-                                     _NULL: "null"}[t] for t in types)
-                article = "an" if names[0] in "aeiou" else "a"
-                raise config_lib.ConfigError(f"{source}: {key} must be {article} {names}, got {value!r}")
-            out[key] = value
-        for key in REQUIRED:
-            if key not in raw:
-                raise config_lib.ConfigError(f"{source}: missing key {key!r}")
-        checks = {
-            "tuner": (out["tuner"] in TUNERS, f"must be one of {', '.join(TUNERS)}"),
-            "objective": (out["objective"] in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}"),
-            "objective_predictor": (out["objective_predictor"] in _scorable(),
-                                    f"must be one of {', '.join(_scorable())}"),
-            "objective_volumes": (out["objective_volumes"] > 0, "must be > 0"),
-            "max_trials": (out["max_trials"] is None or out["max_trials"] > 0, "must be > 0"),
-            "epochs": (out["epochs"] is None or out["epochs"] > 0, "must be > 0"),
-            "hyperband_factor": (out["hyperband_factor"] >= 2, "must be >= 2"),
-            "set": (all(isinstance(v, str) for v in out["set"]), "must be a list of KEY=VALUE strings"),
-        }
-        for key, (ok, reason) in checks.items():
-            if not ok:
-                raise config_lib.ConfigError(f"{source}: {key} {reason}, got {out[key]!r}")
-        grids = out["space"] if isinstance(out["space"], list) else [out["space"]]
+    @staticmethod
+    def _validate(raw, source) -> dict:
+        out = config_lib.validate(raw, SEARCH_SCHEMA, source, what="a search config")
+        Search._check_space(out["space"], out["tuner"], source)
+        return out
+
+    @staticmethod
+    def _check_space(space, tuner: str, source: str) -> None:
+        """Each grid a non-empty object of run-config keys (``config.SCHEMA``), each a non-empty list
+        of values (the values themselves are checked by ``config.resolve`` in ``_points``)."""
+        grids = space if isinstance(space, list) else [space]
         for i, grid in enumerate(grids):
-            where = f"space[{i}]" if isinstance(out["space"], list) else "space"
+            where = f"space[{i}]" if isinstance(space, list) else "space"
             if not isinstance(grid, dict) or not grid:
                 raise config_lib.ConfigError(f"{source}: {where} must be a non-empty object of KEY: [values]")
             for key, values in grid.items():
-                if not _known_key(key):
+                if run_config_field(key) is None:
                     raise config_lib.ConfigError(f"{source}: {where}: unknown run-config key {key!r}")
-                if key in ("name", "train.epochs") and out["tuner"] == "hyperband":
+                if key in ("name", "train.epochs") and tuner == "hyperband":
                     raise config_lib.ConfigError(f"{source}: {where}: {key} cannot be searched with hyperband")
                 if key == "name":
                     raise config_lib.ConfigError(f"{source}: {where}: 'name' cannot be searched")
                 if not isinstance(values, list) or not values:
                     raise config_lib.ConfigError(f"{source}: {where}.{key} must be a non-empty list of values, "
                                                  f"got {values!r}")
-        return out
 
     def _points(self, grids) -> list[dict]:
         """The union of the grids' Cartesian products, each setting once, values as the run config
@@ -191,8 +223,6 @@ class Search:
     def hyperparameters(self):
         """The search space as ``kt.HyperParameters``: one Choice per key for a single grid (numbers
         stay ordered, which Bayesian optimisation uses), else one Choice over the settings' labels."""
-        import keras_tuner as kt
-
         hp = kt.HyperParameters()
         if self.single_grid:
             for key in self.keys:
@@ -218,8 +248,6 @@ class Search:
         return config_lib.resolve(self.base, items, source=self.source)
 
     def objective(self):
-        import keras_tuner as kt
-
         name, direction = OBJECTIVES[self.objective_key]
         return kt.Objective(name, direction)
 
@@ -229,21 +257,6 @@ class Search:
                 "objective": self.objective_key, "objective_predictor": self.objective_predictor,
                 "objective_volumes": self.objective_volumes, "objective_split": self.objective_split,
                 "max_trials": self.max_trials, "hyperband_factor": self.hyperband_factor}
-
-
-def _scorable():
-    from tfvae.predictors import ALL_PREDICTORS
-
-    return [p for p in ALL_PREDICTORS if p != "ensemble"]
-
-
-def _known_key(dotted: str) -> bool:
-    node: Any = config_lib.SCHEMA
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return not isinstance(node, dict)
 
 
 def _get(config: dict, dotted: str):
@@ -309,32 +322,26 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
     return float(hist.auroc())
 
 
-def _auroc_callback_class():
-    import keras
-    import tensorflow as tf
+class LabelledAUROC(keras.callbacks.Callback):
+    """At the end of training: ``labelled_auroc`` of the trained model, kept as ``value`` and
+    logged to TensorBoard (``<log_dir>`` / ``epoch_auroc``) at the last epoch."""
 
-    class LabelledAUROC(keras.callbacks.Callback):
-        """At the end of training: ``labelled_auroc`` of the trained model, kept as ``value`` and
-        logged to TensorBoard (``<log_dir>`` / ``epoch_auroc``) at the last epoch."""
+    def __init__(self, config, predictor, examples, n_volumes, log_dir):
+        super().__init__()
+        self.config, self.predictor, self.examples, self.n_volumes = config, predictor, examples, n_volumes
+        self.log_dir = log_dir
+        self.value = None
+        self.epoch = 0
 
-        def __init__(self, config, predictor, examples, n_volumes, log_dir):
-            super().__init__()
-            self.config, self.predictor, self.examples, self.n_volumes = config, predictor, examples, n_volumes
-            self.log_dir = log_dir
-            self.value = None
-            self.epoch = 0
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch = epoch + 1
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.epoch = epoch + 1
-
-        def on_train_end(self, logs=None):
-            self.value = labelled_auroc(self.model, self.config, self.predictor, self.examples, self.n_volumes)
-            writer = tf.summary.create_file_writer(self.log_dir)
-            with writer.as_default(step=self.epoch or self.config["train"]["epochs"]):
-                tf.summary.scalar("epoch_auroc", self.value)
-            writer.flush()
-
-    return LabelledAUROC
+    def on_train_end(self, logs=None):
+        self.value = labelled_auroc(self.model, self.config, self.predictor, self.examples, self.n_volumes)
+        writer = tf.summary.create_file_writer(self.log_dir)
+        with writer.as_default(step=self.epoch or self.config["train"]["epochs"]):
+            tf.summary.scalar("epoch_auroc", self.value)
+        writer.flush()
 
 
 # --- the HyperModel and the tuners ---------------------------------------------------------------
@@ -346,89 +353,130 @@ def _last_val_loss(run_dir: str) -> float:
     return float(rows[-1]["val_loss"])
 
 
-def make_hypermodel(search: Search, search_dir: str, verbose=0):
-    import keras_tuner as kt
-
-    from tfvae import data, training
-
-    class VAEHyperModel(kt.HyperModel):
-        """Builds the BetaVAE of a trial from the base config and the trial's hyperparameters; its
-        ``fit`` trains the trial as a run directory ``<search_dir>/trials/<trial_id>`` and returns
-        the objective."""
-
-        def build(self, hp):
-            return training.build_model(search.trial_config(hp))
-
-        def fit(self, hp, model, trial_id: str, epochs: int | None = None, previous: str | None = None):
-            run_dir = trial_dir(search_dir, trial_id)
-            config = search.trial_config(hp, trial_id, epochs)
-            if previous and not Run(run_dir).is_run:
-                # Hyperband: continue the trial promoted from the previous round
-                shutil.copytree(trial_dir(search_dir, previous), run_dir)
-                saved_path = Run(run_dir).config_path
-                config_lib.save(config_lib.load(saved_path) | {"name": config["name"]}, saved_path)
-                if os.path.exists(os.path.join(run_dir, "objective.json")):
-                    os.remove(os.path.join(run_dir, "objective.json"))
-            config = Run.create(run_dir, config, resume=Run(run_dir).is_run).config()
-            extra = []
-            if search.objective_key == "auroc":
-                d = config["data"]
-                test_data = data.test_data_config(d)
-                examples = data.load_split(test_data, search.objective_split or d["test_split"])
-                extra.append(_auroc_callback_class()(config, search.objective_predictor, examples,
-                                                     search.objective_volumes,
-                                                     Run(run_dir).path("logs", "validation")))
-            training.train(config, run_dir, extra_callbacks=extra, verbose=verbose)
-            metrics = {"val_loss": _last_val_loss(run_dir)}
-            if extra:
-                metrics["val_auroc"] = extra[0].value
-            with open(os.path.join(run_dir, "objective.json"), "w") as f:
-                json.dump({"trial_id": trial_id, **metrics, "values": search.point(hp),
-                           "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")}, f, indent=2)
-            return metrics
-
-    return VAEHyperModel()
-
-
 def trial_dir(search_dir: str, trial_id: str) -> str:
     return os.path.join(search_dir, "trials", str(trial_id))
 
 
+class VAEHyperModel(kt.HyperModel):
+    """The BetaVAE of a search. ``build(hp)`` returns the compiled model of the trial's run config
+    (the base config with the trial's hyperparameters), as ``training.train`` would build it;
+    ``fit(hp, model, trial_id=...)`` trains THAT model as the run directory
+    ``<search_dir>/trials/<trial_id>`` and returns the objective(s)."""
+
+    def __init__(self, search: Search, search_dir: str, verbose=0):
+        super().__init__(name="tfvae_beta_vae")
+        self.search, self.search_dir, self.verbose = search, search_dir, verbose
+
+    def build(self, hp):
+        from tfvae import training
+
+        config = self.search.trial_config(hp)
+        keras.utils.set_random_seed(config["seed"])  # the weights training.train would start from
+        with training.strategy(config).scope():
+            return training.build_model(config)
+
+    def fit(self, hp, model, *, trial_id: str, epochs: int | None = None, previous: str | None = None):
+        """Train ``model`` (from ``build(hp)``) as the trial's run directory for the trial's epochs
+        (``epochs``: Hyperband's round, else the base's), continuing where that run directory stopped
+        (a resumed search) or, for Hyperband, from a copy of the run directory of ``previous``, the
+        trial promoted from the previous round. Returns ``{"val_loss": ..., ["val_auroc": ...]}``."""
+        from tfvae import data, training
+
+        search = self.search
+        run_dir = trial_dir(self.search_dir, trial_id)
+        config = search.trial_config(hp, trial_id, epochs)
+        if previous and not Run(run_dir).is_run:
+            # Hyperband: continue the trial promoted from the previous round (its backup restores
+            # the weights, the optimizer and the epoch into ``model`` when training begins)
+            shutil.copytree(trial_dir(self.search_dir, previous), run_dir)
+            saved_path = Run(run_dir).config_path
+            config_lib.save(config_lib.load(saved_path) | {"name": config["name"]}, saved_path)
+            if os.path.exists(os.path.join(run_dir, "objective.json")):
+                os.remove(os.path.join(run_dir, "objective.json"))
+        config = Run.create(run_dir, config, resume=Run(run_dir).is_run).config()
+        extra = []
+        if search.objective_key == "auroc":
+            d = config["data"]
+            examples = data.load_split(data.test_data_config(d), search.objective_split or d["test_split"])
+            extra.append(LabelledAUROC(config, search.objective_predictor, examples, search.objective_volumes,
+                                       Run(run_dir).path("logs", "validation")))
+        training.train(config, run_dir, extra_callbacks=extra, verbose=self.verbose, model=model)
+        metrics = {"val_loss": _last_val_loss(run_dir)}
+        if extra:
+            metrics["val_auroc"] = extra[0].value
+        with open(os.path.join(run_dir, "objective.json"), "w") as f:
+            json.dump({"trial_id": trial_id, **metrics, "values": search.point(hp),
+                       "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")}, f, indent=2)
+        return metrics
+
+
+class TrialRunDirs:
+    """``run_trial`` as Keras Tuner's custom-tuner guide writes it: build the trial's model with the
+    HyperModel and fit it, returning the objective. Mixed into the tuners below (before the built-in
+    tuner, whose ``run_trial`` it replaces: no Keras Tuner checkpoints, the run directory holds the
+    weights)."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        model = self.hypermodel.build(hp)
+        return self.hypermodel.fit(hp, model, *args, trial_id=trial.trial_id, **kwargs)
+
+
+class GridTuner(TrialRunDirs, kt.GridSearch):
+    """Grid search: every setting of the space, in order."""
+
+
+class RandomTuner(TrialRunDirs, kt.RandomSearch):
+    """Random search over the settings of the space."""
+
+
+class BayesianTuner(TrialRunDirs, kt.BayesianOptimization):
+    """Bayesian optimisation (Gaussian process) over the settings of the space."""
+
+
+class HyperbandTuner(TrialRunDirs, kt.Hyperband):
+    """Hyperband: each round trains a trial for ``tuner/epochs`` epochs in all, a trial promoted from
+    the previous round (``tuner/trial_id``) continuing from that trial's run directory."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        values = trial.hyperparameters.values
+        kwargs.update(epochs=values["tuner/epochs"], previous=values.get("tuner/trial_id"))
+        return super().run_trial(trial, *args, **kwargs)
+
+
+TUNER_CLASSES = {"grid": GridTuner, "random": RandomTuner, "bayesian": BayesianTuner, "hyperband": HyperbandTuner}
+
+
 def make_tuner(search: Search, search_dir: str, verbose=0):
     """The Keras Tuner tuner of ``search``, its state in ``<search_dir>/kt`` (reloaded when there)."""
-    import keras_tuner as kt
-
-    hypermodel = make_hypermodel(search, search_dir, verbose)
-
-    class _Trials:
-        def run_trial(self, trial, *args, **kwargs):
-            hp = trial.hyperparameters
-            values = hp.values
-            model = None  # trials train through training.train, which builds its own model
-            return self.hypermodel.fit(hp, model, trial_id=trial.trial_id, epochs=values.get("tuner/epochs"),
-                                       previous=values.get("tuner/trial_id"))
-
-    classes = {"grid": kt.GridSearch, "random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
-               "hyperband": kt.Hyperband}
-    tuner_class = type(f"VAE{classes[search.tuner].__name__}", (_Trials, classes[search.tuner]), {})
-    common = dict(hypermodel=hypermodel, objective=search.objective(), hyperparameters=search.hyperparameters(),
-                  tune_new_entries=False, seed=search.base["seed"], directory=search_dir, project_name="kt",
-                  overwrite=False)
+    common = dict(hypermodel=VAEHyperModel(search, search_dir, verbose), objective=search.objective(),
+                  hyperparameters=search.hyperparameters(), tune_new_entries=False, seed=search.base["seed"],
+                  directory=search_dir, project_name="kt", overwrite=False)
     if search.tuner == "hyperband":
-        return tuner_class(max_epochs=search.epochs, factor=search.hyperband_factor, **common)
-    return tuner_class(max_trials=search.max_trials or len(search.points), **common)
+        return HyperbandTuner(max_epochs=search.epochs, factor=search.hyperband_factor, **common)
+    return TUNER_CLASSES[search.tuner](max_trials=search.max_trials or len(search.points), **common)
 
 
-def is_worker() -> bool:
-    from keras_tuner.src.distribute import utils as dist_utils
-
-    return dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
+# --- Keras Tuner's chief/worker mode, from the environment variables its guide documents ----------
+def _has_chief_oracle() -> bool:
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return False
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if name not in os.environ:
+            raise RuntimeError(f"KERASTUNER_ORACLE_IP is set but {name} is not (distributed search needs "
+                               "KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT and KERASTUNER_TUNER_ID)")
+    return True
 
 
 def is_chief() -> bool:
-    from keras_tuner.src.distribute import utils as dist_utils
+    """The chief of a distributed search (``KERASTUNER_TUNER_ID`` containing ``chief``, as Keras
+    Tuner decides it): it runs the oracle and hands out trials."""
+    return _has_chief_oracle() and "chief" in os.environ["KERASTUNER_TUNER_ID"]
 
-    return dist_utils.is_chief_oracle()
+
+def is_worker() -> bool:
+    """A worker of a distributed search: it trains the trials the chief hands out."""
+    return _has_chief_oracle() and not is_chief()
 
 
 class SearchDirError(ValueError):

@@ -1,8 +1,8 @@
 """brain_phantom: synthetic T2 brain MRI slices with synthetic tumours and exact labels.
 
 No download: volumes are synthesised from the MNI152 2009a templates shipped inside nilearn
-(``tfvae.phantom``) and go through the same volume-to-slice preprocessing as the real datasets
-(``tfvae.preprocessing``). Fully deterministic given the config's seed.
+(``phantom.py`` next to this module) and go through the same volume-to-slice preprocessing as the
+real datasets (``tfvae.preprocessing``). Fully deterministic given the config's seed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfvae import phantom, preprocessing
+from tfvae import preprocessing
+from tfvae_datasets.brain_phantom import phantom
 from tfvae_datasets.slices import slice_dataset_info, slice_examples
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
@@ -53,10 +54,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "default"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return slice_dataset_info(
-            self, homepage="https://nilearn.github.io/stable/modules/datasets.html",
-            citation="Fonov et al., Unbiased average age-appropriate atlases for pediatric studies, "
-                     "NeuroImage 54(1), 2011 (MNI152 2009a templates).")
+        # description: README.md; citation: CITATIONS.bib (the MNI152 2009 templates), read by TFDS
+        return slice_dataset_info(self, homepage="https://nilearn.github.io/stable/modules/datasets.html")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # nothing to download

@@ -23,7 +23,7 @@ import re
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfvae_datasets import nifti_io
+from tfvae_datasets import real_data
 from tfvae_datasets.slices import slice_dataset_info
 
 # modality -> the names it has in the file names of the different releases
@@ -60,7 +60,7 @@ not work). Nothing in the folder is changed."""
 
 
 @dataclasses.dataclass(eq=False)
-class BratsConfig(nifti_io.SliceConfig):
+class BratsConfig(real_data.SliceConfig):
     """``modality``: t2 (the paper), flair, t1 or t1ce."""
 
     modality: str = "t2"
@@ -75,7 +75,7 @@ def _nifti_stems(folder: epath.Path) -> dict:
     """{stem: path} of the NIfTI files directly in ``folder``."""
     out = {}
     for path in folder.iterdir():
-        stem = nifti_io.strip_nifti_suffix(path.name)
+        stem = real_data.strip_nifti_suffix(path.name)
         if stem is not None and path.is_file():
             out[stem] = path
     return out
@@ -96,7 +96,7 @@ def find_cases(root: epath.Path) -> list[epath.Path]:
                 continue
             if is_case(child, _nifti_stems(child)):
                 if child.name in seen:
-                    raise nifti_io.bad(child, f"duplicate BraTS case name (also at {seen[child.name]})")
+                    raise real_data.bad(child, f"duplicate BraTS case name (also at {seen[child.name]})")
                 seen[child.name] = child
                 cases.append(child)
             elif depth + 1 < MAX_DEPTH:
@@ -118,7 +118,7 @@ def case_file(case: epath.Path, modality: str) -> epath.Path:
             return odd[0]
     what = "segmentation" if modality == "seg" else f"modality {modality}"
     expected = " or ".join(f"{case.name}_{n}.nii[.gz]" for n in MODALITY_NAMES[modality])
-    raise nifti_io.bad(case, f"missing {what} (expected {expected})")
+    raise real_data.bad(case, f"missing {what} (expected {expected})")
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -136,31 +136,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "default"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return slice_dataset_info(
-            self, homepage="https://www.synapse.org/brats", metadata=True,
-            citation="Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), "
-                     "IEEE TMI 34(10), 2015; Bakas et al., Nature Scientific Data 4, 2017.")
+        # description: README.md; citation: CITATIONS.bib (Menze et al. 2015, Bakas et al. 2017), read by TFDS
+        return slice_dataset_info(self, homepage="https://www.synapse.org/brats", metadata=True)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         cfg = self.builder_config
         if cfg.modality not in MODALITY_NAMES or cfg.modality == "seg":
             raise ValueError(f"brats config {cfg.name}: modality must be one of t2, flair, t1, t1ce, "
                              f"got {cfg.modality!r}")
-        root = nifti_io.manual_root(dl_manager, self.name)
+        root = real_data.manual_root(dl_manager, self.name)
         cases = find_cases(root)
         if not cases:
-            raise nifti_io.BadInputError(f"{root}: no BraTS case folders found (expected e.g. "
-                                         "Brats18_CBICA_AAB_1/Brats18_CBICA_AAB_1_t2.nii.gz)")
+            raise real_data.BadInputError(f"{root}: no BraTS case folders found (expected e.g. "
+                                          "Brats18_CBICA_AAB_1/Brats18_CBICA_AAB_1_t2.nii.gz)")
         return {"test": self._generate_examples(cases, root)}
 
     def _load(self, case: epath.Path):
         image_path = case_file(case, self.builder_config.modality)
         seg_path = case_file(case, "seg")
-        image, affine = nifti_io.load_volume(image_path)
-        seg, seg_affine = nifti_io.load_volume(seg_path)
-        nifti_io.check_same_grid(seg_path, seg, seg_affine, image_path, image, affine, "segmentation")
-        label = nifti_io.check_labels(seg_path, seg, LABELS, LABEL_MAP)
-        return nifti_io.slices_of(image_path, image, affine, label=label, cfg=self.builder_config)
+        image, affine = real_data.load_volume(image_path)
+        seg, seg_affine = real_data.load_volume(seg_path)
+        real_data.check_same_grid(seg_path, seg, seg_affine, image_path, image, affine, "segmentation")
+        label = real_data.check_labels(seg_path, seg, LABELS, LABEL_MAP)
+        return real_data.slices_of(image_path, image, affine, label=label, cfg=self.builder_config)
 
     def _generate_examples(self, cases, root):
-        yield from nifti_io.case_examples(self, "test", [(c.name, c) for c in cases], self._load, root)
+        yield from real_data.case_examples(self, "test", [(c.name, c) for c in cases], self._load, root)

@@ -1,5 +1,14 @@
-"""brats: every release layout built through TFDS from fabricated trees, orientation, labels,
-modalities, and the one-line errors on bad input (shared with the other real-data builders)."""
+"""brats: TFDS's own builder test on the checked-in dummy_data/ (per config); every release layout
+built through TFDS from fabricated trees, orientation, labels, modalities, and the one-line errors
+on bad input (shared with the other real-data builders).
+
+``dummy_data/`` is the manual folder of the ``Brats*Test`` classes: two cases under release
+folders, ``BraTS2021_00000`` (2021 names) and ``BraTS-GLI-00001-000`` (2023+ names, label 3
+enhancing), each with all four modalities and a segmentation, 24x28x20 voxels of 6 mm, 16 kept
+slices each; written once by ``testing_trees.DUMMY_DATA["brats"]``:
+
+    python -m tfvae_datasets.testing_trees brats
+"""
 
 import gzip
 import os
@@ -9,12 +18,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
-from tfvae_datasets import nifti_io  # noqa: E402
+from tfvae_datasets import real_data  # noqa: E402
 from tfvae_datasets import testing_trees as tt  # noqa: E402
 from tfvae_datasets.brats import brats_dataset_builder as brats  # noqa: E402
 
 Builder = brats.Builder
+
+
+class BratsTest(tfds.testing.DatasetBuilderTestCase):
+    """TFDS's standard checks of the ``default`` (T2) config, built from dummy_data/ (the manual
+    folder): one ``test`` split, 2 cases of 16 slices."""
+
+    DATASET_CLASS = brats.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = ["default"]
+    SPLITS = {"test": 32}
+
+
+class BratsFlairTest(BratsTest):
+    BUILDER_CONFIG_NAMES_TO_TEST = ["flair"]
+
+
+class BratsT1Test(BratsTest):
+    BUILDER_CONFIG_NAMES_TO_TEST = ["t1"]
+
+
+class BratsT1ceTest(BratsTest):
+    BUILDER_CONFIG_NAMES_TO_TEST = ["t1ce"]
+
+
+def test_dummy_data_is_what_testing_trees_writes(tmp_path):
+    tt.assert_same_niftis(tt.dummy_data_dir("brats"), tt.write_dummy_data("brats", tmp_path))
 
 
 def _labels(builder):
@@ -83,12 +118,12 @@ def test_the_modality_is_selectable_and_2023_names_map(tmp_path):
             assert not np.allclose(images[first], images[second]), (first, second)
     # t2w (written first, exponent 1 in testing_trees) is what the default config reads
     image, _, label = tt.brain(seed=0, tumour=True, enhancing=3)
-    sliced = nifti_io.slices_of("x", image ** (1 + 0.2 * 2), tt.affine(), label=label,
-                                cfg=brats.BratsConfig(name="x", image_size=32))
+    sliced = real_data.slices_of("x", image ** (1 + 0.2 * 2), tt.affine(), label=label,
+                                 cfg=brats.BratsConfig(name="x", image_size=32))
     np.testing.assert_allclose(images["default"][: len(sliced.image)], sliced.image, atol=1e-5)
 
 
-# ---- bad input: one line naming the file, for every builder (they share nifti_io) ----
+# ---- bad input: one line naming the file, for every builder (they share real_data.py) ----
 
 def _case(tmp_path, **kwargs):
     return tt.brats_case(str(tmp_path / "src"), "BraTS2021_00007", seed=7, **kwargs)
@@ -191,7 +226,7 @@ def test_bad_input_stops_the_build_with_one_line_naming_the_file(tmp_path, kind)
     spoil, problem = BAD[kind]
     path = spoil(_case(tmp_path))
     before = tt.file_bytes(tmp_path / "src")
-    with pytest.raises(nifti_io.BadInputError) as err:
+    with pytest.raises(real_data.BadInputError) as err:
         tt.build(Builder, tmp_path / "src", tmp_path / "tfds")
     message = str(err.value)
     assert "\n" not in message
@@ -204,8 +239,8 @@ def test_an_infinite_voxel_is_refused_too(tmp_path):
     image = np.ones(tt.SHAPE, np.float32)
     image[0, 0, 0] = np.inf
     _write(path, image)
-    with pytest.raises(nifti_io.BadInputError, match=r"inf\.nii\.gz: contains 1 NaN or infinite voxels"):
-        nifti_io.load_volume(path)
+    with pytest.raises(real_data.BadInputError, match=r"inf\.nii\.gz: contains 1 NaN or infinite voxels"):
+        real_data.load_volume(path)
 
 
 def test_a_truncated_file_is_a_read_error_not_a_crash(tmp_path):
@@ -215,13 +250,13 @@ def test_a_truncated_file_is_a_read_error_not_a_crash(tmp_path):
         raw = f.read()
     with gzip.open(path, "wb") as f:
         f.write(raw[:1000])  # a valid gzip of a header with too little data behind it
-    with pytest.raises(nifti_io.BadInputError, match="t.nii.gz: cannot read NIfTI"):
-        nifti_io.load_volume(path)
+    with pytest.raises(real_data.BadInputError, match="t.nii.gz: cannot read NIfTI"):
+        real_data.load_volume(path)
 
 
 def test_an_empty_folder_is_an_error(tmp_path):
     (tmp_path / "src" / "notes").mkdir(parents=True)  # not empty for TFDS, but holds no case
-    with pytest.raises(nifti_io.BadInputError, match=r"src: no BraTS case folders found"):
+    with pytest.raises(real_data.BadInputError, match=r"src: no BraTS case folders found"):
         tt.build(Builder, tmp_path / "src", tmp_path / "tfds")
 
 
@@ -239,7 +274,7 @@ def test_skip_bad_skips_and_reports_the_bad_cases(tmp_path, capsys):
 
 def test_a_split_left_empty_by_skipping_is_an_error(tmp_path):
     _nan(_case(tmp_path))
-    with pytest.raises(nifti_io.BadInputError, match=r"split 'test' of brats would be empty \(1 bad case"):
+    with pytest.raises(real_data.BadInputError, match=r"split 'test' of brats would be empty \(1 bad case"):
         tt.build(Builder, tmp_path / "src", tmp_path / "tfds", skip_bad=True)
 
 

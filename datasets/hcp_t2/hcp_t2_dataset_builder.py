@@ -15,7 +15,7 @@ import dataclasses
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfvae_datasets import nifti_io
+from tfvae_datasets import real_data
 from tfvae_datasets.slices import slice_dataset_info
 
 SPACES = {
@@ -36,7 +36,7 @@ Only these files are read; nothing in the folder is changed."""
 
 
 @dataclasses.dataclass(eq=False)
-class HcpT2Config(nifti_io.SliceConfig):
+class HcpT2Config(real_data.SliceConfig):
     """``space``: "native" (T1w/, 0.7 mm ACPC) or "mni" (MNINonLinear/); ``validation_fraction`` of
     the subjects, chosen by ``seed``, form the validation split."""
 
@@ -71,23 +71,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "default"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return slice_dataset_info(
-            self, homepage="https://www.humanconnectome.org/study/hcp-young-adult", metadata=True,
-            citation="Van Essen et al., The WU-Minn Human Connectome Project: an overview, NeuroImage 80, 2013.")
+        # description: README.md; citation: CITATIONS.bib (Van Essen et al. 2013), read by TFDS
+        return slice_dataset_info(self, homepage="https://www.humanconnectome.org/study/hcp-young-adult", metadata=True)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         cfg = self.builder_config
         if cfg.space not in SPACES:
             raise ValueError(f"hcp_t2 config {cfg.name}: space must be one of {', '.join(SPACES)}, got {cfg.space!r}")
-        root = nifti_io.manual_root(dl_manager, self.name)
+        root = real_data.manual_root(dl_manager, self.name)
         subjects = find_subjects(root, cfg.space)
         if not subjects:
-            raise nifti_io.BadInputError(
+            raise real_data.BadInputError(
                 f"{root}: no HCP subject folders found (expected <subject>/{SPACES[cfg.space][0]}/"
                 f"{SPACES[cfg.space][1]})")
         if len(subjects) < 2:
-            raise nifti_io.BadInputError(f"{root}: only {len(subjects)} HCP subject; train and validation need 2 or more")
-        validation = nifti_io.validation_subset([s.name for s in subjects], cfg.validation_fraction, cfg.seed)
+            raise real_data.BadInputError(
+                f"{root}: only {len(subjects)} HCP subject; train and validation need 2 or more")
+        validation = real_data.validation_subset([s.name for s in subjects], cfg.validation_fraction, cfg.seed)
         return {
             "train": self._generate_examples("train", [s for s in subjects if s.name not in validation], root),
             "validation": self._generate_examples("validation", [s for s in subjects if s.name in validation], root),
@@ -98,14 +98,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         folder, image_name, mask_name = SPACES[cfg.space]
         image_path = subject / folder / image_name
         if not image_path.is_file():
-            raise nifti_io.bad(image_path, "missing T2 image (modality t2) of this subject")
-        image, affine = nifti_io.load_volume(image_path)
+            raise real_data.bad(image_path, "missing T2 image (modality t2) of this subject")
+        image, affine = real_data.load_volume(image_path)
         mask = None
         mask_path = subject / folder / mask_name
         if mask_path.is_file():
-            mask, mask_affine = nifti_io.load_volume(mask_path)
-            nifti_io.check_same_grid(mask_path, mask, mask_affine, image_path, image, affine, "brain mask")
-        return nifti_io.slices_of(image_path, image, affine, mask=mask, cfg=cfg)
+            mask, mask_affine = real_data.load_volume(mask_path)
+            real_data.check_same_grid(mask_path, mask, mask_affine, image_path, image, affine, "brain mask")
+        return real_data.slices_of(image_path, image, affine, mask=mask, cfg=cfg)
 
     def _generate_examples(self, split: str, subjects, root):
-        yield from nifti_io.case_examples(self, split, [(s.name, s) for s in subjects], self._load, root)
+        yield from real_data.case_examples(self, split, [(s.name, s) for s in subjects], self._load, root)

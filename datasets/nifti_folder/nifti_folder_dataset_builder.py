@@ -15,10 +15,11 @@ import logging
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfvae_datasets import nifti_io
+from tfvae_datasets import real_data
 from tfvae_datasets.slices import slice_dataset_info
 
 COMPANIONS = ("_seg", "_mask")
+TFVAE_OUTPUT_TAG = "_tfvae_"  # localize's outputs (tfvae.localization.OUTPUT_TAG): never a scan
 MAX_DEPTH = 8
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -32,7 +33,7 @@ Nothing in the folder is changed."""
 
 
 @dataclasses.dataclass(eq=False)
-class NiftiFolderConfig(nifti_io.SliceConfig):
+class NiftiFolderConfig(real_data.SliceConfig):
     """``folder``: read this folder instead of the manual folder; ``validation_fraction`` of the
     healthy scans (chosen by ``seed``) validate; ``labels``: the label values a segmentation may
     hold (stored unchanged; the whole tumour is ``label > 0``)."""
@@ -44,7 +45,8 @@ class NiftiFolderConfig(nifti_io.SliceConfig):
 
 
 def find_scans(root: epath.Path) -> list[tuple[str, epath.Path]]:
-    """(volume id, path) of every scan under ``root`` (companion files excluded), sorted."""
+    """(volume id, path) of every scan under ``root`` (companion files and tfvae's own outputs,
+    ``*_tfvae_*``, excluded), sorted."""
     scans, pending = [], [(root, "", 0)]
     while pending:  # an explicit walk: epath's glob refuses "**"
         folder, prefix, depth = pending.pop()
@@ -55,14 +57,14 @@ def find_scans(root: epath.Path) -> list[tuple[str, epath.Path]]:
                 if depth + 1 < MAX_DEPTH:
                     pending.append((path, f"{prefix}{path.name}/", depth + 1))
                 continue
-            stem = nifti_io.strip_nifti_suffix(path.name)
-            if stem is not None and not stem.endswith(COMPANIONS):
+            stem = real_data.strip_nifti_suffix(path.name)
+            if stem is not None and not stem.endswith(COMPANIONS) and TFVAE_OUTPUT_TAG not in stem:
                 scans.append((prefix + stem, path))
     return sorted(scans, key=lambda s: s[0])
 
 
 def companion(path: epath.Path, kind: str) -> epath.Path | None:
-    return nifti_io.find_nifti(path.parent, nifti_io.strip_nifti_suffix(path.name) + kind)
+    return real_data.find_nifti(path.parent, real_data.strip_nifti_suffix(path.name) + kind)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -75,23 +77,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "default"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return slice_dataset_info(self, homepage="https://brain-development.org/ixi-dataset/", citation="",
-                                  metadata=True)
+        # description: README.md; CITATIONS.bib is empty (the scans are the user's: cite their source)
+        return slice_dataset_info(self, homepage="https://brain-development.org/ixi-dataset/", metadata=True)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         cfg = self.builder_config
         if cfg.folder:
             root = epath.Path(cfg.folder).expanduser()
             if not root.is_dir():
-                raise nifti_io.bad(root, "folder not found (nifti_folder config field `folder`)")
+                raise real_data.bad(root, "folder not found (nifti_folder config field `folder`)")
         else:
-            root = nifti_io.manual_root(dl_manager, self.name)
+            root = real_data.manual_root(dl_manager, self.name)
         scans = find_scans(root)
         if not scans:
-            raise nifti_io.BadInputError(f"{root}: no NIfTI scans (.nii or .nii.gz) found")
+            raise real_data.BadInputError(f"{root}: no NIfTI scans (.nii or .nii.gz) found")
         test = [(vid, p) for vid, p in scans if companion(p, "_seg") is not None]
         healthy = [(vid, p) for vid, p in scans if companion(p, "_seg") is None]
-        validation = nifti_io.validation_subset([vid for vid, _ in healthy], cfg.validation_fraction, cfg.seed)
+        validation = real_data.validation_subset([vid for vid, _ in healthy], cfg.validation_fraction, cfg.seed)
         splits = {
             "train": [s for s in healthy if s[0] not in validation],
             "validation": [s for s in healthy if s[0] in validation],
@@ -106,18 +108,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _load(self, path: epath.Path):
         cfg = self.builder_config
-        image, affine = nifti_io.load_volume(path)
+        image, affine = real_data.load_volume(path)
         mask = label = None
         mask_path = companion(path, "_mask")
         if mask_path is not None:
-            mask, mask_affine = nifti_io.load_volume(mask_path)
-            nifti_io.check_same_grid(mask_path, mask, mask_affine, path, image, affine, "brain mask")
+            mask, mask_affine = real_data.load_volume(mask_path)
+            real_data.check_same_grid(mask_path, mask, mask_affine, path, image, affine, "brain mask")
         seg_path = companion(path, "_seg")
         if seg_path is not None:
-            seg, seg_affine = nifti_io.load_volume(seg_path)
-            nifti_io.check_same_grid(seg_path, seg, seg_affine, path, image, affine, "segmentation")
-            label = nifti_io.check_labels(seg_path, seg, cfg.labels)
-        return nifti_io.slices_of(path, image, affine, mask=mask, label=label, cfg=cfg)
+            seg, seg_affine = real_data.load_volume(seg_path)
+            real_data.check_same_grid(seg_path, seg, seg_affine, path, image, affine, "segmentation")
+            label = real_data.check_labels(seg_path, seg, cfg.labels)
+        return real_data.slices_of(path, image, affine, mask=mask, label=label, cfg=cfg)
 
     def _generate_examples(self, split, items, root):
-        yield from nifti_io.case_examples(self, split, items, self._load, root)
+        yield from real_data.case_examples(self, split, items, self._load, root)

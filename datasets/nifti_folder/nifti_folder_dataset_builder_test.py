@@ -1,4 +1,12 @@
-"""nifti_folder built through TFDS: healthy scans split by file, segmented scans for test."""
+"""nifti_folder built through TFDS: TFDS's own builder test on the checked-in dummy_data/, and
+builds from fabricated folders: healthy scans split by file, segmented scans for test.
+
+``dummy_data/`` is the manual folder of ``NiftiFolderTest``: ``IXI000-T2`` (with ``_mask``),
+``IXI001-T2``, ``IXI002-T2`` and ``lesions/case0`` (with ``_seg``), 24x28x20 voxels of 6 mm, 16
+kept slices each; written once by ``testing_trees.DUMMY_DATA["nifti_folder"]``:
+
+    python -m tfvae_datasets.testing_trees nifti_folder
+"""
 
 import os
 
@@ -6,10 +14,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
 
-from tfvae_datasets import nifti_io  # noqa: E402
+from tfvae_datasets import real_data  # noqa: E402
 from tfvae_datasets import testing_trees as tt  # noqa: E402
 from tfvae_datasets.nifti_folder import nifti_folder_dataset_builder as nf  # noqa: E402
+
+
+class NiftiFolderTest(tfds.testing.DatasetBuilderTestCase):
+    """TFDS's standard checks of the ``default`` config, built from dummy_data/ (the manual folder):
+    2 healthy scans train, 1 validates (10% of 3, at least one), the segmented one tests; 16 slices each."""
+
+    DATASET_CLASS = nf.Builder
+    SPLITS = {"train": 32, "validation": 16, "test": 16}
+
+
+def test_dummy_data_is_what_testing_trees_writes(tmp_path):
+    tt.assert_same_niftis(tt.dummy_data_dir("nifti_folder"), tt.write_dummy_data("nifti_folder", tmp_path))
 
 
 def test_healthy_scans_train_and_segmented_scans_test(tmp_path):
@@ -42,10 +63,10 @@ def test_unknown_label_and_empty_folder(tmp_path):
     _, _, label = tt.brain(seed=20, tumour=True)
     label[label == 4] = 9
     tt.save(seg, label)
-    with pytest.raises(nifti_io.BadInputError) as err:
+    with pytest.raises(real_data.BadInputError) as err:
         tt.build(nf.Builder, src, tmp_path / "tfds")
     assert str(err.value) == f"{seg}: unknown label value(s) [9] (expected [0, 1, 2, 3, 4])"
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "readme.txt").write_text("no scans")
-    with pytest.raises(nifti_io.BadInputError, match="empty: no NIfTI scans"):
+    with pytest.raises(real_data.BadInputError, match="empty: no NIfTI scans"):
         tt.build(nf.Builder, tmp_path / "empty", tmp_path / "tfds")

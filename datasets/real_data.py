@@ -1,5 +1,7 @@
-"""What the real-data builders share: their config fields, safe NIfTI reading (re-exported from
-``tfvae.nifti``), label checks, ``skip_bad`` handling and subject splits.
+"""The plumbing the real-data builders (hcp_t2, brats, nifti_folder) share: their config fields
+(``SliceConfig``), the manual folder they read (``manual_root``), the case loop of their
+``_generate_examples`` (``case_examples``), ``skip_bad`` handling (``CaseSkipper``), seeded subject
+splits (``validation_subset``), label checks, and safe NIfTI reading (re-exported from ``tfvae.nifti``).
 
 Every problem with a source file becomes a ``BadInputError`` whose message is one line that names
 the file and the problem (``<path>: <problem>``): a missing, corrupt or truncated file, a 2D or 4D

@@ -1,0 +1,98 @@
+"""tfvae.Run: the run layout, markers, and replacing runs and evaluations without losing anything."""
+
+import json
+import os
+
+import pytest
+
+from script_loader import ROOT, load_script
+from tfvae import config as config_lib
+from tfvae.run import MARKER_FILE, Run, RunDirError, is_ours, sibling
+
+BETA10 = os.path.join(ROOT, "configs", "beta10.json")
+train_script = load_script("train")
+evaluate_script = load_script("evaluate")
+
+
+def test_a_folder_without_our_marker_is_never_deleted(tmp_path, tiny_overrides, capsys):
+    folder = tmp_path / "P"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "notes.txt").write_text("keep")
+    assert train_script.main(["--config", BETA10, "--run-dir", str(folder), "--overwrite",
+                              "--set", *tiny_overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no .tfvae marker" in err and "\n" not in err
+    assert (folder / "notes.txt").read_text() == "keep" and (folder / "sub").is_dir()
+
+
+def test_overwrite_checks_first_and_puts_the_old_run_back_when_the_new_one_fails(tmp_path, tiny_overrides, capsys):
+    run_dir = str(tmp_path / "R")
+    old = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides))
+    (tmp_path / "R" / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    before = sorted(os.listdir(run_dir))
+    # a mistyped split: found before the old run is touched
+    assert train_script.main(["--config", BETA10, "--run-dir", run_dir, "--overwrite",
+                              "--set", *tiny_overrides, "data.train_split=trian"]) == 2
+    assert "'trian'" in capsys.readouterr().err
+    assert sorted(os.listdir(run_dir)) == before and old.config()["data"]["train_split"] == "train"
+    # a failure during training (here: the data disappears): the old run comes back
+    new = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["train.epochs=1"]), overwrite=True)
+    assert os.path.isdir(new.replaced) and is_ours(new.replaced, "run")
+    config = new.config()
+    config_lib.save(config_lib.resolve(config, ["data.validation_split=gone"]), new.config_path)
+    with pytest.raises(Exception):
+        new.train(verbose=0)
+    assert not os.path.exists(new.replaced)
+    assert (tmp_path / "R" / "history.csv").read_text() == "epoch,loss\n0,1.0\n"  # the old run, whole
+
+
+def test_overwrite_replaces_a_run_and_deletes_the_old_one_only_after_success(tmp_path, tiny_overrides):
+    run_dir = str(tmp_path / "R")
+    Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["train.epochs=1"])).train(verbose=0)
+    new = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["train.epochs=1", "model.beta=2"]),
+                     overwrite=True)
+    assert json.loads(open(os.path.join(new.replaced, "config.json")).read())["model"]["beta"] == 10.0
+    new.train(verbose=0)
+    assert not os.path.exists(new.replaced) and new.config()["model"]["beta"] == 2.0
+    assert json.loads((tmp_path / "R" / MARKER_FILE).read_text())["kind"] == "run"
+
+
+def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from tfvae import evaluation
+
+    run_dir = str(tmp_path / "R")
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*"))
+    run = Run(run_dir)
+    fast = ['evaluate.predictors=["rec_error", "intensity"]']
+    first = run.evaluate(overrides=fast, verbose=False)
+    assert is_ours(run.eval_dir, "evaluation") and set(first) == {"rec_error", "intensity"}
+    # a folder that is not ours, given as --out, is never replaced
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "results.json").write_text("{}")
+    assert evaluate_script.main(["--run-dir", run_dir, "--out", str(foreign), "--overwrite"]) == 2
+    assert "no .tfvae marker" in capsys.readouterr().err and (foreign / "results.json").read_text() == "{}"
+    # a mistyped test split: one line, the old evaluation untouched
+    assert evaluate_script.main(["--run-dir", run_dir, "--overwrite", "--set", "data.test_split=tst"]) == 2
+    assert "'tst'" in capsys.readouterr().err
+    assert json.loads(open(os.path.join(run.eval_dir, "results.json")).read()).keys() == first.keys()
+
+    # killed while writing: the previous evaluation stays, the partial one is named, then cleared
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation.reporting, "save_figures", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
+    monkeypatch.undo()
+    partial = sibling(run.eval_dir, "partial")
+    assert os.path.isdir(partial)
+    assert set(json.loads(open(os.path.join(run.eval_dir, "results.json")).read())) == {"rec_error", "intensity"}
+    with pytest.raises(RunDirError, match="interrupted evaluation"):
+        run.evaluate(overrides=fast, verbose=False)
+    again = run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
+    assert set(again) == {"intensity"} and not os.path.exists(partial)
+    assert not [p for p in os.listdir(run_dir) if ".tfvae-" in p]
