@@ -116,3 +116,40 @@ def test_outputs_never_land_among_inputs_and_are_never_read_as_scans(tiny_run, l
     with open(os.path.join(out, "summary.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [os.path.basename(r["scan"]) for r in rows] == ["patient_t2.nii.gz", "other_t2.nii.gz"]
+
+
+def test_broken_headers_unreadable_scans_and_broken_models_are_one_line(tiny_run, lps_scan, tmp_path, capsys,
+                                                                        monkeypatch):
+    import shutil
+    import struct
+
+    path, _, _ = lps_scan
+    header = tmp_path / "badcode_t2.nii"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(header))
+    raw = bytearray(header.read_bytes())
+    raw[70:72] = struct.pack("<h", 999)  # datatype: no such code
+    header.write_bytes(bytes(raw))
+    assert localize_script.main(["--run-dir", tiny_run, str(header), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(header) in err and "invalid NIfTI header" in err
+
+    real_load = nib.load
+
+    def denied(p, *a, **k):
+        if str(p).endswith("patient_t2.nii.gz"):
+            raise PermissionError(13, "Permission denied")
+        return real_load(p, *a, **k)
+
+    monkeypatch.setattr(nib, "load", denied)
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert path in err and "permission denied" in err and "corrupt" not in err
+    monkeypatch.undo()
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*", "thresholds.json"))
+    model = run_dir / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
+    assert localize_script.main(["--run-dir", str(run_dir), path, "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(model) in err and "cannot load the model" in err

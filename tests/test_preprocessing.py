@@ -118,3 +118,20 @@ def test_a_label_of_another_shape_is_refused():
     image, label, affine = ellipsoid_scan()
     with pytest.raises(PreprocessingError, match=r"label shape \(60, 70, 49\) does not match image shape"):
         prep.volume_to_slices(image, affine, label=label[..., 1:])
+
+
+def test_an_oblique_affine_samples_like_the_same_voxel_size_without_rounding_noise():
+    """A 25-degree rotation makes the affine's column norms 1 +- ~1e-7: the slices are sampled as
+    for exactly 1 mm voxels (voxel sizes are compared to 1e-5 mm)."""
+    import nibabel as nib
+
+    angle = np.deg2rad(25.0)
+    oblique = np.eye(4)
+    oblique[:2, :2] = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]],
+                               dtype=np.float32)  # as stored in a NIfTI header
+    assert not np.all(nib.affines.voxel_sizes(oblique) == 1.0)  # the float noise is there
+    np.testing.assert_array_equal(prep.canonical_voxel_sizes(oblique), [1.0, 1.0, 1.0])
+    image = np.zeros((40, 40, 12), np.float32)
+    image[8:32, 6:34, 2:10] = np.random.default_rng(0).random((24, 28, 8)) + 1
+    sliced = prep.volume_to_slices(image, oblique, image_size=32, fov_mm=48.0)
+    assert sliced.geometry.step == (1.5, 1.5)

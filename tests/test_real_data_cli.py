@@ -94,3 +94,31 @@ def test_paper_configs_train_on_hcp_and_test_on_brats():
     assert quick["data"]["name"] == "brain_phantom" and quick["data"]["test_name"] is None
     for name in ("hcp_t2", "brats", "nifti_folder"):
         assert data.builder({**paper["data"], "name": name, "config": "default"}).builder_config.image_size == 64
+
+
+def test_a_built_dataset_is_rebuilt_when_its_source_changes_never_silently_reused(tmp_path):
+    import shutil
+
+    src = tmp_path / "scans"
+    tt.nifti_folder_tree(str(src), healthy=4, with_seg=2)
+    config = {"name": "nifti_folder", "config": "default", "data_dir": str(tmp_path / "tfds"), "image_size": 32,
+              "manual_dir": str(src)}
+    lines = []
+    test_ids = lambda: sorted({ex["volume_id"].decode() for ex in data.load_split(config, "test")
+                               .as_numpy_iterator()})
+    data.prepare(config, log=lines.append)
+    before = test_ids()
+    data.prepare(config, log=lines.append)
+    assert lines == []  # unchanged: reused, nothing said
+    # a case deleted: rebuilt, and it says why
+    for name in os.listdir(src / "lesions"):
+        if name.startswith("case1"):
+            os.remove(src / "lesions" / name)
+    data.prepare(config, log=lines.append)
+    assert len(lines) == 1 and "rebuilding nifti_folder/default" in lines[0] and "changed" in lines[0]
+    assert before == ["lesions/case0", "lesions/case1"] and test_ids() == ["lesions/case0"]
+    # the same files in another folder (--manual-dir changed): rebuilt too
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(src, moved)
+    data.prepare({**config, "manual_dir": str(moved)}, log=lines.append)
+    assert len(lines) == 2 and str(moved) in lines[1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 
 import numpy as np
@@ -106,12 +107,78 @@ def check_available(data_config: dict) -> tfds.core.DatasetBuilder:
     return b
 
 
-def prepare(data_config: dict) -> tfds.core.DatasetBuilder:
-    """The builder, built (from the manual folder for real data) when it is not built yet."""
+SOURCE_RECORD = "tfvae_source.json"  # beside a built real dataset: the folder and files it was built from
+
+
+def source_folder(b: tfds.core.DatasetBuilder, data_config: dict) -> str | None:
+    """The folder a real-data builder reads (its ``folder`` field, else the manual folder or its
+    ``<dataset>/`` subfolder, as the builders choose); None for a generated dataset."""
+    if not b.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        return None
+    folder = getattr(b.builder_config, "folder", None) or manual_dir(data_config) or \
+        os.path.join(b.data_dir_root, "downloads", "manual")
+    folder = os.path.abspath(os.path.expanduser(folder))
+    sub = os.path.join(folder, b.name)
+    return sub if os.path.isdir(sub) else folder
+
+
+def source_fingerprint(folder: str) -> str:
+    """SHA-256 over the NIfTI files under ``folder``: relative path, size and modification time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for parent, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith((".nii", ".nii.gz")):
+                path = os.path.join(parent, name)
+                st = os.stat(path)
+                digest.update(f"{os.path.relpath(path, folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _stale_reason(b: tfds.core.DatasetBuilder, folder: str) -> str | None:
+    """Why a built real dataset no longer matches its source folder, or None when it does."""
+    record = os.path.join(os.fspath(b.data_dir), SOURCE_RECORD)
+    if not os.path.isfile(record):
+        return "it records no source folder (built by an older tfvae)"
+    with open(record) as f:
+        built = json.load(f)
+    if built.get("folder") != folder:
+        return f"it was built from {built.get('folder')}, the data is now read from {folder}"
+    if built.get("fingerprint") != source_fingerprint(folder):
+        return f"files under {folder} were added, removed or changed since it was built"
+    return None
+
+
+def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
+    """The builder, built when it is not built yet. A real dataset (built from the manual folder)
+    records its source folder and a fingerprint of its files, and is rebuilt -- with one line saying
+    why -- when either differs, never silently reused."""
     b = check_available(data_config)
+    folder = source_folder(b, data_config)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir(data_config))
+    if b.is_prepared() and folder is not None and os.path.isdir(folder):
+        reason = _stale_reason(b, folder)
+        if reason:
+            log(f"rebuilding {data_config['name']}/{b.builder_config.name}: {reason}")
+            config = tfds.download.DownloadConfig(manual_dir=manual_dir(data_config),
+                                                  download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
+            b.download_and_prepare(download_config=config)
+            _record_source(b, folder)
+        return b
     if not b.is_prepared():
-        b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir(data_config)))
+        b.download_and_prepare(download_config=config)
+        if folder is not None:
+            _record_source(b, folder)
     return b
+
+
+def _record_source(b: tfds.core.DatasetBuilder, folder: str) -> None:
+    path = os.path.join(os.fspath(b.data_dir), SOURCE_RECORD)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"folder": folder, "fingerprint": source_fingerprint(folder)}, f)
+    os.replace(path + ".tmp", path)
 
 
 def check_splits(data_config: dict, splits) -> None:

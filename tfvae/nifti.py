@@ -73,6 +73,10 @@ def load_volume(path, *, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
         affine = np.asarray(img.affine, np.float64)
     except BadInputError:
         raise
+    except PermissionError:
+        raise bad(path, "cannot be read (permission denied)") from None
+    except nib.spatialimages.HeaderDataError as e:
+        raise bad(path, f"invalid NIfTI header: {e}") from None
     except (nib.filebasedimages.ImageFileError, EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError,
             MemoryError) as e:
         raise bad(path, f"cannot read NIfTI (corrupt or truncated file?): {type(e).__name__}: {e}") from None

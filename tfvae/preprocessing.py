@@ -92,9 +92,13 @@ def from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return ornt_lib.apply_orientation(data, transform)
 
 
+VOXEL_DECIMALS = 5  # voxel sizes are compared to 1e-5 mm: an oblique affine's float noise is no change
+
+
 def canonical_voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    """Voxel sizes (mm) along the canonical x, y, z axes."""
-    sizes = nib.affines.voxel_sizes(affine)
+    """Voxel sizes (mm) along the canonical x, y, z axes, rounded to ``VOXEL_DECIMALS`` (the column
+    norms of a rotated affine carry ~1e-7 mm of rounding noise that must not change the sampling)."""
+    sizes = np.round(nib.affines.voxel_sizes(affine), VOXEL_DECIMALS)
     axis_of = ornt_lib.io_orientation(affine)[:, 0].astype(int)  # source axis i -> canonical axis
     out = np.empty(3)
     out[axis_of] = sizes

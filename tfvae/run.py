@@ -158,7 +158,12 @@ class Run:
         path = self.model_path(checkpoint)
         if not os.path.isfile(path):
             raise RunDirError(f"{path} not found (train the run first, or pick another checkpoint)")
-        return load(path)
+        try:
+            return load(path)
+        except Exception as e:  # Keras reports a truncated zip as "File not found", a bad member as BadZipFile
+            reason = " ".join(str(e).split())[:200]
+            raise RunDirError(f"{path}: cannot load the model (corrupt or truncated file? "
+                              f"{type(e).__name__}: {reason})") from None
 
     # --- jobs --------------------------------------------------------------------------------------
     @classmethod

@@ -60,7 +60,11 @@ def find_scans(root: epath.Path) -> list[tuple[str, epath.Path]]:
             stem = real_data.strip_nifti_suffix(path.name)
             if stem is not None and not stem.endswith(COMPANIONS) and TFVAE_OUTPUT_TAG not in stem:
                 scans.append((prefix + stem, path))
-    return sorted(scans, key=lambda s: s[0])
+    scans.sort(key=lambda s: (s[0], str(s[1])))
+    for (first_id, first), (second_id, second) in zip(scans, scans[1:]):
+        if first_id == second_id:  # e.g. patient0.nii beside patient0.nii.gz: one volume id, two scans
+            raise real_data.bad(first, f"the same case {first_id!r} as {second}; keep one of them")
+    return scans
 
 
 def companion(path: epath.Path, kind: str) -> epath.Path | None:

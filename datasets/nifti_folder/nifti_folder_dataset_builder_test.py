@@ -70,3 +70,18 @@ def test_unknown_label_and_empty_folder(tmp_path):
     (tmp_path / "empty" / "sub" / "readme.txt").write_text("no scans")
     with pytest.raises(real_data.BadInputError, match="empty: no NIfTI scans"):
         tt.build(nf.Builder, tmp_path / "empty", tmp_path / "tfds")
+
+
+def test_two_files_of_one_case_are_an_error_naming_both(tmp_path):
+    import nibabel as nib
+    from etils import epath
+
+    from tfvae_datasets.nifti_folder.nifti_folder_dataset_builder import find_scans
+
+    src = tt.nifti_folder_tree(str(tmp_path / "scans"), healthy=2, with_seg=1)
+    gz = os.path.join(src, "IXI001-T2.nii.gz")
+    nib.save(nib.load(gz), os.path.join(src, "IXI001-T2.nii"))  # the same case, uncompressed beside it
+    with pytest.raises(real_data.BadInputError) as err:
+        find_scans(epath.Path(src))
+    message = str(err.value)
+    assert message.startswith(os.path.join(src, "IXI001-T2.nii: ")) and gz in message and "\n" not in message
