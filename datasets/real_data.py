@@ -143,6 +143,10 @@ def case_examples(builder, split: str, cases, load, root):
         sliced = skipper.run(case_id, lambda: load(item))
         if sliced is None:
             continue
+        if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV:
+            log.warning("%s %s: %.1f%% of the brain lies outside the %g mm field of view (check the voxel sizes "
+                        "in the header); those voxels are not in the dataset", builder.name, case_id,
+                        100 * sliced.outside_fov, builder.builder_config.fov_mm)
         for key, example in slice_examples(case_id, sliced):
             count += 1
             yield key, example

@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys "
                    "(e.g. postprocess.min_component_voxels=8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--force", action="store_true", help="score a scan even when part of its brain lies outside "
+                                                        "the run's field of view")
     return p.parse_args(argv)
 
 
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     run = Run(args.run_dir)
     try:
         localizer = localization.Localizer(run, run.config(args.set), predictor=args.predictor, fpr=args.fpr,
-                                           checkpoint=args.checkpoint)
+                                           checkpoint=args.checkpoint, force=args.force)
         localization.localize_files(localizer, files, args.out, mask=args.mask, overwrite=args.overwrite,
                                     warn=lambda line: print(line, file=sys.stderr))
     except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError) as e:

@@ -153,3 +153,18 @@ def test_broken_headers_unreadable_scans_and_broken_models_are_one_line(tiny_run
     assert localize_script.main(["--run-dir", str(run_dir), path, "--out", str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(model) in err and "cannot load the model" in err
+
+
+def test_a_brain_larger_than_the_field_of_view_is_refused_unless_forced(tiny_run, lps_scan, tmp_path, capsys):
+    path, _, affine = lps_scan
+    img = nib.load(path)
+    wrong = affine.copy()
+    wrong[:3, :3] *= 10  # a header claiming 12 mm voxels: the brain is ten times too large
+    big = tmp_path / "big_t2.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32), wrong), str(big))
+    assert localize_script.main(["--run-dir", tiny_run, str(big), "--out", str(tmp_path / "o"),
+                                 "--predictor", "rec_error"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(big) in err and "% of the brain lies outside" in err and "--force" in err and "\n" not in err
+    assert localize_script.main(["--run-dir", tiny_run, str(big), "--out", str(tmp_path / "o"),
+                                 "--predictor", "rec_error", "--force"]) == 0

@@ -135,3 +135,14 @@ def test_an_oblique_affine_samples_like_the_same_voxel_size_without_rounding_noi
     image[8:32, 6:34, 2:10] = np.random.default_rng(0).random((24, 28, 8)) + 1
     sliced = prep.volume_to_slices(image, oblique, image_size=32, fov_mm=48.0)
     assert sliced.geometry.step == (1.5, 1.5)
+
+
+def test_the_fraction_of_the_brain_outside_the_field_of_view_is_measured():
+    image = np.zeros((40, 48, 10), np.float32)
+    image[4:36, 4:44, 2:8] = np.random.default_rng(0).random((32, 40, 6)) + 1
+    fits = prep.volume_to_slices(image, np.diag([2.0, 2.0, 2.0, 1.0]), image_size=32, fov_mm=192.0)
+    assert fits.outside_fov == 0.0  # 64 x 80 mm of brain in a 192 mm square
+    # the same voxels claimed to be 10 mm: 320 x 400 mm of brain, a 192 mm square holds part of it
+    huge = prep.volume_to_slices(image, np.diag([10.0, 10.0, 10.0, 1.0]), image_size=32, fov_mm=192.0)
+    inside = min(1.0, 192 / 320) * min(1.0, 192 / 400)
+    assert huge.outside_fov == pytest.approx(1 - inside, abs=0.05)

@@ -95,9 +95,13 @@ class Localized:
 
 def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, threshold: float,
              settings: dict, image_size: int, fov_mm: float, min_brain_fraction: float,
-             mask: np.ndarray | None = None, clip: float | None = None) -> Localized:
+             mask: np.ndarray | None = None, clip: float | None = None, force: bool = False) -> Localized:
     sliced = preprocessing.volume_to_slices(data, affine, mask=mask, image_size=image_size, fov_mm=fov_mm,
                                             min_brain_fraction=min_brain_fraction)
+    if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV and not force:
+        raise ValueError(f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field "
+                         "of view and would not be scored (check the voxel sizes in the header); pass --force "
+                         "(force=True) to score the rest anyway")
     sliced = dataclasses.replace(sliced, image=clip_lib(sliced.image, clip))
     volume = Volume("scan", sliced.image, sliced.label, sliced.brain_mask, sliced.slice_index,
                     sliced.geometry, maps=scorer(sliced.image, sliced.brain_mask))
@@ -117,7 +121,7 @@ class Localizer:
     """Localizes scans with one run, predictor and false-positive rate (``Run.localize``)."""
 
     def __init__(self, run, config: dict, *, predictor: str = "recommended", fpr: float = 0.05,
-                 checkpoint: str = "final"):
+                 checkpoint: str = "final", force: bool = False):
         from tfvae import data
         from tfvae.predictors import ALL_PREDICTORS
 
@@ -128,6 +132,7 @@ class Localizer:
         if not 0 < fpr < 1:
             raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
         self.run, self.config, self.predictor, self.fpr, self.checkpoint = run, config, predictor, fpr, checkpoint
+        self.force = force
         self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
         self.threshold = run.threshold(predictor, fpr, config=config, checkpoint=checkpoint, scorer=self.scorer)
         self.builder_config = data.builder(config["data"]).builder_config
@@ -156,7 +161,7 @@ class Localizer:
         result = localize(self.scorer, data, affine, predictor=self.predictor, threshold=self.threshold,
                           settings=self.config["postprocess"], image_size=self.config["data"]["image_size"],
                           fov_mm=self.builder_config.fov_mm, min_brain_fraction=self.builder_config.min_brain_fraction,
-                          mask=mask, clip=self.config["data"]["clip"])
+                          mask=mask, clip=self.config["data"]["clip"], force=self.force)
         result.warnings, result.image = warnings, data
         return result
 

@@ -18,6 +18,10 @@
 5. Slice selection: axial slices whose resampled brain area is below ``min_brain_fraction`` of the
    largest slice's are skipped (the ends of the brain, which carry little anatomy).
 
+``SlicedVolume.outside_fov`` is the fraction of the brain's voxels that fall outside the square
+field of view (a brain larger than ``fov_mm``, or wrong voxel sizes in the header): the real-data
+builders warn about it, localize refuses such a scan unless forced (``MAX_OUTSIDE_FOV``).
+
 ``SliceGeometry`` records what is needed to put 2D maps back into the source volume, which
 ``slices_to_volume`` does (canonical grid, then the source's own axis order and flips).
 """
@@ -78,6 +82,7 @@ class SlicedVolume:
     label: np.ndarray        # uint8, the source's label values (zeros when none given)
     slice_index: np.ndarray  # int32, canonical z index of each kept slice
     geometry: SliceGeometry
+    outside_fov: float = 0.0  # the fraction of the brain's voxels outside the field of view (in-plane)
 
 
 def to_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -92,6 +97,7 @@ def from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return ornt_lib.apply_orientation(data, transform)
 
 
+MAX_OUTSIDE_FOV = 0.02  # more of the brain outside the field of view than this: warned / refused
 VOXEL_DECIMALS = 5  # voxel sizes are compared to 1e-5 mm: an oblique affine's float noise is no change
 
 
@@ -152,6 +158,11 @@ def volume_to_slices(image: np.ndarray, affine: np.ndarray, *, mask: np.ndarray 
     smooth = ndimage.gaussian_filter(data, sigma) if any(sigma) else data
     brain_f = brain.astype(np.float32)
 
+    # brain voxels outside the square field of view are lost: say how many
+    half_x, half_y = image_size * step[0] / 2.0, image_size * step[1] / 2.0
+    inside = ((np.abs(bx - center[0]) <= half_x) & (np.abs(by - center[1]) <= half_y)).sum()
+    outside_fov = float(1.0 - inside / len(bx))
+
     x, y = _sample_grid(center, step, image_size)
     n_z = data.shape[2]
     coords = np.stack([np.broadcast_to(x, (n_z,) + x.shape), np.broadcast_to(y, (n_z,) + y.shape),
@@ -168,7 +179,7 @@ def volume_to_slices(image: np.ndarray, affine: np.ndarray, *, mask: np.ndarray 
     return SlicedVolume(image=out_image[..., None].astype(np.float32),
                         brain_mask=out_brain[keep][..., None].astype(np.uint8),
                         label=out_label[..., None].astype(np.uint8),
-                        slice_index=keep.astype(np.int32), geometry=geometry)
+                        slice_index=keep.astype(np.int32), geometry=geometry, outside_fov=outside_fov)
 
 
 def slices_to_volume(maps: np.ndarray, slice_index, geometry: SliceGeometry, *, order: int = 1,

@@ -306,15 +306,17 @@ class Run:
         return threshold
 
     def localize(self, scan, *, fpr: float = 0.05, predictor: str = "recommended", mask=None, affine=None,
-                 overrides=(), checkpoint: str = "final"):
+                 overrides=(), checkpoint: str = "final", force: bool = False):
         """Anomaly score, calibrated mask and connected findings of one scan (a NIfTI path, or an
         array with ``affine``), in the scan's own grid: a ``localization.Localized`` whose
         ``warnings`` list what differs from the training scans. ``mask``: a brain mask (path or
-        array; default: the scan's non-zero voxels)."""
+        array; default: the scan's non-zero voxels). A scan with more than 2 % of its brain outside
+        the run's field of view is refused unless ``force``."""
         from tfvae import localization
 
         config = self.config(overrides)
-        localizer = localization.Localizer(self, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint)
+        localizer = localization.Localizer(self, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint,
+                                           force=force)
         return localizer(scan, mask=mask, affine=affine)
 
 
