@@ -138,11 +138,12 @@ def case_examples(builder, split: str, cases, load, root):
     (``CaseSkipper``), and an empty split is an error.
     """
     skipper = CaseSkipper(builder.builder_config.skip_bad, builder.name, split, builder.info.metadata)
-    count = 0
+    count = volumes = 0
     for case_id, item in cases:
         sliced = skipper.run(case_id, lambda: load(item))
         if sliced is None:
             continue
+        volumes += 1
         if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV:
             log.warning("%s %s: %.1f%% of the brain lies outside the %g mm field of view (check the voxel sizes "
                         "in the header); those voxels are not in the dataset", builder.name, case_id,
@@ -151,3 +152,5 @@ def case_examples(builder, split: str, cases, load, root):
             count += 1
             yield key, example
     skipper.finish(count, root)
+    if builder.info.metadata is not None:  # shown when a run starts (tfvae.data.describe)
+        builder.info.metadata.setdefault("volumes", {})[split] = volumes

@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--layers", action="store_true", help="also time each layer's forward and backward pass "
                                                          "(where the training step spends its time)")
     args = p.parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import benchmark
 
     benchmark.run(quick=args.quick, out_path=args.out, data_dir=args.data_dir, layers=args.layers)

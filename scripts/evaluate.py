@@ -35,6 +35,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import config as config_lib
     from tfvae import data, reporting
     from tfvae.run import Run, RunDirError
@@ -51,6 +54,8 @@ def main(argv=None) -> int:
             raise RunDirError(f"{run.model_path(args.checkpoint)} not found (train the run first, or pick --checkpoint)")
         data.check_splits(data.test_data_config(config["data"]), [config["data"]["test_split"]])
         data.check_splits(config["data"], [config["data"]["validation_split"]])
+        print(f"healthy validation data: {data.describe(config['data'])}")
+        print(f"test data: {data.describe(data.test_data_config(config['data']))}")
         results = run.evaluate(overrides=overrides, checkpoint=args.checkpoint, out_dir=args.out,
                                overwrite=args.overwrite)
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:

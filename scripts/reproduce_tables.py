@@ -44,6 +44,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import config as config_lib
     from tfvae import data, reproduce
 

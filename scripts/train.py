@@ -43,6 +43,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import config as config_lib
     from tfvae import data
     from tfvae.callbacks import NonFiniteLoss
@@ -63,6 +66,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    print(f"data: {data.describe(run.config()['data'])}")
+    warning = data.test_data_warning(run.config()["data"])  # found now, not after the last epoch
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"run directory: {run.dir}  (tensorboard --logdir {run.logs_dir})")
     try:
         history = run.train()

@@ -181,6 +181,44 @@ def _record_source(b: tfds.core.DatasetBuilder, folder: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+def describe(data_config: dict) -> str:
+    """One line naming the dataset a job uses: name/config, where it is built, when and from what,
+    and its volumes and slices per split (builds it first if needed)."""
+    import datetime
+
+    b = prepare(data_config, log=lambda line: None)
+    info_path = os.path.join(os.fspath(b.data_dir), "dataset_info.json")
+    when = datetime.datetime.fromtimestamp(os.path.getmtime(info_path)).strftime("%Y-%m-%d %H:%M")
+    record = os.path.join(os.fspath(b.data_dir), SOURCE_RECORD)
+    if os.path.isfile(record):
+        with open(record) as f:
+            source = "from " + json.load(f)["folder"]
+    else:
+        source = "generated, no download" if not b.MANUAL_DOWNLOAD_INSTRUCTIONS else "from an unrecorded folder"
+    counts = (b.info.metadata or {}).get("volumes", {}) if b.info.metadata is not None else {}
+    cfg = b.builder_config
+    parts = []
+    for split, info in b.info.splits.items():
+        volumes = counts.get(split) or (cfg.num_volumes(split) if hasattr(cfg, "num_volumes") else None)
+        parts.append(f"{split} {f'{volumes} volumes / ' if volumes else ''}{info.num_examples} slices")
+    return (f"{data_config['name']}/{cfg.name} in {os.fspath(b.data_dir)} (built {when}, {source}): "
+            + ", ".join(parts))
+
+
+def test_data_warning(data_config: dict) -> str | None:
+    """When evaluation will score another dataset than training uses (``data.test_name``), why it
+    cannot yet (one line, said before the first epoch), else None."""
+    test = test_data_config(data_config)
+    if (test["name"], test["config"]) == (data_config["name"], data_config["config"]):
+        return None
+    try:
+        check_available(test)
+    except DataError as e:
+        return (f"the test data {test['name']}/{test['config']} is not available yet; evaluation will need it "
+                f"({str(e).splitlines()[0]})")
+    return None
+
+
 def check_splits(data_config: dict, splits) -> None:
     """Build the dataset if needed and check that it has every split of ``splits``: a mistyped
     split name is found before anything (a run directory, an evaluation) is touched."""

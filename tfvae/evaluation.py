@@ -182,7 +182,9 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
                            if "ensemble" in predictors else ([], sorted(set(ids))))
-    progress = keras.utils.Progbar(len(ids), verbose=1 if verbose else 0, unit_name="slice")
+    from tfvae.console import progress_verbosity
+
+    progress = keras.utils.Progbar(len(ids), verbose=progress_verbosity() if verbose else 0, unit_name="slice")
     figures = FigureSlices(ev["num_figures"])
     consumers: list = [figures] + ([NiftiMaps(os.path.join(out_dir, "maps"))] if ev["write_nifti"] else [])
     fitted: dict = {}

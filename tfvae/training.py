@@ -56,6 +56,10 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
     model of ``config`` to train (as ``build_model`` makes it, under ``strategy(config).scope()``;
     e.g. a Keras Tuner HyperModel's ``build``), else one is built here."""
     keras.utils.set_random_seed(config["seed"])
+    if verbose == "auto":  # progress bars on a terminal, one line per epoch in a log file
+        from tfvae.console import progress_verbosity
+
+        verbose = progress_verbosity()
     t = config["train"]
     train_examples = data.load_split(config["data"], config["data"]["train_split"])
     validation_examples = data.load_split(config["data"], config["data"]["validation_split"])

@@ -1,0 +1,47 @@
+"""A quiet console: no TensorFlow/absl/CUDA/oneDNN start-up lines, one line per epoch in a log
+file, and --help without importing TensorFlow."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from script_loader import ROOT
+from tfvae import console
+
+NOISE = re.compile(r"^[IWE]0000 |absl::InitializeLog|cuInit|oneDNN|cuda drivers|Using custom data configuration|\x1b\[")
+
+
+def test_known_noise_is_recognised_and_real_messages_are_not():
+    assert console.is_noise("E0000 00:00:1795935095.404798 2881 cuda_platform.cc:52] failed call to cuInit: INTERNAL")
+    assert console.is_noise("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
+    assert not console.is_noise("ValueError: data.test_split: brats has no split 'tst'")
+    assert not console.is_noise("warning: the test data brats/default is not available yet")
+
+
+@pytest.mark.slow
+def test_a_tiny_training_in_a_log_file_prints_no_noise(tiny_data_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config",
+         os.path.join(ROOT, "configs", "quickstart.json"), "--run-dir", str(tmp_path / "run"), "--set",
+         "data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}", "train.epochs=2",
+         "model.latent_dim=8", "train.batch_size=16"],
+        capture_output=True, text=True, env=env, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    noisy = [line for line in output.splitlines() if NOISE.search(line)]
+    assert not noisy, noisy
+    assert "data: brain_phantom/tiny" in output and "3 volumes / 95 slices" in output
+    epochs = [line for line in result.stdout.splitlines() if re.match(r"\d+/\d+ - ", line)]
+    assert len(epochs) == 2  # one line per epoch: stdout is not a terminal
+
+
+def test_help_does_not_import_tensorflow():
+    for script in ("train", "evaluate", "localize", "reproduce_tables"):
+        result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "scripts", f"{script}.py"),
+                                 "--help"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "usage:" in result.stdout
+        assert not re.search(r"\|\s+tensorflow$", result.stderr, re.M), script

@@ -1,0 +1,68 @@
+"""A quiet, honest console: TensorFlow imported without its start-up noise, and Keras progress bars
+only where a terminal shows them.
+
+Importing TensorFlow prints lines through absl before its log level applies ("All log messages
+before absl::InitializeLog()", oneDNN and CUDA notices, and on a machine without a GPU an
+``E0000 ... failed call to cuInit`` that reads as an error), and TFDS repeats "Using custom data
+configuration" at INFO. ``quiet_tensorflow()`` imports TensorFlow (and probes the devices, where
+the CUDA lines come from) with the process's stderr captured, then passes on every captured line
+that is not such known noise, so real warnings and errors still show. Scripts call it after parsing
+their arguments (``--help`` never imports TensorFlow).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+
+NOISE = re.compile("|".join([
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"oneDNN custom operations are on",
+    r"Could not find cuda drivers on your machine",
+    r"failed call to cuInit",
+    r"cudart_stub\.cc",
+    r"This TensorFlow binary is optimized to use available CPU instructions",
+    r"To enable the following instructions: .* rebuild TensorFlow",
+    r"Unable to register cu(DNN|FFT|BLAS) factory",
+    r"computation_placer\.cc",
+    r"TF-TRT Warning",
+    r"cuda_(dnn|fft|blas)\.cc",
+]))
+
+
+def is_noise(line: str) -> bool:
+    return bool(NOISE.search(line))
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow (and list its devices) without the start-up noise; idempotent."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probing (and its cuInit line) happens here
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                if line.strip() and not is_noise(line)]
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS's INFO lines ("Using custom data configuration")
+
+
+def progress_verbosity() -> int:
+    """Keras ``verbose``: 1 (progress bars) on a terminal, 2 (one line per epoch) in a log file."""
+    return 1 if sys.stdout.isatty() else 2
