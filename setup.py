@@ -8,6 +8,7 @@ setup(
     description="Unsupervised anomaly localization in brain MRI with VAEs and beta-VAEs (TensorFlow/Keras)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     # The TFDS builders live in the top-level folder datasets/ but install as ``tfvae_datasets``,
     # so they never shadow the Hugging Face ``datasets`` package.

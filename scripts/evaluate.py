@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     print()
     print(reporting.title(run.config(overrides), args.checkpoint))
     print(reporting.text_table(results))
+    print(reporting.legend())
     note = reporting.ensemble_note(results)
     if note:
         print(note)

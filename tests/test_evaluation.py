@@ -214,3 +214,29 @@ def test_ensemble_scores_are_log_odds_that_do_not_saturate_and_take_any_features
     assert confident.sum() > 10 and len(np.unique(score.ravel()[confident])) == confident.sum()  # no ties
     assert roc_auc_score(label[1:].ravel(), score.ravel()) > 0.99
     assert ensemble.coefficients()["features"] == ["intensity", "rec_error"]
+
+
+def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
+    import csv
+
+    run, results = evaluated
+    with open(os.path.join(run, "eval", "per_volume.csv")) as f:
+        rows = list(csv.DictReader(f))
+    examples, _ = split_arrays(run, "test")
+    volumes = sorted({ex["volume_id"].decode() for ex in examples})
+    intensity = {r["volume"]: r for r in rows if r["predictor"] == "intensity"}
+    assert sorted(intensity) == volumes
+    for vid in volumes:
+        mine = [ex for ex in examples if ex["volume_id"].decode() == vid]
+        lesion = sum(int(((ex["label"] > 0) & (ex["brain_mask"] > 0)).sum()) for ex in mine)
+        brain = np.concatenate([ex["image"][ex["brain_mask"] > 0] for ex in mine])
+        labels = np.concatenate([ex["label"][ex["brain_mask"] > 0] > 0 for ex in mine])
+        r = intensity[vid]
+        assert (float(r["lesion_ml"]) > 0) == (lesion > 0)
+        flagged = brain >= results["intensity"]["dice_fpr01_threshold"]
+        expected = 2 * (flagged & labels).sum() / max(flagged.sum() + labels.sum(), 1)
+        assert float(r["dice_fpr0.01"]) == pytest.approx(expected, abs=1e-4)
+        if labels.any():
+            assert float(r["auroc_brain"]) == pytest.approx(roc_auc_score(labels, brain), abs=1e-4)
+    with open(os.path.join(run, "eval", "results.md")) as f:
+        assert "intensity: the scan itself thresholded" in f.read()

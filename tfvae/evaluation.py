@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfvae import config as config_lib
@@ -106,6 +107,33 @@ class Evaluator:
         return results
 
 
+class PerVolume:
+    """The per-volume consumer: for every volume and predictor (raw maps), the lesion and flagged
+    volumes in ml, the Dice at each calibrated FPR and the AUROC inside the brain (empty for a
+    volume without lesion), as rows of ``per_volume.csv``."""
+
+    def __init__(self, predictors, thresholds: dict):
+        self.predictors, self.thresholds, self.rows = list(predictors), thresholds, []
+
+    def update(self, volume: Volume) -> None:
+        brain, lesion = volume.brain_mask[..., 0] > 0, (volume.label[..., 0] > 0) & (volume.brain_mask[..., 0] > 0)
+        ml = float(np.prod(volume.geometry.voxel_mm())) / 1000.0
+        for p, score in volume.variants["raw"].items():
+            row = {"volume": volume.volume_id, "predictor": p, "lesion_ml": round(lesion.sum() * ml, 3),
+                   "ensemble_fit": volume.ensemble_fit}
+            for key, fpr in FPRS.items():
+                flagged = (score[..., 0] >= self.thresholds[p][key]) & brain
+                row[f"flagged_ml_fpr{fpr:g}"] = round(flagged.sum() * ml, 3)
+                row[f"dice_fpr{fpr:g}"] = round(metrics.dice(flagged, lesion), 4)
+            if lesion.any() and (brain & ~lesion).any():
+                hist = metrics.PixelHistogram()
+                hist.update(score[..., 0], lesion, mask=brain)
+                row["auroc_brain"] = round(hist.auroc(), 4)
+            else:
+                row["auroc_brain"] = ""
+            self.rows.append(row)
+
+
 class NiftiMaps:
     """The NIfTI consumer of the stream: each volume's maps in its source grid (``nifti.write_maps``);
     no in-sample ensemble map for the ensemble's fit volumes, no map of the input itself."""
@@ -162,9 +190,10 @@ def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: 
 
 
 def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dataset, out_dir: str,
-             predictors=None, verbose: bool = True) -> tuple[dict, FigureSlices]:
+             predictors=None, verbose: bool = True) -> tuple[dict, FigureSlices, list[dict]]:
     """Score ``test`` with ``predictors`` (default: the config's, else all) and return
-    ``(results, figure slices)``; NIfTI maps go to ``out_dir/maps`` when the config says so.
+    ``(results, figure slices, per-volume rows)``; NIfTI maps go to ``out_dir/maps`` when the config
+    says so.
 
     The scored-volume stream (``scored_volumes``) feeds its consumers: the metrics
     (``Evaluator``), the figure selection (``reporting.FigureSlices``) and the NIfTI maps."""
@@ -192,14 +221,16 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     def start_measuring(ensemble):  # thresholds from healthy validation slices, the ensemble's included
         fitted["ensemble"] = ensemble
         thresholds = calibrate(scorer, validation, predictors, settings, ensemble)
-        consumers.insert(0, Evaluator(predictors, thresholds, settings, compare_with_ensemble=ensemble is not None))
+        fitted["evaluator"] = Evaluator(predictors, thresholds, settings, compare_with_ensemble=ensemble is not None)
+        fitted["per_volume"] = PerVolume(predictors, thresholds["raw"])
+        consumers[:0] = [fitted["evaluator"], fitted["per_volume"]]
 
     for volume in scored_volumes(scorer, test, predictors, settings, fit_ids=fit_ids, ensemble_features=features,
                                  seed=config["seed"], progress=progress, on_ensemble=start_measuring):
         for consumer in consumers:
             consumer.update(volume)
 
-    results = consumers[0].results()
+    results, per_volume = fitted["evaluator"].results(), fitted["per_volume"].rows
     if fitted["ensemble"] is not None:
         results["ensemble"].update(coefficients=fitted["ensemble"].coefficients(), scored_volumes=len(scored_ids))
     if "recommended" in results:
@@ -208,7 +239,7 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
             results["recommended"]["selection"] = reference["recommended"]
     if "combi" in results and "kl_grad_range" in reference:
         results["combi"]["kl_grad_range"] = reference["kl_grad_range"]
-    return results, figures
+    return results, figures, per_volume
 
 
 def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
@@ -226,9 +257,10 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
     test_data = data.test_data_config(d)  # e.g. trained on hcp_t2, tested on brats
     test = data.load_split(test_data, d["test_split"])
     validation = data.load_split(d, d["validation_split"])
-    results, figures = evaluate(model, config, test, validation, out_dir, verbose=verbose)
+    results, figures, per_volume = evaluate(model, config, test, validation, out_dir, verbose=verbose)
     title = reporting.title(config, checkpoint)
     reporting.write_results(results, out_dir, header=f"# {title}")
+    reporting.write_per_volume(per_volume, os.path.join(out_dir, "per_volume.csv"))
     images = reporting.save_figures(figures, list(results), os.path.join(out_dir, "figures"))
     with tf.summary.create_file_writer(run.path("logs", "eval")).as_default(step=0):
         for name, image in images.items():

@@ -74,6 +74,31 @@ def ensemble_note(results: dict) -> str:
             f"raw-scale coefficients: {coefs}")
 
 
+LEGEND = (
+    "AUROC/AUPRC: over all pixels of the test slices (the paper's convention); 'brain': inside the brain mask only.",
+    "best Dice: at the best threshold found on the test labels (an upper bound); Dice@1%/5%FPR: per volume, at the "
+    "threshold flagging 1%/5% of healthy validation brain pixels (mean ± std; what localize uses).",
+    "intensity: the scan itself thresholded (a baseline, no model); recommended: the restored positive residual, "
+    "3D-filtered (tfvae/recommended.py); ensemble: fitted on labelled test volumes.",
+)
+
+
+def legend() -> str:
+    """Three lines under every printed table: what the columns mean and what the baseline is."""
+    return "\n".join(LEGEND)
+
+
+def write_per_volume(rows: list[dict], path: str) -> None:
+    """``per_volume.csv``: one row per volume and predictor (see ``evaluation.PerVolume``)."""
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_results(results: dict, out_dir: str, header: str = "") -> None:
     """results.json (everything), results.csv and results.md (the table)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -87,7 +112,8 @@ def write_results(results: dict, out_dir: str, header: str = "") -> None:
             writer.writerow([name, *(r[c] for c in COLUMNS), *(r[c] for c in extra)])
     note = ensemble_note(results)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write((header + "\n\n" if header else "") + markdown_table(results) + "\n" + (f"\n{note}\n" if note else ""))
+        f.write((header + "\n\n" if header else "") + markdown_table(results) + "\n" + (f"\n{note}\n" if note else "")
+                + "\n" + "\n".join(f"- {line}" for line in LEGEND) + "\n")
 
 
 def figure(items: list[dict], predictors: list[str], title: str):
