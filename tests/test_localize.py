@@ -168,3 +168,45 @@ def test_a_brain_larger_than_the_field_of_view_is_refused_unless_forced(tiny_run
     assert str(big) in err and "% of the brain lies outside" in err and "--force" in err and "\n" not in err
     assert localize_script.main(["--run-dir", tiny_run, str(big), "--out", str(tmp_path / "o"),
                                  "--predictor", "rec_error", "--force"]) == 0
+
+
+def test_components_summary_and_index_page(tiny_run, lps_scan, tmp_path):
+    from html.parser import HTMLParser
+
+    path, _, affine = lps_scan
+    out = tmp_path / "out"
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", str(out), "--predictor", "rec_error"]) == 0
+    mask = nib.load(out / "patient_t2_tfvae_mask.nii.gz").get_fdata() > 0
+    with open(out / "patient_t2_tfvae_components.csv") as f:
+        components = list(csv.DictReader(f))
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert len(components) == n >= 1
+    assert sum(int(c["voxels"]) for c in components) == int(mask.sum())
+    largest = components[0]
+    centroid = np.argwhere(labels == np.bincount(labels.ravel())[1:].argmax() + 1).mean(axis=0)
+    expected = nib.affines.apply_affine(affine, centroid)
+    got = [float(largest[f"centroid_{a}_mm"]) for a in "xyz"]
+    np.testing.assert_allclose(got, expected, atol=0.1)
+    with open(out / "summary.csv") as f:
+        row = next(csv.DictReader(f))
+    assert row["run"] == os.path.abspath(tiny_run) and row["checkpoint"] == "final"
+    assert "thresholds.json" in row["threshold_from"] and "resampled" in row["warnings"]
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.links, self.tables = [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            self.images += [attrs["src"]] if tag == "img" else []
+            self.links += [attrs["href"]] if tag == "a" else []
+            self.tables += tag == "table"
+
+    page = Page()
+    page.feed((out / "index.html").read_text())
+    assert page.images == ["patient_t2_tfvae_overlay.png"] and page.tables == 2
+    for target in page.images + page.links:
+        assert (out / target).is_file(), target  # every link resolves from disk

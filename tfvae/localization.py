@@ -133,7 +133,13 @@ class Localizer:
             raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
         self.run, self.config, self.predictor, self.fpr, self.checkpoint = run, config, predictor, fpr, checkpoint
         self.force = force
+        from tfvae import calibration
+
         self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
+        store = calibration.ThresholdStore(run.thresholds_path)
+        key = store.key(calibration.file_digest(run.model_path(checkpoint)), predictor, config)
+        self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
+                                 else "calibrated now on the validation slices (stored in thresholds.json)")
         self.threshold = run.threshold(predictor, fpr, config=config, checkpoint=checkpoint, scorer=self.scorer)
         self.builder_config = data.builder(config["data"]).builder_config
         train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
@@ -167,8 +173,9 @@ class Localizer:
 
 
 def write_outputs(result: Localized, out_dir: str, name: str, title: str) -> dict:
-    """``<name>_score.nii.gz``, ``<name>_mask.nii.gz`` (the scan's grid and affine) and
-    ``<name>_overlay.png`` in ``out_dir``; returns the summary row of the scan."""
+    """``<name>_tfvae_score.nii.gz``, ``<name>_tfvae_mask.nii.gz`` (the scan's grid and affine),
+    ``<name>_tfvae_overlay.png`` and ``<name>_tfvae_components.csv`` (one row per connected finding)
+    in ``out_dir``; returns the scan's summary row."""
     from tfvae import reporting
 
     os.makedirs(out_dir, exist_ok=True)
@@ -176,12 +183,22 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str) -> dic
     nib.save(nib.Nifti1Image(result.mask, result.affine), os.path.join(out_dir, name + OUTPUTS[1]))
     ras = [preprocessing.to_canonical(v, result.affine) for v in (result.image, result.score, result.mask)]
     reporting.overlay_montage(*ras, os.path.join(out_dir, name + OUTPUTS[2]), title)
+    components = result.components
+    with open(os.path.join(out_dir, name + OUTPUTS[3]), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "voxels", "ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "max_score",
+                         "mean_score"])
+        for c in components:
+            writer.writerow([c["id"], c["voxels"], f"{c['ml']:.3f}", *c["centroid_mm"], f"{c['max_score']:.6g}",
+                             f"{c['mean_score']:.6g}"])
     return {"threshold": f"{result.threshold:.6g}", "anomalous_ml": f"{result.volume_ml:.2f}",
-            "components": result.n_components, "largest_component_ml": f"{result.largest_voxels * result.voxel_ml:.2f}"}
+            "components": result.n_components, "largest_component_ml": f"{result.largest_voxels * result.voxel_ml:.2f}",
+            "warnings": " | ".join(result.warnings)}
 
 
 OUTPUT_TAG = "_tfvae_"  # in every output name: never read back as a scan (localize, nifti_folder)
-OUTPUTS = (f"{OUTPUT_TAG}score.nii.gz", f"{OUTPUT_TAG}mask.nii.gz", f"{OUTPUT_TAG}overlay.png")
+OUTPUTS = (f"{OUTPUT_TAG}score.nii.gz", f"{OUTPUT_TAG}mask.nii.gz", f"{OUTPUT_TAG}overlay.png",
+           f"{OUTPUT_TAG}components.csv")
 SUMMARY = "summary.csv"
 
 
@@ -248,9 +265,12 @@ def localize_files(localizer: Localizer, files: list[str], out_dir: str, *, mask
             warn(f"warning: {warning}")
         row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} FPR "
                                                    f"({result.volume_ml:.1f} ml)")
-        rows.append({"scan": path, "predictor": localizer.predictor, "fpr": localizer.fpr, **row})
+        rows.append({"scan": path, "run": os.path.abspath(localizer.run.dir), "checkpoint": localizer.checkpoint,
+                     "predictor": localizer.predictor, "fpr": localizer.fpr, **row,
+                     "threshold_from": localizer.threshold_source})
         log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
     write_summary(os.path.join(out_dir, SUMMARY), rows)
+    write_index(out_dir)
     return rows
 
 
@@ -268,3 +288,37 @@ def write_summary(path: str, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(kept + rows)
     os.replace(tmp, path)
+
+
+def write_index(out_dir: str) -> None:
+    """``index.html``: every scan of ``summary.csv`` with its overlay, summary and components table,
+    in one static page (relative links, no server, opens from disk)."""
+    import html
+
+    with open(os.path.join(out_dir, SUMMARY), newline="") as f:
+        rows = list(csv.DictReader(f))
+    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'><title>tfvae localize</title>",
+             "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px} img{max-width:100%}</style></head><body>",
+             "<h1>Anomaly localization</h1>", f"<p>{len(rows)} scan(s). Maps and masks are NIfTI files beside this "
+             "page, in each scan's own grid.</p>"]
+    for row in rows:
+        name = stem(row["scan"])
+        parts.append(f"<section id='{html.escape(name)}'><h2>{html.escape(name)}</h2>")
+        parts.append("<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                                          for k, v in row.items()) + "</table>")
+        parts.append(f"<p><img src='{html.escape(name + OUTPUTS[2])}' alt='overlay of {html.escape(name)}'></p>")
+        components = os.path.join(out_dir, name + OUTPUTS[3])
+        if os.path.isfile(components):
+            with open(components, newline="") as f:
+                table = list(csv.reader(f))
+            parts.append("<table>" + "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>"
+                                 for c in r) + "</tr>" for i, r in enumerate(table)) + "</table>")
+        links = " ".join(f"<a href='{html.escape(name + suffix)}'>{html.escape(name + suffix)}</a>" for suffix in OUTPUTS)
+        parts.append(f"<p>{links}</p></section>")
+    parts.append("</body></html>")
+    tmp = os.path.join(out_dir, ".index.html.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts) + "\n")
+    os.replace(tmp, os.path.join(out_dir, "index.html"))
