@@ -305,6 +305,13 @@ class Run:
         store.put(key, {fpr: threshold}, _reference_for(scorer.reference, predictor))
         return threshold
 
+    def export(self, out_dir: str, *, checkpoint: str = "final") -> str:
+        """The model as a TensorFlow SavedModel with serving signatures (``tfvae.export``)."""
+        from tfvae import export
+
+        return export.export(self.model(checkpoint), out_dir,
+                             smooth_gradients=self.config()["predictors"]["smooth_gradients"])
+
     def localize(self, scan, *, fpr: float = 0.05, predictor: str = "recommended", mask=None, affine=None,
                  overrides=(), checkpoint: str = "final", force: bool = False):
         """Anomaly score, calibrated mask and connected findings of one scan (a NIfTI path, or an
