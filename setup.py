@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10,<3.13",
     # The TFDS builders live in the top-level folder datasets/ but install as ``tfvae_datasets``,
     # so they never shadow the Hugging Face ``datasets`` package.
-    packages=["tfvae", "tfvae_datasets", "tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
+    packages=["tfvae", "tfvae.commands", "tfvae_datasets", "tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
               "tfvae_datasets.brats", "tfvae_datasets.nifti_folder"],
     package_dir={"tfvae": "tfvae", "tfvae_datasets": "datasets"},
     # TFDS reads a builder's description, citation and tags from the files next to its module; the
@@ -20,6 +20,7 @@ setup(
     package_data={name: ["README.md", "CITATIONS.bib", "TAGS.txt"]
                   for name in ("tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
                                "tfvae_datasets.brats", "tfvae_datasets.nifti_folder")},
+    entry_points={"console_scripts": ["tfvae=tfvae.cli:main"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",  # tensorflow-probability imports only when tf_keras is importable

@@ -1,38 +1,15 @@
 #!/usr/bin/env python
 """Throughput of training, predictors, projection, input pipeline and metrics; prints a table and
-writes JSON.
 
-    python scripts/benchmark.py [--quick] [--out benchmark.json] [--data-dir DIR]
-
-Every figure is the median over repeats after a warm-up. ``--quick`` (under 3 minutes on a 2-core
-CPU) uses fewer repeats, shorter projections and the tiny phantom for the input pipeline.
+The same as ``tfvae benchmark`` (see ``tfvae/commands/benchmark.py`` for the options).
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats; finishes in under 3 minutes")
-    p.add_argument("--out", default="benchmark.json", help="JSON output (default: benchmark.json)")
-    p.add_argument("--data-dir", help="TFDS data_dir for the input-pipeline benchmark (default: TFDS's)")
-    p.add_argument("--layers", action="store_true", help="also time each layer's forward and backward pass "
-                                                         "(where the training step spends its time)")
-    args = p.parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
-    from tfvae import benchmark
-
-    benchmark.run(quick=args.quick, out_path=args.out, data_dir=args.data_dir, layers=args.layers)
-    return 0
-
+from tfvae.commands.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

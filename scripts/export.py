@@ -1,42 +1,15 @@
 #!/usr/bin/env python
 """Export a run's model as a TensorFlow SavedModel (for TF Serving and tf.saved_model.load).
 
-    python scripts/export.py --run-dir R --out DIR [--checkpoint final|best|last]
-
-Signatures ``reconstruct`` and ``maps`` on a batch of preprocessed slices (see tfvae/export.py).
-From Python: ``tfvae.Run(R).export(DIR)``.
+The same as ``tfvae export`` (see ``tfvae/commands/export.py`` for the options).
 """
 
-from __future__ import annotations
-
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
-    p.add_argument("--out", required=True, help="a new folder for the SavedModel")
-    p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
-                   help="which saved model (default: final)")
-    args = p.parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
-    from tfvae import config as config_lib
-    from tfvae.run import Run, RunDirError
-
-    try:
-        out = Run(args.run_dir).export(args.out, checkpoint=args.checkpoint)
-    except (config_lib.ConfigError, RunDirError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"SavedModel with signatures reconstruct, maps: {out}")
-    return 0
-
+from tfvae.commands.export import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

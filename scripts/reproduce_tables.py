@@ -1,81 +1,15 @@
 #!/usr/bin/env python
 """Reproduce the paper's Table 1 (latent size) and Table 2 (beta) and its ensemble line, over seeds.
 
-    python scripts/reproduce_tables.py [--plan configs/reproduce_paper.json | --quick] [--seeds N]
-        [--runs-dir DIR] [--out DIR] [--md PATH] [--data-dir DIR] [--manual-dir DIR]
-        [--set KEY=VALUE ...] [--retrain] [--reevaluate] [--quiet]
-
-A plan (``configs/reproduce_*.json``; see ``tfvae/reproduce.py``) names the base run config, the
-overrides, how many seeds and for which settings. ``--quick`` is ``--plan configs/reproduce_quick.json``:
-the embedded phantom, the paper's learning rate until the validation loss plateaus, 3 seeds for
-latent 64 at beta 1 and 10. Runs go to ``RUNS/l<latent>_b<beta>_s<seed>``; finished runs and
-evaluations are reused, so the same command continues an interrupted reproduction. Writes
-``OUT/tables.md`` (or ``--md``), ``tables.csv`` and ``tables.json``.
+The same as ``tfvae reproduce`` (see ``tfvae/commands/reproduce.py`` for the options).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--plan", help="reproduction plan (default: configs/reproduce_paper.json)")
-    p.add_argument("--quick", action="store_true", help="the embedded phantom: configs/reproduce_quick.json")
-    p.add_argument("--seeds", type=int, help="seeds per seeded setting (default: the plan's)")
-    p.add_argument("--runs-dir", help="where the runs are (default: runs/paper, with --quick runs/paper_quick)")
-    p.add_argument("--out", help="where the tables go (default: RUNS/tables)")
-    p.add_argument("--md", help="markdown file to write (default: OUT/tables.md)")
-    p.add_argument("--data-dir", help="TFDS data_dir (sets data.data_dir)")
-    p.add_argument("--manual-dir", help="folder holding HCP / BraTS (sets data.manual_dir)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys for every run")
-    p.add_argument("--retrain", action="store_true", help="replace runs that were trained with other settings")
-    p.add_argument("--reevaluate", action="store_true", help="evaluate again even when RUN/eval matches")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
-    from tfvae import config as config_lib
-    from tfvae import data, reproduce
-
-    plan_path = args.plan or (reproduce.QUICK_PLAN if args.quick else reproduce.PAPER_PLAN)
-    runs_dir = args.runs_dir or os.path.join("runs", "paper_quick" if args.quick else "paper")
-    out_dir = args.out or os.path.join(runs_dir, "tables")
-    overrides = []
-    if args.data_dir:
-        overrides.append("data.data_dir=" + json.dumps(os.path.abspath(args.data_dir)))
-    if args.manual_dir:
-        overrides.append("data.manual_dir=" + json.dumps(os.path.abspath(args.manual_dir)))
-    try:
-        plan = reproduce.load_plan(plan_path, args.seeds, overrides + args.set)
-        reproduce.configs(plan)  # every run config validated before anything is trained
-    except config_lib.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    command = "python scripts/reproduce_tables.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        result = reproduce.reproduce(plan, runs_dir, out_dir, args.md, retrain=args.retrain,
-                                     reevaluate=args.reevaluate, verbose=not args.quiet, command=command)
-    except (reproduce.RetrainError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print()
-    print("\n".join(result["target"] + result["findings"]))
-    print(f"\ntables: {args.md or os.path.join(out_dir, 'tables.md')}, {os.path.join(out_dir, 'tables.csv')}")
-    return 0
-
+from tfvae.commands.reproduce import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,91 +1,15 @@
 #!/usr/bin/env python
 """Train a (beta-)VAE on healthy brain slices.
 
-    python scripts/train.py --config configs/beta10.json [--run-dir runs/beta10]
-        [--set data.name=brain_phantom train.epochs=2 ...] [--resume | --overwrite] [--manual-dir DIR]
-
-Real data (hcp_t2, brats, nifti_folder) is read from the folder given by --manual-dir, else the
-config key data.manual_dir, else the environment variable TFVAE_MANUAL_DIR (see README, "Real data").
-
-Watch it with ``tensorboard --logdir runs``. See ``tfvae/run.py`` for what the run directory
-holds and ``tfvae/config.py`` for every config key. From Python: ``tfvae.Run.create(...).train()``.
+The same as ``tfvae train`` (see ``tfvae/commands/train.py`` for the options).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="JSON config (see configs/); optional with --resume, which uses the run's own")
-    p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. --set train.epochs=2 data.config=tiny")
-    p.add_argument("--manual-dir", metavar="DIR",
-                   help="folder holding the downloaded data (HCP, BraTS, NIfTI scans); overrides data.manual_dir "
-                        "and the environment variable TFVAE_MANUAL_DIR")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last epoch")
-    mode.add_argument("--overwrite", action="store_true", help="delete the run in --run-dir and start again")
-    args = p.parse_args(argv)
-    if not args.config and not args.resume:
-        p.error("--config is required (unless --resume continues an existing --run-dir)")
-    if args.resume and not args.run_dir:
-        p.error("--resume needs --run-dir")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
-    from tfvae import config as config_lib
-    from tfvae import data
-    from tfvae.callbacks import NonFiniteLoss
-    from tfvae.nifti import BadInputError
-    from tfvae.run import Run, RunDirError
-
-    if args.manual_dir:
-        args.set = [*args.set, "data.manual_dir=" + json.dumps(os.path.abspath(os.path.expanduser(args.manual_dir)))]
-    try:
-        config = config_lib.load(args.config, args.set) if args.config else None
-        if config is not None and not args.resume:
-            data.check_available(config["data"])  # missing data: the instructions, before any run directory
-            d = config["data"]
-            data.check_splits(d, [d["train_split"], d["validation_split"]])  # before --overwrite moves anything
-        run = Run.create(args.run_dir or os.path.join("runs", config["name"]), config, resume=args.resume,
-                         overwrite=args.overwrite, overrides=args.set)
-    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    print(f"data: {data.describe(run.config()['data'])}")
-    warning = data.test_data_warning(run.config()["data"])  # found now, not after the last epoch
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"run directory: {run.dir}  (tensorboard --logdir {run.logs_dir})")
-    try:
-        history = run.train()
-    except (data.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
-        print(f"error: {e}; stopped. The checkpoints of the last good epoch are in {run.checkpoints_dir}; "
-              "try a lower train.learning_rate.", file=sys.stderr)
-        return 1
-    final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
-    summary = "  ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()))
-    print(f"trained {len(history.epoch)} epochs: {summary}")
-    print(f"model: {run.model_path()}")
-    return 0
-
+from tfvae.commands.train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

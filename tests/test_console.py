@@ -45,3 +45,27 @@ def test_help_does_not_import_tensorflow():
                                  "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "usage:" in result.stdout
         assert not re.search(r"\|\s+tensorflow$", result.stderr, re.M), script
+
+
+def test_one_entry_point_runs_the_scripts_commands(capsys):
+    import json
+
+    from tfvae import cli
+    from tfvae import config as config_lib
+
+    assert cli.main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("train", "evaluate", "localize", "tune", "reproduce", "benchmark", "export"):
+        assert f"  {name}" in listed
+        module = __import__(f"tfvae.commands.{cli.COMMANDS[name][0]}", fromlist=["main"])
+        script = open(os.path.join(ROOT, "scripts", f"{'reproduce_tables' if name == 'reproduce' else name}.py")).read()
+        assert f"from tfvae.commands.{cli.COMMANDS[name][0]} import main" in script and callable(module.main)
+    assert cli.main(["trian"]) == 2 and "unknown command 'trian'" in capsys.readouterr().err
+    config_path = os.path.join(ROOT, "configs", "quickstart.json")
+    assert cli.main(["train", "--config", config_path, "--set", "model.beta=2", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == config_lib.load(config_path, ["model.beta=2"]) and "recommended" in printed
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    helptext = capsys.readouterr().out
+    assert "tfvae evaluate" in helptext and "(default: final)" in helptext and "{final,best,last}" in helptext

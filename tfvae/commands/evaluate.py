@@ -1,0 +1,79 @@
+"""Evaluate a trained run: every predictor's anomaly maps on the test split, the paper's table.
+
+    python scripts/evaluate.py --run-dir runs/beta10 [--predictors rec_error rec_grad ...]
+        [--projection-steps 100] [--checkpoint final|best|last] [--set KEY=VALUE ...]
+        [--out DIR] [--overwrite]
+
+Writes DIR (default RUN/eval): results.json / .csv / .md, maps/<volume>_<predictor>.nii.gz in
+each source volume's grid, figures/*.png, and the figures to TensorBoard (RUN/logs/eval). A
+different test dataset: --set data.name=... data.config=... data.test_split=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CHECKPOINTS = ("final", "best", "last")  # tfvae.run.MODEL_FILES
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
+    p.add_argument("--predictors", nargs="+", help="which predictors (default: the config's, else all)")
+    p.add_argument("--projection-steps", type=int, help="steps of the energy-based projection")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which saved model (default: final)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--out", help="output directory (default: RUN/eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (every default) and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
+    from tfvae import config as config_lib
+    from tfvae import data, reporting
+    from tfvae.run import Run, RunDirError
+
+    overrides = list(args.set)
+    if args.projection_steps is not None:
+        overrides.append(f"predictors.projection_steps={args.projection_steps}")
+    if args.predictors:
+        overrides.append("evaluate.predictors=" + ",".join(f'"{p}"' for p in args.predictors).join("[]"))
+    run = Run(args.run_dir)
+    try:
+        config = run.config(overrides)  # a bad config, split or model: one line, before anything is touched
+        if args.print_config:
+            print(json.dumps(config, indent=2))
+            return 0
+        if not os.path.isfile(run.model_path(args.checkpoint)):
+            raise RunDirError(f"{run.model_path(args.checkpoint)} not found (train the run first, or pick --checkpoint)")
+        data.check_splits(data.test_data_config(config["data"]), [config["data"]["test_split"]])
+        data.check_splits(config["data"], [config["data"]["validation_split"]])
+        print(f"healthy validation data: {data.describe(config['data'])}")
+        print(f"test data: {data.describe(data.test_data_config(config['data']))}")
+        results = run.evaluate(overrides=overrides, checkpoint=args.checkpoint, out_dir=args.out,
+                               overwrite=args.overwrite)
+    except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = args.out or run.eval_dir
+    print()
+    print(reporting.title(run.config(overrides), args.checkpoint))
+    print(reporting.text_table(results))
+    print(reporting.legend())
+    note = reporting.ensemble_note(results)
+    if note:
+        print(note)
+    print(f"results, maps and figures: {out_dir}")
+    return 0
+

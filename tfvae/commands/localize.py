@@ -1,0 +1,73 @@
+"""Anomaly maps, calibrated masks and a report for new scans, from a trained run.
+
+    python scripts/localize.py --run-dir R scan_t2.nii.gz [more scans or folders] --out OUT
+        [--predictor recommended] [--fpr 0.05] [--mask brainmask.nii.gz] [--set KEY=VALUE ...] [--overwrite]
+
+For each scan, in the scan's own shape and affine: OUT/<name>_tfvae_score.nii.gz (float anomaly
+score), OUT/<name>_tfvae_mask.nii.gz (binary, thresholded at the false-positive rate --fpr
+calibrated on the run's healthy validation slices), OUT/<name>_tfvae_overlay.png, and a line of
+OUT/summary.csv (appended to when OUT has one). Folders are searched for *.nii / *.nii.gz (files
+ending in _seg or _mask, and tfvae's own outputs, are skipped). Input files are only read; OUT may
+not hold an input; a scan's outputs are replaced only with --overwrite. From Python:
+``tfvae.Run(run_dir).localize(scan)`` (see tfvae/localization.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
+    p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--predictor", default="recommended", help="which map (default: recommended)")
+    p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on healthy validation brain "
+                                                          "pixels that sets the threshold (default: 0.05)")
+    p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
+    p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
+                   help="which saved model (default: final; see tfvae.run.MODEL_FILES)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys "
+                   "(e.g. postprocess.min_component_voxels=8)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--force", action="store_true", help="score a scan even when part of its brain lies outside "
+                                                        "the run's field of view")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
+    from tfvae import localization
+
+    try:
+        files = localization.scan_files(args.scans)
+        localization.check_outputs(files, args.out, args.overwrite, args.mask)  # before the model loads
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from tfvae import config as config_lib
+    from tfvae import data
+    from tfvae.nifti import BadInputError
+    from tfvae.run import Run, RunDirError
+
+    run = Run(args.run_dir)
+    try:
+        localizer = localization.Localizer(run, run.config(args.set), predictor=args.predictor, fpr=args.fpr,
+                                           checkpoint=args.checkpoint, force=args.force)
+        localization.localize_files(localizer, files, args.out, mask=args.mask, overwrite=args.overwrite,
+                                    warn=lambda line: print(line, file=sys.stderr))
+    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"maps, masks, overlays and summary.csv: {args.out}")
+    return 0
+

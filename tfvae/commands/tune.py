@@ -1,0 +1,91 @@
+"""Search hyperparameters of the (beta-)VAE with Keras Tuner.
+
+    python scripts/tune.py --search configs/search_paper.json [--dir runs/search_paper]
+        [--set data.name=brain_phantom data.test_name=null ...] [--overwrite] [--quiet]
+
+The search config (see ``tfvae/tuning.py``) names the base run config, the space (a grid or a list
+of grids searched over their union), the tuner (grid, random, bayesian, hyperband) and the
+objective (``val_loss``: unsupervised; ``auroc``: pixel AUROC of a predictor on a few labelled
+volumes -- uses labels). Each trial is a run directory ``DIR/trials/<id>`` (TensorBoard:
+``tensorboard --logdir DIR/trials``, HParams dashboard included); the best one is copied to
+``DIR/best`` (``scripts/evaluate.py --run-dir DIR/best`` works on it); ``DIR/trials.csv`` lists
+every trial. Run the same command again to resume a stopped search.
+
+Distributed (Keras Tuner chief/worker): start the chief with ``KERASTUNER_TUNER_ID=chief``,
+``KERASTUNER_ORACLE_IP`` / ``KERASTUNER_ORACLE_PORT`` (address it listens on), and each worker with
+the same IP/port and ``KERASTUNER_TUNER_ID=tuner0``, ``tuner1``, ...; all with the same --search and
+a --dir on a filesystem they share. The chief hands out trials and exports the best run when all
+are done; workers train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--search", required=True, help="search config JSON (see configs/search_*.json)")
+    p.add_argument("--dir", help="search directory (default: runs/<search file name>)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override keys of the base run config for every trial, e.g. data.config=tiny")
+    p.add_argument("--overwrite", action="store_true", help="delete the search in --dir and start again")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
+    from tfvae import config as config_lib
+    from tfvae import tuning
+
+    search_dir = args.dir or os.path.join("runs", os.path.splitext(os.path.basename(args.search))[0])
+    try:
+        search = tuning.load_search(args.search, args.set)
+        worker = tuning.is_worker()
+        if worker and args.overwrite:
+            raise tuning.SearchDirError("--overwrite is for the chief (or a single process), not a worker")
+        resuming = tuning.prepare_search_dir(search, search_dir, overwrite=args.overwrite)
+    except (config_lib.ConfigError, tuning.SearchDirError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    role = "worker" if worker else "chief" if tuning.is_chief() else "single process"
+    print(f"search: {args.search}: {len(search.points)} setting(s) of {', '.join(search.keys)}, tuner {search.tuner}, "
+          f"objective {search.objective().name} ({search.objective().direction}); {role}; "
+          f"{'resuming' if resuming else 'new search'} in {search_dir}  "
+          f"(tensorboard --logdir {os.path.join(search_dir, 'trials')})", flush=True)
+    tuner = tuning.make_tuner(search, search_dir, verbose=0 if args.quiet else 2)
+    tuner.search()
+    if worker:
+        print("worker: no more trials")
+        return 0
+
+    rows = tuning.summary_rows(tuner, search)
+    if rows:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(os.path.join(search_dir, "trials.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        for r in rows:
+            print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    best = tuning.export_best(tuner, search, search_dir)
+    if best is None:
+        print("error: no trial finished", file=sys.stderr)
+        return 1
+    print(f"best trial {best['trial_id']}: {best['objective']} {best['score']:.4g} with {json.dumps(best['values'])}")
+    print(f"best run: {os.path.join(search_dir, 'best')}  "
+          f"(python scripts/evaluate.py --run-dir {os.path.join(search_dir, 'best')})")
+    return 0
+
