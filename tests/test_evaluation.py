@@ -108,13 +108,22 @@ def test_maps_are_written_in_each_source_volume_grid(evaluated):
         assert set(np.unique(label)) <= {0, 1, 2, 4} and label.any()
 
 
-def test_figures_reach_tensorboard(evaluated):
-    run, _ = evaluated
-    tags = set()
-    for path in glob.glob(os.path.join(run, "logs", "eval", "events.out.tfevents.*")):
+def test_figures_and_metrics_reach_the_runs_tensorboard(evaluated):
+    """In the same event folder as the training curves (one TensorBoard run), the metrics under the
+    names the HParams dashboard lists as metrics."""
+    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS
+
+    run, results = evaluated
+    values = {}
+    for path in glob.glob(os.path.join(run, "logs", "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
-            tags |= {v.tag for v in event.summary.value}
-    assert tags == {"tumour_slices", "healthy_slices"}
+            for v in event.summary.value:
+                values[v.tag] = v
+    assert {"eval/tumour_slices", "eval/healthy_slices"} <= set(values)
+    for predictor in EVAL_PREDICTORS:
+        for metric in EVAL_METRICS:
+            logged = float(tf.make_ndarray(values[f"eval/{metric}/{predictor}"].tensor))
+            assert logged == pytest.approx(results[predictor][metric], abs=1e-6)
 
 
 def test_same_seed_same_numbers_and_no_silent_overwrite(evaluated, capsys):
@@ -240,3 +249,32 @@ def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
             assert float(r["auroc_brain"]) == pytest.approx(roc_auc_score(labels, brain), abs=1e-4)
     with open(os.path.join(run, "eval", "results.md")) as f:
         assert "intensity: the scan itself thresholded" in f.read()
+
+
+def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated):
+    import matplotlib
+
+    from tfvae import reporting
+
+    run, results = evaluated
+    config = config_lib.load(os.path.join(run, "config.json"))
+    examples, _ = split_arrays(run, "validation")
+    brain = np.concatenate([ex["image"][ex["brain_mask"] > 0] for ex in examples])
+    low, high = results["intensity"]["display_range"]
+    assert np.mean(brain >= high) <= 0.001 < np.mean(brain >= low) and np.mean(brain >= low) > 0.98
+    rng = np.random.default_rng(0)
+    item = lambda tumour: {"title": "t", "image": rng.normal(size=(32, 32, 1)), "label":
+                           np.full((32, 32, 1), 2 if tumour else 0, np.uint8), "reconstruction": np.zeros((32, 32, 1)),
+                           "intensity": rng.normal(size=(32, 32, 1)) * (5 if tumour else 1)}
+    scales = {"intensity": (low, high)}
+    figs = [reporting.figure([item(True), item(True)], ["intensity"], "tumour", scales, {"intensity": high}),
+            reporting.figure([item(False), item(False)], ["intensity"], "healthy", scales, {"intensity": high})]
+    clims = [ax.images[0].get_clim() for fig in figs for ax in fig.axes
+             if ax.images and ax.images[0].get_cmap().name == "inferno"]
+    assert len(clims) == 4 and all(c == pytest.approx((low, high)) for c in clims)  # the same on every row
+    for fig in figs:
+        texts = {t.get_text() for t in fig.legends[0].get_texts()}
+        assert {"necrosis", "edema", "enhancing", "mask at 1% FPR"} <= texts
+        assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+        matplotlib.pyplot.close(fig)
+    del config

@@ -49,13 +49,17 @@ def test_train_writes_a_complete_run_directory(tmp_path, tiny_overrides, capsys)
     assert history_epochs(run) == [0, 1]
     saved = config_lib.load(os.path.join(run, "config.json"))
     assert saved["model"]["beta"] == 10.0 and saved["train"]["epochs"] == 2
-    train_tags = summary_tags(os.path.join(run, "logs", "train"))
-    validation_tags = summary_tags(os.path.join(run, "logs", "validation"))
-    for tag in ("epoch_loss", "epoch_rec", "epoch_kl"):
-        assert tag in train_tags and tag in validation_tags
-    image_tags = summary_tags(os.path.join(run, "logs", "images"))
-    assert image_tags == {"inputs | reconstructions": "images", "samples from the prior": "images"}
-    assert "hparams" in set(summary_tags(os.path.join(run, "logs")).values())
+    # one TensorBoard run: every event file directly in logs/, curves of both parts on one chart
+    assert not [d for d in os.listdir(os.path.join(run, "logs")) if os.path.isdir(os.path.join(run, "logs", d))]
+    tags = summary_tags(os.path.join(run, "logs"))
+    for metric in ("loss", "rec", "kl", "rec_sq"):
+        assert f"{metric}/train" in tags and f"{metric}/validation" in tags, metric
+    assert tags["inputs | reconstructions"] == "images" and tags["samples from the prior"] == "images"
+    assert "hparams" in set(tags.values())
+    # the reconstruction term with and without its constant 0.5 * D * log(2 pi) (D = 32 x 32 pixels)
+    with open(os.path.join(run, "history.csv")) as f:
+        row = next(csv.DictReader(f))
+    assert float(row["rec"]) - float(row["rec_sq"]) == pytest.approx(0.5 * 32 * 32 * np.log(2 * np.pi), rel=1e-4)
     model = keras.models.load_model(os.path.join(run, "model.keras"))
     assert isinstance(model, BetaVAE) and model.beta == 10.0 and model.image_size == 32
     assert "trained 2 epochs" in capsys.readouterr().out

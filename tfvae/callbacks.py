@@ -56,6 +56,54 @@ class ImageSummaries(keras.callbacks.Callback):
             self.write(epoch + 1)
 
 
+# the hyperparameters that matter first in TensorBoard's HParams dashboard, then the rest
+KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.learning_rate", "train.epochs", "augment.on", "seed",
+               "train.batch_size", "data.name", "data.config")
+# evaluation metrics shown as HParams metrics (written by evaluation.log_results)
+EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
+EVAL_PREDICTORS = ("recommended", "rec_grad", "rec_error", "intensity")
+
+
+def run_hparams(config: dict) -> dict:
+    """The run's hyperparameters for TensorBoard: ``KEY_HPARAMS`` first (``augment.on``: any
+    augmentation), then every other scalar setting."""
+    from tfvae import augment, config as config_lib
+
+    flat = config_lib.flatten(config)
+    flat["augment.on"] = augment.is_active(config.get("augment"))
+    ordered = {k: flat[k] for k in KEY_HPARAMS if k in flat}
+    ordered.update({k: v for k, v in flat.items() if k not in ordered})
+    return ordered
+
+
+class RunLog(keras.callbacks.Callback):
+    """All of a run's TensorBoard data in ONE event folder (so TensorBoard lists one run per
+    experiment): every epoch's metrics as ``<metric>/train`` and ``<metric>/validation`` (training and
+    validation curves on one chart), and the HParams: the run's settings (``run_hparams``, the ones
+    that matter first) and, as metrics, the validation loss and the evaluation's numbers."""
+
+    def __init__(self, log_dir: str, config: dict):
+        super().__init__()
+        from tensorboard.plugins.hparams import api as hp
+
+        self.log_dir = log_dir
+        self.writer = tf.summary.create_file_writer(log_dir)
+        hparams = run_hparams(config)
+        metrics = [hp.Metric("loss/validation", display_name="validation loss")]
+        metrics += [hp.Metric(f"eval/{m}/{p}", display_name=f"{p} {m}") for p in EVAL_PREDICTORS for m in EVAL_METRICS]
+        with self.writer.as_default():
+            hp.hparams_config(hparams=[hp.HParam(k) for k in hparams], metrics=metrics)
+            hp.hparams(hparams, trial_id=config["name"])
+        self.writer.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default(step=epoch + 1):
+            for key, value in (logs or {}).items():
+                name, part = (key[4:], "validation") if key.startswith("val_") else (key, "train")
+                tf.summary.scalar(f"{name}/{part}", float(value))
+        self.writer.flush()
+
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 

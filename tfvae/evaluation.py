@@ -47,6 +47,7 @@ from tfvae.predictors import ALL_PREDICTORS
 from tfvae.reporting import FigureSlices
 from tfvae.scoring import Scorer, Volume, variants, volumes
 
+DISPLAY_FPRS = {"display_low": 0.99, "display_high": 0.001}  # a map's colour scale: healthy 1st-99.9th percentile
 SAME_VOLUME_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
 
@@ -220,7 +221,12 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
 
     def start_measuring(ensemble):  # thresholds from healthy validation slices, the ensemble's included
         fitted["ensemble"] = ensemble
-        thresholds = calibrate(scorer, validation, predictors, settings, ensemble)
+        thresholds = calibrate(scorer, validation, predictors, settings, ensemble, fprs=FPRS | DISPLAY_FPRS)
+        fitted["display"] = {p: [by_key.pop(k) for k in DISPLAY_FPRS] for p, by_key in thresholds["raw"].items()}
+        for by_p in thresholds.values():
+            for by_key in by_p.values():
+                for k in DISPLAY_FPRS:
+                    by_key.pop(k, None)
         fitted["evaluator"] = Evaluator(predictors, thresholds, settings, compare_with_ensemble=ensemble is not None)
         fitted["per_volume"] = PerVolume(predictors, thresholds["raw"])
         consumers[:0] = [fitted["evaluator"], fitted["per_volume"]]
@@ -231,6 +237,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
             consumer.update(volume)
 
     results, per_volume = fitted["evaluator"].results(), fitted["per_volume"].rows
+    for p, display in fitted["display"].items():  # one colour scale per map, from healthy validation
+        results[p]["display_range"] = display
     if fitted["ensemble"] is not None:
         results["ensemble"].update(coefficients=fitted["ensemble"].coefficients(), scored_volumes=len(scored_ids))
     if "recommended" in results:
@@ -246,7 +254,7 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
                  verbose: bool = True) -> tuple[dict, str]:
     """Evaluate a run's saved model (``run``: a ``tfvae.Run`` or its folder; ``checkpoint``: final,
     best or last) on its test data (``data.test_data_config``) with ``config``; write results,
-    figures and the config used to ``out_dir``, the figures to TensorBoard (``logs/eval``) and the
+    figures and the config used to ``out_dir``, the figures and metrics to TensorBoard (``logs/``) and the
     thresholds to the run's ``thresholds.json``. Returns (results, title)."""
     from tfvae.run import Run
 
@@ -261,13 +269,25 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
     title = reporting.title(config, checkpoint)
     reporting.write_results(results, out_dir, header=f"# {title}")
     reporting.write_per_volume(per_volume, os.path.join(out_dir, "per_volume.csv"))
-    images = reporting.save_figures(figures, list(results), os.path.join(out_dir, "figures"))
-    with tf.summary.create_file_writer(run.path("logs", "eval")).as_default(step=0):
-        for name, image in images.items():
-            tf.summary.image(name, image[None])
+    images = reporting.save_figures(figures, list(results), os.path.join(out_dir, "figures"),
+                                    scales={p: tuple(r["display_range"]) for p, r in results.items()},
+                                    thresholds={p: r["dice_fpr01_threshold"] for p, r in results.items()})
+    log_results(run.logs_dir, results, images)
     store_thresholds(run, config, checkpoint, results)
     config_lib.save(config, os.path.join(out_dir, "config.json"))  # last: what these results were made with
     return results, title
+
+
+def log_results(log_dir: str, results: dict, images: dict) -> None:
+    """The evaluation in the run's TensorBoard folder (the same run as its training curves): the
+    figures, and every predictor's metrics as ``eval/<metric>/<predictor>`` (HParams metrics)."""
+    with tf.summary.create_file_writer(log_dir).as_default(step=0):
+        for name, image in images.items():
+            tf.summary.image(f"eval/{name}", image[None])
+        for predictor, result in results.items():
+            for metric in ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05"):
+                if metric in result:
+                    tf.summary.scalar(f"eval/{metric}/{predictor}", float(result[metric]))
 
 
 def store_thresholds(run, config: dict, checkpoint: str, results: dict) -> None:
@@ -283,6 +303,8 @@ def store_thresholds(run, config: dict, checkpoint: str, results: dict) -> None:
             continue
         source = result.get("postprocessed", {}) if pp else result
         thresholds = {fpr: source[f"{key}_threshold"] for key, fpr in FPRS.items() if f"{key}_threshold" in source}
+        if not pp and "display_range" in result:  # the top of the colour scale of overlays
+            thresholds[DISPLAY_FPRS["display_high"]] = result["display_range"][1]
         reference = {}
         if "settings" in result and predictor == "recommended":
             reference["recommended"] = result["settings"]

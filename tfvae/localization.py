@@ -141,6 +141,8 @@ class Localizer:
         self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
                                  else "calibrated now on the validation slices (stored in thresholds.json)")
         self.threshold = run.threshold(predictor, fpr, config=config, checkpoint=checkpoint, scorer=self.scorer)
+        high = store.threshold(key, DISPLAY_HIGH_FPR)  # stored by evaluate: one colour scale for every scan
+        self.display = (self.threshold, high) if high is not None and high > self.threshold else None
         self.builder_config = data.builder(config["data"]).builder_config
         train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
         self.reference = {"modality": getattr(self.builder_config, "modality", "t2"),
@@ -172,7 +174,7 @@ class Localizer:
         return result
 
 
-def write_outputs(result: Localized, out_dir: str, name: str, title: str) -> dict:
+def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=None) -> dict:
     """``<name>_tfvae_score.nii.gz``, ``<name>_tfvae_mask.nii.gz`` (the scan's grid and affine),
     ``<name>_tfvae_overlay.png`` and ``<name>_tfvae_components.csv`` (one row per connected finding)
     in ``out_dir``; returns the scan's summary row."""
@@ -182,7 +184,7 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str) -> dic
     nib.save(nib.Nifti1Image(result.score.astype(np.float32), result.affine), os.path.join(out_dir, name + OUTPUTS[0]))
     nib.save(nib.Nifti1Image(result.mask, result.affine), os.path.join(out_dir, name + OUTPUTS[1]))
     ras = [preprocessing.to_canonical(v, result.affine) for v in (result.image, result.score, result.mask)]
-    reporting.overlay_montage(*ras, os.path.join(out_dir, name + OUTPUTS[2]), title)
+    reporting.overlay_montage(*ras, os.path.join(out_dir, name + OUTPUTS[2]), title, scale=scale)
     components = result.components
     with open(os.path.join(out_dir, name + OUTPUTS[3]), "w", newline="") as f:
         writer = csv.writer(f)
@@ -200,6 +202,7 @@ OUTPUT_TAG = "_tfvae_"  # in every output name: never read back as a scan (local
 OUTPUTS = (f"{OUTPUT_TAG}score.nii.gz", f"{OUTPUT_TAG}mask.nii.gz", f"{OUTPUT_TAG}overlay.png",
            f"{OUTPUT_TAG}components.csv")
 SUMMARY = "summary.csv"
+DISPLAY_HIGH_FPR = 0.001  # the top of an overlay's colour scale: the healthy 99.9th percentile
 
 
 def scan_files(items) -> list[str]:
@@ -264,7 +267,7 @@ def localize_files(localizer: Localizer, files: list[str], out_dir: str, *, mask
         for warning in result.warnings:
             warn(f"warning: {warning}")
         row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} FPR "
-                                                   f"({result.volume_ml:.1f} ml)")
+                                                   f"({result.volume_ml:.1f} ml)", scale=localizer.display)
         rows.append({"scan": path, "run": os.path.abspath(localizer.run.dir), "checkpoint": localizer.checkpoint,
                      "predictor": localizer.predictor, "fpr": localizer.fpr, **row,
                      "threshold_from": localizer.threshold_source})

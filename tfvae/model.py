@@ -14,6 +14,8 @@ inference setting, which the pixel-wise predictors differentiate with respect to
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -38,6 +40,8 @@ class BetaVAE(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.rec_tracker = keras.metrics.Mean(name="rec")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        # the reconstruction term without its constant 0.5 * D * log(2 pi): 0.5 x the squared error
+        self.rec_sq_tracker = keras.metrics.Mean(name="rec_sq")
         # The encoder and decoder are built functional models, so the model is built too; saying
         # so lets .keras saving store (and loading restore) the optimizer state with the weights.
         self.built = True
@@ -91,12 +95,13 @@ class BetaVAE(keras.Model):
     # --- Keras training loop -------------------------------------------------------------------
     @property
     def metrics(self):
-        return [self.loss_tracker, self.rec_tracker, self.kl_tracker]
+        return [self.loss_tracker, self.rec_tracker, self.kl_tracker, self.rec_sq_tracker]
 
     def _update_trackers(self, terms):
         self.loss_tracker.update_state(terms["loss"])
         self.rec_tracker.update_state(terms["rec"])
         self.kl_tracker.update_state(terms["kl"])
+        self.rec_sq_tracker.update_state(terms["rec"] - 0.5 * self.image_size ** 2 * math.log(2.0 * math.pi))
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):

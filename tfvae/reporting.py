@@ -116,44 +116,76 @@ def write_results(results: dict, out_dir: str, header: str = "") -> None:
                 + "\n" + "\n".join(f"- {line}" for line in LEGEND) + "\n")
 
 
-def figure(items: list[dict], predictors: list[str], title: str):
-    """One row per slice: input, ground truth, reconstruction, projected image (when computed),
-    then each predictor's map."""
-    panels = ["image", "label", "reconstruction"] + (["projected"] if items and "projected" in items[0] else [])
-    panels += [p for p in predictors if p != "intensity" and items and p in items[0]]
-    fig, axes = plt.subplots(len(items), len(panels), figsize=(1.6 * len(panels), 1.7 * len(items) + 0.4),
+LABEL_NAMES = {1: ("necrosis", "#3d8bff"), 2: ("edema", "#ffd400"), 4: ("enhancing", "#ff3df2")}
+MASK_COLOUR = "lime"
+FONT = 9  # points: readable at 100 % zoom
+
+
+def draw_labels(ax, label: np.ndarray) -> None:
+    """Ground truth as one contour per BraTS label (necrosis / edema / enhancing)."""
+    for value, (_, colour) in LABEL_NAMES.items():
+        if (label == value).any():
+            ax.contour(label == value, levels=[0.5], colors=[colour], linewidths=0.9)
+
+
+def figure(items: list[dict], predictors: list[str], title: str, scales: dict | None = None,
+           thresholds: dict | None = None):
+    """One row per slice: the input with the ground truth as labelled contours, the reconstruction,
+    the projected image (when computed), then each predictor's map (``intensity`` included) on ONE
+    colour scale per predictor -- ``scales[p] = (low, high)``, taken from healthy validation maps,
+    the same on every row and in every figure -- with a colour bar; where ``thresholds[p]`` is
+    given, the mask at that threshold (1 % FPR on healthy validation) is outlined in green."""
+    scales, thresholds = scales or {}, thresholds or {}
+    panels = ["image", "reconstruction"] + (["projected"] if items and "projected" in items[0] else [])
+    panels += [p for p in predictors if any(p in item for item in items)]
+    fig, axes = plt.subplots(len(items), len(panels), figsize=(2.0 * len(panels), 2.0 * len(items) + 1.2),
                              squeeze=False)
+    bars: set = set()
     for row, item in zip(axes, items):
+        lo, hi = np.percentile(item["image"], [1, 99.5])
         for ax, panel in zip(row, panels):
-            data = np.asarray(item[panel])[..., 0]
-            if panel in ("image", "reconstruction", "projected"):
-                ax.imshow(data, cmap="gray", vmin=np.percentile(item["image"], 1), vmax=np.percentile(item["image"], 99.5))
-            elif panel == "label":
-                ax.imshow(data, cmap="viridis", vmin=0, vmax=4, interpolation="nearest")
-            else:
-                low = min(0.0, float(np.percentile(data, 1)))  # the ensemble's log-odds are negative
-                ax.imshow(data, cmap="inferno", vmin=low, vmax=max(float(np.percentile(data, 99.5)), low) + 1e-12)
             ax.set_xticks([])
             ax.set_yticks([])
-        row[0].set_ylabel(item["title"], fontsize=6)
+            if panel not in item:  # e.g. no ensemble map for the volumes the ensemble was fitted on
+                continue
+            data = np.asarray(item[panel])[..., 0]
+            if panel in ("image", "reconstruction", "projected"):
+                ax.imshow(data, cmap="gray", vmin=lo, vmax=hi)
+                if panel == "image":
+                    draw_labels(ax, np.asarray(item["label"])[..., 0])
+            else:
+                vmin, vmax = scales.get(panel) or (min(0.0, float(np.percentile(data, 1))),
+                                                   float(np.percentile(data, 99.5)))
+                shown = ax.imshow(data, cmap="inferno", vmin=vmin, vmax=max(vmax, vmin + 1e-12))
+                if panel in thresholds:
+                    ax.contour(data >= thresholds[panel], levels=[0.5], colors=[MASK_COLOUR], linewidths=0.8)
+                if panel not in bars:
+                    bars.add(panel)
+                    bar = fig.colorbar(shown, ax=list(axes[:, panels.index(panel)]), orientation="horizontal",
+                                       fraction=0.04, pad=0.02)
+                    bar.ax.tick_params(labelsize=FONT - 2)
+        row[0].set_ylabel(item["title"], fontsize=FONT)
     for ax, panel in zip(axes[0], panels):
-        ax.set_title({"image": "input", "label": "ground truth"}.get(panel, panel), fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        ax.set_title({"image": "input + ground truth"}.get(panel, panel), fontsize=FONT)
+    handles = [plt.Line2D([], [], color=c, label=n) for n, c in LABEL_NAMES.values()]
+    handles.append(plt.Line2D([], [], color=MASK_COLOUR, label="mask at 1% FPR"))
+    fig.legend(handles=handles, loc="upper right", fontsize=FONT, ncol=len(handles), frameon=False)
+    fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
     return fig
 
 
-def save_figures(figures, predictors, out_dir: str) -> dict[str, np.ndarray]:
-    """``tumour_slices.png`` and ``healthy_slices.png`` in ``out_dir``; returns them as RGB arrays
-    (for TensorBoard)."""
+def save_figures(figures, predictors, out_dir: str, scales: dict | None = None,
+                 thresholds: dict | None = None) -> dict[str, np.ndarray]:
+    """``tumour_slices.png`` and ``healthy_slices.png`` in ``out_dir`` (see ``figure``); returns them
+    as RGB arrays (for TensorBoard)."""
     os.makedirs(out_dir, exist_ok=True)
     images = {}
     for kind, pool in (("tumour_slices", figures.tumour), ("healthy_slices", figures.healthy)):
         if not pool:
             continue
-        fig = figure([item for _, item in pool], predictors, kind.replace("_", " "))
+        fig = figure([item for _, item in pool], predictors, kind.replace("_", " "), scales, thresholds)
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         with open(os.path.join(out_dir, f"{kind}.png"), "wb") as f:
             f.write(buffer.getvalue())
@@ -162,52 +194,80 @@ def save_figures(figures, predictors, out_dir: str) -> dict[str, np.ndarray]:
 
 
 def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path: str, title: str,
-                    n: int = 12) -> None:
-    """A PNG montage of ``n`` axial slices (RAS volumes, anterior up) through the brain: the scan in
-    grey, the top 10 % of the brain's anomaly scores as a heat map over it, the thresholded mask
-    outlined in cyan."""
+                    n: int = 12, scale: tuple[float, float] | None = None) -> None:
+    """A PNG montage of ``n`` axial slices (RAS volumes: anterior up, the patient's right on the
+    right, marked) through the brain, the slices through the largest findings first: the scan in
+    grey, the anomaly score as a heat map over it from ``scale`` = (low, high) -- the threshold and
+    a high healthy percentile, the same for every scan of a run (default: this scan's 90th and
+    99.5th percentiles) -- with a colour bar, and the thresholded mask outlined (legend)."""
+    from scipy import ndimage
+
     area = (image != 0).reshape(-1, image.shape[2]).sum(axis=0)
-    zs = np.nonzero(area >= 0.2 * area.max())[0]
-    zs = zs[np.linspace(0, len(zs) - 1, min(n, len(zs))).astype(int)] if len(zs) else np.arange(image.shape[2])[:n]
+    candidates = np.nonzero(area >= 0.2 * area.max())[0] if area.any() else np.arange(image.shape[2])
+    labels, found = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    findings = list(dict.fromkeys(int(round(np.argwhere(labels == i + 1)[:, 2].mean()))
+                                  for i in np.argsort(-sizes)[:n // 2]))  # through the largest findings
+    spread = [int(z) for z in candidates[np.linspace(0, len(candidates) - 1, min(n, len(candidates))).astype(int)]]
+    zs = list(dict.fromkeys(findings + spread))[:n]
     cols = 4
     rows_ = int(np.ceil(len(zs) / cols))
-    fig, axes = plt.subplots(rows_, cols, figsize=(2.6 * cols, 2.8 * rows_), squeeze=False)
+    fig, axes = plt.subplots(rows_, cols, figsize=(2.8 * cols, 2.9 * rows_ + 0.9), squeeze=False)
     brain_scores = score[image != 0]
-    shown = np.percentile(brain_scores, 90) if brain_scores.size else 0.0
-    top = np.percentile(brain_scores, 99.5) if brain_scores.size else 1.0
+    if scale is None:
+        scale = ((np.percentile(brain_scores, 90), np.percentile(brain_scores, 99.5)) if brain_scores.size
+                 else (0.0, 1.0))
+    shown, top = float(scale[0]), max(float(scale[1]), float(scale[0]) + 1e-12)
     lo, hi = np.percentile(image[image != 0], [1, 99.5]) if (image != 0).any() else (0, 1)
+    heat = None
     for ax in axes.flat:
         ax.axis("off")
     for ax, z in zip(axes.flat, zs):
         ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
-        ax.imshow(np.ma.masked_less_equal(score[:, :, z].T, shown), cmap="hot", origin="lower", alpha=0.6,
-                  vmin=shown, vmax=max(top, shown + 1e-12))
+        heat = ax.imshow(np.ma.masked_less(score[:, :, z].T, shown), cmap="hot", origin="lower", alpha=0.65,
+                         vmin=shown, vmax=top)
         if mask[:, :, z].any():
-            ax.contour(mask[:, :, z].T, levels=[0.5], colors="cyan", linewidths=0.8, origin="lower")
-        ax.set_title(f"z={z}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+            ax.contour(mask[:, :, z].T, levels=[0.5], colors=[MASK_COLOUR], linewidths=0.9, origin="lower")
+        ax.set_title(f"z={z}" + (" (finding)" if z in findings else ""), fontsize=FONT)
+        ax.text(0.02, 0.5, "L", transform=ax.transAxes, color="white", fontsize=FONT, va="center")
+        ax.text(0.98, 0.5, "R", transform=ax.transAxes, color="white", fontsize=FONT, va="center", ha="right")
+    if heat is not None:
+        bar = fig.colorbar(heat, ax=list(axes.flat), orientation="horizontal", fraction=0.03, pad=0.03)
+        bar.set_label("anomaly score (from the threshold up)", fontsize=FONT)
+        bar.ax.tick_params(labelsize=FONT - 1)
+    fig.legend(handles=[plt.Line2D([], [], color=MASK_COLOUR, label="anomaly mask")], loc="upper right",
+               fontsize=FONT, frameon=False)
+    fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
 class FigureSlices:
-    """Keeps the ``n`` test slices with the largest tumour area, and ``n`` tumour-free slices with
-    the largest brain area, with their maps, for the figures."""
+    """Keeps, for the figures, the slice with the largest tumour area of each of the ``n`` volumes
+    with the largest tumours, and the slice with the largest brain area of ``n`` tumour-free
+    volumes (or tumour-free slices, when no volume is healthy) -- one row per volume."""
 
     def __init__(self, n: int):
         self.n = n
         self.tumour: list[tuple[float, dict]] = []
         self.healthy: list[tuple[float, dict]] = []
 
+    def _offer(self, pool: list, key: float, volume, i: int) -> None:
+        if len(pool) < self.n or key > pool[-1][0]:
+            item = {"title": f"{volume.volume_id} z={volume.slice_index[i]}", "image": volume.image[i],
+                    "label": volume.label[i], **{k: v[i] for k, v in volume.maps.items()}}
+            pool.append((float(key), item))
+            pool.sort(key=lambda t: -t[0])
+            del pool[self.n:]
+
     def update(self, volume):
         tumour_area = (volume.label > 0).sum(axis=(1, 2, 3))
         brain_area = (volume.brain_mask > 0).sum(axis=(1, 2, 3))
-        for i in range(len(volume.image)):
-            pool, key = (self.tumour, tumour_area[i]) if tumour_area[i] else (self.healthy, brain_area[i])
-            if len(pool) < self.n or key > pool[-1][0]:
-                item = {"title": f"{volume.volume_id} z={volume.slice_index[i]}", "image": volume.image[i],
-                        "label": volume.label[i], **{k: v[i] for k, v in volume.maps.items()}}
-                pool.append((float(key), item))
-                pool.sort(key=lambda t: -t[0])
-                del pool[self.n:]
+        if tumour_area.any():
+            i = int(np.argmax(tumour_area))
+            self._offer(self.tumour, tumour_area[i], volume, i)
+        healthy = np.nonzero(tumour_area == 0)[0]
+        if len(healthy):
+            i = int(healthy[np.argmax(brain_area[healthy])])
+            # a healthy volume's slice ranks above tumour-free slices of tumour volumes
+            self._offer(self.healthy, brain_area[i] + (1e9 if not tumour_area.any() else 0), volume, i)

@@ -10,10 +10,8 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
 
 from tfvae import callbacks as tfvae_callbacks
-from tfvae import config as config_lib
 from tfvae import data
 from tfvae.model import BetaVAE
 from tfvae.run import Run
@@ -81,9 +79,8 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
         keras.callbacks.CSVLogger(run.history_path, append=True),
         tfvae_callbacks.Checkpoints(run.model_path("best"), run.model_path("last"), best_so_far=_best_val_loss(run)),
         tfvae_callbacks.ResumeState(run.backup_dir),
-        keras.callbacks.TensorBoard(logs, write_graph=False),
-        hparams_api.KerasCallback(logs, config_lib.flatten(config), trial_id=config["name"]),
-        tfvae_callbacks.ImageSummaries(run.path("logs", "images"),
+        tfvae_callbacks.RunLog(logs, config),  # one TensorBoard run: curves, images, hparams, evaluation
+        tfvae_callbacks.ImageSummaries(logs,
                                        _preview_slices(validation_examples, t["num_images"]),
                                        every=t["image_every"], seed=config["seed"]),
         *extra_callbacks,

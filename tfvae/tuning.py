@@ -39,7 +39,7 @@ Objectives:
 
 Every trial is a normal run directory, ``<search_dir>/trials/<trial_id>/`` (config.json,
 model.keras, history.csv, checkpoints/, logs/ with TensorBoard scalars, images and hparams; the
-objective is also logged there as ``validation/epoch_auroc``), written by ``training.train``; Keras
+objective is also logged there as ``auroc/validation``), written by ``training.train``; Keras
 Tuner's own state is in ``<search_dir>/kt/``. ``<search_dir>/best/`` is a copy of the best trial's
 run directory. A search that stopped resumes where it stopped (Keras Tuner reloads its oracle; a
 trial that was interrupted continues from its last finished epoch). Hyperband continues a trial
@@ -324,7 +324,7 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
 
 class LabelledAUROC(keras.callbacks.Callback):
     """At the end of training: ``labelled_auroc`` of the trained model, kept as ``value`` and
-    logged to TensorBoard (``<log_dir>`` / ``epoch_auroc``) at the last epoch."""
+    logged to TensorBoard (``<log_dir>``, ``auroc/validation``) at the last epoch."""
 
     def __init__(self, config, predictor, examples, n_volumes, log_dir):
         super().__init__()
@@ -340,7 +340,7 @@ class LabelledAUROC(keras.callbacks.Callback):
         self.value = labelled_auroc(self.model, self.config, self.predictor, self.examples, self.n_volumes)
         writer = tf.summary.create_file_writer(self.log_dir)
         with writer.as_default(step=self.epoch or self.config["train"]["epochs"]):
-            tf.summary.scalar("epoch_auroc", self.value)
+            tf.summary.scalar("auroc/validation", self.value)
         writer.flush()
 
 
@@ -399,7 +399,7 @@ class VAEHyperModel(kt.HyperModel):
             d = config["data"]
             examples = data.load_split(data.test_data_config(d), search.objective_split or d["test_split"])
             extra.append(LabelledAUROC(config, search.objective_predictor, examples, search.objective_volumes,
-                                       Run(run_dir).path("logs", "validation")))
+                                       Run(run_dir).logs_dir))
         training.train(config, run_dir, extra_callbacks=extra, verbose=self.verbose, model=model)
         metrics = {"val_loss": _last_val_loss(run_dir)}
         if extra:
