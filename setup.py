@@ -35,5 +35,9 @@ setup(
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
     ],
-    extras_require={"test": ["pytest>=8", "dill"]},  # tfds.testing needs dill
+    extras_require={
+        "test": ["pytest>=8", "dill"],  # tfds.testing needs dill
+        # TFDS's command line (`tfds build datasets/<name> --config C`) imports these even for plain builders
+        "tfds-cli": ["apache-beam>=2.60", "mlcroissant>=1.0"],
+    },
 )

@@ -113,3 +113,24 @@ def test_a_mixed_precision_model_makes_its_maps_in_float32():
     half = PixelPredictors(mixed, smooth_gradients=False)(x)["kl_grad"]
     assert not np.allclose(half, PixelPredictors(plain, smooth_gradients=False)(x)["kl_grad"], rtol=1e-3, atol=0)
     assert in_float32(plain) is plain
+
+
+def test_precision_choices(monkeypatch, capsys):
+    config = config_lib.resolve({}, ["data.image_size=32", "model.latent_dim=4"])
+    assert training.resolve_precision(config) == ("float32", None)
+    bf16 = config_lib.resolve(config, ["train.precision=mixed_bfloat16"])
+    model = training.build_model(bf16)
+    assert model.encoder.layers[1].compute_dtype == "bfloat16" and keras.mixed_precision.dtype_policy().name == "float32"
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    terms = model.loss_terms(x, sample=False)
+    assert terms["loss"].dtype == tf.float32 and terms["reconstruction"].dtype == tf.float32
+    if not tf.config.list_physical_devices("GPU"):
+        auto = config_lib.resolve(config, ["train.precision=auto"])
+        monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+        assert training.resolve_precision(auto) == ("mixed_bfloat16", None)
+        monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
+        assert training.resolve_precision(auto) == ("float32", None)
+        policy, warning = training.resolve_precision(bf16)
+        assert policy == "mixed_bfloat16" and "no native bfloat16" in warning
+    with pytest.raises(config_lib.ConfigError, match="train.precision"):
+        config_lib.resolve(config, ["train.precision=half"])

@@ -177,3 +177,25 @@ def test_compiled_and_eager_projection_agree(model, x):
     eager = project(model, x, 25, 0.5, 0.03).numpy()
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
     assert np.abs(eager - x).max() > 0.1  # it moved
+
+
+def test_the_scorer_computes_only_what_is_asked(model, x, monkeypatch):
+    from tfvae import config as config_lib
+    from tfvae.scoring import Scorer
+
+    config = config_lib.resolve({}, ["data.image_size=8"])
+    calls = {"gradients": 0}
+    real = PixelPredictors.__call__
+
+    def counted(self, batch):
+        calls["gradients"] += 1
+        return real(self, batch)
+
+    monkeypatch.setattr(PixelPredictors, "__call__", counted)
+    only = Scorer(model, config, ["intensity"])(x)
+    assert calls["gradients"] == 0 and set(only) == {"intensity"}
+    rec = Scorer(model, config, ["rec_error", "intensity"])(x)
+    assert calls["gradients"] == 0
+    full = Scorer(model, config, ["rec_error", "rec_grad"])(x)
+    assert calls["gradients"] == 1
+    np.testing.assert_allclose(rec["rec_error"], full["rec_error"], rtol=1e-5, atol=1e-6)

@@ -57,7 +57,8 @@ class ImageSummaries(keras.callbacks.Callback):
 
 
 # the hyperparameters that matter first in TensorBoard's HParams dashboard, then the rest
-KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.learning_rate", "train.epochs", "augment.on", "seed",
+KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.learning_rate", "train.epochs", "augment.on",
+               "train.precision_used", "seed",
                "train.batch_size", "data.name", "data.config")
 # evaluation metrics shown as HParams metrics (written by evaluation.log_results)
 EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
@@ -71,6 +72,9 @@ def run_hparams(config: dict) -> dict:
 
     flat = config_lib.flatten(config)
     flat["augment.on"] = augment.is_active(config.get("augment"))
+    from tfvae.training import resolve_precision
+
+    flat["train.precision_used"] = resolve_precision(config)[0]
     ordered = {k: flat[k] for k in KEY_HPARAMS if k in flat}
     ordered.update({k: v for k, v in flat.items() if k not in ordered})
     return ordered

@@ -40,9 +40,12 @@ Schema (dotted key: type, default -- meaning):
 - ``train.num_images``: int, 8 -- how many slices those image summaries show.
 - ``train.distribute``: "none" or "mirrored" -- "mirrored" trains under
   ``tf.distribute.MirroredStrategy`` on all local GPUs (``train.batch_size`` is the global batch).
-- ``train.mixed_precision``: bool, false -- ``mixed_float16`` layers on a GPU (the distributions
-  and the loss stay float32); ignored with a warning where there is no GPU. Anomaly maps are
-  always computed in float32.
+- ``train.precision``: "float32" (default), "mixed_bfloat16", "mixed_float16" or "auto" -- the
+  layers' precision (the distributions and the loss stay float32; anomaly maps are always computed
+  in float32). "auto": bfloat16 on CPUs with native bfloat16 (``avx512_bf16`` / ``amx_bf16``) and
+  GPUs of compute capability >= 8.0, float16 on older GPUs, else float32; float16 without a GPU
+  falls back to float32 with a warning. The precision used is printed and logged (HParams).
+- ``train.mixed_precision``: bool, false -- the older spelling of ``train.precision: mixed_float16``.
 - ``train.patience``: int, 0 -- stop when the validation loss has not improved for this many
   epochs (``train.epochs`` is then the maximum) and keep the best epoch's weights; 0: off.
 - ``augment.*`` -- on-the-fly augmentation of the training split only (never validation or test),
@@ -215,6 +218,7 @@ SCHEMA: dict[str, Any] = {
         "num_images": Field(INT, 8, _positive),
         "distribute": Field(STR, "none", _one_of("none", "mirrored")),
         "mixed_precision": Field(BOOL, False),
+        "precision": Field(STR, "float32", _one_of("float32", "mixed_bfloat16", "mixed_float16", "auto")),
         "patience": Field(INT, 0, _non_negative),
     },
     "augment": {

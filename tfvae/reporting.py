@@ -136,7 +136,7 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
     the same on every row and in every figure -- with a colour bar; where ``thresholds[p]`` is
     given, the mask at that threshold (1 % FPR on healthy validation) is outlined in green."""
     scales, thresholds = scales or {}, thresholds or {}
-    panels = ["image", "reconstruction"] + (["projected"] if items and "projected" in items[0] else [])
+    panels = ["image"] + [p for p in ("reconstruction", "projected") if any(p in item for item in items)]
     panels += [p for p in predictors if any(p in item for item in items)]
     fig, axes = plt.subplots(len(items), len(panels), figsize=(2.0 * len(panels), 2.0 * len(items) + 1.2),
                              squeeze=False)

@@ -23,6 +23,7 @@ from tfvae.predictors import PixelPredictors, smooth
 from tfvae.projection import CompiledProjection
 
 MAX_CALIBRATION_SLICES = 4096  # healthy validation slices used for statistics and thresholds
+GRADIENT_ONLY = ("elbo_grad", "kl_grad", "rec_grad", "combi")  # the maps that need the backward pass
 
 
 @dataclasses.dataclass
@@ -90,6 +91,10 @@ class Scorer:
         self.recommended = {"median_size": r["median_size"], "gaussian_sigma": r["gaussian_sigma"]}
         self.synthetic_copies = r["synthetic_copies"]
         self.reference: dict = {}
+        # compute only what is asked: no gradient pass for e.g. ["intensity"] or ["recommended"]
+        self.needs_gradients = any(q in self.predictors for q in GRADIENT_ONLY)
+        self.needs_reconstruction = "rec_error" in self.predictors or ("recommended" in self.predictors
+                                                                       and not self.restore)
 
     def _needs_kl_range(self) -> bool:
         return "combi" in self.predictors and self.pixel.combi == "zimmerer" and self.pixel.kl_range is None
@@ -142,7 +147,14 @@ class Scorer:
         out: dict[str, list] = {}
         for start in range(0, len(images), self.batch_size):
             x = images[start:start + self.batch_size]
-            maps = self.pixel(x)
+            if self.needs_gradients:  # one forward and backward pass gives every gradient map
+                maps = self.pixel(x)
+            else:  # only what is asked: the input, and a forward pass when a reconstruction is needed
+                maps = {"intensity": np.asarray(x, np.float32)}
+                if self.needs_reconstruction:
+                    reconstruction = self.model(x, training=False).numpy()
+                    maps["reconstruction"] = reconstruction
+                    maps["rec_error"] = smooth((np.asarray(x, np.float32) - reconstruction) ** 2, self.smooth_sigma)
             if self.projection is not None:
                 projected, score, reconstruction = self.projection(x)
                 maps["proj_rec_error"] = smooth(score, self.smooth_sigma)

@@ -24,15 +24,57 @@ def strategy(config: dict) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(config: dict) -> tuple[str, str | None]:
+    """``(policy, warning)``: the Keras dtype policy ``train.precision`` means on this machine.
+
+    ``auto``: bfloat16 on CPUs with native bfloat16 and on GPUs of compute capability >= 8.0,
+    float16 on older GPUs, else float32. ``mixed_float16`` without a GPU trains in float32 (with a
+    warning). ``train.mixed_precision: true`` is the old spelling of ``mixed_float16``."""
+    t = config["train"]
+    precision = t.get("precision", "float32")
+    if t.get("mixed_precision") and precision == "float32":
+        precision = "mixed_float16"
+    gpus = tf.config.list_physical_devices("GPU")
+    if precision == "auto":
+        if gpus:
+            capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+            return ("mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"), None
+        return ("mixed_bfloat16" if native_bfloat16() else "float32"), None
+    if precision == "mixed_float16" and not gpus:
+        return "float32", "mixed float16 needs a GPU; training in float32"
+    if precision == "mixed_bfloat16" and not gpus and not native_bfloat16():
+        return precision, "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): expect it to be slow"
+    return precision, None
+
+
 def build_model(config: dict) -> BetaVAE:
-    """The compiled model, its layers in ``mixed_float16`` when ``train.mixed_precision`` is on and a
-    GPU is there (Keras then wraps the optimizer in a LossScaleOptimizer)."""
+    """The compiled model, its layers in the precision ``train.precision`` resolves to (the
+    distributions, the loss and every anomaly map stay float32; float16 gets Keras's loss scaling)."""
+    precision, warning = resolve_precision(config)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     policy = keras.mixed_precision.dtype_policy()
-    if config["train"]["mixed_precision"]:
-        if tf.config.list_physical_devices("GPU"):
-            keras.mixed_precision.set_dtype_policy("mixed_float16")
-        else:
-            print("warning: train.mixed_precision needs a GPU; training in float32", file=sys.stderr)
+    keras.mixed_precision.set_dtype_policy(precision)
     try:
         model = BetaVAE(image_size=config["data"]["image_size"], latent_dim=config["model"]["latent_dim"],
                         beta=config["model"]["beta"], filters=config["model"]["filters"], seed=config["seed"])

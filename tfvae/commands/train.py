@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     warning = data.test_data_warning(run.config()["data"])  # found now, not after the last epoch
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    from tfvae.training import resolve_precision
+
+    print(f"precision: {resolve_precision(run.config())[0]}")
     print(f"run directory: {run.dir}  (tensorboard --logdir {run.logs_dir})")
     try:
         history = run.train()
