@@ -36,7 +36,8 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "dill"],  # tfds.testing needs dill
+        # tfds.testing needs dill; the TFDS command line test needs the tfds-cli extra's packages
+        "test": ["pytest>=8", "dill", "apache-beam>=2.60", "mlcroissant>=1.0"],
         # TFDS's command line (`tfds build datasets/<name> --config C`) imports these even for plain builders
         "tfds-cli": ["apache-beam>=2.60", "mlcroissant>=1.0"],
     },

@@ -69,3 +69,17 @@ def test_one_entry_point_runs_the_scripts_commands(capsys):
         cli.main(["evaluate", "--help"])
     helptext = capsys.readouterr().out
     assert "tfvae evaluate" in helptext and "(default: final)" in helptext and "{final,best,last}" in helptext
+
+
+@pytest.mark.slow
+def test_tfds_command_line_builds_the_tiny_phantom(tmp_path):
+    """`tfds build datasets/brain_phantom --config tiny` (the tfds-cli extra) builds what tfvae builds."""
+    import json
+
+    tfds_cli = os.path.join(os.path.dirname(sys.executable), "tfds")
+    result = subprocess.run([tfds_cli, "build", os.path.join(ROOT, "datasets", "brain_phantom"), "--config", "tiny",
+                             "--data_dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    info = json.loads((tmp_path / "brain_phantom" / "tiny" / "1.0.0" / "dataset_info.json").read_text())
+    counts = {s["name"]: int(s["shardLengths"][0]) for s in info["splits"]}
+    assert counts == {"train": 95, "validation": 29, "test": 63}  # as tfvae builds it (BrainPhantomTest.SPLITS)
