@@ -134,3 +134,79 @@ def test_precision_choices(monkeypatch, capsys):
         assert policy == "mixed_bfloat16" and "no native bfloat16" in warning
     with pytest.raises(config_lib.ConfigError, match="train.precision"):
         config_lib.resolve(config, ["train.precision=half"])
+
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import tensorflow as tf
+    from tfvae import model as model_lib
+    model_lib.keras.random.normal = lambda shape, seed=None: tf.zeros(shape)  # z = mu on every worker
+    # stored order: a distributed dataset's shuffle seeds are not the single process's (measured)
+    tf.data.Dataset.shuffle = lambda self, *args, **kwargs: self
+    # plain SGD: unlike Adam it is not invariant to a wrongly scaled gradient (and does not amplify
+    # the all-reduce's float rounding of near-zero gradients into whole steps)
+    model_lib.keras.optimizers.Adam = lambda learning_rate: model_lib.keras.optimizers.SGD(learning_rate)
+    from tfvae import config as config_lib, training
+    from tfvae.run import Run
+    config = config_lib.resolve(json.loads(sys.argv[1]), [])
+    run_dir = sys.argv[2]
+    if not Run(run_dir).is_run:
+        Run.create(run_dir, config)
+    training.train(config, run_dir, verbose=0)
+    print("DONE", training.is_chief(training.strategy(config)))
+""")
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_tiny_phantom_as_one_process_does(tiny_data_dir, tmp_path):
+    """train.distribute=multi_worker: two worker processes on 127.0.0.1, the global batch split
+    between them, reach the weights one process reaches with the same global batch; only the chief
+    writes the run directory."""
+    import json
+
+    base = config_lib.resolve({"name": "mw"}, [
+        "data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}", "model.latent_dim=4",
+        "train.epochs=2", "train.batch_size=16", "train.learning_rate=0.001", "train.image_every=10"])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    single = subprocess.run([sys.executable, "-c", WORKER, json.dumps(base), str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = config_lib.resolve(base, ["train.distribute=multi_worker"])
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(multi), str(tmp_path / "two")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**env, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                                     "task": {"type": "worker", "index": i}})})
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    assert sorted(line for out, _ in outputs for line in out.splitlines() if line.startswith("DONE")) == \
+        ["DONE False", "DONE True"]
+    import keras
+
+    one = keras.models.load_model(str(tmp_path / "one" / "model.keras")).get_weights()
+    two = keras.models.load_model(str(tmp_path / "two" / "model.keras")).get_weights()
+    keras.utils.set_random_seed(base["seed"])
+    start = training.build_model(base).get_weights()  # the weights both runs started from
+    for a, b, w0 in zip(one, two, start):
+        moved = float(np.abs(a - w0).max())
+        # equal up to float rounding, measured against how far training moved the weights
+        assert float(np.abs(a - b).max()) <= 1e-3 * moved + 1e-7, (moved, float(np.abs(a - b).max()))
+    assert max(float(np.abs(a - w0).max()) for a, w0 in zip(one, start)) > 1e-3  # training moved them
+    with open(tmp_path / "two" / "history.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0", "1"]  # the chief's, once

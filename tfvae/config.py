@@ -38,8 +38,10 @@ Schema (dotted key: type, default -- meaning):
   volumes is shuffled every epoch as well (see ``data.images``).
 - ``train.image_every``: int, 10 -- write input/reconstruction/sample images every N epochs.
 - ``train.num_images``: int, 8 -- how many slices those image summaries show.
-- ``train.distribute``: "none" or "mirrored" -- "mirrored" trains under
-  ``tf.distribute.MirroredStrategy`` on all local GPUs (``train.batch_size`` is the global batch).
+- ``train.distribute``: "none", "mirrored" or "multi_worker" -- "mirrored" trains under
+  ``tf.distribute.MirroredStrategy`` on all local GPUs, "multi_worker" under
+  ``MultiWorkerMirroredStrategy`` on the machines of ``TF_CONFIG`` (or Slurm's); either way
+  ``train.batch_size`` is the global batch and only the chief writes the run directory.
 - ``train.precision``: "float32" (default), "mixed_bfloat16", "mixed_float16" or "auto" -- the
   layers' precision (the distributions and the loss stay float32; anomaly maps are always computed
   in float32). "auto": bfloat16 on CPUs with native bfloat16 (``avx512_bf16`` / ``amx_bf16``) and
@@ -216,7 +218,7 @@ SCHEMA: dict[str, Any] = {
         "shuffle_buffer": Field(INT, 10000, _positive),
         "image_every": Field(INT, 10, _positive),
         "num_images": Field(INT, 8, _positive),
-        "distribute": Field(STR, "none", _one_of("none", "mirrored")),
+        "distribute": Field(STR, "none", _one_of("none", "mirrored", "multi_worker")),
         "mixed_precision": Field(BOOL, False),
         "precision": Field(STR, "float32", _one_of("float32", "mixed_bfloat16", "mixed_float16", "auto")),
         "patience": Field(INT, 0, _non_negative),

@@ -102,15 +102,22 @@ class BetaVAE(keras.Model):
         self.rec_tracker.update_state(terms["rec"])
         self.kl_tracker.update_state(terms["kl"])
         self.rec_sq_tracker.update_state(terms["rec"] - 0.5 * self.image_size ** 2 * math.log(2.0 * math.pi))
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces a multi-worker step's outputs with reduce(MEAN, axis=0): give it an axis
+            results = {k: tf.reshape(v, [1]) for k, v in results.items()}
+        return results
 
     def train_step(self, data):
-        # Under tf.distribute each replica sees its share of the batch and Keras sums the replicas'
-        # gradients: dividing by the number of replicas makes that the gradient of the global mean.
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        # Under tf.distribute each replica sees its share of the batch and the replicas' gradients are
+        # summed: dividing each replica's summed loss by the global batch size makes that the gradient
+        # of the global mean, also for a last batch split unevenly between replicas.
+        context = tf.distribute.get_replica_context()
+        local = tf.cast(tf.shape(data)[0], tf.float32)
+        global_batch = context.all_reduce(tf.distribute.ReduceOp.SUM, local) if context.num_replicas_in_sync > 1 else local
         with tf.GradientTape() as tape:
             terms = self.loss_terms(data, sample=True, training=True)
-            loss = tf.reduce_mean(terms["loss"]) / replicas
+            loss = tf.reduce_sum(terms["loss"]) / global_batch
             scaled = self.optimizer.scale_loss(loss)  # mixed precision: the LossScaleOptimizer's scale
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))

@@ -17,11 +17,36 @@ from tfvae.model import BetaVAE
 from tfvae.run import Run
 
 
+_STRATEGIES: dict = {}  # one MultiWorkerMirroredStrategy per process (it can be made only once)
+
+
 def strategy(config: dict) -> tf.distribute.Strategy:
-    """``MirroredStrategy`` over all local GPUs for ``train.distribute: mirrored``, else the default."""
-    if config["train"]["distribute"] == "mirrored":
+    """``train.distribute``: ``mirrored`` -- ``MirroredStrategy`` over all local GPUs;
+    ``multi_worker`` -- ``MultiWorkerMirroredStrategy`` over the machines of the cluster in
+    ``TF_CONFIG`` (or, under Slurm without ``TF_CONFIG``, TensorFlow's ``SlurmClusterResolver``);
+    ``none`` -- the default strategy."""
+    kind = config["train"]["distribute"]
+    if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        if "multi_worker" not in _STRATEGIES:
+            resolver = None
+            if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
+                resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+            _STRATEGIES["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return _STRATEGIES["multi_worker"]
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy_: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run (always, but for the non-chief workers of a cluster: the
+    ``chief`` task, else worker 0)."""
+    resolver = getattr(strategy_, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
@@ -95,6 +120,7 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
     if it has one. Raises ``callbacks.NonFiniteLoss`` if the loss diverges. ``model``: the compiled
     model of ``config`` to train (as ``build_model`` makes it, under ``strategy(config).scope()``;
     e.g. a Keras Tuner HyperModel's ``build``), else one is built here."""
+    distribution = strategy(config)  # first: a multi-worker strategy must exist before any TensorFlow op runs
     keras.utils.set_random_seed(config["seed"])
     if verbose == "auto":  # progress bars on a terminal, one line per epoch in a log file
         from tfvae.console import progress_verbosity
@@ -109,12 +135,19 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
     validation_ds = data.images(validation_examples, t["batch_size"])
 
     if model is None:
-        with strategy(config).scope():
+        with distribution.scope():
             model = build_model(config)
     run = Run(run_dir)
+    chief = is_chief(distribution)
+    if not chief:  # every worker saves (the saves may need all of them); only the chief's land in the run
+        import tempfile
+
+        run = Run(tempfile.mkdtemp(prefix="tfvae-worker-"))
+    if t["distribute"] == "multi_worker":  # each worker takes its share of every global batch
+        train_ds, validation_ds = _shard_by_data(train_ds), _shard_by_data(validation_ds)
+    initial_epoch = resume(model, Run(run_dir), truncate=chief)
     logs = run.logs_dir
     tf.io.gfile.makedirs(run.checkpoints_dir)
-    initial_epoch = resume(model, run)
     # the history row, the checkpoints, then the resume state (which marks the epoch done): see callbacks
     callbacks = [
         tfvae_callbacks.StopOnNaN(),
@@ -138,10 +171,17 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
     return history
 
 
-def resume(model, run: Run) -> int:
+def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Shard a training dataset across workers by element (it is not read from files)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def resume(model, run: Run, truncate: bool = True) -> int:
     """Load the newest complete training state of ``run`` into ``model`` (weights and optimizer:
     the resume state, else ``checkpoints/last.keras``) and return the number of finished epochs;
-    ``history.csv`` keeps exactly the rows of those epochs. 0 for a new run."""
+    ``history.csv`` keeps exactly the rows of those epochs (``truncate``: the chief). 0 for a new run."""
     state = tfvae_callbacks.ResumeState.read(run.backup_dir)
     epochs, weights = (state["epoch"], state["weights"]) if state else (0, None)
     if state is None and os.path.isfile(run.model_path("last")) and os.path.isfile(run.history_path):
@@ -150,7 +190,8 @@ def resume(model, run: Run) -> int:
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(weights)
-    tfvae_callbacks.truncate_history(run.history_path, epochs)
+    if truncate:
+        tfvae_callbacks.truncate_history(run.history_path, epochs)
     return epochs
 
 

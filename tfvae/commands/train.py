@@ -70,6 +70,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    from tfvae import training
+
+    training.strategy(run.config())  # a multi-worker strategy must exist before any TensorFlow op runs
     print(f"data: {data.describe(run.config()['data'])}")
     warning = data.test_data_warning(run.config()["data"])  # found now, not after the last epoch
     if warning:
