@@ -98,9 +98,40 @@ def layer_times(model, batch: int, repeats: int) -> dict:
     return times
 
 
+def quality(data_dir: str | None = None, workdir: str | None = None, log=print) -> dict:
+    """Train the quick start's phantom run in float32 and in bfloat16 and evaluate both: every
+    predictor's AUROC (all pixels and inside the brain) for each precision and the difference (a
+    difference above 0.005 is a finding to report)."""
+    import tempfile
+
+    from tfvae import config as config_lib
+    from tfvae.run import Run
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.json")
+    workdir = workdir or tempfile.mkdtemp(prefix="tfvae-quality-")
+    found = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        overrides = [f"train.precision={precision}", "evaluate.write_nifti=false", "evaluate.num_figures=1",
+                     f"name=quality_{precision}"] + ([f"data.data_dir={data_dir}"] if data_dir else [])
+        run = Run.create(os.path.join(workdir, precision), config_lib.load(root, overrides), overwrite=True)
+        run.train(verbose=0)
+        found[precision] = run.evaluate(overwrite=True, verbose=False)
+    table = {}
+    for predictor, r32 in found["float32"].items():
+        r16 = found["mixed_bfloat16"][predictor]
+        row = {m: (r32[m], r16[m], r16[m] - r32[m]) for m in ("auroc", "auroc_brain")}
+        table[predictor] = row
+        flag = "  <- differs by more than 0.005" if any(abs(v[2]) > 0.005 for v in row.values()) else ""
+        log(f"  {predictor:16s} AUROC float32 {row['auroc'][0]:.3f} bfloat16 {row['auroc'][1]:.3f} "
+            f"({row['auroc'][2]:+.3f}); brain {row['auroc_brain'][0]:.3f} / {row['auroc_brain'][1]:.3f} "
+            f"({row['auroc_brain'][2]:+.3f}){flag}")
+    return table
+
+
 def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: str | None = None,
-        layers: bool = False) -> dict:
-    """Every figure (printed as a table as it is measured); written as JSON to ``out_path``."""
+        layers: bool = False, check_quality: bool = False) -> dict:
+    """Every figure (printed as a table as it is measured); written as JSON to ``out_path``.
+    ``check_quality``: also ``quality`` (trains the quick start in both precisions)."""
     repeats = 3 if quick else 7
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32)
@@ -122,19 +153,38 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     keras.utils.set_random_seed(0)
     steps = 15 if quick else 40
     images = tf.data.Dataset.from_tensor_slices(np.repeat(x, 4, axis=0)).batch(BATCH).cache().repeat()
-    for latent in (64, 256):
-        model = BetaVAE(image_size=SIZE, latent_dim=latent, seed=0)
+    def train_rate(latent: int, policy: str = "float32") -> tuple[float, BetaVAE]:
+        keras.mixed_precision.set_dtype_policy(policy)
+        try:
+            model = BetaVAE(image_size=SIZE, latent_dim=latent, seed=0)
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
         model.compile(optimizer=keras.optimizers.Adam(1e-4))
         timer = BatchTimer()
         model.fit(images, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up: tracing
         model.fit(images, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
-        rate = BATCH / statistics.median(np.diff(timer.ends))
+        return BATCH / statistics.median(np.diff(timer.ends)), model
+
+    for latent in (64, 256):
+        rate, model = train_rate(latent)
         record(f"train_slices_per_s_latent{latent}", rate, "slices/s", "target >= 1400 at latent 64")
         if latent == 64:
             flops = forward_flops(model)
-            train_rate = rate
+            float32_rate = rate
             record("forward_mflop_per_slice", flops / 1e6, "MFLOP")
             record("train_gflop_per_s", 3 * flops * rate / 1e9, "GFLOP/s", "3 x forward per slice")
+    # bfloat16 beside float32, in the same run (speeds compare only within one run)
+    from tfvae.training import native_bfloat16
+
+    native = native_bfloat16()
+    out["machine"]["native_bfloat16"] = native
+    print(f"  native bfloat16 on this CPU: {'yes' if native else 'no (auto picks float32)'}", flush=True)
+    bf16_rate, _ = train_rate(64, "mixed_bfloat16")
+    again, _ = train_rate(64)  # float32 again: the spread of the machine within this run
+    record("train_slices_per_s_latent64_bfloat16", bf16_rate, "slices/s")
+    record("train_slices_per_s_latent64_float32_again", again, "slices/s", "the same as the first: the noise")
+    record("bfloat16_over_float32", bf16_rate / ((float32_rate + again) / 2), "x", "target >= 1.8 (native bf16)")
+    train_rate_ = float32_rate
 
     model = BetaVAE(image_size=SIZE, latent_dim=64, seed=0)
     predictors = PixelPredictors(model)
@@ -148,6 +198,14 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     record("projection_compiled_slice_steps_per_s", BATCH * proj_steps / seconds_compiled, "slice-steps/s")
     record("projection_eager_slice_steps_per_s", BATCH * proj_steps / seconds_eager, "slice-steps/s")
     record("projection_compiled_over_eager", seconds_eager / seconds_compiled, "x", "target >= 5")
+    # what that means for a BraTS-sized test set: 285 volumes, ~120 kept slices each, 100 steps
+    brats_slice_steps = 285 * 120 * 100
+    record("projection_brats_hours", brats_slice_steps / (BATCH * proj_steps / seconds_compiled) / 3600, "h",
+           "285 volumes x 120 slices x 100 steps")
+    # the paper's training data: HCP's ~150,000 slices per epoch at the float32 rate measured above
+    hcp_slices = 150_000
+    record("hcp_epoch_minutes", hcp_slices / float32_rate / 60, "min", "150k slices at the latent-64 rate")
+    record("hcp_cached_split_gb", hcp_slices * SIZE * SIZE * 4 / 1e9, "GB", "the training split cached in memory")
 
     data_config = {"name": "brain_phantom", "config": "tiny" if quick else "default", "image_size": SIZE,
                    "data_dir": data_dir}
@@ -162,7 +220,7 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         rate = batches * BATCH / median_time(read, repeats)
         record(f"input_pipeline{label}_slices_per_s", rate, "slices/s",
                f"brain_phantom/{data_config['config']}, shuffle, batch" + (", augmentation" if augment else ""))
-    record("input_over_training", rate / train_rate, "x", "augmented; target >= 3")
+    record("input_over_training", rate / train_rate_, "x", "augmented; target >= 3")
 
     # metrics: the streaming histograms on 10^8 pixels, beside scikit-learn on 10^7
     chunk = 10**7
@@ -190,6 +248,9 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
 
     if layers:
         out["layers_ms_per_batch"] = layer_times(model, BATCH, repeats)
+    if check_quality:
+        print("quality of bfloat16 training (the quick start in both precisions):", flush=True)
+        out["quality"] = quality(data_dir)
 
     if out_path:
         tmp = f"{out_path}.tmp"
