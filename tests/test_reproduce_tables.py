@@ -138,7 +138,7 @@ def test_plans_are_validated_and_name_the_file_and_key(tmp_path):
     for content, words in (({"base": "beta1.json", "sedes": 2}, ["plan.json", "unknown key 'sedes'"]),
                            ({"base": "beta1.json", "seeds": "3"}, ["plan.json", "seeds", "'3'"]),
                            ({"base": "beta1.json", "seeded_settings": [[48, 1]]}, ["seeded_settings", "[48, 1]"]),
-                           ({"seeds": 2}, ["base is missing"])):
+                           ({"seeds": 2}, ["missing key 'base'"])):
         bad.write_text(json.dumps(content))
         with pytest.raises(config_lib.ConfigError) as err:
             rp.load_plan(str(bad))

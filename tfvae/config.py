@@ -350,23 +350,28 @@ def resolve(config: dict, overrides: list[str] = (), source: str = "config") -> 
     return resolved
 
 
-def load(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
-    """Read, merge with defaults, apply overrides and validate the JSON config at ``path``."""
+def read_json(path: str | os.PathLike, what: str = "config file"):
+    """The JSON at ``path``; a missing, unreadable, non-UTF-8 or invalid file (or a folder) is a
+    one-line ``ConfigError`` naming it (``what``: e.g. "config file", "search config")."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a config file") from None
+        raise ConfigError(f"{path}: is a folder, not a {what}") from None
     except PermissionError:
         raise ConfigError(f"{path}: cannot be read (permission denied)") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8 JSON") from None
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    return resolve(raw, overrides, source=path)
+
+
+def load(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
+    """Read, merge with defaults, apply overrides and validate the JSON config at ``path``."""
+    return resolve(read_json(path), overrides, source=os.fspath(path))
 
 
 def flatten(config: dict) -> dict:

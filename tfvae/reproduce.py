@@ -47,8 +47,6 @@ NAMES = {"recommended": "Recommended", "rec_error": "Rec-Error", "elbo_grad": "E
          "rec_grad": "Rec-grad", "combi": "Combi", "proj_rec_error": "Proj-Rec-Error", "intensity": "Intensity*",
          "ensemble": "Ensemble"}
 DEFAULT_SPREAD = 0.005
-PLAN_KEYS = {"description": (str,), "base": (str,), "set": (list,), "seeds": (int,),
-             "seeded_settings": (list, type(None)), "extras": (bool,)}
 TARGET = {"auroc_brain_gain": 0.05, "auprc_brain_ratio": 3.0, "dice_fpr01": 0.35}  # issue 10's target
 PLAIN_MAPS = ["rec_error", "elbo_grad", "kl_grad", "rec_grad", "combi"]
 ENSEMBLE_PLUS = ["recommended", "intensity", "rec_grad"]
@@ -68,37 +66,37 @@ class Plan:
         return list(range(self.seeds if seeded else 1))
 
 
-def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
-    """The plan at ``path``; ``seeds`` replaces its seed count, ``overrides`` are added to its ``set``.
-    Raises ``config.ConfigError`` (one line naming the file and the key) for a bad plan."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise config_lib.ConfigError(f"{path}: plan file not found") from None
-    except json.JSONDecodeError as e:
-        raise config_lib.ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(raw, dict):
-        raise config_lib.ConfigError(f"{path}: the plan must be a JSON object")
-    for key, value in raw.items():
-        if key not in PLAN_KEYS:
-            raise config_lib.ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(PLAN_KEYS)})")
-        if not isinstance(value, PLAN_KEYS[key]) or isinstance(value, bool) != (bool in PLAN_KEYS[key]):
-            raise config_lib.ConfigError(f"{path}: {key} has the wrong type, got {value!r}")
-    if "base" not in raw:
-        raise config_lib.ConfigError(f"{path}: base is missing (the run config every setting starts from)")
-    count = raw.get("seeds", 1) if seeds is None else seeds
-    if count < 1:
-        raise config_lib.ConfigError(f"{path}: seeds must be >= 1, got {count}")
-    settings = raw.get("seeded_settings")
+def _seeded_settings(v):
     known = [[l, float(b)] for l, b in paper.settings()]
-    for s in settings or []:
-        if not (isinstance(s, list) and len(s) == 2 and [s[0], float(s[1])] in known):
-            raise config_lib.ConfigError(f"{path}: seeded_settings entries must be [latent, beta] of the paper's "
-                                         f"tables ({known}), got {s!r}")
-    base = raw["base"] if os.path.isabs(raw["base"]) else os.path.join(os.path.dirname(os.path.abspath(path)),
-                                                                        raw["base"])
-    return Plan(base, list(raw.get("set", [])) + list(overrides), count, settings, raw.get("extras", False), path)
+    for setting in v or []:
+        if not (isinstance(setting, list) and len(setting) == 2 and [setting[0], float(setting[1])] in known):
+            return f"entries must be [latent, beta] of the paper's tables ({known}), got {setting!r}; it"
+    return None
+
+
+PLAN_SCHEMA = {
+    "description": config_lib.Field((str,), ""),
+    "base": config_lib.Field((str,), config_lib.REQUIRED),
+    "set": config_lib.Field((list,), [], lambda v: None if all(isinstance(i, str) for i in v)
+                            else "must be a list of KEY=VALUE strings"),
+    "seeds": config_lib.Field((int,), 1, lambda v: None if v >= 1 else "must be >= 1"),
+    "seeded_settings": config_lib.Field((list, type(None)), None, _seeded_settings),
+    "extras": config_lib.Field((bool,), False),
+}
+
+
+def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
+    """The plan at ``path`` (keys: ``PLAN_SCHEMA``, validated as run configs are); ``seeds``
+    replaces its seed count, ``overrides`` are added to its ``set``. Raises ``config.ConfigError``
+    (one line naming the file and the key) for a bad plan."""
+    raw = config_lib.read_json(path, "plan file")
+    plan = config_lib.validate(raw, PLAN_SCHEMA, path, what="a plan")
+    if seeds is not None:
+        plan = config_lib.validate({**raw, "seeds": seeds}, PLAN_SCHEMA, f"{path} (--seeds)", what="a plan")
+    base = plan["base"] if os.path.isabs(plan["base"]) else os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                                          plan["base"])
+    return Plan(base, list(plan["set"]) + list(overrides), plan["seeds"], plan["seeded_settings"], plan["extras"],
+                path)
 
 
 def run_name(latent: int, beta: float, seed: int) -> str:

@@ -293,13 +293,7 @@ def trial_name(base_name: str, trial_id: str) -> str:
 
 def load_search(path: str, overrides=()) -> Search:
     """Read and validate a search config file (``overrides``: extra ``KEY=VALUE`` for the base)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise config_lib.ConfigError(f"{path}: search config not found") from None
-    except json.JSONDecodeError as e:
-        raise config_lib.ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    raw = config_lib.read_json(path, "search config")
     return Search(raw, path, os.path.dirname(os.path.abspath(path)), overrides)
 
 

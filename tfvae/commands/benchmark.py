@@ -14,12 +14,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfvae.commands import HelpFormatter  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats; finishes in under 3 minutes")
-    p.add_argument("--out", default="benchmark.json", help="JSON output (default: benchmark.json)")
+    p.add_argument("--out", default="benchmark.json", help="JSON output")
     p.add_argument("--data-dir", help="TFDS data_dir for the input-pipeline benchmark (default: TFDS's)")
     p.add_argument("--layers", action="store_true", help="also time each layer's forward and backward pass "
                                                          "(where the training step spends its time)")

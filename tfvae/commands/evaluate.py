@@ -18,16 +18,18 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfvae.commands import HelpFormatter  # noqa: E402
+
 CHECKPOINTS = ("final", "best", "last")  # tfvae.run.MODEL_FILES
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("--predictors", nargs="+", help="which predictors (default: the config's, else all)")
     p.add_argument("--projection-steps", type=int, help="steps of the energy-based projection")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which saved model (default: final)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which saved model")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--out", help="output directory (default: RUN/eval)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

@@ -14,14 +14,16 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfvae.commands import HelpFormatter  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("--out", required=True, help="a new folder for the SavedModel")
     p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
-                   help="which saved model (default: final)")
+                   help="which saved model")
     args = p.parse_args(argv)
     from tfvae.console import quiet_tensorflow
 

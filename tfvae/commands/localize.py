@@ -20,19 +20,21 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfvae.commands import HelpFormatter  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--predictor", default="recommended", help="which map (default: recommended)")
+    p.add_argument("--predictor", default="recommended", help="which map")
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on healthy validation brain "
-                                                          "pixels that sets the threshold (default: 0.05)")
+                                                          "pixels that sets the threshold")
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
     p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
-                   help="which saved model (default: final; see tfvae.run.MODEL_FILES)")
+                   help="which saved model (see tfvae.run.MODEL_FILES)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys "
                    "(e.g. postprocess.min_component_voxels=8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -21,11 +21,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfvae.commands import HelpFormatter  # noqa: E402
+
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--plan", help="reproduction plan (default: configs/reproduce_paper.json)")
     p.add_argument("--quick", action="store_true", help="the embedded phantom: configs/reproduce_quick.json")
     p.add_argument("--seeds", type=int, help="seeds per seeded setting (default: the plan's)")

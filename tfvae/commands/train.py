@@ -19,10 +19,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfvae.commands import HelpFormatter  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", help="JSON config (see configs/); optional with --resume, which uses the run's own")
     p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",

@@ -28,10 +28,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfvae.commands import HelpFormatter  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--search", required=True, help="search config JSON (see configs/search_*.json)")
     p.add_argument("--dir", help="search directory (default: runs/<search file name>)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
