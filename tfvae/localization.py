@@ -120,7 +120,7 @@ def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor:
 class Localizer:
     """Localizes scans with one run, predictor and false-positive rate (``Run.localize``)."""
 
-    def __init__(self, run, config: dict, *, predictor: str = "recommended", fpr: float = 0.05,
+    def __init__(self, run, config: dict, *, predictor: str = "recommended", fpr: float = 0.01,
                  checkpoint: str = "final", force: bool = False):
         from tfvae import data
         from tfvae.predictors import ALL_PREDICTORS

@@ -312,7 +312,7 @@ class Run:
         return export.export(self.model(checkpoint), out_dir,
                              smooth_gradients=self.config()["predictors"]["smooth_gradients"])
 
-    def localize(self, scan, *, fpr: float = 0.05, predictor: str = "recommended", mask=None, affine=None,
+    def localize(self, scan, *, fpr: float = 0.01, predictor: str = "recommended", mask=None, affine=None,
                  overrides=(), checkpoint: str = "final", force: bool = False):
         """Anomaly score, calibrated mask and connected findings of one scan (a NIfTI path, or an
         array with ``affine``), in the scan's own grid: a ``localization.Localized`` whose

@@ -50,7 +50,11 @@ def find_scans(root: epath.Path) -> list[tuple[str, epath.Path]]:
     scans, pending = [], [(root, "", 0)]
     while pending:  # an explicit walk: epath's glob refuses "**"
         folder, prefix, depth = pending.pop()
-        for path in folder.iterdir():
+        try:
+            entries = list(folder.iterdir())
+        except PermissionError:
+            raise real_data.bad(folder, "cannot be read (permission denied)") from None
+        for path in entries:
             if path.name.startswith((".", "__")):
                 continue
             if path.is_dir():

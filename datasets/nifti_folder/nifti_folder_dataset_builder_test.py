@@ -85,3 +85,21 @@ def test_two_files_of_one_case_are_an_error_naming_both(tmp_path):
         find_scans(epath.Path(src))
     message = str(err.value)
     assert message.startswith(os.path.join(src, "IXI001-T2.nii: ")) and gz in message and "\n" not in message
+
+
+def test_an_unreadable_subfolder_is_one_line(tmp_path, monkeypatch):
+    from etils import epath
+
+    from tfvae_datasets.nifti_folder.nifti_folder_dataset_builder import find_scans
+
+    src = tt.nifti_folder_tree(str(tmp_path / "scans"), healthy=2, with_seg=1)
+    real = type(epath.Path(src)).iterdir
+
+    def iterdir(self):
+        if self.name == "lesions":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(type(epath.Path(src)), "iterdir", iterdir)
+    with pytest.raises(real_data.BadInputError, match=r"lesions: cannot be read \(permission denied\)"):
+        find_scans(epath.Path(src))

@@ -1,7 +1,7 @@
 """Anomaly maps, calibrated masks and a report for new scans, from a trained run.
 
     python scripts/localize.py --run-dir R scan_t2.nii.gz [more scans or folders] --out OUT
-        [--predictor recommended] [--fpr 0.05] [--mask brainmask.nii.gz] [--set KEY=VALUE ...] [--overwrite]
+        [--predictor recommended] [--fpr 0.01] [--mask brainmask.nii.gz] [--set KEY=VALUE ...] [--overwrite]
 
 For each scan, in the scan's own shape and affine: OUT/<name>_tfvae_score.nii.gz (float anomaly
 score), OUT/<name>_tfvae_mask.nii.gz (binary, thresholded at the false-positive rate --fpr
@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--predictor", default="recommended", help="which map")
-    p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate on healthy validation brain "
+    p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate on healthy validation brain "
                                                           "pixels that sets the threshold")
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
     p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
