@@ -204,3 +204,16 @@ def test_a_whole_reproduction_on_the_tiny_phantom(tiny_data_dir, tmp_path):
     assert all("reused" in line for line in logs) and len(logs) == 8
     again = (tmp_path / "tables" / "tables.md").read_text()
     assert again.endswith(notes) and again.count(rp.NOTES_MARKER) == 1  # hand-written notes are kept
+
+
+def test_report_only_trains_nothing_and_names_what_is_missing(tiny_data_dir, tmp_path):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({
+        "base": os.path.join(ROOT, "configs", "beta1.json"),
+        "set": ["data.name=brain_phantom", "data.config=tiny", "data.image_size=32", "data.test_name=null",
+                "data.test_config=null", f"data.data_dir={tiny_data_dir}"], "seeds": 1}))
+    out = rp.reproduce(rp.load_plan(str(plan_path)), str(tmp_path / "runs"), str(tmp_path / "tables"),
+                       verbose=False, command="test", log=lambda line: None, report_only=True)
+    assert len(out["missing"]) == 7 and not (tmp_path / "runs").exists()
+    md = (tmp_path / "tables" / "tables.md").read_text()
+    assert "**Not finished yet**" in md and "l64_b10_s0" in md

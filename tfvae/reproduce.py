@@ -449,10 +449,22 @@ def extras_section(extras: dict) -> str:
 
 
 # --- the whole reproduction --------------------------------------------------------------------------
+def _finished(config: dict, run_dir: str, name: str = "eval") -> dict | None:
+    """The results of a finished evaluation made with ``config``, else None (nothing is computed)."""
+    results_path, saved = os.path.join(run_dir, name, "results.json"), os.path.join(run_dir, name, "config.json")
+    if os.path.isfile(results_path) and os.path.isfile(saved) and config_lib.load(saved) == config:
+        with open(results_path) as f:
+            return json.load(f)
+    return None
+
+
 def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = None, *, retrain: bool = False,
-              reevaluate: bool = False, verbose: bool = True, command: str = "", log=print) -> dict:
+              reevaluate: bool = False, verbose: bool = True, command: str = "", log=print,
+              report_only: bool = False) -> dict:
     """Train and evaluate every run of ``plan`` (reusing what is done), write ``tables.md`` (or
-    ``md_path``), ``tables.csv`` and ``tables.json`` to ``out_dir``; returns the per-setting results."""
+    ``md_path``), ``tables.csv`` and ``tables.json`` to ``out_dir``; returns the per-setting results.
+    ``report_only``: train and evaluate nothing, write the tables of the runs finished so far (the
+    document says which runs are missing)."""
     from tfvae import data
 
     runs = configs(plan)
@@ -463,6 +475,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     per_setting: dict = {}
     extras: dict = {}
     histories = {}
+    missing: list[str] = []
     start = time.time()
     # the settings with several seeds first (the findings rest on them), then the others
     order = sorted(runs, key=lambda k: -len(plan.seeds_for(k[0], k[1])))
@@ -470,16 +483,25 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
         config = runs[(latent, beta, seed)]
         run_dir = os.path.join(runs_dir, run_name(latent, beta, seed))
         t0 = time.time()
-        done = ensure_trained(config, run_dir, retrain, verbose=2 if verbose else 0)
-        t1 = time.time()
-        results = ensure_evaluated(config, run_dir, reevaluate, verbose)
+        if report_only:
+            results = _finished(config, run_dir)
+            if results is None:
+                missing.append(run_name(latent, beta, seed))
+                continue
+            done, t1 = "reported", time.time()
+        else:
+            done = ensure_trained(config, run_dir, retrain, verbose=2 if verbose else 0)
+            t1 = time.time()
+            results = ensure_evaluated(config, run_dir, reevaluate, verbose)
         per_setting.setdefault((latent, beta), []).append(results)
         extras.setdefault("eval", {}).setdefault((latent, beta), []).append(results)
         histories[run_name(latent, beta, seed)] = history(run_dir)
         if plan.extras and len(plan.seeds_for(latent, beta)) > 1:
             for name, extra in extras_for(config).items():
-                extras.setdefault(name, {}).setdefault((latent, beta), []).append(
-                    ensure_evaluated(extra, run_dir, reevaluate, verbose, name=name))
+                found = (_finished(extra, run_dir, name) if report_only
+                         else ensure_evaluated(extra, run_dir, reevaluate, verbose, name=name))
+                if found is not None:
+                    extras.setdefault(name, {}).setdefault((latent, beta), []).append(found)
         log(f"[{time.time() - start:6.0f}s] {run_dir}: {done} ({t1 - t0:.0f}s), evaluated ({time.time() - t1:.0f}s)")
 
     per_setting = {k: per_setting[k] for k in paper.settings() if k in per_setting}  # the tables' order
@@ -505,8 +527,9 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
             f"seeds: {plan.seeds} for " + ("every setting" if plan.seeded_settings is None else
                                            ", ".join(f"latent {l} beta {b:g}" for l, b in plan.seeded_settings)
                                            + ", 1 for the others")
-            + f"; overrides: {' '.join(plan.overrides) or 'none'}. Total time of this invocation "
-            f"{time.time() - start:.0f} s.", "",
+            + f"; overrides: {' '.join(plan.overrides) or 'none'}.", "",
+            *([f"**Not finished yet** (the same command without `--report-only` completes them): "
+               f"{', '.join(missing)}. The tables below hold the finished runs only.", ""] if missing else []),
             "## The recommended map against the intensity baseline (inside the brain)", "", target, "",
             *[f"- {v}" for v in verdicts], "", "## The paper's tables", "", md, "",
             "## The same tables inside the brain mask", "", md_brain, "",
@@ -519,7 +542,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     text += ["## Where each run stopped", "", plateau_table(histories), ""]
     md_file = md_path or os.path.join(out_dir, "tables.md")
     _write_atomic(md_file, "\n".join(text) + _kept_notes(md_file))
-    return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras}
+    return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras, "missing": missing}
 
 
 NOTES_MARKER = "<!-- notes below this line are kept when the document is regenerated -->"

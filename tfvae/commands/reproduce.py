@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--retrain", action="store_true", help="replace runs that were trained with other settings")
     p.add_argument("--reevaluate", action="store_true", help="evaluate again even when RUN/eval matches")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true", help="train and evaluate nothing: the tables of the runs "
+                                                              "finished so far")
     return p.parse_args(argv)
 
 
@@ -65,10 +67,12 @@ def main(argv=None) -> int:
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    command = "python scripts/reproduce_tables.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    command = "python scripts/reproduce_tables.py " + " ".join(given)  # the command that completes the tables
     try:
         result = reproduce.reproduce(plan, runs_dir, out_dir, args.md, retrain=args.retrain,
-                                     reevaluate=args.reevaluate, verbose=not args.quiet, command=command)
+                                     reevaluate=args.reevaluate, verbose=not args.quiet, command=command,
+                                     report_only=args.report_only)
     except (reproduce.RetrainError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
