@@ -161,8 +161,8 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
             keras.mixed_precision.set_dtype_policy("float32")
         model.compile(optimizer=keras.optimizers.Adam(1e-4))
         timer = BatchTimer()
-        model.fit(images, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up: tracing
-        model.fit(images, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+        model.fit(images, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing
+        model.fit(images, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
         return BATCH / statistics.median(np.diff(timer.ends)), model
 
     for latent in (64, 256):
