@@ -248,6 +248,13 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
 
     if layers:
         out["layers_ms_per_batch"] = layer_times(model, BATCH, repeats)
+        print("  the same layers in mixed_bfloat16:", flush=True)
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        try:
+            bf16_model = BetaVAE(image_size=SIZE, latent_dim=64, seed=0)
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+        out["layers_ms_per_batch_bfloat16"] = layer_times(bf16_model, BATCH, repeats)
     if check_quality:
         print("quality of bfloat16 training (the quick start in both precisions):", flush=True)
         out["quality"] = quality(data_dir)
