@@ -110,6 +110,25 @@ def test_findings_say_what_holds():
     assert next(line for line in ties if line.startswith("Rec-grad beats")).endswith("-> tie.")
 
 
+def test_comparable_is_judged_by_size_not_by_sign():
+    # a consistent but tiny gap (ELBO-grad 0.002 below Rec-grad on every seed) is "worse" by sign, comparable by size
+    tiny = rp.judge([-0.002, -0.002, -0.002])
+    assert tiny["verdict"] == "worse" and rp.comparable(tiny)
+    assert not rp.comparable(rp.judge([-0.004, -0.005, -0.006]))  # |d| + s = 0.006
+    assert not rp.comparable(rp.judge([0.02, -0.03, 0.015]))  # a tie by sign, but the spread is too wide
+    per_setting = fake_per_setting()
+    for runs in per_setting.values():
+        for r in runs:
+            r["elbo_grad"]["auroc"] = r["rec_grad"]["auroc"] - 0.002
+    line = next(l for l in rp.findings(per_setting) if l.startswith("ELBO-grad and Rec-grad"))
+    assert line.endswith("-> holds.") and "(3 seeds, worse; within ±0.005)" in line
+    for runs in per_setting.values():
+        for r in runs:
+            r["elbo_grad"]["auroc"] = r["rec_grad"]["auroc"] - 0.02
+    line = next(l for l in rp.findings(per_setting) if l.startswith("ELBO-grad and Rec-grad"))
+    assert line.endswith("-> does not hold.") and "beyond ±0.005" in line
+
+
 def test_target_is_judged_beyond_the_seed_spread():
     per_setting = fake_per_setting()
     for r in per_setting[(64, 1.0)]:

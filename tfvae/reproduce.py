@@ -21,6 +21,9 @@ Cells are mean +- std (ddof 1) over seeds. A finding compares two predictors (or
 seed: the paired differences' mean ``d`` against their spread ``s`` (the std of the paired
 differences; for a setting with one seed, the pooled spread of the same comparison on the settings
 that have several, else ``DEFAULT_SPREAD``): ``d > s`` is "better", ``d < -s`` "worse", else "tie".
+A claim that two maps perform *comparably* is an equivalence claim, judged by size rather than by
+sign: it holds for a setting when ``|d| + s <= EQUIVALENCE`` (0.005 AUROC), even where a tiny
+difference is consistent enough across seeds to be "better" or "worse".
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ NAMES = {"recommended": "Recommended", "rec_error": "Rec-Error", "elbo_grad": "E
          "rec_grad": "Rec-grad", "combi": "Combi", "proj_rec_error": "Proj-Rec-Error", "intensity": "Intensity*",
          "ensemble": "Ensemble"}
 DEFAULT_SPREAD = 0.005
+EQUIVALENCE = 0.005  # AUROC: "comparable" when the paired difference and its spread stay within it
 TARGET = {"auroc_brain_gain": 0.05, "auprc_brain_ratio": 3.0, "dice_fpr01": 0.35}  # issue 10's target
 PLAIN_MAPS = ["rec_error", "elbo_grad", "kl_grad", "rec_grad", "combi"]
 ENSEMBLE_PLUS = ["recommended", "intensity", "rec_grad"]
@@ -327,9 +331,17 @@ def target_table(per_setting: dict) -> tuple[str, list[str]]:
     return "\n".join(lines), verdicts
 
 
-def _summary(judged: dict, label) -> tuple[str, dict]:
+def comparable(j: dict) -> bool:
+    """Equivalence: the paired difference, widened by its spread, stays within ``EQUIVALENCE``."""
+    return abs(j["mean"]) + j["spread"] <= EQUIVALENCE
+
+
+def _summary(judged: dict, label, equivalence: bool = False) -> tuple[str, dict]:
     counts = {v: sum(j["verdict"] == v for j in judged.values()) for v in ("better", "tie", "worse")}
-    parts = [f"{label(s)}: {j['mean']:+.3f} ± {j['spread']:.3f} ({j['n']} seed{'s' if j['n'] > 1 else ''}, {j['verdict']})"
+    if equivalence:
+        counts["comparable"] = sum(comparable(j) for j in judged.values())
+    parts = [f"{label(s)}: {j['mean']:+.3f} ± {j['spread']:.3f} ({j['n']} seed{'s' if j['n'] > 1 else ''}, {j['verdict']}"
+             + (f"; {'within' if comparable(j) else 'beyond'} ±{EQUIVALENCE:g}" if equivalence else "") + ")"
              for s, j in judged.items()]
     return "; ".join(parts), counts
 
@@ -339,11 +351,15 @@ def _setting_label(s) -> str:
 
 
 def _verdict(counts: dict, want: str) -> str:
-    total = sum(counts.values())
+    total = sum(counts[v] for v in ("better", "tie", "worse"))
     if not total:
         return "not measured"
     if counts[want] == total:
         return "holds"
+    if want == "comparable":
+        if counts[want]:
+            return f"holds in part ({counts[want]} of {total} within ±{EQUIVALENCE:g})"
+        return "undecided (the seed spread is wider than the margin)" if counts["tie"] == total else "does not hold"
     if counts[want]:
         return (f"holds in part ({counts[want]} of {total}: {counts['better']} better, {counts['tie']} tie, "
                 f"{counts['worse']} worse)")
@@ -357,11 +373,11 @@ def findings(per_setting: dict) -> list[str]:
 
     def claim(text, first, second, want, metric="auroc", settings=None):
         judged = compare(per_setting, first, second, metric, settings)
-        detail, counts = _summary(judged, _setting_label)
+        detail, counts = _summary(judged, _setting_label, equivalence=want == "comparable")
         out.append(f"{text}: {detail} -> {_verdict(counts, want)}.")
 
     claim("Rec-grad beats Rec-Error (paper: in every row, by ~0.03-0.05)", "rec_grad", "rec_error", "better")
-    claim("ELBO-grad and Rec-grad perform comparably (paper: within 0.001)", "elbo_grad", "rec_grad", "tie")
+    claim("ELBO-grad and Rec-grad perform comparably (paper: within 0.001)", "elbo_grad", "rec_grad", "comparable")
     claim("KL-grad is worse than Rec-grad (paper: in every row)", "kl_grad", "rec_grad", "worse")
     claim("Combi is worse than Rec-grad (paper: in every row)", "combi", "rec_grad", "worse")
     claim("Projection improves Rec-Error (paper: Proj-Rec-Error > Rec-Error for every beta, by ~0.005)",
@@ -536,7 +552,9 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
             "## The paper's findings, judged on paired per-seed differences", "",
             "A difference is 'better' or 'worse' only when its mean over seeds exceeds the spread (std) of the "
             "paired differences; otherwise it is a 'tie'. Settings with one seed use the pooled spread of the "
-            "same comparison on the settings with several.", "", *[f"- {c}" for c in claims], ""]
+            "same comparison on the settings with several. 'Comparable' is judged by size instead: it holds "
+            f"where the mean difference plus its spread stays within ±{EQUIVALENCE:g} AUROC.", "",
+            *[f"- {c}" for c in claims], ""]
     if plan.extras:
         text += ["## Measured effects", "", extras_section(extras)]
     text += ["## Where each run stopped", "", plateau_table(histories), ""]
