@@ -166,6 +166,36 @@ def test_each_tuner_fits_the_model_its_hypermodel_built(tmp_path, monkeypatch, t
     assert t.oracle.get_best_trials(1)[0].score == 0.5
 
 
+def test_a_random_search_with_seed_0_repeats_its_trials(tmp_path, monkeypatch):
+    """Keras Tuner draws a random oracle seed when given 0; ours maps every seed to a fixed one."""
+    search = tuning.load_search(tiny_search(tmp_path, "unused", tuner="random", max_trials=4,
+                                            space={"model.beta": [0.1, 0.5, 1, 2, 4, 10, 20, 50]}))
+    assert search.base["seed"] == 0
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit",
+                        lambda self, hp, model, **kw: {"val_loss": float(search.point(hp)["model.beta"])})
+    picked = []
+    for name in ("first", "second"):
+        t = tuning.make_tuner(search, str(tmp_path / name))
+        t.search()
+        picked.append([search.point(t.oracle.trials[i].hyperparameters)["model.beta"] for i in sorted(
+            t.oracle.trials, key=lambda i: t.oracle.trials[i].trial_id)])
+    assert len(picked[0]) == 4 and picked[0] == picked[1]
+
+
+def test_a_search_whose_trials_all_fail_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    path = tiny_search(tmp_path, "unused", space={"model.beta": [0.1, 0.5, 1, 2]})
+
+    def fit(self, hp, model, **kw):
+        raise ValueError("data.manual_dir: /nowhere does not exist")
+
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit", fit)
+    search_dir = tmp_path / "search"
+    assert load_script("tune").main(["--search", path, "--dir", str(search_dir), "--quiet"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # above it: Keras Tuner's own per-trial tracebacks
+    assert last.startswith("error: the search stopped: 3 trials in a row failed")
+    assert "ValueError: data.manual_dir: /nowhere does not exist" in last and str(search_dir) in last
+
+
 def test_missing_base_file_is_named(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"base": "nowhere.json", "space": {"model.beta": [1]}}))

@@ -443,8 +443,10 @@ TUNER_CLASSES = {"grid": GridTuner, "random": RandomTuner, "bayesian": BayesianT
 
 def make_tuner(search: Search, search_dir: str, verbose=0):
     """The Keras Tuner tuner of ``search``, its state in ``<search_dir>/kt`` (reloaded when there)."""
+    # Keras Tuner treats seed 0 as "no seed" (its oracle draws one at random: ``seed or randint``), so
+    # the oracle gets seed + 1: every seed, 0 included, gives the same trials on every run
     common = dict(hypermodel=VAEHyperModel(search, search_dir, verbose), objective=search.objective(),
-                  hyperparameters=search.hyperparameters(), tune_new_entries=False, seed=search.base["seed"],
+                  hyperparameters=search.hyperparameters(), tune_new_entries=False, seed=search.base["seed"] + 1,
                   directory=search_dir, project_name="kt", overwrite=False)
     if search.tuner == "hyperband":
         return HyperbandTuner(max_epochs=search.epochs, factor=search.hyperband_factor, **common)
@@ -475,6 +477,24 @@ def is_worker() -> bool:
 
 class SearchDirError(ValueError):
     pass
+
+
+class SearchFailed(RuntimeError):
+    """Keras Tuner stopped the search after too many consecutive failed trials."""
+
+
+def run_trials(tuner, search_dir: str) -> None:
+    """``tuner.search()``; when Keras Tuner gives up after consecutive failed trials (its error
+    carries the last trial's whole traceback), a one-line ``SearchFailed`` naming that trial's error."""
+    try:
+        tuner.search()
+    except RuntimeError as e:
+        if not str(e).startswith("Number of consecutive failures"):
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise SearchFailed(f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed; "
+                           f"the last with {lines[-1]} (each trial's traceback: "
+                           f"{os.path.join(search_dir, 'kt', 'trial_*', 'trial.json')})") from None
 
 
 def prepare_search_dir(search: Search, search_dir: str, overwrite: bool = False) -> bool:

@@ -68,7 +68,11 @@ def main(argv=None) -> int:
           f"{'resuming' if resuming else 'new search'} in {search_dir}  "
           f"(tensorboard --logdir {os.path.join(search_dir, 'trials')})", flush=True)
     tuner = tuning.make_tuner(search, search_dir, verbose=0 if args.quiet else 2)
-    tuner.search()
+    try:
+        tuning.run_trials(tuner, search_dir)
+    except tuning.SearchFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if worker:
         print("worker: no more trials")
         return 0
