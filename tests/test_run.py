@@ -47,6 +47,50 @@ def test_overwrite_checks_first_and_puts_the_old_run_back_when_the_new_one_fails
     assert (tmp_path / "R" / "history.csv").read_text() == "epoch,loss\n0,1.0\n"  # the old run, whole
 
 
+def test_an_interrupted_overwrite_keeps_the_original_run_through_the_next_overwrite(tmp_path, tiny_overrides,
+                                                                                    monkeypatch):
+    from tfvae import training
+
+    run_dir = str(tmp_path / "R")
+    Run.create(run_dir, config_lib.load(BETA10, tiny_overrides))
+    (tmp_path / "R" / "history.csv").write_text("epoch,loss\n0,1.0\n")  # the user's run
+
+    def interrupted(config, run_dir, **kw):
+        with open(os.path.join(run_dir, "history.csv"), "w") as f:
+            f.write("epoch,loss\n0,9.0\n")  # the new run's first epoch, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    first = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["model.beta=2"]), overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        first.train(verbose=0)
+    # interrupted: both are kept, the user's run aside
+    assert (tmp_path / "R" / "history.csv").read_text() == "epoch,loss\n0,9.0\n"
+    assert open(os.path.join(first.replaced, "history.csv")).read() == "epoch,loss\n0,1.0\n"
+    # a second --overwrite replaces the interrupted attempt, never the user's run aside
+    second = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["model.beta=4"]), overwrite=True)
+    assert open(os.path.join(second.replaced, "history.csv")).read() == "epoch,loss\n0,1.0\n"
+    assert not (tmp_path / "R" / "history.csv").exists() and second.config()["model"]["beta"] == 4.0
+    monkeypatch.setattr(training, "train", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad data")))
+    with pytest.raises(ValueError):
+        second.train(verbose=0)
+    assert second.restored_previous  # a failure puts the user's run back
+    assert (tmp_path / "R" / "history.csv").read_text() == "epoch,loss\n0,1.0\n"
+    assert not os.path.exists(second.replaced)
+
+
+def test_resuming_a_run_whose_data_is_gone_is_one_line(tmp_path, tiny_overrides, capsys):
+    run_dir = str(tmp_path / "R")
+    missing = str(tmp_path / "moved_away")
+    Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["data.name=hcp_t2", "data.config=default",
+                                                                   f"data.manual_dir={missing}",
+                                                                   f"data.data_dir={tmp_path / 'tfds'}"]))
+    capsys.readouterr()
+    assert train_script.main(["--run-dir", run_dir, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()  # the same instructions a new run gets, no traceback
+    assert err.startswith("error: hcp_t2: the data is not there yet") and missing in err.splitlines()[0]
+
+
 def test_overwrite_replaces_a_run_and_deletes_the_old_one_only_after_success(tmp_path, tiny_overrides):
     run_dir = str(tmp_path / "R")
     Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["train.epochs=1"])).train(verbose=0)
@@ -96,3 +140,42 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
     again = run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
     assert set(again) == {"intensity"} and not os.path.exists(partial)
     assert not [p for p in os.listdir(run_dir) if ".tfvae-" in p]
+
+    def results_of(folder):
+        return set(json.loads(open(os.path.join(folder, "results.json")).read()))
+
+    aside = sibling(run.eval_dir, "replaced")
+    import tfvae.run as run_module
+
+    # killed between the two renames of the swap: the previous evaluation is aside, none in place
+    real_rename = os.rename
+
+    def rename_then_kill(src, dst):
+        if os.path.basename(src).startswith(".eval.tfvae-partial"):
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(run_module.os, "rename", rename_then_kill)
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate(overrides=fast, overwrite=True, verbose=False)
+    monkeypatch.undo()
+    assert not os.path.exists(run.eval_dir) and results_of(aside) == {"intensity"}
+    # the next evaluation puts the previous one back first, then replaces it only when complete
+    with pytest.raises(RunDirError, match="interrupted evaluation"):
+        run.evaluate(overrides=fast, verbose=False)
+    assert results_of(run.eval_dir) == {"intensity"} and not os.path.exists(aside)
+    # killed after the swap, before the replaced one was deleted: it is cleared next time
+    real_rmtree = shutil.rmtree
+
+    def rmtree_killed(path, *args, **kwargs):
+        if os.path.basename(path).startswith(".eval.tfvae-replaced"):
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_module.shutil, "rmtree", rmtree_killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.evaluate(overrides=fast, overwrite=True, verbose=False)
+    monkeypatch.undo()
+    assert results_of(run.eval_dir) == {"rec_error", "intensity"} and results_of(aside) == {"intensity"}
+    final = run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
+    assert set(final) == {"intensity"} and not [p for p in os.listdir(run_dir) if ".tfvae-" in p]

@@ -25,7 +25,8 @@ and print a summary.
 Nothing a user made is deleted. Folders tfvae makes carry a marker file (``.tfvae``: kind and
 version); a folder without it is never deleted, whatever ``overwrite`` says. ``Run.create(...,
 overwrite=True)`` moves the previous run aside (``.<name>.tfvae-replaced``, a sibling) and deletes it
-only once the new run has trained (a failure puts it back). An evaluation is written into a
+only once the new run has trained (a failure puts it back; after an interruption it stays aside, and
+a later ``overwrite`` replaces the interrupted run, not it). An evaluation is written into a
 temporary sibling and renamed into place when complete, the previous one moved aside and deleted
 only then; a temporary sibling left by a kill is named in the error and cleared by ``overwrite``.
 """
@@ -99,6 +100,7 @@ class Run:
 
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = os.fspath(run_dir)
+        self.restored_previous = False  # set by train(): a failed --overwrite put the previous run back
 
     def __repr__(self) -> str:
         return f"Run({self.dir!r})"
@@ -198,8 +200,12 @@ class Run:
                                   "delete it (delete it yourself or choose another --run-dir)")
             aside = sibling(run.dir, "replaced")
             if os.path.exists(aside):
-                remove_ours(aside, "run")
-            os.rename(run.dir, aside)  # kept until the new run has trained
+                # an earlier --overwrite was interrupted: the aside folder holds the run it was replacing
+                # (the one the user had) and run.dir that earlier attempt's partial run; the partial run
+                # goes, the user's run stays aside until this one has trained
+                remove_ours(run.dir, "run")
+            else:
+                os.rename(run.dir, aside)  # kept until the new run has trained
         if config is None:
             raise RunDirError(f"{run.dir}: a config is needed to start a new run")
         os.makedirs(run.dir, exist_ok=True)
@@ -217,12 +223,14 @@ class Run:
         """Train (continuing from the backup when there is one); returns Keras's History."""
         from tfvae import training
 
+        self.restored_previous = False
         try:
             history = training.train(self.config(), self.dir, verbose=verbose, extra_callbacks=extra_callbacks)
-        except Exception:
+        except Exception:  # not KeyboardInterrupt: an interrupted run stays, to be resumed or overwritten
             if os.path.exists(self.replaced) and not os.path.isfile(self.model_path("final")):
                 remove_ours(self.dir, "run")  # the new run failed: the previous one comes back
                 os.rename(self.replaced, self.dir)
+                self.restored_previous = True
             raise
         if os.path.exists(self.replaced):
             remove_ours(self.replaced, "run")
@@ -240,7 +248,12 @@ class Run:
 
         config = config or self.config(overrides)
         out_dir = os.path.abspath(out_dir or self.eval_dir)
-        partial = sibling(out_dir, "partial")
+        partial, aside = sibling(out_dir, "partial"), sibling(out_dir, "replaced")
+        if os.path.exists(aside):  # a kill during an earlier swap
+            if os.path.exists(out_dir):
+                remove_ours(aside, "evaluation")  # the swap had finished: the aside one was replaced
+            else:
+                os.rename(aside, out_dir)  # it had not: the previous evaluation goes back
         if os.path.exists(partial):  # left by an interrupted evaluation
             if not overwrite:
                 raise RunDirError(f"{partial} holds an interrupted evaluation; pass overwrite=True (--overwrite) "
@@ -256,7 +269,6 @@ class Run:
         mark(partial, "evaluation")
         results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
         if os.path.exists(out_dir):
-            aside = sibling(out_dir, "replaced")
             os.rename(out_dir, aside)
             os.rename(partial, out_dir)
             shutil.rmtree(aside)  # ours: checked above (or empty)

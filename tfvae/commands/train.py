@@ -75,8 +75,12 @@ def main(argv=None) -> int:
     from tfvae import training
 
     training.strategy(run.config())  # a multi-worker strategy must exist before any TensorFlow op runs
-    print(f"data: {data.describe(run.config()['data'])}")
-    warning = data.test_data_warning(run.config()["data"])  # found now, not after the last epoch
+    try:  # a resumed run's data is checked here (a new run's before its directory was made)
+        print(f"data: {data.describe(run.config()['data'])}")
+        warning = data.test_data_warning(run.config()["data"])  # found now, not after the last epoch
+    except (data.DataError, BadInputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     from tfvae.training import resolve_precision
@@ -89,8 +93,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
-        print(f"error: {e}; stopped. The checkpoints of the last good epoch are in {run.checkpoints_dir}; "
-              "try a lower train.learning_rate.", file=sys.stderr)
+        where = ("the new run was discarded and the run it was to replace is back in place" if run.restored_previous
+                 else f"the checkpoints of the last good epoch are in {run.checkpoints_dir}")
+        print(f"error: {e}; stopped: {where}; try a lower train.learning_rate.", file=sys.stderr)
         return 1
     final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
     summary = "  ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()))
