@@ -272,9 +272,17 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
     clims = [ax.images[0].get_clim() for fig in figs for ax in fig.axes
              if ax.images and ax.images[0].get_cmap().name == "inferno"]
     assert len(clims) == 4 and all(c == pytest.approx((low, high)) for c in clims)  # the same on every row
+    from matplotlib.colors import to_rgba
+
+    input_panel = figs[0].axes[0]  # row 1, "input + ground truth": the 1%-FPR mask outlined on the input too
+    assert input_panel.get_title() == "input + ground truth"
+    assert any(np.allclose(c.get_edgecolor()[0], to_rgba(reporting.MASK_COLOUR)) for c in input_panel.collections
+               if len(c.get_edgecolor()))
     for fig in figs:
         texts = {t.get_text() for t in fig.legends[0].get_texts()}
-        assert {"necrosis", "edema", "enhancing", "mask at 1% FPR"} <= texts
+        assert {"necrosis", "edema", "enhancing", "mask at 1% FPR (on the input: intensity)"} <= texts
+        sizes = [t.get_fontsize() for ax in fig.axes for t in ax.get_xticklabels() + [ax.title] if t.get_text()]
+        assert sizes and min(sizes) >= reporting.FONT  # readable at 100 % zoom
         assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
         matplotlib.pyplot.close(fig)
     del config

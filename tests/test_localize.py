@@ -168,6 +168,9 @@ def test_a_brain_larger_than_the_field_of_view_is_refused_unless_forced(tiny_run
     assert str(big) in err and "% of the brain lies outside" in err and "--force" in err and "\n" not in err
     assert localize_script.main(["--run-dir", tiny_run, str(big), "--out", str(tmp_path / "o"),
                                  "--predictor", "rec_error", "--force"]) == 0
+    with open(tmp_path / "o" / "summary.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert "% of the brain lies outside" in row["warnings"] and "(forced)" in row["warnings"]  # recorded
 
 
 def test_components_summary_and_index_page(tiny_run, lps_scan, tmp_path):

@@ -9,6 +9,7 @@ Modules, in the order data flows through them:
 - ``config``         -- JSON run configurations: defaults, validation, ``--set`` overrides.
 - ``run``            -- ``Run``: a run directory's layout and every job on it (train, evaluate,
                         calibrate, localize); what the scripts call.
+- ``files``          -- files written whole or not at all (a temporary name, then a rename).
 - data: ``nifti`` (safe NIfTI reading and writing), ``preprocessing`` (one volume -> 2D slices path
   shared by every dataset, and its inverse), ``data`` (TFDS datasets -> ``tf.data`` pipelines),
   ``augment`` (on-the-fly training augmentation). The phantom (synthetic T2 brains with tumours,
@@ -16,7 +17,7 @@ Modules, in the order data flows through them:
   (``datasets/brain_phantom/phantom.py``), next to its TFDS builder.
 - model: ``networks`` (the paper's encoder and decoder), ``model`` (``BetaVAE`` and its TFP ELBO),
   ``callbacks`` (TensorBoard images, NaN stop), ``training`` (``model.fit`` into a run directory).
-- maps: ``predictors`` (reconstruction error and loss gradients, made as the reference code makes
+- maps: ``predictor_names`` (their names, without TensorFlow), ``predictors`` (reconstruction error and loss gradients, made as the reference code makes
   them), ``projection`` (the energy-based projection), ``recommended`` (the recommended map and its
   label-free settings), ``postprocessing`` (3D filters, components), ``scoring`` (maps of whole
   volumes: the stream every job scores with), ``ensemble`` (logistic regression over maps).

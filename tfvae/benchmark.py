@@ -8,7 +8,6 @@ model is recorded beside the figures: compare speeds only within one run.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from tfvae import data, metrics
+from tfvae import data, files, metrics
 from tfvae.model import BetaVAE
 from tfvae.networks import forward_flops, layer_flops
 from tfvae.predictors import PixelPredictors
@@ -260,9 +259,6 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         out["quality"] = quality(data_dir)
 
     if out_path:
-        tmp = f"{out_path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, out_path)
+        files.write_json(out_path, out)
         print(f"written: {out_path}")
     return out

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfvae import metrics
+from tfvae import files, metrics
 from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, variants, volumes
 
 FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}  # the rates every evaluation reports Dice at
@@ -102,13 +102,7 @@ class ThresholdStore:
         self.save()
 
     def save(self) -> None:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(self.path)}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"calibrations": self.entries}, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, self.path)
+        files.write_json(self.path, {"calibrations": self.entries})
 
 
 def _fpr_key(fpr: float) -> str:

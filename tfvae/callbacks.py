@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvae import files
+
 
 def image_grid(columns: list[np.ndarray]) -> np.ndarray:
     """Stack image columns (each (N, S, S, 1)) side by side into one (1, N*S, C*S, 1) image,
@@ -135,15 +137,9 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 def save_model(model, path: str) -> None:
-    """``model.save(path)`` to a temporary name, then renamed: the file is whole or absent."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # Keras wants the .keras suffix
-    try:
+    """``model.save(path)``, whole or absent (the temporary name keeps the .keras suffix Keras wants)."""
+    with files.written_whole(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -194,10 +190,7 @@ class ResumeState(keras.callbacks.Callback):
         os.makedirs(self.folder, exist_ok=True)
         name = f"weights-{epoch + 1}.weights.h5"
         self.model.save_weights(os.path.join(self.folder, name))
-        tmp = os.path.join(self.folder, f".{self.STATE}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"epoch": epoch + 1, "weights": name}, f)
-        os.replace(tmp, os.path.join(self.folder, self.STATE))
+        files.write_json(os.path.join(self.folder, self.STATE), {"epoch": epoch + 1, "weights": name}, indent=None)
         for old in os.listdir(self.folder):
             if old.startswith("weights-") and old != name:
                 os.remove(os.path.join(self.folder, old))
@@ -230,7 +223,4 @@ def truncate_history(path: str, epochs: int) -> None:
                 kept.append(row)
         except ValueError:
             continue
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([header, *kept])
-    os.replace(tmp, path)
+    files.write_csv(path, [header, *kept])

@@ -95,6 +95,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tfvae import files
+
 
 class ConfigError(ValueError):
     """A config problem; the message is one line naming the source and the dotted key."""
@@ -150,7 +152,7 @@ def _one_of(*choices):
 
 
 def _predictor_names(v):
-    from tfvae.predictors import ALL_PREDICTORS  # the one list of predictor names
+    from tfvae.predictor_names import ALL_PREDICTORS
 
     unknown = [p for p in v if p not in ALL_PREDICTORS]
     if not v or unknown:
@@ -159,7 +161,7 @@ def _predictor_names(v):
 
 
 def _ensemble_features(v):
-    from tfvae.predictors import ALL_PREDICTORS
+    from tfvae.predictor_names import ALL_PREDICTORS
 
     known = [p for p in ALL_PREDICTORS if p != "ensemble"]
     if not v or any(p not in known for p in v) or len(set(v)) != len(v):
@@ -390,9 +392,4 @@ def flatten(config: dict) -> dict:
 
 def save(config: dict, path: str | os.PathLike) -> None:
     """Write ``config`` as JSON, whole or not at all (a temporary file, then a rename)."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    files.write_json(path, config)

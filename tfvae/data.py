@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfvae import augment as augment_lib
+from tfvae import files
 
 # data.name -> module whose import registers the builder with TFDS
 BUILDERS = {
@@ -127,9 +128,9 @@ def source_fingerprint(folder: str) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for parent, dirs, files in os.walk(folder):
+    for parent, dirs, names in os.walk(folder):
         dirs.sort()
-        for name in sorted(files):
+        for name in sorted(names):
             if name.endswith((".nii", ".nii.gz")):
                 path = os.path.join(parent, name)
                 st = os.stat(path)
@@ -176,9 +177,7 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
 
 def _record_source(b: tfds.core.DatasetBuilder, folder: str) -> None:
     path = os.path.join(os.fspath(b.data_dir), SOURCE_RECORD)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"folder": folder, "fingerprint": source_fingerprint(folder)}, f)
-    os.replace(path + ".tmp", path)
+    files.write_json(path, {"folder": folder, "fingerprint": source_fingerprint(folder)}, indent=None)
 
 
 def describe(data_config: dict) -> str:

@@ -25,7 +25,7 @@ import re
 import nibabel as nib
 import numpy as np
 
-from tfvae import postprocessing, preprocessing
+from tfvae import files, postprocessing, preprocessing
 from tfvae.data import clip as clip_lib
 from tfvae.scoring import Scorer, Volume, variants
 
@@ -113,8 +113,10 @@ def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor:
     mask_volume = preprocessing.slices_to_volume(binary.astype(np.float32), sliced.slice_index, sliced.geometry,
                                                  order=0).astype(np.uint8)
     n, largest = postprocessing.components(mask_volume)
+    forced = ([f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view "
+               "and was not scored (forced)"] if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV else [])
     return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest,
-                     affine=np.asarray(affine), threshold=float(threshold))
+                     affine=np.asarray(affine), threshold=float(threshold), warnings=forced)
 
 
 class Localizer:
@@ -123,11 +125,10 @@ class Localizer:
     def __init__(self, run, config: dict, *, predictor: str = "recommended", fpr: float = 0.01,
                  checkpoint: str = "final", force: bool = False):
         from tfvae import data
-        from tfvae.predictors import ALL_PREDICTORS
+        from tfvae.predictor_names import LOCALIZABLE
 
-        if predictor not in ALL_PREDICTORS or predictor == "ensemble":
-            raise ValueError(f"predictor {predictor!r}: choose one of "
-                             f"{', '.join(p for p in ALL_PREDICTORS if p != 'ensemble')} "
+        if predictor not in LOCALIZABLE:
+            raise ValueError(f"predictor {predictor!r}: choose one of {', '.join(LOCALIZABLE)} "
                              "(the ensemble needs labelled scans)")
         if not 0 < fpr < 1:
             raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
@@ -170,7 +171,7 @@ class Localizer:
                           settings=self.config["postprocess"], image_size=self.config["data"]["image_size"],
                           fov_mm=self.builder_config.fov_mm, min_brain_fraction=self.builder_config.min_brain_fraction,
                           mask=mask, clip=self.config["data"]["clip"], force=self.force)
-        result.warnings, result.image = warnings, data
+        result.warnings, result.image = warnings + [f"{path}: {w}" for w in result.warnings], data
         return result
 
 
@@ -181,18 +182,18 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=
     from tfvae import reporting
 
     os.makedirs(out_dir, exist_ok=True)
-    nib.save(nib.Nifti1Image(result.score.astype(np.float32), result.affine), os.path.join(out_dir, name + OUTPUTS[0]))
-    nib.save(nib.Nifti1Image(result.mask, result.affine), os.path.join(out_dir, name + OUTPUTS[1]))
+    with files.written_whole(os.path.join(out_dir, name + OUTPUTS[0])) as tmp:
+        nib.save(nib.Nifti1Image(result.score.astype(np.float32), result.affine), tmp)
+    with files.written_whole(os.path.join(out_dir, name + OUTPUTS[1])) as tmp:
+        nib.save(nib.Nifti1Image(result.mask, result.affine), tmp)
     ras = [preprocessing.to_canonical(v, result.affine) for v in (result.image, result.score, result.mask)]
-    reporting.overlay_montage(*ras, os.path.join(out_dir, name + OUTPUTS[2]), title, scale=scale)
-    components = result.components
-    with open(os.path.join(out_dir, name + OUTPUTS[3]), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "voxels", "ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "max_score",
-                         "mean_score"])
-        for c in components:
-            writer.writerow([c["id"], c["voxels"], f"{c['ml']:.3f}", *c["centroid_mm"], f"{c['max_score']:.6g}",
-                             f"{c['mean_score']:.6g}"])
+    with files.written_whole(os.path.join(out_dir, name + OUTPUTS[2])) as tmp:
+        reporting.overlay_montage(*ras, tmp, title, scale=scale)
+    files.write_csv(os.path.join(out_dir, name + OUTPUTS[3]),
+                    [[c["id"], c["voxels"], f"{c['ml']:.3f}", *c["centroid_mm"], f"{c['max_score']:.6g}",
+                      f"{c['mean_score']:.6g}"] for c in result.components],
+                    header=["id", "voxels", "ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "max_score",
+                            "mean_score"])
     return {"threshold": f"{result.threshold:.6g}", "anomalous_ml": f"{result.volume_ml:.2f}",
             "components": result.n_components, "largest_component_ml": f"{result.largest_voxels * result.voxel_ml:.2f}",
             "warnings": " | ".join(result.warnings)}
@@ -284,13 +285,7 @@ def write_summary(path: str, rows: list[dict]) -> None:
     if os.path.isfile(path):
         with open(path, newline="") as f:
             kept = [r for r in csv.DictReader(f) if r.get("scan") not in {row["scan"] for row in rows}]
-    fields = list(dict.fromkeys([k for r in kept + rows for k in r]))
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(kept + rows)
-    os.replace(tmp, path)
+    files.write_csv(path, kept + rows, header=list(dict.fromkeys([k for r in kept + rows for k in r])))
 
 
 def write_index(out_dir: str) -> None:
@@ -321,7 +316,4 @@ def write_index(out_dir: str) -> None:
         links = " ".join(f"<a href='{html.escape(name + suffix)}'>{html.escape(name + suffix)}</a>" for suffix in OUTPUTS)
         parts.append(f"<p>{links}</p></section>")
     parts.append("</body></html>")
-    tmp = os.path.join(out_dir, ".index.html.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "index.html"))
+    files.write_text(os.path.join(out_dir, "index.html"), "\n".join(parts))

@@ -41,9 +41,9 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-GRADIENT_MAPS = ("rec_error", "elbo_grad", "kl_grad", "rec_grad", "combi")
+from tfvae.predictor_names import ALL_PREDICTORS, GRADIENT_MAPS  # noqa: F401  (the names, without TensorFlow)
+
 SMOOTHED_GRADIENTS = ("elbo_grad", "kl_grad", "rec_grad")
-ALL_PREDICTORS = ("recommended",) + GRADIENT_MAPS + ("proj_rec_error", "ensemble", "intensity")
 COMBI_VARIANTS = ("zimmerer", "paper")
 # utils/util.py::smooth_tensor(kernel_size=8, sigma=3): an even size is decremented, so 7x7
 REFERENCE_KERNEL_SIZE, REFERENCE_SIGMA = 8, 3.0

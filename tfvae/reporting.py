@@ -134,10 +134,14 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
     the projected image (when computed), then each predictor's map (``intensity`` included) on ONE
     colour scale per predictor -- ``scales[p] = (low, high)``, taken from healthy validation maps,
     the same on every row and in every figure -- with a colour bar; where ``thresholds[p]`` is
-    given, the mask at that threshold (1 % FPR on healthy validation) is outlined in green."""
+    given, the mask at that threshold (1 % FPR on healthy validation) is outlined in green, and the
+    first such predictor's mask also on the input."""
+    from matplotlib.ticker import MaxNLocator
+
     scales, thresholds = scales or {}, thresholds or {}
     panels = ["image"] + [p for p in ("reconstruction", "projected") if any(p in item for item in items)]
     panels += [p for p in predictors if any(p in item for item in items)]
+    on_input = next((p for p in panels if p in thresholds), None)  # its mask is outlined on the input too
     fig, axes = plt.subplots(len(items), len(panels), figsize=(2.0 * len(panels), 2.0 * len(items) + 1.2),
                              squeeze=False)
     bars: set = set()
@@ -153,6 +157,9 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
                 ax.imshow(data, cmap="gray", vmin=lo, vmax=hi)
                 if panel == "image":
                     draw_labels(ax, np.asarray(item["label"])[..., 0])
+                    if on_input in item:
+                        ax.contour(np.asarray(item[on_input])[..., 0] >= thresholds[on_input], levels=[0.5],
+                                   colors=[MASK_COLOUR], linewidths=0.8)
             else:
                 vmin, vmax = scales.get(panel) or (min(0.0, float(np.percentile(data, 1))),
                                                    float(np.percentile(data, 99.5)))
@@ -163,12 +170,14 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
                     bars.add(panel)
                     bar = fig.colorbar(shown, ax=list(axes[:, panels.index(panel)]), orientation="horizontal",
                                        fraction=0.04, pad=0.02)
-                    bar.ax.tick_params(labelsize=FONT - 2)
+                    bar.ax.xaxis.set_major_locator(MaxNLocator(3))  # few ticks: they stay readable at FONT
+                    bar.ax.tick_params(labelsize=FONT)
         row[0].set_ylabel(item["title"], fontsize=FONT)
     for ax, panel in zip(axes[0], panels):
         ax.set_title({"image": "input + ground truth"}.get(panel, panel), fontsize=FONT)
     handles = [plt.Line2D([], [], color=c, label=n) for n, c in LABEL_NAMES.values()]
-    handles.append(plt.Line2D([], [], color=MASK_COLOUR, label="mask at 1% FPR"))
+    if on_input:
+        handles.append(plt.Line2D([], [], color=MASK_COLOUR, label=f"mask at 1% FPR (on the input: {on_input})"))
     fig.legend(handles=handles, loc="upper right", fontsize=FONT, ncol=len(handles), frameon=False)
     fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
     return fig
@@ -234,7 +243,7 @@ def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path
     if heat is not None:
         bar = fig.colorbar(heat, ax=list(axes.flat), orientation="horizontal", fraction=0.03, pad=0.03)
         bar.set_label("anomaly score (from the threshold up)", fontsize=FONT)
-        bar.ax.tick_params(labelsize=FONT - 1)
+        bar.ax.tick_params(labelsize=FONT)
     fig.legend(handles=[plt.Line2D([], [], color=MASK_COLOUR, label="anomaly mask")], loc="upper right",
                fontsize=FONT, frameon=False)
     fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from tfvae import config as config_lib
-from tfvae import paper
+from tfvae import files, paper
 from tfvae.run import Run
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -528,8 +528,8 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     target, verdicts = target_table(per_setting)
     claims = findings(per_setting)
     os.makedirs(out_dir, exist_ok=True)
-    _write_atomic(os.path.join(out_dir, "tables.csv"), _csv_text(csv_rows + csv_brain))
-    _write_atomic(os.path.join(out_dir, "tables.json"), json.dumps(
+    files.write_text(os.path.join(out_dir, "tables.csv"), _csv_text(csv_rows + csv_brain))
+    files.write_text(os.path.join(out_dir, "tables.json"), json.dumps(
         {f"{run_name(l, b, s)}": r for (l, b), rs in per_setting.items() for s, r in enumerate(rs)}, indent=2))
     t = first["train"]
     text = [f"# The paper's tables on {test_data['name']}/{test_data['config']} ({first['data']['image_size']}px)", "",
@@ -559,7 +559,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
         text += ["## Measured effects", "", extras_section(extras)]
     text += ["## Where each run stopped", "", plateau_table(histories), ""]
     md_file = md_path or os.path.join(out_dir, "tables.md")
-    _write_atomic(md_file, "\n".join(text) + _kept_notes(md_file))
+    files.write_text(md_file, "\n".join(text) + _kept_notes(md_file))
     return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras, "missing": missing}
 
 
@@ -585,10 +585,3 @@ def _csv_text(rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)

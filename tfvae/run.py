@@ -11,7 +11,7 @@ This module is the one place that knows the layout of a run directory::
 
     config.json                 the resolved config the run was trained with
     history.csv                 loss, rec, kl (train and val_) per epoch, appended across resumes
-    logs/                       TensorBoard: train/, validation/, images/, eval/, hparams
+    logs/                       TensorBoard, one run: train and validation curves, images, hparams, eval
     checkpoints/best.keras      the model at the epoch of lowest validation loss
     checkpoints/last.keras      the model after the latest finished epoch
     checkpoints/backup/         the resume state: state.json and the weights it names (tfvae.callbacks)

@@ -68,6 +68,7 @@ import keras_tuner as kt
 import tensorflow as tf
 
 from tfvae import config as config_lib
+from tfvae import files
 from tfvae.run import Run
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
@@ -398,9 +399,9 @@ class VAEHyperModel(kt.HyperModel):
         metrics = {"val_loss": _last_val_loss(run_dir)}
         if extra:
             metrics["val_auroc"] = extra[0].value
-        with open(os.path.join(run_dir, "objective.json"), "w") as f:
-            json.dump({"trial_id": trial_id, **metrics, "values": search.point(hp),
-                       "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")}, f, indent=2)
+        files.write_json(os.path.join(run_dir, "objective.json"),
+                         {"trial_id": trial_id, **metrics, "values": search.point(hp),
+                          "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")})
         return metrics
 
 
@@ -515,10 +516,7 @@ def prepare_search_dir(search: Search, search_dir: str, overwrite: bool = False)
                                      "--overwrite to replace it or --dir to search elsewhere")
             return True
     os.makedirs(search_dir, exist_ok=True)
-    partial = f"{marker}.{os.getpid()}.tmp"
-    with open(partial, "w") as f:
-        json.dump(described, f, indent=2)
-    os.replace(partial, marker)  # atomic: a worker starting at the same time sees all of it or nothing
+    files.write_json(marker, described)  # whole: a worker starting at the same time sees all of it or nothing
     return False
 
 
@@ -530,15 +528,31 @@ def export_best(tuner, search: Search, search_dir: str) -> dict | None:
     best = trials[0]
     source = trial_dir(search_dir, best.trial_id)
     target = os.path.join(search_dir, "best")
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    shutil.copytree(source, target)
     name, _ = OBJECTIVES[search.objective_key]
     summary = {"trial_id": best.trial_id, "objective": name, "score": best.score,
                "values": search.point(best.hyperparameters), "run_dir": source}
-    with open(os.path.join(target, "best_trial.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    copy = files.temporary_name(target)  # the new copy is made whole beside the old one, then swapped in
+    if os.path.isdir(copy):
+        shutil.rmtree(copy)
+    shutil.copytree(source, copy)
+    files.write_json(os.path.join(copy, "best_trial.json"), summary)
+    if os.path.isdir(target):
+        old = files.temporary_name(target + "-replaced")
+        os.rename(target, old)
+        os.rename(copy, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(copy, target)
     return summary
+
+
+def write_trials(tuner, search: Search, search_dir: str) -> list[dict]:
+    """``<search_dir>/trials.csv``: ``summary_rows`` as a table (written whole); returns the rows."""
+    rows = summary_rows(tuner, search)
+    if rows:
+        files.write_csv(os.path.join(search_dir, "trials.csv"), rows,
+                        header=list(dict.fromkeys(k for r in rows for k in r)))
+    return rows
 
 
 def summary_rows(tuner, search: Search) -> list[dict]:

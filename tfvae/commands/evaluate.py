@@ -19,6 +19,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.predictor_names import ALL_PREDICTORS  # noqa: E402
 
 CHECKPOINTS = ("final", "best", "last")  # tfvae.run.MODEL_FILES
 
@@ -27,7 +28,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
-    p.add_argument("--predictors", nargs="+", help="which predictors (default: the config's, else all)")
+    p.add_argument("--predictors", nargs="+", choices=ALL_PREDICTORS, metavar="PREDICTOR",
+                   help="which predictors (default: the config's, else all): " + ", ".join(ALL_PREDICTORS))
     p.add_argument("--projection-steps", type=int, help="steps of the energy-based projection")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which saved model")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")

@@ -21,6 +21,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -29,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--predictor", default="recommended", help="which map")
+    p.add_argument("--predictor", default="recommended", choices=LOCALIZABLE, help="which map")
     p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate on healthy validation brain "
                                                           "pixels that sets the threshold")
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")

@@ -21,7 +21,6 @@ are done; workers train.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -77,15 +76,8 @@ def main(argv=None) -> int:
         print("worker: no more trials")
         return 0
 
-    rows = tuning.summary_rows(tuner, search)
-    if rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(os.path.join(search_dir, "trials.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        for r in rows:
-            print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    for r in tuning.write_trials(tuner, search, search_dir):
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     best = tuning.export_best(tuner, search, search_dir)
     if best is None:
         print("error: no trial finished", file=sys.stderr)
