@@ -72,11 +72,14 @@ def layout_of(case: str) -> str:
 
 
 def _nifti_stems(folder: epath.Path) -> dict:
-    """{stem: path} of the NIfTI files directly in ``folder``."""
+    """{stem: path} of the NIfTI files directly in ``folder``; two files of one stem (``x.nii`` beside
+    ``x.nii.gz``) are a ``BadInputError`` naming both, not a choice made by the listing order."""
     out = {}
-    for path in folder.iterdir():
+    for path in sorted(folder.iterdir()):
         stem = real_data.strip_nifti_suffix(path.name)
         if stem is not None and path.is_file():
+            if stem in out:
+                raise real_data.bad(path, f"two files for {stem} (also {out[stem].name}); keep one")
             out[stem] = path
     return out
 

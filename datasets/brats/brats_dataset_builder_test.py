@@ -19,6 +19,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
+from etils import epath  # noqa: E402
 
 from tfvae_datasets import real_data  # noqa: E402
 from tfvae_datasets import testing_trees as tt  # noqa: E402
@@ -276,6 +277,21 @@ def test_a_split_left_empty_by_skipping_is_an_error(tmp_path):
     _nan(_case(tmp_path))
     with pytest.raises(real_data.BadInputError, match=r"split 'test' of brats would be empty \(1 bad case"):
         tt.build(Builder, tmp_path / "src", tmp_path / "tfds", skip_bad=True)
+
+
+def test_a_scan_stored_twice_in_a_case_is_an_error_naming_both(tmp_path):
+    import shutil
+
+    case = tmp_path / "Brats18_2013_2_1"
+    case.mkdir()
+    for name in ("t2", "seg"):
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(case / f"{case.name}_{name}.nii.gz"))
+    assert brats.case_file(epath.Path(case), "t2").name == f"{case.name}_t2.nii.gz"
+    shutil.copy(case / f"{case.name}_t2.nii.gz", case / f"{case.name}_t2.nii")
+    with pytest.raises(real_data.BadInputError) as e:
+        brats.case_file(epath.Path(case), "t2")
+    message = str(e.value)
+    assert f"{case.name}_t2.nii" in message and f"{case.name}_t2.nii.gz" in message and "\n" not in message
 
 
 def test_case_files_and_layouts():
