@@ -41,6 +41,7 @@ from tfvae import config as config_lib
 from tfvae import data
 from tfvae import ensemble as ensemble_lib
 from tfvae import metrics, postprocessing, reporting
+from tfvae import run as run_lib
 from tfvae.calibration import FPRS, HISTOGRAM_BITS, calibrate
 from tfvae.nifti import write_maps
 from tfvae.predictors import ALL_PREDICTORS
@@ -274,7 +275,7 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
                                     thresholds={p: r["dice_fpr01_threshold"] for p, r in results.items()})
     log_results(run.logs_dir, results, images)
     store_thresholds(run, config, checkpoint, results)
-    config_lib.save(config, os.path.join(out_dir, "config.json"))  # last: what these results were made with
+    config_lib.save(config, os.path.join(out_dir, run_lib.CONFIG_FILE))  # last: what these results were made with
     return results, title
 
 

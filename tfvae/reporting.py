@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfvae.run import RESULTS_FILE  # noqa: E402
+
 COLUMNS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "auroc_brain": "AUROC brain", "auprc_brain": "AUPRC brain",
            "best_dice": "best Dice", "dice_fpr01": "Dice@1%FPR", "dice_fpr05": "Dice@5%FPR"}
@@ -102,7 +104,7 @@ def write_per_volume(rows: list[dict], path: str) -> None:
 def write_results(results: dict, out_dir: str, header: str = "") -> None:
     """results.json (everything), results.csv and results.md (the table)."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
+    with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
         writer = csv.writer(f)

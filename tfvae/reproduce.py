@@ -165,15 +165,12 @@ def ensure_trained(config: dict, run_dir: str, retrain: bool = False, verbose=2)
 
 def ensure_evaluated(config: dict, run_dir: str, reevaluate: bool = False, verbose: bool = False,
                      name: str = "eval") -> dict:
-    """``RUN/<name>/results.json``, computed unless an evaluation with the same config is there."""
-    out_dir = os.path.join(run_dir, name)
-    results_path = os.path.join(out_dir, "results.json")
-    saved_config = os.path.join(out_dir, "config.json")
-    if not reevaluate and os.path.isfile(results_path) and os.path.isfile(saved_config):
-        if config_lib.load(saved_config) == config:
-            with open(results_path) as f:
-                return json.load(f)
-    return Run(run_dir).evaluate(config=config, out_dir=out_dir, overwrite=True, verbose=verbose)
+    """The results of ``RUN/<name>``, computed unless an evaluation with the same config is there."""
+    run = Run(run_dir)
+    found = None if reevaluate else run.finished_evaluation(config, name)
+    if found is not None:
+        return found
+    return run.evaluate(config=config, out_dir=os.path.join(run_dir, name), overwrite=True, verbose=verbose)
 
 
 def extras_for(config: dict) -> dict[str, dict]:
@@ -465,15 +462,6 @@ def extras_section(extras: dict) -> str:
 
 
 # --- the whole reproduction --------------------------------------------------------------------------
-def _finished(config: dict, run_dir: str, name: str = "eval") -> dict | None:
-    """The results of a finished evaluation made with ``config``, else None (nothing is computed)."""
-    results_path, saved = os.path.join(run_dir, name, "results.json"), os.path.join(run_dir, name, "config.json")
-    if os.path.isfile(results_path) and os.path.isfile(saved) and config_lib.load(saved) == config:
-        with open(results_path) as f:
-            return json.load(f)
-    return None
-
-
 def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = None, *, retrain: bool = False,
               reevaluate: bool = False, verbose: bool = True, command: str = "", log=print,
               report_only: bool = False) -> dict:
@@ -500,7 +488,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
         run_dir = os.path.join(runs_dir, run_name(latent, beta, seed))
         t0 = time.time()
         if report_only:
-            results = _finished(config, run_dir)
+            results = Run(run_dir).finished_evaluation(config)
             if results is None:
                 missing.append(run_name(latent, beta, seed))
                 continue
@@ -514,7 +502,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
         histories[run_name(latent, beta, seed)] = history(run_dir)
         if plan.extras and len(plan.seeds_for(latent, beta)) > 1:
             for name, extra in extras_for(config).items():
-                found = (_finished(extra, run_dir, name) if report_only
+                found = (Run(run_dir).finished_evaluation(extra, name) if report_only
                          else ensure_evaluated(extra, run_dir, reevaluate, verbose, name=name))
                 if found is not None:
                     extras.setdefault(name, {}).setdefault((latent, beta), []).append(found)

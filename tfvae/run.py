@@ -46,6 +46,7 @@ CHECKPOINTS_DIR = "checkpoints"
 BACKUP_DIR = os.path.join(CHECKPOINTS_DIR, "backup")
 THRESHOLDS_FILE = "thresholds.json"
 EVAL_DIR = "eval"
+RESULTS_FILE = "results.json"  # in an evaluation folder, beside the CONFIG_FILE it was made with
 # the saved models of a run directory, by the name scripts offer for them (--checkpoint)
 MODEL_FILES = {"final": "model.keras", "best": os.path.join(CHECKPOINTS_DIR, "best.keras"),
                "last": os.path.join(CHECKPOINTS_DIR, "last.keras")}
@@ -275,6 +276,16 @@ class Run:
         else:
             os.rename(partial, out_dir)
         return results
+
+    def finished_evaluation(self, config: dict, out_dir: str | None = None) -> dict | None:
+        """The results in ``out_dir`` (default ``eval/``; a name is taken inside the run) when that
+        evaluation is complete and was made with exactly ``config``, else None (nothing computed)."""
+        folder = os.path.join(self.dir, out_dir or EVAL_DIR)
+        results, saved = os.path.join(folder, RESULTS_FILE), os.path.join(folder, CONFIG_FILE)
+        if os.path.isfile(results) and os.path.isfile(saved) and config_lib.load(saved) == config:
+            with open(results) as f:
+                return json.load(f)
+        return None
 
     def scorer(self, predictors, *, config: dict | None = None, checkpoint: str = "final"):
         """A fitted ``scoring.Scorer`` for ``predictors``: what the maps need from healthy validation
