@@ -36,12 +36,15 @@ def test_paper_numbers_match_the_paper_text():
         assert [paper.TABLE2_BETA[float(beta)][p] for p in paper.TABLE2_PREDICTORS] == [float(v) for v in values]
     assert paper.ENSEMBLE == {"beta": 10.0, "latent_dim": 64, "auroc": 0.903}
     assert paper.settings() == [(32, 1.0), (64, 1.0), (256, 1.0), (64, 0.1), (64, 0.5), (64, 2.0), (64, 10.0)]
-    # where the paper's text is at hand (the project's shared reference), the rows are printed in it
+
+
+def test_the_rows_above_are_printed_in_the_paper():
     reference = os.path.join(os.path.dirname(ROOT), "shared", "reference", "paper_zhou2020_vae_beta_vae.txt")
-    if os.path.exists(reference):
-        text = open(reference).read()
-        for line in (PAPER_TABLE1 + "\n" + PAPER_TABLE2).splitlines():
-            assert line in text, line
+    if not os.path.exists(reference):
+        pytest.skip(f"the paper's text is not at {reference} (the project's shared reference, outside the repository)")
+    text = open(reference).read()
+    for line in (PAPER_TABLE1 + "\n" + PAPER_TABLE2).splitlines():
+        assert line in text, line
 
 
 def fake(auroc: dict, seed_shift=0.0) -> dict:
