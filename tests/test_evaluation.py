@@ -141,8 +141,13 @@ def test_same_seed_same_numbers_and_no_silent_overwrite(evaluated, capsys):
 
 
 def test_unknown_predictor_is_a_one_line_error(tiny_run, capsys):
+    with pytest.raises(SystemExit) as stop:  # on the command line: argparse's choices, before TensorFlow loads
+        evaluate_script.main(["--run-dir", tiny_run, "--out", os.path.join(tiny_run, "x"), "--predictors", "rec_eror"])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "invalid choice: 'rec_eror'" in last and "rec_error" in last
     assert evaluate_script.main(["--run-dir", tiny_run, "--out", os.path.join(tiny_run, "x"),
-                                 "--predictors", "rec_eror"]) == 2
+                                 "--set", 'evaluate.predictors=["rec_eror"]']) == 2  # in a config
     err = capsys.readouterr().err.strip()
     assert "evaluate.predictors" in err and "\n" not in err
 

@@ -63,8 +63,12 @@ def main(argv=None) -> int:
             raise RunDirError(f"{run.model_path(args.checkpoint)} not found (train the run first, or pick --checkpoint)")
         data.check_splits(data.test_data_config(config["data"]), [config["data"]["test_split"]])
         data.check_splits(config["data"], [config["data"]["validation_split"]])
-        print(f"healthy validation data: {data.describe(config['data'])}")
-        print(f"test data: {data.describe(data.test_data_config(config['data']))}")
+        test = data.test_data_config(config["data"])
+        if (test["name"], test["config"]) == (config["data"]["name"], config["data"]["config"]):
+            print(f"data (healthy validation and test splits): {data.describe(config['data'])}")
+        else:
+            print(f"healthy validation data: {data.describe(config['data'])}")
+            print(f"test data: {data.describe(test)}")
         results = run.evaluate(overrides=overrides, checkpoint=args.checkpoint, out_dir=args.out,
                                overwrite=args.overwrite)
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:
