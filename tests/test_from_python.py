@@ -54,3 +54,11 @@ def test_the_readme_notebook_code_runs(tiny_data_dir, tmp_path, monkeypatch, cap
     entry = next(e for e in stored if e["key"]["predictor"] == "recommended")
     assert found.threshold == entry["thresholds"]["0.01"]
     assert run.threshold("recommended", 0.01) == found.threshold
+    # a second scan with the same settings reuses the loaded model and threshold; the same scan, the same maps
+    localizer = next(iter(run._localizers.values()))
+    again = run.localize("my_scan_t2.nii.gz", fpr=0.01)
+    assert next(iter(run._localizers.values())) is localizer and len(run._localizers) == 1
+    np.testing.assert_array_equal(again.mask, found.mask)
+    np.testing.assert_allclose(again.score, found.score, rtol=1e-5, atol=1e-6)
+    run.localize("my_scan_t2.nii.gz", fpr=0.05)  # other settings: a new one, the old one released
+    assert len(run._localizers) == 1 and next(iter(run._localizers.values())) is not localizer

@@ -102,6 +102,7 @@ class Run:
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = os.fspath(run_dir)
         self.restored_previous = False  # set by train(): a failed --overwrite put the previous run back
+        self._localizers: dict = {}  # localize(): the Localizer of the latest settings, reused
 
     def __repr__(self) -> str:
         return f"Run({self.dir!r})"
@@ -341,12 +342,18 @@ class Run:
         array with ``affine``), in the scan's own grid: a ``localization.Localized`` whose
         ``warnings`` list what differs from the training scans. ``mask``: a brain mask (path or
         array; default: the scan's non-zero voxels). A scan with more than 2 % of its brain outside
-        the run's field of view is refused unless ``force``."""
+        the run's field of view is refused unless ``force``. Calls with the same settings reuse one
+        ``localization.Localizer`` (model, threshold, healthy statistics, compiled projection)."""
         from tfvae import localization
 
         config = self.config(overrides)
-        localizer = localization.Localizer(self, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint,
-                                           force=force)
+        key = (json.dumps(config, sort_keys=True), predictor, fpr, checkpoint,
+               os.path.getmtime(self.model_path(checkpoint)) if os.path.isfile(self.model_path(checkpoint)) else None)
+        localizer = self._localizers.get(key)
+        if localizer is None:
+            localizer = localization.Localizer(self, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint)
+            self._localizers = {key: localizer}  # the latest settings only: a model stays in memory once
+        localizer.force = force
         return localizer(scan, mask=mask, affine=affine)
 
 
