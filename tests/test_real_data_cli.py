@@ -2,6 +2,7 @@
 data.manual_dir, the missing-data instructions, bad input as one line, and the test-data helper."""
 
 import os
+import shutil
 
 import pytest
 
@@ -73,11 +74,14 @@ def test_bad_input_is_one_line_and_exit_2_and_skip_bad_skips(tmp_path, capsys):
     message = err.split("error: ", 1)[1].strip()
     assert message.count("\n") == 0 and message.startswith(f"{bad}: cannot read NIfTI"), err
     assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "run")  # the build failed before any run folder was made
     builder = data.prepare({**config_lib.defaults()["data"], "name": "hcp_t2", "image_size": 32,
                             "data_dir": str(tmp_path / "tfds2"), "manual_dir": src, "skip_bad": True})
     assert "skipped 1 bad case(s)" in capsys.readouterr().err
     ids = set(tt.volume_ids(builder, "train") + tt.volume_ids(builder, "validation"))
     assert ids == {"100307", "101107"}
+    shutil.rmtree(os.path.join(src, "100408"))  # the user removes the bad subject, runs the same command again
+    assert train_script.main(_args(tmp_path, "--manual-dir", src)) == 0  # accepted: no half-made run in the way
 
 
 def test_paper_configs_train_on_hcp_and_test_on_brats():
