@@ -153,6 +153,14 @@ def test_broken_headers_unreadable_scans_and_broken_models_are_one_line(tiny_run
     assert localize_script.main(["--run-dir", str(run_dir), path, "--out", str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(model) in err and "cannot load the model" in err
+    shutil.copy(os.path.join(tiny_run, "model.keras"), model)
+    raw = bytearray(model.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 256] = bytes(256)  # a corrupted member: the zip's CRC check fails on reading it
+    model.write_bytes(bytes(raw))
+    assert localize_script.main(["--run-dir", str(run_dir), path, "--out", str(tmp_path / "o4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(model) in err and "cannot load the model" in err
 
 
 def test_a_brain_larger_than_the_field_of_view_is_refused_unless_forced(tiny_run, lps_scan, tmp_path, capsys):

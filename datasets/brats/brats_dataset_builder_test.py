@@ -207,8 +207,20 @@ def _unknown_label(case):
     return path
 
 
+def _bad_datatype(case):
+    import struct
+
+    path = os.path.join(case, f"{os.path.basename(case)}_t2.nii.gz")
+    raw = bytearray(gzip.decompress(open(path, "rb").read()))
+    raw[70:72] = struct.pack("<h", 999)  # the header's datatype: no such code
+    with open(path, "wb") as f:
+        f.write(gzip.compress(bytes(raw)))
+    return path
+
+
 BAD = {
     "corrupt": (_corrupt, "cannot read NIfTI"),
+    "bad datatype": (_bad_datatype, "invalid NIfTI header"),
     "truncated": (_truncated, "cannot read NIfTI"),
     "missing modality": (_missing_modality, "missing modality t2"),
     "missing segmentation": (_missing_seg, "missing segmentation"),
