@@ -181,7 +181,8 @@ class Killed(BaseException):
     """A kill (not an Exception: nothing may catch and clean it up)."""
 
 
-@pytest.mark.parametrize("where", ["history written", "checkpoints written", "resume weights written"])
+@pytest.mark.parametrize("where", ["history written", "checkpoints written", "resume weights half written",
+                                   "resume weights written"])
 def test_a_kill_at_any_point_of_an_epoch_end_loses_nothing(tmp_path, tiny_overrides, monkeypatch, where):
     """Fault injection at the exact point: the write after ``where`` raises during epoch 1 (the
     second). The resumed run's history equals an uninterrupted run's, every file is whole."""
@@ -201,6 +202,10 @@ def test_a_kill_at_any_point_of_an_epoch_end_loses_nothing(tmp_path, tiny_overri
         real_checkpoints(self, epoch, logs)
 
     def save_weights(self, path, *args, **kwargs):
+        if where == "resume weights half written" and state["epoch"] == 1:
+            with open(path, "wb") as f:
+                f.write(b"\x89HDF")  # killed while writing: a few bytes of the new weights file
+            raise Killed
         real_save_weights(self, path, *args, **kwargs)
         if where == "resume weights written" and state["epoch"] == 1:
             raise Killed  # the weights file is written, state.json not yet renamed
