@@ -22,6 +22,7 @@ from tfvae import files, metrics
 from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, variants, volumes
 
 FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}  # the rates every evaluation reports Dice at
+DISPLAY_FPRS = {"display_low": 0.99, "display_high": 0.001}  # a map's colour scale: healthy 1st-99.9th percentile
 HISTOGRAM_BITS = 22  # 4M bins per class when the exact mode overflows: ~1e-5 of AUROC, 64 MB each
 MAP_SECTIONS = ("predictors", "postprocess", "recommended")  # config sections a map depends on
 
@@ -107,3 +108,26 @@ class ThresholdStore:
 
 def _fpr_key(fpr: float) -> str:
     return f"{float(fpr):g}"
+
+
+def store_evaluation(run, config: dict, checkpoint: str, results: dict) -> None:
+    """The thresholds evaluation calibrated (1 % and 5 % FPR), and what the maps took from the
+    validation volumes, into the run's ``thresholds.json`` for localize to use."""
+    from tfvae import postprocessing
+
+    store = ThresholdStore(run.thresholds_path)
+    digest = file_digest(run.model_path(checkpoint))
+    pp = postprocessing.enabled(config["postprocess"])
+    for predictor, result in results.items():
+        if predictor == "ensemble":  # fitted on labelled test volumes: not for new scans
+            continue
+        source = result.get("postprocessed", {}) if pp else result
+        thresholds = {fpr: source[f"{key}_threshold"] for key, fpr in FPRS.items() if f"{key}_threshold" in source}
+        if not pp and "display_range" in result:  # the top of the colour scale of overlays
+            thresholds[DISPLAY_FPRS["display_high"]] = result["display_range"][1]
+        reference = {}
+        if "settings" in result and predictor == "recommended":
+            reference["recommended"] = result["settings"]
+        if "kl_grad_range" in result:
+            reference["kl_grad_range"] = result["kl_grad_range"]
+        store.put(store.key(digest, predictor, config), thresholds, reference)

@@ -62,7 +62,7 @@ class ImageSummaries(keras.callbacks.Callback):
 KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.learning_rate", "train.epochs", "augment.on",
                "train.precision_used", "seed",
                "train.batch_size", "data.name", "data.config")
-# evaluation metrics shown as HParams metrics (written by evaluation.log_results)
+# evaluation metrics shown as HParams metrics (written by reporting.log_evaluation)
 EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
 EVAL_PREDICTORS = ("recommended", "rec_grad", "rec_error", "intensity")
 

@@ -27,6 +27,10 @@ The ensemble is fitted on ``evaluate.ensemble_fraction`` of the test volumes (wi
 which are processed first; its metrics are over the other volumes only. Every predictor's metrics
 over all volumes are in its result, and, when the ensemble is evaluated, again over the ensemble's
 scored volumes only (``"ensemble_volumes"``), so the ensemble is compared like with like.
+
+``evaluate_run`` hands the results on: tables and figures to ``reporting`` (files, and TensorBoard
+through ``reporting.log_evaluation``), the thresholds to ``calibration.store_evaluation`` (the
+run's ``thresholds.json``, for localize).
 """
 
 from __future__ import annotations
@@ -42,13 +46,13 @@ from tfvae import data
 from tfvae import ensemble as ensemble_lib
 from tfvae import metrics, postprocessing, reporting
 from tfvae import run as run_lib
-from tfvae.calibration import FPRS, HISTOGRAM_BITS, calibrate
+from tfvae import calibration
+from tfvae.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, calibrate
 from tfvae.nifti import write_maps
 from tfvae.predictors import ALL_PREDICTORS
 from tfvae.reporting import FigureSlices
 from tfvae.scoring import Scorer, Volume, variants, volumes
 
-DISPLAY_FPRS = {"display_low": 0.99, "display_high": 0.001}  # a map's colour scale: healthy 1st-99.9th percentile
 SAME_VOLUME_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
 
@@ -273,42 +277,7 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
     images = reporting.save_figures(figures, list(results), os.path.join(out_dir, "figures"),
                                     scales={p: tuple(r["display_range"]) for p, r in results.items()},
                                     thresholds={p: r["dice_fpr01_threshold"] for p, r in results.items()})
-    log_results(run.logs_dir, results, images)
-    store_thresholds(run, config, checkpoint, results)
+    reporting.log_evaluation(run.logs_dir, results, images)
+    calibration.store_evaluation(run, config, checkpoint, results)
     config_lib.save(config, os.path.join(out_dir, run_lib.CONFIG_FILE))  # last: what these results were made with
     return results, title
-
-
-def log_results(log_dir: str, results: dict, images: dict) -> None:
-    """The evaluation in the run's TensorBoard folder (the same run as its training curves): the
-    figures, and every predictor's metrics as ``eval/<metric>/<predictor>`` (HParams metrics)."""
-    with tf.summary.create_file_writer(log_dir).as_default(step=0):
-        for name, image in images.items():
-            tf.summary.image(f"eval/{name}", image[None])
-        for predictor, result in results.items():
-            for metric in ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05"):
-                if metric in result:
-                    tf.summary.scalar(f"eval/{metric}/{predictor}", float(result[metric]))
-
-
-def store_thresholds(run, config: dict, checkpoint: str, results: dict) -> None:
-    """The thresholds evaluation calibrated (1 % and 5 % FPR), and what the maps took from the
-    validation volumes, into the run's ``thresholds.json`` for localize to use."""
-    from tfvae import calibration, postprocessing
-
-    store = calibration.ThresholdStore(run.thresholds_path)
-    digest = calibration.file_digest(run.model_path(checkpoint))
-    pp = postprocessing.enabled(config["postprocess"])
-    for predictor, result in results.items():
-        if predictor == "ensemble":  # fitted on labelled test volumes: not for new scans
-            continue
-        source = result.get("postprocessed", {}) if pp else result
-        thresholds = {fpr: source[f"{key}_threshold"] for key, fpr in FPRS.items() if f"{key}_threshold" in source}
-        if not pp and "display_range" in result:  # the top of the colour scale of overlays
-            thresholds[DISPLAY_FPRS["display_high"]] = result["display_range"][1]
-        reference = {}
-        if "settings" in result and predictor == "recommended":
-            reference["recommended"] = result["settings"]
-        if "kl_grad_range" in result:
-            reference["kl_grad_range"] = result["kl_grad_range"]
-        store.put(store.key(digest, predictor, config), thresholds, reference)

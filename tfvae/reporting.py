@@ -282,3 +282,17 @@ class FigureSlices:
             i = int(healthy[np.argmax(brain_area[healthy])])
             # a healthy volume's slice ranks above tumour-free slices of tumour volumes
             self._offer(self.healthy, brain_area[i] + (1e9 if not tumour_area.any() else 0), volume, i)
+
+
+def log_evaluation(log_dir: str, results: dict, images: dict) -> None:
+    """The evaluation in the run's TensorBoard folder (the same run as its training curves): the
+    figures, and every predictor's metrics as ``eval/<metric>/<predictor>`` (HParams metrics)."""
+    import tensorflow as tf
+
+    with tf.summary.create_file_writer(log_dir).as_default(step=0):
+        for name, image in images.items():
+            tf.summary.image(f"eval/{name}", image[None])
+        for predictor, result in results.items():
+            for metric in COLUMNS:
+                if metric in result:
+                    tf.summary.scalar(f"eval/{metric}/{predictor}", float(result[metric]))
