@@ -71,12 +71,48 @@ def test_an_interrupted_overwrite_keeps_the_original_run_through_the_next_overwr
     second = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["model.beta=4"]), overwrite=True)
     assert open(os.path.join(second.replaced, "history.csv")).read() == "epoch,loss\n0,1.0\n"
     assert not (tmp_path / "R" / "history.csv").exists() and second.config()["model"]["beta"] == 4.0
-    monkeypatch.setattr(training, "train", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad data")))
-    with pytest.raises(ValueError):
+    monkeypatch.setattr(training, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
         second.train(verbose=0)
-    assert second.restored_previous  # a failure puts the user's run back
+    # --resume of the interrupted replacement: a failure keeps what it trained, the user's run stays aside
+    resumed = Run.create(run_dir, None, resume=True)
+    monkeypatch.setattr(training, "train", lambda *a, **k: (_ for _ in ()).throw(ValueError("NaN")))
+    with pytest.raises(ValueError):
+        resumed.train(verbose=0)
+    assert not resumed.restored_previous and resumed.config()["model"]["beta"] == 4.0
+    assert (tmp_path / "R" / "history.csv").read_text() == "epoch,loss\n0,9.0\n"
+    assert open(os.path.join(resumed.replaced, "history.csv")).read() == "epoch,loss\n0,1.0\n"
+    # an --overwrite that fails puts the user's run back
+    third = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["model.beta=8"]), overwrite=True)
+    with pytest.raises(ValueError):
+        third.train(verbose=0)
+    assert third.restored_previous
     assert (tmp_path / "R" / "history.csv").read_text() == "epoch,loss\n0,1.0\n"
-    assert not os.path.exists(second.replaced)
+    assert not os.path.exists(third.replaced)
+
+
+def test_an_overwrite_whose_cleanup_was_cut_short_keeps_the_finished_run(tmp_path, tiny_overrides, monkeypatch):
+    from tfvae import training
+
+    run_dir = str(tmp_path / "R")
+    Run.create(run_dir, config_lib.load(BETA10, tiny_overrides))
+    first = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["model.beta=2"]), overwrite=True)
+
+    def finished(config, run_dir, **kw):
+        open(os.path.join(run_dir, "model.keras"), "w").write("the finished model")
+
+    monkeypatch.setattr(training, "train", finished)
+    import tfvae.run as run_module
+
+    monkeypatch.setattr(run_module, "remove_ours", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # killed while deleting the replaced run
+        first.train(verbose=0)
+    monkeypatch.undo()
+    assert os.path.isdir(first.replaced) and (tmp_path / "R" / "model.keras").exists()
+    # the next --overwrite replaces the finished run as usual (it goes aside), the stale one goes
+    second = Run.create(run_dir, config_lib.load(BETA10, tiny_overrides + ["model.beta=4"]), overwrite=True)
+    assert open(os.path.join(second.replaced, "model.keras")).read() == "the finished model"
+    assert json.loads(open(os.path.join(second.replaced, "config.json")).read())["model"]["beta"] == 2.0
 
 
 def test_resuming_a_run_whose_data_is_gone_is_one_line(tmp_path, tiny_overrides, capsys):
@@ -168,7 +204,9 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
     real_rmtree = shutil.rmtree
 
     def rmtree_killed(path, *args, **kwargs):
-        if os.path.basename(path).startswith(".eval.tfvae-replaced"):
+        if ".eval.tfvae-replaced" in os.path.basename(path):
+            real_rmtree(os.path.join(path, "maps"), ignore_errors=True)  # killed half way through the delete
+            os.remove(os.path.join(path, MARKER_FILE))
             raise KeyboardInterrupt
         real_rmtree(path, *args, **kwargs)
 
@@ -176,6 +214,8 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         run.evaluate(overrides=fast, overwrite=True, verbose=False)
     monkeypatch.undo()
-    assert results_of(run.eval_dir) == {"rec_error", "intensity"} and results_of(aside) == {"intensity"}
+    # the half-deleted folder was renamed before the delete began: nothing half-made under a name we read
+    assert results_of(run.eval_dir) == {"rec_error", "intensity"} and not os.path.exists(aside)
+    assert [p for p in os.listdir(run_dir) if p.endswith(".tfvae-deleting")]
     final = run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
     assert set(final) == {"intensity"} and not [p for p in os.listdir(run_dir) if ".tfvae-" in p]

@@ -89,7 +89,18 @@ def remove_ours(folder: str, kind: str) -> None:
     if not is_ours(folder, kind):
         raise RunDirError(f"{folder} was not made by tfvae as a {kind} (no {MARKER_FILE} marker); "
                           "refusing to delete it")
-    shutil.rmtree(folder)
+    delete_whole(folder)
+
+
+def delete_whole(folder: str) -> None:
+    """Delete one of our folders so that a kill cannot leave half of it under its name (its marker
+    gone, the rest there): it is renamed to a ``.tfvae-deleting`` sibling first, then deleted; such a
+    sibling left by an earlier kill is deleted with it."""
+    doomed = sibling(folder, "deleting")
+    if os.path.exists(doomed):
+        shutil.rmtree(doomed)
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed)
 
 
 class RunDirError(ValueError):
@@ -102,6 +113,7 @@ class Run:
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = os.fspath(run_dir)
         self.restored_previous = False  # set by train(): a failed --overwrite put the previous run back
+        self._replacing = False  # set by create(overwrite=True): the previous run waits aside
         self._localizers: dict = {}  # localize(): the Localizer of the latest settings, reused
 
     def __repr__(self) -> str:
@@ -201,13 +213,16 @@ class Run:
                 raise RunDirError(f"{run.dir} is not a tfvae run directory (no {MARKER_FILE} marker); refusing to "
                                   "delete it (delete it yourself or choose another --run-dir)")
             aside = sibling(run.dir, "replaced")
-            if os.path.exists(aside):
+            if os.path.exists(aside) and not os.path.isfile(run.model_path("final")):
                 # an earlier --overwrite was interrupted: the aside folder holds the run it was replacing
                 # (the one the user had) and run.dir that earlier attempt's partial run; the partial run
                 # goes, the user's run stays aside until this one has trained
                 remove_ours(run.dir, "run")
             else:
+                if os.path.exists(aside):  # the earlier replacement had finished; only its cleanup was cut short
+                    remove_ours(aside, "run")
                 os.rename(run.dir, aside)  # kept until the new run has trained
+            run._replacing = True
         if config is None:
             raise RunDirError(f"{run.dir}: a config is needed to start a new run")
         os.makedirs(run.dir, exist_ok=True)
@@ -229,7 +244,9 @@ class Run:
         try:
             history = training.train(self.config(), self.dir, verbose=verbose, extra_callbacks=extra_callbacks)
         except Exception:  # not KeyboardInterrupt: an interrupted run stays, to be resumed or overwritten
-            if os.path.exists(self.replaced) and not os.path.isfile(self.model_path("final")):
+            # only the --overwrite that moved the previous run aside puts it back on failure; a --resume
+            # of an interrupted replacement keeps what it trained (its checkpoints), the previous run aside
+            if self._replacing and os.path.exists(self.replaced) and not os.path.isfile(self.model_path("final")):
                 remove_ours(self.dir, "run")  # the new run failed: the previous one comes back
                 os.rename(self.replaced, self.dir)
                 self.restored_previous = True
@@ -273,7 +290,7 @@ class Run:
         if os.path.exists(out_dir):
             os.rename(out_dir, aside)
             os.rename(partial, out_dir)
-            shutil.rmtree(aside)  # ours: checked above (or empty)
+            delete_whole(aside)  # ours: checked above (or empty)
         else:
             os.rename(partial, out_dir)
         return results
@@ -347,8 +364,11 @@ class Run:
         from tfvae import localization
 
         config = self.config(overrides)
+        def stamp(path):  # a model retrained, or thresholds stored by evaluate since: a new Localizer
+            return (os.stat(path).st_mtime_ns, os.stat(path).st_size) if os.path.isfile(path) else None
+
         key = (json.dumps(config, sort_keys=True), predictor, fpr, checkpoint,
-               os.path.getmtime(self.model_path(checkpoint)) if os.path.isfile(self.model_path(checkpoint)) else None)
+               stamp(self.model_path(checkpoint)), stamp(self.thresholds_path))
         localizer = self._localizers.get(key)
         if localizer is None:
             localizer = localization.Localizer(self, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint)

@@ -57,6 +57,7 @@ and optimizer state ``training.resume`` restores from the run directory before i
 from __future__ import annotations
 
 import csv
+import glob
 import itertools
 import json
 import os
@@ -531,9 +532,9 @@ def export_best(tuner, search: Search, search_dir: str) -> dict | None:
     name, _ = OBJECTIVES[search.objective_key]
     summary = {"trial_id": best.trial_id, "objective": name, "score": best.score,
                "values": search.point(best.hyperparameters), "run_dir": source}
+    for leftover in glob.glob(os.path.join(search_dir, ".tmp-*-best*")):  # an earlier copy a kill cut short
+        shutil.rmtree(leftover)
     copy = files.temporary_name(target)  # the new copy is made whole beside the old one, then swapped in
-    if os.path.isdir(copy):
-        shutil.rmtree(copy)
     shutil.copytree(source, copy)
     files.write_json(os.path.join(copy, "best_trial.json"), summary)
     if os.path.isdir(target):
