@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae.predictors import PixelPredictors, reference_kernel
+from tfvae.run import sibling
 
 SIGNATURES = ("reconstruct", "maps")
 
@@ -59,7 +60,7 @@ def export(model, out_dir: str, *, smooth_gradients: bool = True) -> str:
         raise FileExistsError(f"{out_dir} already exists and is not empty; choose another --out")
     module = ServingModule(model, smooth_gradients)
     module.maps(tf.zeros([1, model.image_size, model.image_size, 1]))  # trace once: fail here, not at load
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out_dir)), f".{os.path.basename(out_dir)}.tfvae-partial")
+    tmp = sibling(out_dir, "partial")
     tf.saved_model.save(module, tmp, signatures={"reconstruct": module.reconstruct, "maps": module.maps})
     if os.path.isdir(out_dir):
         os.rmdir(out_dir)  # empty

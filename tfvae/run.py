@@ -38,6 +38,7 @@ import os
 import shutil
 
 from tfvae import config as config_lib
+from tfvae import files
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -59,9 +60,7 @@ MARKER_VERSION = 1
 
 def mark(folder: str, kind: str) -> None:
     """Mark ``folder`` as made by tfvae (``kind``: "run" or "evaluation")."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, MARKER_FILE), "w") as f:
-        json.dump({"kind": kind, "version": MARKER_VERSION}, f)
+    files.write_json(os.path.join(folder, MARKER_FILE), {"kind": kind, "version": MARKER_VERSION}, indent=None)
 
 
 def marker(folder: str) -> dict | None:
@@ -101,6 +100,18 @@ def delete_whole(folder: str) -> None:
         shutil.rmtree(doomed)
     os.rename(folder, doomed)
     shutil.rmtree(doomed)
+
+
+def swap_in(complete: str, target: str) -> None:
+    """Put the finished folder ``complete`` at ``target``: a folder already there is moved aside
+    (``sibling(target, "replaced")``) and deleted only once the new one is in place."""
+    if os.path.exists(target):
+        aside = sibling(target, "replaced")
+        os.rename(target, aside)
+        os.rename(complete, target)
+        delete_whole(aside)
+    else:
+        os.rename(complete, target)
 
 
 class RunDirError(ValueError):
@@ -287,12 +298,7 @@ class Run:
                                   "replace it")
         mark(partial, "evaluation")
         results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
-        if os.path.exists(out_dir):
-            os.rename(out_dir, aside)
-            os.rename(partial, out_dir)
-            delete_whole(aside)  # ours: checked above (or empty)
-        else:
-            os.rename(partial, out_dir)
+        swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)
         return results
 
     def finished_evaluation(self, config: dict, out_dir: str | None = None) -> dict | None:

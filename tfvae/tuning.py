@@ -57,7 +57,6 @@ and optimizer state ``training.resume`` restores from the run directory before i
 from __future__ import annotations
 
 import csv
-import glob
 import itertools
 import json
 import os
@@ -70,7 +69,7 @@ import tensorflow as tf
 
 from tfvae import config as config_lib
 from tfvae import files
-from tfvae.run import Run
+from tfvae.run import Run, sibling, swap_in
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 OBJECTIVES = {"val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}
@@ -532,18 +531,13 @@ def export_best(tuner, search: Search, search_dir: str) -> dict | None:
     name, _ = OBJECTIVES[search.objective_key]
     summary = {"trial_id": best.trial_id, "objective": name, "score": best.score,
                "values": search.point(best.hyperparameters), "run_dir": source}
-    for leftover in glob.glob(os.path.join(search_dir, ".tmp-*-best*")):  # an earlier copy a kill cut short
-        shutil.rmtree(leftover)
-    copy = files.temporary_name(target)  # the new copy is made whole beside the old one, then swapped in
+    copy = sibling(target, "partial")  # made whole beside the old copy, then swapped in
+    for leftover in (copy, sibling(target, "replaced")):  # an earlier copy a kill cut short
+        if os.path.isdir(leftover):
+            shutil.rmtree(leftover)
     shutil.copytree(source, copy)
     files.write_json(os.path.join(copy, "best_trial.json"), summary)
-    if os.path.isdir(target):
-        old = files.temporary_name(target + "-replaced")
-        os.rename(target, old)
-        os.rename(copy, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(copy, target)
+    swap_in(copy, target)
     return summary
 
 
