@@ -161,9 +161,7 @@ def _predictor_names(v):
 
 
 def _ensemble_features(v):
-    from tfvae.predictor_names import ALL_PREDICTORS
-
-    known = [p for p in ALL_PREDICTORS if p != "ensemble"]
+    from tfvae.predictor_names import LOCALIZABLE as known  # every map but the ensemble's own
     if not v or any(p not in known for p in v) or len(set(v)) != len(v):
         return f"must be a non-empty list of distinct predictors from {', '.join(known)}"
     return None

@@ -69,6 +69,7 @@ import tensorflow as tf
 
 from tfvae import config as config_lib
 from tfvae import files
+from tfvae.predictor_names import LOCALIZABLE
 from tfvae.run import Run, sibling, swap_in
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
@@ -103,19 +104,13 @@ def _key_value_strings(v):
     return None if all(isinstance(item, str) for item in v) else "must be a list of KEY=VALUE strings"
 
 
-def _scorable():
-    from tfvae.predictors import ALL_PREDICTORS
-
-    return [p for p in ALL_PREDICTORS if p != "ensemble"]
-
-
 SEARCH_SCHEMA: dict[str, config_lib.Field] = {
     "base": config_lib.Field((str, dict), REQUIRED),
     "set": config_lib.Field((list,), [], _key_value_strings),
     "space": config_lib.Field((dict, list), REQUIRED),  # its keys and values: Search._check_space
     "tuner": config_lib.Field((str,), "grid", _one_of(TUNERS)),
     "objective": config_lib.Field((str,), "val_loss", _one_of(tuple(OBJECTIVES))),
-    "objective_predictor": config_lib.Field((str,), "rec_grad", _one_of(_scorable)),
+    "objective_predictor": config_lib.Field((str,), "rec_grad", _one_of(LOCALIZABLE)),
     "objective_volumes": config_lib.Field((int,), 2, _positive),
     "objective_split": config_lib.Field((str, _NULL), None),
     "max_trials": config_lib.Field((int, _NULL), None, _positive),
