@@ -98,9 +98,10 @@ def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor:
              mask: np.ndarray | None = None, clip: float | None = None, force: bool = False) -> Localized:
     sliced = preprocessing.volume_to_slices(data, affine, mask=mask, image_size=image_size, fov_mm=fov_mm,
                                             min_brain_fraction=min_brain_fraction)
-    if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV and not force:
-        raise ValueError(f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field "
-                         "of view and would not be scored (check the voxel sizes in the header); pass --force "
+    outside = (f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view"
+               if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV else None)
+    if outside and not force:
+        raise ValueError(f"{outside} and would not be scored (check the voxel sizes in the header); pass --force "
                          "(force=True) to score the rest anyway")
     sliced = dataclasses.replace(sliced, image=clip_lib(sliced.image, clip))
     volume = Volume("scan", sliced.image, sliced.label, sliced.brain_mask, sliced.slice_index,
@@ -113,10 +114,9 @@ def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor:
     mask_volume = preprocessing.slices_to_volume(binary.astype(np.float32), sliced.slice_index, sliced.geometry,
                                                  order=0).astype(np.uint8)
     n, largest = postprocessing.components(mask_volume)
-    forced = ([f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view "
-               "and was not scored (forced)"] if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV else [])
     return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest,
-                     affine=np.asarray(affine), threshold=float(threshold), warnings=forced)
+                     affine=np.asarray(affine), threshold=float(threshold),
+                     warnings=[f"{outside} and was not scored (forced)"] if outside else [])
 
 
 class Localizer:
@@ -142,7 +142,8 @@ class Localizer:
         self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
                                  else "calibrated now on the validation slices (stored in thresholds.json)")
         self.threshold = run.threshold(predictor, fpr, config=config, checkpoint=checkpoint, scorer=self.scorer)
-        high = store.threshold(key, DISPLAY_HIGH_FPR)  # stored by evaluate: one colour scale for every scan
+        # stored by evaluate: one colour scale for every scan, topped at the healthy 99.9th percentile
+        high = store.threshold(key, calibration.DISPLAY_FPRS["display_high"])
         self.display = (self.threshold, high) if high is not None and high > self.threshold else None
         self.builder_config = data.builder(config["data"]).builder_config
         train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
@@ -203,14 +204,13 @@ OUTPUT_TAG = "_tfvae_"  # in every output name: never read back as a scan (local
 OUTPUTS = (f"{OUTPUT_TAG}score.nii.gz", f"{OUTPUT_TAG}mask.nii.gz", f"{OUTPUT_TAG}overlay.png",
            f"{OUTPUT_TAG}components.csv")
 SUMMARY = "summary.csv"
-DISPLAY_HIGH_FPR = 0.001  # the top of an overlay's colour scale: the healthy 99.9th percentile
 
 
 def scan_files(items) -> list[str]:
     """The NIfTI scans among ``items`` (files, or folders searched for *.nii / *.nii.gz, skipping
     ``*_seg`` and ``*_mask`` files and tfvae's own outputs); a missing item or an empty folder is a
     one-line ``ValueError``."""
-    files = []
+    scans = []
     for item in items:
         if os.path.isdir(item):
             found = sorted(glob.glob(os.path.join(item, "*.nii")) + glob.glob(os.path.join(item, "*.nii.gz")))
@@ -218,30 +218,30 @@ def scan_files(items) -> list[str]:
                      and OUTPUT_TAG not in os.path.basename(f)]
             if not found:
                 raise ValueError(f"{item}: no .nii or .nii.gz scans in this folder")
-            files += found
+            scans += found
         elif os.path.isfile(item):
-            files.append(item)
+            scans.append(item)
         else:
             raise ValueError(f"{item}: no such file or folder")
-    return files
+    return scans
 
 
 def stem(path: str) -> str:
     return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
 
 
-def check_outputs(files: list[str], out_dir: str, overwrite: bool, mask=None) -> list[str]:
-    """The output names of ``files``; a one-line ``ValueError`` when two scans share a name, a
+def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) -> list[str]:
+    """The output names of ``scans``; a one-line ``ValueError`` when two scans share a name, a
     ``mask`` is given for several scans, ``out_dir`` holds an input, or a scan's outputs exist
     (without ``overwrite``)."""
-    if mask and len(files) != 1:
-        raise ValueError(f"--mask {mask} applies to one scan, but {len(files)} were given")
-    names = [stem(f) for f in files]
+    if mask and len(scans) != 1:
+        raise ValueError(f"--mask {mask} applies to one scan, but {len(scans)} were given")
+    names = [stem(f) for f in scans]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ValueError(f"several scans are named {', '.join(duplicated)}; their outputs would collide")
     out_real = os.path.realpath(out_dir)
-    for item in files + ([mask] if mask else []):
+    for item in scans + ([mask] if mask else []):
         if os.path.dirname(os.path.realpath(item)) == out_real:
             raise ValueError(f"--out {out_dir} holds the input {item}; choose another output folder")
     existing = [os.path.join(out_dir, n + suffix) for n in names for suffix in OUTPUTS]
@@ -251,15 +251,15 @@ def check_outputs(files: list[str], out_dir: str, overwrite: bool, mask=None) ->
     return names
 
 
-def localize_files(localizer: Localizer, files: list[str], out_dir: str, *, mask=None, overwrite: bool = False,
+def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask=None, overwrite: bool = False,
                    log=print, warn=print) -> list[dict]:
-    """Localize every scan of ``files`` and write its outputs and a ``summary.csv`` row to
+    """Localize every scan of ``scans`` and write its outputs and a ``summary.csv`` row to
     ``out_dir``; returns the rows. Errors (``nifti.BadInputError``, ``ValueError``) name the file."""
     from tfvae.nifti import BadInputError
 
-    names = check_outputs(files, out_dir, overwrite, mask)
+    names = check_outputs(scans, out_dir, overwrite, mask)
     rows = []
-    for path, name in zip(files, names):
+    for path, name in zip(scans, names):
         try:
             result = localizer(path, mask=mask)
         except (BadInputError, ValueError) as e:
