@@ -50,6 +50,7 @@ NAMES = {"recommended": "Recommended", "rec_error": "Rec-Error", "elbo_grad": "E
          "rec_grad": "Rec-grad", "combi": "Combi", "proj_rec_error": "Proj-Rec-Error", "intensity": "Intensity*",
          "ensemble": "Ensemble"}
 DEFAULT_SPREAD = 0.005
+CSV_HEADER = ["table", "varied", "setting", "predictor", "metric", "mean", "std", "seeds", "paper_auroc"]  # tables.csv
 EQUIVALENCE = 0.005  # AUROC: "comparable" when the paired difference and its spread stay within it
 TARGET = {"auroc_brain_gain": 0.05, "auprc_brain_ratio": 3.0, "dice_fpr01": 0.35}  # issue 10's target
 PLAIN_MAPS = ["rec_error", "elbo_grad", "kl_grad", "rec_grad", "combi"]
@@ -516,9 +517,9 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     target, verdicts = target_table(per_setting)
     claims = findings(per_setting)
     os.makedirs(out_dir, exist_ok=True)
-    files.write_text(os.path.join(out_dir, "tables.csv"), _csv_text(csv_rows + csv_brain))
-    files.write_text(os.path.join(out_dir, "tables.json"), json.dumps(
-        {f"{run_name(l, b, s)}": r for (l, b), rs in per_setting.items() for s, r in enumerate(rs)}, indent=2))
+    files.write_csv(os.path.join(out_dir, "tables.csv"), csv_rows + csv_brain, header=CSV_HEADER)
+    files.write_json(os.path.join(out_dir, "tables.json"),
+                     {f"{run_name(l, b, s)}": r for (l, b), rs in per_setting.items() for s, r in enumerate(rs)})
     t = first["train"]
     text = [f"# The paper's tables on {test_data['name']}/{test_data['config']} ({first['data']['image_size']}px)", "",
             "Made by", "", f"```bash\n{command.strip()}\n```", "",
@@ -561,15 +562,3 @@ def _kept_notes(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         old = f.read()
     return "\n" + old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
-
-
-def _csv_text(rows: list[list]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["table", "varied", "setting", "predictor", "metric", "mean", "std", "seeds", "paper_auroc"])
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
