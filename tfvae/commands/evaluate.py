@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import HelpFormatter  # noqa: E402
 from tfvae.predictor_names import ALL_PREDICTORS  # noqa: E402
+from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
-CHECKPOINTS = ("final", "best", "last")  # tfvae.run.MODEL_FILES
 
 
 def parse_args(argv=None):

@@ -15,6 +15,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
 
 def main(argv=None) -> int:
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
                                 formatter_class=HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("--out", required=True, help="a new folder for the SavedModel")
-    p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
                    help="which saved model")
     args = p.parse_args(argv)
     from tfvae.console import quiet_tensorflow

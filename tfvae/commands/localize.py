@@ -21,6 +21,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate on healthy validation brain "
                                                           "pixels that sets the threshold")
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
-    p.add_argument("--checkpoint", choices=("final", "best", "last"), default="final",
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
                    help="which saved model (see tfvae.run.MODEL_FILES)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys "
                    "(e.g. postprocess.min_component_voxels=8)")
