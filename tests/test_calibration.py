@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tfvae import calibration, config as config_lib, data
+from tfvae import calibration, config as config_lib, data, scan_threshold
 from tfvae.run import Run
 
 
@@ -33,7 +33,9 @@ def test_a_threshold_flags_the_asked_rate_of_healthy_brain_pixels(tiny_run, tmp_
         flagged = np.mean(validation_brain_scores(run, config, "rec_error") >= threshold)
         assert fpr / 2 < flagged <= fpr, (fpr, flagged)
     entries = json.loads(open(run.thresholds_path).read())["calibrations"]
-    assert len(entries) == 1 and set(entries[0]["thresholds"]) == {"0.02", "0.1"}
+    # the asked rates, and the whole healthy reference a per-scan threshold is fitted to
+    expected = {"0.02", "0.1"} | {f"{rate:g}" for rate in scan_threshold.REFERENCE_FPRS}
+    assert len(entries) == 1 and set(entries[0]["thresholds"]) == expected
     assert entries[0]["key"]["checkpoint_sha256"] == calibration.file_digest(run.model_path())
 
 

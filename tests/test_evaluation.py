@@ -81,6 +81,9 @@ def test_thresholds_are_calibrated_on_healthy_validation_pixels(evaluated):
     for key, fpr in (("dice_fpr01", 0.01), ("dice_fpr05", 0.05)):
         flagged = np.mean(brain_scores >= results["intensity"][f"{key}_threshold"])
         assert fpr / 2 < flagged <= fpr
+    # the healthy reference a scan's threshold is fitted to: the validation brain pixels' quantiles
+    for rate, threshold in results["intensity"]["healthy_reference"].items():
+        assert float(rate) - 0.01 < np.mean(brain_scores >= threshold) <= float(rate)
 
 
 def test_the_ensemble_never_scores_a_volume_it_was_fitted_on(evaluated):
@@ -240,6 +243,7 @@ def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
     volumes = sorted({ex["volume_id"].decode() for ex in examples})
     intensity = {r["volume"]: r for r in rows if r["predictor"] == "intensity"}
     assert sorted(intensity) == volumes
+    pooled_fp = pooled_healthy = fixed_fp = 0
     for vid in volumes:
         mine = [ex for ex in examples if ex["volume_id"].decode() == vid]
         lesion = sum(int(((ex["label"] > 0) & (ex["brain_mask"] > 0)).sum()) for ex in mine)
@@ -247,11 +251,25 @@ def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
         labels = np.concatenate([ex["label"][ex["brain_mask"] > 0] > 0 for ex in mine])
         r = intensity[vid]
         assert (float(r["lesion_ml"]) > 0) == (lesion > 0)
-        flagged = brain >= results["intensity"]["dice_fpr01_threshold"]
+        # the volume's own threshold: the calibrated one moved along the least-squares line through the
+        # Q-Q plot of the volume's brain scores against the healthy reference's 20th-80th percentiles
+        reference = results["intensity"]["healthy_reference"]
+        bulk = [reference[f"{round(1 - p, 6):g}"] for p in np.linspace(0.2, 0.8, 9)]
+        scale, offset = np.polyfit(bulk, np.quantile(brain, np.linspace(0.2, 0.8, 9)), 1)
+        threshold = offset + scale * results["intensity"]["dice_fpr01_threshold"]
+        assert float(r["threshold_fpr0.01"]) == pytest.approx(threshold, rel=1e-5)
+        flagged = brain >= float(r["threshold_fpr0.01"])
         expected = 2 * (flagged & labels).sum() / max(flagged.sum() + labels.sum(), 1)
         assert float(r["dice_fpr0.01"]) == pytest.approx(expected, abs=1e-4)
+        assert float(r["measured_fpr0.01"]) == pytest.approx((flagged & ~labels).sum() / (~labels).sum(), abs=1e-5)
+        pooled_fp += (flagged & ~labels).sum()
+        pooled_healthy += (~labels).sum()
+        fixed_fp += ((brain >= results["intensity"]["dice_fpr01_threshold"]) & ~labels).sum()
         if labels.any():
             assert float(r["auroc_brain"]) == pytest.approx(roc_auc_score(labels, brain), abs=1e-4)
+    # the test set's measured false-positive rate: over all its healthy brain pixels, per-scan and fixed
+    assert results["intensity"]["measured_fpr01"] == pytest.approx(pooled_fp / pooled_healthy, abs=1e-9)
+    assert results["intensity"]["fixed_threshold"]["measured_fpr01"] == pytest.approx(fixed_fp / pooled_healthy, abs=1e-9)
     with open(os.path.join(run, "eval", "results.md")) as f:
         assert "intensity: the scan itself thresholded" in f.read()
 

@@ -52,8 +52,11 @@ def test_the_readme_notebook_code_runs(tiny_data_dir, tmp_path, monkeypatch, cap
     # localize used the thresholds evaluate stored (same checkpoint, predictor, settings)
     stored = json.loads((tmp_path / "runs" / "notebook" / "thresholds.json").read_text())["calibrations"]
     entry = next(e for e in stored if e["key"]["predictor"] == "recommended")
-    assert found.threshold == entry["thresholds"]["0.01"]
-    assert run.threshold("recommended", 0.01) == found.threshold
+    assert found.scan_threshold.reference_threshold == entry["thresholds"]["0.01"]
+    assert run.threshold("recommended", 0.01) == found.scan_threshold.reference_threshold
+    # the scan is cut at its own threshold: the calibrated one moved along the scan's Q-Q line
+    chosen = found.scan_threshold
+    assert found.threshold == pytest.approx(chosen.offset + chosen.scale * chosen.reference_threshold)
     # a second scan with the same settings reuses the loaded model and threshold; the same scan, the same maps
     localizer = next(iter(run._localizers.values()))
     again = run.localize("my_scan_t2.nii.gz", fpr=0.01)

@@ -326,6 +326,41 @@ def test_volume_dice_mean_std():
     assert empty["n"] == 0 and np.isnan(empty["mean"])
 
 
+def test_volume_fpr_known_answer_fixed_and_per_volume_thresholds():
+    # volume 1: 10 negatives (scores 0..9) and 2 positives; at 7 three negatives flagged -> 0.3
+    # volume 2: 4 negatives (scores 0, 1, 2, 3), one masked out; at 7 none flagged -> 0.0
+    vd = VolumeDice({"t": 7.0})
+    vd.update(np.r_[np.arange(10.0), 8.0, 9.0], np.r_[np.zeros(10), 1, 1])
+    vd.update(np.array([0.0, 1.0, 2.0, 30.0]), np.zeros(4), mask=np.array([True, True, True, False]))
+    fpr = vd.fpr_summary()["t"]
+    assert vd.fprs["t"] == [pytest.approx(0.3), 0.0]
+    assert fpr["pooled"] == pytest.approx(3 / 13) and fpr["mean"] == pytest.approx(0.15)
+    assert fpr["std"] == pytest.approx(0.15) and fpr["max"] == pytest.approx(0.3) and fpr["n"] == 2
+    # the same volumes, each at its own threshold: 5 flags 5 of volume 1's negatives, 1 two of volume 2's
+    own = VolumeDice({"t": 0.0})
+    own.update(np.r_[np.arange(10.0), 8.0, 9.0], np.r_[np.zeros(10), 1, 1], thresholds={"t": 5.0})
+    own.update(np.array([0.0, 1.0, 2.0, 30.0]), np.zeros(4), mask=np.array([True, True, True, False]),
+               thresholds={"t": 1.0})
+    assert own.fprs["t"] == [pytest.approx(0.5), pytest.approx(2 / 3)]
+    assert own.fpr_summary()["t"]["pooled"] == pytest.approx(7 / 13)
+    assert own.values["t"][0] == pytest.approx(2 * 2 / (7 + 2))  # 5 negatives + 2 positives flagged
+    # a volume without negatives has no false-positive rate
+    lesion_only = VolumeDice({"t": 0.5})
+    lesion_only.update(np.ones(3), np.ones(3))
+    assert np.isnan(lesion_only.fprs["t"][0]) and lesion_only.fpr_summary()["t"]["n"] == 0
+
+
+def test_volume_fpr_matches_sklearn_roc_curve():
+    from sklearn.metrics import roc_curve
+
+    scores, labels = _imbalanced(61, n=4000, frac_pos=0.1, shift=1.5)
+    fpr_curve, _, thresholds = roc_curve(labels, scores)
+    for k in (5, len(thresholds) // 3, len(thresholds) // 2):
+        vd = VolumeDice({"t": float(thresholds[k])})
+        vd.update(scores, labels)
+        assert vd.fprs["t"][0] == pytest.approx(fpr_curve[k], abs=1e-12)
+
+
 def test_volume_dice_uses_histogram_thresholds_consistently():
     scores, labels = _imbalanced(60, n=5000, frac_pos=0.1, shift=2.0)
     best, thr = _hist(scores, labels, exact_limit=0).best_dice()

@@ -28,9 +28,10 @@ MAP_SECTIONS = ("predictors", "postprocess", "recommended")  # config sections a
 
 
 def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, settings: dict, ensemble=None,
-              fprs: dict = FPRS) -> dict:
-    """``{variant: {predictor: {key: threshold}}}``: the thresholds at the false-positive rates
-    ``fprs`` on healthy validation brain pixels (at most ``MAX_CALIBRATION_SLICES`` slices)."""
+              fprs=tuple(FPRS.values())) -> dict:
+    """``{variant: {predictor: {fpr: threshold}}}``: the thresholds that flag each false-positive
+    rate of ``fprs`` of the healthy validation brain pixels (at most ``MAX_CALIBRATION_SLICES``
+    slices)."""
     hists: dict = {}
     taken = 0
     for volume in volumes(validation):
@@ -45,7 +46,7 @@ def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, settings:
                 hist = hists.setdefault(variant, {}).setdefault(p, metrics.PixelHistogram(bits=HISTOGRAM_BITS))
                 hist.update(score, np.zeros_like(volume.label), mask=brain)
         taken += len(volume.image)
-    return {variant: {p: {k: h.threshold_at_fpr(fpr) for k, fpr in fprs.items()} for p, h in by_p.items()}
+    return {variant: {p: {float(fpr): h.threshold_at_fpr(fpr) for fpr in fprs} for p, h in by_p.items()}
             for variant, by_p in hists.items()}
 
 
@@ -88,6 +89,11 @@ class ThresholdStore:
         entry = self.find(key)
         return None if entry is None else entry["thresholds"].get(_fpr_key(fpr))
 
+    def thresholds(self, key: dict) -> dict[float, float]:
+        """Every stored threshold of ``key``, by false-positive rate (empty when none)."""
+        entry = self.find(key)
+        return {} if entry is None else {float(f): float(t) for f, t in entry["thresholds"].items()}
+
     def reference(self, key: dict) -> dict | None:
         entry = self.find(key)
         return None if entry is None else entry.get("reference")
@@ -122,7 +128,8 @@ def store_evaluation(run, config: dict, checkpoint: str, results: dict) -> None:
         if predictor == "ensemble":  # fitted on labelled test volumes: not for new scans
             continue
         source = result.get("postprocessed", {}) if pp else result
-        thresholds = {fpr: source[f"{key}_threshold"] for key, fpr in FPRS.items() if f"{key}_threshold" in source}
+        thresholds = {float(rate): t for rate, t in source.get("healthy_reference", {}).items()}
+        thresholds.update({fpr: source[f"{key}_threshold"] for key, fpr in FPRS.items() if f"{key}_threshold" in source})
         if not pp and "display_range" in result:  # the top of the colour scale of overlays
             thresholds[DISPLAY_FPRS["display_high"]] = result["display_range"][1]
         reference = {}

@@ -80,6 +80,14 @@ Schema (dotted key: type, default -- meaning):
   lesions; ``synthetic_copies``: int, 3 -- lesioned copies of each validation volume for that choice.
 - ``ensemble.features``: list, ["rec_error", "kl_grad", "rec_grad"] (the paper's) -- the maps the
   logistic-regression ensemble combines; any predictor but the ensemble itself.
+- ``threshold.mode``: "per_scan" (default) or "fixed" -- how a scan is thresholded at a calibrated
+  false-positive rate (Dice@1%/5% FPR in evaluation, localize's mask): "per_scan" moves the
+  calibrated threshold with the scan's own score distribution (a straight-line fit of the bulk of
+  its Q-Q plot against the healthy reference, no label; see ``tfvae.scan_threshold``), so the rate
+  holds on scans from other sites; "fixed" uses the calibrated threshold as it is.
+- ``threshold.calibration``: str or null, null -- the name of a calibration made with ``tfvae
+  calibrate`` on healthy scans of the user's own scanner (``Run.calibrate``): its thresholds and
+  recommended-map settings replace those of the healthy validation split.
 - ``evaluate.predictors``: list or null (all) -- which predictors ``evaluate.py`` scores.
 - ``evaluate.batch_size``: int, 64; ``evaluate.ensemble_fraction``: float, 0.1 -- share of test
   volumes the logistic-regression ensemble is fitted on; ``evaluate.num_figures``: int, 4 -- figures
@@ -183,6 +191,13 @@ def _range_or(check_number, low: float, exclusive: bool = False):
     return check
 
 
+def _calibration_name(v):
+    import re
+
+    return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v) else \
+        "must be a name of letters, digits, '_', '.' or '-' (at most 64), as given to tfvae calibrate --name"
+
+
 def _fraction(v):
     return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
 
@@ -255,6 +270,10 @@ SCHEMA: dict[str, Any] = {
     },
     "ensemble": {
         "features": Field(LIST, ["rec_error", "kl_grad", "rec_grad"], _ensemble_features),
+    },
+    "threshold": {
+        "mode": Field(STR, "per_scan", _one_of("per_scan", "fixed")),
+        "calibration": Field(STR + (type(None),), None, _calibration_name),
     },
     "evaluate": {
         "predictors": Field(LIST + (type(None),), None, _predictor_names),

@@ -44,7 +44,7 @@ import tensorflow as tf
 from tfvae import config as config_lib
 from tfvae import data
 from tfvae import ensemble as ensemble_lib
-from tfvae import metrics, postprocessing, reporting
+from tfvae import metrics, postprocessing, reporting, scan_threshold
 from tfvae import run as run_lib
 from tfvae import calibration
 from tfvae.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, calibrate
@@ -56,8 +56,17 @@ from tfvae.scoring import Scorer, Volume, variants, volumes
 SAME_VOLUME_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
 
+def measured_key(dice_key: str) -> str:
+    """The results key of the false-positive rate measured at a calibrated threshold:
+    ``dice_fpr01`` -> ``measured_fpr01`` (the nominal rate is ``calibration.FPRS[dice_key]``)."""
+    return dice_key.replace("dice_", "measured_")
+
+
 class Measures:
-    """The streamed metrics of one predictor (one variant)."""
+    """The streamed metrics of one predictor (one variant). ``thresholds`` (key -> threshold) are the
+    calibrated ones; ``update`` may give each volume its own (``scan_threshold.for_scan``), and the
+    Dice and measured FPR are reported at those, with the calibrated thresholds' beside them
+    (``fixed_threshold``)."""
 
     def __init__(self, thresholds: dict, min_component_voxels: int = 0):
         self.all = metrics.PixelHistogram(bits=HISTOGRAM_BITS)
@@ -66,27 +75,73 @@ class Measures:
         clean = ((lambda pred: postprocessing.remove_small_components(pred, min_component_voxels))
                  if min_component_voxels else None)
         self.dice = metrics.VolumeDice(thresholds, clean=clean)
+        self.fixed = metrics.VolumeDice(thresholds, clean=clean)
+        self.estimated = {k: [] for k in thresholds}  # label-free estimates at the thresholds used ...
+        self.estimated_fixed = {k: [] for k in thresholds}  # ... and at the calibrated ones
 
-    def update(self, score, label, brain):
+    def update(self, score, label, brain, scan_thresholds: dict | None = None):
+        """One volume; ``scan_thresholds``: key -> ``ScanThreshold`` of this volume (default: the
+        calibrated thresholds)."""
         self.all.update(score, label)
         self.brain.update(score, label, mask=brain)
-        self.dice.update(score[..., 0], label[..., 0], mask=brain[..., 0])
+        args = (score[..., 0], label[..., 0], brain[..., 0])
+        self.fixed.update(*args)
+        if scan_thresholds is None:
+            self.dice.update(*args)
+            return
+        self.dice.update(*args, thresholds={k: st.threshold for k, st in scan_thresholds.items()})
+        for k, st in scan_thresholds.items():
+            self.estimated[k].append(st.estimated_fpr)
+            self.estimated_fixed[k].append(st.estimated_fpr_at_reference)
 
     def result(self) -> dict:
         best, best_threshold = self.brain.best_dice()
         out = {"auroc": self.all.auroc(), "auprc": self.all.auprc(), "auroc_brain": self.brain.auroc(),
                "auprc_brain": self.brain.auprc(), "best_dice": best, "best_dice_threshold": best_threshold}
+        fprs, fixed_fprs, fixed_dice = self.dice.fpr_summary(), self.fixed.fpr_summary(), self.fixed.summary()
+        out["fixed_threshold"] = {}
         for key, summary in self.dice.summary().items():
             out[key], out[f"{key}_std"] = summary["mean"], summary["std"]
             out[f"{key}_threshold"] = self.thresholds[key]
+            measured = measured_key(key)
+            out[measured] = fprs[key]["pooled"]
+            out[f"{measured}_volumes"] = {k: fprs[key][k] for k in ("mean", "std", "max", "n")}
+            estimated = measured.replace("measured_", "estimated_")
+            if self.estimated[key]:
+                out[estimated] = _nanmean(self.estimated[key])
+            out["fixed_threshold"].update({key: fixed_dice[key]["mean"], measured: fixed_fprs[key]["pooled"]})
+            if self.estimated_fixed[key]:
+                out["fixed_threshold"][estimated] = _nanmean(self.estimated_fixed[key])
         out["pixels"] = self.all.n_pos + self.all.n_neg
         return out
+
+
+def _nanmean(values) -> float:
+    v = np.asarray(values, np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+class ScanThresholds:
+    """The first consumer of the scored-volume stream: each volume's own threshold per variant,
+    predictor and calibrated rate (``scan_threshold.for_scan`` with ``mode``), in
+    ``volume.thresholds`` for the consumers after it."""
+
+    def __init__(self, references: dict, mode: str):
+        self.references, self.mode = references, mode
+
+    def update(self, volume: Volume) -> None:
+        brain = volume.brain_mask > 0
+        volume.thresholds = {
+            variant: {p: {key: scan_threshold.for_scan(self.references[variant][p], score[brain], fpr, self.mode)
+                          for key, fpr in FPRS.items()} for p, score in by_p.items()}
+            for variant, by_p in volume.variants.items()}
 
 
 class Evaluator:
     """The metrics consumer of the scored-volume stream: every predictor's streamed metrics, raw and
     post-processed, and -- when the ensemble is evaluated -- again on the ensemble's scored volumes
-    only, to compare like with like."""
+    only, to compare like with like. Each volume is thresholded at its own thresholds
+    (``volume.thresholds``, from ``ScanThresholds``)."""
 
     def __init__(self, predictors, thresholds: dict, settings: dict, compare_with_ensemble: bool):
         self.predictors = list(predictors)
@@ -99,10 +154,10 @@ class Evaluator:
         label, brain = volume.label, volume.brain_mask > 0
         for variant, by_p in volume.variants.items():
             for p, score in by_p.items():
-                self.measures[variant][p].update(score, label, brain)
+                self.measures[variant][p].update(score, label, brain, volume.thresholds[variant][p])
         if self.same_volumes and not volume.ensemble_fit:
             for p, score in volume.variants["raw"].items():
-                self.same_volumes[p].update(score, label, brain)
+                self.same_volumes[p].update(score, label, brain, volume.thresholds["raw"][p])
 
     def results(self) -> dict:
         results = {p: self.measures["raw"][p].result() for p in self.predictors}
@@ -115,22 +170,29 @@ class Evaluator:
 
 class PerVolume:
     """The per-volume consumer: for every volume and predictor (raw maps), the lesion and flagged
-    volumes in ml, the Dice at each calibrated FPR and the AUROC inside the brain (empty for a
-    volume without lesion), as rows of ``per_volume.csv``."""
+    volumes in ml, the Dice and the false-positive rate measured on the volume's healthy brain
+    pixels (label 0) at each calibrated FPR, and the AUROC inside the brain (empty for a volume
+    without lesion), as rows of ``per_volume.csv``."""
 
-    def __init__(self, predictors, thresholds: dict):
-        self.predictors, self.thresholds, self.rows = list(predictors), thresholds, []
+    def __init__(self, predictors):
+        self.predictors, self.rows = list(predictors), []
 
     def update(self, volume: Volume) -> None:
         brain, lesion = volume.brain_mask[..., 0] > 0, (volume.label[..., 0] > 0) & (volume.brain_mask[..., 0] > 0)
         ml = float(np.prod(volume.geometry.voxel_mm())) / 1000.0
+        healthy = brain & ~lesion
         for p, score in volume.variants["raw"].items():
             row = {"volume": volume.volume_id, "predictor": p, "lesion_ml": round(lesion.sum() * ml, 3),
                    "ensemble_fit": volume.ensemble_fit}
             for key, fpr in FPRS.items():
-                flagged = (score[..., 0] >= self.thresholds[p][key]) & brain
+                chosen = volume.thresholds["raw"][p][key]
+                flagged = (score[..., 0] >= chosen.threshold) & brain
+                row[f"threshold_fpr{fpr:g}"] = f"{chosen.threshold:.6g}"
                 row[f"flagged_ml_fpr{fpr:g}"] = round(flagged.sum() * ml, 3)
                 row[f"dice_fpr{fpr:g}"] = round(metrics.dice(flagged, lesion), 4)
+                row[f"measured_fpr{fpr:g}"] = (round(float((flagged & healthy).sum() / healthy.sum()), 5)
+                                               if healthy.any() else "")
+                row[f"estimated_fpr{fpr:g}_at_calibrated"] = round(chosen.estimated_fpr_at_reference, 5)
             if lesion.any() and (brain & ~lesion).any():
                 hist = metrics.PixelHistogram()
                 hist.update(score[..., 0], lesion, mask=brain)
@@ -226,15 +288,18 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
 
     def start_measuring(ensemble):  # thresholds from healthy validation slices, the ensemble's included
         fitted["ensemble"] = ensemble
-        thresholds = calibrate(scorer, validation, predictors, settings, ensemble, fprs=FPRS | DISPLAY_FPRS)
-        fitted["display"] = {p: [by_key.pop(k) for k in DISPLAY_FPRS] for p, by_key in thresholds["raw"].items()}
-        for by_p in thresholds.values():
-            for by_key in by_p.values():
-                for k in DISPLAY_FPRS:
-                    by_key.pop(k, None)
+        rates = sorted(set(FPRS.values()) | set(DISPLAY_FPRS.values()) | set(scan_threshold.REFERENCE_FPRS))
+        calibrated = calibrate(scorer, validation, predictors, settings, ensemble, fprs=rates)
+        fitted["calibrated"] = calibrated
+        fitted["display"] = {p: [by_rate[DISPLAY_FPRS[k]] for k in DISPLAY_FPRS] for p, by_rate in calibrated["raw"].items()}
+        thresholds = {variant: {p: {key: by_rate[fpr] for key, fpr in FPRS.items()} for p, by_rate in by_p.items()}
+                      for variant, by_p in calibrated.items()}
+        references = {variant: {p: scan_threshold.HealthyReference(by_rate) for p, by_rate in by_p.items()}
+                      for variant, by_p in calibrated.items()}
         fitted["evaluator"] = Evaluator(predictors, thresholds, settings, compare_with_ensemble=ensemble is not None)
-        fitted["per_volume"] = PerVolume(predictors, thresholds["raw"])
-        consumers[:0] = [fitted["evaluator"], fitted["per_volume"]]
+        fitted["per_volume"] = PerVolume(predictors)
+        consumers[:0] = [ScanThresholds(references, config["threshold"]["mode"]), fitted["evaluator"],
+                         fitted["per_volume"]]
 
     for volume in scored_volumes(scorer, test, predictors, settings, fit_ids=fit_ids, ensemble_features=features,
                                  seed=config["seed"], progress=progress, on_ensemble=start_measuring):
@@ -244,6 +309,12 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     results, per_volume = fitted["evaluator"].results(), fitted["per_volume"].rows
     for p, display in fitted["display"].items():  # one colour scale per map, from healthy validation
         results[p]["display_range"] = display
+    for p, result in results.items():
+        result["threshold_mode"] = config["threshold"]["mode"]
+        result["healthy_reference"] = {f"{rate:g}": t for rate, t in fitted["calibrated"]["raw"][p].items()}
+        if "postprocessed" in result:
+            result["postprocessed"]["healthy_reference"] = {f"{rate:g}": t for rate, t in
+                                                            fitted["calibrated"]["postprocessed"][p].items()}
     if fitted["ensemble"] is not None:
         results["ensemble"].update(coefficients=fitted["ensemble"].coefficients(), scored_volumes=len(scored_ids))
     if "recommended" in results:

@@ -25,8 +25,9 @@ import re
 import nibabel as nib
 import numpy as np
 
-from tfvae import files, postprocessing, preprocessing
+from tfvae import files, postprocessing, preprocessing, scan_threshold
 from tfvae.data import clip as clip_lib
+from tfvae.scan_threshold import HealthyReference, ScanThreshold
 from tfvae.scoring import Scorer, Volume, variants
 
 MODALITY_ALIASES = {"t2": "t2", "t2w": "t2", "flair": "flair", "t2f": "flair", "t1": "t1", "t1w": "t1",
@@ -68,6 +69,12 @@ class Localized:
     threshold: float | None = None
     image: np.ndarray | None = None  # the scan itself, as read
     warnings: list = dataclasses.field(default_factory=list)
+    scan_threshold: ScanThreshold | None = None  # how the threshold was chosen, and its estimated FPR
+
+    @property
+    def estimated_fpr(self) -> float:
+        """Label-free estimate of the share of the scan's healthy brain tissue the mask flags."""
+        return float("nan") if self.scan_threshold is None else self.scan_threshold.estimated_fpr
 
     @property
     def volume_ml(self) -> float:
@@ -93,9 +100,12 @@ class Localized:
         return [{"id": k + 1, **r} for k, r in enumerate(rows)]
 
 
-def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, threshold: float,
-             settings: dict, image_size: int, fov_mm: float, min_brain_fraction: float,
-             mask: np.ndarray | None = None, clip: float | None = None, force: bool = False) -> Localized:
+def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, reference: HealthyReference,
+             fpr: float, settings: dict, image_size: int, fov_mm: float, min_brain_fraction: float,
+             mask: np.ndarray | None = None, clip: float | None = None, force: bool = False,
+             mode: str = "per_scan") -> Localized:
+    """Score one scan (``data`` with ``affine``) and cut its map at the threshold ``scan_threshold.for_scan``
+    chooses for the rate ``fpr`` from the healthy ``reference`` (``mode``: per_scan or fixed)."""
     sliced = preprocessing.volume_to_slices(data, affine, mask=mask, image_size=image_size, fov_mm=fov_mm,
                                             min_brain_fraction=min_brain_fraction)
     outside = (f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view"
@@ -109,14 +119,17 @@ def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor:
     maps = variants(volume, [predictor], settings)
     score = maps.get("postprocessed", maps["raw"])[predictor][..., 0]
     brain = sliced.brain_mask[..., 0] > 0
-    binary = postprocessing.remove_small_components((score >= threshold) & brain, settings["min_component_voxels"])
+    chosen = scan_threshold.for_scan(reference, score[brain], fpr, mode)
+    binary = postprocessing.remove_small_components((score >= chosen.threshold) & brain,
+                                                    settings["min_component_voxels"])
     score_volume = preprocessing.slices_to_volume(score, sliced.slice_index, sliced.geometry, order=1)
     mask_volume = preprocessing.slices_to_volume(binary.astype(np.float32), sliced.slice_index, sliced.geometry,
                                                  order=0).astype(np.uint8)
     n, largest = postprocessing.components(mask_volume)
+    warnings = [f"{outside} and was not scored (forced)"] if outside else []
+    warnings += chosen.warnings(flagged_share=float(binary[brain].mean()) if brain.any() else None)
     return Localized(score_volume, mask_volume, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest,
-                     affine=np.asarray(affine), threshold=float(threshold),
-                     warnings=[f"{outside} and was not scored (forced)"] if outside else [])
+                     affine=np.asarray(affine), threshold=chosen.threshold, warnings=warnings, scan_threshold=chosen)
 
 
 class Localizer:
@@ -141,15 +154,18 @@ class Localizer:
         key = store.key(calibration.file_digest(run.model_path(checkpoint)), predictor, config)
         self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
                                  else "calibrated now on the validation slices (stored in thresholds.json)")
-        self.threshold = run.threshold(predictor, fpr, config=config, checkpoint=checkpoint, scorer=self.scorer)
+        self.reference = run.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
+                                               scorer=self.scorer)
+        self.threshold = self.reference.threshold(fpr)  # the calibrated one; each scan's moves from it
+        self.mode = config["threshold"]["mode"]
         # stored by evaluate: one colour scale for every scan, topped at the healthy 99.9th percentile
         high = store.threshold(key, calibration.DISPLAY_FPRS["display_high"])
         self.display = (self.threshold, high) if high is not None and high > self.threshold else None
         self.builder_config = data.builder(config["data"]).builder_config
         train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
-        self.reference = {"modality": getattr(self.builder_config, "modality", "t2"),
-                          "shape": [int(v) for v in train_example["source_shape"].numpy()],
-                          "voxel_mm": nib.affines.voxel_sizes(train_example["source_affine"].numpy()).tolist()}
+        self.training_scans = {"modality": getattr(self.builder_config, "modality", "t2"),
+                               "shape": [int(v) for v in train_example["source_shape"].numpy()],
+                               "voxel_mm": nib.affines.voxel_sizes(train_example["source_affine"].numpy()).tolist()}
 
     def __call__(self, scan, *, mask=None, affine=None) -> Localized:
         """``scan``: a NIfTI path, or an array with its ``affine``; ``mask``: a brain mask (path or
@@ -167,11 +183,11 @@ class Localizer:
             mask_data, mask_affine = load_volume(os.fspath(mask))
             check_same_grid(os.fspath(mask), mask_data, mask_affine, path, data, affine, "brain mask")
             mask = mask_data
-        warnings = scan_warnings(path, data, affine, self.reference)
-        result = localize(self.scorer, data, affine, predictor=self.predictor, threshold=self.threshold,
+        warnings = scan_warnings(path, data, affine, self.training_scans)
+        result = localize(self.scorer, data, affine, predictor=self.predictor, reference=self.reference, fpr=self.fpr,
                           settings=self.config["postprocess"], image_size=self.config["data"]["image_size"],
                           fov_mm=self.builder_config.fov_mm, min_brain_fraction=self.builder_config.min_brain_fraction,
-                          mask=mask, clip=self.config["data"]["clip"], force=self.force)
+                          mask=mask, clip=self.config["data"]["clip"], force=self.force, mode=self.mode)
         result.warnings, result.image = warnings + [f"{path}: {w}" for w in result.warnings], data
         return result
 
@@ -195,7 +211,13 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=
                       f"{c['mean_score']:.6g}"] for c in result.components],
                     header=["id", "voxels", "ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "max_score",
                             "mean_score"])
-    return {"threshold": f"{result.threshold:.6g}", "anomalous_ml": f"{result.volume_ml:.2f}",
+    chosen = result.scan_threshold
+    estimates = {} if chosen is None else {
+        "threshold_mode": "fixed" if chosen.threshold == chosen.reference_threshold else "per_scan",
+        "calibrated_threshold": f"{chosen.reference_threshold:.6g}",
+        "estimated_fpr": f"{chosen.estimated_fpr:.4f}",
+        "estimated_fpr_at_calibrated": f"{chosen.estimated_fpr_at_reference:.4f}"}
+    return {"threshold": f"{result.threshold:.6g}", **estimates, "anomalous_ml": f"{result.volume_ml:.2f}",
             "components": result.n_components, "largest_component_ml": f"{result.largest_voxels * result.voxel_ml:.2f}",
             "warnings": " | ".join(result.warnings)}
 

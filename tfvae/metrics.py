@@ -23,10 +23,13 @@ API
     smallest threshold ``t`` with ``mean(negatives >= t) <= fpr``.
     ``merge(other)``: add another histogram with the same ``bits`` (parallel evaluation).
 ``VolumeDice(thresholds)``
-    ``thresholds`` maps a name to a fixed threshold; ``update(scores, labels, mask=None)``
-    takes ONE volume and records its Dice at every threshold; ``summary()`` returns
-    ``{name: {"mean", "std", "n"}}`` (std: population, ddof=0); ``values`` holds the
-    per-volume Dice lists.
+    ``thresholds`` maps a name to a threshold; ``update(scores, labels, mask=None,
+    thresholds=None)`` takes ONE volume (optionally with its own thresholds) and records its
+    Dice and its false-positive rate (flagged negatives / negatives, inside ``mask``) at every
+    threshold; ``summary()`` returns ``{name: {"mean", "std", "n"}}`` of the Dice (std:
+    population, ddof=0), ``fpr_summary()`` the measured false-positive rates
+    (``{name: {"pooled", "mean", "std", "max", "n"}}``: pooled over all negatives of all volumes,
+    and over the volumes that have negatives); ``values`` / ``fprs`` hold the per-volume lists.
 ``dice(pred, target)``
     Dice of two boolean arrays; 1.0 when both are empty.
 
@@ -470,12 +473,15 @@ def dice(pred, target) -> float:
 
 
 class VolumeDice:
-    """Per-volume Dice at fixed thresholds (predicted positive = ``score >= threshold``).
+    """Per-volume Dice and false-positive rate at thresholds (predicted positive = ``score >=
+    threshold``): fixed ones, or each volume's own (``update(..., thresholds=...)``).
 
     Scores are cast to float32 as in ``PixelHistogram``, so thresholds from it select the same
     pixels; labels are positive where ``labels > 0``; ``mask`` restricts the pixels compared.
     ``summary()`` reports the mean and the population standard deviation (``np.std``,
-    ddof=0) over volumes; mean and std are NaN when no volume was added.
+    ddof=0) over volumes; mean and std are NaN when no volume was added. The false-positive rate
+    of a volume is the share of its negative pixels (inside ``mask``) that are flagged -- after
+    ``clean`` when given -- and is NaN for a volume without negatives (left out of ``fpr_summary``).
     """
 
     def __init__(self, thresholds: Mapping[str, float], clean=None):
@@ -487,25 +493,49 @@ class VolumeDice:
                 raise ValueError(f"threshold {name!r} is NaN")
         self.clean = clean  # optional: binary prediction (volume-shaped) -> cleaned prediction
         self.values: dict[str, list[float]] = {k: [] for k in self.thresholds}
+        self.fprs: dict[str, list[float]] = {k: [] for k in self.thresholds}
+        self._false_positives = {k: 0 for k in self.thresholds}
+        self._negatives = 0
 
-    def update(self, scores, labels, mask=None) -> None:
-        """Record the Dice of one volume at every threshold. With ``clean`` (e.g. removal of small
-        connected components), each binary prediction, in the scores' own shape and restricted to
-        ``mask``, is cleaned before it is compared."""
+    def update(self, scores, labels, mask=None, thresholds: Mapping[str, float] | None = None) -> None:
+        """Record the Dice and the false-positive rate of one volume at every threshold -- the
+        fixed ones, or ``thresholds`` (this volume's own, for every name). With ``clean`` (e.g.
+        removal of small connected components), each binary prediction, in the scores' own shape
+        and restricted to ``mask``, is cleaned before it is compared."""
         shape = np.shape(scores)
         scores, labels, mask = _flat_inputs(scores, labels, mask)
         scores = scores.astype(np.float32, copy=False)
         _check_no_nan(scores)
-        target = labels > 0
-        for name, t in self.thresholds.items():
+        target = labels > 0 if mask is None else (labels > 0)[mask]
+        negatives = int(target.size - np.count_nonzero(target))
+        self._negatives += negatives
+        for name in self.thresholds:
+            t = self.thresholds[name] if thresholds is None else float(thresholds[name])
+            if np.isnan(t):
+                raise ValueError(f"threshold {name!r} is NaN")
             # compare in float64: exact for float32 scores and any float threshold
             pred = scores >= np.float64(t)
             if self.clean is not None:
                 pred = np.asarray(self.clean((pred if mask is None else pred & mask).reshape(shape))).reshape(-1)
-            if mask is None:
-                self.values[name].append(dice(pred, target))
-            else:
-                self.values[name].append(dice(pred[mask], target[mask]))
+            if mask is not None:
+                pred = pred[mask]
+            self.values[name].append(dice(pred, target))
+            false_positives = int(np.count_nonzero(pred & ~target))
+            self._false_positives[name] += false_positives
+            self.fprs[name].append(false_positives / negatives if negatives else float("nan"))
+
+    def fpr_summary(self) -> dict[str, dict]:
+        """``{name: {"pooled", "mean", "std", "max", "n"}}``: the false-positive rate over all
+        negatives of all volumes, and its mean, population std and maximum over the ``n`` volumes
+        with negatives (NaN when there are none)."""
+        out = {}
+        for name, vals in self.fprs.items():
+            v = np.asarray([f for f in vals if not np.isnan(f)], dtype=np.float64)
+            pooled = self._false_positives[name] / self._negatives if self._negatives else float("nan")
+            out[name] = {"pooled": float(pooled), "mean": float(v.mean()) if v.size else float("nan"),
+                         "std": float(v.std()) if v.size else float("nan"),
+                         "max": float(v.max()) if v.size else float("nan"), "n": int(v.size)}
+        return out
 
     def summary(self) -> dict[str, dict]:
         """``{name: {"mean": float, "std": float, "n": int}}`` over the volumes seen."""

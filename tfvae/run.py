@@ -329,28 +329,44 @@ class Run:
         scorer.fit(validation, stored=stored)
         return scorer
 
+    def healthy_reference(self, predictor: str, fpr: float | None = None, *, config: dict | None = None,
+                          checkpoint: str = "final", scorer=None):
+        """The healthy distribution of ``predictor``'s maps (post-processed when the config
+        post-processes) as a ``scan_threshold.HealthyReference``: its thresholds at
+        ``scan_threshold.REFERENCE_FPRS`` and ``fpr`` from ``thresholds.json`` (keyed by this
+        checkpoint's content, the predictor and the map settings); the rates missing there are
+        calibrated now on the healthy validation split and stored -- a stored threshold is never
+        replaced."""
+        from tfvae import calibration, data, postprocessing, scan_threshold
+
+        config = config or self.config()
+        rates = set(scan_threshold.REFERENCE_FPRS) | ({float(fpr)} if fpr is not None else set())
+        store = calibration.ThresholdStore(self.thresholds_path)
+        key = store.key(calibration.file_digest(self.model_path(checkpoint)), predictor, config)
+        stored = store.thresholds(key)
+        missing = sorted(rate for rate in rates if rate not in stored)
+        if missing:
+            scorer = scorer or self.scorer([predictor], config=config, checkpoint=checkpoint)
+            validation = data.load_split(config["data"], config["data"]["validation_split"])
+            by_variant = calibration.calibrate(scorer, validation, [predictor], config["postprocess"],
+                                               fprs=sorted(rates))
+            variant = "postprocessed" if postprocessing.enabled(config["postprocess"]) else "raw"
+            computed = by_variant[variant][predictor]
+            store.put(key, {rate: computed[rate] for rate in missing}, _reference_for(scorer.reference, predictor))
+            stored = {**computed, **stored}
+        return scan_threshold.HealthyReference(stored)
+
     def threshold(self, predictor: str, fpr: float, *, config: dict | None = None, checkpoint: str = "final",
                   scorer=None) -> float:
         """The threshold of ``predictor`` (post-processed when the config post-processes) that flags
         ``fpr`` of the healthy validation brain pixels: from ``thresholds.json`` when it holds one for
-        this checkpoint's content, predictor and map settings, else calibrated now and stored."""
-        from tfvae import calibration, data, postprocessing
-
+        this checkpoint's content, predictor and map settings, else calibrated now and stored (with
+        the rest of the healthy reference, ``healthy_reference``). The threshold each scan is cut at
+        moves from it with the scan (``threshold.mode``, ``scan_threshold.for_scan``)."""
         if not 0 < fpr < 1:
             raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
-        config = config or self.config()
-        store = calibration.ThresholdStore(self.thresholds_path)
-        key = store.key(calibration.file_digest(self.model_path(checkpoint)), predictor, config)
-        found = store.threshold(key, fpr)
-        if found is not None:
-            return found
-        scorer = scorer or self.scorer([predictor], config=config, checkpoint=checkpoint)
-        validation = data.load_split(config["data"], config["data"]["validation_split"])
-        by_variant = calibration.calibrate(scorer, validation, [predictor], config["postprocess"], fprs={"t": fpr})
-        variant = "postprocessed" if postprocessing.enabled(config["postprocess"]) else "raw"
-        threshold = by_variant[variant][predictor]["t"]
-        store.put(key, {fpr: threshold}, _reference_for(scorer.reference, predictor))
-        return threshold
+        return self.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
+                                      scorer=scorer).threshold(fpr)
 
     def export(self, out_dir: str, *, checkpoint: str = "final") -> str:
         """The model as a TensorFlow SavedModel with serving signatures (``tfvae.export``)."""

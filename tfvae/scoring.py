@@ -38,6 +38,7 @@ class Volume:
     geometry: preprocessing.SliceGeometry
     maps: dict = dataclasses.field(default_factory=dict)
     variants: dict = dataclasses.field(default_factory=dict)  # see ``variants``
+    thresholds: dict = dataclasses.field(default_factory=dict)  # each variant's own (evaluation.ScanThresholds)
     ensemble_fit: bool = False  # the ensemble was fitted on this volume (evaluation)
 
 

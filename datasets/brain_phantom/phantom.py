@@ -65,6 +65,8 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from tfvae_datasets.brain_phantom import shifts
+
 TISSUE_T2 = {"csf": 250.0, "gm": 100.0, "wm": 70.0}
 """Nominal T2 intensity of each healthy tissue class (BrainWeb-like, arbitrary units)."""
 
@@ -349,8 +351,9 @@ def _paint(image, label, weight, value, code, strength=1.0):
     label[weight >= 0.5] = code
 
 
-def _paint_tumours(rng, image, tissue, tumours: list[_Tumour], voxel_mm: float) -> np.ndarray:
-    """Paint edema, then enhancing rims, then necrosis of all lesions into ``image``; return labels."""
+def _paint_tumours(rng, image, tissue, tumours: list[_Tumour], voxel_mm: float, hypointense=None) -> np.ndarray:
+    """Paint edema, then enhancing rims, then necrosis of all lesions into ``image``; return labels.
+    ``hypointense``: ``(rng, contrast factors)`` of a shift with partly hypointense tumours."""
     shape = image.shape
     shape_field = np.clip(_smooth_field(rng, shape, voxel_mm, _SHAPE_SCALE_MM), -2.0, 2.0)
     texture = 1.0 + _TEXTURE_AMPLITUDE * _smooth_field(rng, shape, voxel_mm, _TEXTURE_SCALE_MM)
@@ -372,50 +375,101 @@ def _paint_tumours(rng, image, tissue, tumours: list[_Tumour], voxel_mm: float) 
         if t.has_necrosis:
             weight = _membership(rho, t.core_mm - t.rim_mm, voxel_mm, brain_fraction)
             _paint(image, label, weight, t.t2_necrosis * texture, LABEL_NECROSIS)
+    if hypointense is not None:
+        _paint_hypointense(*hypointense, image, label, tumours, radii, brain_fraction, voxel_mm)
     return label
+
+
+def _paint_hypointense(rng, factors: dict, image, label, tumours: list[_Tumour], radii, brain_fraction,
+                       voxel_mm: float) -> None:
+    """Solid iso-intense cores and haemorrhagic (hypointense) parts of ``shifts.Shift.hypointense``,
+    painted over the lesions in place and labelled necrotic / non-enhancing core (1).
+
+    Per lesion: with ``shifts.SOLID_PROB`` (when it has necrosis) the necrosis becomes solid tissue
+    of T2 ``shifts.SOLID_T2``; with ``shifts.HAEMORRHAGE_PROB`` a ball of ``HAEMORRHAGE_RADIUS``
+    times the core radius, centred within half the core radius of the centre, gets T2
+    ``HAEMORRHAGE_T2`` (darker than white matter). ``factors``: the protocol's contrast factors."""
+    for t, rho in zip(tumours, radii):
+        if rng.random() < shifts.SOLID_PROB and t.has_necrosis:
+            weight = _membership(rho, t.core_mm - t.rim_mm, voxel_mm, brain_fraction)
+            _paint(image, label, weight, rng.uniform(*shifts.SOLID_T2) * factors["solid"], LABEL_NECROSIS)
+        if rng.random() < shifts.HAEMORRHAGE_PROB:
+            direction = rng.standard_normal(3)
+            offset = direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.5) * t.core_mm / voxel_mm
+            distance = np.sqrt(sum(o**2 for o in _offsets_mm(image.shape, t.centre + offset, voxel_mm)))
+            weight = _membership(distance, rng.uniform(*shifts.HAEMORRHAGE_RADIUS) * t.core_mm, voxel_mm,
+                                 brain_fraction)
+            _paint(image, label, weight, rng.uniform(*shifts.HAEMORRHAGE_T2) * factors["haemorrhage"],
+                   LABEL_NECROSIS)
 
 
 # --------------------------------------------------------------------------- subject
 
 
-def _healthy_t2(rng: np.random.Generator, tissue: np.ndarray) -> tuple[np.ndarray, float]:
-    """Partial-volume T2 image and the subject's WM intensity (per-tissue jitter +-10 %)."""
+def _healthy_t2(rng: np.random.Generator, tissue: np.ndarray, factors: dict | None = None) -> tuple[np.ndarray, float]:
+    """Partial-volume T2 image and the subject's WM intensity (per-tissue jitter +-10 %), each
+    tissue multiplied by its protocol factor (``factors``; default 1)."""
     jitter = rng.uniform(1.0 - _CONTRAST_JITTER, 1.0 + _CONTRAST_JITTER, 3)
     t2 = np.array([TISSUE_T2["csf"], TISSUE_T2["gm"], TISSUE_T2["wm"]]) * jitter
+    if factors is not None:
+        t2 = t2 * np.array([factors["csf"], factors["gm"], factors["wm"]])
     return np.tensordot(t2.astype(np.float32), tissue, axes=1), float(t2[2])
 
 
-def _acquire(rng: np.random.Generator, image: np.ndarray, wm_t2: float, voxel_mm: float) -> np.ndarray:
-    """Multiply by a smooth bias field, then add Rician noise."""
-    bias = np.exp(rng.uniform(*_BIAS_AMPLITUDE) * _smooth_field(rng, image.shape, voxel_mm, _BIAS_SCALE_MM))
-    sigma = rng.uniform(*_NOISE_FRACTION_OF_WM) * wm_t2
+def _acquire(rng: np.random.Generator, image: np.ndarray, wm_t2: float, voxel_mm: float,
+             bias_amplitude=_BIAS_AMPLITUDE, noise_fraction=_NOISE_FRACTION_OF_WM) -> np.ndarray:
+    """Multiply by a smooth bias field, then add Rician noise (amplitude and noise drawn from the
+    given ranges; the draws are the same whatever the ranges, so a shifted site keeps the subject)."""
+    bias = np.exp(rng.uniform(*bias_amplitude) * _smooth_field(rng, image.shape, voxel_mm, _BIAS_SCALE_MM))
+    sigma = rng.uniform(*noise_fraction) * wm_t2
     signal = image * bias.astype(np.float32)
     real = signal + np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
     imaginary = np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
     return np.sqrt(real**2 + imaginary**2)
 
 
-def synthesize_subject(seed: int, *, tumours: bool, voxel_mm: float = 2.0) -> SyntheticSubject:
+def _with_contrast(tumour: _Tumour, factors: dict) -> _Tumour:
+    return dataclasses.replace(tumour, t2_necrosis=tumour.t2_necrosis * factors["necrosis"],
+                               t2_enhancing=tumour.t2_enhancing * factors["enhancing"],
+                               t2_edema=tumour.t2_edema * factors["edema"])
+
+
+def synthesize_subject(seed: int, *, tumours: bool, voxel_mm: float = 2.0,
+                       shift: shifts.Shift | None = None) -> SyntheticSubject:
     """A synthetic T2-weighted brain, with 1-3 labelled tumours when ``tumours`` is true.
 
-    Deterministic: the same ``(seed, tumours, voxel_mm)`` gives identical arrays.  See the
-    module docstring for the model.
+    Deterministic: the same ``(seed, tumours, voxel_mm, shift)`` gives identical arrays.  See the
+    module docstring for the model. ``shift`` (``shifts.Shift``) acquires the same subject as
+    another site would (thick slices, another protocol, bias, noise), from an older population
+    (atrophy) or with partly hypointense tumours; its draws come from their own stream, so the
+    anatomy and the tumours are those of the unshifted subject (atrophy changes the tissue after).
     """
     anatomy = load_anatomy(float(voxel_mm))
     rng = np.random.default_rng((int(seed), int(bool(tumours))))
+    shift = shift or shifts.Shift()
+    shift_rng = shifts.stream(seed, tumours)
+    factors = shifts.draw_contrast(shift, shift_rng)
     shape = anatomy.brain_mask.shape
     coords, matrix = _random_deformation(rng, shape, voxel_mm)
     lesions = _sample_tumours(rng, anatomy, coords, voxel_mm) if tumours else []
     if lesions:
         coords -= np.tensordot(matrix, _mass_effect(shape, lesions, voxel_mm), axes=1)
     tissue = _warp_tissue(anatomy, coords)
+    if shift.atrophy is not None:
+        tissue = shifts.atrophy(tissue, shift_rng.uniform(*shift.atrophy), voxel_mm)
     brain_mask = tissue.sum(axis=0) >= 0.5
-    image, wm_t2 = _healthy_t2(rng, tissue)
+    image, wm_t2 = _healthy_t2(rng, tissue, factors if shift.te_ms is not None else None)
     if lesions:
-        label = _paint_tumours(rng, image, tissue, lesions, voxel_mm)
+        if shift.te_ms is not None:
+            lesions = [_with_contrast(t, factors) for t in lesions]
+        label = _paint_tumours(rng, image, tissue, lesions, voxel_mm,
+                               hypointense=(shift_rng, factors) if shift.hypointense else None)
     else:
         label = np.zeros(image.shape, dtype=np.uint8)
-    image = _acquire(rng, image, wm_t2, voxel_mm)
+    image = _acquire(rng, image, wm_t2, voxel_mm, bias_amplitude=shift.bias_amplitude or _BIAS_AMPLITUDE,
+                     noise_fraction=shift.noise_fraction or _NOISE_FRACTION_OF_WM)
+    if shift.slice_mm is not None:
+        image = shifts.thick_slices(image, *shifts.draw_thick_slices(shift, shift_rng), voxel_mm)
     image[~brain_mask] = 0.0
     label[~brain_mask] = 0
     return SyntheticSubject(
