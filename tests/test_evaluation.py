@@ -11,7 +11,7 @@ import tensorflow as tf
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from script_loader import load_script
-from tfvae import config as config_lib
+from tfvae import preprocessing, config as config_lib
 from tfvae import data
 from tfvae.ensemble import split_volumes
 from tfvae.predictors import ALL_PREDICTORS
@@ -207,7 +207,11 @@ def test_the_recommended_map_is_first_and_its_settings_come_from_validation(eval
     assert selection["lesions"] == config["recommended"]["synthetic_copies"] * validation_volumes
     settings = results["recommended"]["settings"]
     best = max(selection["table"], key=lambda row: row["auprc"])
-    assert settings == {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"]}
+    # the sizes count voxels of the validation grid, recorded in mm (slice spacing, row, column)
+    geometry = preprocessing.SliceGeometry.from_arrays(*(split_arrays(run, "validation")[0][0][k] for k in
+                                                         ("source_shape", "source_affine", "crop")))
+    assert settings == {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"],
+                        "voxel_mm": pytest.approx(list(geometry.voxel_mm()))}
     low, high = results["combi"]["kl_grad_range"]
     assert 0 <= low < high
 

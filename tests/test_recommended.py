@@ -92,3 +92,21 @@ def test_selection_smooths_noisy_residuals_and_leaves_exact_ones(noise, expect_s
     assert smoothed == expect_smoothing, chosen
     fixed = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=1, seed=0, median_size=3)
     assert fixed["median_size"] == 3 and {row["median_size"] for row in fixed["table"]} == {3}
+
+
+def test_filter_sizes_keep_their_millimetres_on_another_slice_spacing():
+    from scipy import ndimage
+
+    # chosen on a 2 mm x 3 mm x 3 mm validation grid: median 3 (6 mm through-plane), sigma 2 (4 mm)
+    assert R.filter_sizes(3, 2.0, (1.5, 3.0, 3.0), (2.0, 3.0, 3.0)) == ((5, 3, 3), (pytest.approx(8 / 3), 2.0, 2.0))
+    assert R.filter_sizes(3, 2.0, (2.0, 3.0, 3.0), (2.0, 3.0, 3.0)) == ((3, 3, 3), (2.0, 2.0, 2.0))
+    assert R.filter_sizes(5, 1.0, (4.0, 3.0, 3.0), (2.0, 3.0, 3.0))[0] == (3, 5, 5)  # 10 mm over 4 mm slices
+    assert R.filter_sizes(3, 2.0, (1.5, 3.0, 3.0), None) == (3, 2.0)  # no grid recorded: the old behaviour
+    rng = np.random.default_rng(5)
+    residual, brain = rng.random((12, 10, 10)).astype(np.float32), np.ones((12, 10, 10), bool)
+    out = R.postprocess(residual, brain, 3, 1.0, voxel_mm=(1.0, 3.0, 3.0), reference_mm=(2.0, 3.0, 3.0))
+    expected = ndimage.gaussian_filter(ndimage.median_filter(residual, size=(7, 3, 3), mode="nearest"),
+                                       sigma=(2.0, 1.0, 1.0), mode="nearest")
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    same = R.postprocess(residual, brain, 3, 1.0, voxel_mm=(2.0, 3.0, 3.0), reference_mm=(2.0, 3.0, 3.0))
+    np.testing.assert_array_equal(same, R.postprocess(residual, brain, 3, 1.0))

@@ -37,7 +37,7 @@ def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, settings:
     for volume in volumes(validation):
         if taken >= MAX_CALIBRATION_SLICES:
             break
-        volume.maps = scorer(volume.image, volume.brain_mask)
+        volume.maps = scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())
         if ensemble is not None and "ensemble" in predictors:
             volume.maps["ensemble"] = ensemble.score(volume.maps)
         brain = volume.brain_mask > 0

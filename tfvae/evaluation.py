@@ -229,7 +229,7 @@ def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: 
         return tf.reduce_any(tf.equal(ex["volume_id"], fit_set))
 
     def score(volume: Volume) -> Volume:
-        volume.maps = scorer(volume.image, volume.brain_mask)
+        volume.maps = scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())
         if progress is not None:
             progress.add(len(volume.image))
         return volume
@@ -318,7 +318,7 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     if fitted["ensemble"] is not None:
         results["ensemble"].update(coefficients=fitted["ensemble"].coefficients(), scored_volumes=len(scored_ids))
     if "recommended" in results:
-        results["recommended"]["settings"] = dict(scorer.recommended)
+        results["recommended"]["settings"] = {**scorer.recommended, "voxel_mm": scorer.recommended_mm or None}
         if "recommended" in reference:
             results["recommended"]["selection"] = reference["recommended"]
     if "combi" in results and "kl_grad_range" in reference:

@@ -115,7 +115,7 @@ def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor:
                          "(force=True) to score the rest anyway")
     sliced = dataclasses.replace(sliced, image=clip_lib(sliced.image, clip))
     volume = Volume("scan", sliced.image, sliced.label, sliced.brain_mask, sliced.slice_index,
-                    sliced.geometry, maps=scorer(sliced.image, sliced.brain_mask))
+                    sliced.geometry, maps=scorer(sliced.image, sliced.brain_mask, sliced.geometry.voxel_mm()))
     maps = variants(volume, [predictor], settings)
     score = maps.get("postprocessed", maps["raw"])[predictor][..., 0]
     brain = sliced.brain_mask[..., 0] > 0

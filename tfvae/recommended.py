@@ -18,6 +18,14 @@ For the stacked slices of one volume (z, S, S) with input x0 and brain mask B::
    spreading each residual over its neighbourhood ranks whole lesions above scattered errors.
 5. Zero outside the brain mask.
 
+**Sizes in millimetres.** k and sigma are counted in voxels of the healthy validation scans' grid
+(``voxel_mm``: their median (slice spacing, row, column) in mm, kept with the settings) and
+converted through millimetres to each scan's own grid (``filter_sizes``): a scan whose slices are
+1.5 mm apart gets a median over 5 slices where a 2 mm validation grid had 3, so the filters span
+the same anatomy whatever the slice spacing (HCP's 0.7 mm against BraTS's 1 mm). In plane every
+scan is resampled to the same pixel size, so only the through-plane sizes change. Settings stored
+without ``voxel_mm`` (older runs) are applied in each scan's voxels, as before.
+
 **Choosing k and sigma without labels** (when ``recommended.median_size`` /
 ``recommended.gaussian_sigma`` are null, the default): on the healthy validation volumes, each
 copied ``recommended.synthetic_copies`` times with one synthetic lesion added (``synthetic_lesion``:
@@ -48,14 +56,36 @@ def positive_residual(images: np.ndarray, reconstruction: np.ndarray) -> np.ndar
     return np.maximum(np.asarray(images, np.float32) - np.asarray(reconstruction, np.float32), 0.0)
 
 
-def postprocess(residual: np.ndarray, brain: np.ndarray, median_size: int, gaussian_sigma: float) -> np.ndarray:
-    """Steps 3-5 on a (z, S, S) residual volume: 3D median, 3D Gaussian, zero outside ``brain``."""
+def filter_sizes(median_size: int, gaussian_sigma: float, voxel_mm=None, reference_mm=None):
+    """Per-axis (median size, Gaussian sigma) in the voxels of a scan whose voxels measure
+    ``voxel_mm`` (slice spacing, row, column) for settings counted in voxels of ``reference_mm``:
+    the same millimetres, the median size rounded to the nearest odd number of voxels (at least 1).
+    Without both grids the settings are returned as they are (isotropic, in the scan's voxels)."""
+    if voxel_mm is None or reference_mm is None:
+        return median_size, gaussian_sigma
+    ratio = np.asarray(reference_mm, np.float64) / np.asarray(voxel_mm, np.float64)
+    median = tuple(int(2 * np.floor(median_size * r / 2.0) + 1) for r in ratio) if median_size else 0
+    sigma = tuple(float(gaussian_sigma * r) for r in ratio) if gaussian_sigma else 0.0
+    return median, sigma
+
+
+def postprocess(residual: np.ndarray, brain: np.ndarray, median_size: int, gaussian_sigma: float,
+                voxel_mm=None, reference_mm=None) -> np.ndarray:
+    """Steps 3-5 on a (z, S, S) residual volume: 3D median, 3D Gaussian, zero outside ``brain``
+    (sizes in voxels of ``reference_mm``, applied on a grid of ``voxel_mm``: ``filter_sizes``)."""
+    median_size, gaussian_sigma = filter_sizes(median_size, gaussian_sigma, voxel_mm, reference_mm)
     out = np.asarray(residual, np.float32)
-    if median_size:
+    if np.any(np.asarray(median_size) > 1):
         out = ndimage.median_filter(out, size=median_size, mode="nearest")
-    if gaussian_sigma:
+    if np.any(np.asarray(gaussian_sigma) > 0):
         out = ndimage.gaussian_filter(out, sigma=gaussian_sigma, mode="nearest")
     return np.where(brain, out, 0.0).astype(np.float32)
+
+
+def grid_mm(voxel_sizes) -> list[float]:
+    """The median (slice spacing, row, column) voxel size of several scans: the grid settings are
+    counted in."""
+    return [float(v) for v in np.median(np.asarray(list(voxel_sizes), np.float64), axis=0)]
 
 
 def synthetic_lesion(image: np.ndarray, brain: np.ndarray, voxel_mm, rng: np.random.Generator):
@@ -81,26 +111,27 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
 
     ``residual_fn(images (n, S, S, 1)) -> (n, S, S, 1)`` gives the positive residual maps;
     ``volumes`` yields ``(image (z, S, S), brain (z, S, S) bool, voxel_mm)`` of healthy volumes
-    (at most ``MAX_SELECTION_VOLUMES`` are used). Returns ``{"median_size", "gaussian_sigma",
-    "table": [{"median_size", "gaussian_sigma", "auprc", "auroc"}, ...], "lesions"}``."""
+    (at most ``MAX_SELECTION_VOLUMES`` are used); the candidates count voxels of their median grid
+    (``grid_mm``). Returns ``{"median_size", "gaussian_sigma", "voxel_mm", "table":
+    [{"median_size", "gaussian_sigma", "auprc", "auroc"}, ...], "lesions"}``."""
     rng = np.random.default_rng(seed)
     candidates = [(k, s) for k in ((median_size,) if median_size is not None else MEDIAN_CANDIDATES)
                   for s in ((gaussian_sigma,) if gaussian_sigma is not None else SIGMA_CANDIDATES)]
     hists = {c: metrics.PixelHistogram() for c in candidates}
+    healthy = [v for _, v in zip(range(MAX_SELECTION_VOLUMES), volumes)]
+    if not healthy:
+        raise ValueError("no healthy validation volume to choose the recommended map's settings on")
+    reference_mm = grid_mm(voxel_mm for _, _, voxel_mm in healthy)
     lesions = 0
-    for i, (image, brain, voxel_mm) in enumerate(volumes):
-        if i >= MAX_SELECTION_VOLUMES:
-            break
+    for image, brain, voxel_mm in healthy:
         for _ in range(copies):
             lesioned, label = synthetic_lesion(image, brain, voxel_mm, rng)
             residual = residual_fn(lesioned[..., None])[..., 0]
             for (k, s), hist in hists.items():
-                hist.update(postprocess(residual, brain, k, s), label, mask=brain)
+                hist.update(postprocess(residual, brain, k, s, voxel_mm, reference_mm), label, mask=brain)
             lesions += 1
-    if not lesions:
-        raise ValueError("no healthy validation volume to choose the recommended map's settings on")
     table = [{"median_size": k, "gaussian_sigma": s, "auprc": h.auprc(), "auroc": h.auroc()}
              for (k, s), h in hists.items()]
     best = max(table, key=lambda row: row["auprc"])
-    return {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"], "table": table,
-            "lesions": lesions}
+    return {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"], "voxel_mm": reference_mm,
+            "table": table, "lesions": lesions}

@@ -70,6 +70,19 @@ def markdown_table(results: dict) -> str:
     return "\n".join(out)
 
 
+def recommended_note(results: dict) -> str:
+    """The recommended map's filter sizes, in voxels of the healthy validation grid and in mm."""
+    settings = results.get("recommended", {}).get("settings")
+    if not settings:
+        return ""
+    k, sigma, grid = settings["median_size"], settings["gaussian_sigma"], settings.get("voxel_mm")
+    mm = lambda n: " x ".join(f"{n * v:g}" for v in grid)  # noqa: E731
+    where = (f"median {mm(k) if k else 'off'} mm, Gaussian sigma {mm(sigma) if sigma else 'off'} mm "
+             "(slice x row x column), converted to each scan's voxels") if grid else "in each scan's voxels"
+    return (f"recommended: 3D median {k} and Gaussian sigma {sigma:g} voxels of the healthy validation grid; "
+            f"{where}; threshold mode {results['recommended'].get('threshold_mode', 'fixed')}")
+
+
 def ensemble_note(results: dict) -> str:
     if "ensemble" not in results or "coefficients" not in results["ensemble"]:
         return ""
@@ -118,7 +131,7 @@ def write_results(results: dict, out_dir: str, header: str = "") -> None:
         writer.writerow(["predictor", *COLUMNS, *extra])
         for name, r in table_entries(results).items():
             writer.writerow([name, *(r[c] for c in COLUMNS), *(r[c] for c in extra)])
-    note = ensemble_note(results)
+    note = "\n".join(n for n in (recommended_note(results), ensemble_note(results)) if n)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write((header + "\n\n" if header else "") + markdown_table(results) + "\n" + (f"\n{note}\n" if note else "")
                 + "\n" + "\n".join(f"- {line}" for line in LEGEND) + "\n")

@@ -90,6 +90,7 @@ class Scorer:
         self.smooth_sigma = p["smooth_sigma"]
         self.batch_size = config["evaluate"]["batch_size"]
         self.recommended = {"median_size": r["median_size"], "gaussian_sigma": r["gaussian_sigma"]}
+        self.recommended_mm = None  # the grid (mm) those sizes count voxels of, once fitted
         self.synthetic_copies = r["synthetic_copies"]
         self.reference: dict = {}
         # compute only what is asked: no gradient pass for e.g. ["intensity"] or ["recommended"]
@@ -121,16 +122,21 @@ class Scorer:
                     taken += len(volume.image)
             self.pixel.kl_range = (lo, hi)
             self.reference["kl_grad_range"] = [lo, hi]
-        if self._needs_selection():
+        if "recommended" in self.predictors and self.recommended_mm is None:
             if "recommended" in stored:
                 chosen = stored["recommended"]
-            else:
+            elif self._needs_selection():
                 fixed = {k: v for k, v in self.recommended.items() if v is not None}
                 healthy = ((v.image[..., 0], v.brain_mask[..., 0] > 0, v.geometry.voxel_mm())
                            for v in volumes(validation))
                 chosen = recommended_lib.select(self._positive_residual, healthy, self.synthetic_copies, self.seed,
                                                 **fixed)
+            else:  # both sizes given: counted in voxels of the validation grid
+                grid = recommended_lib.grid_mm(v.geometry.voxel_mm() for _, v in
+                                               zip(range(recommended_lib.MAX_SELECTION_VOLUMES), volumes(validation)))
+                chosen = {**self.recommended, "voxel_mm": grid}
             self.recommended = {k: chosen[k] for k in self.recommended}
+            self.recommended_mm = chosen.get("voxel_mm") or False  # False: stored before sizes were in mm
             self.reference["recommended"] = chosen
         return self.reference
 
@@ -142,9 +148,10 @@ class Scorer:
             parts.append(self.projection(x)[2] if self.restore else self.model(x, training=False).numpy())
         return recommended_lib.positive_residual(images, np.concatenate(parts))
 
-    def __call__(self, images: np.ndarray, brain_mask: np.ndarray | None = None) -> dict:
+    def __call__(self, images: np.ndarray, brain_mask: np.ndarray | None = None, voxel_mm=None) -> dict:
         """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)
-        bounds the recommended map."""
+        bounds the recommended map; ``voxel_mm`` (slice spacing, row, column) converts its filter
+        sizes through millimetres (``recommended.filter_sizes``; default: the validation grid's)."""
         out: dict[str, list] = {}
         for start in range(0, len(images), self.batch_size):
             x = images[start:start + self.batch_size]
@@ -170,8 +177,9 @@ class Scorer:
             brain = (images != 0) if brain_mask is None else (np.asarray(brain_mask) > 0)
             reconstruction = maps["projected_reconstruction" if self.restore else "reconstruction"]
             residual = recommended_lib.positive_residual(images, reconstruction)
-            maps["recommended"] = recommended_lib.postprocess(residual[..., 0], brain[..., 0],
-                                                              **self.recommended)[..., None]
+            maps["recommended"] = recommended_lib.postprocess(residual[..., 0], brain[..., 0], **self.recommended,
+                                                              voxel_mm=voxel_mm,
+                                                              reference_mm=self.recommended_mm or None)[..., None]
         return maps
 
 

@@ -308,7 +308,7 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
     for i, volume in enumerate(evaluation.volumes(examples)):
         if i >= n_volumes:
             break
-        hist.update(scorer(volume.image, volume.brain_mask)[predictor], volume.label)
+        hist.update(scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())[predictor], volume.label)
     return float(hist.auroc())
 
 
