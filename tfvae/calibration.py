@@ -16,10 +16,9 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from tfvae import files, metrics
-from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, variants, volumes
+from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, as_volumes, variants
 
 FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}  # the rates every evaluation reports Dice at
 DISPLAY_FPRS = {"display_low": 0.99, "display_high": 0.001}  # a map's colour scale: healthy 1st-99.9th percentile
@@ -27,14 +26,14 @@ HISTOGRAM_BITS = 22  # 4M bins per class when the exact mode overflows: ~1e-5 of
 MAP_SECTIONS = ("predictors", "postprocess", "recommended")  # config sections a map depends on
 
 
-def calibrate(scorer: Scorer, validation: tf.data.Dataset, predictors, settings: dict, ensemble=None,
+def calibrate(scorer: Scorer, validation, predictors, settings: dict, ensemble=None,
               fprs=tuple(FPRS.values())) -> dict:
     """``{variant: {predictor: {fpr: threshold}}}``: the thresholds that flag each false-positive
-    rate of ``fprs`` of the healthy validation brain pixels (at most ``MAX_CALIBRATION_SLICES``
-    slices)."""
+    rate of ``fprs`` of the healthy validation brain pixels (``validation``: the split, or a list of
+    healthy ``Volume`` s such as a user's own scans; at most ``MAX_CALIBRATION_SLICES`` slices)."""
     hists: dict = {}
     taken = 0
-    for volume in volumes(validation):
+    for volume in as_volumes(validation):
         if taken >= MAX_CALIBRATION_SLICES:
             break
         volume.maps = scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())
@@ -64,23 +63,52 @@ def map_settings(config: dict) -> dict:
     return {**{s: config[s] for s in MAP_SECTIONS}, "data.clip": config["data"].get("clip")}
 
 
+class CalibrationError(ValueError):
+    """A calibration on healthy scans (``threshold.calibration``) is unknown or unusable; one line."""
+
+
 class ThresholdStore:
-    """``thresholds.json`` of a run: calibrations keyed by (checkpoint digest, predictor, map settings).
+    """``thresholds.json`` of a run: calibrations keyed by (checkpoint digest, predictor, map settings
+    and, for a calibration on the user's own healthy scans, that set of scans).
 
     An entry holds ``thresholds`` (FPR as a string -> threshold, for the variant the settings
     select: post-processed when any post-processing is on, else raw) and ``reference`` (what
-    ``Scorer.fit`` took from the validation volumes). Writes are atomic (temporary file, rename)."""
+    ``Scorer.fit`` took from the healthy volumes). ``healthy_sets`` records each named set of
+    healthy scans (``tfvae calibrate``): the files and a SHA-256 of their content, which is part of
+    the key, so scans changed under the same name are a new calibration. Writes are atomic
+    (temporary file, rename)."""
 
     def __init__(self, path: str):
         self.path = path
         self.entries: list[dict] = []
+        self.healthy_sets: dict[str, dict] = {}
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                self.entries = json.load(f).get("calibrations", [])
+                stored = json.load(f)
+            self.entries = stored.get("calibrations", [])
+            self.healthy_sets = stored.get("healthy_sets", {})
 
-    @staticmethod
-    def key(digest: str, predictor: str, config: dict) -> dict:
-        return {"checkpoint_sha256": digest, "predictor": predictor, "settings": map_settings(config)}
+    def key(self, digest: str, predictor: str, config: dict) -> dict:
+        """The key of a calibration of the checkpoint with content ``digest``: its predictor, the map
+        settings of ``config`` and its healthy set (``threshold.calibration``; none: validation)."""
+        key = {"checkpoint_sha256": digest, "predictor": predictor, "settings": map_settings(config)}
+        name = config["threshold"]["calibration"]
+        if name:
+            key["healthy_set"] = {"name": name, "sha256": self.healthy_set(name)["sha256"]}
+        return key
+
+    def healthy_set(self, name: str) -> dict:
+        """The record of the healthy scans calibrated as ``name``; ``CalibrationError`` if none."""
+        if name not in self.healthy_sets:
+            known = ", ".join(sorted(self.healthy_sets)) or "none yet"
+            raise CalibrationError(f"{self.path}: no calibration named {name!r} (known: {known}); make it with "
+                                   f"tfvae calibrate --run-dir RUN --name {name} HEALTHY_SCANS")
+        return self.healthy_sets[name]
+
+    def put_healthy_set(self, name: str, record: dict) -> None:
+        """Record (or replace) the healthy set ``name``."""
+        self.healthy_sets[name] = json.loads(json.dumps(record))
+        self.save()
 
     def find(self, key: dict) -> dict | None:
         return next((e for e in self.entries if e["key"] == json.loads(json.dumps(key))), None)
@@ -109,7 +137,7 @@ class ThresholdStore:
         self.save()
 
     def save(self) -> None:
-        files.write_json(self.path, {"calibrations": self.entries})
+        files.write_json(self.path, {"calibrations": self.entries, "healthy_sets": self.healthy_sets})
 
 
 def _fpr_key(fpr: float) -> str:

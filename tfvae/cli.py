@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("train", "train a (beta-)VAE on healthy slices"),
     "evaluate": ("evaluate", "score the test split with every predictor; tables, maps, figures"),
     "localize": ("localize", "anomaly maps, masks and a report for new scans"),
+    "calibrate": ("calibrate", "thresholds from healthy scans of your own scanner"),
     "tune": ("tune", "Keras Tuner search over beta, latent size, ..."),
     "reproduce": ("reproduce", "the paper's tables over seeds"),
     "benchmark": ("benchmark", "throughput of training, maps, projection, pipeline, metrics"),

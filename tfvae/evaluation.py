@@ -340,7 +340,7 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
     d = config["data"]
     test_data = data.test_data_config(d)  # e.g. trained on hcp_t2, tested on brats
     test = data.load_split(test_data, d["test_split"])
-    validation = data.load_split(d, d["validation_split"])
+    validation = run.healthy_split(config)  # the validation split, or the user's healthy scans (threshold.calibration)
     results, figures, per_volume = evaluate(model, config, test, validation, out_dir, verbose=verbose)
     title = reporting.title(config, checkpoint)
     reporting.write_results(results, out_dir, header=f"# {title}")

@@ -100,12 +100,12 @@ class Localized:
         return [{"id": k + 1, **r} for k, r in enumerate(rows)]
 
 
-def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, reference: HealthyReference,
-             fpr: float, settings: dict, image_size: int, fov_mm: float, min_brain_fraction: float,
-             mask: np.ndarray | None = None, clip: float | None = None, force: bool = False,
-             mode: str = "per_scan") -> Localized:
-    """Score one scan (``data`` with ``affine``) and cut its map at the threshold ``scan_threshold.for_scan``
-    chooses for the rate ``fpr`` from the healthy ``reference`` (``mode``: per_scan or fixed)."""
+def slice_scan(data: np.ndarray, affine: np.ndarray, *, image_size: int, fov_mm: float, min_brain_fraction: float,
+               mask: np.ndarray | None = None, clip: float | None = None, force: bool = False):
+    """``(sliced, outside)``: a scan that is in no dataset through the run's preprocessing
+    (``preprocessing.volume_to_slices``, then ``data.clip``), and the sentence saying how much of its
+    brain lies outside the field of view (None when under ``preprocessing.MAX_OUTSIDE_FOV``; more is
+    a one-line ``ValueError`` unless ``force``)."""
     sliced = preprocessing.volume_to_slices(data, affine, mask=mask, image_size=image_size, fov_mm=fov_mm,
                                             min_brain_fraction=min_brain_fraction)
     outside = (f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view"
@@ -113,7 +113,17 @@ def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor:
     if outside and not force:
         raise ValueError(f"{outside} and would not be scored (check the voxel sizes in the header); pass --force "
                          "(force=True) to score the rest anyway")
-    sliced = dataclasses.replace(sliced, image=clip_lib(sliced.image, clip))
+    return dataclasses.replace(sliced, image=clip_lib(sliced.image, clip)), outside
+
+
+def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, reference: HealthyReference,
+             fpr: float, settings: dict, image_size: int, fov_mm: float, min_brain_fraction: float,
+             mask: np.ndarray | None = None, clip: float | None = None, force: bool = False,
+             mode: str = "per_scan") -> Localized:
+    """Score one scan (``data`` with ``affine``) and cut its map at the threshold ``scan_threshold.for_scan``
+    chooses for the rate ``fpr`` from the healthy ``reference`` (``mode``: per_scan or fixed)."""
+    sliced, outside = slice_scan(data, affine, image_size=image_size, fov_mm=fov_mm,
+                                 min_brain_fraction=min_brain_fraction, mask=mask, clip=clip, force=force)
     volume = Volume("scan", sliced.image, sliced.label, sliced.brain_mask, sliced.slice_index,
                     sliced.geometry, maps=scorer(sliced.image, sliced.brain_mask, sliced.geometry.voxel_mm()))
     maps = variants(volume, [predictor], settings)
@@ -152,8 +162,10 @@ class Localizer:
         self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
         store = calibration.ThresholdStore(run.thresholds_path)
         key = store.key(calibration.file_digest(run.model_path(checkpoint)), predictor, config)
+        healthy = (f"the healthy scans of calibration {config['threshold']['calibration']}"
+                   if config["threshold"]["calibration"] else "the validation slices")
         self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
-                                 else "calibrated now on the validation slices (stored in thresholds.json)")
+                                 else f"calibrated now on {healthy} (stored in thresholds.json)")
         self.reference = run.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
                                                scorer=self.scorer)
         self.threshold = self.reference.threshold(fpr)  # the calibrated one; each scan's moves from it

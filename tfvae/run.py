@@ -315,7 +315,7 @@ class Run:
         """A fitted ``scoring.Scorer`` for ``predictors``: what the maps need from healthy validation
         volumes is read from ``thresholds.json`` when a calibration of the same checkpoint and map
         settings stored it, else computed (and stored by ``threshold``)."""
-        from tfvae import calibration, data
+        from tfvae import calibration
         from tfvae.scoring import Scorer
 
         config = config or self.config()
@@ -325,36 +325,91 @@ class Run:
         stored: dict = {}
         for p in predictors:
             stored.update(store.reference(store.key(digest, p, config)) or {})
-        validation = data.load_split(config["data"], config["data"]["validation_split"])
-        scorer.fit(validation, stored=stored)
+        needed = [p for p in predictors if p in ("recommended", "combi")]
+        if all(_reference_for(stored, p) for p in needed):
+            scorer.fit(None, stored=stored)  # nothing to compute: no healthy scan is read
+        else:
+            scorer.fit(self.healthy_split(config), stored=stored)
         return scorer
+
+    def healthy_split(self, config: dict | None = None):
+        """Where the run takes healthy statistics from (thresholds, the recommended map's sizes):
+        the validation split of its training data, or the user's own healthy scans of the
+        calibration ``threshold.calibration`` names (``tfvae.healthy_scans``, read again and checked
+        against their fingerprint)."""
+        from tfvae import calibration, data, healthy_scans
+
+        config = config or self.config()
+        name = config["threshold"]["calibration"]
+        if not name:
+            return data.load_split(config["data"], config["data"]["validation_split"])
+        record = calibration.ThresholdStore(self.thresholds_path).healthy_set(name)
+        return healthy_scans.load(record, config, data.builder(config["data"]).builder_config, name=name)
+
+    def calibrate(self, scans, *, name: str, predictors=None, overrides=(), checkpoint: str = "final",
+                  force: bool = False) -> dict:
+        """Calibrate on healthy scans of the user's own scanner (NIfTI files or folders; a scan's
+        ``<scan>_mask`` beside it is its brain mask): the thresholds of ``predictors`` (default:
+        every map localize can make) at every rate a per-scan threshold needs, and the recommended
+        map's filter sizes, chosen on these scans with synthetic lesions. Stored in
+        ``thresholds.json`` under ``name`` (a set calibrated again under the same name replaces
+        it); used by evaluate and localize with ``threshold.calibration=name`` (``--calibration``).
+        Returns the set's record and each predictor's thresholds at 1 % and 5 % FPR."""
+        from tfvae import calibration, config as config_lib, data, healthy_scans
+        from tfvae.predictor_names import LOCALIZABLE
+
+        config = config_lib.resolve(self.config(overrides), [f"threshold.calibration={name}"])
+        predictors = list(predictors or LOCALIZABLE)
+        unknown = [p for p in predictors if p not in LOCALIZABLE]
+        if unknown:
+            raise ValueError(f"predictor(s) {', '.join(unknown)}: choose from {', '.join(LOCALIZABLE)}")
+        pairs = healthy_scans.find(scans)
+        volumes = healthy_scans.read(pairs, config, data.builder(config["data"]).builder_config, force=force)
+        store = calibration.ThresholdStore(self.thresholds_path)
+        store.put_healthy_set(name, healthy_scans.record(pairs, volumes))
+        references = self._calibrate(predictors, config, checkpoint, healthy=volumes)
+        return {"name": name, **store.healthy_set(name),
+                "thresholds": {p: {f"{f:g}": r.threshold(f) for f in (0.01, 0.05)} for p, r in references.items()}}
+
+    def _calibrate(self, predictors, config: dict, checkpoint: str, *, rates=(), scorer=None, healthy=None) -> dict:
+        """``{predictor: scan_threshold.HealthyReference}``: the stored thresholds of each predictor at
+        ``scan_threshold.REFERENCE_FPRS``, ``calibration.FPRS`` and ``rates``; those missing are
+        calibrated now in one pass over the healthy split (``healthy_split``, or the volumes
+        ``healthy``) and stored -- a stored threshold is never replaced."""
+        from tfvae import calibration, postprocessing, scan_threshold
+        from tfvae.scoring import Scorer
+
+        rates = set(scan_threshold.REFERENCE_FPRS) | set(calibration.FPRS.values()) | {float(r) for r in rates}
+        store = calibration.ThresholdStore(self.thresholds_path)
+        digest = calibration.file_digest(self.model_path(checkpoint))
+        stored = {p: store.thresholds(store.key(digest, p, config)) for p in predictors}
+        missing = [p for p in predictors if not rates <= set(stored[p])]
+        if missing:
+            healthy = healthy if healthy is not None else self.healthy_split(config)
+            if scorer is None:
+                scorer = Scorer(self.model(checkpoint), config, missing)
+                scorer.fit(healthy, stored={k: v for p in missing for k, v in
+                                            (store.reference(store.key(digest, p, config)) or {}).items()})
+            by_variant = calibration.calibrate(scorer, healthy, missing, config["postprocess"], fprs=sorted(rates))
+            variant = "postprocessed" if postprocessing.enabled(config["postprocess"]) else "raw"
+            for p in missing:
+                computed = by_variant[variant][p]
+                store.put(store.key(digest, p, config), {r: t for r, t in computed.items() if r not in stored[p]},
+                          _reference_for(scorer.reference, p))
+                stored[p] = {**computed, **stored[p]}
+        return {p: scan_threshold.HealthyReference(stored[p]) for p in predictors}
 
     def healthy_reference(self, predictor: str, fpr: float | None = None, *, config: dict | None = None,
                           checkpoint: str = "final", scorer=None):
         """The healthy distribution of ``predictor``'s maps (post-processed when the config
         post-processes) as a ``scan_threshold.HealthyReference``: its thresholds at
         ``scan_threshold.REFERENCE_FPRS`` and ``fpr`` from ``thresholds.json`` (keyed by this
-        checkpoint's content, the predictor and the map settings); the rates missing there are
-        calibrated now on the healthy validation split and stored -- a stored threshold is never
-        replaced."""
-        from tfvae import calibration, data, postprocessing, scan_threshold
-
+        checkpoint's content, the predictor, the map settings and the healthy set); the rates
+        missing there are calibrated now on the healthy split (``healthy_split``) and stored -- a
+        stored threshold is never replaced."""
         config = config or self.config()
-        rates = set(scan_threshold.REFERENCE_FPRS) | ({float(fpr)} if fpr is not None else set())
-        store = calibration.ThresholdStore(self.thresholds_path)
-        key = store.key(calibration.file_digest(self.model_path(checkpoint)), predictor, config)
-        stored = store.thresholds(key)
-        missing = sorted(rate for rate in rates if rate not in stored)
-        if missing:
-            scorer = scorer or self.scorer([predictor], config=config, checkpoint=checkpoint)
-            validation = data.load_split(config["data"], config["data"]["validation_split"])
-            by_variant = calibration.calibrate(scorer, validation, [predictor], config["postprocess"],
-                                               fprs=sorted(rates))
-            variant = "postprocessed" if postprocessing.enabled(config["postprocess"]) else "raw"
-            computed = by_variant[variant][predictor]
-            store.put(key, {rate: computed[rate] for rate in missing}, _reference_for(scorer.reference, predictor))
-            stored = {**computed, **stored}
-        return scan_threshold.HealthyReference(stored)
+        return self._calibrate([predictor], config, checkpoint, rates=[fpr] if fpr is not None else [],
+                               scorer=scorer)[predictor]
 
     def threshold(self, predictor: str, fpr: float, *, config: dict | None = None, checkpoint: str = "final",
                   scorer=None) -> float:

@@ -69,6 +69,14 @@ def volumes(examples: tf.data.Dataset, batch_size: int = 256):
         yield finish()
 
 
+def as_volumes(healthy, limit: int | None = None):
+    """The ``Volume`` s of ``healthy``: a split (``tf.data.Dataset``, grouped by ``volumes``) or
+    already a list of them (e.g. a user's own healthy scans, ``tfvae.healthy_scans``); at most
+    ``limit`` when given."""
+    stream = volumes(healthy) if isinstance(healthy, tf.data.Dataset) else iter(healthy)
+    return stream if limit is None else (v for _, v in zip(range(limit), stream))
+
+
 class Scorer:
     """All requested maps of a volume's slices.
 
@@ -104,8 +112,9 @@ class Scorer:
     def _needs_selection(self) -> bool:
         return "recommended" in self.predictors and None in self.recommended.values()
 
-    def fit(self, validation: tf.data.Dataset | None, stored: dict | None = None) -> dict:
-        """Take what the maps need from the healthy ``validation`` split -- or from ``stored``, the
+    def fit(self, validation, stored: dict | None = None) -> dict:
+        """Take what the maps need from the healthy ``validation`` split (or a list of healthy
+        ``Volume`` s, ``as_volumes``) -- or from ``stored``, the
         ``reference`` of an earlier fit of the same model and settings -- and return ``reference``."""
         stored = stored or {}
         if self._needs_kl_range():
@@ -113,7 +122,7 @@ class Scorer:
                 lo, hi = stored["kl_grad_range"]
             else:
                 lo, hi, taken = np.inf, -np.inf, 0
-                for volume in volumes(validation):
+                for volume in as_volumes(validation):
                     if taken >= MAX_CALIBRATION_SLICES:
                         break
                     for start in range(0, len(volume.image), self.batch_size):
@@ -128,12 +137,12 @@ class Scorer:
             elif self._needs_selection():
                 fixed = {k: v for k, v in self.recommended.items() if v is not None}
                 healthy = ((v.image[..., 0], v.brain_mask[..., 0] > 0, v.geometry.voxel_mm())
-                           for v in volumes(validation))
+                           for v in as_volumes(validation))
                 chosen = recommended_lib.select(self._positive_residual, healthy, self.synthetic_copies, self.seed,
                                                 **fixed)
             else:  # both sizes given: counted in voxels of the validation grid
-                grid = recommended_lib.grid_mm(v.geometry.voxel_mm() for _, v in
-                                               zip(range(recommended_lib.MAX_SELECTION_VOLUMES), volumes(validation)))
+                grid = recommended_lib.grid_mm(v.geometry.voxel_mm() for v in
+                                               as_volumes(validation, recommended_lib.MAX_SELECTION_VOLUMES))
                 chosen = {**self.recommended, "voxel_mm": grid}
             self.recommended = {k: chosen[k] for k in self.recommended}
             self.recommended_mm = chosen.get("voxel_mm") or False  # False: stored before sizes were in mm

@@ -33,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--projection-steps", type=int, help="steps of the energy-based projection")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which saved model")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--calibration", metavar="NAME", help="thresholds and the recommended map's sizes from the "
+                   "healthy scans calibrated as NAME (tfvae calibrate) instead of the validation split")
     p.add_argument("--out", help="output directory (default: RUN/eval)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (every default) and exit")
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
         overrides.append(f"predictors.projection_steps={args.projection_steps}")
     if args.predictors:
         overrides.append("evaluate.predictors=" + ",".join(f'"{p}"' for p in args.predictors).join("[]"))
+    if args.calibration:
+        overrides.append(f"threshold.calibration={args.calibration}")
     run = Run(args.run_dir)
     try:
         config = run.config(overrides)  # a bad config, split or model: one line, before anything is touched
@@ -69,6 +73,9 @@ def main(argv=None) -> int:
         else:
             print(f"healthy validation data: {data.describe(config['data'])}")
             print(f"test data: {data.describe(test)}")
+        if config["threshold"]["calibration"]:
+            run.healthy_split(config)  # a calibration unknown, or its scans changed: one line, now
+            print(f"healthy reference: calibration {config['threshold']['calibration']} (tfvae calibrate)")
         results = run.evaluate(overrides=overrides, checkpoint=args.checkpoint, out_dir=args.out,
                                overwrite=args.overwrite)
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:

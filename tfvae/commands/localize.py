@@ -5,7 +5,8 @@
 
 For each scan, in the scan's own shape and affine: OUT/<name>_tfvae_score.nii.gz (float anomaly
 score), OUT/<name>_tfvae_mask.nii.gz (binary, thresholded at the false-positive rate --fpr
-calibrated on the run's healthy validation slices), OUT/<name>_tfvae_overlay.png, and a line of
+calibrated on the run's healthy validation slices -- or on your own healthy scans, --calibration --
+and moved with the scan's own score distribution, threshold.mode), OUT/<name>_tfvae_overlay.png, and a line of
 OUT/summary.csv (appended to when OUT has one). Folders are searched for *.nii / *.nii.gz (files
 ending in _seg or _mask, and tfvae's own outputs, are skipped). Input files are only read; OUT may
 not hold an input; a scan's outputs are replaced only with --overwrite. From Python:
@@ -35,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate on healthy validation brain "
                                                           "pixels that sets the threshold")
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
+    p.add_argument("--calibration", metavar="NAME", help="thresholds from the healthy scans calibrated as NAME "
+                   "(tfvae calibrate) instead of the validation slices")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
                    help="which saved model (see tfvae.run.MODEL_FILES)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys "
@@ -65,11 +68,12 @@ def main(argv=None) -> int:
 
     run = Run(args.run_dir)
     try:
-        localizer = localization.Localizer(run, run.config(args.set), predictor=args.predictor, fpr=args.fpr,
+        overrides = args.set + ([f"threshold.calibration={args.calibration}"] if args.calibration else [])
+        localizer = localization.Localizer(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
                                            checkpoint=args.checkpoint, force=args.force)
         localization.localize_files(localizer, files, args.out, mask=args.mask, overwrite=args.overwrite,
                                     warn=lambda line: print(line, file=sys.stderr))
-    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError) as e:
+    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError) as e:  # CalibrationError too
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"maps, masks, overlays and summary.csv: {args.out}")
