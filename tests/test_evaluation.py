@@ -313,3 +313,25 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
         assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
         matplotlib.pyplot.close(fig)
     del config
+
+
+def test_a_second_evaluation_reuses_the_stored_calibration_and_gives_the_same_results(evaluated, tmp_path,
+                                                                                       monkeypatch):
+    from tfvae import evaluation
+    from tfvae import recommended as recommended_lib
+    from tfvae.run import Run
+
+    run, results = evaluated
+    calls = []
+    real = evaluation.calibrate
+
+    def recording(scorer, validation, predictors, *args, **kwargs):
+        calls.append(list(predictors))
+        return real(scorer, validation, predictors, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "calibrate", recording)
+    monkeypatch.setattr(recommended_lib, "select", lambda *a, **k: pytest.fail("the recommended map's sizes "
+                                                                             "were chosen again"))
+    again = Run(run).evaluate(out_dir=str(tmp_path / "again"))
+    assert calls == [["ensemble"]]  # only the ensemble, fitted on this evaluation's test volumes
+    assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)

@@ -58,9 +58,14 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+HEALTHY_DATA_KEYS = ("name", "config", "image_size", "validation_split")  # which healthy split a calibration saw
+
+
 def map_settings(config: dict) -> dict:
-    """The config values a map's scores depend on (beside the model): its sections and the clip."""
-    return {**{s: config[s] for s in MAP_SECTIONS}, "data.clip": config["data"].get("clip")}
+    """The config values a map's scores and its calibration depend on (beside the model): its
+    sections, the clip and the healthy split the thresholds come from."""
+    return {**{s: config[s] for s in MAP_SECTIONS}, "data.clip": config["data"].get("clip"),
+            **{f"data.{k}": config["data"][k] for k in HEALTHY_DATA_KEYS}}
 
 
 class CalibrationError(ValueError):
@@ -161,8 +166,8 @@ def store_evaluation(run, config: dict, checkpoint: str, results: dict) -> None:
         if not pp and "display_range" in result:  # the top of the colour scale of overlays
             thresholds[DISPLAY_FPRS["display_high"]] = result["display_range"][1]
         reference = {}
-        if "settings" in result and predictor == "recommended":
-            reference["recommended"] = result["settings"]
+        if "settings" in result and predictor == "recommended":  # with how they were chosen, when they were
+            reference["recommended"] = result.get("selection", result["settings"])
         if "kl_grad_range" in result:
             reference["kl_grad_range"] = result["kl_grad_range"]
         store.put(store.key(digest, predictor, config), thresholds, reference)

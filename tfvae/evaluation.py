@@ -257,11 +257,14 @@ def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: 
         yield finish(score(volume), fitting=False)
 
 
-def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dataset, out_dir: str,
-             predictors=None, verbose: bool = True) -> tuple[dict, FigureSlices, list[dict]]:
+def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: str,
+             predictors=None, verbose: bool = True, stored: dict | None = None) -> tuple[dict, FigureSlices, list[dict]]:
     """Score ``test`` with ``predictors`` (default: the config's, else all) and return
     ``(results, figure slices, per-volume rows)``; NIfTI maps go to ``out_dir/maps`` when the config
-    says so.
+    says so. ``validation``: the healthy split (or list of healthy ``Volume`` s) the thresholds and
+    the maps' statistics come from; ``stored``: ``{"reference": Scorer.fit's, "thresholds":
+    {predictor: {rate: threshold}}}`` an earlier calibration of the same checkpoint, settings and
+    healthy data stored (``stored_calibration``), reused instead of computed again.
 
     The scored-volume stream (``scored_volumes``) feeds its consumers: the metrics
     (``Evaluator``), the figure selection (``reporting.FigureSlices``) and the NIfTI maps."""
@@ -274,7 +277,9 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     features = config["ensemble"]["features"]
     needed = set(predictors) | (set(features) if "ensemble" in predictors else set())
     scorer = Scorer(model, config, [p for p in ALL_PREDICTORS if p in needed])
-    reference = scorer.fit(validation)  # KL-grad range, recommended settings: healthy validation only
+    stored = stored or {}
+    # KL-grad range, recommended settings: healthy validation only (or what an earlier calibration stored)
+    reference = scorer.fit(validation, stored=stored.get("reference"))
 
     ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
@@ -289,7 +294,13 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     def start_measuring(ensemble):  # thresholds from healthy validation slices, the ensemble's included
         fitted["ensemble"] = ensemble
         rates = sorted(set(FPRS.values()) | set(DISPLAY_FPRS.values()) | set(scan_threshold.REFERENCE_FPRS))
-        calibrated = calibrate(scorer, validation, predictors, settings, ensemble, fprs=rates)
+        # a predictor whose every rate an earlier calibration of this checkpoint and these settings stored
+        # is not calibrated again (the same numbers: selection and calibration are deterministic)
+        reused = ({p: t for p, t in stored.get("thresholds", {}).items() if p in predictors and p != "ensemble"
+                   and set(rates) <= set(t)} if not postprocessing.enabled(settings) else {})
+        calibrated = (calibrate(scorer, validation, [p for p in predictors if p not in reused], settings, ensemble,
+                                fprs=rates) if len(reused) < len(predictors) else {"raw": {}})
+        calibrated["raw"] = {p: reused[p] if p in reused else calibrated["raw"][p] for p in predictors}
         fitted["calibrated"] = calibrated
         fitted["display"] = {p: [by_rate[DISPLAY_FPRS[k]] for k in DISPLAY_FPRS] for p, by_rate in calibrated["raw"].items()}
         thresholds = {variant: {p: {key: by_rate[fpr] for key, fpr in FPRS.items()} for p, by_rate in by_p.items()}
@@ -326,6 +337,18 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation: tf.data.Dat
     return results, figures, per_volume
 
 
+def stored_calibration(run, config: dict, checkpoint: str) -> dict:
+    """What the run's ``thresholds.json`` holds for this checkpoint's content, the map settings and
+    the healthy data of ``config``: ``{"reference": ..., "thresholds": {predictor: {rate: t}}}``."""
+    store = calibration.ThresholdStore(run.thresholds_path)
+    digest = calibration.file_digest(run.model_path(checkpoint))
+    keys = {p: store.key(digest, p, config) for p in ALL_PREDICTORS if p != "ensemble"}
+    reference: dict = {}
+    for key in keys.values():
+        reference.update(store.reference(key) or {})
+    return {"reference": reference, "thresholds": {p: store.thresholds(k) for p, k in keys.items()}}
+
+
 def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
                  verbose: bool = True) -> tuple[dict, str]:
     """Evaluate a run's saved model (``run``: a ``tfvae.Run`` or its folder; ``checkpoint``: final,
@@ -341,7 +364,8 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
     test_data = data.test_data_config(d)  # e.g. trained on hcp_t2, tested on brats
     test = data.load_split(test_data, d["test_split"])
     validation = run.healthy_split(config)  # the validation split, or the user's healthy scans (threshold.calibration)
-    results, figures, per_volume = evaluate(model, config, test, validation, out_dir, verbose=verbose)
+    results, figures, per_volume = evaluate(model, config, test, validation, out_dir, verbose=verbose,
+                                            stored=stored_calibration(run, config, checkpoint))
     title = reporting.title(config, checkpoint)
     reporting.write_results(results, out_dir, header=f"# {title}")
     reporting.write_per_volume(per_volume, os.path.join(out_dir, "per_volume.csv"))

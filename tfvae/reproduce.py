@@ -44,7 +44,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 QUICK_PLAN = os.path.join(CONFIG_DIR, "reproduce_quick.json")
 PAPER_PLAN = os.path.join(CONFIG_DIR, "reproduce_paper.json")
 # keys that only change the evaluation, not the trained model (a run is reused across them)
-EVAL_ONLY_PREFIXES = ("predictors.", "postprocess.", "evaluate.", "recommended.", "ensemble.", "data.manual_dir",
+EVAL_ONLY_PREFIXES = ("predictors.", "postprocess.", "evaluate.", "recommended.", "ensemble.", "threshold.", "data.manual_dir",
                       "data.test_", "train.image_every", "train.num_images")
 NAMES = {"recommended": "Recommended", "rec_error": "Rec-Error", "elbo_grad": "ELBO-grad", "kl_grad": "KL-grad",
          "rec_grad": "Rec-grad", "combi": "Combi", "proj_rec_error": "Proj-Rec-Error", "intensity": "Intensity*",

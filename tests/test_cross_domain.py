@@ -1,0 +1,79 @@
+"""tfvae.cross_domain (scripts/reproduce_tables.py --cross-domain): the study's report and its
+targets on known numbers, and a whole (tiny) study: trained once, evaluated on a shifted site,
+calibrated on its healthy scans, reused when run again, its section replaced in the document."""
+
+import json
+import os
+
+import pytest
+
+from tfvae import config as config_lib
+from tfvae import cross_domain
+
+
+def result(fpr01, fpr05, dice, best, fixed_fpr01=0.05, fixed_dice=0.4):
+    r = {"measured_fpr01": fpr01, "measured_fpr05": fpr05, "dice_fpr01": dice, "best_dice": best,
+         "auroc_brain": 0.98, "auprc_brain": 0.8,
+         "fixed_threshold": {"measured_fpr01": fixed_fpr01, "measured_fpr05": 0.1, "dice_fpr01": fixed_dice,
+                             "estimated_fpr01": fixed_fpr01 * 0.9}}
+    return {"recommended": r, "intensity": r}
+
+
+def test_targets_are_judged_on_the_means_over_seeds():
+    results = {"default": [result(0.012, 0.04, 0.70, 0.75), result(0.014, 0.05, 0.72, 0.76)],
+               "bias": [result(0.025, 0.08, 0.66, 0.70)] * 2,  # FPR@1% above 2 %
+               "combined": [result(0.010, 0.02, 0.45, 0.70)] * 2}  # FPR@5% below 2.5 %, Dice low and far from best
+    verdicts = cross_domain.judge_targets(results)
+    assert verdicts["default"] == {"fpr01": True, "fpr05": True, "dice01": True, "dice_gap": True}
+    assert verdicts["bias"]["fpr01"] is False and verdicts["bias"]["dice01"] is True
+    assert verdicts["combined"] == {"fpr01": True, "fpr05": False, "dice01": False, "dice_gap": False}
+    no_loss = verdicts["default_no_loss"]  # per scan 0.70 / 0.72 against fixed 0.4: better
+    assert no_loss["verdict"] == "better" and no_loss["mean"] == pytest.approx(0.31)
+    text = cross_domain.render(results, {("bias", 3): [result(0.011, 0.05, 0.6, 0.7)]}, verdicts, [0, 1],
+                               cross_domain.BASE_CONFIG, [], "cmd")
+    assert text.startswith(cross_domain.BEGIN) and text.endswith(cross_domain.END)
+    assert "| combined (held out) |" in text and "| bias | 3 |" in text
+    assert "| default | 5.00% ± 0.00 | 1.30% ± 0.14 |" in text
+    assert "**missed fpr01**" in text and "every target met" in text
+
+
+def test_the_section_is_replaced_and_the_rest_kept(tmp_path):
+    path = str(tmp_path / "doc.md")
+    with open(path, "w") as f:
+        f.write("# Title\n\nkept above\n")
+    cross_domain.write_section(path, f"{cross_domain.BEGIN}\nfirst\n{cross_domain.END}")
+    with open(path, "a") as f:
+        f.write("\nkept below\n")
+    cross_domain.write_section(path, f"{cross_domain.BEGIN}\nsecond\n{cross_domain.END}")
+    text = open(path).read()
+    assert "kept above" in text and "kept below" in text and "second" in text and "first" not in text
+    assert text.count(cross_domain.BEGIN) == 1
+
+
+@pytest.mark.slow
+def test_a_tiny_study_trains_evaluates_calibrates_and_reuses(tiny_data_dir, tmp_path, monkeypatch):
+    base = tmp_path / "tiny.json"
+    base.write_text(json.dumps({"name": "tiny", "data": {"config": "tiny", "image_size": 32,
+                                                          "data_dir": tiny_data_dir},
+                                "model": {"latent_dim": 8}, "train": {"epochs": 2, "batch_size": 16},
+                                "predictors": {"projection_steps": 3}, "recommended": {"synthetic_copies": 1}}))
+    monkeypatch.setattr(cross_domain, "HELD_OUT", ("tiny_combined",))
+    md = str(tmp_path / "results.md")
+    runs = str(tmp_path / "runs")
+    kwargs = dict(base=str(base), seeds=(0,), test_sets=("default", "tiny_combined"), calibration_scans=(1,),
+                  log=lambda *a: None)
+    first = cross_domain.study(runs, md, **kwargs)
+    assert len(first["results"]["tiny_combined"]) == 1 and ("tiny_combined", 1) in first["calibrated"]
+    r = first["results"]["tiny_combined"][0]["recommended"]
+    assert 0 <= r["measured_fpr01"] <= 1 and "fixed_threshold" in r and r["threshold_mode"] == "per_scan"
+    calibrated = first["calibrated"][("tiny_combined", 1)][0]["recommended"]
+    assert calibrated["dice_fpr01_threshold"] != r["dice_fpr01_threshold"]  # the site's own healthy scan
+    assert os.path.isfile(os.path.join(runs, "healthy_scans", "tiny_combined", "tiny_combined_healthy_00_t2.nii.gz"))
+    stamps = {p: os.path.getmtime(os.path.join(runs, "s0", p, "results.json"))
+              for p in ("eval_default", "eval_tiny_combined", "eval_tiny_combined_1")}
+    second = cross_domain.study(runs, md, **kwargs)  # everything reused
+    assert {p: os.path.getmtime(os.path.join(runs, "s0", p, "results.json")) for p in stamps} == stamps
+    assert second["report"] == first["report"]
+    text = open(md).read()
+    assert text.count(cross_domain.BEGIN) == 1 and "| tiny_combined (held out) |" in text
+    assert config_lib.load(os.path.join(runs, "s0", "config.json"))["seed"] == 0
