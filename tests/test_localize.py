@@ -51,6 +51,10 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["predictor"] == "rec_error" and float(rows[0]["anomalous_ml"]) > 0
     assert int(rows[0]["components"]) >= 1
+    # the scan's own threshold (per scan, by default), the calibrated one, and the label-free estimates
+    assert rows[0]["threshold_mode"] == "per_scan" and float(rows[0]["estimated_fpr"]) == pytest.approx(0.05)
+    assert float(rows[0]["threshold"]) != float(rows[0]["calibrated_threshold"])
+    assert 0 <= float(rows[0]["estimated_fpr_at_calibrated"]) <= 1
     warning = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:"))
     # warned, naming the scan, its voxel size and the training scans': another voxel size (1.2 vs 4 mm)
     assert path in warning and "(1.2, 1.2, 1.2) mm" in warning and "4.0" in warning and "resampled" in warning

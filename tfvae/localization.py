@@ -225,7 +225,7 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=
                             "mean_score"])
     chosen = result.scan_threshold
     estimates = {} if chosen is None else {
-        "threshold_mode": "fixed" if chosen.threshold == chosen.reference_threshold else "per_scan",
+        "threshold_mode": chosen.mode + (" (not fitted: calibrated threshold)" if chosen.fallback else ""),
         "calibrated_threshold": f"{chosen.reference_threshold:.6g}",
         "estimated_fpr": f"{chosen.estimated_fpr:.4f}",
         "estimated_fpr_at_calibrated": f"{chosen.estimated_fpr_at_reference:.4f}"}

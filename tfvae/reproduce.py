@@ -548,11 +548,16 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
         text += ["## Measured effects", "", extras_section(extras)]
     text += ["## Where each run stopped", "", plateau_table(histories), ""]
     md_file = md_path or os.path.join(out_dir, "tables.md")
-    files.write_text(md_file, "\n".join(text) + _kept_notes(md_file))
+    kept = _kept_notes(md_file)
+    if CROSS_DOMAIN_BEGIN in kept:  # the cross-domain study's section, made by its own command, is kept
+        text[5:5] = [f"The cross-domain section at the end is made by `python scripts/reproduce_tables.py "
+                     f"--cross-domain --md {md_path or md_file}` (see there).", ""]
+    files.write_text(md_file, "\n".join(text) + kept)
     return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras, "missing": missing}
 
 
 NOTES_MARKER = "<!-- notes below this line are kept when the document is regenerated -->"
+CROSS_DOMAIN_BEGIN = "<!-- cross-domain study: begin"  # tfvae.cross_domain.BEGIN starts so
 
 
 def _kept_notes(path: str) -> str:

@@ -4,6 +4,7 @@
     run = tfvae.Run.create("runs/demo", tfvae.config.load("configs/quickstart.json"))
     run.train()
     results = run.evaluate()
+    run.calibrate(["healthy_scans/"], name="mysite")        # optional: thresholds from your own healthy scans
     found = run.localize("scan_t2.nii.gz", fpr=0.01)      # maps in the scan's own grid
     found.components                                     # one row per connected finding
 
@@ -16,7 +17,8 @@ This module is the one place that knows the layout of a run directory::
     checkpoints/last.keras      the model after the latest finished epoch
     checkpoints/backup/         the resume state: state.json and the weights it names (tfvae.callbacks)
     model.keras                 the model after the last epoch (the best one with train.patience)
-    thresholds.json             thresholds calibrated on healthy validation slices (tfvae.calibration)
+    thresholds.json             thresholds calibrated on healthy validation slices (tfvae.calibration), and
+                                on named sets of the user's own healthy scans (tfvae.healthy_scans)
     eval/                       the evaluation: results.json / .csv / .md, maps/, figures/, config.json
 
 The scripts (``scripts/*.py``) are this class's command-line face: they parse arguments, call it

@@ -97,6 +97,7 @@ class ScanThreshold:
     threshold: float
     reference_threshold: float  # the calibrated one (validation, or the user's healthy scans)
     fpr: float  # the rate asked for
+    mode: str  # "per_scan" or "fixed", as asked
     estimated_fpr: float  # label-free estimate at ``threshold`` (NaN without a fit)
     estimated_fpr_at_reference: float  # label-free estimate at ``reference_threshold`` (NaN without a fit)
     offset: float = 0.0  # the Q-Q line: scan scores = offset + scale * reference scores
@@ -112,7 +113,7 @@ class ScanThreshold:
             out.append(f"the map's scores could not be matched to the healthy reference (its bulk is tied or the scan "
                        f"has too few brain pixels); the calibrated threshold {self.reference_threshold:.4g} is used "
                        "and its false-positive rate on this scan is unknown")
-        elif self.threshold == self.reference_threshold and far(self.estimated_fpr):
+        elif self.mode == "fixed" and far(self.estimated_fpr):
             out.append(f"the calibrated threshold flags an estimated {100 * self.estimated_fpr:.1f}% of this scan's "
                        f"healthy tissue, not {100 * self.fpr:g}% (its scores are {self.scale:.2f}x the healthy "
                        "reference's); use the per-scan threshold (threshold.mode=per_scan) or calibrate on healthy "
@@ -122,7 +123,7 @@ class ScanThreshold:
                        f"calibrated threshold would flag an estimated {100 * self.estimated_fpr_at_reference:.1f}% of "
                        f"its healthy tissue); the per-scan threshold {self.threshold:.4g} corrects for it, assuming "
                        f"lesions are under {100 * MAX_LESION_SHARE:g}% of the brain")
-        if flagged_share is not None and flagged_share > MAX_LESION_SHARE and self.threshold != self.reference_threshold:
+        if flagged_share is not None and flagged_share > MAX_LESION_SHARE and self.mode == "per_scan":
             out.append(f"{100 * flagged_share:.0f}% of the brain is flagged: the per-scan threshold assumes lesions "
                        f"are a minority (under {100 * MAX_LESION_SHARE:g}%); compare with threshold.mode=fixed")
         return out
@@ -151,10 +152,11 @@ def for_scan(reference: HealthyReference, scores, fpr: float, mode: str = "per_s
     line = fit(reference, scores)
     if line is None:
         nan = float("nan")
-        return ScanThreshold(t_ref, t_ref, float(fpr), nan, nan, fallback=mode == "per_scan")
+        return ScanThreshold(t_ref, t_ref, float(fpr), mode, nan, nan, fallback=mode == "per_scan")
     offset, scale = line
     at_reference = reference.survival((t_ref - offset) / scale)
     if mode == "fixed":
-        return ScanThreshold(t_ref, t_ref, float(fpr), at_reference, at_reference, offset, scale)
+        return ScanThreshold(t_ref, t_ref, float(fpr), mode, at_reference, at_reference, offset, scale)
     threshold = offset + scale * t_ref
-    return ScanThreshold(float(threshold), t_ref, float(fpr), reference.survival(t_ref), at_reference, offset, scale)
+    return ScanThreshold(float(threshold), t_ref, float(fpr), mode, reference.survival(t_ref), at_reference, offset,
+                         scale)

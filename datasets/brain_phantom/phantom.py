@@ -54,6 +54,10 @@ leaking anatomy):
    background (outside the brain mask) is set to exactly 0, as in brain-extracted BraTS / HCP
    scans, so a "non-zero voxels" brain mask recovers ``brain_mask``.
 
+6. **Another site** (``shift``, ``shifts.Shift``): the same subject acquired with thick slices,
+   another T2 protocol, a stronger bias field or more noise, from an older population (atrophy),
+   or with partly hypointense tumours; see ``shifts.py``. Without a shift nothing above changes.
+
 At ``voxel_mm=2`` a subject is an (85, 103, 90) volume and takes about half a second of CPU time.
 """
 
