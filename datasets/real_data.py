@@ -24,7 +24,7 @@ from etils import epath
 from tfvae import preprocessing
 from tfvae_datasets.slices import slice_examples
 from tfvae.nifti import (AFFINE_ATOL, NIFTI_SUFFIXES, BadInputError, bad, check_same_grid,  # noqa: F401
-                         find_nifti, load_volume, strip_nifti_suffix)
+                         find_nifti, ignored, label_scaling, load_volume, strip_nifti_suffix)
 
 log = logging.getLogger("tfvae_datasets")
 
@@ -42,10 +42,26 @@ class SliceConfig(tfds.core.BuilderConfig):
     skip_bad: bool = False
 
 
+LABEL_TOLERANCE = 1e-3  # labels read back within this of an integer (a header's scl_slope on integer storage)
+
+
 def check_labels(path, label: np.ndarray, allowed, mapping: dict | None = None) -> np.ndarray:
-    """Integer label values from ``allowed`` as uint8, with ``mapping`` applied (e.g. {3: 4})."""
-    if not np.all(label == np.round(label)):
-        raise bad(path, "segmentation has non-integer values")
+    """Integer label values from ``allowed`` as uint8, with ``mapping`` applied (e.g. {3: 4}).
+
+    A segmentation saved with a scaling (float labels stored as integers get a ``scl_slope``, and
+    read back as 2.0000305) is rounded when every value lies within ``LABEL_TOLERANCE`` of an
+    integer, and said once (a log line); farther values are a one-line error naming the values
+    found and the header's scaling."""
+    rounded = np.round(label)
+    if not np.all(label == rounded):
+        off = np.abs(label - rounded)
+        if float(off.max()) > LABEL_TOLERANCE:
+            found = np.unique(label[off > LABEL_TOLERANCE])
+            shown = ", ".join(f"{v:.6g}" for v in found[:5]) + (", ..." if len(found) > 5 else "")
+            raise bad(path, f"segmentation has non-integer values ({shown}; header: {label_scaling(path)})")
+        log.warning("%s: label values within %g of integers (header: %s); rounded", path, float(off.max()),
+                    label_scaling(path))
+        label = rounded
     values = set(int(v) for v in np.unique(label))
     unknown = sorted(values - set(allowed))
     if unknown:

@@ -225,3 +225,38 @@ def test_components_summary_and_index_page(tiny_run, lps_scan, tmp_path):
     assert page.images == ["patient_t2_tfvae_overlay.png"] and page.tables == 2
     for target in page.images + page.links:
         assert (out / target).is_file(), target  # every link resolves from disk
+
+
+def test_a_scan_without_orientation_codes_is_refused_unless_forced(tiny_run, tmp_path, capsys):
+    subject = phantom.synthesize_subject(7, tumours=True, voxel_mm=4.0)
+    sagittal = np.ascontiguousarray(np.transpose(subject.image, (1, 2, 0)))  # stored A, S, R
+    img = nib.Nifti1Image(sagittal, np.eye(4))
+    img.set_qform(np.eye(4), code=0)
+    img.set_sform(np.eye(4), code=0)
+    path = str(tmp_path / "nocode_t2.nii.gz")
+    nib.save(img, path)
+    out = str(tmp_path / "out")
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: qform_code and sform_code are both 0") and "\n" not in err
+    assert not os.path.exists(os.path.join(out, "nocode_t2_tfvae_score.nii.gz"))
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error",
+                                 "--force"]) == 0
+    with open(os.path.join(out, "summary.csv")) as f:
+        row = next(csv.DictReader(f))
+    assert "orientation unknown" in row["warnings"] and "assumed" in row["warnings"]
+
+
+def test_a_head_that_was_not_skull_stripped_is_refused_for_that_reason(tiny_run, tmp_path, capsys):
+    from test_nifti_inputs import ixi_like_head
+
+    head, brain, affine = ixi_like_head(201)
+    path = str(tmp_path / "IXI201-Guys-T2.nii.gz")
+    nib.save(nib.Nifti1Image(head, affine), path)
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert path in err and "does not look skull-stripped" in err and "voxel sizes" not in err and "\n" not in err
+    mask = str(tmp_path / "IXI201-Guys-T2_brainmask.nii.gz")
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), mask)
+    assert localize_script.main(["--run-dir", tiny_run, path, "--mask", mask, "--out", str(tmp_path / "out2"),
+                                 "--predictor", "rec_error"]) == 0

@@ -61,10 +61,10 @@ def read(pairs: list[dict], config: dict, builder_config, *, force: bool = False
     volumes = []
     for pair in pairs:
         path = pair["scan"]
-        data, affine = load_volume(path)
+        data, affine = load_volume(path, allow_unknown_orientation=force)
         mask = None
         if pair["mask"]:
-            mask, mask_affine = load_volume(pair["mask"])
+            mask, mask_affine = load_volume(pair["mask"], allow_unknown_orientation=force)
             check_same_grid(pair["mask"], mask, mask_affine, path, data, affine, "brain mask")
         try:
             sliced, _ = localization.slice_scan(

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import os
 import re
 
 import nibabel as nib
 import numpy as np
 
-from tfvae import files, postprocessing, preprocessing, scan_threshold
+from tfvae import files, nifti, postprocessing, preprocessing, scan_threshold
 from tfvae.data import clip as clip_lib
 from tfvae.scan_threshold import HealthyReference, ScanThreshold
 from tfvae.scoring import Scorer, Volume, variants
@@ -185,17 +184,18 @@ class Localizer:
         from tfvae.nifti import check_same_grid, load_volume
 
         path = os.fspath(scan) if isinstance(scan, (str, os.PathLike)) else "array"
+        notes: list[str] = []  # what a forced read assumed
         if path != "array":
-            data, affine = load_volume(path)
+            data, affine = load_volume(path, allow_unknown_orientation=self.force, notes=notes)
         elif affine is None:
             raise ValueError("an array scan needs its affine (affine=...)")
         else:
             data, affine = np.asarray(scan, np.float32), np.asarray(affine, np.float64)
         if isinstance(mask, (str, os.PathLike)):
-            mask_data, mask_affine = load_volume(os.fspath(mask))
+            mask_data, mask_affine = load_volume(os.fspath(mask), allow_unknown_orientation=self.force, notes=notes)
             check_same_grid(os.fspath(mask), mask_data, mask_affine, path, data, affine, "brain mask")
             mask = mask_data
-        warnings = scan_warnings(path, data, affine, self.training_scans)
+        warnings = notes + scan_warnings(path, data, affine, self.training_scans)
         result = localize(self.scorer, data, affine, predictor=self.predictor, reference=self.reference, fpr=self.fpr,
                           settings=self.config["postprocess"], image_size=self.config["data"]["image_size"],
                           fov_mm=self.builder_config.fov_mm, min_brain_fraction=self.builder_config.min_brain_fraction,
@@ -234,7 +234,7 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=
             "warnings": " | ".join(result.warnings)}
 
 
-OUTPUT_TAG = "_tfvae_"  # in every output name: never read back as a scan (localize, nifti_folder)
+OUTPUT_TAG = nifti.OUTPUT_TAG  # in every output name: never read back as a scan (nifti.ignored)
 OUTPUTS = (f"{OUTPUT_TAG}score.nii.gz", f"{OUTPUT_TAG}mask.nii.gz", f"{OUTPUT_TAG}overlay.png",
            f"{OUTPUT_TAG}components.csv")
 SUMMARY = "summary.csv"
@@ -247,10 +247,17 @@ def scan_files(items) -> list[str]:
     scans = []
     for item in items:
         if os.path.isdir(item):
-            found = sorted(glob.glob(os.path.join(item, "*.nii")) + glob.glob(os.path.join(item, "*.nii.gz")))
-            found = [f for f in found if not re.search(r"_(seg|mask)\.nii(\.gz)?$", f)
-                     and OUTPUT_TAG not in os.path.basename(f)]
+            try:
+                names = sorted(n for n in os.listdir(item) if not nifti.ignored(n))
+            except PermissionError:
+                raise ValueError(f"{item}: cannot be read (permission denied)") from None
+            found = [os.path.join(item, n) for n in names if nifti.strip_nifti_suffix(n) is not None
+                     and not re.search(r"_(seg|mask)\.nii(\.gz)?$", n)]
             if not found:
+                dicom = [n for n in names[:1000] if nifti.is_dicom(os.path.join(item, n))]
+                if dicom:
+                    raise ValueError(f"{item}: holds DICOM files ({len(dicom)}, e.g. {dicom[0]}) and no NIfTI scan: "
+                                     f"{nifti.DICOM_HINT}")
                 raise ValueError(f"{item}: no .nii or .nii.gz scans in this folder")
             scans += found
         elif os.path.isfile(item):

@@ -5,7 +5,8 @@
 1. Orientation from the affine (never assumed): the volume is reoriented to the closest canonical
    RAS+ axes (as ``nibabel.as_closest_canonical`` does), so LPS- and RAS-stored copies of one scan
    give the same slices. Axial slices are then planes of constant canonical z.
-2. Brain mask: the one given, else the non-zero voxels (scans are brain-extracted, background 0).
+2. Brain mask: the one given, else the non-zero voxels (scans are brain-extracted, background 0;
+   a scan whose non-zero voxels fill the array or its border is refused: ``check_skull_stripped``).
 3. Z-score over brain voxels (the paper's zero mean / unit variance); background set to 0.
 4. In-plane crop and resampling at a fixed physical scale: a square field of view of ``fov_mm``
    millimetres, centred on the brain's bounding box (snapped so that at native resolution pixel
@@ -98,6 +99,23 @@ def from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 MAX_OUTSIDE_FOV = 0.02  # more of the brain outside the field of view than this: warned / refused
+NOT_STRIPPED_FILL = 0.9  # non-zero voxels filling more of the array than this: not skull-stripped
+NOT_STRIPPED_BORDER = 0.5  # ... or covering more than this share of the array's border voxels
+
+
+def check_skull_stripped(nonzero: np.ndarray) -> None:
+    """A brain taken from the non-zero voxels must look like a brain-extracted scan's: a
+    ``PreprocessingError`` when the non-zero voxels fill the array (a noisy background) or cover
+    most of its border (a head cut by the field of view), with what to do."""
+    fill = float(nonzero.mean())
+    border = np.concatenate([np.ravel(face) for axis in range(3) for face in
+                             (np.take(nonzero, 0, axis=axis), np.take(nonzero, -1, axis=axis))])
+    on_border = float(border.mean())
+    if fill > NOT_STRIPPED_FILL or on_border > NOT_STRIPPED_BORDER:
+        raise PreprocessingError(
+            f"does not look skull-stripped ({100 * fill:.0f}% of the voxels and {100 * on_border:.0f}% of the "
+            "array's border are non-zero, where a brain-extracted scan has a zero background): skull-strip it "
+            "(e.g. SynthStrip, HD-BET or FSL BET) or give its brain mask (<scan>_mask.nii.gz beside it, or --mask)")
 VOXEL_DECIMALS = 5  # voxel sizes are compared to 1e-5 mm: an oblique affine's float noise is no change
 
 
@@ -135,6 +153,8 @@ def volume_to_slices(image: np.ndarray, affine: np.ndarray, *, mask: np.ndarray 
             raise PreprocessingError(f"{name} shape {np.shape(other)} does not match image shape {image.shape}")
     source_shape = image.shape
     data = to_canonical(image.astype(np.float32), affine)
+    if mask is None:
+        check_skull_stripped(data != 0)
     brain = to_canonical(np.asarray(mask) > 0, affine) if mask is not None else data != 0
     labels = (to_canonical(np.asarray(label).astype(np.uint8), affine) if label is not None
               else np.zeros(data.shape, np.uint8))

@@ -77,7 +77,7 @@ def _nifti_stems(folder: epath.Path) -> dict:
     out = {}
     for path in sorted(folder.iterdir()):
         stem = real_data.strip_nifti_suffix(path.name)
-        if stem is not None and path.is_file():
+        if stem is not None and path.is_file() and not real_data.ignored(path.name):
             if stem in out:
                 raise real_data.bad(path, f"two files for {stem} (also {out[stem].name}); keep one")
             out[stem] = path
@@ -95,7 +95,7 @@ def find_cases(root: epath.Path) -> list[epath.Path]:
     while pending:
         folder, depth = pending.pop()
         for child in sorted(folder.iterdir()):
-            if not child.is_dir() or child.name.startswith((".", "__")):
+            if not child.is_dir() or real_data.ignored(child.name):
                 continue
             if is_case(child, _nifti_stems(child)):
                 if child.name in seen:

@@ -49,7 +49,8 @@ def find_subjects(root: epath.Path, space: str) -> list[epath.Path]:
     """Subject folders (those with a ``T1w/`` or ``MNINonLinear/`` folder) at depth 1 or 2 of ``root``
     (depth 2 for an extra level such as ``HCP_1200/``), sorted by name."""
     def is_subject(d):
-        return d.is_dir() and any((d / folder).is_dir() for folder, _, _ in SPACES.values())
+        return d.is_dir() and not real_data.ignored(d.name) and any((d / folder).is_dir()
+                                                                    for folder, _, _ in SPACES.values())
 
     subjects = [d for d in root.iterdir() if is_subject(d)]
     if not subjects:

@@ -19,7 +19,6 @@ from tfvae_datasets import real_data
 from tfvae_datasets.slices import slice_dataset_info
 
 COMPANIONS = ("_seg", "_mask")
-TFVAE_OUTPUT_TAG = "_tfvae_"  # localize's outputs (tfvae.localization.OUTPUT_TAG): never a scan
 MAX_DEPTH = 8
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -55,14 +54,14 @@ def find_scans(root: epath.Path) -> list[tuple[str, epath.Path]]:
         except PermissionError:
             raise real_data.bad(folder, "cannot be read (permission denied)") from None
         for path in entries:
-            if path.name.startswith((".", "__")):
+            if real_data.ignored(path.name):  # hidden / OS metadata files, tfvae's outputs
                 continue
             if path.is_dir():
                 if depth + 1 < MAX_DEPTH:
                     pending.append((path, f"{prefix}{path.name}/", depth + 1))
                 continue
             stem = real_data.strip_nifti_suffix(path.name)
-            if stem is not None and not stem.endswith(COMPANIONS) and TFVAE_OUTPUT_TAG not in stem:
+            if stem is not None and not stem.endswith(COMPANIONS):
                 scans.append((prefix + stem, path))
     scans.sort(key=lambda s: (s[0], str(s[1])))
     for (first_id, first), (second_id, second) in zip(scans, scans[1:]):

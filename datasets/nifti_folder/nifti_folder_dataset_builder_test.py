@@ -103,3 +103,19 @@ def test_an_unreadable_subfolder_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(type(epath.Path(src)), "iterdir", iterdir)
     with pytest.raises(real_data.BadInputError, match=r"lesions: cannot be read \(permission denied\)"):
         find_scans(epath.Path(src))
+
+
+def test_heads_that_were_not_skull_stripped_stop_the_build_naming_the_file(tmp_path):
+    """IXI ships T2 heads without brain masks: a builder must not train a model on skull and background."""
+    import nibabel as nib
+
+    src = tmp_path / "ixi"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # a "brain" in a noisy, non-zero background, as raw IXI heads are
+        head = np.sqrt((rng.normal(0, 6, (24, 28, 20)) + 100) ** 2 + rng.normal(0, 6, (24, 28, 20)) ** 2)
+        nib.save(nib.Nifti1Image(head.astype(np.float32), np.diag([6.0, 6.0, 6.0, 1.0])), str(src / f"IXI00{i}-T2.nii.gz"))
+    with pytest.raises(real_data.BadInputError) as e:
+        tt.build(nf.Builder, str(src), tmp_path / "tfds")
+    assert "IXI00" in str(e.value) and "does not look skull-stripped" in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.isdir(tmp_path / "tfds" / "nifti_folder" / "default")  # nothing built

@@ -44,7 +44,8 @@ def parse_args(argv=None):
                    "(e.g. postprocess.min_component_voxels=8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--force", action="store_true", help="score a scan even when part of its brain lies outside "
-                                                        "the run's field of view")
+                                                        "the run's field of view, or when its header has no "
+                                                        "orientation (the assumption is written into the warnings)")
     return p.parse_args(argv)
 
 
