@@ -335,3 +335,20 @@ def test_a_second_evaluation_reuses_the_stored_calibration_and_gives_the_same_re
     again = Run(run).evaluate(out_dir=str(tmp_path / "again"))
     assert calls == [["ensemble"]]  # only the ensemble, fitted on this evaluation's test volumes
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
+
+
+def test_a_test_split_without_lesions_is_refused_before_scoring(tiny_run, tmp_path, capsys):
+    from tfvae_datasets import testing_trees as tt
+
+    src = tmp_path / "scans"
+    for i in range(2):  # test cases whose segmentations are all empty
+        image, _, _ = tt.brain(seed=i)
+        tt.save(src / f"case{i}.nii.gz", image)
+        tt.save(src / f"case{i}_seg.nii.gz", np.zeros(image.shape, np.uint8))
+    out = tmp_path / "eval"
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", str(out), "--set", "data.test_name=nifti_folder",
+                                 f"data.manual_dir={src}", "data.test_split=test"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after TFDS's build progress: one line
+    assert line.startswith("error: nifti_folder/default_32px split 'test': none of its 2 volume(s) has a lesion "
+                           "(case0, case1)") and not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p]  # nothing half-made left

@@ -228,6 +228,25 @@ def check_splits(data_config: dict, splits) -> None:
                         f"(known: {', '.join(b.info.splits)})")
 
 
+def check_lesions(data_config: dict, split: str) -> None:
+    """A split to be evaluated must hold lesions: a ``DataError`` naming the dataset, the split and
+    its volumes (the cases, whose segmentation files are all empty) when no slice has a label > 0,
+    found before anything is scored. Reads the labels only."""
+    b = prepare(data_config)
+    examples = load_split(data_config, split).map(
+        lambda ex: (ex["volume_id"], tf.reduce_any(ex["label"] > 0)), num_parallel_calls=tf.data.AUTOTUNE)
+    volumes: dict[str, bool] = {}
+    for volume_id, has_lesion in examples.batch(1024).as_numpy_iterator():
+        for v, lesion in zip(volume_id, has_lesion):
+            if lesion:
+                return
+            volumes[v.decode()] = False
+    shown = ", ".join(list(volumes)[:5]) + (", ..." if len(volumes) > 5 else "")
+    raise DataError(f"{data_config['name']}/{b.builder_config.name} split {split!r}: none of its {len(volumes)} "
+                    f"volume(s) has a lesion ({shown}): every segmentation is empty, so AUROC, AUPRC and Dice are "
+                    "undefined; check the segmentation files (or evaluate another split, data.test_split)")
+
+
 def clip(image, limit: float | None):
     """``data.clip``: z-scored intensities clipped to [-limit, limit] (tensor or array); None: as is."""
     if limit is None:

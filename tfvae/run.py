@@ -276,7 +276,7 @@ class Run:
         the run's with ``overrides``). Its thresholds go to ``thresholds.json``. An existing
         evaluation folder is replaced only with ``overwrite``, and only when complete. Returns the
         results."""
-        from tfvae import evaluation
+        from tfvae import data, evaluation
 
         config = config or self.config(overrides)
         out_dir = os.path.abspath(out_dir or self.eval_dir)
@@ -298,6 +298,7 @@ class Run:
             if not is_ours(out_dir, "evaluation"):
                 raise RunDirError(f"{out_dir} is not a tfvae evaluation (no {MARKER_FILE} marker); refusing to "
                                   "replace it")
+        data.check_lesions(data.test_data_config(config["data"]), config["data"]["test_split"])  # before scoring
         mark(partial, "evaluation")
         results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
         swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)

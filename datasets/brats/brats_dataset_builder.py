@@ -12,13 +12,21 @@ folders deep) under the manual folder: a case is a folder holding NIfTI files na
   t1c = t1ce)
 
 Labels are stored in the BraTS 2018 convention: 1 necrotic / non-enhancing core, 2 edema,
-4 enhancing (2023's label 3 becomes 4); the whole tumour is ``label > 0``.
+4 enhancing; the whole tumour is ``label > 0``. Each case's own convention is recognised
+(``label_convention``) and mapped explicitly, and the build says which conventions it met:
+
+- 2018-2021 names: 1, 2, 4 as stored (3 is an error);
+- 2023+ names: 3 is enhancing tumour (stored as 4);
+- 2023+ names with a label 4 (BraTS 2024+ post-treatment cases): 3 is enhancing (stored as 4) and
+  4 the **resection cavity**, which is not tumour: stored as 0 by default, or as ``CAVITY_LABEL``
+  (5, counted in the whole tumour) with the config ``t2_cavity`` (``BratsConfig.cavity="tumour"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -34,8 +42,14 @@ MODALITY_NAMES = {
     "t1ce": ("t1ce", "t1c", "t1gd"),
     "seg": ("seg",),
 }
-LABELS = (0, 1, 2, 3, 4)
-LABEL_MAP = {3: 4}  # 2023+: 3 is enhancing tumour, which BraTS 2018 calls 4
+CAVITY_LABEL = 5  # a resection cavity, stored only when BratsConfig.cavity == "tumour"
+# convention -> (label values a segmentation may hold, mapping to the BraTS 2018 convention)
+CONVENTIONS = {
+    "2018-2021": ((0, 1, 2, 4), {}),
+    "2023": ((0, 1, 2, 3), {3: 4}),  # 3 is enhancing tumour, which BraTS 2018 calls 4
+    "2024+ post-treatment": ((0, 1, 2, 3, 4), {3: 4, 4: 0}),  # 4: resection cavity, not tumour
+    "unknown release": ((0, 1, 2, 3, 4), {3: 4}),
+}
 MAX_DEPTH = 4
 
 LAYOUTS = [  # (release, pattern of its case names)
@@ -61,14 +75,43 @@ not work). Nothing in the folder is changed."""
 
 @dataclasses.dataclass(eq=False)
 class BratsConfig(real_data.SliceConfig):
-    """``modality``: t2 (the paper), flair, t1 or t1ce."""
+    """``modality``: t2 (the paper), flair, t1 or t1ce; ``cavity``: what the resection cavity of
+    BraTS 2024+ post-treatment cases is, "background" (default: not tumour) or "tumour"."""
 
     modality: str = "t2"
+    cavity: str = "background"
 
 
 def layout_of(case: str) -> str:
     """The BraTS release a case name comes from ("2018", ..., "2023+", or "unknown")."""
     return next((release for release, pattern in LAYOUTS if pattern.match(case)), "unknown")
+
+
+def label_convention(case: str, values) -> str:
+    """The label convention of a case (a key of ``CONVENTIONS``) from its name's release and the
+    label values its segmentation holds: a 2023+ case with a 4 is a post-treatment case."""
+    release = layout_of(case)
+    if release == "unknown":
+        return "unknown release"
+    if release != "2023+":
+        return "2018-2021"
+    return "2024+ post-treatment" if 4 in set(int(v) for v in values) else "2023"
+
+
+def convert_labels(seg_path, seg, case: str, cavity: str = "background"):
+    """``(labels in the BraTS 2018 convention (uint8), the convention recognised)``."""
+    import numpy as np
+
+    rounded = np.round(seg)
+    convention = label_convention(case, np.unique(rounded[np.abs(seg - rounded) <= real_data.LABEL_TOLERANCE]))
+    allowed, mapping = CONVENTIONS[convention]
+    if convention == "2024+ post-treatment" and cavity == "tumour":
+        mapping = {**mapping, 4: CAVITY_LABEL}
+    label = real_data.check_labels(seg_path, seg, allowed)
+    out = label.copy()
+    for source, target in mapping.items():
+        out[label == source] = target
+    return out, convention
 
 
 def _nifti_stems(folder: epath.Path) -> dict:
@@ -135,6 +178,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         BratsConfig(name="flair", modality="flair", description="FLAIR, 64x64."),
         BratsConfig(name="t1", modality="t1", description="T1 (native), 64x64."),
         BratsConfig(name="t1ce", modality="t1ce", description="T1 with contrast, 64x64."),
+        BratsConfig(name="t2_cavity", cavity="tumour", description="T2, the resection cavity of BraTS 2024+ "
+                    "post-treatment cases counted as tumour (stored as label 5)."),
     ]
     DEFAULT_CONFIG_NAME = "default"
 
@@ -147,6 +192,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if cfg.modality not in MODALITY_NAMES or cfg.modality == "seg":
             raise ValueError(f"brats config {cfg.name}: modality must be one of t2, flair, t1, t1ce, "
                              f"got {cfg.modality!r}")
+        if cfg.cavity not in ("background", "tumour"):
+            raise ValueError(f"brats config {cfg.name}: cavity must be 'background' or 'tumour', got {cfg.cavity!r}")
+        self._conventions_said: set = set()
         root = real_data.manual_root(dl_manager, self.name)
         cases = find_cases(root)
         if not cases:
@@ -160,7 +208,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         image, affine = real_data.load_volume(image_path)
         seg, seg_affine = real_data.load_volume(seg_path)
         real_data.check_same_grid(seg_path, seg, seg_affine, image_path, image, affine, "segmentation")
-        label = real_data.check_labels(seg_path, seg, LABELS, LABEL_MAP)
+        label, convention = convert_labels(seg_path, seg, case.name, self.builder_config.cavity)
+        if convention not in self._conventions_said:  # one line per convention met in this build
+            self._conventions_said.add(convention)
+            cavity = {"2024+ post-treatment": f"; label 4 is the resection cavity, "
+                      f"{'counted as tumour (label 5)' if self.builder_config.cavity == 'tumour' else 'not tumour'}"}
+            line = (f"brats: {case.name} and the cases like it read in the {convention} label convention (stored "
+                    f"as BraTS 2018: 1 core, 2 edema, 4 enhancing){cavity.get(convention, '')}")
+            print(line, file=sys.stderr)
+            real_data.log.warning(line)
         return real_data.slices_of(image_path, image, affine, label=label, cfg=self.builder_config)
 
     def _generate_examples(self, cases, root):

@@ -311,3 +311,42 @@ def test_case_files_and_layouts():
     assert brats.layout_of("Brats18_2013_2_1") == "2018"
     assert brats.layout_of("BraTS-MEN-00004-000") == "2023+"
     assert brats.layout_of("subject1") == "unknown"
+
+
+def _post_treatment_case(root, case, seed):
+    """A BraTS 2024+ post-treatment case: 1 NETC, 2 SNFH, 3 ET and a resection cavity (4) beside the tumour."""
+    import nibabel as nib
+
+    case_dir = tt.brats_case(root, case, seed, modalities=tt.BRATS_2023_MODALITIES, sep="-", enhancing=3)
+    seg_path = os.path.join(case_dir, f"{case}-seg.nii.gz")
+    seg = nib.load(seg_path)
+    label = np.asarray(seg.dataobj).copy()
+    _, mask, _ = tt.brain(seed=seed, tumour=True)
+    cavity = np.zeros_like(mask, bool)
+    cavity[3:6, 12:16, 8:12] = True  # away from the tumour at the centre
+    label[cavity & (mask > 0) & (label == 0)] = 4
+    nib.save(nib.Nifti1Image(label, seg.affine), seg_path)
+    return int((label == 4).sum())
+
+
+def test_post_treatment_cavity_is_not_tumour_unless_configured_and_the_convention_is_said(tmp_path, capsys):
+    src = str(tmp_path / "src")
+    cavity_voxels = _post_treatment_case(src, "BraTS-GLI-02000-100", 0)
+    tt.brats_case(src, "BraTS-GLI-00002-000", 1, modalities=tt.BRATS_2023_MODALITIES, sep="-", enhancing=3)
+    assert cavity_voxels > 0
+    builder = tt.build(brats.Builder, src, tmp_path / "tfds")
+    assert _labels(builder) == {0, 1, 2, 4}  # enhancing (3) stored as 4, the cavity as background
+    err = capsys.readouterr().err
+    assert "2024+ post-treatment label convention" in err and "label 4 is the resection cavity, not tumour" in err
+    assert "2023 label convention" in err
+    counted = tt.build(brats.Builder, src, tmp_path / "tfds2", config="t2_cavity")
+    assert _labels(counted) == {0, 1, 2, 4, brats.CAVITY_LABEL}
+    assert brats.label_convention("BraTS2021_00000", [0, 1, 2, 4]) == "2018-2021"
+    assert brats.label_convention("BraTS-GLI-00000-000", [0, 1, 2, 3]) == "2023"
+
+
+def test_a_label_3_in_a_2018_to_2021_case_is_an_error_naming_it(tmp_path):
+    src = str(tmp_path / "src")
+    tt.brats_case(src, "BraTS2021_00000", 0, enhancing=3)  # the 2023 convention in a 2021 case
+    with pytest.raises(real_data.BadInputError, match=r"BraTS2021_00000_seg\.nii\.gz: unknown label value\(s\) \[3\]"):
+        tt.build(brats.Builder, src, tmp_path / "tfds")
