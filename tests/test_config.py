@@ -121,3 +121,34 @@ def test_save_and_load_round_trip(tmp_path):
     cfg = config_lib.resolve({"model": {"beta": 2.0}}, ["train.epochs=3"])
     config_lib.save(cfg, tmp_path / "saved.json")
     assert config_lib.load(tmp_path / "saved.json") == cfg
+
+
+@pytest.mark.parametrize("command, required", [
+    ("train", ["--config", "c.json"]), ("evaluate", ["--run-dir", "r"]), ("localize", ["--run-dir", "r", "--out", "o", "s"]),
+    ("calibrate", ["--run-dir", "r", "--name", "n", "s"]), ("tune", ["--search", "s.json"]), ("reproduce", [])])
+def test_set_given_twice_applies_every_occurrence(command, required):
+    import importlib
+
+    module = importlib.import_module(f"tfvae.commands.{command}")
+    args = module.parse_args(required + ["--set", "train.epochs=2", "seed=1", "--set", "model.beta=4"])
+    assert args.set == ["train.epochs=2", "seed=1", "model.beta=4"]
+    assert module.parse_args(required).set == []  # the default is not shared between calls
+
+
+def test_a_data_folder_that_is_a_file_is_refused_up_front(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for key in ("data.data_dir", "data.manual_dir"):
+        with pytest.raises(config_lib.ConfigError) as e:
+            config_lib.resolve({}, [f"{key}={a_file}"])
+        assert str(e.value) == f"--set {key}={a_file}: {key} is a file, not a folder, got '{a_file}'"
+    config_lib.resolve({}, [f"data.data_dir={tmp_path / 'not_yet'}"])  # a folder to be made is fine
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_anything(tmp_path):
+    from tfvae import localization
+
+    a_file = tmp_path / "out"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match=r"--out .*out is a file, not a folder"):
+        localization.check_outputs([str(tmp_path / "scan.nii.gz")], str(a_file), overwrite=False)

@@ -352,3 +352,13 @@ def test_a_test_split_without_lesions_is_refused_before_scoring(tiny_run, tmp_pa
     assert line.startswith("error: nifti_folder/default_32px split 'test': none of its 2 volume(s) has a lesion "
                            "(case0, case1)") and not out.exists()
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]  # nothing half-made left
+
+
+def test_an_evaluation_folder_that_is_a_file_is_refused(tiny_run, tmp_path):
+    from tfvae.run import Run, RunDirError
+
+    a_file = tmp_path / "eval"
+    a_file.write_text("mine")
+    with pytest.raises(RunDirError, match="is a file, not a folder"):
+        Run(tiny_run).evaluate(out_dir=str(a_file))
+    assert a_file.read_text() == "mine"

@@ -80,6 +80,11 @@ def test_bad_input_is_one_line_and_exit_2_and_skip_bad_skips(tmp_path, capsys):
     assert "skipped 1 bad case(s)" in capsys.readouterr().err
     ids = set(tt.volume_ids(builder, "train") + tt.volume_ids(builder, "validation"))
     assert ids == {"100307", "101107"}
+    # the same at the configs' own image size (64): the registered config's name is not reused (TFDS refuses it)
+    at_64 = data.prepare({**config_lib.defaults()["data"], "name": "hcp_t2", "data_dir": str(tmp_path / "tfds3"),
+                          "manual_dir": src, "skip_bad": True})
+    assert at_64.builder_config.name == "default_64px" and "skipped 1 bad case(s)" in capsys.readouterr().err
+    assert set(tt.volume_ids(at_64, "train") + tt.volume_ids(at_64, "validation")) == {"100307", "101107"}
     shutil.rmtree(os.path.join(src, "100408"))  # the user removes the bad subject, runs the same command again
     assert train_script.main(_args(tmp_path, "--manual-dir", src)) == 0  # accepted: no half-made run in the way
 

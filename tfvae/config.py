@@ -198,6 +198,10 @@ def _calibration_name(v):
         "must be a name of letters, digits, '_', '.' or '-' (at most 64), as given to tfvae calibrate --name"
 
 
+def _folder(v):
+    return f"is a file, not a folder" if v is not None and os.path.isfile(os.path.expanduser(v)) else None
+
+
 def _fraction(v):
     return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
 
@@ -210,12 +214,12 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "name": Field(STR, "brain_phantom"),
         "config": Field(STR, "default"),
-        "data_dir": Field(STR + (type(None),), None),
+        "data_dir": Field(STR + (type(None),), None, _folder),
         "image_size": Field(INT, 64, _power_of_two),
         "train_split": Field(STR, "train"),
         "validation_split": Field(STR, "validation"),
         "test_split": Field(STR, "test"),
-        "manual_dir": Field(STR + (type(None),), None),
+        "manual_dir": Field(STR + (type(None),), None, _folder),
         "skip_bad": Field(BOOL, False),
         "test_name": Field(STR + (type(None),), None),
         "test_config": Field(STR + (type(None),), None),

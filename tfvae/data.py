@@ -79,9 +79,10 @@ def builder(data_config: dict) -> tfds.core.DatasetBuilder:
     if config.image_size != size:
         config = dataclasses.replace(config, name=f"{config.name}_{size}px", image_size=size)
     if data_config.get("skip_bad") and hasattr(config, "skip_bad") and not config.skip_bad:
-        # same name: skipping changes nothing unless cases are bad, and the skipped ones are
-        # recorded in the built dataset's metadata.json
-        config = dataclasses.replace(config, skip_bad=True)
+        # the name of the size: skipping changes nothing unless cases are bad, and the skipped ones
+        # are recorded in the built dataset's metadata.json; TFDS refuses a custom config named like
+        # a registered one, so the registered size gets its size in the name too (default_64px)
+        config = dataclasses.replace(config, skip_bad=True, name=f"{data_config['config']}_{size}px")
     return cls(config=config, data_dir=data_config["data_dir"])
 
 

@@ -275,6 +275,8 @@ def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) ->
     """The output names of ``scans``; a one-line ``ValueError`` when two scans share a name, a
     ``mask`` is given for several scans, ``out_dir`` holds an input, or a scan's outputs exist
     (without ``overwrite``)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder for the outputs")
     if mask and len(scans) != 1:
         raise ValueError(f"--mask {mask} applies to one scan, but {len(scans)} were given")
     names = [stem(f) for f in scans]

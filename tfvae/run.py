@@ -280,6 +280,8 @@ class Run:
 
         config = config or self.config(overrides)
         out_dir = os.path.abspath(out_dir or self.eval_dir)
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise RunDirError(f"{out_dir} is a file, not a folder; choose another out_dir (--out)")
         partial, aside = sibling(out_dir, "partial"), sibling(out_dir, "replaced")
         if os.path.exists(aside):  # a kill during an earlier swap
             if os.path.exists(out_dir):

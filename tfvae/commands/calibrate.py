@@ -36,7 +36,7 @@ def parse_args(argv=None):
                    "that localize can make)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
                    help="which saved model (see tfvae.run.MODEL_FILES)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--force", action="store_true", help="use a scan even when part of its brain lies outside "
                                                         "the run's field of view")
     return p.parse_args(argv)

@@ -32,7 +32,7 @@ def parse_args(argv=None):
                    help="which predictors (default: the config's, else all): " + ", ".join(ALL_PREDICTORS))
     p.add_argument("--projection-steps", type=int, help="steps of the energy-based projection")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which saved model")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--calibration", metavar="NAME", help="thresholds and the recommended map's sizes from the "
                    "healthy scans calibrated as NAME (tfvae calibrate) instead of the validation split")
     p.add_argument("--out", help="output directory (default: RUN/eval)")

@@ -40,7 +40,7 @@ def parse_args(argv=None):
                    "(tfvae calibrate) instead of the validation slices")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
                    help="which saved model (see tfvae.run.MODEL_FILES)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys "
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys "
                    "(e.g. postprocess.min_component_voxels=8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--force", action="store_true", help="score a scan even when part of its brain lies outside "

@@ -27,7 +27,7 @@ def parse_args(argv=None):
                                 formatter_class=HelpFormatter)
     p.add_argument("--config", help="JSON config (see configs/); optional with --resume, which uses the run's own")
     p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set train.epochs=2 data.config=tiny")
     p.add_argument("--manual-dir", metavar="DIR",
                    help="folder holding the downloaded data (HCP, BraTS, NIfTI scans); overrides data.manual_dir "

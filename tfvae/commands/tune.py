@@ -35,7 +35,7 @@ def parse_args(argv=None):
                                 formatter_class=HelpFormatter)
     p.add_argument("--search", required=True, help="search config JSON (see configs/search_*.json)")
     p.add_argument("--dir", help="search directory (default: runs/<search file name>)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override keys of the base run config for every trial, e.g. data.config=tiny")
     p.add_argument("--overwrite", action="store_true", help="delete the search in --dir and start again")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
