@@ -416,3 +416,52 @@ def test_chief_and_worker_share_one_search(tmp_path, tiny_data_dir):
     assert os.path.isfile(os.path.join(search_dir, "kt", "chief.json"))
     assert "new search" in output["chief"] and "worker;" in output["worker"]
     assert np.isfinite(json.load(open(os.path.join(search_dir, "best", "best_trial.json")))["score"])
+
+
+def test_a_grid_search_killed_during_a_trial_completes_every_setting_when_started_again(tmp_path, monkeypatch):
+    """keras-tuner#1055: the grid oracle's order lived in memory only (KeyError on restart, then a
+    search 'done' with a setting never trained)."""
+    search = tuning.load_search(tiny_search(tmp_path, "unused", space={"model.beta": [0.5, 1, 2]}))
+    search_dir = str(tmp_path / "search")
+    fitted = []
+
+    def killed_in_the_second_trial(self, hp, model, *, trial_id, **kw):
+        if len(fitted) == 1:
+            raise SystemExit("killed")  # like a kill -9: no Keras Tuner bookkeeping after it
+        fitted.append(search.point(hp)["model.beta"])
+        return {"val_loss": float(search.point(hp)["model.beta"])}
+
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit", killed_in_the_second_trial)
+    with pytest.raises(SystemExit):
+        tuning.run_trials(tuning.make_tuner(search, search_dir), search_dir, search)
+    assert fitted == [0.5]
+
+    def fit(self, hp, model, *, trial_id, **kw):
+        fitted.append(search.point(hp)["model.beta"])
+        return {"val_loss": float(search.point(hp)["model.beta"])}
+
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit", fit)
+    tuner = tuning.make_tuner(search, search_dir)  # a fresh process: everything reloaded from disk
+    tuning.run_trials(tuner, search_dir, search)
+    assert sorted(fitted) == [0.5, 1.0, 2.0] and tuning.missing_settings(tuner, search) == []
+    again = tuning.make_tuner(search, search_dir)  # the same command a third time: nothing left to train
+    tuning.run_trials(again, search_dir, search)
+    assert sorted(fitted) == [0.5, 1.0, 2.0] and len(again.oracle.trials) == 3
+
+
+def test_a_grid_search_with_a_failed_setting_is_not_reported_done_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    search = tuning.load_search(tiny_search(tmp_path, "unused", space={"model.beta": [0.5, 1, 2]}))
+    search_dir = str(tmp_path / "search")
+
+    def fit(self, hp, model, **kw):
+        if search.point(hp)["model.beta"] == 1.0:
+            raise ValueError("out of memory in this trial")
+        return {"val_loss": float(search.point(hp)["model.beta"])}
+
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit", fit)
+    with pytest.raises(tuning.SearchFailed, match=r"1 setting\(s\) no trial completed \(model\.beta=1"):
+        tuning.run_trials(tuning.make_tuner(search, search_dir), search_dir, search)
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit", lambda self, hp, model, **kw: {"val_loss": 1.0})
+    tuner = tuning.make_tuner(search, search_dir)
+    tuning.run_trials(tuner, search_dir, search)  # the cause fixed: the failed setting is retried
+    assert tuning.missing_settings(tuner, search) == []

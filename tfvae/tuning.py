@@ -412,8 +412,40 @@ class TrialRunDirs:
         return self.hypermodel.fit(hp, model, *args, trial_id=trial.trial_id, **kwargs)
 
 
+class ResumableGridOracle(kt.oracles.GridSearchOracle):
+    """Keras Tuner's grid oracle, resumable after a kill: it keeps the order of the tried settings
+    and the queue of settings whose successor is still to be found only in memory (keras-tuner
+    #1055), so a search restarted in a fresh process failed with a ``KeyError`` and a third start
+    declared itself done with a setting never trained. On reload both are rebuilt from the trials
+    on disk (every tried setting, in grid order, re-examined for an untried successor; a trial the
+    kill interrupted is retried by Keras Tuner's own retry queue, and so is a trial that failed:
+    running the same command again after fixing the cause completes the grid)."""
+
+    def reload(self):
+        super().reload()
+        from functools import cmp_to_key
+
+        from keras_tuner.src.tuners.gridsearch import LinkedList  # the structure the oracle walks
+
+        ids = sorted(self.trials, key=cmp_to_key(lambda a, b: self._compare(self.trials[a].hyperparameters.values,
+                                                                             self.trials[b].hyperparameters.values)))
+        self._ordered_ids = LinkedList()
+        for trial_id in ids:
+            self._ordered_ids.insert(trial_id)
+        self._populate_next = list(ids)
+        failed = [i for i in ids if self.trials[i].status == kt.engine.trial.TrialStatus.FAILED]
+        self._retry_queue.extend(i for i in failed if i not in self._retry_queue)  # a restart retries them
+
+
 class GridTuner(TrialRunDirs, kt.GridSearch):
-    """Grid search: every setting of the space, in order."""
+    """Grid search: every setting of the space, in order (``ResumableGridOracle``)."""
+
+    def __init__(self, hypermodel=None, *, objective=None, max_trials=None, seed=None, hyperparameters=None,
+                 tune_new_entries=True, allow_new_entries=True, **kwargs):
+        oracle = ResumableGridOracle(objective=objective, max_trials=max_trials, seed=seed,
+                                     hyperparameters=hyperparameters, tune_new_entries=tune_new_entries,
+                                     allow_new_entries=allow_new_entries)
+        kt.Tuner.__init__(self, oracle, hypermodel, **kwargs)  # kt.GridSearch's own __init__ makes its oracle
 
 
 class RandomTuner(TrialRunDirs, kt.RandomSearch):
@@ -479,9 +511,21 @@ class SearchFailed(RuntimeError):
     """Keras Tuner stopped the search after too many consecutive failed trials."""
 
 
-def run_trials(tuner, search_dir: str) -> None:
+def missing_settings(tuner, search: Search) -> list[dict]:
+    """The settings of a grid search no completed trial has trained (empty for the other tuners,
+    which do not promise every setting)."""
+    if search.tuner != "grid":
+        return []
+    done = {json.dumps(search.point(t.hyperparameters), sort_keys=True) for t in tuner.oracle.trials.values()
+            if t.status == kt.engine.trial.TrialStatus.COMPLETED}
+    return [p for p in search.points[:search.max_trials or None] if json.dumps(p, sort_keys=True) not in done]
+
+
+def run_trials(tuner, search_dir: str, search: Search | None = None) -> None:
     """``tuner.search()``; when Keras Tuner gives up after consecutive failed trials (its error
-    carries the last trial's whole traceback), a one-line ``SearchFailed`` naming that trial's error."""
+    carries the last trial's whole traceback), a one-line ``SearchFailed`` naming that trial's error;
+    a grid search (``search``) that ended with settings no trial completed is a ``SearchFailed``
+    naming them, never reported as done."""
     try:
         tuner.search()
     except RuntimeError as e:
@@ -491,6 +535,12 @@ def run_trials(tuner, search_dir: str) -> None:
         raise SearchFailed(f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed; "
                            f"the last with {lines[-1]} (each trial's traceback: "
                            f"{os.path.join(search_dir, 'kt', 'trial_*', 'trial.json')})") from None
+    missing = missing_settings(tuner, search) if search is not None else []
+    if missing and not is_worker():
+        raise SearchFailed(f"the search ended with {len(missing)} setting(s) no trial completed "
+                           f"({'; '.join(label(p) for p in missing)}); a trial failed (its traceback: "
+                           f"{os.path.join(search_dir, 'kt', 'trial_*', 'trial.json')}); fix the cause and run the "
+                           "same command again: the missing settings are retried")
 
 
 def prepare_search_dir(search: Search, search_dir: str, overwrite: bool = False) -> bool:

@@ -68,8 +68,10 @@ def main(argv=None) -> int:
           f"(tensorboard --logdir {os.path.join(search_dir, 'trials')})", flush=True)
     tuner = tuning.make_tuner(search, search_dir, verbose=0 if args.quiet else 2)
     try:
-        tuning.run_trials(tuner, search_dir)
+        tuning.run_trials(tuner, search_dir, search)
     except tuning.SearchFailed as e:
+        if not worker:
+            tuning.write_trials(tuner, search, search_dir)  # what did finish, and how each trial ended
         print(f"error: {e}", file=sys.stderr)
         return 1
     if worker:
