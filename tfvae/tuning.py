@@ -425,11 +425,9 @@ class ResumableGridOracle(kt.oracles.GridSearchOracle):
         super().reload()
         from functools import cmp_to_key
 
-        from keras_tuner.src.tuners.gridsearch import LinkedList  # the structure the oracle walks
-
         ids = sorted(self.trials, key=cmp_to_key(lambda a, b: self._compare(self.trials[a].hyperparameters.values,
                                                                              self.trials[b].hyperparameters.values)))
-        self._ordered_ids = LinkedList()
+        self._ordered_ids = type(self._ordered_ids)()  # a fresh one of the oracle's own (private) list class
         for trial_id in ids:
             self._ordered_ids.insert(trial_id)
         self._populate_next = list(ids)
