@@ -76,7 +76,7 @@ def test_missing_file(tmp_path):
 
 def test_overrides_parse_json_values_and_strings(tmp_path):
     cfg = config_lib.load(write(tmp_path, {}), ["train.epochs=2", "data.config=tiny", "model.filters=[8,16,32]",
-                                                "data.data_dir=null", "model.beta=0.5"])
+                                                "data.image_size=32", "data.data_dir=null", "model.beta=0.5"])
     assert cfg["train"]["epochs"] == 2
     assert cfg["data"]["config"] == "tiny"
     assert cfg["model"]["filters"] == [8, 16, 32]
@@ -152,3 +152,16 @@ def test_an_output_folder_that_is_a_file_is_refused_before_anything(tmp_path):
     a_file.write_text("x")
     with pytest.raises(ValueError, match=r"--out .*out is a file, not a folder"):
         localization.check_outputs([str(tmp_path / "scan.nii.gz")], str(a_file), overwrite=False)
+
+
+def test_filters_that_do_not_fit_the_image_size_are_refused_before_a_run_folder_exists(tmp_path):
+    from script_loader import load_script
+
+    with pytest.raises(ConfigError, match=r"model\.filters has 3 entries but data\.image_size 64 needs 4"):
+        config_lib.resolve({"model": {"filters": [16, 32, 64]}})
+    config_lib.resolve({"model": {"filters": [16, 32, 64]}, "data": {"image_size": 32}})  # 3 levels at 32x32
+    run_dir = tmp_path / "run"
+    assert load_script("train").main(["--config", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                                "quickstart.json"),
+                                      "--run-dir", str(run_dir), "--set", "model.filters=[16,32,64]"]) == 2
+    assert not run_dir.exists()  # nothing left behind: the corrected rerun is not told "already exists"

@@ -60,9 +60,12 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
     assert path in warning and "(1.2, 1.2, 1.2) mm" in warning and "4.0" in warning and "resampled" in warning
     after = {p: os.path.getmtime(os.path.join(os.path.dirname(path), p)) for p in os.listdir(os.path.dirname(path))}
     assert after == before  # the input folder is untouched (the _seg file was skipped, not scored)
-    # outputs are not overwritten without asking
-    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    # outputs are not overwritten without asking: a scan localized already is skipped, saying how to redo it
+    stamps = {p: os.path.getmtime(os.path.join(out, p)) for p in os.listdir(out)}
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error"]) == 0
+    printed = capsys.readouterr().out
+    assert "already localized" in printed and "skipped (--overwrite localizes it again)" in printed
+    assert {p: os.path.getmtime(os.path.join(out, p)) for p in os.listdir(out)} == stamps
 
 
 def test_a_file_that_is_not_a_3d_nifti_is_named(tiny_run, tmp_path, capsys):
@@ -259,4 +262,63 @@ def test_a_head_that_was_not_skull_stripped_is_refused_for_that_reason(tiny_run,
     mask = str(tmp_path / "IXI201-Guys-T2_brainmask.nii.gz")
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), mask)
     assert localize_script.main(["--run-dir", tiny_run, path, "--mask", mask, "--out", str(tmp_path / "out2"),
+                                 "--predictor", "rec_error"]) == 0
+
+
+def test_one_failing_scan_does_not_stop_the_others_and_a_rerun_completes_the_rest(tiny_run, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for seed in (21, 22):
+        subject = phantom.synthesize_subject(seed, tumours=True, voxel_mm=4.0)
+        nib.save(nib.Nifti1Image(subject.image, subject.affine), str(folder / f"p{seed}_t2.nii.gz"))
+    (folder / "p20_t2.nii.gz").write_bytes(b"\x1f\x8b truncated")  # sorted first: fails first
+    out = str(tmp_path / "out")
+    args = ["--run-dir", tiny_run, str(folder), "--out", out, "--predictor", "rec_error"]
+    assert localize_script.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"error: {folder / 'p20_t2.nii.gz'}: cannot read NIfTI" in err
+    assert err.strip().splitlines()[-1].startswith("error: 1 of 3 scan(s) failed")
+    with open(os.path.join(out, "summary.csv")) as f:
+        rows = {os.path.basename(r["scan"]): r["status"] for r in csv.DictReader(f)}
+    assert rows["p21_t2.nii.gz"] == rows["p22_t2.nii.gz"] == "done" and rows["p20_t2.nii.gz"].startswith("failed:")
+    assert os.path.isfile(os.path.join(out, "p22_t2_tfvae_mask.nii.gz"))
+    # the user fixes the file and runs the same command again, without --overwrite: only it is localized
+    subject = phantom.synthesize_subject(20, tumours=True, voxel_mm=4.0)
+    nib.save(nib.Nifti1Image(subject.image, subject.affine), str(folder / "p20_t2.nii.gz"))
+    stamp = os.path.getmtime(os.path.join(out, "p21_t2_tfvae_score.nii.gz"))
+    assert localize_script.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "p21_t2: already localized" in printed and "p20_t2: " in printed
+    assert os.path.getmtime(os.path.join(out, "p21_t2_tfvae_score.nii.gz")) == stamp
+    with open(os.path.join(out, "summary.csv")) as f:
+        assert {r["status"] for r in csv.DictReader(f)} == {"done"}
+
+
+def test_a_run_in_use_is_refused_naming_the_holder(tiny_run, tmp_path, capsys):
+    import multiprocessing
+
+    from tfvae import rundir
+
+    ready, done = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold():
+        with rundir.lock(tiny_run, "evaluate"):
+            ready.set()
+            done.wait(60)
+
+    holder = multiprocessing.get_context("fork").Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        scan = tmp_path / "s_t2.nii.gz"
+        subject = phantom.synthesize_subject(23, tumours=True, voxel_mm=4.0)
+        nib.save(nib.Nifti1Image(subject.image, subject.affine), str(scan))
+        assert localize_script.main(["--run-dir", tiny_run, str(scan), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {tiny_run} is in use by evaluate (process {holder.pid} on ") and "\n" not in err
+    finally:
+        done.set()
+        holder.join(30)
+    # the holder is gone: its lock went with it
+    assert localize_script.main(["--run-dir", tiny_run, str(scan), "--out", str(tmp_path / "o"),
                                  "--predictor", "rec_error"]) == 0

@@ -9,6 +9,7 @@ import pytest
 from script_loader import ROOT, load_script
 from tfvae import config as config_lib
 from tfvae import data
+from tfvae_datasets import real_data
 from tfvae_datasets import testing_trees as tt
 
 BETA10 = os.path.join(ROOT, "configs", "beta10.json")
@@ -126,6 +127,19 @@ def test_a_built_dataset_is_rebuilt_when_its_source_changes_never_silently_reuse
     data.prepare(config, log=lines.append)
     assert len(lines) == 1 and "rebuilding nifti_folder/default" in lines[0] and "changed" in lines[0]
     assert before == ["lesions/case0", "lesions/case1"] and test_ids() == ["lesions/case0"]
+    # a rebuild that fails (a file broken since) keeps the previous build, usable as it was
+    broken = src / "lesions" / "case0.nii.gz"
+    good = broken.read_bytes()
+    broken.write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(real_data.BadInputError, match="case0"):
+        data.prepare(config, log=lines.append)
+    kept = data.builder(config)  # read as it is (prepare would try the rebuild again: the source still differs)
+    assert kept.is_prepared() and len(lines) == 2 and "rebuilding" in lines[1]
+    assert sorted({ex["volume_id"].decode() for ex in kept.as_dataset(split="test").as_numpy_iterator()}) == \
+        ["lesions/case0"]
+    assert not [p for p in os.listdir(tmp_path / "tfds") if p.startswith(".tfvae-rebuild")]  # nothing left
+    broken.write_bytes(good)
+    del lines[1:]
     # the same files in another folder (--manual-dir changed): rebuilt too
     moved = tmp_path / "elsewhere"
     shutil.copytree(src, moved)

@@ -232,8 +232,8 @@ def test_report_only_trains_nothing_and_names_what_is_missing(tiny_data_dir, tmp
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps({
         "base": os.path.join(ROOT, "configs", "beta1.json"),
-        "set": ["data.name=brain_phantom", "data.config=tiny", "data.image_size=32", "data.test_name=null",
-                "data.test_config=null", f"data.data_dir={tiny_data_dir}"], "seeds": 1}))
+        "set": ["data.name=brain_phantom", "data.config=tiny", "data.image_size=32", "model.filters=null",
+                "data.test_name=null", "data.test_config=null", f"data.data_dir={tiny_data_dir}"], "seeds": 1}))
     out = rp.reproduce(rp.load_plan(str(plan_path)), str(tmp_path / "runs"), str(tmp_path / "tables"),
                        verbose=False, command="test", log=lambda line: None, report_only=True)
     assert len(out["missing"]) == 7 and not (tmp_path / "runs").exists()

@@ -7,6 +7,7 @@ import pytest
 
 from script_loader import ROOT, load_script
 from tfvae import config as config_lib
+from tfvae import rundir
 from tfvae.run import MARKER_FILE, Run, RunDirError, is_ours, sibling
 
 BETA10 = os.path.join(ROOT, "configs", "beta10.json")
@@ -210,7 +211,7 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
             raise KeyboardInterrupt
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(run_module.shutil, "rmtree", rmtree_killed)
+    monkeypatch.setattr(rundir.shutil, "rmtree", rmtree_killed)  # the layer that deletes our folders
     with pytest.raises(KeyboardInterrupt):
         run.evaluate(overrides=fast, overwrite=True, verbose=False)
     monkeypatch.undo()

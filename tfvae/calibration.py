@@ -155,7 +155,7 @@ def store_evaluation(run, config: dict, checkpoint: str, results: dict) -> None:
     from tfvae import postprocessing
 
     store = ThresholdStore(run.thresholds_path)
-    digest = file_digest(run.model_path(checkpoint))
+    digest = run.model_digest(checkpoint)
     pp = postprocessing.enabled(config["postprocess"])
     for predictor, result in results.items():
         if predictor == "ensemble":  # fitted on labelled test volumes: not for new scans

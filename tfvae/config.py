@@ -360,8 +360,19 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _check_together(config: dict, source: str) -> None:
+    """Keys that must agree with each other (each valid alone): ``model.filters`` has one entry per
+    stride-2 level from ``data.image_size`` down to 4x4 (``tfvae.networks``)."""
+    filters, size = config["model"]["filters"], config["data"]["image_size"]
+    levels = int(round(math.log2(size / 4)))
+    if filters is not None and len(filters) != levels:
+        raise ConfigError(f"{source}: model.filters has {len(filters)} entries but data.image_size {size} needs "
+                          f"{levels} (one per stride-2 level down to 4x4), got {filters!r}")
+
+
 def resolve(config: dict, overrides: list[str] = (), source: str = "config") -> dict:
-    """Defaults, then ``config``, then ``KEY=VALUE`` overrides; validated."""
+    """Defaults, then ``config``, then ``KEY=VALUE`` overrides; validated, each key alone and the
+    keys that must agree together (``_check_together``)."""
     resolved = defaults()
     _merge(resolved, config, SCHEMA, source)
     for item in overrides:
@@ -370,6 +381,7 @@ def resolve(config: dict, overrides: list[str] = (), source: str = "config") -> 
         for part in reversed(path):
             nested = {part: nested}
         _merge(resolved, nested, SCHEMA, f"--set {item}")
+    _check_together(resolved, source if not overrides else f"{source} with --set {' '.join(overrides)}")
     return resolved
 
 

@@ -164,16 +164,32 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
         reason = _stale_reason(b, folder)
         if reason:
             log(f"rebuilding {data_config['name']}/{b.builder_config.name}: {reason}")
-            config = tfds.download.DownloadConfig(manual_dir=manual_dir(data_config),
-                                                  download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
-            b.download_and_prepare(download_config=config)
-            _record_source(b, folder)
+            _rebuild_whole(b, config, folder)
+            return builder(data_config)  # the new build's info
         return b
     if not b.is_prepared():
         b.download_and_prepare(download_config=config)
         if folder is not None:
             _record_source(b, folder)
     return b
+
+
+def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str) -> None:
+    """Build ``b``'s dataset again beside the old build (a hidden staging folder in the same data
+    folder) and swap it in only once complete: a rebuild that fails keeps the previous build."""
+    import shutil
+
+    from tfvae.rundir import swap_in
+
+    staging = os.path.join(os.fspath(b.data_dir_root), f".tfvae-rebuild-{b.name}-{b.builder_config.name}")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier rebuild that was cut short
+    fresh = type(b)(config=b.builder_config, data_dir=staging)
+    try:
+        fresh.download_and_prepare(download_config=config)
+        _record_source(fresh, folder)
+        swap_in(os.fspath(fresh.data_dir), os.fspath(b.data_dir))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _record_source(b: tfds.core.DatasetBuilder, folder: str) -> None:

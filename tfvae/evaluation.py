@@ -45,7 +45,7 @@ from tfvae import config as config_lib
 from tfvae import data
 from tfvae import ensemble as ensemble_lib
 from tfvae import metrics, postprocessing, reporting, scan_threshold
-from tfvae import run as run_lib
+from tfvae import rundir
 from tfvae import calibration
 from tfvae.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, calibrate
 from tfvae.nifti import write_maps
@@ -341,7 +341,7 @@ def stored_calibration(run, config: dict, checkpoint: str) -> dict:
     """What the run's ``thresholds.json`` holds for this checkpoint's content, the map settings and
     the healthy data of ``config``: ``{"reference": ..., "thresholds": {predictor: {rate: t}}}``."""
     store = calibration.ThresholdStore(run.thresholds_path)
-    digest = calibration.file_digest(run.model_path(checkpoint))
+    digest = run.model_digest(checkpoint)
     keys = {p: store.key(digest, p, config) for p in ALL_PREDICTORS if p != "ensemble"}
     reference: dict = {}
     for key in keys.values():
@@ -351,13 +351,10 @@ def stored_calibration(run, config: dict, checkpoint: str) -> dict:
 
 def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
                  verbose: bool = True) -> tuple[dict, str]:
-    """Evaluate a run's saved model (``run``: a ``tfvae.Run`` or its folder; ``checkpoint``: final,
-    best or last) on its test data (``data.test_data_config``) with ``config``; write results,
+    """Evaluate a run's saved model (``run``: the ``tfvae.Run`` whose ``evaluate`` calls this;
+    ``checkpoint``: final, best or last) on its test data (``data.test_data_config``) with ``config``; write results,
     figures and the config used to ``out_dir``, the figures and metrics to TensorBoard (``logs/``) and the
     thresholds to the run's ``thresholds.json``. Returns (results, title)."""
-    from tfvae.run import Run
-
-    run = run if isinstance(run, Run) else Run(run)
     keras.utils.set_random_seed(config["seed"])
     model = run.model(checkpoint)
     d = config["data"]
@@ -374,5 +371,5 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
                                     thresholds={p: r["dice_fpr01_threshold"] for p, r in results.items()})
     reporting.log_evaluation(run.logs_dir, results, images)
     calibration.store_evaluation(run, config, checkpoint, results)
-    config_lib.save(config, os.path.join(out_dir, run_lib.CONFIG_FILE))  # last: what these results were made with
+    config_lib.save(config, os.path.join(out_dir, rundir.CONFIG_FILE))  # last: what these results were made with
     return results, title

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae.predictors import PixelPredictors, reference_kernel
-from tfvae.run import sibling
+from tfvae.rundir import sibling
 
 SIGNATURES = ("reconstruct", "maps")
 

@@ -160,7 +160,7 @@ class Localizer:
 
         self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
         store = calibration.ThresholdStore(run.thresholds_path)
-        key = store.key(calibration.file_digest(run.model_path(checkpoint)), predictor, config)
+        key = store.key(run.model_digest(checkpoint), predictor, config)
         healthy = (f"the healthy scans of calibration {config['threshold']['calibration']}"
                    if config["threshold"]["calibration"] else "the validation slices")
         self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
@@ -272,9 +272,10 @@ def stem(path: str) -> str:
 
 
 def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) -> list[str]:
-    """The output names of ``scans``; a one-line ``ValueError`` when two scans share a name, a
-    ``mask`` is given for several scans, ``out_dir`` holds an input, or a scan's outputs exist
-    (without ``overwrite``)."""
+    """The output names of ``scans``; a one-line ``ValueError`` when ``out_dir`` is a file, two
+    scans share a name, a ``mask`` is given for several scans or ``out_dir`` holds an input.
+    (A scan whose outputs are all there already is skipped by ``localize_files`` unless
+    ``overwrite``: see ``done_scans``.)"""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder for the outputs")
     if mask and len(scans) != 1:
@@ -287,37 +288,75 @@ def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) ->
     for item in scans + ([mask] if mask else []):
         if os.path.dirname(os.path.realpath(item)) == out_real:
             raise ValueError(f"--out {out_dir} holds the input {item}; choose another output folder")
-    existing = [os.path.join(out_dir, n + suffix) for n in names for suffix in OUTPUTS]
-    existing = [p for p in existing if os.path.exists(p)]
-    if existing and not overwrite:
-        raise ValueError(f"{existing[0]} already exists; pass --overwrite to replace outputs")
     return names
+
+
+def done_scans(scans: list[str], names: list[str], out_dir: str) -> set[str]:
+    """The scans localized in ``out_dir`` already: every output there and a ``summary.csv`` row
+    saying so (a scan that failed, or whose outputs a kill left incomplete, is not done)."""
+    summary = os.path.join(out_dir, SUMMARY)
+    finished = set()
+    if os.path.isfile(summary):
+        with open(summary, newline="") as f:
+            finished = {r["scan"] for r in csv.DictReader(f) if r.get("status", "done") == "done"}
+    return {path for path, name in zip(scans, names)
+            if path in finished and all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS)}
+
+
+class LocalizeIncomplete(ValueError):
+    """Some scans of a ``localize_files`` call failed; the others' outputs and summary rows are written."""
 
 
 def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask=None, overwrite: bool = False,
                    log=print, warn=print) -> list[dict]:
     """Localize every scan of ``scans`` and write its outputs and a ``summary.csv`` row to
-    ``out_dir``; returns the rows. Errors (``nifti.BadInputError``, ``ValueError``) name the file."""
+    ``out_dir``; returns the rows. A scan localized there already (``done_scans``) is skipped unless
+    ``overwrite`` (outputs of a scan that failed or was cut short are ours and replaced). A scan
+    that fails (unreadable, refused, disk full) does not stop the others: its row in
+    ``summary.csv`` says why (``status``), and ``LocalizeIncomplete`` names the failures at the end,
+    so that the same command run again completes the rest. With a single scan its error is raised
+    as it is (one line naming the file)."""
     from tfvae.nifti import BadInputError
 
     names = check_outputs(scans, out_dir, overwrite, mask)
-    rows = []
+    done = set() if overwrite else done_scans(scans, names, out_dir)
+    for path, name in zip(scans, names):  # whole outputs summary.csv does not list: not replaced unasked
+        if path not in done and not overwrite and all(os.path.isfile(os.path.join(out_dir, name + s))
+                                                      for s in OUTPUTS):
+            raise ValueError(f"{os.path.join(out_dir, name + OUTPUTS[0])} already exists; pass --overwrite to replace "
+                             "outputs")
+    rows, failed = [], []
+    base = {"run": os.path.abspath(localizer.run.dir), "checkpoint": localizer.checkpoint,
+            "predictor": localizer.predictor, "fpr": localizer.fpr}
     for path, name in zip(scans, names):
+        if path in done:
+            log(f"{name}: already localized in {out_dir}, skipped (--overwrite localizes it again)")
+            continue
         try:
             result = localizer(path, mask=mask)
-        except (BadInputError, ValueError) as e:
-            message = str(e)
-            raise type(e)(message if message.startswith((path, str(mask))) else f"{path}: {message}") from None
-        for warning in result.warnings:
-            warn(f"warning: {warning}")
-        row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} FPR "
-                                                   f"({result.volume_ml:.1f} ml)", scale=localizer.display)
-        rows.append({"scan": path, "run": os.path.abspath(localizer.run.dir), "checkpoint": localizer.checkpoint,
-                     "predictor": localizer.predictor, "fpr": localizer.fpr, **row,
-                     "threshold_from": localizer.threshold_source})
+            for warning in result.warnings:
+                warn(f"warning: {warning}")
+            row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} "
+                                                       f"FPR ({result.volume_ml:.1f} ml)", scale=localizer.display)
+        except (BadInputError, ValueError, OSError) as e:
+            message = str(e) if not isinstance(e, OSError) or not e.strerror else \
+                f"{e.filename or out_dir}: {e.strerror}"
+            message = message if message.startswith((path, str(mask))) else f"{path}: {message}"
+            if len(scans) == 1:
+                raise (type(e)(message) if not isinstance(e, OSError) else ValueError(message)) from None
+            warn(f"error: {message}")
+            failed.append(message)
+            rows.append({"scan": path, **base, "status": f"failed: {message}"})
+            continue
+        rows.append({"scan": path, **base, **row, "threshold_from": localizer.threshold_source, "status": "done"})
         log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
-    write_summary(os.path.join(out_dir, SUMMARY), rows)
-    write_index(out_dir)
+    if rows:
+        write_summary(os.path.join(out_dir, SUMMARY), rows)
+        write_index(out_dir)
+    if failed:
+        raise LocalizeIncomplete(f"{len(failed)} of {len(scans)} scan(s) failed (each named above and in "
+                                 f"{os.path.join(out_dir, SUMMARY)}); the others are done: fix the cause and run the "
+                                 "same command again to complete the rest")
     return rows
 
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfvae.run import RESULTS_FILE  # noqa: E402
+from tfvae.rundir import RESULTS_FILE  # noqa: E402
 
 COLUMNS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "measured_fpr01", "dice_fpr05",
            "measured_fpr05")

@@ -8,18 +8,8 @@
     found = run.localize("scan_t2.nii.gz", fpr=0.01)      # maps in the scan's own grid
     found.components                                     # one row per connected finding
 
-This module is the one place that knows the layout of a run directory::
-
-    config.json                 the resolved config the run was trained with
-    history.csv                 loss, rec, kl (train and val_) per epoch, appended across resumes
-    logs/                       TensorBoard, one run: train and validation curves, images, hparams, eval
-    checkpoints/best.keras      the model at the epoch of lowest validation loss
-    checkpoints/last.keras      the model after the latest finished epoch
-    checkpoints/backup/         the resume state: state.json and the weights it names (tfvae.callbacks)
-    model.keras                 the model after the last epoch (the best one with train.patience)
-    thresholds.json             thresholds calibrated on healthy validation slices (tfvae.calibration), and
-                                on named sets of the user's own healthy scans (tfvae.healthy_scans)
-    eval/                       the evaluation: results.json / .csv / .md, maps/, figures/, config.json
+The layout of a run directory, the marker, folder swaps and the run's lock are ``tfvae.rundir``
+(a layer that imports no job); ``Run`` is the face on top of it that calls every job.
 
 The scripts (``scripts/*.py``) are this class's command-line face: they parse arguments, call it
 and print a summary.
@@ -35,143 +25,49 @@ only then; a temporary sibling left by a kill is named in the error and cleared 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
-import shutil
 
 from tfvae import config as config_lib
-from tfvae import files
-
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-LOGS_DIR = "logs"
-CHECKPOINTS_DIR = "checkpoints"
-BACKUP_DIR = os.path.join(CHECKPOINTS_DIR, "backup")
-THRESHOLDS_FILE = "thresholds.json"
-EVAL_DIR = "eval"
-RESULTS_FILE = "results.json"  # in an evaluation folder, beside the CONFIG_FILE it was made with
-# the saved models of a run directory, by the name scripts offer for them (--checkpoint)
-MODEL_FILES = {"final": "model.keras", "best": os.path.join(CHECKPOINTS_DIR, "best.keras"),
-               "last": os.path.join(CHECKPOINTS_DIR, "last.keras")}
-CHECKPOINTS = tuple(MODEL_FILES)
-# keys besides train.* that a resumed run may change: where the user's data lies is not part of the run
-RESUMABLE_KEYS = ("data.manual_dir",)
-MARKER_FILE = ".tfvae"
-MARKER_VERSION = 1
+from tfvae.rundir import (BACKUP_DIR, CHECKPOINTS, CHECKPOINTS_DIR, CONFIG_FILE, EVAL_DIR, HISTORY_FILE,  # noqa: F401
+                          LOGS_DIR, MARKER_FILE, MARKER_VERSION, MODEL_FILES, RESULTS_FILE, RESUMABLE_KEYS,
+                          THRESHOLDS_FILE, RunDir, RunDirError, RunLockError, delete_whole, is_ours, lock, mark,
+                          marker, remove_ours, sibling, swap_in)
 
 
-def mark(folder: str, kind: str) -> None:
-    """Mark ``folder`` as made by tfvae (``kind``: "run" or "evaluation")."""
-    files.write_json(os.path.join(folder, MARKER_FILE), {"kind": kind, "version": MARKER_VERSION}, indent=None)
+def _holding(job: str):
+    """A ``Run`` method that holds the run's lock for ``job`` while it runs (``Run.lock``)."""
+    def wrap(method):
+        @functools.wraps(method)
+        def locked(self, *args, **kwargs):
+            with self.lock(job, self.config() if self.is_run else None):
+                return method(self, *args, **kwargs)
+        return locked
+    return wrap
 
 
-def marker(folder: str) -> dict | None:
-    """The marker of a folder tfvae made, else None."""
-    try:
-        with open(os.path.join(folder, MARKER_FILE)) as f:
-            found = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
-
-
-def is_ours(folder: str, kind: str) -> bool:
-    return (marker(folder) or {}).get("kind") == kind
-
-
-def sibling(folder: str, tag: str) -> str:
-    """A hidden sibling of ``folder`` named after it: ``<parent>/.<name>.tfvae-<tag>``."""
-    folder = os.path.abspath(folder)
-    return os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.tfvae-{tag}")
-
-
-def remove_ours(folder: str, kind: str) -> None:
-    """Delete ``folder`` if tfvae made it as ``kind``; anything else is refused."""
-    if not is_ours(folder, kind):
-        raise RunDirError(f"{folder} was not made by tfvae as a {kind} (no {MARKER_FILE} marker); "
-                          "refusing to delete it")
-    delete_whole(folder)
-
-
-def delete_whole(folder: str) -> None:
-    """Delete one of our folders so that a kill cannot leave half of it under its name (its marker
-    gone, the rest there): it is renamed to a ``.tfvae-deleting`` sibling first, then deleted; such a
-    sibling left by an earlier kill is deleted with it."""
-    doomed = sibling(folder, "deleting")
-    if os.path.exists(doomed):
-        shutil.rmtree(doomed)
-    os.rename(folder, doomed)
-    shutil.rmtree(doomed)
-
-
-def swap_in(complete: str, target: str) -> None:
-    """Put the finished folder ``complete`` at ``target``: a folder already there is moved aside
-    (``sibling(target, "replaced")``) and deleted only once the new one is in place."""
-    if os.path.exists(target):
-        aside = sibling(target, "replaced")
-        os.rename(target, aside)
-        os.rename(complete, target)
-        delete_whole(aside)
-    else:
-        os.rename(complete, target)
-
-
-class RunDirError(ValueError):
-    """The run directory cannot be used as asked; the message says why and what to pass."""
-
-
-class Run:
-    """A run directory (see the module docstring for its layout)."""
+class Run(RunDir):
+    """A run directory (its layout: ``tfvae.rundir``) and every job on it."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.dir = os.fspath(run_dir)
+        super().__init__(run_dir)
         self.restored_previous = False  # set by train(): a failed --overwrite put the previous run back
         self._replacing = False  # set by create(overwrite=True): the previous run waits aside
         self._localizers: dict = {}  # localize(): the Localizer of the latest settings, reused
+        self._digests: dict = {}  # model(): the SHA-256 of the bytes each checkpoint was loaded from
 
     def __repr__(self) -> str:
         return f"Run({self.dir!r})"
 
-    # --- layout ------------------------------------------------------------------------------------
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.dir, *parts)
-
-    @property
-    def config_path(self) -> str:
-        return self.path(CONFIG_FILE)
-
-    @property
-    def history_path(self) -> str:
-        return self.path(HISTORY_FILE)
-
-    @property
-    def logs_dir(self) -> str:
-        return self.path(LOGS_DIR)
-
-    @property
-    def checkpoints_dir(self) -> str:
-        return self.path(CHECKPOINTS_DIR)
-
-    @property
-    def backup_dir(self) -> str:
-        return self.path(BACKUP_DIR)
-
-    @property
-    def thresholds_path(self) -> str:
-        return self.path(THRESHOLDS_FILE)
-
-    @property
-    def eval_dir(self) -> str:
-        return self.path(EVAL_DIR)
-
-    def model_path(self, checkpoint: str = "final") -> str:
-        if checkpoint not in MODEL_FILES:
-            raise RunDirError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-        return self.path(MODEL_FILES[checkpoint])
-
-    @property
-    def is_run(self) -> bool:
-        return os.path.isfile(self.config_path)
+    def lock(self, job: str, config: dict | None = None):
+        """``rundir.lock`` on this run for ``job`` (a context manager): one job at a time. A
+        non-chief worker of a multi-worker training (``TF_CONFIG``) writes nothing here and takes no
+        lock (the chief holds it for the cluster)."""
+        if config is not None and config["train"]["distribute"] == "multi_worker" and not _writes_run():
+            return contextlib.nullcontext()
+        return lock(self.dir, job)
 
     # --- config and model --------------------------------------------------------------------------
     def config(self, overrides=()) -> dict:
@@ -181,18 +77,54 @@ class Run:
         return config_lib.load(self.config_path, overrides)
 
     def model(self, checkpoint: str = "final"):
-        """The saved model (``checkpoint``: final, best or last), its layers in float32."""
+        """The saved model (``checkpoint``: final, best or last), its layers in float32. Its file is
+        read once: the model is loaded from those bytes and their SHA-256 kept (``model_digest``), so
+        thresholds are keyed by the model that made them even if the file changes meanwhile. A model
+        whose architecture is not the run config's (latent size, image size, filters) is refused."""
+        import hashlib
+        import tempfile
+
+        from tfvae import networks
         from tfvae.model import load
 
         path = self.model_path(checkpoint)
         if not os.path.isfile(path):
             raise RunDirError(f"{path} not found (train the run first, or pick another checkpoint)")
-        try:
-            return load(path)
-        except Exception as e:  # Keras reports a truncated zip as "File not found", a bad member as BadZipFile
-            reason = " ".join(str(e).split())[:200]
-            raise RunDirError(f"{path}: cannot load the model (corrupt or truncated file? "
-                              f"{type(e).__name__}: {reason})") from None
+        with open(path, "rb") as f:
+            blob = f.read()
+        with tempfile.TemporaryDirectory(prefix="tfvae-model-") as folder:
+            copy = os.path.join(folder, "model.keras")  # Keras loads from a path: these very bytes
+            with open(copy, "wb") as f:
+                f.write(blob)
+            try:
+                model = load(copy)
+            except Exception as e:  # Keras reports a truncated zip as "File not found", a bad member as BadZipFile
+                reason = " ".join(str(e).split())[:200]
+                raise RunDirError(f"{path}: cannot load the model (corrupt or truncated file? "
+                                  f"{type(e).__name__}: {reason})") from None
+        if self.is_run:
+            config = self.config()
+            expected = {"latent size": config["model"]["latent_dim"], "image size": config["data"]["image_size"],
+                        "filters": list(networks.resolve_filters(config["data"]["image_size"],
+                                                                 config["model"]["filters"]))}
+            found = {"latent size": model.latent_dim, "image size": model.image_size, "filters": list(model.filters)}
+            wrong = [f"{k} {found[k]} (config: {expected[k]})" for k in expected if found[k] != expected[k]]
+            if wrong:
+                raise RunDirError(f"{path}: this model is not the run's: its {', '.join(wrong)}; put the run's own "
+                                  "model back, or train the run again")
+        self._digests[checkpoint] = hashlib.sha256(blob).hexdigest()
+        return model
+
+    def model_digest(self, checkpoint: str = "final") -> str:
+        """SHA-256 of the model file's content: of the bytes ``model`` loaded when it did, else read now."""
+        from tfvae import calibration
+
+        if checkpoint not in self._digests:
+            path = self.model_path(checkpoint)
+            if not os.path.isfile(path):
+                raise RunDirError(f"{path} not found (train the run first, or pick another checkpoint)")
+            return calibration.file_digest(path)
+        return self._digests[checkpoint]
 
     # --- jobs --------------------------------------------------------------------------------------
     @classmethod
@@ -204,9 +136,14 @@ class Run:
         the model and its data are the run's); ``overwrite`` deletes a previous run first, and only
         a folder that is a run."""
         run = cls(run_dir)
-        is_run = run.is_run
         if resume and overwrite:
             raise RunDirError("--resume and --overwrite exclude each other")
+        with run.lock("train", config if config is not None else run.config() if run.is_run else None):
+            return cls._create(run, config, resume=resume, overwrite=overwrite, overrides=overrides)
+
+    @classmethod
+    def _create(cls, run: "Run", config: dict | None, *, resume: bool, overwrite: bool, overrides) -> "Run":
+        is_run = run.is_run
         if resume:
             if not is_run:
                 raise RunDirError(f"{run.dir}: cannot resume, no {CONFIG_FILE} there (start the run without --resume)")
@@ -249,6 +186,7 @@ class Run:
         """Where ``create(overwrite=True)`` keeps the previous run until the new one has trained."""
         return sibling(self.dir, "replaced")
 
+    @_holding("train")
     def train(self, *, verbose="auto", extra_callbacks=()):
         """Train (continuing from the backup when there is one); returns Keras's History."""
         from tfvae import training
@@ -268,6 +206,7 @@ class Run:
             remove_ours(self.replaced, "run")
         return history
 
+    @_holding("evaluate")
     def evaluate(self, *, overrides=(), config: dict | None = None, checkpoint: str = "final",
                  out_dir: str | None = None, overwrite: bool = False, verbose: bool = True) -> dict:
         """Score the test split with every predictor of the config (``evaluate.predictors``; e.g.
@@ -326,7 +265,7 @@ class Run:
         config = config or self.config()
         scorer = Scorer(self.model(checkpoint), config, predictors)
         store = calibration.ThresholdStore(self.thresholds_path)
-        digest = calibration.file_digest(self.model_path(checkpoint))
+        digest = self.model_digest(checkpoint)
         stored: dict = {}
         for p in predictors:
             stored.update(store.reference(store.key(digest, p, config)) or {})
@@ -351,6 +290,7 @@ class Run:
         record = calibration.ThresholdStore(self.thresholds_path).healthy_set(name)
         return healthy_scans.load(record, config, data.builder(config["data"]).builder_config, name=name)
 
+    @_holding("calibrate")
     def calibrate(self, scans, *, name: str, predictors=None, overrides=(), checkpoint: str = "final",
                   force: bool = False) -> dict:
         """Calibrate on healthy scans of the user's own scanner (NIfTI files or folders; a scan's
@@ -379,17 +319,24 @@ class Run:
     def _calibrate(self, predictors, config: dict, checkpoint: str, *, rates=(), scorer=None, healthy=None) -> dict:
         """``{predictor: scan_threshold.HealthyReference}``: the stored thresholds of each predictor at
         ``scan_threshold.REFERENCE_FPRS``, ``calibration.FPRS`` and ``rates``; those missing are
-        calibrated now in one pass over the healthy split (``healthy_split``, or the volumes
-        ``healthy``) and stored -- a stored threshold is never replaced."""
+        calibrated now (under the run's lock) in one pass over the healthy split (``healthy_split``,
+        or the volumes ``healthy``) and stored -- a stored threshold is never replaced."""
         from tfvae import calibration, postprocessing, scan_threshold
         from tfvae.scoring import Scorer
 
         rates = set(scan_threshold.REFERENCE_FPRS) | set(calibration.FPRS.values()) | {float(r) for r in rates}
-        store = calibration.ThresholdStore(self.thresholds_path)
-        digest = calibration.file_digest(self.model_path(checkpoint))
-        stored = {p: store.thresholds(store.key(digest, p, config)) for p in predictors}
-        missing = [p for p in predictors if not rates <= set(stored[p])]
-        if missing:
+        digest = self.model_digest(checkpoint)
+
+        def stored_now():
+            store = calibration.ThresholdStore(self.thresholds_path)
+            return store, {p: store.thresholds(store.key(digest, p, config)) for p in predictors}
+
+        store, stored = stored_now()
+        if all(rates <= set(stored[p]) for p in predictors):
+            return {p: scan_threshold.HealthyReference(stored[p]) for p in predictors}
+        with self.lock("calibrate"):
+            store, stored = stored_now()  # read again under the lock
+            missing = [p for p in predictors if not rates <= set(stored[p])]
             healthy = healthy if healthy is not None else self.healthy_split(config)
             if scorer is None:
                 scorer = Scorer(self.model(checkpoint), config, missing)
@@ -428,6 +375,7 @@ class Run:
         return self.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
                                       scorer=scorer).threshold(fpr)
 
+    @_holding("export")
     def export(self, out_dir: str, *, checkpoint: str = "final") -> str:
         """The model as a TensorFlow SavedModel with serving signatures (``tfvae.export``)."""
         from tfvae import export
@@ -435,6 +383,7 @@ class Run:
         return export.export(self.model(checkpoint), out_dir,
                              smooth_gradients=self.config()["predictors"]["smooth_gradients"])
 
+    @_holding("localize")
     def localize(self, scan, *, fpr: float = 0.01, predictor: str = "recommended", mask=None, affine=None,
                  overrides=(), checkpoint: str = "final", force: bool = False):
         """Anomaly score, calibrated mask and connected findings of one scan (a NIfTI path, or an
@@ -463,3 +412,20 @@ def _reference_for(reference: dict, predictor: str) -> dict:
     """The part of ``Scorer.reference`` a predictor's maps depend on."""
     keys = {"recommended": ("recommended",), "combi": ("kl_grad_range",)}.get(predictor, ())
     return {k: reference[k] for k in keys if k in reference}
+
+
+def _writes_run() -> bool:
+    """Whether this process is the one of a multi-worker cluster that writes the run (``TF_CONFIG``:
+    the ``chief`` task, else worker 0), as ``training.is_chief`` decides it -- read from the
+    environment, before TensorFlow starts. Without ``TF_CONFIG`` (e.g. Slurm's resolver) every
+    process counts as the writer."""
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True
+    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster

@@ -1,5 +1,5 @@
 """Training: the model, the callbacks and ``model.fit``, writing into a run directory whose layout
-``tfvae.run`` defines (``Run.create`` makes one; ``Run.train`` calls ``train``).
+``tfvae.rundir`` defines (``tfvae.Run.create`` makes one; ``Run.train`` calls ``train``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tensorflow as tf
 from tfvae import callbacks as tfvae_callbacks
 from tfvae import data
 from tfvae.model import BetaVAE
-from tfvae.run import Run
+from tfvae.rundir import RunDir
 
 
 _STRATEGIES: dict = {}  # one MultiWorkerMirroredStrategy per process (it can be made only once)
@@ -137,15 +137,15 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
     if model is None:
         with distribution.scope():
             model = build_model(config)
-    run = Run(run_dir)
+    run = RunDir(run_dir)
     chief = is_chief(distribution)
     if not chief:  # every worker saves (the saves may need all of them); only the chief's land in the run
         import tempfile
 
-        run = Run(tempfile.mkdtemp(prefix="tfvae-worker-"))
+        run = RunDir(tempfile.mkdtemp(prefix="tfvae-worker-"))
     if t["distribute"] == "multi_worker":  # each worker takes its share of every global batch
         train_ds, validation_ds = _shard_by_data(train_ds), _shard_by_data(validation_ds)
-    initial_epoch = resume(model, Run(run_dir), truncate=chief)
+    initial_epoch = resume(model, RunDir(run_dir), truncate=chief)
     logs = run.logs_dir
     tf.io.gfile.makedirs(run.checkpoints_dir)
     # the history row, the checkpoints, then the resume state (which marks the epoch done): see callbacks
@@ -178,7 +178,7 @@ def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
-def resume(model, run: Run, truncate: bool = True) -> int:
+def resume(model, run: RunDir, truncate: bool = True) -> int:
     """Load the newest complete training state of ``run`` into ``model`` (weights and optimizer:
     the resume state, else ``checkpoints/last.keras``) and return the number of finished epochs;
     ``history.csv`` keeps exactly the rows of those epochs (``truncate``: the chief). 0 for a new run."""
@@ -195,7 +195,7 @@ def resume(model, run: Run, truncate: bool = True) -> int:
     return epochs
 
 
-def _best_val_loss(run: Run) -> float | None:
+def _best_val_loss(run: RunDir) -> float | None:
     """The lowest validation loss in the run's history.csv (a resumed run), else None."""
     import csv
 

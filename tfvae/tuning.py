@@ -70,7 +70,8 @@ import tensorflow as tf
 from tfvae import config as config_lib
 from tfvae import files
 from tfvae.predictor_names import LOCALIZABLE
-from tfvae.run import Run, sibling, swap_in
+from tfvae.run import Run
+from tfvae.rundir import sibling, swap_in
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 OBJECTIVES = {"val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}

@@ -66,16 +66,21 @@ def main(argv=None) -> int:
     from tfvae import data
     from tfvae.nifti import BadInputError
     from tfvae.run import Run, RunDirError
+    from tfvae.rundir import lock
 
     run = Run(args.run_dir)
     try:
         overrides = args.set + ([f"threshold.calibration={args.calibration}"] if args.calibration else [])
-        localizer = localization.Localizer(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
-                                           checkpoint=args.checkpoint, force=args.force)
-        localization.localize_files(localizer, files, args.out, mask=args.mask, overwrite=args.overwrite,
-                                    warn=lambda line: print(line, file=sys.stderr))
-    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError) as e:  # CalibrationError too
+        with run.lock("localize"), lock(args.out, "localize"):  # one job at a time on the run and on OUT
+            localizer = localization.Localizer(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
+                                               checkpoint=args.checkpoint, force=args.force)
+            localization.localize_files(localizer, files, args.out, mask=args.mask, overwrite=args.overwrite,
+                                        warn=lambda line: print(line, file=sys.stderr))
+    except localization.LocalizeIncomplete as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)  # a calibration error is a ValueError too
         return 2
     print(f"maps, masks, overlays and summary.csv: {args.out}")
     return 0

@@ -13,6 +13,7 @@ holds and ``tfvae/config.py`` for every config key. From Python: ``tfvae.Run.cre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -51,7 +52,6 @@ def main(argv=None) -> int:
     quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import config as config_lib
     from tfvae import data
-    from tfvae.callbacks import NonFiniteLoss
     from tfvae.nifti import BadInputError
     from tfvae.run import Run, RunDirError
 
@@ -66,8 +66,25 @@ def main(argv=None) -> int:
             data.check_available(config["data"])  # missing data: the instructions, before any run directory
             d = config["data"]
             data.check_splits(d, [d["train_split"], d["validation_split"]])  # before --overwrite moves anything
-        run = Run.create(args.run_dir or os.path.join("runs", config["name"]), config, resume=args.resume,
-                         overwrite=args.overwrite, overrides=args.set)
+        run_dir = args.run_dir or os.path.join("runs", config["name"])
+        held = contextlib.ExitStack()  # one job at a time on this run, from its creation to the last epoch
+        held.enter_context(Run(run_dir).lock("train", config if config is not None else Run(run_dir).config(args.set)))
+    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with held:
+        return _train(args, config, run_dir)
+
+
+def _train(args, config, run_dir) -> int:
+    from tfvae import config as config_lib
+    from tfvae import data
+    from tfvae.callbacks import NonFiniteLoss
+    from tfvae.nifti import BadInputError
+    from tfvae.run import Run, RunDirError
+
+    try:
+        run = Run.create(run_dir, config, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
     except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
