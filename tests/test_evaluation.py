@@ -362,3 +362,19 @@ def test_an_evaluation_folder_that_is_a_file_is_refused(tiny_run, tmp_path):
     with pytest.raises(RunDirError, match="is a file, not a folder"):
         Run(tiny_run).evaluate(out_dir=str(a_file))
     assert a_file.read_text() == "mine"
+
+
+def test_a_full_disk_during_an_evaluation_is_one_line_and_nothing_in_place(tiny_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from tfvae import evaluation
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "eval" / "results.json"))
+
+    monkeypatch.setattr(evaluation.reporting, "write_results", disk_full)
+    out = tmp_path / "eval"
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", str(out), "--predictors", "intensity"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out / 'results.json'}: No space left on device; nothing was put in place")
+    assert not out.exists()  # no evaluation folder that looks complete

@@ -247,3 +247,26 @@ def test_a_resumed_run_against_an_uninterrupted_one(tmp_path, tiny_overrides):
     assert finals["whole"][1] == finals["resumed"][1] == [0, 1, 2]
     differences = [np.abs(a - b).max() for a, b in zip(finals["whole"][0], finals["resumed"][0])]
     assert max(differences) > 0  # not bit-identical (stated in the README)
+
+
+def test_a_full_disk_while_training_is_one_line_and_the_run_resumes(tmp_path, tiny_overrides, capsys, monkeypatch):
+    import errno
+
+    run = str(tmp_path / "R")
+    real = tfvae_callbacks.save_model
+    calls = []
+
+    def fills_up(model, path):
+        calls.append(path)
+        if len(calls) == 3:  # the second epoch's checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real(model, path)
+
+    monkeypatch.setattr(tfvae_callbacks, "save_model", fills_up)
+    assert train_script.main(["--config", BETA10, "--run-dir", run, "--set", *tiny_overrides]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "No space left on device; the last finished epoch is kept" in line
+    assert not os.path.isfile(os.path.join(run, "model.keras"))  # nothing that looks finished
+    monkeypatch.undo()
+    assert train_script.main(["--run-dir", run, "--resume"]) == 0  # space freed: it completes
+    assert os.path.isfile(os.path.join(run, "model.keras")) and history_epochs(run) == [0, 1]

@@ -14,3 +14,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default" in text or action.default in (None, False, [], argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+def os_error(e: OSError) -> str:
+    """One line for an operating-system error (disk full, permission denied, ...) naming the file."""
+    where = e.filename or ""
+    return f"{where}: {e.strerror}" if e.strerror else f"{where}: {type(e).__name__}: {e}".lstrip(": ")

@@ -20,7 +20,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import HelpFormatter, os_error  # noqa: E402
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, calibration.CalibrationError,
             ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error(e)}", file=sys.stderr)
         return 2
     print(f"calibration {args.name!r}: {found['volumes']} healthy scan(s), {found['slices']} slices, stored in "
           f"{run.thresholds_path}")

@@ -18,7 +18,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import HelpFormatter, os_error  # noqa: E402
 from tfvae.predictor_names import ALL_PREDICTORS  # noqa: E402
 from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
@@ -80,6 +80,10 @@ def main(argv=None) -> int:
                                overwrite=args.overwrite)
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission denied: what was written stays in a -partial folder, never eval/
+        print(f"error: {os_error(e)}; nothing was put in place (run again with --overwrite to clear the partial "
+              "evaluation)", file=sys.stderr)
         return 2
     out_dir = args.out or run.eval_dir
     print()

@@ -21,7 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import HelpFormatter, os_error  # noqa: E402
 from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 
@@ -79,8 +79,11 @@ def main(argv=None) -> int:
     except localization.LocalizeIncomplete as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError, OSError) as e:
+    except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)  # a calibration error is a ValueError too
+        return 2
+    except OSError as e:
+        print(f"error: {os_error(e)}", file=sys.stderr)
         return 2
     print(f"maps, masks, overlays and summary.csv: {args.out}")
     return 0

@@ -20,7 +20,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import HelpFormatter, os_error  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -108,6 +108,10 @@ def _train(args, config, run_dir) -> int:
         history = run.train()
     except (data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission denied: the run stays resumable (--resume)
+        print(f"error: {os_error(e)}; the last finished epoch is kept: fix it and run again with --resume",
+              file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         where = ("the new run was discarded and the run it was to replace is back in place" if run.restored_previous
