@@ -220,3 +220,26 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
     assert [p for p in os.listdir(run_dir) if p.endswith(".tfvae-deleting")]
     final = run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
     assert set(final) == {"intensity"} and not [p for p in os.listdir(run_dir) if ".tfvae-" in p]
+
+
+def test_a_model_of_another_architecture_dropped_into_a_run_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from tfvae import callbacks
+    from tfvae.model import BetaVAE
+
+    run_dir = str(tmp_path / "R")
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*", "thresholds.json"))
+    run = Run(run_dir)
+    assert run.model().latent_dim == run.config()["model"]["latent_dim"]
+    loaded_digest = run.model_digest()
+    other = BetaVAE(image_size=32, latent_dim=4)
+    other(np.zeros((1, 32, 32, 1), np.float32))
+    callbacks.save_model(other, run.model_path())
+    assert run.model_digest() == loaded_digest  # the digest is the one of the bytes loaded, not re-read
+    with pytest.raises(RunDirError) as e:
+        Run(run_dir).model()
+    assert str(e.value) == (f"{run.model_path()}: this model is not the run's: its latent size 4 (config: 8); put "
+                            "the run's own model back, or train the run again")
