@@ -378,3 +378,52 @@ def test_a_full_disk_during_an_evaluation_is_one_line_and_nothing_in_place(tiny_
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"error: {out / 'results.json'}: No space left on device; nothing was put in place")
     assert not out.exists()  # no evaluation folder that looks complete
+
+
+def test_intensity_filtered_is_the_recommended_recipe_without_a_model(evaluated):
+    """Recomputed with scipy from the raw test split: max(x, 0), 3D median, 3D Gaussian, brain mask."""
+    from scipy import ndimage
+
+    run, results = evaluated
+    r = results["intensity_filtered"]
+    best = max(r["selection"]["table"], key=lambda row: row["auprc"])  # chosen label-free, on synthetic lesions
+    assert (r["settings"]["median_size"], r["settings"]["gaussian_sigma"]) == (best["median_size"],
+                                                                              best["gaussian_sigma"])
+    examples, _ = split_arrays(run, "test")
+    scores, labels = [], []
+    for vid in sorted({ex["volume_id"] for ex in examples}):
+        mine = sorted((ex for ex in examples if ex["volume_id"] == vid), key=lambda ex: ex["slice_index"])
+        image = np.stack([ex["image"][..., 0] for ex in mine])
+        brain = np.stack([ex["brain_mask"][..., 0] > 0 for ex in mine])
+        out = np.maximum(image, 0)
+        if r["settings"]["median_size"]:
+            out = ndimage.median_filter(out, size=r["settings"]["median_size"], mode="nearest")
+        if r["settings"]["gaussian_sigma"]:
+            out = ndimage.gaussian_filter(out, sigma=r["settings"]["gaussian_sigma"], mode="nearest")
+        out = np.where(brain, out, 0)
+        scores.append(out[brain])
+        labels.append(np.stack([ex["label"][..., 0] for ex in mine])[brain] > 0)
+    assert r["auroc_brain"] == pytest.approx(roc_auc_score(np.concatenate(labels), np.concatenate(scores)), abs=1e-6)
+
+
+def test_permuted_test_labels_change_no_setting_and_no_threshold(tiny_run, tmp_path):
+    """Nothing label-free may see a test label: the filtered maps' sizes, the Combi range, every
+    threshold and healthy reference come out the same when the test labels are scrambled."""
+    import tensorflow as tf
+
+    from tfvae import evaluation
+    from tfvae.run import Run
+
+    run = Run(tiny_run)
+    config = config_lib.resolve(run.config(), ['evaluate.predictors=["recommended", "intensity_filtered", '
+                                               '"combi", "intensity"]', "evaluate.write_nifti=false"])
+    test = data.load_split(config["data"], "test")
+    validation = data.load_split(config["data"], "validation")
+    scrambled = test.map(lambda ex: {**ex, "label": tf.reverse(ex["label"], axis=[0, 1])})
+    outs = [evaluation.evaluate(run.model(), config, split, validation, str(tmp_path / name), verbose=False)[0]
+            for name, split in (("plain", test), ("scrambled", scrambled))]
+    for p in ("recommended", "intensity_filtered", "combi", "intensity"):
+        a, b = outs[0][p], outs[1][p]
+        for key in ("dice_fpr01_threshold", "dice_fpr05_threshold", "healthy_reference", "settings", "kl_grad_range"):
+            assert a.get(key) == b.get(key), (p, key)
+    assert outs[0]["intensity"]["auroc"] != outs[1]["intensity"]["auroc"]  # the labels did change

@@ -166,8 +166,8 @@ def store_evaluation(run, config: dict, checkpoint: str, results: dict) -> None:
         if not pp and "display_range" in result:  # the top of the colour scale of overlays
             thresholds[DISPLAY_FPRS["display_high"]] = result["display_range"][1]
         reference = {}
-        if "settings" in result and predictor == "recommended":  # with how they were chosen, when they were
-            reference["recommended"] = result.get("selection", result["settings"])
+        if "settings" in result:  # a filtered map's sizes, with how they were chosen when they were
+            reference[predictor] = result.get("selection", result["settings"])
         if "kl_grad_range" in result:
             reference["kl_grad_range"] = result["kl_grad_range"]
         store.put(store.key(digest, predictor, config), thresholds, reference)

@@ -328,10 +328,11 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
                                                             fitted["calibrated"]["postprocessed"][p].items()}
     if fitted["ensemble"] is not None:
         results["ensemble"].update(coefficients=fitted["ensemble"].coefficients(), scored_volumes=len(scored_ids))
-    if "recommended" in results:
-        results["recommended"]["settings"] = {**scorer.recommended, "voxel_mm": scorer.recommended_mm or None}
-        if "recommended" in reference:
-            results["recommended"]["selection"] = reference["recommended"]
+    for name in scorer.sizes:  # the filtered maps' sizes, and how they were chosen
+        if name in results:
+            results[name]["settings"] = {**scorer.sizes[name], "voxel_mm": scorer.sizes_mm[name] or None}
+            if name in reference:
+                results[name]["selection"] = reference[name]
     if "combi" in results and "kl_grad_range" in reference:
         results["combi"]["kl_grad_range"] = reference["kl_grad_range"]
     return results, figures, per_volume

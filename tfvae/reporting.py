@@ -71,16 +71,20 @@ def markdown_table(results: dict) -> str:
 
 
 def recommended_note(results: dict) -> str:
-    """The recommended map's filter sizes, in voxels of the healthy validation grid and in mm."""
-    settings = results.get("recommended", {}).get("settings")
-    if not settings:
-        return ""
-    k, sigma, grid = settings["median_size"], settings["gaussian_sigma"], settings.get("voxel_mm")
-    mm = lambda n: " x ".join(f"{n * v:g}" for v in grid)  # noqa: E731
-    where = (f"median {mm(k) if k else 'off'} mm, Gaussian sigma {mm(sigma) if sigma else 'off'} mm "
-             "(slice x row x column), converted to each scan's voxels") if grid else "in each scan's voxels"
-    return (f"recommended: 3D median {k} and Gaussian sigma {sigma:g} voxels of the healthy validation grid; "
-            f"{where}; threshold mode {results['recommended'].get('threshold_mode', 'fixed')}")
+    """The filtered maps' filter sizes (recommended, intensity_filtered), in voxels of the healthy
+    validation grid and in mm, and the threshold mode."""
+    lines = []
+    for name in ("recommended", "intensity_filtered"):
+        settings = results.get(name, {}).get("settings")
+        if not settings:
+            continue
+        k, sigma, grid = settings["median_size"], settings["gaussian_sigma"], settings.get("voxel_mm")
+        mm = lambda n: " x ".join(f"{n * v:g}" for v in grid)  # noqa: E731
+        where = (f"median {mm(k) if k else 'off'} mm, Gaussian sigma {mm(sigma) if sigma else 'off'} mm "
+                 "(slice x row x column), converted to each scan's voxels") if grid else "in each scan's voxels"
+        lines.append(f"{name}: 3D median {k} and Gaussian sigma {sigma:g} voxels of the healthy validation grid; "
+                     f"{where}; threshold mode {results[name].get('threshold_mode', 'fixed')}")
+    return "\n".join(lines)
 
 
 def ensemble_note(results: dict) -> str:
@@ -99,8 +103,9 @@ LEGEND = (
     "threshold flagging 1%/5% of healthy validation brain pixels (mean ± std; what localize uses), moved with each "
     "scan's own score distribution when threshold.mode is per_scan; FPR@1%/5%: the share of the test scans' healthy "
     "brain pixels (label 0) those thresholds flag, measured (nominal 1%/5%).",
-    "intensity: the scan itself thresholded (a baseline, no model); recommended: the restored positive residual, "
-    "3D-filtered (tfvae/recommended.py); ensemble: fitted on labelled test volumes.",
+    "intensity: the scan itself thresholded (a baseline, no model); intensity_filtered: the same through the "
+    "recommended map's recipe (positive part, 3D median and Gaussian, brain mask; no model); recommended: the "
+    "restored positive residual, 3D-filtered (tfvae/recommended.py); ensemble: fitted on labelled test volumes.",
 )
 
 

@@ -269,7 +269,7 @@ class Run(RunDir):
         stored: dict = {}
         for p in predictors:
             stored.update(store.reference(store.key(digest, p, config)) or {})
-        needed = [p for p in predictors if p in ("recommended", "combi")]
+        needed = [p for p in predictors if p in ("recommended", "intensity_filtered", "combi")]
         if all(_reference_for(stored, p) for p in needed):
             scorer.fit(None, stored=stored)  # nothing to compute: no healthy scan is read
         else:
@@ -410,7 +410,8 @@ class Run(RunDir):
 
 def _reference_for(reference: dict, predictor: str) -> dict:
     """The part of ``Scorer.reference`` a predictor's maps depend on."""
-    keys = {"recommended": ("recommended",), "combi": ("kl_grad_range",)}.get(predictor, ())
+    keys = {"recommended": ("recommended",), "intensity_filtered": ("intensity_filtered",),
+            "combi": ("kl_grad_range",)}.get(predictor, ())
     return {k: reference[k] for k in keys if k in reference}
 
 

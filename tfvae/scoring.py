@@ -69,6 +69,15 @@ def volumes(examples: tf.data.Dataset, batch_size: int = 256):
         yield finish()
 
 
+FILTERED = ("recommended", "intensity_filtered")  # the maps made with the recommended recipe (3D filters)
+
+
+def intensity_positive(images: np.ndarray) -> np.ndarray:
+    """max(x, 0): the positive part of the z-scored input, what ``intensity_filtered`` filters -- the
+    recommended map's recipe with no model (the reconstruction taken as the brain's mean, 0)."""
+    return np.maximum(np.asarray(images, np.float32), 0.0)
+
+
 def as_volumes(healthy, limit: int | None = None):
     """The ``Volume`` s of ``healthy``: a split (``tf.data.Dataset``, grouped by ``volumes``) or
     already a list of them (e.g. a user's own healthy scans, ``tfvae.healthy_scans``); at most
@@ -97,8 +106,10 @@ class Scorer:
                            if "proj_rec_error" in self.predictors or self.restore else None)
         self.smooth_sigma = p["smooth_sigma"]
         self.batch_size = config["evaluate"]["batch_size"]
-        self.recommended = {"median_size": r["median_size"], "gaussian_sigma": r["gaussian_sigma"]}
-        self.recommended_mm = None  # the grid (mm) those sizes count voxels of, once fitted
+        # the filtered maps (tfvae.recommended): their 3D filter sizes, and the grid (mm) those count voxels of
+        self.sizes = {name: {"median_size": r["median_size"], "gaussian_sigma": r["gaussian_sigma"]}
+                      for name in FILTERED if name in self.predictors}
+        self.sizes_mm: dict = {name: None for name in self.sizes}  # set by fit
         self.synthetic_copies = r["synthetic_copies"]
         self.reference: dict = {}
         # compute only what is asked: no gradient pass for e.g. ["intensity"] or ["recommended"]
@@ -109,8 +120,17 @@ class Scorer:
     def _needs_kl_range(self) -> bool:
         return "combi" in self.predictors and self.pixel.combi == "zimmerer" and self.pixel.kl_range is None
 
-    def _needs_selection(self) -> bool:
-        return "recommended" in self.predictors and None in self.recommended.values()
+    def _needs_selection(self, name: str) -> bool:
+        return name in self.sizes and None in self.sizes[name].values()
+
+    @property
+    def recommended(self) -> dict:
+        """The recommended map's filter sizes (voxels of ``recommended_mm``)."""
+        return self.sizes["recommended"]
+
+    @property
+    def recommended_mm(self):
+        return self.sizes_mm["recommended"]
 
     def fit(self, validation, stored: dict | None = None) -> dict:
         """Take what the maps need from the healthy ``validation`` split (or a list of healthy
@@ -131,22 +151,22 @@ class Scorer:
                     taken += len(volume.image)
             self.pixel.kl_range = (lo, hi)
             self.reference["kl_grad_range"] = [lo, hi]
-        if "recommended" in self.predictors and self.recommended_mm is None:
-            if "recommended" in stored:
-                chosen = stored["recommended"]
-            elif self._needs_selection():
-                fixed = {k: v for k, v in self.recommended.items() if v is not None}
+        for name in [n for n, grid in self.sizes_mm.items() if grid is None]:
+            if name in stored:
+                chosen = stored[name]
+            elif self._needs_selection(name):
+                fixed = {k: v for k, v in self.sizes[name].items() if v is not None}
                 healthy = ((v.image[..., 0], v.brain_mask[..., 0] > 0, v.geometry.voxel_mm())
                            for v in as_volumes(validation))
-                chosen = recommended_lib.select(self._positive_residual, healthy, self.synthetic_copies, self.seed,
-                                                **fixed)
+                residual = self._positive_residual if name == "recommended" else intensity_positive
+                chosen = recommended_lib.select(residual, healthy, self.synthetic_copies, self.seed, **fixed)
             else:  # both sizes given: counted in voxels of the validation grid
                 grid = recommended_lib.grid_mm(v.geometry.voxel_mm() for v in
                                                as_volumes(validation, recommended_lib.MAX_SELECTION_VOLUMES))
-                chosen = {**self.recommended, "voxel_mm": grid}
-            self.recommended = {k: chosen[k] for k in self.recommended}
-            self.recommended_mm = chosen.get("voxel_mm") or False  # False: stored before sizes were in mm
-            self.reference["recommended"] = chosen
+                chosen = {**self.sizes[name], "voxel_mm": grid}
+            self.sizes[name] = {k: chosen[k] for k in self.sizes[name]}
+            self.sizes_mm[name] = chosen.get("voxel_mm") or False  # False: stored before sizes were in mm
+            self.reference[name] = chosen
         return self.reference
 
     def _positive_residual(self, images: np.ndarray) -> np.ndarray:
@@ -180,15 +200,17 @@ class Scorer:
             for k, v in maps.items():
                 out.setdefault(k, []).append(v)
         maps = {k: np.concatenate(v) for k, v in out.items()}
-        if "recommended" in self.predictors:
-            if self._needs_selection():
-                raise RuntimeError("Scorer.fit(validation) must choose the recommended map's settings first")
-            brain = (images != 0) if brain_mask is None else (np.asarray(brain_mask) > 0)
-            reconstruction = maps["projected_reconstruction" if self.restore else "reconstruction"]
-            residual = recommended_lib.positive_residual(images, reconstruction)
-            maps["recommended"] = recommended_lib.postprocess(residual[..., 0], brain[..., 0], **self.recommended,
-                                                              voxel_mm=voxel_mm,
-                                                              reference_mm=self.recommended_mm or None)[..., None]
+        brain = (images != 0) if brain_mask is None else (np.asarray(brain_mask) > 0)
+        for name in self.sizes:
+            if self._needs_selection(name):
+                raise RuntimeError(f"Scorer.fit(validation) must choose the {name} map's settings first")
+            if name == "recommended":
+                reconstruction = maps["projected_reconstruction" if self.restore else "reconstruction"]
+                residual = recommended_lib.positive_residual(images, reconstruction)
+            else:
+                residual = intensity_positive(images)
+            maps[name] = recommended_lib.postprocess(residual[..., 0], brain[..., 0], **self.sizes[name],
+                                                     voxel_mm=voxel_mm, reference_mm=self.sizes_mm[name] or None)[..., None]
         return maps
 
 
