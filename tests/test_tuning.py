@@ -41,7 +41,7 @@ def test_paper_search_is_the_union_of_the_two_grids():
     settings = {(p["model.latent_dim"], p["model.beta"]) for p in search.points}
     assert len(search.points) == 7  # 5 betas + 3 latents, (64, 1) once
     assert settings == {(64, 0.1), (64, 0.5), (64, 1.0), (64, 2.0), (64, 10.0), (32, 1.0), (256, 1.0)}
-    assert search.tuner == "grid" and search.objective().name == "val_loss"
+    assert search.tuner == "grid" and search.objective().name == "val_neg_elbo"  # it varies beta
     assert search.base["data"]["name"] == "hcp_t2"  # base path resolved relative to the search file
     hp = search.hyperparameters()
     config = search.trial_config(hp.copy())  # the Choice default: the first setting
@@ -90,6 +90,18 @@ def test_missing_required_key_is_named(tmp_path):
     path.write_text(json.dumps({"base": {"name": "x"}}))
     with pytest.raises(config_lib.ConfigError, match=r"s.json: missing key 'space'"):
         tuning.load_search(str(path))
+
+
+def test_a_search_over_beta_by_val_loss_is_refused_and_neg_elbo_is_its_default(tmp_path):
+    path = tiny_search(tmp_path, "unused", objective="val_loss")
+    with pytest.raises(config_lib.ConfigError) as e:
+        tuning.load_search(path)
+    assert str(e.value).startswith(f"{path}: objective 'val_loss' (Lrec + beta * KL) falls as beta falls")
+    assert "\n" not in str(e.value)
+    assert tuning.load_search(tiny_search(tmp_path, "unused")).objective_key == "neg_elbo"
+    at_one_beta = tuning.load_search(tiny_search(tmp_path, "unused", space={"model.latent_dim": [8, 16]},
+                                                 objective="val_loss"))
+    assert at_one_beta.objective_key == "val_loss"
 
 
 def test_search_schema_is_config_fields_with_the_documented_defaults(tmp_path):
@@ -147,7 +159,7 @@ def test_each_tuner_fits_the_model_its_hypermodel_built(tmp_path, monkeypatch, t
         # the model the trial's build just returned (Keras Tuner also builds once before the first
         # trial, to collect the hyperparameters)
         fitted.append((model is built[-1], model, trial_id, epochs, previous, search.point(hp)))
-        return {"val_loss": float(search.point(hp)["model.beta"])}
+        return {search.objective().name: float(search.point(hp)["model.beta"])}
 
     monkeypatch.setattr(tuning.VAEHyperModel, "build", build)
     monkeypatch.setattr(tuning.VAEHyperModel, "fit", fit)
@@ -172,7 +184,7 @@ def test_a_random_search_with_seed_0_repeats_its_trials(tmp_path, monkeypatch):
                                             space={"model.beta": [0.1, 0.5, 1, 2, 4, 10, 20, 50]}))
     assert search.base["seed"] == 0
     monkeypatch.setattr(tuning.VAEHyperModel, "fit",
-                        lambda self, hp, model, **kw: {"val_loss": float(search.point(hp)["model.beta"])})
+                        lambda self, hp, model, **kw: {search.objective().name: float(search.point(hp)["model.beta"])})
     picked = []
     for name in ("first", "second"):
         t = tuning.make_tuner(search, str(tmp_path / name))
@@ -210,7 +222,7 @@ def _events_contain(folder, needle: bytes) -> bool:
 
 # --- searches on the tiny phantom ----------------------------------------------------------------
 @pytest.mark.slow
-def test_grid_search_val_loss_resumes_and_exports_best(tmp_path, tiny_data_dir, monkeypatch, capsys):
+def test_grid_search_neg_elbo_resumes_and_exports_best(tmp_path, tiny_data_dir, monkeypatch, capsys):
     from tfvae import training
 
     search_file = tiny_search(tmp_path, tiny_data_dir)
@@ -255,9 +267,21 @@ def test_grid_search_val_loss_resumes_and_exports_best(tmp_path, tiny_data_dir, 
             rows = list(csv.DictReader(f))
         assert len(rows) == 1
         assert objectives[trial]["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
+        # the search's objective (it varies beta): Lrec + KL at z = mu, written out with numpy
+        from tfvae import data
+        from tfvae.model import load
+
+        model = load(os.path.join(run, "model.keras"))
+        images = np.stack([ex["image"] for ex in data.load_split(saved["data"], "validation").as_numpy_iterator()])
+        stats = model.encoder(images).numpy()
+        mu, log_sigma = np.split(stats, 2, axis=-1)
+        g = model.decoder(mu).numpy()
+        rec = 0.5 * ((images - g) ** 2).sum(axis=(1, 2, 3)) + 0.5 * images[0].size * np.log(2 * np.pi)
+        kl = 0.5 * (mu ** 2 + np.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(axis=1)
+        assert objectives[trial]["val_neg_elbo"] == pytest.approx(float(np.mean(rec + kl)), rel=1e-4)
     assert {o["values"]["model.beta"] for o in objectives.values()} == {0.5, 4.0}
 
-    best_trial = min(objectives, key=lambda t: objectives[t]["val_loss"])
+    best_trial = min(objectives, key=lambda t: objectives[t]["val_neg_elbo"])
     best = os.path.join(search_dir, "best")
     with open(os.path.join(best, "best_trial.json")) as f:
         assert json.load(f)["trial_id"] == best_trial
@@ -429,7 +453,7 @@ def test_a_grid_search_killed_during_a_trial_completes_every_setting_when_starte
         if len(fitted) == 1:
             raise SystemExit("killed")  # like a kill -9: no Keras Tuner bookkeeping after it
         fitted.append(search.point(hp)["model.beta"])
-        return {"val_loss": float(search.point(hp)["model.beta"])}
+        return {search.objective().name: float(search.point(hp)["model.beta"])}
 
     monkeypatch.setattr(tuning.VAEHyperModel, "fit", killed_in_the_second_trial)
     with pytest.raises(SystemExit):
@@ -438,7 +462,7 @@ def test_a_grid_search_killed_during_a_trial_completes_every_setting_when_starte
 
     def fit(self, hp, model, *, trial_id, **kw):
         fitted.append(search.point(hp)["model.beta"])
-        return {"val_loss": float(search.point(hp)["model.beta"])}
+        return {search.objective().name: float(search.point(hp)["model.beta"])}
 
     monkeypatch.setattr(tuning.VAEHyperModel, "fit", fit)
     tuner = tuning.make_tuner(search, search_dir)  # a fresh process: everything reloaded from disk
@@ -456,12 +480,12 @@ def test_a_grid_search_with_a_failed_setting_is_not_reported_done_and_a_rerun_re
     def fit(self, hp, model, **kw):
         if search.point(hp)["model.beta"] == 1.0:
             raise ValueError("out of memory in this trial")
-        return {"val_loss": float(search.point(hp)["model.beta"])}
+        return {search.objective().name: float(search.point(hp)["model.beta"])}
 
     monkeypatch.setattr(tuning.VAEHyperModel, "fit", fit)
     with pytest.raises(tuning.SearchFailed, match=r"1 setting\(s\) no trial completed \(model\.beta=1"):
         tuning.run_trials(tuning.make_tuner(search, search_dir), search_dir, search)
-    monkeypatch.setattr(tuning.VAEHyperModel, "fit", lambda self, hp, model, **kw: {"val_loss": 1.0})
+    monkeypatch.setattr(tuning.VAEHyperModel, "fit", lambda self, hp, model, **kw: {search.objective().name: 1.0})
     tuner = tuning.make_tuner(search, search_dir)
     tuning.run_trials(tuner, search_dir, search)  # the cause fixed: the failed setting is retried
     assert tuning.missing_settings(tuner, search) == []

@@ -13,7 +13,8 @@ whose one line names the file and the key):
   (dotted run-config keys, each a non-empty list of values), or a list of grids searched over their
   union (their Cartesian products, a setting shared by two grids counted once).
 - ``tuner``: "grid" (default), "random", "bayesian" or "hyperband".
-- ``objective``: "val_loss" (default) or "auroc".
+- ``objective``: "neg_elbo", "val_loss" or "auroc"; null (default): "neg_elbo" when the space varies
+  ``model.beta``, else "val_loss". "val_loss" with a varying beta is refused (see below).
 - ``objective_predictor``: str, "rec_grad" -- the predictor whose AUROC the "auroc" objective is.
 - ``objective_volumes``: int, 2 -- how many labelled volumes (the first of ``objective_split``)
   the "auroc" objective scores.
@@ -27,8 +28,15 @@ whose one line names the file and the key):
 
 Objectives:
 
-- ``val_loss`` (unsupervised, minimised): the mean negative ELBO (``loss`` = Lrec + beta * KL) on
-  the healthy validation slices after the trial's last epoch -- what ``model.keras`` holds.
+- ``neg_elbo`` (unsupervised, minimised; Keras Tuner objective ``val_neg_elbo``): the negative ELBO
+  Lrec + KL -- without beta, so settings of different beta are compared on one quantity -- averaged
+  over the healthy validation slices at z = mu (deterministic: no sampling noise), with the model
+  ``model.keras`` holds after the trial. The default for a search that varies beta.
+- ``val_loss`` (unsupervised, minimised): the training objective Lrec + beta * KL on the healthy
+  validation slices after the trial's last epoch (one sampled z per slice, as Keras reports it). It
+  is the negative ELBO only at beta = 1 and falls as beta falls, so a search over beta with it would
+  pick the smallest beta by construction (and Hyperband would prune by it): refused when the space
+  varies ``model.beta``; right for searches at one beta.
 - ``auroc`` (supervised, maximised; Keras Tuner objective ``val_auroc``): USES LABELS. After
   training, the first ``objective_volumes`` volumes of a labelled split are scored with
   ``objective_predictor`` through ``evaluation.Scorer`` and ``metrics.PixelHistogram``, the code
@@ -74,7 +82,7 @@ from tfvae.run import Run
 from tfvae.rundir import sibling, swap_in
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
-OBJECTIVES = {"val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}
+OBJECTIVES = {"neg_elbo": ("val_neg_elbo", "min"), "val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}
 SEARCH_FILE = "search.json"
 POINT_HP = "setting"  # the one hyperparameter of a union of grids
 
@@ -110,7 +118,7 @@ SEARCH_SCHEMA: dict[str, config_lib.Field] = {
     "set": config_lib.Field((list,), [], _key_value_strings),
     "space": config_lib.Field((dict, list), REQUIRED),  # its keys and values: Search._check_space
     "tuner": config_lib.Field((str,), "grid", _one_of(TUNERS)),
-    "objective": config_lib.Field((str,), "val_loss", _one_of(tuple(OBJECTIVES))),
+    "objective": config_lib.Field((str, _NULL), None, _one_of(tuple(OBJECTIVES))),
     "objective_predictor": config_lib.Field((str,), "rec_grad", _one_of(LOCALIZABLE)),
     "objective_volumes": config_lib.Field((int,), 2, _positive),
     "objective_split": config_lib.Field((str, _NULL), None),
@@ -161,6 +169,14 @@ class Search:
         if not self.points:
             raise config_lib.ConfigError(f"{source}: space is empty")
         self.keys = list(dict.fromkeys(k for p in self.points for k in p))
+        varies_beta = len({p.get("model.beta", self.base["model"]["beta"]) for p in self.points}) > 1
+        if self.objective_key is None:
+            self.objective_key = "neg_elbo" if varies_beta else "val_loss"
+        elif self.objective_key == "val_loss" and varies_beta:
+            raise config_lib.ConfigError(
+                f"{source}: objective 'val_loss' (Lrec + beta * KL) falls as beta falls, so a search over "
+                "model.beta would pick the smallest beta by construction; use 'neg_elbo' (the beta-free "
+                "negative ELBO) or 'auroc'")
 
     # --- validation ------------------------------------------------------------------------------
     @staticmethod
@@ -336,6 +352,19 @@ class LabelledAUROC(keras.callbacks.Callback):
 
 
 # --- the HyperModel and the tuners ---------------------------------------------------------------
+def negative_elbo(model, examples, batch_size: int = 256) -> float:
+    """The mean over slices of Lrec + KL (no beta) at z = mu: the ``neg_elbo`` objective (nats per
+    slice; ``model.loss_terms(sample=False)``)."""
+    total, count = 0.0, 0
+    for batch in examples.map(lambda ex: ex["image"]).batch(batch_size):
+        terms = model.loss_terms(batch, sample=False)
+        total += float(tf.reduce_sum(terms["rec"] + terms["kl"]))
+        count += int(batch.shape[0])
+    if not count:
+        raise ValueError("no validation slice to compute the negative ELBO on")
+    return total / count
+
+
 def _last_val_loss(run_dir: str) -> float:
     with open(Run(run_dir).history_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -393,6 +422,9 @@ class VAEHyperModel(kt.HyperModel):
                                        Run(run_dir).logs_dir))
         training.train(config, run_dir, extra_callbacks=extra, verbose=self.verbose, model=model)
         metrics = {"val_loss": _last_val_loss(run_dir)}
+        if search.objective_key == "neg_elbo":
+            metrics["val_neg_elbo"] = negative_elbo(model, data.load_split(config["data"],
+                                                                           config["data"]["validation_split"]))
         if extra:
             metrics["val_auroc"] = extra[0].value
         files.write_json(os.path.join(run_dir, "objective.json"),
@@ -534,8 +566,8 @@ def run_trials(tuner, search_dir: str, search: Search | None = None) -> None:
         raise SearchFailed(f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed; "
                            f"the last with {lines[-1]} (each trial's traceback: "
                            f"{os.path.join(search_dir, 'kt', 'trial_*', 'trial.json')})") from None
-    missing = missing_settings(tuner, search) if search is not None else []
-    if missing and not is_worker():
+    missing = missing_settings(tuner, search) if search is not None and not is_worker() else []  # chief's oracle
+    if missing:
         raise SearchFailed(f"the search ended with {len(missing)} setting(s) no trial completed "
                            f"({'; '.join(label(p) for p in missing)}); a trial failed (its traceback: "
                            f"{os.path.join(search_dir, 'kt', 'trial_*', 'trial.json')}); fix the cause and run the "
@@ -595,11 +627,11 @@ def write_trials(tuner, search: Search, search_dir: str) -> list[dict]:
 
 
 def summary_rows(tuner, search: Search) -> list[dict]:
-    """Every finished trial: id, values, val_loss, val_auroc (when measured), status."""
+    """Every finished trial: id, values, val_loss, val_neg_elbo / val_auroc (when measured), status."""
     rows = []
     for trial in tuner.oracle.trials.values():
         metrics = {}
-        for name in ("val_loss", "val_auroc"):
+        for name in ("val_loss", "val_neg_elbo", "val_auroc"):
             if trial.metrics.exists(name):
                 metrics[name] = trial.metrics.get_last_value(name)
         rows.append({"trial_id": trial.trial_id, "status": str(trial.status), **search.point(trial.hyperparameters),
