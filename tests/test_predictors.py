@@ -71,6 +71,19 @@ def test_maps_are_the_absolute_values_and_elbo_grad_is_the_signed_sum(model, x):
     np.testing.assert_array_equal(maps["intensity"], x)
 
 
+def test_the_reference_elbo_grad_has_no_beta_weight(model, x):
+    """Zimmerer et al.'s ELBO is Lrec + KL: its gradient, by finite differences of rec + kl, unlike the default's."""
+    reference = PixelPredictors(model, smooth_gradients=False, elbo_grad="reference")
+    signed = {k: v.numpy() for k, v in reference.signed_maps(x).items()}
+    for slice_index, pixel in PIXELS:
+        fd = finite_difference(model, x, "rec", slice_index, pixel) + finite_difference(model, x, "kl", slice_index, pixel)
+        assert abs(signed["d_loss"][(slice_index, *pixel, 0)] - fd) <= 2e-2 * max(1.0, abs(fd))
+    default = PixelPredictors(model, smooth_gradients=False)(x)["elbo_grad"]
+    assert np.abs(reference(x)["elbo_grad"] - default).max() > 1e-3  # they differ at beta 3
+    with pytest.raises(ValueError, match="elbo_grad must be one of beta, reference"):
+        PixelPredictors(model, elbo_grad="paper")
+
+
 def hand_kernel():
     """utils/util.py::smooth_tensor written out: kernel_size 8 -> 7, sigma 3, centred, sum 1."""
     k = np.zeros((7, 7))

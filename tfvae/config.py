@@ -65,6 +65,9 @@ Schema (dotted key: type, default -- meaning):
 - ``predictors.combi``: "zimmerer" (the reference code: smooth(min-max(|dKL/dx|)) times the
   per-pixel negative log-likelihood, the min-max range fixed from healthy validation maps) or
   "paper" (|dKL/dx| * rec_error, the product as the paper writes it). See ``tfvae.predictors``.
+- ``predictors.elbo_grad``: "beta" (default: |d(Lrec + beta * KL)/dx|, the loss the model was trained
+  with) or "reference" (|d(Lrec + KL)/dx|: Zimmerer et al.'s code, whose ELBO has no beta weight);
+  the same map at beta = 1.
 - ``predictors.smooth_gradients``: bool, true -- smooth ELBO-, KL- and Rec-grad with the reference
   code's normalised 7x7 Gaussian (sigma 3 px, zero padding), as Zimmerer et al. do.
 - ``predictors.smooth_sigma``: float, 0 -- Gaussian smoothing of every map, in pixels (0: off).
@@ -254,6 +257,7 @@ SCHEMA: dict[str, Any] = {
     "predictors": {
         "n_samples": Field(INT, 0, _non_negative),
         "combi": Field(STR, "zimmerer", _one_of("zimmerer", "paper")),
+        "elbo_grad": Field(STR, "beta", _one_of("beta", "reference")),
         "smooth_gradients": Field(BOOL, True),
         "smooth_sigma": Field(FLOAT, 0.0, _non_negative),
         "projection_steps": Field(INT, 100, _non_negative),

@@ -5,7 +5,9 @@ code the paper builds on makes them (Zimmerer et al., ``MIC-DKFZ/vae-anomaly-exp
 For a batch of slices x (B, S, S, 1), with L = Lrec + beta * KL the model's per-slice loss:
 
 - ``rec_error``  (x - g(mu(x)))^2, the pixel-wise squared reconstruction error (never smoothed);
-- ``elbo_grad``  |dL/dx|, the gradient of the slice's own loss (with beta, as trained);
+- ``elbo_grad``  |dL/dx|, the gradient of the slice's own loss: with beta, as trained
+  (``elbo_grad="beta"``, the default), or without it as the reference code's ELBO has no beta
+  weight (``elbo_grad="reference"``: |d(Lrec + KL)/dx|); the two agree at beta = 1;
 - ``kl_grad``    |dKL/dx|;
 - ``rec_grad``   |dLrec/dx|;
 - ``combi``      two variants (``predictors.combi``):
@@ -45,6 +47,7 @@ from tfvae.predictor_names import ALL_PREDICTORS, GRADIENT_MAPS  # noqa: F401  (
 
 SMOOTHED_GRADIENTS = ("elbo_grad", "kl_grad", "rec_grad")
 COMBI_VARIANTS = ("zimmerer", "paper")
+ELBO_GRAD_VARIANTS = ("beta", "reference")  # dL/dx with L = Lrec + beta * KL, or Lrec + KL (Zimmerer et al.)
 # utils/util.py::smooth_tensor(kernel_size=8, sigma=3): an even size is decremented, so 7x7
 REFERENCE_KERNEL_SIZE, REFERENCE_SIGMA = 8, 3.0
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -86,9 +89,12 @@ class PixelPredictors:
     """Computes the gradient / reconstruction maps of a model, compiled once per input shape."""
 
     def __init__(self, model, *, n_samples: int = 0, combi: str = "zimmerer", smooth_gradients: bool = True,
-                 smooth_sigma: float = 0.0, kl_range: tuple[float, float] | None = None):
+                 smooth_sigma: float = 0.0, kl_range: tuple[float, float] | None = None, elbo_grad: str = "beta"):
         if combi not in COMBI_VARIANTS:
             raise ValueError(f"combi must be one of {', '.join(COMBI_VARIANTS)}, got {combi!r}")
+        if elbo_grad not in ELBO_GRAD_VARIANTS:
+            raise ValueError(f"elbo_grad must be one of {', '.join(ELBO_GRAD_VARIANTS)}, got {elbo_grad!r}")
+        self.elbo_weight = float(model.beta) if elbo_grad == "beta" else 1.0  # the weight of dKL/dx in dL/dx
         self.model = model
         self.n_samples = int(n_samples)
         self.combi = combi
@@ -115,7 +121,7 @@ class PixelPredictors:
         reconstruction = tf.reduce_mean(tf.reshape(terms["reconstruction"], shape), axis=0)
         rec_error = tf.reduce_mean(tf.reshape((inputs - terms["reconstruction"]) ** 2, shape), axis=0)
         return {"rec_error": rec_error, "reconstruction": reconstruction,
-                "d_rec": d_rec, "d_kl": d_kl, "d_loss": d_rec + self.model.beta * d_kl}
+                "d_rec": d_rec, "d_kl": d_kl, "d_loss": d_rec + self.elbo_weight * d_kl}
 
     def raw_kl_grad(self, x) -> np.ndarray:
         """|dKL/dx| before any smoothing: what ``kl_range`` is taken from."""

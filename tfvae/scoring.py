@@ -100,7 +100,8 @@ class Scorer:
         self.predictors = list(predictors)
         self.seed = config["seed"]
         self.pixel = PixelPredictors(model, n_samples=p["n_samples"], combi=p["combi"],
-                                     smooth_gradients=p["smooth_gradients"], smooth_sigma=p["smooth_sigma"])
+                                     smooth_gradients=p["smooth_gradients"], smooth_sigma=p["smooth_sigma"],
+                                     elbo_grad=p["elbo_grad"])
         self.restore = "recommended" in self.predictors and r["restore"]
         self.projection = (CompiledProjection(model, p["projection_steps"], p["projection_lambda"], p["projection_lr"])
                            if "proj_rec_error" in self.predictors or self.restore else None)
