@@ -111,6 +111,16 @@ def test_findings_say_what_holds():
     assert rec.endswith("does not hold.") and combi.endswith("does not hold.")
     ties = rp.findings(fake_per_setting(shift=-0.05))  # Rec-grad == Rec-Error exactly, every seed
     assert next(line for line in ties if line.startswith("Rec-grad beats")).endswith("-> tie.")
+    # the claims that failed on the phantom are judged too, beside the ones that hold
+    flat = next(line for line in holds if line.startswith("KL-grad does not depend on beta"))
+    assert flat.endswith("-> holds.") and "within ±0.005" in flat  # the fake KL-grad is the same at every beta
+    latent = next(line for line in holds if line.startswith("A large latent space (256)"))
+    assert latent.endswith("-> tie.") and "l256 b1 - l64 b1 = +0.000" in latent  # the fake data: no difference
+    moving = fake_per_setting()
+    for r in moving[(64, 10.0)]:
+        r["kl_grad"]["auroc"] -= 0.08
+    line = next(l for l in rp.findings(moving) if l.startswith("KL-grad does not depend on beta"))
+    assert "l64 b10 - l64 b1 = -0.080" in line and line.endswith("-> does not hold.")
 
 
 def test_comparable_is_judged_by_size_not_by_sign():
@@ -226,6 +236,16 @@ def test_a_whole_reproduction_on_the_tiny_phantom(tiny_data_dir, tmp_path):
     assert all("reused" in line for line in logs) and len(logs) == 8
     again = (tmp_path / "tables" / "tables.md").read_text()
     assert again.endswith(notes) and again.count(rp.NOTES_MARKER) == 1  # hand-written notes are kept
+    # a document named with --md gets its evidence beside it: every run's cells, the extras, every verdict
+    doc = tmp_path / "docs" / "results.md"
+    rp.reproduce(plan, str(tmp_path / "runs"), str(tmp_path / "tables"), str(doc), verbose=False, command="test",
+                 log=logs.append)
+    evidence = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert set(evidence["runs"]) == {rp.run_name(l, b, s) for (l, b), rs in out["per_setting"].items()
+                                     for s in range(len(rs))}
+    assert evidence["runs"]["l64_b10_s1"]["rec_grad"]["auroc"] == out["per_setting"][(64, 10.0)][1]["rec_grad"]["auroc"]
+    assert set(evidence["extras"]) == {"eval_plain", "eval_ensemble_plus"}
+    assert evidence["findings"] == out["findings"] and any("does not depend on beta" in f for f in evidence["findings"])
 
 
 def test_report_only_trains_nothing_and_names_what_is_missing(tiny_data_dir, tmp_path):
