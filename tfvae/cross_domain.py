@@ -141,6 +141,29 @@ def _cell(stats, percent: bool = False, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
+# the table columns: (header, path into a predictor's results, shown as a percentage)
+FPR01_FIXED = ("FPR@1% fixed", ("fixed_threshold", "measured_fpr01"), True)
+FPR01 = ("FPR@1% per scan", ("measured_fpr01",), True)
+FPR05_FIXED = ("FPR@5% fixed", ("fixed_threshold", "measured_fpr05"), True)
+FPR05 = ("FPR@5% per scan", ("measured_fpr05",), True)
+DICE01_FIXED = ("Dice@1% fixed", ("fixed_threshold", "dice_fpr01"), False)
+DICE01 = ("Dice@1% per scan", ("dice_fpr01",), False)
+BEST_DICE = ("best Dice", ("best_dice",), False)
+AUROC_BRAIN = ("AUROC brain", ("auroc_brain",), False)
+AUPRC_BRAIN = ("AUPRC brain", ("auprc_brain",), False)
+
+
+def _table(first: list[str], rows, predictor: str, columns) -> list[str]:
+    """A markdown table: ``first`` headers (each row's label fills them), then one column per
+    ``columns`` entry, each cell mean ± std over the row's seeds of ``predictor``'s results."""
+    header = first + [name for name, _, _ in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, per_seed in rows:
+        cells = [_cell(_stats(per_seed, predictor, *path), percent) for _, path, percent in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def judge_targets(results: dict) -> dict:
     """Per test set: the issue's targets on the recommended map with per-scan thresholds (means over
     seeds), and, on the default test split, the per-scan Dice against the fixed threshold's (paired)."""
@@ -180,54 +203,29 @@ def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, ov
              "threshold as it is; *per scan*: moved with each scan's own score distribution (the default, "
              "`threshold.mode=per_scan`). Sites marked *held out* were kept out of every design decision and "
              "are reported last.", "",
-             "### The recommended map: nominal against measured false-positive rate, and Dice", "",
-             "| test set | FPR@1% fixed | FPR@1% per scan | FPR@5% fixed | FPR@5% per scan | Dice@1% fixed | "
-             "Dice@1% per scan | best Dice | AUROC brain | AUPRC brain |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for test_set, per_seed in results.items():
-        if not per_seed:
-            continue
-        s = lambda *path: _stats(per_seed, "recommended", *path)  # noqa: E731
-        lines.append(f"| {_label(test_set)} | {_cell(s('fixed_threshold', 'measured_fpr01'), True)} | "
-                     f"{_cell(s('measured_fpr01'), True)} | {_cell(s('fixed_threshold', 'measured_fpr05'), True)} | "
-                     f"{_cell(s('measured_fpr05'), True)} | {_cell(s('fixed_threshold', 'dice_fpr01'))} | "
-                     f"{_cell(s('dice_fpr01'))} | {_cell(s('best_dice'))} | {_cell(s('auroc_brain'))} | "
-                     f"{_cell(s('auprc_brain'))} |")
-    lines += ["", "### The intensity baseline on the same scans (no model)", "",
-              "| test set | FPR@1% fixed | FPR@1% per scan | Dice@1% fixed | Dice@1% per scan | best Dice | "
-              "AUROC brain | AUPRC brain |", "|---|---|---|---|---|---|---|---|"]
-    for test_set, per_seed in results.items():
-        if not per_seed:
-            continue
-        s = lambda *path: _stats(per_seed, "intensity", *path)  # noqa: E731
-        lines.append(f"| {_label(test_set)} | {_cell(s('fixed_threshold', 'measured_fpr01'), True)} | "
-                     f"{_cell(s('measured_fpr01'), True)} | {_cell(s('fixed_threshold', 'dice_fpr01'))} | "
-                     f"{_cell(s('dice_fpr01'))} | {_cell(s('best_dice'))} | {_cell(s('auroc_brain'))} | "
-                     f"{_cell(s('auprc_brain'))} |")
+             "### The recommended map: nominal against measured false-positive rate, and Dice", ""]
+    rows = [(_label(t), per_seed) for t, per_seed in results.items() if per_seed]
+    lines += _table(["test set"], rows, "recommended", [FPR01_FIXED, FPR01, FPR05_FIXED, FPR05, DICE01_FIXED, DICE01,
+                                                        BEST_DICE, AUROC_BRAIN, AUPRC_BRAIN])
+    lines += ["", "### The intensity baseline on the same scans (no model)", ""]
+    lines += _table(["test set"], rows, "intensity", [FPR01_FIXED, FPR01, DICE01_FIXED, DICE01, BEST_DICE,
+                                                      AUROC_BRAIN, AUPRC_BRAIN])
     lines += ["", "### Label-free estimate of the fixed threshold's false-positive rate", "",
               "What localize reports for a scan without labels (`estimated_fpr_at_calibrated` in its summary.csv): "
               "the share of healthy tissue the calibrated 1% threshold flags, estimated from the scan's Q-Q line, "
-              "beside the share measured with the labels (recommended map, mean over volumes and seeds).", "",
-              "| test set | measured | estimated |", "|---|---|---|"]
-    for test_set, per_seed in results.items():
-        if not per_seed:
-            continue
-        measured = _stats(per_seed, "recommended", "fixed_threshold", "measured_fpr01")
-        estimated = _stats(per_seed, "recommended", "fixed_threshold", "estimated_fpr01")
-        lines.append(f"| {_label(test_set)} | {_cell(measured, True)} | {_cell(estimated, True)} |")
+              "beside the share measured with the labels (recommended map, mean over volumes and seeds).", ""]
+    lines += _table(["test set"], rows, "recommended", [("measured", FPR01_FIXED[1], True),
+                                                        ("estimated", ("fixed_threshold", "estimated_fpr01"), True)])
     if calibrated:
         lines += ["", "### Calibrated on the site's own healthy scans (`tfvae calibrate`)", "",
                   "The thresholds and the recommended map's sizes taken from N healthy scans of the shifted site "
                   "(other subjects than its test scans) instead of the training data's validation split; recommended "
-                  "map, FPR measured on the site's test scans.", "",
-                  "| site | healthy scans | FPR@1% fixed | FPR@1% per scan | Dice@1% fixed | Dice@1% per scan |",
-                  "|---|---|---|---|---|---|"]
+                  "map, FPR measured on the site's test scans.", ""]
         order = list(results)
-        for (site, n), per_seed in sorted(calibrated.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
-            s = lambda *path: _stats(per_seed, "recommended", *path)  # noqa: E731
-            lines.append(f"| {_label(site)} | {n} | {_cell(s('fixed_threshold', 'measured_fpr01'), True)} | "
-                         f"{_cell(s('measured_fpr01'), True)} | {_cell(s('fixed_threshold', 'dice_fpr01'))} | "
-                         f"{_cell(s('dice_fpr01'))} |")
+        calibrated_rows = [(f"{_label(site)} | {n}", per_seed) for (site, n), per_seed in
+                           sorted(calibrated.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))]
+        lines += _table(["site", "healthy scans"], calibrated_rows, "recommended",
+                        [FPR01_FIXED, FPR01, DICE01_FIXED, DICE01])
     lines += ["", "### Targets (issue 18), recommended map with per-scan thresholds", ""]
     for test_set, v in verdicts.items():
         if test_set == "default_no_loss":
