@@ -213,7 +213,8 @@ def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, ov
     lines += ["", "### Label-free estimate of the fixed threshold's false-positive rate", "",
               "What localize reports for a scan without labels (`estimated_fpr_at_calibrated` in its summary.csv): "
               "the share of healthy tissue the calibrated 1% threshold flags, estimated from the scan's Q-Q line, "
-              "beside the share measured with the labels (recommended map, mean over volumes and seeds).", ""]
+              "beside the share measured with the labels (recommended map; measured: pooled over the healthy "
+              "pixels of the test scans, estimated: the mean of the scans' estimates; mean ± std over seeds).", ""]
     lines += _table(["test set"], rows, "recommended", [("measured", FPR01_FIXED[1], True),
                                                         ("estimated", ("fixed_threshold", "estimated_fpr01"), True)])
     if calibrated:
