@@ -427,3 +427,34 @@ def test_permuted_test_labels_change_no_setting_and_no_threshold(tiny_run, tmp_p
         for key in ("dice_fpr01_threshold", "dice_fpr05_threshold", "healthy_reference", "settings", "kl_grad_range"):
             assert a.get(key) == b.get(key), (p, key)
     assert outs[0]["intensity"]["auroc"] != outs[1]["intensity"]["auroc"]  # the labels did change
+
+
+def test_the_reference_pixel_set_is_whole_slices_but_the_first_and_last(tiny_run, tmp_path):
+    """evaluate.pixel_set=reference: every axial slice of the scan's grid but the first and last N, each
+    resized whole (background included), as Zimmerer et al. score; recomputed here with scipy and sklearn."""
+    from scipy import ndimage
+
+    from tfvae import preprocessing
+    from tfvae.run import Run
+
+    run = Run(tiny_run)
+    results = run.evaluate(overrides=['evaluate.predictors=["intensity"]', "evaluate.pixel_set=reference",
+                                      "evaluate.reference_skip=2", "evaluate.write_nifti=false"],
+                           out_dir=str(tmp_path / "eval"), verbose=False)
+    examples, config = split_arrays(tiny_run, "test")
+    scores, labels = [], []
+    for vid in sorted({ex["volume_id"] for ex in examples}):
+        mine = sorted((ex for ex in examples if ex["volume_id"] == vid), key=lambda ex: ex["slice_index"])
+        geometry = preprocessing.SliceGeometry.from_arrays(mine[0]["source_shape"], mine[0]["source_affine"],
+                                                           mine[0]["crop"])
+        index = [ex["slice_index"] for ex in mine]
+        for planes, order, out in ((np.stack([ex["image"] for ex in mine]), 1, scores),
+                                   (np.stack([ex["label"] for ex in mine]).astype(np.float32), 0, labels)):
+            vol = preprocessing.to_canonical(preprocessing.slices_to_volume(planes, index, geometry, order=order),
+                                             geometry.source_affine)[:, :, 2:-2]
+            out.append(ndimage.zoom(vol, (32 / vol.shape[0], 32 / vol.shape[1], 1), order=order, grid_mode=True,
+                                    mode="grid-constant").ravel())
+    scores, labels = np.concatenate(scores), np.concatenate(labels) > 0
+    assert results["intensity"]["auroc_reference"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert results["intensity"]["auroc_reference"] != results["intensity"]["auroc"]  # another pixel population
+    assert labels.mean() < np.mean([(ex["label"] > 0).mean() for ex in examples])  # more background than ours

@@ -73,17 +73,23 @@ def test_cells_are_mean_and_std_over_seeds_and_show_the_paper_only_for_brats():
     per_setting[(64, 1.0)][2]["rec_error"]["auroc"] = 0.83
     with_paper, rows = rp.render(per_setting, compare_paper=True)
     values = [r["rec_error"]["auroc"] for r in per_setting[(64, 1.0)]]
-    cell = f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} (0.856"
-    assert cell in with_paper
-    assert "| 32 | 1 | 0.970 | 0.800 (0.860, -0.060) |" in with_paper  # one seed: no spread
+    cell = f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} (paper 0.856; not comparable"
+    assert cell in with_paper  # no AUROC over the reference's pixels: no difference shown
+    for runs in per_setting.values():
+        for r in runs:
+            for p in r:
+                r[p]["auroc_reference"] = r[p]["auroc"] - 0.05
+    with_paper, _ = rp.render(per_setting, compare_paper=True)
+    # one seed: no spread; the difference to the paper is taken on the reference's pixels
+    assert "| 32 | 1 | 0.970 | 0.800 (reference pixels 0.750; paper 0.860, -0.110) |" in with_paper
     without, _ = rp.render(per_setting, compare_paper=False)
-    assert "(0.860" not in without and "Recommended" in without and "Proj-Rec-Error" in without
-    # CSV rows: 3 x 7 for Table 1, 5 x 8 for Table 2
-    assert len(rows) == 3 * 7 + 5 * 8
+    assert "paper 0.860" not in without and "Recommended" in without and "Proj-Rec-Error" in without
+    # CSV rows: 3 x 8 for Table 1, 5 x 9 for Table 2 (both intensity baselines)
+    assert len(rows) == 3 * 8 + 5 * 9
     row = next(r for r in rows if r[0] == 1 and r[2] == 64 and r[3] == "rec_error")
     assert row[5] == pytest.approx(np.mean(values)) and row[7] == 3 and row[8] == 0.856
     brain, _ = rp.render(per_setting, compare_paper=True, metric="auroc_brain")
-    assert "| 32 | 1 | 0.870 | 0.700 |" in brain and "(0.860" not in brain
+    assert "| 32 | 1 | 0.870 | 0.700 |" in brain and "paper 0.860" not in brain
 
 
 def test_paired_differences_decide_better_worse_or_tie():

@@ -95,6 +95,11 @@ Schema (dotted key: type, default -- meaning):
 - ``evaluate.batch_size``: int, 64; ``evaluate.ensemble_fraction``: float, 0.1 -- share of test
   volumes the logistic-regression ensemble is fitted on; ``evaluate.num_figures``: int, 4 -- figures
   per kind (with / without tumour); ``evaluate.write_nifti``: bool, true -- one map per volume.
+- ``evaluate.pixel_set``: "fov" (default) or "reference" -- "reference" also reports AUROC / AUPRC
+  over the pixels Zimmerer et al.'s code scores (``auroc_reference``, ``auprc_reference``): every
+  axial slice of the scan but the first and last ``evaluate.reference_skip`` (int, 20), each whole
+  slice resized to the image size, background included -- the population the paper's AUROC is
+  over (ours crops a 192 mm field of view and keeps slices with 20% of the largest brain area).
 """
 
 from __future__ import annotations
@@ -289,6 +294,8 @@ SCHEMA: dict[str, Any] = {
         "ensemble_fraction": Field(FLOAT, 0.1, _fraction),
         "num_figures": Field(INT, 4, _non_negative),
         "write_nifti": Field(BOOL, True),
+        "pixel_set": Field(STR, "fov", _one_of("fov", "reference")),
+        "reference_skip": Field(INT, 20, _non_negative),
     },
 }
 

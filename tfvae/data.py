@@ -245,6 +245,17 @@ def check_splits(data_config: dict, splits) -> None:
                         f"(known: {', '.join(b.info.splits)})")
 
 
+def brats_releases(data_config: dict) -> list[str] | None:
+    """The BraTS releases a built ``brats`` dataset's cases come from (its metadata, recorded by the
+    builder), or None for another dataset or a build that did not record them."""
+    if data_config["name"] != "brats":
+        return None
+    b = builder(data_config)
+    if not b.is_prepared():
+        return None
+    return (b.info.metadata or {}).get("releases")
+
+
 def check_lesions(data_config: dict, split: str) -> None:
     """A split to be evaluated must hold lesions: a ``DataError`` naming the dataset, the split and
     its volumes (the cases, whose segmentation files are all empty) when no slice has a label > 0,

@@ -202,6 +202,40 @@ class PerVolume:
             self.rows.append(row)
 
 
+class ReferencePixels:
+    """The pixel set of Zimmerer et al.'s code (``evaluate.pixel_set: reference``): each volume's
+    maps and labels written back into the scan's grid (``preprocessing.slices_to_volume``: 0 where
+    we do not score), every canonical axial slice but the first and last ``skip``, each whole slice
+    resized to ``size`` x ``size`` (scores linearly, labels by nearest neighbour) -- background
+    included, as the paper's AUROC counts it."""
+
+    def __init__(self, predictors, size: int, skip: int):
+        self.size, self.skip = size, skip
+        self.all = {p: metrics.PixelHistogram(bits=HISTOGRAM_BITS) for p in predictors}
+
+    def _slices(self, volume: Volume, planes, order: int) -> np.ndarray:
+        from scipy import ndimage
+
+        from tfvae import preprocessing
+
+        data = preprocessing.slices_to_volume(planes, volume.slice_index, volume.geometry, order=order)
+        data = preprocessing.to_canonical(data, volume.geometry.source_affine)
+        kept = data[:, :, self.skip:data.shape[2] - self.skip]
+        zoom = (self.size / kept.shape[0], self.size / kept.shape[1], 1.0)
+        return ndimage.zoom(kept, zoom, order=order, grid_mode=True, mode="grid-constant")
+
+    def update(self, volume: Volume) -> None:
+        label = self._slices(volume, volume.label.astype(np.float32), order=0)
+        if label.shape[2] == 0:
+            return
+        for p, score in volume.variants["raw"].items():
+            self.all[p].update(self._slices(volume, score, order=1), label)
+
+    def results(self) -> dict:
+        return {p: {"auroc_reference": h.auroc(), "auprc_reference": h.auprc()} for p, h in self.all.items()
+                if h.n_pos and h.n_neg}
+
+
 class NiftiMaps:
     """The NIfTI consumer of the stream: each volume's maps in its source grid (``nifti.write_maps``);
     no in-sample ensemble map for the ensemble's fit volumes, no map of the input itself."""
@@ -311,6 +345,10 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
         fitted["per_volume"] = PerVolume(predictors)
         consumers[:0] = [ScanThresholds(references, config["threshold"]["mode"]), fitted["evaluator"],
                          fitted["per_volume"]]
+        if ev["pixel_set"] == "reference":
+            fitted["reference_pixels"] = ReferencePixels(predictors, config["data"]["image_size"],
+                                                         ev["reference_skip"])
+            consumers.append(fitted["reference_pixels"])
 
     for volume in scored_volumes(scorer, test, predictors, settings, fit_ids=fit_ids, ensemble_features=features,
                                  seed=config["seed"], progress=progress, on_ensemble=start_measuring):
@@ -318,6 +356,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
             consumer.update(volume)
 
     results, per_volume = fitted["evaluator"].results(), fitted["per_volume"].rows
+    for p, extra in (fitted["reference_pixels"].results() if "reference_pixels" in fitted else {}).items():
+        results[p].update(extra)
     for p, display in fitted["display"].items():  # one colour scale per map, from healthy validation
         results[p]["display_range"] = display
     for p, result in results.items():

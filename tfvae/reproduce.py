@@ -48,7 +48,7 @@ EVAL_ONLY_PREFIXES = ("predictors.", "postprocess.", "evaluate.", "recommended."
                       "data.test_", "train.image_every", "train.num_images")
 NAMES = {"recommended": "Recommended", "rec_error": "Rec-Error", "elbo_grad": "ELBO-grad", "kl_grad": "KL-grad",
          "rec_grad": "Rec-grad", "combi": "Combi", "proj_rec_error": "Proj-Rec-Error", "intensity": "Intensity*",
-         "ensemble": "Ensemble"}
+         "intensity_filtered": "Intensity filtered*", "ensemble": "Ensemble"}
 DEFAULT_SPREAD = 0.005
 CSV_HEADER = ["table", "varied", "setting", "predictor", "metric", "mean", "std", "seeds", "paper_auroc"]  # tables.csv
 EQUIVALENCE = 0.005  # AUROC: "comparable" when the paired difference and its spread stay within it
@@ -109,13 +109,13 @@ def run_name(latent: int, beta: float, seed: int) -> str:
 
 
 def predictors_for(latent: int, beta: float) -> list[str]:
-    """The table's predictors of this setting, the recommended map and the intensity baseline."""
+    """The table's predictors of this setting, the recommended map and the two intensity baselines."""
     out = ["recommended", *paper.TABLE1_PREDICTORS]
     if latent == paper.TABLE2_LATENT and beta in paper.BETAS:
         out.append("proj_rec_error")
     if (latent, beta) == (paper.ENSEMBLE["latent_dim"], paper.ENSEMBLE["beta"]):
         out.append("ensemble")
-    return out + ["intensity"]
+    return out + ["intensity", "intensity_filtered"]
 
 
 def configs(plan: Plan) -> dict[tuple, dict]:
@@ -255,21 +255,24 @@ def table_rows(per_setting: dict, table: int, metric: str = "auroc"):
     """``(rows, predictors)``: per row the setting and predictor -> (mean, std, n)."""
     if table == 1:
         keys = [((l, paper.TABLE1_BETA), l) for l in paper.LATENT_SIZES]
-        predictors = ["recommended", *paper.TABLE1_PREDICTORS, "intensity"]
+        predictors = ["recommended", *paper.TABLE1_PREDICTORS, "intensity", "intensity_filtered"]
     else:
         keys = [((paper.TABLE2_LATENT, b), b) for b in paper.BETAS]
-        predictors = ["recommended", *paper.TABLE2_PREDICTORS, "intensity"]
+        predictors = ["recommended", *paper.TABLE2_PREDICTORS, "intensity", "intensity_filtered"]
     rows = []
     for key, setting in keys:
         seeds = per_setting.get(key, [])
-        rows.append({"setting": setting, "seeds": len(seeds),
+        rows.append({"key": key, "setting": setting, "seeds": len(seeds),
                      "values": {p: cell_stats([value(r, p, metric) for r in seeds]) for p in predictors}})
     return rows, predictors
 
 
 def render(per_setting: dict, compare_paper: bool, metric: str = "auroc") -> tuple[str, list[list]]:
-    """Both tables (markdown) and CSV rows. With ``compare_paper`` (BraTS test data), each cell has
-    the paper's number and our difference; ``metric="auroc_brain"`` gives brain pixels only."""
+    """Both tables (markdown) and CSV rows. With ``compare_paper`` (BraTS 2018 test data), each cell
+    has, in brackets, our AUROC over the reference code's pixels (``auroc_reference``, from
+    ``evaluate.pixel_set: reference``), the paper's number and the difference of the two -- the
+    comparison made on the pixels the paper's number is over, or said to be missing;
+    ``metric="auroc_brain"`` gives brain pixels only."""
     compare_paper = compare_paper and metric == "auroc"
     lines, csv_rows = [], []
     what = "AUROC" if metric == "auroc" else "AUROC inside the brain mask"
@@ -285,7 +288,9 @@ def render(per_setting: dict, compare_paper: bool, metric: str = "auroc") -> tup
                 pub = paper.published(table, row["setting"], p)
                 cell = _fmt(stats)
                 if compare_paper and pub is not None and stats is not None:
-                    cell += f" ({pub:.3f}, {stats[0] - pub:+.3f})"
+                    ref = cell_stats([value(r, p, "auroc_reference") for r in per_setting[row["key"]]])
+                    cell += (f" (reference pixels {ref[0]:.3f}; paper {pub:.3f}, {ref[0] - pub:+.3f})" if ref
+                             else f" (paper {pub:.3f}; not comparable: not on the reference's pixels)")
                 cells.append(cell)
                 csv_rows.append([table, label.split()[0], row["setting"], p, metric,
                                  *(stats if stats else (None, None, 0)), pub])
@@ -293,9 +298,11 @@ def render(per_setting: dict, compare_paper: bool, metric: str = "auroc") -> tup
         lines.append("")
     lines.append(("Cells: pixel AUROC over all pixels of all test slices (the paper's convention)"
                   if metric == "auroc" else "Cells: pixel AUROC over brain pixels only (not in the paper)")
-                 + ", mean ± std over seeds" + ("; in brackets the paper's number and our difference." if compare_paper
-                                               else "."))
-    lines.append("Recommended and Intensity* (the plain-threshold baseline) are not in the paper.")
+                 + ", mean ± std over seeds" + ("; in brackets the same over the reference code's pixels (whole "
+                                                "slices but the first and last 20, as the paper's), the paper's "
+                                                "number and the difference of those two." if compare_paper else "."))
+    lines.append("Recommended, Intensity* (the plain-threshold baseline) and Intensity filtered* (the same through "
+                 "the recommended map's recipe, no model) are not in the paper.")
     return "\n".join(lines), csv_rows
 
 
@@ -517,7 +524,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
 
     per_setting = {k: per_setting[k] for k in paper.settings() if k in per_setting}  # the tables' order
     test_data = data.test_data_config(first["data"])
-    compare_paper = test_data["name"] == paper.TEST_DATASET
+    compare_paper = test_data["name"] == paper.TEST_DATASET and data.brats_releases(test_data) == ["2018"]
     md, csv_rows = render(per_setting, compare_paper)
     md_brain, csv_brain = render(per_setting, False, metric="auroc_brain")
     target, verdicts = target_table(per_setting)

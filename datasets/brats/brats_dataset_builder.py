@@ -221,3 +221,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, cases, root):
         yield from real_data.case_examples(self, "test", [(c.name, c) for c in cases], self._load, root)
+        self.info.metadata["releases"] = sorted({layout_of(c.name) for c in cases})  # e.g. the paper's: ["2018"]

@@ -73,6 +73,8 @@ def test_each_release_layout_builds_with_labels_in_the_2018_convention(tmp_path,
     assert list(builder.info.splits) == ["test"]
     assert tt.volume_ids(builder, "test") == expected
     assert {brats.layout_of(v) for v in expected} == releases
+    reread = Builder(config=builder.builder_config, data_dir=str(tmp_path / "tfds"))  # from disk, as a run reads it
+    assert reread.info.metadata["releases"] == sorted(releases)  # what decides the comparison with the paper
     assert _labels(builder) == {0, 1, 2, 4}  # 2023's 3 (enhancing) is stored as 4
     assert builder.info.splits["test"].num_examples == sum(
         len(set(int(ex["slice_index"]) for ex in tt.examples(builder, "test") if ex["volume_id"].decode() == v))
