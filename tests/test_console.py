@@ -83,3 +83,40 @@ def test_tfds_command_line_builds_the_tiny_phantom(tmp_path):
     info = json.loads((tmp_path / "brain_phantom" / "tiny" / "1.0.0" / "dataset_info.json").read_text())
     counts = {s["name"]: int(s["shardLengths"][0]) for s in info["splits"]}
     assert counts == {"train": 95, "validation": 29, "test": 63}  # as tfvae builds it (BrainPhantomTest.SPLITS)
+
+
+COMMANDS = ("train", "evaluate", "localize", "calibrate", "tune", "reproduce", "benchmark", "export")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_says_its_version_and_its_whole_first_sentence(command, capsys):
+    import importlib
+
+    from tfvae import __version__
+
+    module = importlib.import_module(f"tfvae.commands.{command}")
+    with pytest.raises(SystemExit) as e:
+        module.parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"tfvae {__version__}"
+    first = " ".join(module.__doc__.split("\n\n")[0].split())
+    assert module.parse_args.__module__ == module.__name__ and first.endswith(".")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    assert " ".join(capsys.readouterr().out.split()).count(first) == 1  # not cut mid-sentence
+
+
+def test_the_tfvae_command_says_its_version(capsys):
+    from tfvae import __version__, cli
+
+    assert cli.main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"tfvae {__version__}"
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``--print-config | head -1``: the reader leaves early; no BrokenPipe traceback, exit 0."""
+    script = os.path.join(ROOT, "scripts", "train.py")
+    config = os.path.join(ROOT, "configs", "quickstart.json")
+    result = subprocess.run(f"{sys.executable} {script} --config {config} --print-config | head -1; "
+                            "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "{"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

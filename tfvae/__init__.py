@@ -7,8 +7,10 @@
 Modules, in the order data flows through them:
 
 - ``config``         -- JSON run configurations: defaults, validation, ``--set`` overrides.
-- ``run``            -- ``Run``: a run directory's layout and every job on it (train, evaluate,
-                        calibrate, localize); what the scripts call.
+- ``rundir``         -- the run directory as one layer: its layout, the marker, folder swaps, the
+                        lock (one job at a time); imports no job.
+- ``run``            -- ``Run``: the face on a run directory that calls every job (train, evaluate,
+                        calibrate, localize, export); what the scripts call.
 - ``files``          -- files written whole or not at all (a temporary name, then a rename).
 - data: ``nifti`` (safe NIfTI reading and writing), ``preprocessing`` (one volume -> 2D slices path
   shared by every dataset, and its inverse), ``data`` (TFDS datasets -> ``tf.data`` pipelines),
@@ -22,10 +24,13 @@ Modules, in the order data flows through them:
   label-free settings), ``postprocessing`` (3D filters, components), ``scoring`` (maps of whole
   volumes: the stream every job scores with), ``ensemble`` (logistic regression over maps).
 - measuring: ``calibration`` (thresholds on healthy validation slices, ``thresholds.json``),
-  ``metrics`` (streaming AUROC / AUPRC / Dice), ``evaluation`` (the test split through its
-  consumers: metrics, NIfTI maps, figures).
+  ``scan_threshold`` (each scan's own threshold from its score distribution, label-free, and its
+  estimated false-positive rate), ``healthy_scans`` (calibrating on a site's own healthy scans),
+  ``metrics`` (streaming AUROC / AUPRC / Dice / measured FPR), ``evaluation`` (the test split
+  through its consumers: metrics, NIfTI maps, figures).
 - reports: ``reporting`` (tables, figures, overlays), ``localization`` (new scans),
-  ``reproduce`` (the paper's tables over seeds), ``paper`` (its published numbers).
+  ``reproduce`` (the paper's tables over seeds), ``paper`` (its published numbers),
+  ``cross_domain`` (models of one site tested on the phantom's shifted sites).
 - search: ``tuning`` (Keras Tuner over beta and latent size).
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.

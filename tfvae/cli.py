@@ -22,7 +22,8 @@ COMMANDS = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: tfvae <command> [options]   (tfvae <command> --help for its options)", "", "commands:"]
+    lines = ["usage: tfvae <command> [options]   (tfvae <command> --help for its options; tfvae --version)", "",
+             "commands:"]
     lines += [f"  {name:{width}s}  {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -31,6 +32,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] == "--version":
+        from tfvae import __version__
+
+        print(f"tfvae {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -3,6 +3,9 @@ calls ``tfvae`` and prints a summary. ``tfvae <command>`` (``tfvae.cli``) and ``
 scripts/<command>.py`` run the same ``main``."""
 
 import argparse
+import functools
+import os
+import sys
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -20,3 +23,26 @@ def os_error(e: OSError) -> str:
     """One line for an operating-system error (disk full, permission denied, ...) naming the file."""
     where = e.filename or ""
     return f"{where}: {e.strerror}" if e.strerror else f"{where}: {type(e).__name__}: {e}".lstrip(": ")
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A command's ``ArgumentParser``: the first paragraph of its module docstring as the
+    description, defaults shown (``HelpFormatter``) and ``--version``."""
+    from tfvae import __version__
+
+    p = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()), formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"tfvae {__version__}")
+    return p
+
+
+def entry(main):
+    """A command's ``main``: a closed pipe (``tfvae ... --print-config | head``) ends it quietly,
+    exit 0, as Python's documentation advises (stdout pointed at /dev/null, no traceback)."""
+    @functools.wraps(main)
+    def run(argv=None) -> int:
+        try:
+            return main(argv)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    return run

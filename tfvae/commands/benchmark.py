@@ -9,17 +9,15 @@ CPU) uses fewer repeats, shorter projections and the tiny phantom for the input 
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import entry, parser  # noqa: E402
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+def parse_args(argv=None):
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="fewer repeats; finishes in under 3 minutes")
     p.add_argument("--out", default="benchmark.json", help="JSON output")
     p.add_argument("--data-dir", help="TFDS data_dir for the input-pipeline benchmark (default: TFDS's)")
@@ -27,7 +25,12 @@ def main(argv=None) -> int:
                                                          "(where the training step spends its time)")
     p.add_argument("--quality", action="store_true", help="also train the quick start in float32 and bfloat16 "
                                                           "and compare every predictor's AUROC (~15 minutes)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+@entry
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from tfvae.console import quiet_tensorflow
 
     quiet_tensorflow()  # after parsing: --help stays instant

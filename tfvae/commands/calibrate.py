@@ -14,13 +14,12 @@ Python: ``tfvae.Run(run_dir).calibrate(scans, name=...)`` (see tfvae/healthy_sca
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter, os_error  # noqa: E402
+from tfvae.commands import entry, os_error, parser  # noqa: E402
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
@@ -28,7 +27,7 @@ FEW_SCANS = 3  # fewer healthy scans than this: the measured FPR spread is wide 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("scans", nargs="+", help="healthy NIfTI scans of your scanner, or folders of them")
     p.add_argument("--name", required=True, help="what to call this calibration (letters, digits, _ . -)")
@@ -42,6 +41,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@entry
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae.console import quiet_tensorflow

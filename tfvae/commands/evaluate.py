@@ -11,22 +11,20 @@ different test dataset: --set data.name=... data.config=... data.test_split=...
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter, os_error  # noqa: E402
+from tfvae.commands import entry, os_error, parser  # noqa: E402
 from tfvae.predictor_names import ALL_PREDICTORS  # noqa: E402
 from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("--predictors", nargs="+", choices=ALL_PREDICTORS, metavar="PREDICTOR",
                    help="which predictors (default: the config's, else all): " + ", ".join(ALL_PREDICTORS))
@@ -41,6 +39,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@entry
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae.console import quiet_tensorflow

@@ -8,24 +8,27 @@ From Python: ``tfvae.Run(R).export(DIR)``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import entry, parser  # noqa: E402
 from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+def parse_args(argv=None):
+    p = parser(__doc__)
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     p.add_argument("--out", required=True, help="a new folder for the SavedModel")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
                    help="which saved model")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+@entry
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from tfvae.console import quiet_tensorflow
 
     quiet_tensorflow()  # after parsing: --help stays instant

@@ -19,20 +19,18 @@ runs in ``runs/cross_domain`` (``--runs-dir``), its section written into ``--md`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import entry, parser  # noqa: E402
 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--plan", help="reproduction plan (default: configs/reproduce_paper.json)")
     p.add_argument("--quick", action="store_true", help="the embedded phantom: configs/reproduce_quick.json")
     p.add_argument("--seeds", type=int, help="seeds per seeded setting (default: the plan's)")
@@ -52,6 +50,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@entry
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae.console import quiet_tensorflow

@@ -12,7 +12,6 @@ holds and ``tfvae/config.py`` for every config key. From Python: ``tfvae.Run.cre
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -20,12 +19,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter, os_error  # noqa: E402
+from tfvae.commands import entry, os_error, parser  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--config", help="JSON config (see configs/); optional with --resume, which uses the run's own")
     p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -45,6 +43,7 @@ def parse_args(argv=None):
     return args
 
 
+@entry
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae.console import quiet_tensorflow

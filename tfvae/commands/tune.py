@@ -20,19 +20,17 @@ are done; workers train.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import HelpFormatter  # noqa: E402
+from tfvae.commands import entry, parser  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--search", required=True, help="search config JSON (see configs/search_*.json)")
     p.add_argument("--dir", help="search directory (default: runs/<search file name>)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -42,6 +40,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@entry
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae.console import quiet_tensorflow
