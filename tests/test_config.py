@@ -165,3 +165,21 @@ def test_filters_that_do_not_fit_the_image_size_are_refused_before_a_run_folder_
                                                                 "quickstart.json"),
                                       "--run-dir", str(run_dir), "--set", "model.filters=[16,32,64]"]) == 2
     assert not run_dir.exists()  # nothing left behind: the corrected rerun is not told "already exists"
+
+
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from tfvae import tuning
+
+    monkeypatch.chdir(tmp_path)  # not the repository: configs/quickstart.json is not here
+    for name in ("quickstart", "beta10.json"):
+        found = config_lib.load(name)
+        assert found == config_lib.load(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                     name if name.endswith(".json") else name + ".json"))
+    assert tuning.load_search("search_paper").objective_key == "neg_elbo"
+    (tmp_path / "quickstart").mkdir()  # a file or folder of the user's with that name wins: it is what they gave
+    with pytest.raises(ConfigError, match="is a folder"):
+        config_lib.load("quickstart")
+    with pytest.raises(ConfigError) as e:
+        config_lib.load("quickstrat")
+    assert "quickstrat: config file not found (shipped, found by name from any folder:" in str(e.value)
+    assert "quickstart" in str(e.value)

@@ -404,7 +404,10 @@ def read_json(path: str | os.PathLike, what: str = "config file"):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
+        folder = shipped_configs()
+        shipped = sorted(n[:-5] for n in os.listdir(folder) if n.endswith(".json")) if folder else []
+        names = f" (shipped, found by name from any folder: {', '.join(shipped)})" if shipped else ""
+        raise ConfigError(f"{path}: {what} not found{names}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder, not a {what}") from None
     except PermissionError:
@@ -415,9 +418,41 @@ def read_json(path: str | os.PathLike, what: str = "config file"):
         raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
 
 
+SHIPPED_PACKAGE = "tfvae_configs"  # configs/ as installed with the package (setup.py)
+
+
+def shipped_configs() -> str | None:
+    """The folder of the configs shipped with the package (``configs/`` of the source tree, or its
+    installed copy), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SHIPPED_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if os.path.isdir(folder):
+            return folder
+    return None
+
+
+def locate(path: str | os.PathLike) -> str:
+    """``path`` when it is a file; else, when it names a shipped config (``quickstart``,
+    ``beta10.json``, ``search_paper``), that file, found from any folder; else ``path`` as given
+    (reading it then says it is not found, naming the shipped configs)."""
+    path = os.fspath(path)
+    if os.path.exists(path) or os.path.dirname(path):
+        return path
+    folder = shipped_configs()
+    if folder:
+        found = os.path.join(folder, path if path.endswith(".json") else path + ".json")
+        if os.path.isfile(found):
+            return found
+    return path
+
+
 def load(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
-    """Read, merge with defaults, apply overrides and validate the JSON config at ``path``."""
-    return resolve(read_json(path), overrides, source=os.fspath(path))
+    """Read, merge with defaults, apply overrides and validate the JSON config at ``path`` (a file,
+    or the name of a shipped config: ``locate``)."""
+    path = locate(path)
+    return resolve(read_json(path), overrides, source=path)
 
 
 def flatten(config: dict) -> dict:

@@ -94,6 +94,7 @@ def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
     """The plan at ``path`` (keys: ``PLAN_SCHEMA``, validated as run configs are); ``seeds``
     replaces its seed count, ``overrides`` are added to its ``set``. Raises ``config.ConfigError``
     (one line naming the file and the key) for a bad plan."""
+    path = config_lib.locate(path)  # a file, or a shipped plan by name (reproduce_quick)
     raw = config_lib.read_json(path, "plan file")
     plan = config_lib.validate(raw, PLAN_SCHEMA, path, what="a plan")
     if seeds is not None:

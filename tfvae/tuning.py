@@ -306,6 +306,7 @@ def trial_name(base_name: str, trial_id: str) -> str:
 
 def load_search(path: str, overrides=()) -> Search:
     """Read and validate a search config file (``overrides``: extra ``KEY=VALUE`` for the base)."""
+    path = config_lib.locate(path)  # a file, or a shipped search by name (search_paper)
     raw = config_lib.read_json(path, "search config")
     return Search(raw, path, os.path.dirname(os.path.abspath(path)), overrides)
 
