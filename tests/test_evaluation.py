@@ -292,6 +292,7 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
     rng = np.random.default_rng(0)
     item = lambda tumour: {"title": "t", "image": rng.normal(size=(32, 32, 1)), "label":
                            np.full((32, 32, 1), 2 if tumour else 0, np.uint8), "reconstruction": np.zeros((32, 32, 1)),
+                           "projected": np.ones((32, 32, 1)), "projected_reconstruction": np.zeros((32, 32, 1)),
                            "intensity": rng.normal(size=(32, 32, 1)) * (5 if tumour else 1)}
     scales = {"intensity": (low, high)}
     figs = [reporting.figure([item(True), item(True)], ["intensity"], "tumour", scales, {"intensity": high}),
@@ -303,6 +304,9 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
 
     input_panel = figs[0].axes[0]  # row 1, "input + ground truth": the 1%-FPR mask outlined on the input too
     assert input_panel.get_title() == "input + ground truth"
+    # the grey panels: what the recommended map subtracts (g(mu(x_T))), named so -- not the projected input x_T
+    assert [ax.get_title() for ax in figs[0].axes[:4]] == ["input + ground truth", "reconstruction",
+                                                          "restored reconstruction", "intensity"]
     assert any(np.allclose(c.get_edgecolor()[0], to_rgba(reporting.MASK_COLOUR)) for c in input_panel.collections
                if len(c.get_edgecolor()))
     for fig in figs:

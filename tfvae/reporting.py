@@ -1,5 +1,5 @@
 """Results as the paper shows them: a table per predictor (text, markdown, CSV, JSON) and figures
-like its Fig. 1 and 2 (input, ground truth, reconstruction, projected image, each predictor's map)."""
+like its Fig. 1 and 2 (input, ground truth, reconstruction, restored reconstruction, each predictor's map)."""
 
 from __future__ import annotations
 
@@ -143,6 +143,9 @@ def write_results(results: dict, out_dir: str, header: str = "") -> None:
 
 
 LABEL_NAMES = {1: ("necrosis", "#3d8bff"), 2: ("edema", "#ffd400"), 4: ("enhancing", "#ff3df2")}
+# the grey panels of a figure, in order, with their titles
+IMAGE_PANELS = {"image": "input + ground truth", "reconstruction": "reconstruction",
+                "projected_reconstruction": "restored reconstruction"}
 MASK_COLOUR = "lime"
 FONT = 9  # points: readable at 100 % zoom
 
@@ -157,7 +160,8 @@ def draw_labels(ax, label: np.ndarray) -> None:
 def figure(items: list[dict], predictors: list[str], title: str, scales: dict | None = None,
            thresholds: dict | None = None):
     """One row per slice: the input with the ground truth as labelled contours, the reconstruction,
-    the projected image (when computed), then each predictor's map (``intensity`` included) on ONE
+    the restored reconstruction g(mu(x_T)) of the projected input x_T (when computed: what the
+    recommended map subtracts from the input), then each predictor's map (``intensity`` included) on ONE
     colour scale per predictor -- ``scales[p] = (low, high)``, taken from healthy validation maps,
     the same on every row and in every figure -- with a colour bar; where ``thresholds[p]`` is
     given, the mask at that threshold (1 % FPR on healthy validation) is outlined in green, and the
@@ -165,7 +169,7 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
     from matplotlib.ticker import MaxNLocator
 
     scales, thresholds = scales or {}, thresholds or {}
-    panels = ["image"] + [p for p in ("reconstruction", "projected") if any(p in item for item in items)]
+    panels = ["image"] + [p for p in list(IMAGE_PANELS)[1:] if any(p in item for item in items)]
     panels += [p for p in predictors if any(p in item for item in items)]
     on_input = next((p for p in panels if p in thresholds), None)  # its mask is outlined on the input too
     fig, axes = plt.subplots(len(items), len(panels), figsize=(2.0 * len(panels), 2.0 * len(items) + 1.2),
@@ -179,7 +183,7 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
             if panel not in item:  # e.g. no ensemble map for the volumes the ensemble was fitted on
                 continue
             data = np.asarray(item[panel])[..., 0]
-            if panel in ("image", "reconstruction", "projected"):
+            if panel in IMAGE_PANELS:
                 ax.imshow(data, cmap="gray", vmin=lo, vmax=hi)
                 if panel == "image":
                     draw_labels(ax, np.asarray(item["label"])[..., 0])
@@ -200,7 +204,7 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
                     bar.ax.tick_params(labelsize=FONT)
         row[0].set_ylabel(item["title"], fontsize=FONT)
     for ax, panel in zip(axes[0], panels):
-        ax.set_title({"image": "input + ground truth"}.get(panel, panel), fontsize=FONT)
+        ax.set_title(IMAGE_PANELS.get(panel, panel), fontsize=FONT)
     handles = [plt.Line2D([], [], color=c, label=n) for n, c in LABEL_NAMES.values()]
     if on_input:
         handles.append(plt.Line2D([], [], color=MASK_COLOUR, label=f"mask at 1% FPR (on the input: {on_input})"))

@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"error: {os_error(e)}", file=sys.stderr)
         return 2
-    print(f"maps, masks, overlays and summary.csv: {args.out}")
+    print(f"maps, masks, overlays and components (<scan>_tfvae_*), summary.csv and index.html (open it in a "
+          f"browser): {args.out}")
     return 0
 
