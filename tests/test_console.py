@@ -120,3 +120,26 @@ def test_a_closed_pipe_ends_quietly():
                             text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "{"
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_config_errors_and_existing_outputs_are_said_before_tensorflow_loads(tmp_path, tiny_run):
+    """A TensorFlow that cannot be imported: the commands still answer a mistyped key, --print-config
+    and an existing evaluation folder, so they answered before importing it (and before any data)."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "tensorflow.py").write_text("raise ImportError('TensorFlow was imported')\n")
+    env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def run(script, *args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"{script}.py"), *args],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    typo = run("train", "--config", "quickstart", "--set", "train.epoch=5")
+    assert typo.returncode == 2 and "unknown key 'train.epoch'" in typo.stderr and "TensorFlow was" not in typo.stderr
+    printed = run("train", "--config", "quickstart", "--print-config")
+    assert printed.returncode == 0 and '"name": "quickstart"' in printed.stdout
+    existing = tmp_path / "eval"
+    existing.mkdir()
+    (existing / "results.json").write_text("{}")
+    refused = run("evaluate", "--run-dir", tiny_run, "--out", str(existing))
+    assert refused.returncode == 2 and "already exists" in refused.stderr and "TensorFlow was" not in refused.stderr

@@ -218,11 +218,23 @@ class Run(RunDir):
         from tfvae import data, evaluation
 
         config = config or self.config(overrides)
+        out_dir, partial = self.evaluation_target(out_dir, overwrite, repair=True)
+        data.check_lesions(data.test_data_config(config["data"]), config["data"]["test_split"])  # before scoring
+        mark(partial, "evaluation")
+        results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
+        swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)
+        return results
+
+    def evaluation_target(self, out_dir: str | None, overwrite: bool, *, repair: bool = False) -> tuple[str, str]:
+        """``(out_dir, its temporary sibling)`` of an evaluation, checked before anything is scored: a
+        file, an existing evaluation (without ``overwrite``), a folder that is not ours, or a partial
+        evaluation left by a kill (without ``overwrite``) is a one-line ``RunDirError``. ``repair``
+        (the evaluation itself) finishes a swap a kill interrupted and clears a partial one."""
         out_dir = os.path.abspath(out_dir or self.eval_dir)
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise RunDirError(f"{out_dir} is a file, not a folder; choose another out_dir (--out)")
         partial, aside = sibling(out_dir, "partial"), sibling(out_dir, "replaced")
-        if os.path.exists(aside):  # a kill during an earlier swap
+        if repair and os.path.exists(aside):  # a kill during an earlier swap
             if os.path.exists(out_dir):
                 remove_ours(aside, "evaluation")  # the swap had finished: the aside one was replaced
             else:
@@ -231,7 +243,8 @@ class Run(RunDir):
             if not overwrite:
                 raise RunDirError(f"{partial} holds an interrupted evaluation; pass overwrite=True (--overwrite) "
                                   "to clear it")
-            remove_ours(partial, "evaluation")
+            if repair:
+                remove_ours(partial, "evaluation")
         if os.path.exists(out_dir) and os.listdir(out_dir):
             if not overwrite:
                 raise RunDirError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it "
@@ -239,11 +252,7 @@ class Run(RunDir):
             if not is_ours(out_dir, "evaluation"):
                 raise RunDirError(f"{out_dir} is not a tfvae evaluation (no {MARKER_FILE} marker); refusing to "
                                   "replace it")
-        data.check_lesions(data.test_data_config(config["data"]), config["data"]["test_split"])  # before scoring
-        mark(partial, "evaluation")
-        results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
-        swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)
-        return results
+        return out_dir, partial
 
     def finished_evaluation(self, config: dict, out_dir: str | None = None) -> dict | None:
         """The results in ``out_dir`` (default ``eval/``; a name is taken inside the run) when that

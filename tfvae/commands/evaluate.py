@@ -42,11 +42,7 @@ def parse_args(argv=None):
 @entry
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
-    from tfvae import config as config_lib
-    from tfvae import data, reporting
+    from tfvae import config as config_lib  # no TensorFlow yet: a mistyped key or an existing eval/ said at once
     from tfvae.run import Run, RunDirError
 
     overrides = list(args.set)
@@ -64,6 +60,16 @@ def main(argv=None) -> int:
             return 0
         if not os.path.isfile(run.model_path(args.checkpoint)):
             raise RunDirError(f"{run.model_path(args.checkpoint)} not found (train the run first, or pick --checkpoint)")
+        run.evaluation_target(args.out, args.overwrite)  # an existing evaluation: refused before any data is read
+    except (config_lib.ConfigError, RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()
+    from tfvae import data, reporting
+
+    try:
         data.check_splits(data.test_data_config(config["data"]), [config["data"]["test_split"]])
         data.check_splits(config["data"], [config["data"]["validation_split"]])
         test = data.test_data_config(config["data"])

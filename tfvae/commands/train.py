@@ -46,12 +46,7 @@ def parse_args(argv=None):
 @entry
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
-    from tfvae import config as config_lib
-    from tfvae import data
-    from tfvae.nifti import BadInputError
+    from tfvae import config as config_lib  # no TensorFlow yet: a mistyped key is said at once
     from tfvae.run import Run, RunDirError
 
     if args.manual_dir:
@@ -61,6 +56,16 @@ def main(argv=None) -> int:
         if args.print_config:
             print(json.dumps(config if config is not None else Run(args.run_dir).config(args.set), indent=2))
             return 0
+    except (config_lib.ConfigError, RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()
+    from tfvae import data
+    from tfvae.nifti import BadInputError
+
+    try:
         if config is not None and not args.resume:
             data.check_available(config["data"])  # missing data: the instructions, before any run directory
             d = config["data"]
