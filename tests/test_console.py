@@ -143,3 +143,17 @@ def test_config_errors_and_existing_outputs_are_said_before_tensorflow_loads(tmp
     (existing / "results.json").write_text("{}")
     refused = run("evaluate", "--run-dir", tiny_run, "--out", str(existing))
     assert refused.returncode == 2 and "already exists" in refused.stderr and "TensorFlow was" not in refused.stderr
+
+
+def test_a_notebook_is_as_quiet_as_the_scripts(tiny_run):
+    """``import tfvae`` loads no TensorFlow; the first job does, without its start-up noise, unless
+    TFVAE_TF_LOGS=1 asks for it."""
+    code = (f"import sys, tfvae; assert 'tensorflow' not in sys.modules; "
+            f"print(tfvae.Run({tiny_run!r}).model().latent_dim)")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFVAE_TF_LOGS")}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "8"
+    assert not [line for line in quiet.stderr.splitlines() if NOISE.search(line)], quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "TFVAE_TF_LOGS": "1"}, timeout=120)
+    assert loud.returncode == 0 and [line for line in loud.stderr.splitlines() if NOISE.search(line)]

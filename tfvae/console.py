@@ -7,7 +7,9 @@ before absl::InitializeLog()", oneDNN and CUDA notices, and on a machine without
 configuration" at INFO. ``quiet_tensorflow()`` imports TensorFlow (and probes the devices, where
 the CUDA lines come from) with the process's stderr captured, then passes on every captured line
 that is not such known noise, so real warnings and errors still show. Scripts call it after parsing
-their arguments (``--help`` never imports TensorFlow).
+their arguments (``--help`` never imports TensorFlow); from Python every job of ``tfvae.Run`` calls
+it before TensorFlow loads, so a notebook is as quiet. ``TFVAE_TF_LOGS=1`` in the environment
+shows TensorFlow's start-up lines as they are (and leaves its log level alone).
 """
 
 from __future__ import annotations
@@ -37,10 +39,14 @@ def is_noise(line: str) -> bool:
 
 
 def quiet_tensorflow() -> None:
-    """Import TensorFlow (and list its devices) without the start-up noise; idempotent."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Import TensorFlow (and list its devices) without the start-up noise; idempotent.
+    ``TFVAE_TF_LOGS=1``: import it as it is, every line shown."""
     if "tensorflow" in sys.modules:
         return
+    if os.environ.get("TFVAE_TF_LOGS") == "1":
+        import tensorflow  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

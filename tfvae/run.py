@@ -42,6 +42,9 @@ def _holding(job: str):
     def wrap(method):
         @functools.wraps(method)
         def locked(self, *args, **kwargs):
+            from tfvae.console import quiet_tensorflow
+
+            quiet_tensorflow()  # a notebook as quiet as the scripts
             with self.lock(job, self.config() if self.is_run else None):
                 return method(self, *args, **kwargs)
         return locked
@@ -84,6 +87,9 @@ class Run(RunDir):
         import hashlib
         import tempfile
 
+        from tfvae.console import quiet_tensorflow
+
+        quiet_tensorflow()
         from tfvae import networks
         from tfvae.model import load
 
