@@ -322,3 +322,29 @@ def test_a_run_in_use_is_refused_naming_the_holder(tiny_run, tmp_path, capsys):
     # the holder is gone: its lock went with it
     assert localize_script.main(["--run-dir", tiny_run, str(scan), "--out", str(tmp_path / "o"),
                                  "--predictor", "rec_error"]) == 0
+
+
+def test_the_overlay_shows_lesions_at_a_glance():
+    """Colours from the scan's threshold to what its flagged scores reach, a map that does not end in
+    white, and more opaque where the score is higher."""
+    import matplotlib
+
+    from tfvae import reporting
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((20, 20, 10), np.float32)
+    image[2:18, 2:18, :] = 100 + rng.normal(0, 5, (16, 16, 10))
+    score = np.where(image > 0, rng.random(image.shape), 0).astype(np.float32)
+    score[8:12, 8:12, 4:6] = 3.0 + rng.random((4, 4, 2))  # a lesion scoring far above the rest
+    mask = (score >= 0.95).astype(np.uint8)
+    fig = reporting.overlay_figure(image, score, mask, "test", n=4, scale=(0.95, None))
+    heat = [im for ax in fig.axes for im in ax.images if im.get_cmap().name == reporting.OVERLAY_CMAP]
+    flagged = score[(image != 0) & (score >= 0.95)]
+    assert heat and heat[0].get_clim() == pytest.approx((0.95, np.percentile(flagged, 99.5)))
+    top = matplotlib.colormaps[reporting.OVERLAY_CMAP](1.0)
+    assert min(top[:3]) < 0.5  # the brightest colour is not white (T2 tissue beneath is)
+    alphas = np.concatenate([np.ravel(im.get_alpha()) for im in heat])
+    assert alphas.min() == 0.0 and alphas.max() > 0.8 and 0.3 < np.median(alphas[alphas > 0]) < 0.6
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert bar.get_xlabel().startswith("anomaly score, from the threshold (0.95)")
+    matplotlib.pyplot.close(fig)

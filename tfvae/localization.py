@@ -169,9 +169,6 @@ class Localizer:
                                                scorer=self.scorer)
         self.threshold = self.reference.threshold(fpr)  # the calibrated one; each scan's moves from it
         self.mode = config["threshold"]["mode"]
-        # stored by evaluate: one colour scale for every scan, topped at the healthy 99.9th percentile
-        high = store.threshold(key, calibration.DISPLAY_FPRS["display_high"])
-        self.display = (self.threshold, high) if high is not None and high > self.threshold else None
         self.builder_config = data.builder(config["data"]).builder_config
         train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
         self.training_scans = {"modality": getattr(self.builder_config, "modality", "t2"),
@@ -337,7 +334,7 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
             for warning in result.warnings:
                 warn(f"warning: {warning}")
             row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} "
-                                                       f"FPR ({result.volume_ml:.1f} ml)", scale=localizer.display)
+                                                       f"FPR ({result.volume_ml:.1f} ml)", scale=(result.threshold, None))
         except (BadInputError, ValueError, OSError) as e:
             message = str(e) if not isinstance(e, OSError) or not e.strerror else \
                 f"{e.filename or out_dir}: {e.strerror}"

@@ -147,6 +147,7 @@ LABEL_NAMES = {1: ("necrosis", "#3d8bff"), 2: ("edema", "#ffd400"), 4: ("enhanci
 IMAGE_PANELS = {"image": "input + ground truth", "reconstruction": "reconstruction",
                 "projected_reconstruction": "restored reconstruction"}
 MASK_COLOUR = "lime"
+OVERLAY_CMAP = "plasma"  # perceptual, dark to bright yellow: never white like the bright T2 tissue beneath
 FONT = 9  # points: readable at 100 % zoom
 
 
@@ -233,12 +234,22 @@ def save_figures(figures, predictors, out_dir: str, scales: dict | None = None,
 
 
 def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path: str, title: str,
-                    n: int = 12, scale: tuple[float, float] | None = None) -> None:
+                    n: int = 12, scale: tuple | None = None) -> None:
+    """``overlay_figure`` saved as a PNG at ``path``."""
+    fig = overlay_figure(image, score, mask, title, n=n, scale=scale)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def overlay_figure(image: np.ndarray, score: np.ndarray, mask: np.ndarray, title: str, n: int = 12,
+                   scale: tuple | None = None):
     """A PNG montage of ``n`` axial slices (RAS volumes: anterior up, the patient's right on the
     right, marked) through the brain, the slices through the largest findings first: the scan in
-    grey, the anomaly score as a heat map over it from ``scale`` = (low, high) -- the threshold and
-    a high healthy percentile, the same for every scan of a run (default: this scan's 90th and
-    99.5th percentiles) -- with a colour bar, and the thresholded mask outlined (legend)."""
+    grey, the anomaly score over it from ``scale`` = (low, high) -- the scan's threshold, and a
+    value the scan reaches (high None: the 99.5th percentile of its scores at or above the
+    threshold; no scale: its brain scores' 90th and 99.5th percentiles) -- in a perceptual colour
+    map that does not end in white (``OVERLAY_CMAP``), more opaque the higher the score, so lesions
+    show at a glance and weak scores stay faint, with a labelled colour bar and the mask outlined."""
     from scipy import ndimage
 
     area = (image != 0).reshape(-1, image.shape[2]).sum(axis=0)
@@ -256,15 +267,21 @@ def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path
     if scale is None:
         scale = ((np.percentile(brain_scores, 90), np.percentile(brain_scores, 99.5)) if brain_scores.size
                  else (0.0, 1.0))
-    shown, top = float(scale[0]), max(float(scale[1]), float(scale[0]) + 1e-12)
+    shown = float(scale[0])
+    if scale[1] is None:  # the scan's own high: what its flagged scores reach
+        flagged = brain_scores[brain_scores >= shown]
+        scale = (shown, float(np.percentile(flagged, 99.5)) if flagged.size else shown)
+    top = max(float(scale[1]), shown + 1e-12)
     lo, hi = np.percentile(image[image != 0], [1, 99.5]) if (image != 0).any() else (0, 1)
     heat = None
     for ax in axes.flat:
         ax.axis("off")
     for ax, z in zip(axes.flat, zs):
         ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
-        heat = ax.imshow(np.ma.masked_less(score[:, :, z].T, shown), cmap="hot", origin="lower", alpha=0.65,
-                         vmin=shown, vmax=top)
+        plane = score[:, :, z].T
+        strength = np.clip((plane - shown) / (top - shown), 0.0, 1.0)
+        heat = ax.imshow(np.ma.masked_less(plane, shown), cmap=OVERLAY_CMAP, origin="lower", vmin=shown, vmax=top,
+                         alpha=np.where(plane >= shown, 0.35 + 0.55 * strength, 0.0))
         if mask[:, :, z].any():
             ax.contour(mask[:, :, z].T, levels=[0.5], colors=[MASK_COLOUR], linewidths=0.9, origin="lower")
         ax.set_title(f"z={z}" + (" (finding)" if z in findings else ""), fontsize=FONT)
@@ -272,13 +289,12 @@ def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path
         ax.text(0.98, 0.5, "R", transform=ax.transAxes, color="white", fontsize=FONT, va="center", ha="right")
     if heat is not None:
         bar = fig.colorbar(heat, ax=list(axes.flat), orientation="horizontal", fraction=0.03, pad=0.03)
-        bar.set_label("anomaly score (from the threshold up)", fontsize=FONT)
+        bar.set_label(f"anomaly score, from the threshold ({shown:.3g}) to {top:.3g}", fontsize=FONT)
         bar.ax.tick_params(labelsize=FONT)
     fig.legend(handles=[plt.Line2D([], [], color=MASK_COLOUR, label="anomaly mask")], loc="upper right",
                fontsize=FONT, frameon=False)
     fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    return fig
 
 
 class FigureSlices:
