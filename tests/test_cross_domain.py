@@ -76,4 +76,9 @@ def test_a_tiny_study_trains_evaluates_calibrates_and_reuses(tiny_data_dir, tmp_
     assert second["report"] == first["report"]
     text = open(md).read()
     assert text.count(cross_domain.BEGIN) == 1 and "| tiny_combined (held out) |" in text
+    # what the model adds: the recipe without a model, an untrained model, a 3-epoch one, the base's
+    assert list(first["decomposition"]) == ["intensity (no model)", "intensity through the recipe (no model)",
+                                            "recommended, untrained", "recommended, 3 epochs",
+                                            "recommended, 2 epochs (the base config)"]
+    assert "### What the model adds" in text and "| recommended, untrained |" in text
     assert config_lib.load(os.path.join(runs, "s0", "config.json"))["seed"] == 0

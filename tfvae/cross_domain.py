@@ -35,6 +35,7 @@ TEST_SETS = ("default", *DESIGN, *HELD_OUT)
 PREDICTORS = ("recommended", "intensity")
 SEEDS = (0, 1, 2)
 CALIBRATION_SCANS = (1, 3, 8)
+DECOMPOSITION_EPOCHS = (0, 3)  # an untrained model and a 3-epoch one, beside the base config's
 OVERRIDES = ('evaluate.predictors=["recommended", "intensity"]', "evaluate.write_nifti=false",
              "evaluate.num_figures=1")
 TARGET = {"fpr01": (0.005, 0.02), "fpr05": (0.025, 0.10), "dice01": 0.5, "dice_gap": 0.1}  # issue 18
@@ -104,13 +105,51 @@ def study(runs_dir: str, md_path: str | None = None, *, base: str = BASE_CONFIG,
                     found = ensure_evaluated(tested, run_dir, reevaluate=True, verbose=verbose, name=f"eval_{name}")
                 calibrated.setdefault((site, n), []).append(found)
         log(f"[{time.time() - start:6.0f}s] {run_dir}: calibrated on 1-{max(calibration_scans)} healthy scans per site")
+    parts = decomposition(runs_dir, base, seeds, overrides, verbose) if "default" in test_sets else {}
+    log(f"[{time.time() - start:6.0f}s] what the model adds: the recipe without a model, untrained and short models")
     verdicts = judge_targets(results)
-    report = render(results, calibrated, verdicts, seeds, base, overrides, command)
+    report = render(results, calibrated, verdicts, seeds, base, overrides, command, parts)
     files.write_json(os.path.join(runs_dir, "cross_domain.json"),
-                     {"results": results, "calibrated": {f"{s}_{n}": r for (s, n), r in calibrated.items()}})
+                     {"results": results, "calibrated": {f"{s}_{n}": r for (s, n), r in calibrated.items()},
+                      "decomposition": parts})
     if md_path:
         write_section(md_path, report)
-    return {"results": results, "calibrated": calibrated, "verdicts": verdicts, "report": report}
+    return {"results": results, "calibrated": calibrated, "verdicts": verdicts, "report": report,
+            "decomposition": parts}
+
+
+def decomposition(runs_dir: str, base: str, seeds, overrides, verbose: bool) -> dict:
+    """What the recommended map's gain on the default test split is made of, per seed: the plain
+    intensity, the intensity through the recommended recipe (``intensity_filtered``, no model), and
+    the recommended map of an untrained model, of a model trained ``DECOMPOSITION_EPOCHS`` epochs and
+    of the base config's -- ``{row: [results of that predictor, per seed]}``."""
+    from tfvae import callbacks, training
+
+    rows: dict = {}
+    for seed in seeds:
+        config = run_config(base, seed, overrides)
+        full = config_lib.resolve(test_config(config, "default"), [
+            'evaluate.predictors=["recommended", "intensity", "intensity_filtered"]'])
+        base_results = ensure_evaluated(full, os.path.join(runs_dir, f"s{seed}"), verbose=verbose,
+                                        name="eval_decomposition")
+        rows.setdefault("intensity (no model)", []).append(base_results["intensity"])
+        rows.setdefault("intensity through the recipe (no model)", []).append(base_results["intensity_filtered"])
+        for epochs in DECOMPOSITION_EPOCHS:
+            short = config_lib.resolve(config, [f"train.epochs={max(epochs, 1)}", f"name=cross_domain_s{seed}_e{epochs}"])
+            run_dir = os.path.join(runs_dir, f"s{seed}_epochs{epochs}")
+            if epochs == 0:  # the model as initialised, saved as a run's final model
+                run = Run(run_dir)
+                if not os.path.isfile(run.model_path()):
+                    run = Run.create(run_dir, short, overwrite=run.is_run)
+                    callbacks.save_model(training.build_model(short), run.model_path())
+            else:
+                ensure_trained(short, run_dir, verbose=2 if verbose else 0)
+            found = ensure_evaluated(test_config(short, "default"), run_dir, verbose=verbose, name="eval_default")
+            rows.setdefault(f"recommended, {'untrained' if epochs == 0 else f'{epochs} epochs'}", []).append(
+                found["recommended"])
+        rows.setdefault(f"recommended, {config['train']['epochs']} epochs (the base config)", []).append(
+            base_results["recommended"])
+    return rows
 
 
 def _has_set(run: Run, name: str, scans: list[str]) -> bool:
@@ -121,8 +160,8 @@ def _has_set(run: Run, name: str, scans: list[str]) -> bool:
     return record is not None and [p["scan"] for p in record["scans"]] == [os.path.abspath(s) for s in scans]
 
 
-def _get(result: dict, predictor: str, *path):
-    value = result.get(predictor, {})
+def _get(result: dict, predictor: str | None, *path):
+    value = result.get(predictor, {}) if predictor else result  # None: ``result`` is one predictor's
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return value
@@ -153,9 +192,10 @@ AUROC_BRAIN = ("AUROC brain", ("auroc_brain",), False)
 AUPRC_BRAIN = ("AUPRC brain", ("auprc_brain",), False)
 
 
-def _table(first: list[str], rows, predictor: str, columns) -> list[str]:
+def _table(first: list[str], rows, predictor: str | None, columns) -> list[str]:
     """A markdown table: ``first`` headers (each row's label fills them), then one column per
-    ``columns`` entry, each cell mean ± std over the row's seeds of ``predictor``'s results."""
+    ``columns`` entry, each cell mean ± std over the row's seeds of ``predictor``'s results (None:
+    the rows hold one predictor's results already)."""
     header = first + [name for name, _, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, per_seed in rows:
@@ -190,7 +230,8 @@ def _label(test_set: str) -> str:
     return f"{test_set} (held out)" if test_set in HELD_OUT else test_set
 
 
-def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, overrides, command: str) -> str:
+def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, overrides, command: str,
+           parts: dict | None = None) -> str:
     seeds = list(seeds)
     lines = [BEGIN, "", "## Another site's scans: false-positive rates that hold (the cross-domain study)", "",
              "Made by", "", f"```bash\n{command.strip() or 'python scripts/reproduce_tables.py --cross-domain'}\n```",
@@ -227,6 +268,12 @@ def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, ov
                            sorted(calibrated.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))]
         lines += _table(["site", "healthy scans"], calibrated_rows, "recommended",
                         [FPR01_FIXED, FPR01, DICE01_FIXED, DICE01])
+    if parts:
+        lines += ["", "### What the model adds (the default test split)", "",
+                  "The recommended map's recipe (positive part, 3D median and Gaussian, brain mask) applied to the "
+                  "scan itself, with no model, and the recommended map of models trained for no, few and the base "
+                  "config's epochs: the gain of the full map over the recipe alone is what the VAE adds.", ""]
+        lines += _table(["map"], list(parts.items()), None, [AUROC_BRAIN, AUPRC_BRAIN, DICE01, FPR01, BEST_DICE])
     lines += ["", "### Targets (issue 18), recommended map with per-scan thresholds", ""]
     for test_set, v in verdicts.items():
         if test_set == "default_no_loss":
