@@ -221,6 +221,8 @@ class ReferencePixels:
         data = preprocessing.slices_to_volume(planes, volume.slice_index, volume.geometry, order=order)
         data = preprocessing.to_canonical(data, volume.geometry.source_affine)
         kept = data[:, :, self.skip:data.shape[2] - self.skip]
+        if kept.shape[2] == 0:  # a scan of no more than 2 * skip slices: none kept
+            return np.zeros((self.size, self.size, 0), np.float32)
         zoom = (self.size / kept.shape[0], self.size / kept.shape[1], 1.0)
         return ndimage.zoom(kept, zoom, order=order, grid_mode=True, mode="grid-constant")
 
