@@ -1,7 +1,6 @@
 """tfvae calibrate: a run's thresholds and recommended-map sizes from healthy scans of the user's own
 scanner, stored under a name keyed by the scans' content, used by localize and evaluate."""
 
-import json
 import os
 import shutil
 

@@ -2,7 +2,6 @@
 small generated file, each refused (or accepted) with one line naming the file and what to do."""
 
 import gzip
-import os
 import struct
 
 import nibabel as nib

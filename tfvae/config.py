@@ -207,7 +207,7 @@ def _calibration_name(v):
 
 
 def _folder(v):
-    return f"is a file, not a folder" if v is not None and os.path.isfile(os.path.expanduser(v)) else None
+    return "is a file, not a folder" if v is not None and os.path.isfile(os.path.expanduser(v)) else None
 
 
 def _fraction(v):

@@ -35,6 +35,21 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_run_dir(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """``--run-dir`` (required) and, with ``checkpoint``, ``--checkpoint``: the run a job works on."""
+    from tfvae.rundir import CHECKPOINTS  # no TensorFlow: --help stays instant
+
+    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
+    if checkpoint:
+        p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
+                       help="which saved model (see tfvae.rundir.MODEL_FILES)")
+
+
+def add_set(p: argparse.ArgumentParser, help: str = "override config keys") -> None:
+    """``--set KEY=VALUE ...``, every occurrence applied (argparse's ``extend``)."""
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help)
+
+
 def entry(main):
     """A command's ``main``: a closed pipe (``tfvae ... --print-config | head``) ends it quietly,
     exit 0, as Python's documentation advises (stdout pointed at /dev/null, no traceback)."""

@@ -19,23 +19,20 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, os_error, parser  # noqa: E402
+from tfvae.commands import add_run_dir, add_set, entry, os_error, parser  # noqa: E402
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
-from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
 FEW_SCANS = 3  # fewer healthy scans than this: the measured FPR spread is wide (docs/results_phantom.md)
 
 
 def parse_args(argv=None):
     p = parser(__doc__)
-    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
+    add_run_dir(p)
     p.add_argument("scans", nargs="+", help="healthy NIfTI scans of your scanner, or folders of them")
     p.add_argument("--name", required=True, help="what to call this calibration (letters, digits, _ . -)")
     p.add_argument("--predictors", nargs="+", choices=LOCALIZABLE, help="the maps to calibrate (default: all "
                    "that localize can make)")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
-                   help="which saved model (see tfvae.run.MODEL_FILES)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
+    add_set(p)
     p.add_argument("--force", action="store_true", help="use a scan even when part of its brain lies outside "
                                                         "the run's field of view")
     return p.parse_args(argv)

@@ -17,20 +17,18 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, os_error, parser  # noqa: E402
+from tfvae.commands import add_run_dir, add_set, entry, os_error, parser  # noqa: E402
 from tfvae.predictor_names import ALL_PREDICTORS  # noqa: E402
-from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
 
 
 
 def parse_args(argv=None):
     p = parser(__doc__)
-    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
+    add_run_dir(p)
     p.add_argument("--predictors", nargs="+", choices=ALL_PREDICTORS, metavar="PREDICTOR",
                    help="which predictors (default: the config's, else all): " + ", ".join(ALL_PREDICTORS))
     p.add_argument("--projection-steps", type=int, help="steps of the energy-based projection")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which saved model")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
+    add_set(p)
     p.add_argument("--calibration", metavar="NAME", help="thresholds and the recommended map's sizes from the "
                    "healthy scans calibrated as NAME (tfvae calibrate) instead of the validation split")
     p.add_argument("--out", help="output directory (default: RUN/eval)")

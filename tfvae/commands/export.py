@@ -13,16 +13,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, parser  # noqa: E402
-from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
+from tfvae.commands import add_run_dir, entry, parser  # noqa: E402
 
 
 def parse_args(argv=None):
     p = parser(__doc__)
-    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
+    add_run_dir(p)
     p.add_argument("--out", required=True, help="a new folder for the SavedModel")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
-                   help="which saved model")
     return p.parse_args(argv)
 
 

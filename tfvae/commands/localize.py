@@ -20,14 +20,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, os_error, parser  # noqa: E402
-from tfvae.run import CHECKPOINTS  # noqa: E402  (no TensorFlow: --help stays instant)
+from tfvae.commands import add_run_dir, add_set, entry, os_error, parser  # noqa: E402
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 
 
 def parse_args(argv=None):
     p = parser(__doc__)
-    p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
+    add_run_dir(p)
     p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--predictor", default="recommended", choices=LOCALIZABLE, help="which map")
@@ -36,10 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--mask", help="a brain mask for the (single) scan; default: its non-zero voxels")
     p.add_argument("--calibration", metavar="NAME", help="thresholds from the healthy scans calibrated as NAME "
                    "(tfvae calibrate) instead of the validation slices")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
-                   help="which saved model (see tfvae.run.MODEL_FILES)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys "
-                   "(e.g. postprocess.min_component_voxels=8)")
+    add_set(p, "override config keys (e.g. postprocess.min_component_voxels=8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--force", action="store_true", help="score a scan even when part of its brain lies outside "
                                                         "the run's field of view, or when its header has no "

@@ -25,7 +25,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, parser  # noqa: E402
+from tfvae.commands import add_set, entry, parser  # noqa: E402
 
 
 
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--md", help="markdown file to write (default: OUT/tables.md)")
     p.add_argument("--data-dir", help="TFDS data_dir (sets data.data_dir)")
     p.add_argument("--manual-dir", help="folder holding HCP / BraTS (sets data.manual_dir)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config keys for every run")
+    add_set(p, "override config keys for every run")
     p.add_argument("--retrain", action="store_true", help="replace runs that were trained with other settings")
     p.add_argument("--reevaluate", action="store_true", help="evaluate again even when RUN/eval matches")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -19,15 +19,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, os_error, parser  # noqa: E402
+from tfvae.commands import add_set, entry, os_error, parser  # noqa: E402
 
 
 def parse_args(argv=None):
     p = parser(__doc__)
     p.add_argument("--config", help="JSON config (see configs/); optional with --resume, which uses the run's own")
     p.add_argument("--run-dir", help="where the run is written (default: runs/<config name>)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. --set train.epochs=2 data.config=tiny")
+    add_set(p, "override config keys, e.g. --set train.epochs=2 data.config=tiny")
     p.add_argument("--manual-dir", metavar="DIR",
                    help="folder holding the downloaded data (HCP, BraTS, NIfTI scans); overrides data.manual_dir "
                         "and the environment variable TFVAE_MANUAL_DIR")

@@ -26,15 +26,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, parser  # noqa: E402
+from tfvae.commands import add_set, entry, parser  # noqa: E402
 
 
 def parse_args(argv=None):
     p = parser(__doc__)
     p.add_argument("--search", required=True, help="search config JSON (see configs/search_*.json)")
     p.add_argument("--dir", help="search directory (default: runs/<search file name>)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override keys of the base run config for every trial, e.g. data.config=tiny")
+    add_set(p, "override keys of the base run config for every trial, e.g. data.config=tiny")
     p.add_argument("--overwrite", action="store_true", help="delete the search in --dir and start again")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     return p.parse_args(argv)
