@@ -81,4 +81,7 @@ def test_a_tiny_study_trains_evaluates_calibrates_and_reuses(tiny_data_dir, tmp_
                                             "recommended, untrained", "recommended, 3 epochs",
                                             "recommended, 2 epochs (the base config)"]
     assert "### What the model adds" in text and "| recommended, untrained |" in text
+    evidence = json.load(open(cross_domain.evidence_path(md)))  # beside the document: every seed's results
+    assert evidence["results"]["tiny_combined"][0]["recommended"]["measured_fpr01"] == r["measured_fpr01"]
+    assert list(evidence["calibrated"]) == ["tiny_combined_1"]
     assert config_lib.load(os.path.join(runs, "s0", "config.json"))["seed"] == 0

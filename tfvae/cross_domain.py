@@ -76,11 +76,17 @@ def write_healthy_scans(config: dict, site: str, folder: str) -> list[str]:
     return paths
 
 
+def evidence_path(md_path: str) -> str:
+    """Where the study's evidence is written beside its document: ``<doc>_cross_domain.json``."""
+    return os.path.splitext(md_path)[0] + "_cross_domain.json"
+
+
 def study(runs_dir: str, md_path: str | None = None, *, base: str = BASE_CONFIG, seeds=SEEDS, overrides=(),
           test_sets=TEST_SETS, calibration_scans=CALIBRATION_SCANS, verbose: bool = False, command: str = "",
           log=print) -> dict:
     """Train, evaluate and calibrate everything of the study (reusing what is done); write the
-    report into ``md_path`` (between ``BEGIN`` and ``END``) and ``RUNS/cross_domain.json``; returns
+    report into ``md_path`` (between ``BEGIN`` and ``END``), its evidence into ``RUNS/cross_domain.json``
+    and ``evidence_path(md_path)``; returns
     ``{"results": {test set: [per-seed results]}, "calibrated": {(site, scans): [...]}, "verdicts"}``."""
     results: dict = {t: [] for t in test_sets}
     calibrated: dict = {}
@@ -108,11 +114,13 @@ def study(runs_dir: str, md_path: str | None = None, *, base: str = BASE_CONFIG,
     parts = decomposition(runs_dir, base, seeds, overrides, verbose) if "default" in test_sets else {}
     log(f"[{time.time() - start:6.0f}s] what the model adds: the recipe without a model, untrained and short models")
     verdicts = judge_targets(results)
-    report = render(results, calibrated, verdicts, seeds, base, overrides, command, parts)
-    files.write_json(os.path.join(runs_dir, "cross_domain.json"),
-                     {"results": results, "calibrated": {f"{s}_{n}": r for (s, n), r in calibrated.items()},
-                      "decomposition": parts})
-    if md_path:
+    report = render(results, calibrated, verdicts, seeds, base, overrides, command, parts,
+                    os.path.basename(evidence_path(md_path)) if md_path else "")
+    evidence = {"results": results, "calibrated": {f"{s}_{n}": r for (s, n), r in calibrated.items()},
+                "decomposition": parts}
+    files.write_json(os.path.join(runs_dir, "cross_domain.json"), evidence)
+    if md_path:  # the evidence beside the document, compact: every seed's results behind every cell
+        files.write_json(evidence_path(md_path), evidence, indent=None)
         write_section(md_path, report)
     return {"results": results, "calibrated": calibrated, "verdicts": verdicts, "report": report,
             "decomposition": parts}
@@ -231,7 +239,7 @@ def _label(test_set: str) -> str:
 
 
 def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, overrides, command: str,
-           parts: dict | None = None) -> str:
+           parts: dict | None = None, evidence: str = "") -> str:
     seeds = list(seeds)
     lines = [BEGIN, "", "## Another site's scans: false-positive rates that hold (the cross-domain study)", "",
              "Made by", "", f"```bash\n{command.strip() or 'python scripts/reproduce_tables.py --cross-domain'}\n```",
@@ -243,7 +251,8 @@ def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, ov
              "(label 0), pooled over the volumes; cells are mean ± std over seeds. *fixed*: the calibrated "
              "threshold as it is; *per scan*: moved with each scan's own score distribution (the default, "
              "`threshold.mode=per_scan`). Sites marked *held out* were kept out of every design decision and "
-             "are reported last.", "",
+             "are reported last." + (f" Every seed's results behind these cells, with the settings each evaluation "
+                                     f"chose, are in `{evidence}` beside this document." if evidence else ""), "",
              "### The recommended map: nominal against measured false-positive rate, and Dice", ""]
     rows = [(_label(t), per_seed) for t, per_seed in results.items() if per_seed]
     lines += _table(["test set"], rows, "recommended", [FPR01_FIXED, FPR01, FPR05_FIXED, FPR05, DICE01_FIXED, DICE01,
