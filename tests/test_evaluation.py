@@ -462,3 +462,52 @@ def test_the_reference_pixel_set_is_whole_slices_but_the_first_and_last(tiny_run
     assert results["intensity"]["auroc_reference"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
     assert results["intensity"]["auroc_reference"] != results["intensity"]["auroc"]  # another pixel population
     assert labels.mean() < np.mean([(ex["label"] > 0).mean() for ex in examples])  # more background than ours
+
+
+def test_the_set_up_scores_each_healthy_volume_once_and_changes_no_map(tiny_run):
+    """Scorer.fit keeps the healthy volumes' network passes for the calibration (none is made
+    again); the maps made from them equal a fresh scorer's; a slice's restored residual does not
+    depend on the slices it is projected with (what the selection relies on), to 1e-5."""
+    from tfvae import calibration, scoring
+    from tfvae.run import Run
+
+    run = Run(tiny_run)
+    config = run.config()
+    predictors = [p for p in ALL_PREDICTORS if p != "ensemble"]
+    healthy = list(scoring.as_volumes(run.healthy_split(config)))
+    scorer = scoring.Scorer(run.model(), config, predictors)
+    scorer.fit(healthy)
+    passes = []
+    real_signed, real_projection = scorer.pixel.signed, scorer.projection
+    scorer.pixel.signed = lambda x: passes.append("signed") or real_signed(x)
+    scorer.projection = lambda x: passes.append("projection") or real_projection(x)
+    calibrated = calibration.calibrate(scorer, healthy, predictors, config["postprocess"])
+    assert passes == []  # every network output of the calibration was kept by fit
+    fresh = scoring.Scorer(run.model(), config, predictors)
+    fresh.pixel.kl_range, fresh.sizes, fresh.sizes_mm = scorer.pixel.kl_range, scorer.sizes, scorer.sizes_mm
+    kept = scorer(healthy[0].image, healthy[0].brain_mask, healthy[0].geometry.voxel_mm())
+    made = fresh(healthy[0].image, healthy[0].brain_mask, healthy[0].geometry.voxel_mm())
+    for name in kept:
+        np.testing.assert_array_equal(kept[name], made[name], err_msg=name)
+    assert calibration.calibrate(fresh, healthy, predictors, config["postprocess"]) == calibrated
+    images = healthy[0].image
+    whole = fresh._positive_residual(images)
+    part = fresh._positive_residual(images[3:7])
+    np.testing.assert_allclose(part, whole[3:7], rtol=1e-5, atol=1e-5 * float(np.abs(whole).max()))
+
+
+def test_every_stage_of_the_set_up_is_announced_with_its_progress(tiny_run, tmp_path, capsys):
+    from tfvae.run import Run
+
+    Run(tiny_run).evaluate(out_dir=str(tmp_path / "eval"), overrides=["recommended.synthetic_copies=2"])
+    lines = capsys.readouterr().out.splitlines()
+    stages = ["the reference Combi's KL-grad range", "choosing the recommended map's filter sizes",
+              "choosing the intensity_filtered map's filter sizes", "scoring the test split",
+              "calibrating the thresholds"]
+    where = [next(i for i, line in enumerate(lines) if line.startswith(stage)) for stage in stages]
+    assert where == sorted(where), lines
+    assert lines[where[0] + 1].split()[1] == "slices"  # the count once the stage is done (a log, not a terminal)
+    from tfvae import scoring
+
+    volumes = len(list(scoring.as_volumes(Run(tiny_run).healthy_split())))
+    assert lines[where[1] + 1].startswith(f"{2 * volumes}/{2 * volumes} ")  # 2 synthetic lesions per volume

@@ -198,13 +198,13 @@ def test_the_scorer_computes_only_what_is_asked(model, x, monkeypatch):
 
     config = config_lib.resolve({}, ["data.image_size=8"])
     calls = {"gradients": 0}
-    real = PixelPredictors.__call__
+    real = PixelPredictors.signed
 
     def counted(self, batch):
         calls["gradients"] += 1
         return real(self, batch)
 
-    monkeypatch.setattr(PixelPredictors, "__call__", counted)
+    monkeypatch.setattr(PixelPredictors, "signed", counted)
     only = Scorer(model, config, ["intensity"])(x)
     assert calls["gradients"] == 0 and set(only) == {"intensity"}
     rec = Scorer(model, config, ["rec_error", "intensity"])(x)

@@ -81,8 +81,9 @@ def test_selection_smooths_noisy_residuals_and_leaves_exact_ones(noise, expect_s
     brain[2:22, 4:28, 4:28] = True
     healthy *= brain
 
-    def residual_fn(images):
-        return np.maximum(images - healthy[..., None] + noise * rng.normal(size=images.shape), 0.0)
+    def residual_fn(images):  # slice by slice, as a 2D model: each slice against its nearest healthy slice
+        nearest = np.argmin([[np.sum((x[..., 0] - h) ** 2) for h in healthy] for x in images], axis=1)
+        return np.maximum(images - healthy[nearest][..., None] + noise * rng.normal(size=images.shape), 0.0)
 
     chosen = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=3, seed=0)
     assert chosen["lesions"] == 3 and len(chosen["table"]) == len(R.MEDIAN_CANDIDATES) * len(R.SIGMA_CANDIDATES)
@@ -92,6 +93,50 @@ def test_selection_smooths_noisy_residuals_and_leaves_exact_ones(noise, expect_s
     assert smoothed == expect_smoothing, chosen
     fixed = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=1, seed=0, median_size=3)
     assert fixed["median_size"] == 3 and {row["median_size"] for row in fixed["table"]} == {3}
+
+
+def test_selection_filters_only_what_a_lesion_changes_and_gets_the_same_numbers():
+    """Against the selection written out: every lesioned copy's residual made whole and every
+    candidate post-processed whole (``postprocess``), on an anisotropic grid (per-axis sizes)."""
+    rng = np.random.default_rng(4)
+    volumes = []
+    for z, voxel_mm in ((30, (2.0, 3.0, 3.0)), (22, (4.0, 3.0, 3.0))):
+        image = rng.normal(size=(z, 32, 32)).astype(np.float32)
+        brain = np.zeros_like(image, bool)
+        brain[2:z - 2, 4:28, 4:28] = True
+        volumes.append((image * brain, brain, voxel_mm))
+    seen = []
+
+    def residual_fn(images):  # slice-wise and nonlinear: the positive part above each slice's own mean
+        seen.append(len(images))
+        return np.maximum(images - images.mean(axis=(1, 2, 3), keepdims=True), 0.0) ** 1.5
+
+    chosen = R.select(residual_fn, volumes, copies=3, seed=7)
+    expected_rng = np.random.default_rng(7)
+    reference_mm = R.grid_mm(v for _, _, v in volumes)
+    hists = {(k, s): R.metrics.PixelHistogram() for k in R.MEDIAN_CANDIDATES for s in R.SIGMA_CANDIDATES}
+    for image, brain, voxel_mm in volumes:
+        for _ in range(3):
+            lesioned, label = R.synthetic_lesion(image, brain, voxel_mm, expected_rng)
+            residual = np.maximum(lesioned - lesioned.mean(axis=(1, 2), keepdims=True), 0.0) ** 1.5
+            for (k, s), hist in hists.items():
+                hist.update(R.postprocess(residual, brain, k, s, voxel_mm, reference_mm), label, mask=brain)
+    expected = [(k, s, h.auprc(), h.auroc()) for (k, s), h in hists.items()]
+    got = [(row["median_size"], row["gaussian_sigma"], row["auprc"], row["auroc"]) for row in chosen["table"]]
+    np.testing.assert_allclose([g[2:] for g in got], [e[2:] for e in expected], rtol=1e-6)
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    assert sum(seen) < 3 * (30 + 22)  # each volume once, then only the lesioned slices: fewer than 3 whole copies
+
+
+def test_median_rows_is_the_median_of_those_rows():
+    volume = np.random.default_rng(5).normal(size=(12, 9, 9)).astype(np.float32)
+    for size in (3, (5, 3, 3)):
+        for rows in (slice(0, 2), slice(4, 7), slice(10, 12)):
+            np.testing.assert_array_equal(R.median_rows(volume, size, rows), R.median(volume, size)[rows])
+    changed = volume.copy()
+    changed[[5, 6]] += 3.0
+    np.testing.assert_array_equal(R.median_changed(R.median(volume, 5), changed, 5, np.array([5, 6])),
+                                  R.median(changed, 5))
 
 
 def test_filter_sizes_keep_their_millimetres_on_another_slice_spacing():

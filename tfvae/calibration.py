@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from tfvae import files, metrics
+from tfvae.console import Stage
 from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, as_volumes, variants
 
 FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}  # the rates every evaluation reports Dice at
@@ -27,12 +28,14 @@ MAP_SECTIONS = ("predictors", "postprocess", "recommended")  # config sections a
 
 
 def calibrate(scorer: Scorer, validation, predictors, settings: dict, ensemble=None,
-              fprs=tuple(FPRS.values())) -> dict:
+              fprs=tuple(FPRS.values()), verbose: bool = False) -> dict:
     """``{variant: {predictor: {fpr: threshold}}}``: the thresholds that flag each false-positive
     rate of ``fprs`` of the healthy validation brain pixels (``validation``: the split, or a list of
-    healthy ``Volume`` s such as a user's own scans; at most ``MAX_CALIBRATION_SLICES`` slices)."""
+    healthy ``Volume`` s such as a user's own scans; at most ``MAX_CALIBRATION_SLICES`` slices);
+    ``verbose``: announce it and show its progress."""
     hists: dict = {}
     taken = 0
+    stage = Stage(f"calibrating the thresholds of {len(predictors)} map(s) on healthy slices", "slice", verbose)
     for volume in as_volumes(validation):
         if taken >= MAX_CALIBRATION_SLICES:
             break
@@ -45,6 +48,8 @@ def calibrate(scorer: Scorer, validation, predictors, settings: dict, ensemble=N
                 hist = hists.setdefault(variant, {}).setdefault(p, metrics.PixelHistogram(bits=HISTOGRAM_BITS))
                 hist.update(score, np.zeros_like(volume.label), mask=brain)
         taken += len(volume.image)
+        stage.update(taken)
+    stage.done()
     return {variant: {p: {float(fpr): h.threshold_at_fpr(fpr) for fpr in fprs} for p, h in by_p.items()}
             for variant, by_p in hists.items()}
 

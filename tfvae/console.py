@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 NOISE = re.compile("|".join([
     r"All log messages before absl::InitializeLog\(\) is called",
@@ -72,3 +73,33 @@ def quiet_tensorflow() -> None:
 def progress_verbosity() -> int:
     """Keras ``verbose``: 1 (progress bars) on a terminal, 2 (one line per epoch) in a log file."""
     return 1 if sys.stdout.isatty() else 2
+
+
+class Stage:
+    """One stage of a long job: a line saying what it does, then its own Keras progress bar
+    (``update(done, total)``; ``total`` None while unknown; ``done()`` ends a bar whose total was
+    not known, in a log file with one line of the count and time). Silent when ``verbose`` is false."""
+
+    def __init__(self, what: str, unit: str, verbose: bool = True):
+        self.verbose, self.unit, self.bar, self.last = verbose, unit, None, 0
+        self.start = time.perf_counter()
+        if verbose:
+            print(what, flush=True)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if not self.verbose:
+            return
+        if self.bar is None or (total is not None and self.bar.target != total):
+            import keras
+
+            self.bar = keras.utils.Progbar(total, verbose=progress_verbosity(), unit_name=self.unit)
+        self.last = done
+        self.bar.update(done, finalize=total is not None and done >= total)
+
+    def done(self) -> None:
+        if not self.verbose or self.bar is None or self.bar.target is not None:
+            return
+        if progress_verbosity() == 1:
+            self.bar.update(self.last, finalize=True)
+        else:  # Keras prints nothing for an unknown total in a log file
+            print(f"{self.last} {self.unit}s - {time.perf_counter() - self.start:.0f}s", flush=True)

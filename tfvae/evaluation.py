@@ -315,13 +315,16 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
     scorer = Scorer(model, config, [p for p in ALL_PREDICTORS if p in needed])
     stored = stored or {}
     # KL-grad range, recommended settings: healthy validation only (or what an earlier calibration stored)
-    reference = scorer.fit(validation, stored=stored.get("reference"))
+    reference = scorer.fit(validation, stored=stored.get("reference"), verbose=verbose)
 
     ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
                            if "ensemble" in predictors else ([], sorted(set(ids))))
     from tfvae.console import progress_verbosity
 
+    if verbose:
+        print(f"scoring the test split: {len(ids)} slices of {len(set(ids))} volumes, {len(predictors)} map(s)"
+              + (" (the thresholds are calibrated once the ensemble is fitted)" if fit_ids else ""), flush=True)
     progress = keras.utils.Progbar(len(ids), verbose=progress_verbosity() if verbose else 0, unit_name="slice")
     figures = FigureSlices(ev["num_figures"])
     consumers: list = [figures] + ([NiftiMaps(os.path.join(out_dir, "maps"))] if ev["write_nifti"] else [])
@@ -335,7 +338,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
         reused = ({p: t for p, t in stored.get("thresholds", {}).items() if p in predictors and p != "ensemble"
                    and set(rates) <= set(t)} if not postprocessing.enabled(settings) else {})
         calibrated = (calibrate(scorer, validation, [p for p in predictors if p not in reused], settings, ensemble,
-                                fprs=rates) if len(reused) < len(predictors) else {"raw": {}})
+                                fprs=rates, verbose=verbose) if len(reused) < len(predictors) else {"raw": {}})
+        scorer.release()  # the healthy volumes' network outputs, shared by the fit and the calibration
         calibrated["raw"] = {p: reused[p] if p in reused else calibrated["raw"][p] for p in predictors}
         fitted["calibrated"] = calibrated
         fitted["display"] = {p: [by_rate[DISPLAY_FPRS[k]] for k in DISPLAY_FPRS] for p, by_rate in calibrated["raw"].items()}

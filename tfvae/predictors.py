@@ -123,13 +123,20 @@ class PixelPredictors:
         return {"rec_error": rec_error, "reconstruction": reconstruction,
                 "d_rec": d_rec, "d_kl": d_kl, "d_loss": d_rec + self.elbo_weight * d_kl}
 
+    def signed(self, x) -> dict[str, np.ndarray]:
+        """``signed_maps`` of a batch, compiled, as numpy arrays."""
+        return {k: v.numpy() for k, v in self._compiled(tf.convert_to_tensor(x, tf.float32)).items()}
+
     def raw_kl_grad(self, x) -> np.ndarray:
         """|dKL/dx| before any smoothing: what ``kl_range`` is taken from."""
-        return np.abs(self._compiled(tf.convert_to_tensor(x, tf.float32))["d_kl"].numpy())
+        return np.abs(self.signed(x)["d_kl"])
 
     def __call__(self, x) -> dict[str, np.ndarray]:
         """numpy maps of ``GRADIENT_MAPS`` plus ``intensity`` and ``reconstruction``."""
-        t = {k: v.numpy() for k, v in self._compiled(tf.convert_to_tensor(x, tf.float32)).items()}
+        return self.maps(x, self.signed(x))
+
+    def maps(self, x, t: dict) -> dict[str, np.ndarray]:
+        """The maps of the batch ``x`` from its ``signed`` arrays ``t``."""
         maps = {"rec_error": t["rec_error"], "elbo_grad": np.abs(t["d_loss"]), "kl_grad": np.abs(t["d_kl"]),
                 "rec_grad": np.abs(t["d_rec"])}
         if self.combi == "zimmerer":

@@ -38,6 +38,9 @@ read. The selection table is kept with the results.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -74,12 +77,44 @@ def postprocess(residual: np.ndarray, brain: np.ndarray, median_size: int, gauss
     """Steps 3-5 on a (z, S, S) residual volume: 3D median, 3D Gaussian, zero outside ``brain``
     (sizes in voxels of ``reference_mm``, applied on a grid of ``voxel_mm``: ``filter_sizes``)."""
     median_size, gaussian_sigma = filter_sizes(median_size, gaussian_sigma, voxel_mm, reference_mm)
-    out = np.asarray(residual, np.float32)
-    if np.any(np.asarray(median_size) > 1):
-        out = ndimage.median_filter(out, size=median_size, mode="nearest")
-    if np.any(np.asarray(gaussian_sigma) > 0):
-        out = ndimage.gaussian_filter(out, sigma=gaussian_sigma, mode="nearest")
-    return np.where(brain, out, 0.0).astype(np.float32)
+    return smooth_in_brain(median(residual, median_size), brain, gaussian_sigma)
+
+
+def median(volume: np.ndarray, size) -> np.ndarray:
+    """Step 3: the 3D median over ``size`` voxels (an int, or one per axis; 0 or 1: none), float32."""
+    out = np.asarray(volume, np.float32)
+    return ndimage.median_filter(out, size=size, mode="nearest") if np.any(np.asarray(size) > 1) else out
+
+
+def reach(size) -> int:
+    """How many slices away a median over ``size`` voxels (an int, or one per axis) reads."""
+    return int(np.broadcast_to(size, (3,))[0]) // 2 if np.any(np.asarray(size) > 1) else 0
+
+
+def median_rows(volume: np.ndarray, size, rows: slice) -> np.ndarray:
+    """``median(volume, size)[rows]``, computed only on the slices those rows' windows reach
+    (exact: a window reaching past the volume's first or last slice is padded the same way)."""
+    half = reach(size)
+    lo, hi = max(rows.start - half, 0), min(rows.stop + half, len(volume))
+    return median(volume[lo:hi], size)[rows.start - lo:rows.stop - lo]
+
+
+def median_changed(clean_median: np.ndarray, volume: np.ndarray, size, changed: np.ndarray) -> np.ndarray:
+    """``median(volume, size)``, given ``clean_median`` = the median of a volume that differs from
+    ``volume`` only on the slices ``changed`` (sorted indices): only the slices within reach of
+    those are filtered again."""
+    filtered = clean_median.copy()
+    if len(changed):
+        rows = slice(max(changed[0] - reach(size), 0), min(changed[-1] + reach(size) + 1, len(volume)))
+        filtered[rows] = median_rows(volume, size, rows)
+    return filtered
+
+
+def smooth_in_brain(volume: np.ndarray, brain: np.ndarray, sigma) -> np.ndarray:
+    """Steps 4-5: the 3D Gaussian (``sigma`` voxels, or one per axis; 0: none), 0 outside ``brain``."""
+    if np.any(np.asarray(sigma) > 0):
+        volume = ndimage.gaussian_filter(volume, sigma=sigma, mode="nearest")
+    return np.where(brain, volume, 0.0).astype(np.float32)
 
 
 def grid_mm(voxel_sizes) -> list[float]:
@@ -105,31 +140,51 @@ def synthetic_lesion(image: np.ndarray, brain: np.ndarray, voxel_mm, rng: np.ran
 
 
 def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None = None,
-           gaussian_sigma: float | None = None) -> dict:
+           gaussian_sigma: float | None = None, progress=None) -> dict:
     """Pick (median_size, gaussian_sigma) on healthy volumes with synthetic lesions; a setting
     given (not None) is kept and only the other one is chosen.
 
-    ``residual_fn(images (n, S, S, 1)) -> (n, S, S, 1)`` gives the positive residual maps;
+    ``residual_fn(images (n, S, S, 1)) -> (n, S, S, 1)`` gives the positive residual maps, slice by
+    slice (a slice's residual depends on that slice only, as with a 2D model): each healthy volume's
+    residual and 3D medians are computed once, and for each lesioned copy only the slices the lesion
+    changed (and the medians of the slices within reach of them) again -- the same numbers as
+    filtering every copy whole;
     ``volumes`` yields ``(image (z, S, S), brain (z, S, S) bool, voxel_mm)`` of healthy volumes
-    (at most ``MAX_SELECTION_VOLUMES`` are used); the candidates count voxels of their median grid
+    (at most ``MAX_SELECTION_VOLUMES`` are used; ``progress(done, total)``, when given, is called
+    after each lesioned copy); the candidates count voxels of their median grid
     (``grid_mm``). Returns ``{"median_size", "gaussian_sigma", "voxel_mm", "table":
     [{"median_size", "gaussian_sigma", "auprc", "auroc"}, ...], "lesions"}``."""
     rng = np.random.default_rng(seed)
-    candidates = [(k, s) for k in ((median_size,) if median_size is not None else MEDIAN_CANDIDATES)
-                  for s in ((gaussian_sigma,) if gaussian_sigma is not None else SIGMA_CANDIDATES)]
-    hists = {c: metrics.PixelHistogram() for c in candidates}
+    medians = (median_size,) if median_size is not None else MEDIAN_CANDIDATES
+    sigmas = (gaussian_sigma,) if gaussian_sigma is not None else SIGMA_CANDIDATES
+    hists = {(k, s): metrics.PixelHistogram() for k in medians for s in sigmas}
     healthy = [v for _, v in zip(range(MAX_SELECTION_VOLUMES), volumes)]
     if not healthy:
         raise ValueError("no healthy validation volume to choose the recommended map's settings on")
     reference_mm = grid_mm(voxel_mm for _, _, voxel_mm in healthy)
     lesions = 0
-    for image, brain, voxel_mm in healthy:
-        for _ in range(copies):
-            lesioned, label = synthetic_lesion(image, brain, voxel_mm, rng)
-            residual = residual_fn(lesioned[..., None])[..., 0]
-            for (k, s), hist in hists.items():
-                hist.update(postprocess(residual, brain, k, s, voxel_mm, reference_mm), label, mask=brain)
-            lesions += 1
+    # scipy's median runs without the GIL: the candidate sizes are filtered side by side
+    with ThreadPoolExecutor(max(min(os.cpu_count() or 1, len(medians)), 1)) as threads:
+        for image, brain, voxel_mm in healthy:
+            # a lesion changes a few slices: the residual and the median of the others are the healthy volume's
+            clean = residual_fn(image[..., None])[..., 0]
+            sizes = {k: filter_sizes(k, 0.0, voxel_mm, reference_mm)[0] for k in medians}
+            clean_medians = dict(zip(sizes, threads.map(lambda size: median(clean, size), sizes.values())))
+            for _ in range(copies):
+                lesioned, label = synthetic_lesion(image, brain, voxel_mm, rng)
+                changed = np.flatnonzero(np.any(lesioned != image, axis=(1, 2)))
+                residual = clean.copy()
+                if len(changed):
+                    residual[changed] = residual_fn(lesioned[changed][..., None])[..., 0]
+                filtered = threads.map(lambda k, size, r=residual, c=changed: median_changed(clean_medians[k], r, size, c),
+                                       sizes, sizes.values())
+                for k, filtered in zip(sizes, filtered):
+                    for s in sigmas:
+                        sigma = filter_sizes(0, s, voxel_mm, reference_mm)[1]
+                        hists[(k, s)].update(smooth_in_brain(filtered, brain, sigma), label, mask=brain)
+                lesions += 1
+                if progress is not None:
+                    progress(lesions, len(healthy) * copies)
     table = [{"median_size": k, "gaussian_sigma": s, "auprc": h.auprc(), "auroc": h.auroc()}
              for (k, s), h in hists.items()]
     best = max(table, key=lambda row: row["auprc"])

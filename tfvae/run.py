@@ -288,7 +288,7 @@ class Run(RunDir):
         if all(_reference_for(stored, p) for p in needed):
             scorer.fit(None, stored=stored)  # nothing to compute: no healthy scan is read
         else:
-            scorer.fit(self.healthy_split(config), stored=stored)
+            scorer.fit(self.healthy_split(config), stored=stored, verbose=True)  # each stage announced
         return scorer
 
     def healthy_split(self, config: dict | None = None):
@@ -356,8 +356,11 @@ class Run(RunDir):
             if scorer is None:
                 scorer = Scorer(self.model(checkpoint), config, missing)
                 scorer.fit(healthy, stored={k: v for p in missing for k, v in
-                                            (store.reference(store.key(digest, p, config)) or {}).items()})
-            by_variant = calibration.calibrate(scorer, healthy, missing, config["postprocess"], fprs=sorted(rates))
+                                            (store.reference(store.key(digest, p, config)) or {}).items()},
+                           verbose=True)
+            by_variant = calibration.calibrate(scorer, healthy, missing, config["postprocess"], fprs=sorted(rates),
+                                               verbose=True)
+            scorer.release()
             variant = "postprocessed" if postprocessing.enabled(config["postprocess"]) else "raw"
             for p in missing:
                 computed = by_variant[variant][p]

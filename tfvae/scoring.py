@@ -12,17 +12,20 @@ tuning) scores with.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import tensorflow as tf
 
 from tfvae import postprocessing, preprocessing
+from tfvae.console import Stage
 from tfvae import recommended as recommended_lib
 from tfvae.model import in_float32
 from tfvae.predictors import PixelPredictors, smooth
 from tfvae.projection import CompiledProjection
 
 MAX_CALIBRATION_SLICES = 4096  # healthy validation slices used for statistics and thresholds
+MAX_KEPT_BYTES = 2 ** 30  # network outputs of healthy volumes a Scorer keeps between fit and calibration
 GRADIENT_ONLY = ("elbo_grad", "kl_grad", "rec_grad", "combi")  # the maps that need the backward pass
 
 
@@ -113,6 +116,8 @@ class Scorer:
         self.sizes_mm: dict = {name: None for name in self.sizes}  # set by fit
         self.synthetic_copies = r["synthetic_copies"]
         self.reference: dict = {}
+        self._kept: dict = {}  # network outputs of healthy volumes, made once (``_network``)
+        self._kept_bytes = 0
         # compute only what is asked: no gradient pass for e.g. ["intensity"] or ["recommended"]
         self.needs_gradients = any(q in self.predictors for q in GRADIENT_ONLY)
         self.needs_reconstruction = "rec_error" in self.predictors or ("recommended" in self.predictors
@@ -133,23 +138,27 @@ class Scorer:
     def recommended_mm(self):
         return self.sizes_mm["recommended"]
 
-    def fit(self, validation, stored: dict | None = None) -> dict:
+    def fit(self, validation, stored: dict | None = None, verbose: bool = False) -> dict:
         """Take what the maps need from the healthy ``validation`` split (or a list of healthy
         ``Volume`` s, ``as_volumes``) -- or from ``stored``, the
-        ``reference`` of an earlier fit of the same model and settings -- and return ``reference``."""
+        ``reference`` of an earlier fit of the same model and settings -- and return ``reference``.
+        ``verbose``: announce each stage and show its progress."""
         stored = stored or {}
         if self._needs_kl_range():
             if "kl_grad_range" in stored:
                 lo, hi = stored["kl_grad_range"]
             else:
+                stage = Stage("the reference Combi's KL-grad range, on healthy validation slices", "slice", verbose)
                 lo, hi, taken = np.inf, -np.inf, 0
                 for volume in as_volumes(validation):
                     if taken >= MAX_CALIBRATION_SLICES:
                         break
-                    for start in range(0, len(volume.image), self.batch_size):
-                        kl = self.pixel.raw_kl_grad(volume.image[start:start + self.batch_size])
+                    for signed in self._network(volume.image, "signed", keep=True):
+                        kl = np.abs(signed["d_kl"])
                         lo, hi = min(lo, float(kl.min())), max(hi, float(kl.max()))
                     taken += len(volume.image)
+                    stage.update(taken)
+                stage.done()
             self.pixel.kl_range = (lo, hi)
             self.reference["kl_grad_range"] = [lo, hi]
         for name in [n for n, grid in self.sizes_mm.items() if grid is None]:
@@ -160,7 +169,10 @@ class Scorer:
                 healthy = ((v.image[..., 0], v.brain_mask[..., 0] > 0, v.geometry.voxel_mm())
                            for v in as_volumes(validation))
                 residual = self._positive_residual if name == "recommended" else intensity_positive
-                chosen = recommended_lib.select(residual, healthy, self.synthetic_copies, self.seed, **fixed)
+                stage = Stage(f"choosing the {name} map's filter sizes on healthy validation volumes with "
+                              f"{self.synthetic_copies} synthetic lesion(s) each (no label)", "lesion", verbose)
+                chosen = recommended_lib.select(residual, healthy, self.synthetic_copies, self.seed, **fixed,
+                                                progress=stage.update)
             else:  # both sizes given: counted in voxels of the validation grid
                 grid = recommended_lib.grid_mm(v.geometry.voxel_mm() for v in
                                                as_volumes(validation, recommended_lib.MAX_SELECTION_VOLUMES))
@@ -172,21 +184,45 @@ class Scorer:
 
     def _positive_residual(self, images: np.ndarray) -> np.ndarray:
         """max(x - g, 0) with g the reconstruction of the restored image (or of x itself)."""
-        parts = []
-        for start in range(0, len(images), self.batch_size):
-            x = images[start:start + self.batch_size]
-            parts.append(self.projection(x)[2] if self.restore else self.model(x, training=False).numpy())
+        if self.restore:
+            parts = [projected[2] for projected in self._network(images, "projection", keep=True)]
+        else:
+            parts = [self.model(images[start:start + self.batch_size], training=False).numpy()
+                     for start in range(0, len(images), self.batch_size)]
         return recommended_lib.positive_residual(images, np.concatenate(parts))
+
+    def _network(self, images: np.ndarray, part: str, keep: bool = False) -> list:
+        """One network output per batch of ``images``: ``"signed"`` (``PixelPredictors.signed``) or
+        ``"projection"`` (``CompiledProjection``). ``keep``: remember them for these exact images
+        (healthy validation volumes, which fit, the selection and the calibration each score: their
+        network passes are made once), up to ``MAX_KEPT_BYTES``; kept ones are returned as they are."""
+        key = (images.shape, hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=16).digest())
+        found = self._kept.get(key, {}).get(part)
+        if found is not None:
+            return found
+        run = self.pixel.signed if part == "signed" else self.projection
+        outputs = [run(images[start:start + self.batch_size]) for start in range(0, len(images), self.batch_size)]
+        size = sum(a.nbytes for batch in outputs for a in (batch.values() if isinstance(batch, dict) else batch))
+        if keep and self._kept_bytes + size <= MAX_KEPT_BYTES:
+            self._kept.setdefault(key, {})[part] = outputs
+            self._kept_bytes += size
+        return outputs
+
+    def release(self) -> None:
+        """Forget the kept network outputs of healthy volumes (``_network``)."""
+        self._kept, self._kept_bytes = {}, 0
 
     def __call__(self, images: np.ndarray, brain_mask: np.ndarray | None = None, voxel_mm=None) -> dict:
         """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)
         bounds the recommended map; ``voxel_mm`` (slice spacing, row, column) converts its filter
         sizes through millimetres (``recommended.filter_sizes``; default: the validation grid's)."""
         out: dict[str, list] = {}
-        for start in range(0, len(images), self.batch_size):
+        signed = self._network(images, "signed") if self.needs_gradients else None
+        projections = self._network(images, "projection") if self.projection is not None else None
+        for i, start in enumerate(range(0, len(images), self.batch_size)):
             x = images[start:start + self.batch_size]
             if self.needs_gradients:  # one forward and backward pass gives every gradient map
-                maps = self.pixel(x)
+                maps = self.pixel.maps(x, signed[i])
             else:  # only what is asked: the input, and a forward pass when a reconstruction is needed
                 maps = {"intensity": np.asarray(x, np.float32)}
                 if self.needs_reconstruction:
@@ -194,7 +230,7 @@ class Scorer:
                     maps["reconstruction"] = reconstruction
                     maps["rec_error"] = smooth((np.asarray(x, np.float32) - reconstruction) ** 2, self.smooth_sigma)
             if self.projection is not None:
-                projected, score, reconstruction = self.projection(x)
+                projected, score, reconstruction = projections[i]
                 maps["proj_rec_error"] = smooth(score, self.smooth_sigma)
                 maps["projected"] = projected
                 maps["projected_reconstruction"] = reconstruction
