@@ -42,5 +42,8 @@ setup(
         "test": ["pytest>=8", "dill", "apache-beam>=2.60", "mlcroissant>=1.0"],
         # TFDS's command line (`tfds build datasets/<name> --config C`) imports these even for plain builders
         "tfds-cli": ["apache-beam>=2.60", "mlcroissant>=1.0"],
+        # scripts/benchmark.py --peer: a plain PyTorch implementation of the same network to compare with
+        # (the CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)
+        "peer": ["torch>=2.4"],
     },
 )

@@ -128,6 +128,11 @@ def test_precision_choices(monkeypatch, capsys):
         auto = config_lib.resolve(config, ["train.precision=auto"])
         monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
         assert training.resolve_precision(auto) == ("mixed_bfloat16", None)
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2 machine emulated: oneDNN has no bfloat16
+        assert training.resolve_precision(auto) == ("float32", None)
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+        assert training.resolve_precision(auto) == ("mixed_bfloat16", None)
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
         monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
         assert training.resolve_precision(auto) == ("float32", None)
         policy, warning = training.resolve_precision(bf16)

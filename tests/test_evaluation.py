@@ -478,8 +478,8 @@ def test_the_set_up_scores_each_healthy_volume_once_and_changes_no_map(tiny_run)
     scorer = scoring.Scorer(run.model(), config, predictors)
     scorer.fit(healthy)
     passes = []
-    real_signed, real_projection = scorer.pixel.signed, scorer.projection
-    scorer.pixel.signed = lambda x: passes.append("signed") or real_signed(x)
+    real_network, real_projection = scorer.pixel.network, scorer.projection
+    scorer.pixel.network = lambda x: passes.append("network") or real_network(x)
     scorer.projection = lambda x: passes.append("projection") or real_projection(x)
     calibrated = calibration.calibrate(scorer, healthy, predictors, config["postprocess"])
     assert passes == []  # every network output of the calibration was kept by fit

@@ -198,13 +198,13 @@ def test_the_scorer_computes_only_what_is_asked(model, x, monkeypatch):
 
     config = config_lib.resolve({}, ["data.image_size=8"])
     calls = {"gradients": 0}
-    real = PixelPredictors.signed
+    real = PixelPredictors.network
 
     def counted(self, batch):
         calls["gradients"] += 1
         return real(self, batch)
 
-    monkeypatch.setattr(PixelPredictors, "signed", counted)
+    monkeypatch.setattr(PixelPredictors, "network", counted)
     only = Scorer(model, config, ["intensity"])(x)
     assert calls["gradients"] == 0 and set(only) == {"intensity"}
     rec = Scorer(model, config, ["rec_error", "intensity"])(x)
@@ -212,3 +212,27 @@ def test_the_scorer_computes_only_what_is_asked(model, x, monkeypatch):
     full = Scorer(model, config, ["rec_error", "rec_grad"])(x)
     assert calls["gradients"] == 1
     np.testing.assert_allclose(rec["rec_error"], full["rec_error"], rtol=1e-5, atol=1e-6)
+
+
+def test_every_map_equals_the_numpy_made_maps_to_1e5(model, x):
+    """The maps made in one graph (gradients, |.|, the reference's smoothing as two 1D passes) and
+    the Combi against the same maps made the earlier way: signed gradients, then float64 numpy
+    (scipy.ndimage.correlate with the 7x7 kernel, zero padding) -- to 1e-5 of each map's range."""
+    from scipy import ndimage
+
+    kl_range = (0.0, 0.5)
+    predictors = PixelPredictors(model, kl_range=kl_range)
+    signed = {k: v.numpy().astype(np.float64) for k, v in predictors.signed_maps(x).items()}
+    kernel = hand_kernel()[None, :, :, None]
+
+    def numpy_smooth(m):
+        return ndimage.correlate(m, kernel, mode="constant", cval=0.0)
+
+    kl = np.abs(signed["d_kl"])
+    expected = {"rec_error": signed["rec_error"], "elbo_grad": numpy_smooth(np.abs(signed["d_loss"])),
+                "kl_grad": numpy_smooth(kl), "rec_grad": numpy_smooth(np.abs(signed["d_rec"])),
+                "combi": numpy_smooth((kl - kl_range[0]) / (kl_range[1] - kl_range[0]))
+                * (0.5 * signed["rec_error"] + 0.5 * np.log(2 * np.pi))}
+    maps = predictors(x)
+    for name, want in expected.items():
+        np.testing.assert_allclose(maps[name], want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=name)

@@ -8,9 +8,13 @@ model is recorded beside the figures: compare speeds only within one run.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -24,6 +28,7 @@ from tfvae.model import BetaVAE
 from tfvae.networks import forward_flops, layer_flops
 from tfvae.predictors import PixelPredictors
 from tfvae.projection import CompiledProjection, project
+from tfvae.training import cpu_flags, native_bfloat16
 
 BATCH = 64
 SIZE = 64
@@ -127,10 +132,29 @@ def quality(data_dir: str | None = None, workdir: str | None = None, log=print) 
     return table
 
 
+def peer_figures(quick: bool, steps: int, projection_steps: int, repeats: int) -> dict | None:
+    """``tfvae.benchmark_peer``'s figures (a plain PyTorch implementation of the same network), run
+    in a subprocess with the same batch, size, latent size, steps and repeats; None without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    command = [sys.executable, "-m", "tfvae.benchmark_peer", "--batch", str(BATCH), "--size", str(SIZE),
+               "--latent", "64", "--repeats", str(repeats), "--steps", str(steps),
+               "--projection-steps", str(projection_steps)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the PyTorch peer failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")  # what decides the kernels
+
+
 def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: str | None = None,
-        layers: bool = False, check_quality: bool = False) -> dict:
+        layers: bool = False, check_quality: bool = False, peer: bool = False) -> dict:
     """Every figure (printed as a table as it is measured); written as JSON to ``out_path``.
-    ``check_quality``: also ``quality`` (trains the quick start in both precisions)."""
+    ``check_quality``: also ``quality`` (trains the quick start in both precisions); ``peer``: also
+    a plain PyTorch implementation's training, maps and projection (``tfvae.benchmark_peer``), run
+    between tfvae's, and the ratios (skipped with a line when torch is not installed)."""
     repeats = 3 if quick else 7
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32)
@@ -144,13 +168,22 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         rows.append((key, value, unit, note))
         print(f"  {key:38s} {value:12.4g} {unit:14s} {note}", flush=True)
 
-    print(f"{out['machine']['cpu']}, {os.cpu_count()} cores, TF {tf.__version__}, GPU: {bool(gpus)}")
+    out["machine"]["cpu_flags"] = [flag for flag in CPU_FLAGS if flag in cpu_flags()]
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        out["machine"]["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    print(f"{out['machine']['cpu']}, {os.cpu_count()} cores, flags {' '.join(out['machine']['cpu_flags'])}"
+          f"{', oneDNN limited to ' + os.environ['ONEDNN_MAX_CPU_ISA'] if os.environ.get('ONEDNN_MAX_CPU_ISA') else ''}"
+          f", TF {tf.__version__}, GPU: {bool(gpus)}")
+
+    steps, proj_steps = (15, 10) if quick else (40, 50)  # training steps per fit, projection steps
+    peer_before = peer_figures(quick, steps, proj_steps, repeats) if peer else None
+    if peer and peer_before is None:
+        print("  peer: PyTorch is not installed (pip install torch to compare); skipped", flush=True)
 
     # training: Keras fit on in-memory batches (the real training step, with its Keras overhead);
     # the time per batch is the median interval between batch ends, so the start of each fit call
     # (iterator creation, callbacks) does not count
     keras.utils.set_random_seed(0)
-    steps = 15 if quick else 40
     images = tf.data.Dataset.from_tensor_slices(np.repeat(x, 4, axis=0)).batch(BATCH).cache().repeat()
     def train_rate(latent: int, policy: str = "float32") -> tuple[float, BetaVAE]:
         keras.mixed_precision.set_dtype_policy(policy)
@@ -173,16 +206,17 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
             record("forward_mflop_per_slice", flops / 1e6, "MFLOP")
             record("train_gflop_per_s", 3 * flops * rate / 1e9, "GFLOP/s", "3 x forward per slice")
     # bfloat16 beside float32, in the same run (speeds compare only within one run)
-    from tfvae.training import native_bfloat16
-
     native = native_bfloat16()
     out["machine"]["native_bfloat16"] = native
     print(f"  native bfloat16 on this CPU: {'yes' if native else 'no (auto picks float32)'}", flush=True)
-    bf16_rate, _ = train_rate(64, "mixed_bfloat16")
+    if native or not os.environ.get("ONEDNN_MAX_CPU_ISA"):  # oneDNN limited below bfloat16 has no such kernel
+        bf16_rate, _ = train_rate(64, "mixed_bfloat16")
+        record("train_slices_per_s_latent64_bfloat16", bf16_rate, "slices/s")
     again, _ = train_rate(64)  # float32 again: the spread of the machine within this run
-    record("train_slices_per_s_latent64_bfloat16", bf16_rate, "slices/s")
     record("train_slices_per_s_latent64_float32_again", again, "slices/s", "the same as the first: the noise")
-    record("bfloat16_over_float32", bf16_rate / ((float32_rate + again) / 2), "x", "target >= 1.8 (native bf16)")
+    if "train_slices_per_s_latent64_bfloat16" in out:
+        record("bfloat16_over_float32", out["train_slices_per_s_latent64_bfloat16"] / ((float32_rate + again) / 2),
+               "x", "target >= 1.8 (native bf16)")
     train_rate_ = float32_rate
 
     model = BetaVAE(image_size=SIZE, latent_dim=64, seed=0)
@@ -190,13 +224,24 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     seconds = median_time(lambda: predictors(x), repeats)
     record("predictor_maps_slices_per_s", BATCH / seconds, "slices/s", "all five maps; target >= 1200")
 
-    proj_steps = 10 if quick else 50
     compiled = CompiledProjection(model, steps=proj_steps)
     seconds_compiled = median_time(lambda: compiled(x), repeats)
     seconds_eager = median_time(lambda: project(model, x, proj_steps).numpy(), max(1, repeats // 2))
     record("projection_compiled_slice_steps_per_s", BATCH * proj_steps / seconds_compiled, "slice-steps/s")
     record("projection_eager_slice_steps_per_s", BATCH * proj_steps / seconds_eager, "slice-steps/s")
     record("projection_compiled_over_eager", seconds_eager / seconds_compiled, "x", "target >= 5")
+    if peer and peer_before is not None:  # the peer again, after tfvae: the ratio against both rounds' mean
+        peer_after = peer_figures(quick, steps, proj_steps, repeats)
+        out["peer"] = {"before": peer_before, "after": peer_after}
+        print(f"  peer: PyTorch {peer_after['torch']}, {peer_after['threads']} threads, kernels "
+              f"{peer_after['cpu_capability']}, timed before and after tfvae", flush=True)
+        for key, mine in (("train_slices_per_s", (float32_rate + again) / 2),
+                          ("predictor_maps_slices_per_s", out["predictor_maps_slices_per_s"]),
+                          ("projection_slice_steps_per_s", out["projection_compiled_slice_steps_per_s"])):
+            theirs = (peer_before[key] + peer_after[key]) / 2
+            record(f"peer_{key}", theirs, "per s", f"PyTorch, the same work ({peer_before[key]:.0f} then "
+                                                     f"{peer_after[key]:.0f})")
+            record(f"tfvae_over_peer_{key.rsplit('_per_s', 1)[0]}", mine / theirs, "x", "target >= 1.5")
     # what that means for a BraTS-sized test set: 285 volumes, ~120 kept slices each, 100 steps
     brats_slice_steps = 285 * 120 * 100
     record("projection_brats_hours", brats_slice_steps / (BATCH * proj_steps / seconds_compiled) / 3600, "h",

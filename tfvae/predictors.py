@@ -66,11 +66,19 @@ def reference_kernel(kernel_size: int = REFERENCE_KERNEL_SIZE, sigma: float = RE
     return kernel / kernel.sum()
 
 
+def smooth_reference_tensor(maps: tf.Tensor) -> tf.Tensor:
+    """(B, S, S, 1) float32 maps convolved slice by slice with ``reference_kernel()``, zero padding,
+    same size (the reference's depthwise ``Conv2d(padding=kernel_size // 2)``), inside a graph."""
+    # the 2D Gaussian is the outer product of its row sums: a column pass then a row pass, 14 taps instead
+    # of 49 (the same sums to float rounding); an odd kernel: (size - 1) / 2 zeros per side
+    profile = reference_kernel().sum(axis=1)
+    maps = tf.nn.conv2d(maps, tf.constant(profile[:, None, None, None], tf.float32), strides=1, padding="SAME")
+    return tf.nn.conv2d(maps, tf.constant(profile[None, :, None, None], tf.float32), strides=1, padding="SAME")
+
+
 def smooth_reference(maps: np.ndarray) -> np.ndarray:
-    """(B, S, S, 1) maps convolved slice by slice with ``reference_kernel()``, zero padding, same size
-    (the reference's depthwise ``Conv2d(padding=kernel_size // 2)``)."""
-    kernel = reference_kernel()[None, :, :, None]
-    return ndimage.correlate(np.asarray(maps, np.float64), kernel, mode="constant", cval=0.0).astype(np.float32)
+    """``smooth_reference_tensor`` of numpy maps (B, S, S, 1), float32."""
+    return smooth_reference_tensor(tf.convert_to_tensor(maps, tf.float32)).numpy()
 
 
 def min_max(maps: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -101,7 +109,7 @@ class PixelPredictors:
         self.smooth_gradients = bool(smooth_gradients)
         self.smooth_sigma = float(smooth_sigma)
         self.kl_range = kl_range
-        self._compiled = tf.function(self.signed_maps, reduce_retracing=True)
+        self._compiled = tf.function(self.network_maps, reduce_retracing=True)
 
     def signed_maps(self, x):
         """Tensors: ``rec_error``, ``reconstruction``, and the signed gradients ``d_rec``, ``d_kl``,
@@ -123,28 +131,37 @@ class PixelPredictors:
         return {"rec_error": rec_error, "reconstruction": reconstruction,
                 "d_rec": d_rec, "d_kl": d_kl, "d_loss": d_rec + self.elbo_weight * d_kl}
 
-    def signed(self, x) -> dict[str, np.ndarray]:
-        """``signed_maps`` of a batch, compiled, as numpy arrays."""
+    def network_maps(self, x):
+        """Tensors: ``rec_error``, ``reconstruction``, the gradient maps ``elbo_grad``, ``kl_grad``,
+        ``rec_grad`` (absolute values, smoothed with the reference's kernel when
+        ``smooth_gradients``) and ``kl_grad_raw`` (|dKL/dx| unsmoothed: what the Combi and
+        ``kl_range`` are made of) -- everything of the maps that needs the network, in one graph."""
+        t = self.signed_maps(x)
+        kl_raw = tf.abs(t["d_kl"])
+        grads = {"elbo_grad": tf.abs(t["d_loss"]), "kl_grad": kl_raw, "rec_grad": tf.abs(t["d_rec"])}
+        if self.smooth_gradients:
+            grads = {k: smooth_reference_tensor(v) for k, v in grads.items()}
+        return {"rec_error": t["rec_error"], "reconstruction": t["reconstruction"], **grads, "kl_grad_raw": kl_raw}
+
+    def network(self, x) -> dict[str, np.ndarray]:
+        """``network_maps`` of a batch, compiled, as numpy arrays."""
         return {k: v.numpy() for k, v in self._compiled(tf.convert_to_tensor(x, tf.float32)).items()}
 
     def raw_kl_grad(self, x) -> np.ndarray:
         """|dKL/dx| before any smoothing: what ``kl_range`` is taken from."""
-        return np.abs(self.signed(x)["d_kl"])
+        return self.network(x)["kl_grad_raw"]
 
     def __call__(self, x) -> dict[str, np.ndarray]:
         """numpy maps of ``GRADIENT_MAPS`` plus ``intensity`` and ``reconstruction``."""
-        return self.maps(x, self.signed(x))
+        return self.maps(x, self.network(x))
 
     def maps(self, x, t: dict) -> dict[str, np.ndarray]:
-        """The maps of the batch ``x`` from its ``signed`` arrays ``t``."""
-        maps = {"rec_error": t["rec_error"], "elbo_grad": np.abs(t["d_loss"]), "kl_grad": np.abs(t["d_kl"]),
-                "rec_grad": np.abs(t["d_rec"])}
+        """The maps of the batch ``x`` from its ``network`` arrays ``t``."""
+        maps = {k: t[k] for k in ("rec_error", "elbo_grad", "kl_grad", "rec_grad")}
         if self.combi == "zimmerer":
-            maps["combi"] = zimmerer_combi(maps["kl_grad"], t["rec_error"], self.kl_range)
+            maps["combi"] = zimmerer_combi(t["kl_grad_raw"], t["rec_error"], self.kl_range)
         else:
-            maps["combi"] = maps["kl_grad"] * t["rec_error"]
-        if self.smooth_gradients:
-            maps.update({k: smooth_reference(maps[k]) for k in SMOOTHED_GRADIENTS})
+            maps["combi"] = t["kl_grad_raw"] * t["rec_error"]
         maps = {k: smooth(v, self.smooth_sigma) for k, v in maps.items()}
         maps["intensity"] = np.asarray(x, np.float32)
         maps["reconstruction"] = t["reconstruction"]

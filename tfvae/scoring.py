@@ -153,8 +153,8 @@ class Scorer:
                 for volume in as_volumes(validation):
                     if taken >= MAX_CALIBRATION_SLICES:
                         break
-                    for signed in self._network(volume.image, "signed", keep=True):
-                        kl = np.abs(signed["d_kl"])
+                    for outputs in self._network(volume.image, "network", keep=True):
+                        kl = outputs["kl_grad_raw"]
                         lo, hi = min(lo, float(kl.min())), max(hi, float(kl.max()))
                     taken += len(volume.image)
                     stage.update(taken)
@@ -192,7 +192,7 @@ class Scorer:
         return recommended_lib.positive_residual(images, np.concatenate(parts))
 
     def _network(self, images: np.ndarray, part: str, keep: bool = False) -> list:
-        """One network output per batch of ``images``: ``"signed"`` (``PixelPredictors.signed``) or
+        """One network output per batch of ``images``: ``"network"`` (``PixelPredictors.network``) or
         ``"projection"`` (``CompiledProjection``). ``keep``: remember them for these exact images
         (healthy validation volumes, which fit, the selection and the calibration each score: their
         network passes are made once), up to ``MAX_KEPT_BYTES``; kept ones are returned as they are."""
@@ -200,7 +200,7 @@ class Scorer:
         found = self._kept.get(key, {}).get(part)
         if found is not None:
             return found
-        run = self.pixel.signed if part == "signed" else self.projection
+        run = self.pixel.network if part == "network" else self.projection
         outputs = [run(images[start:start + self.batch_size]) for start in range(0, len(images), self.batch_size)]
         size = sum(a.nbytes for batch in outputs for a in (batch.values() if isinstance(batch, dict) else batch))
         if keep and self._kept_bytes + size <= MAX_KEPT_BYTES:
@@ -217,12 +217,12 @@ class Scorer:
         bounds the recommended map; ``voxel_mm`` (slice spacing, row, column) converts its filter
         sizes through millimetres (``recommended.filter_sizes``; default: the validation grid's)."""
         out: dict[str, list] = {}
-        signed = self._network(images, "signed") if self.needs_gradients else None
+        network = self._network(images, "network") if self.needs_gradients else None
         projections = self._network(images, "projection") if self.projection is not None else None
         for i, start in enumerate(range(0, len(images), self.batch_size)):
             x = images[start:start + self.batch_size]
             if self.needs_gradients:  # one forward and backward pass gives every gradient map
-                maps = self.pixel.maps(x, signed[i])
+                maps = self.pixel.maps(x, network[i])
             else:  # only what is asked: the input, and a forward pass when a reconstruction is needed
                 maps = {"intensity": np.asarray(x, np.float32)}
                 if self.needs_reconstruction:

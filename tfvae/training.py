@@ -64,8 +64,16 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+BFLOAT16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")
+
+
 def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), and oneDNN may use it:
+    ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``, how an AVX2-only machine is emulated) below
+    ``AVX512_CORE_BF16`` leaves TensorFlow no bfloat16 kernels at all."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if limit and not limit.startswith(BFLOAT16_ISAS):
+        return False
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 

@@ -1,7 +1,7 @@
 """Throughput of training, predictors, projection, input pipeline and metrics; prints a table and
 writes JSON.
 
-    python scripts/benchmark.py [--quick] [--out benchmark.json] [--data-dir DIR]
+    python scripts/benchmark.py [--quick] [--peer] [--out benchmark.json] [--data-dir DIR]
 
 Every figure is the median over repeats after a warm-up. ``--quick`` (under 3 minutes on a 2-core
 CPU) uses fewer repeats, shorter projections and the tiny phantom for the input pipeline.
@@ -25,6 +25,9 @@ def parse_args(argv=None):
                                                          "(where the training step spends its time)")
     p.add_argument("--quality", action="store_true", help="also train the quick start in float32 and bfloat16 "
                                                           "and compare every predictor's AUROC (~15 minutes)")
+    p.add_argument("--peer", action="store_true", help="also time a plain PyTorch implementation of the same "
+                                                       "network (tfvae/benchmark_peer.py; needs torch) and print "
+                                                       "the ratios")
     return p.parse_args(argv)
 
 
@@ -37,6 +40,6 @@ def main(argv=None) -> int:
     from tfvae import benchmark
 
     benchmark.run(quick=args.quick, out_path=args.out, data_dir=args.data_dir, layers=args.layers,
-                  check_quality=args.quality)
+                  check_quality=args.quality, peer=args.peer)
     return 0
 
