@@ -27,7 +27,7 @@ def test_a_tiny_training_in_a_log_file_prints_no_noise(tiny_data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config",
          os.path.join(ROOT, "configs", "quickstart.json"), "--run-dir", str(tmp_path / "run"), "--set",
-         "data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}", "train.epochs=2",
+         "data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}", "train.epochs=3",
          "model.latent_dim=8", "train.batch_size=16"],
         capture_output=True, text=True, env=env, timeout=600)
     output = result.stdout + result.stderr
@@ -35,8 +35,13 @@ def test_a_tiny_training_in_a_log_file_prints_no_noise(tiny_data_dir, tmp_path):
     noisy = [line for line in output.splitlines() if NOISE.search(line)]
     assert not noisy, noisy
     assert "data: brain_phantom/tiny" in output and "3 volumes / 95 slices" in output
-    epochs = [line for line in result.stdout.splitlines() if re.match(r"\d+/\d+ - ", line)]
-    assert len(epochs) == 2  # one line per epoch: stdout is not a terminal
+    lines = result.stdout.splitlines()
+    epochs = [i for i, line in enumerate(lines) if re.match(r"\d+/\d+ - ", line)]
+    assert len(epochs) == 3  # one line per epoch: stdout is not a terminal
+    # the time left, after Keras's line of the first epoch and again after the second's
+    estimates = [i for i, line in enumerate(lines) if re.match(r"epoch \d took .+: about .+ for the remaining", line)]
+    assert len(estimates) == 2 and epochs[0] < estimates[0] < epochs[1] < estimates[1] < epochs[2], lines
+    assert "remaining 2 epoch(s)" in lines[estimates[0]] and "remaining 1 epoch(s)" in lines[estimates[1]]
 
 
 def test_help_does_not_import_tensorflow():
@@ -157,3 +162,9 @@ def test_a_notebook_is_as_quiet_as_the_scripts(tiny_run):
     loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**env, "TFVAE_TF_LOGS": "1"}, timeout=120)
     assert loud.returncode == 0 and [line for line in loud.stderr.splitlines() if NOISE.search(line)]
+
+
+def test_durations_read_as_a_person_would_say_them():
+    from tfvae.callbacks import duration
+
+    assert [duration(s) for s in (0.4, 42, 185, 7620)] == ["0 s", "42 s", "3 min 5 s", "2 h 7 min"]

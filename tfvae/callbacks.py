@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import time
 
 import keras
 import numpy as np
@@ -108,6 +109,38 @@ class RunLog(keras.callbacks.Callback):
                 name, part = (key[4:], "validation") if key.startswith("val_") else (key, "train")
                 tf.summary.scalar(f"{name}/{part}", float(value))
         self.writer.flush()
+
+
+def duration(seconds: float) -> str:
+    """``'42 s'``, ``'3 min 5 s'``, ``'2 h 7 min'``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+class RemainingTime(keras.callbacks.Callback):
+    """Once the first epoch of a fit has ended (its time includes compiling the step: an upper bound)
+    and again after the second, prints how long the remaining epochs will take at that pace -- as the
+    next epoch begins, after Keras's line for the one that ended (``log``: where)."""
+
+    def __init__(self, epochs: int, patience: int = 0, log=print):
+        super().__init__()
+        self.epochs, self.patience, self.log = int(epochs), int(patience), log
+        self.started, self.seen = None, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        now = time.perf_counter()
+        if self.started is not None and self.seen < 2:
+            self.seen += 1
+            took, left = now - self.started, self.epochs - epoch
+            first = " (with compiling the step)" if self.seen == 1 else ""
+            stop = f"; train.patience={self.patience} may stop it earlier" if self.patience else ""
+            self.log(f"epoch {epoch} took {duration(took)}{first}: about {duration(took * left)} for the "
+                     f"remaining {left} epoch(s){stop}")
+        self.started = now
 
 
 class NonFiniteLoss(RuntimeError):

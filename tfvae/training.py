@@ -168,6 +168,8 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
                                        every=t["image_every"], seed=config["seed"]),
         *extra_callbacks,
     ]
+    if verbose and chief:  # how long the rest will take, once the first epoch has shown the pace
+        callbacks.append(tfvae_callbacks.RemainingTime(t["epochs"], t["patience"]))
     if t["patience"]:  # train until the validation loss plateaus; keep the best epoch's weights
         callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=t["patience"],
                                                           restore_best_weights=True, verbose=1))
