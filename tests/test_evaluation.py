@@ -26,7 +26,7 @@ evaluate_script = load_script("evaluate")
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_run):
-    assert evaluate_script.main(["--run-dir", tiny_run]) == 0
+    assert evaluate_script.main(["--run-dir", tiny_run, "--set", "evaluate.nifti_maps=all"]) == 0
     with open(os.path.join(tiny_run, "eval", "results.json")) as f:
         return tiny_run, json.load(f)
 
@@ -511,3 +511,18 @@ def test_every_stage_of_the_set_up_is_announced_with_its_progress(tiny_run, tmp_
 
     volumes = len(list(scoring.as_volumes(Run(tiny_run).healthy_split())))
     assert lines[where[1] + 1].startswith(f"{2 * volumes}/{2 * volumes} ")  # 2 synthetic lesions per volume
+
+
+def test_nifti_maps_are_those_asked_for_and_the_disk_use_is_said(tiny_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", str(out), "--set",
+                                 'evaluate.predictors=["recommended", "rec_error", "intensity"]']) == 0
+    written = sorted(os.listdir(out / "maps"))
+    kinds = {name.split("_", 2)[-1] for name in written}
+    assert kinds == {"recommended.nii.gz", "image.nii.gz", "label.nii.gz"}, kinds  # the default: recommended
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(out) for f in names)
+    files = sum(len(names) for _, _, names in os.walk(out))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"results, maps and figures: {out} ({size / 1e6:.0f} MB in {files} files)"
+    with pytest.raises(config_lib.ConfigError, match="evaluate.nifti_maps"):
+        config_lib.resolve({}, ["evaluate.nifti_maps=some"])

@@ -94,7 +94,10 @@ Schema (dotted key: type, default -- meaning):
 - ``evaluate.predictors``: list or null (all) -- which predictors ``evaluate.py`` scores.
 - ``evaluate.batch_size``: int, 64; ``evaluate.ensemble_fraction``: float, 0.1 -- share of test
   volumes the logistic-regression ensemble is fitted on; ``evaluate.num_figures``: int, 4 -- figures
-  per kind (with / without tumour); ``evaluate.write_nifti``: bool, true -- one map per volume.
+  per kind (with / without tumour); ``evaluate.write_nifti``: bool, true -- NIfTI maps per volume
+  (with its preprocessed image and label), of the predictors ``evaluate.nifti_maps`` names: list,
+  ["recommended"], or "all" (every scored map: ~14 MB per phantom volume against ~2.5 MB); when none
+  of those is scored (e.g. ``--predictors rec_error``), every scored map is written.
 - ``evaluate.pixel_set``: "fov" (default) or "reference" -- "reference" also reports AUROC / AUPRC
   over the pixels Zimmerer et al.'s code scores (``auroc_reference``, ``auprc_reference``): every
   axial slice of the scan but the first and last ``evaluate.reference_skip`` (int, 20), each whole
@@ -174,6 +177,14 @@ def _predictor_names(v):
     if not v or unknown:
         return f"must be a non-empty list of predictors from {', '.join(ALL_PREDICTORS)}"
     return None
+
+
+def _nifti_maps(v):
+    if v == "all":
+        return None
+    if isinstance(v, str):
+        return 'must be a list of predictors or "all"'
+    return _predictor_names(v)
 
 
 def _ensemble_features(v):
@@ -294,6 +305,7 @@ SCHEMA: dict[str, Any] = {
         "ensemble_fraction": Field(FLOAT, 0.1, _fraction),
         "num_figures": Field(INT, 4, _non_negative),
         "write_nifti": Field(BOOL, True),
+        "nifti_maps": Field(LIST + STR, ["recommended"], _nifti_maps),
         "pixel_set": Field(STR, "fov", _one_of("fov", "reference")),
         "reference_skip": Field(INT, 20, _non_negative),
     },

@@ -239,16 +239,22 @@ class ReferencePixels:
 
 
 class NiftiMaps:
-    """The NIfTI consumer of the stream: each volume's maps in its source grid (``nifti.write_maps``);
-    no in-sample ensemble map for the ensemble's fit volumes, no map of the input itself."""
+    """The NIfTI consumer of the stream: each volume's maps in its source grid (``nifti.write_maps``)
+    -- those of ``predictors`` (``evaluate.nifti_maps``) that were scored; with "all", or when none
+    of them was scored, every map but the input itself;
+    no in-sample ensemble map for the ensemble's fit volumes."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, predictors="all"):
         self.out_dir = out_dir
+        self.predictors = predictors  # "all", or the names of the maps to write
 
     def update(self, volume: Volume) -> None:
         raw, post = volume.variants["raw"], volume.variants.get("postprocessed", {})
-        write_maps(volume, self.out_dir, {p: v for p, v in raw.items() if p != "intensity"}
-                   | {f"{p}_postprocessed": v for p, v in post.items()})
+        asked = [] if self.predictors == "all" else [p for p in self.predictors if p in raw]
+        # none of those scored (e.g. --predictors rec_error): every scored map
+        wanted = (lambda p: p in asked) if asked else (lambda p: p != "intensity")
+        write_maps(volume, self.out_dir, {p: v for p, v in raw.items() if wanted(p)}
+                   | {f"{p}_postprocessed": v for p, v in post.items() if wanted(p)})
 
 
 def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: dict, *, fit_ids=(),
@@ -327,7 +333,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
               + (" (the thresholds are calibrated once the ensemble is fitted)" if fit_ids else ""), flush=True)
     progress = keras.utils.Progbar(len(ids), verbose=progress_verbosity() if verbose else 0, unit_name="slice")
     figures = FigureSlices(ev["num_figures"])
-    consumers: list = [figures] + ([NiftiMaps(os.path.join(out_dir, "maps"))] if ev["write_nifti"] else [])
+    consumers: list = [figures] + ([NiftiMaps(os.path.join(out_dir, "maps"), ev["nifti_maps"])]
+                                   if ev["write_nifti"] else [])
     fitted: dict = {}
 
     def start_measuring(ensemble):  # thresholds from healthy validation slices, the ensemble's included
