@@ -168,3 +168,18 @@ def test_durations_read_as_a_person_would_say_them():
     from tfvae.callbacks import duration
 
     assert [duration(s) for s in (0.4, 42, 185, 7620)] == ["0 s", "42 s", "3 min 5 s", "2 h 7 min"]
+
+
+def test_building_the_phantom_says_so_once_and_nothing_about_downloads(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config",
+         os.path.join(ROOT, "configs", "quickstart.json"), "--run-dir", str(tmp_path / "run"), "--set",
+         "data.config=tiny", "data.image_size=32", f"data.data_dir={tmp_path / 'tfds'}", "train.epochs=1",
+         "model.latent_dim=8", "train.batch_size=16"],
+        capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    built = [line for line in result.stdout.splitlines() if line.startswith("building brain_phantom/tiny in ")]
+    assert len(built) == 1 and "generated here, nothing downloaded" in built[0], output
+    assert "Downloading and preparing" not in output and "downloaded and prepared" not in output
+    assert "Variant folder" not in output

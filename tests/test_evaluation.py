@@ -112,21 +112,40 @@ def test_maps_are_written_in_each_source_volume_grid(evaluated):
 
 
 def test_figures_and_metrics_reach_the_runs_tensorboard(evaluated):
-    """In the same event folder as the training curves (one TensorBoard run), the metrics under the
-    names the HParams dashboard lists as metrics."""
-    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS
+    """In the run's evaluation folder: the figures, one text card with the whole table, and the
+    metrics under the tags the HParams dashboard lists as metrics (its group: that folder)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag
 
     run, results = evaluated
     values = {}
-    for path in glob.glob(os.path.join(run, "logs", "events.out.tfevents.*")):
+    for path in glob.glob(os.path.join(run, "logs", EVALUATION_RUN, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for v in event.summary.value:
                 values[v.tag] = v
-    assert {"eval/tumour_slices", "eval/healthy_slices"} <= set(values)
+    assert {"evaluation/tumour_slices", "evaluation/healthy_slices", "evaluation/results"} <= set(values)
+    table = tf.make_ndarray(values["evaluation/results"].tensor).item().decode()
+    assert all(f"| {p} |" in table for p in results)  # every predictor in the one summary card
+    scalars = [t for t in values if t.startswith("test/")]
+    assert len(scalars) == len(EVAL_PREDICTORS) * len(EVAL_METRICS)  # no dozens of single-point cards
     for predictor in EVAL_PREDICTORS:
         for metric in EVAL_METRICS:
-            logged = float(tf.make_ndarray(values[f"eval/{metric}/{predictor}"].tensor))
+            logged = float(tf.make_ndarray(values[eval_tag(predictor, metric)].tensor))
             assert logged == pytest.approx(results[predictor][metric], abs=1e-6)
+    # the HParams metrics name exactly those tags in that folder, and the validation loss in its own
+    listed = []
+    for path in glob.glob(os.path.join(run, "logs", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name == "hparams" and v.tag == "_hparams_/experiment":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    listed = [(m.name.group, m.name.tag) for m in data.experiment.metric_infos]
+                    columns = [h.name for h in data.experiment.hparam_infos]
+    assert ("validation", "loss") in listed
+    assert {(EVALUATION_RUN, eval_tag(p, m)) for p in EVAL_PREDICTORS for m in EVAL_METRICS} <= set(listed)
+    assert columns[:5] == ["model.beta", "model.latent_dim", "train.learning_rate", "train.epochs",
+                           "train.precision_used"] and len(columns) <= 10
 
 
 def test_same_seed_same_numbers_and_no_silent_overwrite(evaluated, capsys):

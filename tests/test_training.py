@@ -49,11 +49,14 @@ def test_train_writes_a_complete_run_directory(tmp_path, tiny_overrides, capsys)
     assert history_epochs(run) == [0, 1]
     saved = config_lib.load(os.path.join(run, "config.json"))
     assert saved["model"]["beta"] == 10.0 and saved["train"]["epochs"] == 2
-    # one TensorBoard run: every event file directly in logs/, curves of both parts on one chart
-    assert not [d for d in os.listdir(os.path.join(run, "logs")) if os.path.isdir(os.path.join(run, "logs", d))]
-    tags = summary_tags(os.path.join(run, "logs"))
+    # Keras's layout: the curves of both parts under the same tags in logs/train and logs/validation
+    # (one chart per quantity), the images and HParams in logs/ itself
+    logs = os.path.join(run, "logs")
+    assert sorted(d for d in os.listdir(logs) if os.path.isdir(os.path.join(logs, d))) == ["train", "validation"]
+    train_tags, validation_tags = summary_tags(os.path.join(logs, "train")), summary_tags(os.path.join(logs, "validation"))
     for metric in ("loss", "rec", "kl", "rec_sq"):
-        assert f"{metric}/train" in tags and f"{metric}/validation" in tags, metric
+        assert train_tags[metric] == validation_tags[metric] == "scalars", metric
+    tags = summary_tags(logs)
     assert tags["inputs | reconstructions"] == "images" and tags["samples from the prior"] == "images"
     assert "hparams" in set(tags.values())
     # the reconstruction term with and without its constant 0.5 * D * log(2 pi) (D = 32 x 32 pixels)

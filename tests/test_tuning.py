@@ -319,7 +319,7 @@ def test_grid_search_auroc_objective_uses_the_evaluation_metric(tmp_path, tiny_d
         with open(os.path.join(run, "objective.json")) as f:
             objective = json.load(f)
         scores[trial] = objective["val_auroc"]
-        assert _events_contain(os.path.join(run, "logs"), b"auroc/validation")
+        assert _events_contain(os.path.join(run, "logs", "validation"), b"auroc")
     # recompute trial 0's objective independently: rec_error of the first test volume, sklearn AUROC
     config = config_lib.load(os.path.join(search_dir, "trials", "0", "config.json"))
     model = load(os.path.join(search_dir, "trials", "0", "model.keras"))

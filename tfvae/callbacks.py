@@ -59,18 +59,27 @@ class ImageSummaries(keras.callbacks.Callback):
             self.write(epoch + 1)
 
 
-# the hyperparameters that matter first in TensorBoard's HParams dashboard, then the rest
-KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.learning_rate", "train.epochs", "augment.on",
-               "train.precision_used", "seed",
-               "train.batch_size", "data.name", "data.config")
+# the hyperparameters of TensorBoard's HParams dashboard: the ones that tell runs apart (few enough
+# that every column shows; the whole config is in the run's config.json)
+KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.learning_rate", "train.epochs", "train.precision_used",
+               "augment.on", "seed", "train.batch_size", "data.name", "data.config")
 # evaluation metrics shown as HParams metrics (written by reporting.log_evaluation)
 EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
 EVAL_PREDICTORS = ("recommended", "rec_grad", "rec_error", "intensity")
+# the TensorBoard runs under a run's logs/: the curves of each part (the same tags: one chart per
+# quantity with both curves), and the evaluation (its figures, its HParams metrics, one summary card)
+TRAIN_RUN, VALIDATION_RUN, EVALUATION_RUN = "train", "validation", "evaluation"
+
+
+def eval_tag(predictor: str, metric: str) -> str:
+    """The tag of an evaluation metric in the ``EVALUATION_RUN``: ``test/<predictor>/<metric>``
+    (after the curves' sections, kl, loss, rec, in TensorBoard's alphabetical order)."""
+    return f"test/{predictor}/{metric}"
 
 
 def run_hparams(config: dict) -> dict:
-    """The run's hyperparameters for TensorBoard: ``KEY_HPARAMS`` first (``augment.on``: any
-    augmentation), then every other scalar setting."""
+    """The run's hyperparameters for TensorBoard: ``KEY_HPARAMS`` (``augment.on``: any augmentation;
+    ``train.precision_used``: the precision ``train.precision`` resolved to)."""
     from tfvae import augment, config as config_lib
 
     flat = config_lib.flatten(config)
@@ -78,37 +87,40 @@ def run_hparams(config: dict) -> dict:
     from tfvae.training import resolve_precision
 
     flat["train.precision_used"] = resolve_precision(config)[0]
-    ordered = {k: flat[k] for k in KEY_HPARAMS if k in flat}
-    ordered.update({k: v for k, v in flat.items() if k not in ordered})
-    return ordered
+    return {k: flat[k] for k in KEY_HPARAMS if k in flat}
 
 
 class RunLog(keras.callbacks.Callback):
-    """All of a run's TensorBoard data in ONE event folder (so TensorBoard lists one run per
-    experiment): every epoch's metrics as ``<metric>/train`` and ``<metric>/validation`` (training and
-    validation curves on one chart), and the HParams: the run's settings (``run_hparams``, the ones
-    that matter first) and, as metrics, the validation loss and the evaluation's numbers."""
+    """A run's TensorBoard data under ``log_dir``, laid out as Keras's own TensorBoard callback does:
+    every epoch's metrics in ``log_dir/train`` and ``log_dir/validation`` under the same tags (one
+    chart per quantity, both curves on it), and in ``log_dir`` itself the HParams: the run's
+    settings (``run_hparams``) and, as metrics, the validation loss and the evaluation's numbers
+    (``reporting.log_evaluation`` writes those to ``log_dir/evaluation``)."""
 
     def __init__(self, log_dir: str, config: dict):
         super().__init__()
         from tensorboard.plugins.hparams import api as hp
 
         self.log_dir = log_dir
-        self.writer = tf.summary.create_file_writer(log_dir)
+        self.writers = {part: tf.summary.create_file_writer(os.path.join(log_dir, part))
+                        for part in (TRAIN_RUN, VALIDATION_RUN)}
         hparams = run_hparams(config)
-        metrics = [hp.Metric("loss/validation", display_name="validation loss")]
-        metrics += [hp.Metric(f"eval/{m}/{p}", display_name=f"{p} {m}") for p in EVAL_PREDICTORS for m in EVAL_METRICS]
-        with self.writer.as_default():
+        metrics = [hp.Metric("loss", group=VALIDATION_RUN, display_name="validation loss")]
+        metrics += [hp.Metric(eval_tag(p, m), group=EVALUATION_RUN, display_name=f"{p} {m}")
+                    for p in EVAL_PREDICTORS for m in EVAL_METRICS]
+        writer = tf.summary.create_file_writer(log_dir)
+        with writer.as_default():
             hp.hparams_config(hparams=[hp.HParam(k) for k in hparams], metrics=metrics)
             hp.hparams(hparams, trial_id=config["name"])
-        self.writer.flush()
+        writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
-        with self.writer.as_default(step=epoch + 1):
-            for key, value in (logs or {}).items():
-                name, part = (key[4:], "validation") if key.startswith("val_") else (key, "train")
-                tf.summary.scalar(f"{name}/{part}", float(value))
-        self.writer.flush()
+        for key, value in (logs or {}).items():
+            name, part = (key[4:], VALIDATION_RUN) if key.startswith("val_") else (key, TRAIN_RUN)
+            with self.writers[part].as_default(step=epoch + 1):
+                tf.summary.scalar(name, float(value))
+        for writer in self.writers.values():
+            writer.flush()
 
 
 def duration(seconds: float) -> str:

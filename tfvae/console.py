@@ -68,6 +68,13 @@ def quiet_tensorflow() -> None:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS's INFO lines ("Using custom data configuration")
+    absl_logging.get_absl_logger().addFilter(_tfds_build_noise)
+
+
+def _tfds_build_noise(record) -> bool:
+    """False for TFDS's "Variant folder ... has no dataset_info.json" warnings, which it logs for
+    the folder of a build under way (not a problem; a failed build is said as such)."""
+    return not str(record.msg).startswith("Variant folder %s has no")
 
 
 def progress_verbosity() -> int:

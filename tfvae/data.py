@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import json
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -168,10 +169,22 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
             return builder(data_config)  # the new build's info
         return b
     if not b.is_prepared():
-        b.download_and_prepare(download_config=config)
+        where = f"from {folder}" if folder is not None else "generated here, nothing downloaded"
+        log(f"building {data_config['name']}/{b.builder_config.name} in {b.data_dir} ({where}; once)")
+        sys.stdout.flush()
+        _build(b, config)
         if folder is not None:
             _record_source(b, folder)
     return b
+
+
+def _build(b: tfds.core.DatasetBuilder, config) -> None:
+    """``b.download_and_prepare`` without TFDS's "Downloading and preparing dataset" and
+    "downloaded and prepared" lines: nothing is downloaded (the caller says what is built)."""
+    for name in ("_log_download_bytes", "_log_download_done"):  # TFDS 4.9's two prints, on this builder only
+        if hasattr(b, name):
+            setattr(b, name, lambda: None)
+    b.download_and_prepare(download_config=config)
 
 
 def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str) -> None:
@@ -185,7 +198,7 @@ def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)  # left by an earlier rebuild that was cut short
     fresh = type(b)(config=b.builder_config, data_dir=staging)
     try:
-        fresh.download_and_prepare(download_config=config)
+        _build(fresh, config)
         _record_source(fresh, folder)
         swap_in(os.fspath(fresh.data_dir), os.fspath(b.data_dir))
     finally:

@@ -329,14 +329,19 @@ class FigureSlices:
 
 
 def log_evaluation(log_dir: str, results: dict, images: dict) -> None:
-    """The evaluation in the run's TensorBoard folder (the same run as its training curves): the
-    figures, and every predictor's metrics as ``eval/<metric>/<predictor>`` (HParams metrics)."""
+    """The evaluation in the run's TensorBoard folder, as the run ``log_dir/evaluation``
+    (``callbacks.EVALUATION_RUN``): its figures, the HParams metrics (``callbacks.EVAL_METRICS`` of
+    ``callbacks.EVAL_PREDICTORS``, tagged ``callbacks.eval_tag``) and one text card with the whole
+    results table (every predictor and metric)."""
     import tensorflow as tf
 
-    with tf.summary.create_file_writer(log_dir).as_default(step=0):
+    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag
+
+    with tf.summary.create_file_writer(os.path.join(log_dir, EVALUATION_RUN)).as_default(step=0):
         for name, image in images.items():
-            tf.summary.image(f"eval/{name}", image[None])
-        for predictor, result in results.items():
-            for metric in COLUMNS:
-                if metric in result:
-                    tf.summary.scalar(f"eval/{metric}/{predictor}", float(result[metric]))
+            tf.summary.image(f"evaluation/{name}", image[None])
+        for predictor in EVAL_PREDICTORS:
+            for metric in EVAL_METRICS:
+                if metric in results.get(predictor, {}):
+                    tf.summary.scalar(eval_tag(predictor, metric), float(results[predictor][metric]))
+        tf.summary.text("evaluation/results", markdown_table(results))

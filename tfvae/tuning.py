@@ -47,7 +47,7 @@ Objectives:
 
 Every trial is a normal run directory, ``<search_dir>/trials/<trial_id>/`` (config.json,
 model.keras, history.csv, checkpoints/, logs/ with TensorBoard scalars, images and hparams; the
-objective is also logged there as ``auroc/validation``), written by ``training.train``; Keras
+objective is also logged there as ``auroc`` in the ``validation`` run), written by ``training.train``; Keras
 Tuner's own state is in ``<search_dir>/kt/``. ``<search_dir>/best/`` is a copy of the best trial's
 run directory. A search that stopped resumes where it stopped (Keras Tuner reloads its oracle; a
 trial that was interrupted continues from its last finished epoch). Hyperband continues a trial
@@ -77,6 +77,7 @@ import tensorflow as tf
 
 from tfvae import config as config_lib
 from tfvae import files
+from tfvae.callbacks import VALIDATION_RUN
 from tfvae.predictor_names import LOCALIZABLE
 from tfvae.run import Run
 from tfvae.rundir import sibling, swap_in
@@ -332,7 +333,7 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
 
 class LabelledAUROC(keras.callbacks.Callback):
     """At the end of training: ``labelled_auroc`` of the trained model, kept as ``value`` and
-    logged to TensorBoard (``<log_dir>``, ``auroc/validation``) at the last epoch."""
+    logged to TensorBoard (``<log_dir>/validation``, ``auroc``) at the last epoch."""
 
     def __init__(self, config, predictor, examples, n_volumes, log_dir):
         super().__init__()
@@ -346,9 +347,9 @@ class LabelledAUROC(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.value = labelled_auroc(self.model, self.config, self.predictor, self.examples, self.n_volumes)
-        writer = tf.summary.create_file_writer(self.log_dir)
+        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, VALIDATION_RUN))
         with writer.as_default(step=self.epoch or self.config["train"]["epochs"]):
-            tf.summary.scalar("auroc/validation", self.value)
+            tf.summary.scalar("auroc", self.value)  # beside the validation curves
         writer.flush()
 
 
