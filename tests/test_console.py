@@ -183,3 +183,14 @@ def test_building_the_phantom_says_so_once_and_nothing_about_downloads(tmp_path)
     assert len(built) == 1 and "generated here, nothing downloaded" in built[0], output
     assert "Downloading and preparing" not in output and "downloaded and prepared" not in output
     assert "Variant folder" not in output
+
+
+def test_the_tensorboard_screenshots_say_what_is_missing(tmp_path, monkeypatch):
+    from tfvae import screenshots
+
+    with pytest.raises(FileNotFoundError, match="no such TensorBoard log folder"):
+        screenshots.tensorboard_screenshots(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    monkeypatch.setattr(screenshots.shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="apt-get install chromium"):
+        screenshots.tensorboard_screenshots(str(tmp_path), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -51,6 +51,7 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["predictor"] == "rec_error" and float(rows[0]["anomalous_ml"]) > 0
     assert int(rows[0]["components"]) >= 1
+    assert rows[0]["scan"] == os.path.abspath(path) and os.path.isabs(rows[0]["run"])  # both absolute
     # the scan's own threshold (per scan, by default), the calibrated one, and the label-free estimates
     assert rows[0]["threshold_mode"] == "per_scan" and float(rows[0]["estimated_fpr"]) == pytest.approx(0.05)
     assert float(rows[0]["threshold"]) != float(rows[0]["calibrated_threshold"])

@@ -59,10 +59,11 @@ class ImageSummaries(keras.callbacks.Callback):
             self.write(epoch + 1)
 
 
-# the hyperparameters of TensorBoard's HParams dashboard: the ones that tell runs apart (few enough
-# that every column shows; the whole config is in the run's config.json)
-KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.learning_rate", "train.epochs", "train.precision_used",
-               "augment.on", "seed", "train.batch_size", "data.name", "data.config")
+# the hyperparameters of TensorBoard's HParams dashboard: the ones that tell runs apart (the whole
+# config is in each run's config.json). TensorBoard sorts them by name and shows the first five:
+# the key ones sort first, the two others after them (their names are chosen for that)
+KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.epochs", "train.learning_rate", "train.precision_used",
+               "train.seed", "train.with_augment")
 # evaluation metrics shown as HParams metrics (written by reporting.log_evaluation)
 EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
 EVAL_PREDICTORS = ("recommended", "rec_grad", "rec_error", "intensity")
@@ -78,12 +79,14 @@ def eval_tag(predictor: str, metric: str) -> str:
 
 
 def run_hparams(config: dict) -> dict:
-    """The run's hyperparameters for TensorBoard: ``KEY_HPARAMS`` (``augment.on``: any augmentation;
-    ``train.precision_used``: the precision ``train.precision`` resolved to)."""
+    """The run's hyperparameters for TensorBoard: ``KEY_HPARAMS`` (``train.with_augment``: any
+    augmentation; ``train.precision_used``: the precision ``train.precision`` resolved to;
+    ``train.seed``: the config's ``seed``)."""
     from tfvae import augment, config as config_lib
 
     flat = config_lib.flatten(config)
-    flat["augment.on"] = augment.is_active(config.get("augment"))
+    flat["train.with_augment"] = augment.is_active(config.get("augment"))
+    flat["train.seed"] = config["seed"]
     from tfvae.training import resolve_precision
 
     flat["train.precision_used"] = resolve_precision(config)[0]

@@ -296,8 +296,8 @@ def done_scans(scans: list[str], names: list[str], out_dir: str) -> set[str]:
     if os.path.isfile(summary):
         with open(summary, newline="") as f:
             finished = {r["scan"] for r in csv.DictReader(f) if r.get("status", "done") == "done"}
-    return {path for path, name in zip(scans, names)
-            if path in finished and all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS)}
+    return {path for path, name in zip(scans, names)  # summaries before 0.1 kept the path as given
+            if (os.path.abspath(path) in finished or path in finished) and all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS)}
 
 
 class LocalizeIncomplete(ValueError):
@@ -343,9 +343,10 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
                 raise (type(e)(message) if not isinstance(e, OSError) else ValueError(message)) from None
             warn(f"error: {message}")
             failed.append(message)
-            rows.append({"scan": path, **base, "status": f"failed: {message}"})
+            rows.append({"scan": os.path.abspath(path), **base, "status": f"failed: {message}"})
             continue
-        rows.append({"scan": path, **base, **row, "threshold_from": localizer.threshold_source, "status": "done"})
+        rows.append({"scan": os.path.abspath(path), **base, **row, "threshold_from": localizer.threshold_source,
+                     "status": "done"})
         log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
     if rows:
         write_summary(os.path.join(out_dir, SUMMARY), rows)
