@@ -2,7 +2,7 @@
 """Screenshots of a run's TensorBoard dashboards (scalars, HParams, images, text) in headless
 Chromium, to check their layout and to show it in docs/ (see tfvae/screenshots.py).
 
-    python scripts/tensorboard_screenshots.py --logdir runs/quickstart/logs --out docs/
+    python scripts/tensorboard_screenshots.py --logdir runs --out docs/
 """
 
 import argparse
@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--logdir", required=True, help="a run's logs/ folder, or a folder of runs")
+    p.add_argument("--logdir", required=True, help="a folder of runs (runs/), as tensorboard --logdir takes it")
     p.add_argument("--out", required=True, help="where tensorboard_<dashboard>.png are written")
     p.add_argument("--wait-ms", type=int, default=20000, help="how long each page may load and draw")
     args = p.parse_args(argv)

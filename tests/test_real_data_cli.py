@@ -117,6 +117,8 @@ def test_a_built_dataset_is_rebuilt_when_its_source_changes_never_silently_reuse
     test_ids = lambda: sorted({ex["volume_id"].decode() for ex in data.load_split(config, "test")
                                .as_numpy_iterator()})
     data.prepare(config, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("building nifti_folder/default") and f"from {src}" in lines[0]
+    lines.clear()
     before = test_ids()
     data.prepare(config, log=lines.append)
     assert lines == []  # unchanged: reused, nothing said

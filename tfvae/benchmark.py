@@ -28,6 +28,7 @@ from tfvae.model import BetaVAE
 from tfvae.networks import forward_flops, layer_flops
 from tfvae.predictors import PixelPredictors
 from tfvae.projection import CompiledProjection, project
+from tfvae.timing import median_time
 from tfvae.training import cpu_flags, native_bfloat16
 
 BATCH = 64
@@ -35,17 +36,6 @@ SIZE = 64
 # every augmentation on, at strengths a user would pick
 AUGMENT = {"noise_std": 0.05, "rotation_deg": 10.0, "scale": 0.1, "flip": True, "brightness": 0.1,
            "contrast": 0.1, "gamma": 0.1}
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cpu_name() -> str:

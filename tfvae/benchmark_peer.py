@@ -26,11 +26,11 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
+
+from tfvae.timing import median_time
 
 LEAKY_SLOPE = 0.01
 FILTERS = (16, 32, 64, 256)
@@ -64,17 +64,6 @@ def build(latent: int, filters=FILTERS):
             return rec, kl, g
 
     return VAE()
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projection_steps: int) -> dict:

@@ -4,7 +4,9 @@
 ``tensorboard_screenshots(logdir, out_dir)`` starts TensorBoard on a free local port, waits until it
 answers, opens each dashboard (scalars, HParams, images, text) in headless Chromium (the system
 package: ``apt-get install chromium``) and saves ``tensorboard_<dashboard>.png`` in ``out_dir``;
-TensorBoard is stopped whatever happens. Nothing else is read or written.
+TensorBoard is stopped whatever happens. Nothing else is read or written. Give it a folder of runs
+(``runs/``): the HParams dashboard finds a run's metrics in its ``validation`` and ``evaluation``
+sub-runs by their path under the log folder, which a run's own ``logs/`` as the log folder lacks.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def _train(args, config, run_dir) -> int:
     from tfvae.training import resolve_precision
 
     print(f"precision: {resolve_precision(run.config())[0]}")
-    print(f"run directory: {run.dir}  (tensorboard --logdir {run.logs_dir})")
+    print(f"run directory: {run.dir}  (tensorboard --logdir {os.path.dirname(os.path.abspath(run.dir))})")
     try:
         history = run.train()
     except (data.DataError, ValueError) as e:
