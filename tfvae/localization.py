@@ -167,6 +167,7 @@ class Localizer:
                                  else f"calibrated now on {healthy} (stored in thresholds.json)")
         self.reference = run.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
                                                scorer=self.scorer)
+        self.scorer.release()  # the healthy volumes' network outputs: not needed to score scans
         self.threshold = self.reference.threshold(fpr)  # the calibrated one; each scan's moves from it
         self.mode = config["threshold"]["mode"]
         self.builder_config = data.builder(config["data"]).builder_config
