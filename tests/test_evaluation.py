@@ -546,3 +546,14 @@ def test_nifti_maps_are_those_asked_for_and_the_disk_use_is_said(tiny_run, tmp_p
     assert last == f"results, maps and figures: {out} ({size / 1e6:.0f} MB in {files} files)"
     with pytest.raises(config_lib.ConfigError, match="evaluate.nifti_maps"):
         config_lib.resolve({}, ["evaluate.nifti_maps=some"])
+
+
+def test_the_nifti_maps_asked_for_are_chosen_once_for_every_volume(tmp_path):
+    from tfvae.evaluation import NiftiMaps
+
+    asked = NiftiMaps(str(tmp_path), ["ensemble"], scored=["rec_error", "ensemble", "intensity"])
+    assert asked.wanted("ensemble") and not asked.wanted("rec_error")  # also on the ensemble's fit volumes
+    fallback = NiftiMaps(str(tmp_path), ["recommended"], scored=["rec_error", "intensity"])
+    assert fallback.wanted("rec_error") and not fallback.wanted("intensity")
+    every = NiftiMaps(str(tmp_path), "all", scored=["rec_error", "recommended", "intensity"])
+    assert every.wanted("rec_error") and every.wanted("recommended") and not every.wanted("intensity")

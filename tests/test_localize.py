@@ -9,6 +9,7 @@ import pytest
 
 from script_loader import load_script
 from tfvae_datasets.brain_phantom import phantom
+from tfvae import localization
 from tfvae.localization import modality_from_name
 
 localize_script = load_script("localize")
@@ -349,3 +350,15 @@ def test_the_overlay_shows_lesions_at_a_glance():
     bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
     assert bar.get_xlabel().startswith("anomaly score, from the threshold (0.95)")
     matplotlib.pyplot.close(fig)
+
+
+def test_a_scan_localized_again_replaces_its_row_whatever_path_the_old_summary_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = tmp_path / "summary.csv"
+    localization.write_summary(str(summary), [{"scan": "scans/a_t2.nii.gz", "status": "failed: x"},
+                                              {"scan": "scans/b_t2.nii.gz", "status": "done"}])
+    localization.write_summary(str(summary), [{"scan": str(tmp_path / "scans" / "a_t2.nii.gz"), "status": "done"}])
+    with open(summary) as f:
+        rows = list(csv.DictReader(f))
+    assert [(os.path.basename(r["scan"]), r["status"]) for r in rows] == [("b_t2.nii.gz", "done"),
+                                                                         ("a_t2.nii.gz", "done")]

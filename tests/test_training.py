@@ -273,3 +273,13 @@ def test_a_full_disk_while_training_is_one_line_and_the_run_resumes(tmp_path, ti
     monkeypatch.undo()
     assert train_script.main(["--run-dir", run, "--resume"]) == 0  # space freed: it completes
     assert os.path.isfile(os.path.join(run, "model.keras")) and history_epochs(run) == [0, 1]
+
+
+def test_hparams_hold_the_key_settings_then_the_keys_a_search_varies():
+    from tfvae.callbacks import KEY_HPARAMS, run_hparams
+
+    config = config_lib.resolve({}, ["train.batch_size=32", "augment.flip=true"])
+    plain = run_hparams(config)
+    assert list(plain) == list(KEY_HPARAMS) and plain["train.with_augment"] is True and plain["train.seed"] == 0
+    searched = run_hparams(config, ["train.batch_size", "model.beta"])
+    assert list(searched) == list(KEY_HPARAMS) + ["train.batch_size"] and searched["train.batch_size"] == 32

@@ -131,7 +131,7 @@ def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projec
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--size", type=int, default=64, choices=[64], help="slice size (the 16-32-64-256 layout is 64x64)")
     p.add_argument("--latent", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=15, help="training steps per timed repeat")

@@ -78,10 +78,11 @@ def eval_tag(predictor: str, metric: str) -> str:
     return f"test/{predictor}/{metric}"
 
 
-def run_hparams(config: dict) -> dict:
+def run_hparams(config: dict, extra_keys=()) -> dict:
     """The run's hyperparameters for TensorBoard: ``KEY_HPARAMS`` (``train.with_augment``: any
     augmentation; ``train.precision_used``: the precision ``train.precision`` resolved to;
-    ``train.seed``: the config's ``seed``)."""
+    ``train.seed``: the config's ``seed``), then ``extra_keys`` (dotted config keys, e.g. the keys a
+    search varies)."""
     from tfvae import augment, config as config_lib
 
     flat = config_lib.flatten(config)
@@ -90,24 +91,25 @@ def run_hparams(config: dict) -> dict:
     from tfvae.training import resolve_precision
 
     flat["train.precision_used"] = resolve_precision(config)[0]
-    return {k: flat[k] for k in KEY_HPARAMS if k in flat}
+    keys = list(KEY_HPARAMS) + [k for k in extra_keys if k not in KEY_HPARAMS]
+    return {k: flat[k] for k in keys if k in flat and isinstance(flat[k], (bool, int, float, str))}
 
 
 class RunLog(keras.callbacks.Callback):
     """A run's TensorBoard data under ``log_dir``, laid out as Keras's own TensorBoard callback does:
     every epoch's metrics in ``log_dir/train`` and ``log_dir/validation`` under the same tags (one
     chart per quantity, both curves on it), and in ``log_dir`` itself the HParams: the run's
-    settings (``run_hparams``) and, as metrics, the validation loss and the evaluation's numbers
+    settings (``run_hparams``, with ``hparam_keys``) and, as metrics, the validation loss and the evaluation's numbers
     (``reporting.log_evaluation`` writes those to ``log_dir/evaluation``)."""
 
-    def __init__(self, log_dir: str, config: dict):
+    def __init__(self, log_dir: str, config: dict, hparam_keys=()):
         super().__init__()
         from tensorboard.plugins.hparams import api as hp
 
         self.log_dir = log_dir
         self.writers = {part: tf.summary.create_file_writer(os.path.join(log_dir, part))
                         for part in (TRAIN_RUN, VALIDATION_RUN)}
-        hparams = run_hparams(config)
+        hparams = run_hparams(config, hparam_keys)
         metrics = [hp.Metric("loss", group=VALIDATION_RUN, display_name="validation loss")]
         metrics += [hp.Metric(eval_tag(p, m), group=EVALUATION_RUN, display_name=f"{p} {m}")
                     for p in EVAL_PREDICTORS for m in EVAL_METRICS]

@@ -183,7 +183,7 @@ def _build(b: tfds.core.DatasetBuilder, config) -> None:
     "downloaded and prepared" lines: nothing is downloaded (the caller says what is built)."""
     for name in ("_log_download_bytes", "_log_download_done"):  # TFDS 4.9's two prints, on this builder only
         if hasattr(b, name):
-            setattr(b, name, lambda: None)
+            setattr(b, name, lambda *args, **kwargs: None)
     b.download_and_prepare(download_config=config)
 
 

@@ -244,15 +244,15 @@ class NiftiMaps:
     of them was scored, every map but the input itself;
     no in-sample ensemble map for the ensemble's fit volumes."""
 
-    def __init__(self, out_dir: str, predictors="all"):
+    def __init__(self, out_dir: str, predictors="all", scored=()):
         self.out_dir = out_dir
-        self.predictors = predictors  # "all", or the names of the maps to write
+        # "all", or the maps asked for that are scored; none of those (e.g. --predictors rec_error): all
+        asked = [] if predictors == "all" else [p for p in predictors if p in scored]
+        self.wanted = (lambda p: p in asked) if asked else (lambda p: p != "intensity")
 
     def update(self, volume: Volume) -> None:
         raw, post = volume.variants["raw"], volume.variants.get("postprocessed", {})
-        asked = [] if self.predictors == "all" else [p for p in self.predictors if p in raw]
-        # none of those scored (e.g. --predictors rec_error): every scored map
-        wanted = (lambda p: p in asked) if asked else (lambda p: p != "intensity")
+        wanted = self.wanted
         write_maps(volume, self.out_dir, {p: v for p, v in raw.items() if wanted(p)}
                    | {f"{p}_postprocessed": v for p, v in post.items() if wanted(p)})
 
@@ -333,7 +333,7 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
               + (" (the thresholds are calibrated once the ensemble is fitted)" if fit_ids else ""), flush=True)
     progress = keras.utils.Progbar(len(ids), verbose=progress_verbosity() if verbose else 0, unit_name="slice")
     figures = FigureSlices(ev["num_figures"])
-    consumers: list = [figures] + ([NiftiMaps(os.path.join(out_dir, "maps"), ev["nifti_maps"])]
+    consumers: list = [figures] + ([NiftiMaps(os.path.join(out_dir, "maps"), ev["nifti_maps"], predictors)]
                                    if ev["write_nifti"] else [])
     fitted: dict = {}
 

@@ -365,7 +365,8 @@ def write_summary(path: str, rows: list[dict]) -> None:
     kept = []
     if os.path.isfile(path):
         with open(path, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if r.get("scan") not in {row["scan"] for row in rows}]
+            again = {os.path.abspath(row["scan"]) for row in rows}  # older summaries kept paths as given
+            kept = [r for r in csv.DictReader(f) if os.path.abspath(r.get("scan", "")) not in again]
     files.write_csv(path, kept + rows, header=list(dict.fromkeys([k for r in kept + rows for k in r])))
 
 

@@ -147,8 +147,9 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
     ``residual_fn(images (n, S, S, 1)) -> (n, S, S, 1)`` gives the positive residual maps, slice by
     slice (a slice's residual depends on that slice only, as with a 2D model): each healthy volume's
     residual and 3D medians are computed once, and for each lesioned copy only the slices the lesion
-    changed (and the medians of the slices within reach of them) again -- the same numbers as
-    filtering every copy whole;
+    changed (and the medians of the slices within reach of them) again -- the filtering gives the
+    same numbers as filtering every copy whole; a network's residual of a slice restored in another
+    batch differs by float rounding (~1e-7 of its range);
     ``volumes`` yields ``(image (z, S, S), brain (z, S, S) bool, voxel_mm)`` of healthy volumes
     (at most ``MAX_SELECTION_VOLUMES`` are used; ``progress(done, total)``, when given, is called
     after each lesioned copy); the candidates count voxels of their median grid

@@ -118,6 +118,7 @@ class Scorer:
         self.reference: dict = {}
         self._kept: dict = {}  # network outputs of healthy volumes, made once (``_network``)
         self._kept_bytes = 0
+        self._healthy_keys: set = set()
         # compute only what is asked: no gradient pass for e.g. ["intensity"] or ["recommended"]
         self.needs_gradients = any(q in self.predictors for q in GRADIENT_ONLY)
         self.needs_reconstruction = "rec_error" in self.predictors or ("recommended" in self.predictors
@@ -150,10 +151,10 @@ class Scorer:
             else:
                 stage = Stage("the reference Combi's KL-grad range, on healthy validation slices", "slice", verbose)
                 lo, hi, taken = np.inf, -np.inf, 0
-                for volume in as_volumes(validation):
+                for volume in self._healthy(validation):
                     if taken >= MAX_CALIBRATION_SLICES:
                         break
-                    for outputs in self._network(volume.image, "network", keep=True):
+                    for outputs in self._network(volume.image, "network"):
                         kl = outputs["kl_grad_raw"]
                         lo, hi = min(lo, float(kl.min())), max(hi, float(kl.max()))
                     taken += len(volume.image)
@@ -167,7 +168,7 @@ class Scorer:
             elif self._needs_selection(name):
                 fixed = {k: v for k, v in self.sizes[name].items() if v is not None}
                 healthy = ((v.image[..., 0], v.brain_mask[..., 0] > 0, v.geometry.voxel_mm())
-                           for v in as_volumes(validation))
+                           for v in self._healthy(validation))
                 residual = self._positive_residual if name == "recommended" else intensity_positive
                 stage = Stage(f"choosing the {name} map's filter sizes on healthy validation volumes with "
                               f"{self.synthetic_copies} synthetic lesion(s) each (no label)", "lesion", verbose)
@@ -185,32 +186,43 @@ class Scorer:
     def _positive_residual(self, images: np.ndarray) -> np.ndarray:
         """max(x - g, 0) with g the reconstruction of the restored image (or of x itself)."""
         if self.restore:
-            parts = [projected[2] for projected in self._network(images, "projection", keep=True)]
+            parts = [projected[2] for projected in self._network(images, "projection")]
         else:
             parts = [self.model(images[start:start + self.batch_size], training=False).numpy()
                      for start in range(0, len(images), self.batch_size)]
         return recommended_lib.positive_residual(images, np.concatenate(parts))
 
-    def _network(self, images: np.ndarray, part: str, keep: bool = False) -> list:
+    @staticmethod
+    def _key(images: np.ndarray) -> tuple:
+        return images.shape, hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=16).digest()
+
+    def _healthy(self, validation, limit: int | None = None):
+        """``as_volumes(validation, limit)``, each volume's images remembered as healthy: their
+        network outputs are kept (``_network``) for the later stages of the fit and the calibration."""
+        for volume in as_volumes(validation, limit):
+            self._healthy_keys.add(self._key(volume.image))
+            yield volume
+
+    def _network(self, images: np.ndarray, part: str) -> list:
         """One network output per batch of ``images``: ``"network"`` (``PixelPredictors.network``) or
-        ``"projection"`` (``CompiledProjection``). ``keep``: remember them for these exact images
-        (healthy validation volumes, which fit, the selection and the calibration each score: their
-        network passes are made once), up to ``MAX_KEPT_BYTES``; kept ones are returned as they are."""
-        key = (images.shape, hashlib.blake2b(np.ascontiguousarray(images).tobytes(), digest_size=16).digest())
+        ``"projection"`` (``CompiledProjection``). The outputs of a healthy volume of the fit
+        (``_healthy``: the KL range, the selection and the calibration each score them) are kept, up to
+        ``MAX_KEPT_BYTES``, and returned as they are when asked again: their network passes are made once."""
+        key = self._key(images)
         found = self._kept.get(key, {}).get(part)
         if found is not None:
             return found
         run = self.pixel.network if part == "network" else self.projection
         outputs = [run(images[start:start + self.batch_size]) for start in range(0, len(images), self.batch_size)]
         size = sum(a.nbytes for batch in outputs for a in (batch.values() if isinstance(batch, dict) else batch))
-        if keep and self._kept_bytes + size <= MAX_KEPT_BYTES:
+        if key in self._healthy_keys and self._kept_bytes + size <= MAX_KEPT_BYTES:
             self._kept.setdefault(key, {})[part] = outputs
             self._kept_bytes += size
         return outputs
 
     def release(self) -> None:
         """Forget the kept network outputs of healthy volumes (``_network``)."""
-        self._kept, self._kept_bytes = {}, 0
+        self._kept, self._kept_bytes, self._healthy_keys = {}, 0, set()
 
     def __call__(self, images: np.ndarray, brain_mask: np.ndarray | None = None, voxel_mm=None) -> dict:
         """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)

@@ -123,11 +123,13 @@ def _preview_slices(validation, n: int) -> np.ndarray:
     return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
 
 
-def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", model=None) -> keras.callbacks.History:
+def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", model=None,
+          hparam_keys=()) -> keras.callbacks.History:
     """Train the run in ``run_dir`` (made by ``Run.create``), continuing from its backup
     if it has one. Raises ``callbacks.NonFiniteLoss`` if the loss diverges. ``model``: the compiled
     model of ``config`` to train (as ``build_model`` makes it, under ``strategy(config).scope()``;
-    e.g. a Keras Tuner HyperModel's ``build``), else one is built here."""
+    e.g. a Keras Tuner HyperModel's ``build``), else one is built here. ``hparam_keys``: config keys
+    shown in TensorBoard's HParams beside ``callbacks.KEY_HPARAMS`` (a search's varied keys)."""
     distribution = strategy(config)  # first: a multi-worker strategy must exist before any TensorFlow op runs
     keras.utils.set_random_seed(config["seed"])
     if verbose == "auto":  # progress bars on a terminal, one line per epoch in a log file
@@ -162,7 +164,7 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
         keras.callbacks.CSVLogger(run.history_path, append=True),
         tfvae_callbacks.Checkpoints(run.model_path("best"), run.model_path("last"), best_so_far=_best_val_loss(run)),
         tfvae_callbacks.ResumeState(run.backup_dir),
-        tfvae_callbacks.RunLog(logs, config),  # one TensorBoard run: curves, images, hparams, evaluation
+        tfvae_callbacks.RunLog(logs, config, hparam_keys),  # TensorBoard: curves, images, hparams
         tfvae_callbacks.ImageSummaries(logs,
                                        _preview_slices(validation_examples, t["num_images"]),
                                        every=t["image_every"], seed=config["seed"]),

@@ -323,6 +323,7 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
     scorer = evaluation.Scorer(model, config, [predictor])
     # what the map needs from healthy validation slices (recommended settings, Combi's KL range)
     scorer.fit(data.load_split(config["data"], config["data"]["validation_split"]))
+    scorer.release()  # no calibration follows: the healthy volumes' outputs are not needed again
     hist = metrics.PixelHistogram(bits=evaluation.HISTOGRAM_BITS)
     for i, volume in enumerate(evaluation.volumes(examples)):
         if i >= n_volumes:
@@ -422,7 +423,8 @@ class VAEHyperModel(kt.HyperModel):
             examples = data.load_split(data.test_data_config(d), search.objective_split or d["test_split"])
             extra.append(LabelledAUROC(config, search.objective_predictor, examples, search.objective_volumes,
                                        Run(run_dir).logs_dir))
-        training.train(config, run_dir, extra_callbacks=extra, verbose=self.verbose, model=model)
+        training.train(config, run_dir, extra_callbacks=extra, verbose=self.verbose, model=model,
+                       hparam_keys=sorted({key for grid in search.grids for key in grid}))  # every searched key
         metrics = {"val_loss": _last_val_loss(run_dir)}
         if search.objective_key == "neg_elbo":
             metrics["val_neg_elbo"] = negative_elbo(model, data.load_split(config["data"],
