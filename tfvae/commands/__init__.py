@@ -50,6 +50,16 @@ def add_set(p: argparse.ArgumentParser, help: str = "override config keys") -> N
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help)
 
 
+def parse_quietly(parse_args, argv):
+    """``parse_args(argv)``, then TensorFlow imported without its start-up noise
+    (``console.quiet_tensorflow``) -- after parsing, so that ``--help`` stays instant."""
+    args = parse_args(argv)
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()
+    return args
+
+
 def entry(main):
     """A command's ``main``: a closed pipe (``tfvae ... --print-config | head``) ends it quietly,
     exit 0, as Python's documentation advises (stdout pointed at /dev/null, no traceback)."""

@@ -13,7 +13,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, parser  # noqa: E402
+from tfvae.commands import entry, parser, parse_quietly  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,10 +33,7 @@ def parse_args(argv=None):
 
 @entry
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
+    args = parse_quietly(parse_args, argv)
     from tfvae import benchmark
 
     benchmark.run(quick=args.quick, out_path=args.out, data_dir=args.data_dir, layers=args.layers,

@@ -19,7 +19,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_run_dir, add_set, entry, os_error, parser  # noqa: E402
+from tfvae.commands import add_run_dir, add_set, entry, os_error, parser, parse_quietly  # noqa: E402
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 
 FEW_SCANS = 3  # fewer healthy scans than this: the measured FPR spread is wide (docs/results_phantom.md)
@@ -40,10 +40,7 @@ def parse_args(argv=None):
 
 @entry
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
+    args = parse_quietly(parse_args, argv)
     from tfvae import calibration, config as config_lib, data
     from tfvae.nifti import BadInputError
     from tfvae.run import Run, RunDirError

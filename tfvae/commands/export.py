@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_run_dir, entry, parser  # noqa: E402
+from tfvae.commands import add_run_dir, entry, parser, parse_quietly  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -25,10 +25,7 @@ def parse_args(argv=None):
 
 @entry
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
+    args = parse_quietly(parse_args, argv)
     from tfvae import config as config_lib
     from tfvae.run import Run, RunDirError
 

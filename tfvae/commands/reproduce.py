@@ -25,7 +25,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_set, entry, parser  # noqa: E402
+from tfvae.commands import add_set, entry, parser, parse_quietly  # noqa: E402
 
 
 
@@ -52,10 +52,7 @@ def parse_args(argv=None):
 
 @entry
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
-
-    quiet_tensorflow()  # after parsing: --help stays instant
+    args = parse_quietly(parse_args, argv)
     from tfvae import config as config_lib
     from tfvae import data, reproduce
 
