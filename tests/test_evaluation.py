@@ -524,8 +524,11 @@ def test_every_stage_of_the_set_up_is_announced_with_its_progress(tiny_run, tmp_
     stages = ["the reference Combi's KL-grad range", "choosing the recommended map's filter sizes",
               "choosing the intensity_filtered map's filter sizes", "scoring the test split",
               "calibrating the thresholds"]
+    # the ensemble's volumes are scored first; the rest of the test split after the calibration
+    assert "; first the 1 volume(s) the ensemble is fitted on" in next(l for l in lines if l.startswith(stages[3]))
+    continued = next(i for i, line in enumerate(lines) if line.endswith(", continued"))
     where = [next(i for i, line in enumerate(lines) if line.startswith(stage)) for stage in stages]
-    assert where == sorted(where), lines
+    assert where == sorted(where) and continued > where[-1], lines
     assert lines[where[0] + 1].split()[1] == "slices"  # the count once the stage is done (a log, not a terminal)
     from tfvae import scoring
 

@@ -328,9 +328,9 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
                            if "ensemble" in predictors else ([], sorted(set(ids))))
     from tfvae.console import progress_verbosity
 
-    if verbose:
-        print(f"scoring the test split: {len(ids)} slices of {len(set(ids))} volumes, {len(predictors)} map(s)"
-              + (" (the thresholds are calibrated once the ensemble is fitted)" if fit_ids else ""), flush=True)
+    scoring_line = f"scoring the test split: {len(ids)} slices of {len(set(ids))} volumes, {len(predictors)} map(s)"
+    if verbose and fit_ids:  # the ensemble's volumes are scored first, then the thresholds calibrated
+        print(f"{scoring_line}; first the {len(fit_ids)} volume(s) the ensemble is fitted on", flush=True)
     progress = keras.utils.Progbar(len(ids), verbose=progress_verbosity() if verbose else 0, unit_name="slice")
     figures = FigureSlices(ev["num_figures"])
     consumers: list = [figures] + ([NiftiMaps(os.path.join(out_dir, "maps"), ev["nifti_maps"], predictors)]
@@ -339,6 +339,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
 
     def start_measuring(ensemble):  # thresholds from healthy validation slices, the ensemble's included
         fitted["ensemble"] = ensemble
+        if verbose and fit_ids and progress_verbosity() == 1:
+            print(flush=True)  # end the test split's bar line on a terminal before the calibration's
         rates = sorted(set(FPRS.values()) | set(DISPLAY_FPRS.values()) | set(scan_threshold.REFERENCE_FPRS))
         # a predictor whose every rate an earlier calibration of this checkpoint and these settings stored
         # is not calibrated again (the same numbers: selection and calibration are deterministic)
@@ -347,6 +349,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
         calibrated = (calibrate(scorer, validation, [p for p in predictors if p not in reused], settings, ensemble,
                                 fprs=rates, verbose=verbose) if len(reused) < len(predictors) else {"raw": {}})
         scorer.release()  # the healthy volumes' network outputs, shared by the fit and the calibration
+        if verbose:
+            print(f"{scoring_line}, continued" if fit_ids else scoring_line, flush=True)
         calibrated["raw"] = {p: reused[p] if p in reused else calibrated["raw"][p] for p in predictors}
         fitted["calibrated"] = calibrated
         fitted["display"] = {p: [by_rate[DISPLAY_FPRS[k]] for k in DISPLAY_FPRS] for p, by_rate in calibrated["raw"].items()}
