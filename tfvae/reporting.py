@@ -206,10 +206,12 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
         row[0].set_ylabel(item["title"], fontsize=FONT)
     for ax, panel in zip(axes[0], panels):
         ax.set_title(IMAGE_PANELS.get(panel, panel), fontsize=FONT)
-    handles = [plt.Line2D([], [], color=c, label=n) for n, c in LABEL_NAMES.values()]
+    drawn = {int(v) for item in items for v in np.unique(np.asarray(item["label"]))}  # labels on these slices
+    handles = [plt.Line2D([], [], color=c, label=n) for value, (n, c) in LABEL_NAMES.items() if value in drawn]
     if on_input:
         handles.append(plt.Line2D([], [], color=MASK_COLOUR, label=f"mask at 1% FPR (on the input: {on_input})"))
-    fig.legend(handles=handles, loc="upper right", fontsize=FONT, ncol=len(handles), frameon=False)
+    if handles:
+        fig.legend(handles=handles, loc="upper right", fontsize=FONT, ncol=len(handles), frameon=False)
     fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
     return fig
 
