@@ -296,9 +296,10 @@ def done_scans(scans: list[str], names: list[str], out_dir: str) -> set[str]:
     finished = set()
     if os.path.isfile(summary):
         with open(summary, newline="") as f:
-            finished = {r["scan"] for r in csv.DictReader(f) if r.get("status", "done") == "done"}
-    return {path for path, name in zip(scans, names)  # summaries before 0.1 kept the path as given
-            if (os.path.abspath(path) in finished or path in finished) and all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS)}
+            # absolute paths (summaries before 0.1 kept the path as given, relative to where it ran)
+            finished = {os.path.abspath(r["scan"]) for r in csv.DictReader(f) if r.get("status", "done") == "done"}
+    return {path for path, name in zip(scans, names)
+            if os.path.abspath(path) in finished and all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS)}
 
 
 class LocalizeIncomplete(ValueError):

@@ -140,7 +140,7 @@ class PixelPredictors:
         kl_raw = tf.abs(t["d_kl"])
         grads = {"elbo_grad": tf.abs(t["d_loss"]), "kl_grad": kl_raw, "rec_grad": tf.abs(t["d_rec"])}
         if self.smooth_gradients:
-            grads = {k: smooth_reference_tensor(v) for k, v in grads.items()}
+            grads.update({k: smooth_reference_tensor(grads[k]) for k in SMOOTHED_GRADIENTS})
         return {"rec_error": t["rec_error"], "reconstruction": t["reconstruction"], **grads, "kl_grad_raw": kl_raw}
 
     def network(self, x) -> dict[str, np.ndarray]:

@@ -170,6 +170,7 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
             # a lesion changes a few slices: the residual and the median of the others are the healthy volume's
             clean = residual_fn(image[..., None])[..., 0]
             sizes = {k: filter_sizes(k, 0.0, voxel_mm, reference_mm)[0] for k in medians}
+            sigmas_here = {s: filter_sizes(0, s, voxel_mm, reference_mm)[1] for s in sigmas}
             clean_medians = dict(zip(sizes, threads.map(lambda size: median(clean, size), sizes.values())))
             for _ in range(copies):
                 lesioned, label = synthetic_lesion(image, brain, voxel_mm, rng)
@@ -177,11 +178,10 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
                 residual = clean.copy()
                 if len(changed):
                     residual[changed] = residual_fn(lesioned[changed][..., None])[..., 0]
-                filtered = threads.map(lambda k, size, r=residual, c=changed: median_changed(clean_medians[k], r, size, c),
-                                       sizes, sizes.values())
-                for k, filtered in zip(sizes, filtered):
-                    for s in sigmas:
-                        sigma = filter_sizes(0, s, voxel_mm, reference_mm)[1]
+                medians_here = threads.map(median_changed, clean_medians.values(), [residual] * len(sizes),
+                                           sizes.values(), [changed] * len(sizes))
+                for k, filtered in zip(sizes, medians_here):
+                    for s, sigma in sigmas_here.items():
                         hists[(k, s)].update(smooth_in_brain(filtered, brain, sigma), label, mask=brain)
                 lesions += 1
                 if progress is not None:

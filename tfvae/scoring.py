@@ -208,7 +208,7 @@ class Scorer:
         ``"projection"`` (``CompiledProjection``). The outputs of a healthy volume of the fit
         (``_healthy``: the KL range, the selection and the calibration each score them) are kept, up to
         ``MAX_KEPT_BYTES``, and returned as they are when asked again: their network passes are made once."""
-        key = self._key(images)
+        key = self._key(images) if self._healthy_keys else None  # nothing remembered: no volume to hash
         found = self._kept.get(key, {}).get(part)
         if found is not None:
             return found
