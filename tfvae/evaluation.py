@@ -252,9 +252,8 @@ class NiftiMaps:
 
     def update(self, volume: Volume) -> None:
         raw, post = volume.variants["raw"], volume.variants.get("postprocessed", {})
-        wanted = self.wanted
-        write_maps(volume, self.out_dir, {p: v for p, v in raw.items() if wanted(p)}
-                   | {f"{p}_postprocessed": v for p, v in post.items() if wanted(p)})
+        write_maps(volume, self.out_dir, {p: v for p, v in raw.items() if self.wanted(p)}
+                   | {f"{p}_postprocessed": v for p, v in post.items() if self.wanted(p)})
 
 
 def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: dict, *, fit_ids=(),
