@@ -6,6 +6,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+import tfvae  # noqa: E402,F401  (before any test module imports TensorFlow: its oneDNN setting, as users get it)
+
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):

@@ -141,6 +141,34 @@ def test_precision_choices(monkeypatch, capsys):
         config_lib.resolve(config, ["train.precision=half"])
 
 
+ONEDNN_PROBE = textwrap.dedent("""
+    import os
+    from tfvae import training
+    import tensorflow
+    print("RESULT", os.environ.get("TF_ENABLE_ONEDNN_OPTS"), training.onednn_enabled(), training.onednn_warning())
+""")
+
+
+def onednn_probe(**env) -> list[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    done = subprocess.run([sys.executable, "-c", ONEDNN_PROBE], capture_output=True, text=True,
+                          timeout=120, env={**environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return lines[0].split(" ", 3)[1:]
+
+
+def test_importing_tfvae_turns_tensorflows_onednn_kernels_on_unless_told_otherwise():
+    # TensorFlow itself turns them on only on CPUs with AVX512_VNNI / AVX512_BF16 / AVX_VNNI / AMX
+    setting, enabled, warning = onednn_probe()
+    assert (setting, enabled, warning) == ("1", "True", "None")
+    # the user's choice is kept, and a CPU run without them is told what it costs
+    setting, enabled, warning = onednn_probe(TF_ENABLE_ONEDNN_OPTS="0")
+    assert (setting, enabled) == ("0", "False")
+    if not tf.config.list_physical_devices("GPU") and os.uname().machine == "x86_64":
+        assert "oneDNN kernels are off (TF_ENABLE_ONEDNN_OPTS=0 is set)" in warning and "2x slower" in warning
+
+
 WORKER = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

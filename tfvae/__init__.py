@@ -34,7 +34,19 @@ Modules, in the order data flows through them:
 - search: ``tuning`` (Keras Tuner over beta and latent size).
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
+
+TensorFlow's oneDNN kernels: on Linux, TensorFlow turns them on by itself only on CPUs with
+AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``tensorflow/core/util/util.cc``); on an AVX2-only CPU
+it runs its Eigen kernels, which run this network at about half the speed (measured with
+``scripts/benchmark.py --peer``: training 0.76x, maps 0.50x a plain PyTorch implementation with
+Eigen, 1.2-1.5x with oneDNN; ``docs/performance.md``). Importing ``tfvae`` therefore sets
+``TF_ENABLE_ONEDNN_OPTS=1`` unless it is already set (``0`` keeps Eigen). TensorFlow reads it once,
+when it loads: in a notebook, import ``tfvae`` before ``tensorflow`` (training warns otherwise).
 """
+
+import os as _os
+
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before any TensorFlow import: see above
 
 from tfvae import config  # noqa: F401  (cheap: no TensorFlow)
 from tfvae.run import Run  # noqa: F401

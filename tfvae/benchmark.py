@@ -29,7 +29,7 @@ from tfvae.networks import forward_flops, layer_flops
 from tfvae.predictors import PixelPredictors
 from tfvae.projection import CompiledProjection, project
 from tfvae.timing import median_time
-from tfvae.training import cpu_flags, native_bfloat16
+from tfvae.training import cpu_flags, native_bfloat16, onednn_enabled
 
 BATCH = 64
 SIZE = 64
@@ -159,9 +159,11 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         print(f"  {key:38s} {value:12.4g} {unit:14s} {note}", flush=True)
 
     out["machine"]["cpu_flags"] = [flag for flag in CPU_FLAGS if flag in cpu_flags()]
+    out["machine"]["tensorflow_onednn"] = onednn_enabled()  # TensorFlow's own rule turns it off on AVX2-only CPUs
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         out["machine"]["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     print(f"{out['machine']['cpu']}, {os.cpu_count()} cores, flags {' '.join(out['machine']['cpu_flags'])}"
+          f", TensorFlow's oneDNN kernels {'on' if out['machine']['tensorflow_onednn'] else 'off'}"
           f"{', oneDNN limited to ' + os.environ['ONEDNN_MAX_CPU_ISA'] if os.environ.get('ONEDNN_MAX_CPU_ISA') else ''}"
           f", TF {tf.__version__}, GPU: {bool(gpus)}")
 
