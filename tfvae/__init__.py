@@ -40,13 +40,16 @@ AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``tensorflow/core/util/util.cc``); on
 it runs its Eigen kernels, which run this network at about half the speed (measured with
 ``scripts/benchmark.py --peer``: training 0.76x, maps 0.50x a plain PyTorch implementation with
 Eigen, 1.2-1.5x with oneDNN; ``docs/performance.md``). Importing ``tfvae`` therefore sets
-``TF_ENABLE_ONEDNN_OPTS=1`` unless it is already set (``0`` keeps Eigen). TensorFlow reads it once,
-when it loads: in a notebook, import ``tfvae`` before ``tensorflow`` (training warns otherwise).
+``TF_ENABLE_ONEDNN_OPTS=1`` on x86 CPUs unless it is already set (``0`` keeps Eigen; on ARM,
+where TensorFlow's oneDNN build is experimental, nothing is set). TensorFlow reads it once, when it
+loads: in a notebook, import ``tfvae`` before ``tensorflow`` (training warns otherwise).
 """
 
 import os as _os
+import platform as _platform
 
-_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before any TensorFlow import: see above
+if _platform.machine().lower() in ("x86_64", "amd64"):  # before any TensorFlow import: see above
+    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from tfvae import config  # noqa: F401  (cheap: no TensorFlow)
 from tfvae.run import Run  # noqa: F401
