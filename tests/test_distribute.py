@@ -120,12 +120,15 @@ def test_precision_choices(monkeypatch, capsys):
     assert training.resolve_precision(config) == ("float32", None)
     bf16 = config_lib.resolve(config, ["train.precision=mixed_bfloat16"])
     model = training.build_model(bf16)
-    assert model.encoder.layers[1].compute_dtype == "bfloat16" and keras.mixed_precision.dtype_policy().name == "float32"
+    runs_bf16 = training.bfloat16_convolutions() or bool(tf.config.list_physical_devices("GPU"))
+    assert model.encoder.layers[1].compute_dtype == ("bfloat16" if runs_bf16 else "float32")
+    assert keras.mixed_precision.dtype_policy().name == "float32"
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
     terms = model.loss_terms(x, sample=False)
     assert terms["loss"].dtype == tf.float32 and terms["reconstruction"].dtype == tf.float32
     if not tf.config.list_physical_devices("GPU"):
         auto = config_lib.resolve(config, ["train.precision=auto"])
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
         monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
         assert training.resolve_precision(auto) == ("mixed_bfloat16", None)
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2 machine emulated: oneDNN has no bfloat16
@@ -135,8 +138,12 @@ def test_precision_choices(monkeypatch, capsys):
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
         monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "fma"})
         assert training.resolve_precision(auto) == ("float32", None)
+        monkeypatch.setattr(training, "bfloat16_convolutions", lambda: True)  # e.g. Eigen's kernels: slow
         policy, warning = training.resolve_precision(bf16)
         assert policy == "mixed_bfloat16" and "no native bfloat16" in warning
+        monkeypatch.setattr(training, "bfloat16_convolutions", lambda: False)  # oneDNN below AVX-512
+        policy, warning = training.resolve_precision(bf16)
+        assert policy == "float32" and "no bfloat16 convolutions" in warning and "training in float32" in warning
     with pytest.raises(config_lib.ConfigError, match="train.precision"):
         config_lib.resolve(config, ["train.precision=half"])
 
@@ -156,6 +163,20 @@ def onednn_probe(**env) -> list[str]:
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     return lines[0].split(" ", 3)[1:]
+
+
+def test_bfloat16_is_refused_where_onednn_has_no_kernel_for_it():
+    # oneDNN limited to AVX2 (an AVX2-only CPU, where tfvae now turns oneDNN on): a bfloat16
+    # convolution cannot be made, so mixed_bfloat16 trains in float32 instead of failing mid-run
+    probe = ("from tfvae import config, training; c = config.resolve({}, ['train.precision=mixed_bfloat16']); "
+             "print('RESULT', training.bfloat16_convolutions(), training.resolve_precision(c)[0])")
+    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2",
+               "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=environ)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    if os.uname().machine == "x86_64":
+        assert lines[0].split()[1:] == ["False", "float32"]
 
 
 def test_importing_tfvae_turns_tensorflows_onednn_kernels_on_unless_told_otherwise():

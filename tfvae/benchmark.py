@@ -29,7 +29,7 @@ from tfvae.networks import forward_flops, layer_flops
 from tfvae.predictors import PixelPredictors
 from tfvae.projection import CompiledProjection, project
 from tfvae.timing import median_time
-from tfvae.training import cpu_flags, native_bfloat16, onednn_enabled
+from tfvae.training import bfloat16_convolutions, cpu_flags, native_bfloat16, onednn_enabled
 
 BATCH = 64
 SIZE = 64
@@ -201,7 +201,7 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     native = native_bfloat16()
     out["machine"]["native_bfloat16"] = native
     print(f"  native bfloat16 on this CPU: {'yes' if native else 'no (auto picks float32)'}", flush=True)
-    if native or not os.environ.get("ONEDNN_MAX_CPU_ISA"):  # oneDNN limited below bfloat16 has no such kernel
+    if bfloat16_convolutions():  # oneDNN below AVX-512 has no bfloat16 kernel
         bf16_rate, _ = train_rate(64, "mixed_bfloat16")
         record("train_slices_per_s_latent64_bfloat16", bf16_rate, "slices/s")
     again, _ = train_rate(64)  # float32 again: the spread of the machine within this run
@@ -282,8 +282,12 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     record("sklearn_auroc_1e7_pixels_s", seconds, "s")
     record("sklearn_auroc_1e7_pixels_peak_mb", peak / 2**20, "MB")
 
+    no_bf16 = "  bfloat16: TensorFlow has no bfloat16 convolutions on this CPU; skipped"
     if layers:
         out["layers_ms_per_batch"] = layer_times(model, BATCH, repeats)
+    if layers and not bfloat16_convolutions():
+        print(no_bf16, flush=True)
+    elif layers:
         print("  the same layers in mixed_bfloat16:", flush=True)
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
         try:
@@ -291,7 +295,9 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         finally:
             keras.mixed_precision.set_dtype_policy("float32")
         out["layers_ms_per_batch_bfloat16"] = layer_times(bf16_model, BATCH, repeats)
-    if check_quality:
+    if check_quality and not bfloat16_convolutions():
+        print(no_bf16, flush=True)
+    elif check_quality:
         print("quality of bfloat16 training (the quick start in both precisions):", flush=True)
         out["quality"] = quality(data_dir)
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -89,13 +90,36 @@ BFLOAT16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), and oneDNN may use it:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), and TensorFlow's oneDNN
+    kernels are on and may use it:
     ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``, how an AVX2-only machine is emulated) below
     ``AVX512_CORE_BF16`` leaves TensorFlow no bfloat16 kernels at all."""
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if limit and not limit.startswith(BFLOAT16_ISAS):
         return False
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) and onednn_enabled()  # Eigen's bfloat16 is slow
+
+
+@functools.lru_cache(maxsize=None)
+def bfloat16_convolutions() -> bool:
+    """Whether TensorFlow can run this network's bfloat16 convolutions on the CPU (tried once on a
+    tiny input: a convolution, its gradients and a transposed convolution). Its oneDNN kernels have
+    none below AVX-512 (on an AVX2-only CPU, or with ``ONEDNN_MAX_CPU_ISA=AVX2``: "could not create a
+    primitive descriptor"); its Eigen kernels have them, slowly."""
+    try:
+        with tf.device("/CPU:0"):
+            x = tf.ones((1, 8, 8, 1), tf.bfloat16)
+            kernel = tf.ones((4, 4, 1, 2), tf.bfloat16)
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = tf.nn.conv2d(x, kernel, strides=2, padding="SAME")
+                total = tf.reduce_sum(y)
+            grads = tape.gradient(total, [x, kernel])
+            up = tf.nn.conv2d_transpose(y, kernel, (1, 8, 8, 1), strides=2, padding="SAME")
+            [t.numpy() for t in (y, up, *grads)]
+    except (tf.errors.OpError, RuntimeError):
+        return False
+    return True
 
 
 def resolve_precision(config: dict) -> tuple[str, str | None]:
@@ -103,7 +127,8 @@ def resolve_precision(config: dict) -> tuple[str, str | None]:
 
     ``auto``: bfloat16 on CPUs with native bfloat16 and on GPUs of compute capability >= 8.0,
     float16 on older GPUs, else float32. ``mixed_float16`` without a GPU trains in float32 (with a
-    warning). ``train.mixed_precision: true`` is the old spelling of ``mixed_float16``."""
+    warning), and so does ``mixed_bfloat16`` on a CPU where TensorFlow has no bfloat16 convolutions
+    (``bfloat16_convolutions``). ``train.mixed_precision: true`` is the old spelling of ``mixed_float16``."""
     t = config["train"]
     precision = t.get("precision", "float32")
     if t.get("mixed_precision") and precision == "float32":
@@ -116,6 +141,9 @@ def resolve_precision(config: dict) -> tuple[str, str | None]:
         return ("mixed_bfloat16" if native_bfloat16() else "float32"), None
     if precision == "mixed_float16" and not gpus:
         return "float32", "mixed float16 needs a GPU; training in float32"
+    if precision == "mixed_bfloat16" and not gpus and not bfloat16_convolutions():
+        return "float32", ("TensorFlow has no bfloat16 convolutions on this CPU (its oneDNN kernels need AVX-512); "
+                           "training in float32")
     if precision == "mixed_bfloat16" and not gpus and not native_bfloat16():
         return precision, "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): expect it to be slow"
     return precision, None
