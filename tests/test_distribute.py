@@ -2,6 +2,7 @@
 mixed precision keeps the distributions in float32."""
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,8 @@ import tensorflow as tf
 
 from tfvae import config as config_lib
 from tfvae import training
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 SCRIPT = textwrap.dedent("""
     import os, sys
@@ -129,6 +132,7 @@ def test_precision_choices(monkeypatch, capsys):
     if not tf.config.list_physical_devices("GPU"):
         auto = config_lib.resolve(config, ["train.precision=auto"])
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        monkeypatch.setattr(training, "onednn_enabled", lambda: True)
         monkeypatch.setattr(training, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
         assert training.resolve_precision(auto) == ("mixed_bfloat16", None)
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2 machine emulated: oneDNN has no bfloat16
@@ -143,7 +147,7 @@ def test_precision_choices(monkeypatch, capsys):
         assert policy == "mixed_bfloat16" and "no native bfloat16" in warning
         monkeypatch.setattr(training, "bfloat16_convolutions", lambda: False)  # oneDNN below AVX-512
         policy, warning = training.resolve_precision(bf16)
-        assert policy == "float32" and "no bfloat16 convolutions" in warning and "training in float32" in warning
+        assert policy == "float32" and "cannot run bfloat16 convolutions" in warning and "training in float32" in warning
     with pytest.raises(config_lib.ConfigError, match="train.precision"):
         config_lib.resolve(config, ["train.precision=half"])
 
@@ -166,8 +170,9 @@ def onednn_probe(**env) -> list[str]:
 
 
 def test_bfloat16_is_refused_where_onednn_has_no_kernel_for_it():
-    # oneDNN limited to AVX2 (an AVX2-only CPU, where tfvae now turns oneDNN on): a bfloat16
-    # convolution cannot be made, so mixed_bfloat16 trains in float32 instead of failing mid-run
+    # oneDNN limited to AVX2 on an AVX-512 CPU (how an AVX2 machine is emulated): TensorFlow hands
+    # bfloat16 to oneDNN, which cannot make the convolution, so mixed_bfloat16 trains in float32 instead
+    # of failing mid-run; on a CPU without AVX-512 TensorFlow runs it in Eigen (slowly)
     probe = ("from tfvae import config, training; c = config.resolve({}, ['train.precision=mixed_bfloat16']); "
              "print('RESULT', training.bfloat16_convolutions(), training.resolve_precision(c)[0])")
     environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -175,21 +180,41 @@ def test_bfloat16_is_refused_where_onednn_has_no_kernel_for_it():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=environ)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
-    if os.uname().machine == "x86_64":
+    if X86 and "avx512f" in training.cpu_flags():
         assert lines[0].split()[1:] == ["False", "float32"]
+    elif X86:
+        assert lines[0].split()[1:] == ["True", "mixed_bfloat16"]
+
+
+def test_the_oneDNN_warning_names_why_they_are_off(monkeypatch):
+    import tfvae
+
+    if tf.config.list_physical_devices("GPU") or not X86:
+        pytest.skip("the warning is for x86 CPU runs")
+    monkeypatch.setattr(training, "onednn_enabled", lambda: False)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(tfvae, "TENSORFLOW_IMPORTED_FIRST", True)
+    assert "(TensorFlow was imported before tfvae)" in training.onednn_warning()
+    assert training.onednn_warning().endswith("import tfvae first or set TF_ENABLE_ONEDNN_OPTS=1")
+    monkeypatch.setattr(tfvae, "TENSORFLOW_IMPORTED_FIRST", False)
+    assert "(this TensorFlow build has none)" in training.onednn_warning()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "false")
+    assert "(TF_ENABLE_ONEDNN_OPTS=0 is set)" in training.onednn_warning()
+    monkeypatch.setattr(training, "onednn_enabled", lambda: True)
+    assert training.onednn_warning() is None
 
 
 def test_importing_tfvae_turns_tensorflows_onednn_kernels_on_unless_told_otherwise():
     # TensorFlow itself turns them on only on CPUs with AVX512_VNNI / AVX512_BF16 / AVX_VNNI / AMX
     setting, enabled, warning = onednn_probe()
-    if os.uname().machine == "x86_64":
+    if X86:
         assert (setting, enabled, warning) == ("1", "True", "None")
     else:  # ARM: TensorFlow's own default is kept
         assert setting == "None"
     # the user's choice is kept, and a CPU run without them is told what it costs
     setting, enabled, warning = onednn_probe(TF_ENABLE_ONEDNN_OPTS="0")
     assert (setting, enabled) == ("0", "False")
-    if not tf.config.list_physical_devices("GPU") and os.uname().machine == "x86_64":
+    if not tf.config.list_physical_devices("GPU") and X86:
         assert "oneDNN kernels are off (TF_ENABLE_ONEDNN_OPTS=0 is set)" in warning and "2x slower" in warning
 
 

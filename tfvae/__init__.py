@@ -35,11 +35,12 @@ Modules, in the order data flows through them:
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
 
-TensorFlow's oneDNN kernels: on Linux, TensorFlow turns them on by itself only on CPUs with
-AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``tensorflow/core/util/util.cc``); on an AVX2-only CPU
-it runs its Eigen kernels, which run this network at about half the speed (measured with
-``scripts/benchmark.py --peer``: training 0.76x, maps 0.50x a plain PyTorch implementation with
-Eigen, 1.2-1.5x with oneDNN; ``docs/performance.md``). Importing ``tfvae`` therefore sets
+TensorFlow's oneDNN kernels: on Linux x86, TensorFlow turns them on by itself only on CPUs with
+AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX (``IsMklEnabled`` / ``DefaultOneDnnPolicy`` in
+``tensorflow/core/util``); on an AVX2-only CPU it runs its Eigen kernels, which run this network at
+about half the speed (measured with ``scripts/benchmark.py --peer``, AVX2 kernels: training
+0.73-0.76x, maps 0.50-0.55x a plain PyTorch implementation with Eigen, 1.55-1.65x and 1.50-1.54x
+with oneDNN; ``docs/performance.md``). Importing ``tfvae`` therefore sets
 ``TF_ENABLE_ONEDNN_OPTS=1`` on x86 CPUs unless it is already set (``0`` keeps Eigen; on ARM,
 where TensorFlow's oneDNN build is experimental, nothing is set). TensorFlow reads it once, when it
 loads: in a notebook, import ``tfvae`` before ``tensorflow`` (training warns otherwise).
@@ -47,6 +48,10 @@ loads: in a notebook, import ``tfvae`` before ``tensorflow`` (training warns oth
 
 import os as _os
 import platform as _platform
+import sys as _sys
+
+# whether TensorFlow was loaded before tfvae (then the setting below comes too late: training says so)
+TENSORFLOW_IMPORTED_FIRST = "tensorflow" in _sys.modules
 
 if _platform.machine().lower() in ("x86_64", "amd64"):  # before any TensorFlow import: see above
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -80,10 +80,16 @@ def onednn_warning() -> str | None:
     """A line for a CPU run on x86 without TensorFlow's oneDNN kernels, else None."""
     if onednn_enabled() or platform.machine().lower() not in ("x86_64", "amd64") or tf.config.list_physical_devices("GPU"):
         return None
-    why = ("TF_ENABLE_ONEDNN_OPTS=0 is set" if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").lower() in ("0", "false")
-           else "TensorFlow was imported before tfvae")
-    return (f"TensorFlow's oneDNN kernels are off ({why}): on this CPU training and the maps run about 2x "
-            "slower; import tfvae first or set TF_ENABLE_ONEDNN_OPTS=1")
+    import tfvae
+
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
+    if setting in ("0", "false"):
+        why, remedy = "TF_ENABLE_ONEDNN_OPTS=0 is set", "; set TF_ENABLE_ONEDNN_OPTS=1 to turn them on"
+    elif tfvae.TENSORFLOW_IMPORTED_FIRST:
+        why, remedy = "TensorFlow was imported before tfvae", "; import tfvae first or set TF_ENABLE_ONEDNN_OPTS=1"
+    else:
+        why, remedy = "this TensorFlow build has none", ""
+    return f"TensorFlow's oneDNN kernels are off ({why}): on this CPU training and the maps run about 2x slower{remedy}"
 
 
 BFLOAT16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")
@@ -103,9 +109,10 @@ def native_bfloat16() -> bool:
 @functools.lru_cache(maxsize=None)
 def bfloat16_convolutions() -> bool:
     """Whether TensorFlow can run this network's bfloat16 convolutions on the CPU (tried once on a
-    tiny input: a convolution, its gradients and a transposed convolution). Its oneDNN kernels have
-    none below AVX-512 (on an AVX2-only CPU, or with ``ONEDNN_MAX_CPU_ISA=AVX2``: "could not create a
-    primitive descriptor"); its Eigen kernels have them, slowly."""
+    tiny input: a convolution, its gradients and a transposed convolution). On a CPU without AVX-512
+    TensorFlow runs bfloat16 in its Eigen kernels (slowly); on an AVX-512 CPU it hands bfloat16 to
+    oneDNN, which cannot make the primitive when ``ONEDNN_MAX_CPU_ISA`` limits it below AVX-512 (how
+    an AVX2 machine is emulated): "could not create a primitive descriptor"."""
     try:
         with tf.device("/CPU:0"):
             x = tf.ones((1, 8, 8, 1), tf.bfloat16)
@@ -142,10 +149,12 @@ def resolve_precision(config: dict) -> tuple[str, str | None]:
     if precision == "mixed_float16" and not gpus:
         return "float32", "mixed float16 needs a GPU; training in float32"
     if precision == "mixed_bfloat16" and not gpus and not bfloat16_convolutions():
-        return "float32", ("TensorFlow has no bfloat16 convolutions on this CPU (its oneDNN kernels need AVX-512); "
-                           "training in float32")
+        return "float32", ("TensorFlow cannot run bfloat16 convolutions here (oneDNN limited below AVX-512, "
+                           "e.g. by ONEDNN_MAX_CPU_ISA); training in float32")
     if precision == "mixed_bfloat16" and not gpus and not native_bfloat16():
-        return precision, "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): expect it to be slow"
+        why = ("TensorFlow's oneDNN kernels are off" if cpu_flags() & {"avx512_bf16", "amx_bf16"}
+               else "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16)")
+        return precision, f"{why}: expect bfloat16 to be slow"
     return precision, None
 
 
