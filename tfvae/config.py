@@ -47,7 +47,8 @@ Schema (dotted key: type, default -- meaning):
   in float32). "auto": bfloat16 on CPUs with native bfloat16 (``avx512_bf16`` / ``amx_bf16``) and
   GPUs of compute capability >= 8.0, float16 on older GPUs, else float32; float16 without a GPU,
   and bfloat16 where TensorFlow cannot run bfloat16 convolutions (oneDNN limited below AVX-512 by
-  ``ONEDNN_MAX_CPU_ISA`` on an AVX-512 CPU), fall back to float32 with a warning. The precision used is printed and logged (HParams).
+  ``ONEDNN_MAX_CPU_ISA`` on an AVX-512 CPU), fall back to float32 with a warning. The precision
+  used is printed and logged (HParams).
 - ``train.mixed_precision``: bool, false -- the older spelling of ``train.precision: mixed_float16``.
 - ``train.patience``: int, 0 -- stop when the validation loss has not improved for this many
   epochs (``train.epochs`` is then the maximum) and keep the best epoch's weights; 0: off.

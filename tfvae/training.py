@@ -78,7 +78,9 @@ def onednn_enabled() -> bool:
 
 def onednn_warning() -> str | None:
     """A line for a CPU run on x86 without TensorFlow's oneDNN kernels, else None."""
-    if onednn_enabled() or platform.machine().lower() not in ("x86_64", "amd64") or tf.config.list_physical_devices("GPU"):
+    if onednn_enabled() or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    if tf.config.list_physical_devices("GPU"):
         return None
     import tfvae
 
