@@ -2,7 +2,6 @@
 mixed precision keeps the distributions in float32."""
 
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -12,10 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfvae import X86
 from tfvae import config as config_lib
 from tfvae import training
-
-X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 SCRIPT = textwrap.dedent("""
     import os, sys

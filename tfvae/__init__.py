@@ -53,7 +53,9 @@ import sys as _sys
 # whether TensorFlow was loaded before tfvae (then the setting below comes too late: training says so)
 TENSORFLOW_IMPORTED_FIRST = "tensorflow" in _sys.modules
 
-if _platform.machine().lower() in ("x86_64", "amd64"):  # before any TensorFlow import: see above
+X86 = _platform.machine().lower() in ("x86_64", "amd64")  # where the setting below applies
+
+if X86:  # before any TensorFlow import: see above
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from tfvae import config  # noqa: F401  (cheap: no TensorFlow)

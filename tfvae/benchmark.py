@@ -201,7 +201,8 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     native = native_bfloat16()
     out["machine"]["native_bfloat16"] = native
     print(f"  native bfloat16 on this CPU: {'yes' if native else 'no (auto picks float32)'}", flush=True)
-    if gpus or bfloat16_convolutions():  # oneDNN limited below AVX-512 on an AVX-512 CPU has no bfloat16 kernel
+    runs_bfloat16 = bool(gpus) or bfloat16_convolutions()  # not with oneDNN limited below AVX-512 on an AVX-512 CPU
+    if runs_bfloat16:
         bf16_rate, _ = train_rate(64, "mixed_bfloat16")
         record("train_slices_per_s_latent64_bfloat16", bf16_rate, "slices/s")
     again, _ = train_rate(64)  # float32 again: the spread of the machine within this run
@@ -285,7 +286,7 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     no_bf16 = "  bfloat16: TensorFlow cannot run bfloat16 convolutions here (oneDNN limited below AVX-512); skipped"
     if layers:
         out["layers_ms_per_batch"] = layer_times(model, BATCH, repeats)
-    if layers and not (gpus or bfloat16_convolutions()):
+    if layers and not runs_bfloat16:
         print(no_bf16, flush=True)
     elif layers:
         print("  the same layers in mixed_bfloat16:", flush=True)
@@ -295,7 +296,7 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         finally:
             keras.mixed_precision.set_dtype_policy("float32")
         out["layers_ms_per_batch_bfloat16"] = layer_times(bf16_model, BATCH, repeats)
-    if check_quality and not (gpus or bfloat16_convolutions()):
+    if check_quality and not runs_bfloat16:
         print(no_bf16, flush=True)
     elif check_quality:
         print("quality of bfloat16 training (the quick start in both precisions):", flush=True)

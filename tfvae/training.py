@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import sys
 
 import keras
@@ -78,12 +77,10 @@ def onednn_enabled() -> bool:
 
 def onednn_warning() -> str | None:
     """A line for a CPU run on x86 without TensorFlow's oneDNN kernels, else None."""
-    if onednn_enabled() or platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
-    if tf.config.list_physical_devices("GPU"):
-        return None
     import tfvae
 
+    if onednn_enabled() or not tfvae.X86 or tf.config.list_physical_devices("GPU"):
+        return None
     setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
     if setting in ("0", "false"):
         why, remedy = "TF_ENABLE_ONEDNN_OPTS=0 is set", "; set TF_ENABLE_ONEDNN_OPTS=1 to turn them on"
@@ -94,6 +91,7 @@ def onednn_warning() -> str | None:
     return f"TensorFlow's oneDNN kernels are off ({why}): on this CPU training and the maps run about 2x slower{remedy}"
 
 
+NATIVE_BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of bfloat16 arithmetic
 BFLOAT16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")
 
 
@@ -105,7 +103,7 @@ def native_bfloat16() -> bool:
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if limit and not limit.startswith(BFLOAT16_ISAS):
         return False
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) and onednn_enabled()  # Eigen's bfloat16 is slow
+    return bool(cpu_flags() & NATIVE_BFLOAT16_FLAGS) and onednn_enabled()  # Eigen's bfloat16 is slow
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,7 +152,7 @@ def resolve_precision(config: dict) -> tuple[str, str | None]:
         return "float32", ("TensorFlow cannot run bfloat16 convolutions here (oneDNN limited below AVX-512, "
                            "e.g. by ONEDNN_MAX_CPU_ISA); training in float32")
     if precision == "mixed_bfloat16" and not gpus and not native_bfloat16():
-        why = ("TensorFlow's oneDNN kernels are off" if cpu_flags() & {"avx512_bf16", "amx_bf16"}
+        why = ("TensorFlow's oneDNN kernels are off" if cpu_flags() & NATIVE_BFLOAT16_FLAGS
                else "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16)")
         return precision, f"{why}: expect bfloat16 to be slow"
     return precision, None
