@@ -1,6 +1,8 @@
 """3D post-processing of anomaly maps."""
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from tfvae import metrics, postprocessing
 
@@ -29,6 +31,43 @@ def test_erosion_drops_the_brain_rim_and_median_removes_speckles():
     speckled[4, 10, 10] = 100.0
     assert postprocessing.scores(speckled, brain, {**OFF, "median_size": 3}).max() == 0
     np.testing.assert_array_equal(postprocessing.scores(speckled, brain, OFF), speckled)
+
+
+def _volumes():
+    rng = np.random.default_rng(3)
+    normal = rng.normal(size=(9, 12, 14)).astype(np.float32)
+    residual = np.maximum(normal, 0.0)  # 0 in half the voxels: most windows take the shortcut
+    residual[:, :, :4] = 0.0
+    ties = np.round(normal).astype(np.float32)  # few distinct values: ties at the median
+    return {"normal": normal, "residual": residual, "ties": ties, "constant": np.full((4, 5, 6), 2.5, np.float32),
+            "shifted minimum": residual - 7.0}
+
+
+@pytest.mark.parametrize("name", ["normal", "residual", "ties", "constant", "shifted minimum"])
+@pytest.mark.parametrize("size", [3, 5, 7, 4, (3, 5, 5), (1, 3, 3), (2, 3, 1)])
+def test_median_filter_equals_scipy(name, size):
+    volume = _volumes()[name]
+    expected = ndimage.median_filter(volume, size=size, mode="nearest")
+    got = postprocessing.median_filter(volume, size)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_median_filter_equals_scipy_in_chunks_past_the_edges_and_with_nan(monkeypatch):
+    residual = _volumes()["residual"]
+    monkeypatch.setattr(postprocessing, "MEDIAN_CHUNK", 50)  # several gathered chunks
+    np.testing.assert_array_equal(postprocessing.median_filter(residual, 5),
+                                  ndimage.median_filter(residual, size=5, mode="nearest"))
+    thin = residual[:2]  # a window longer than the volume along the slices
+    np.testing.assert_array_equal(postprocessing.median_filter(thin, 7),
+                                  ndimage.median_filter(thin, size=7, mode="nearest"))
+    flat = residual[0]  # 2D
+    np.testing.assert_array_equal(postprocessing.median_filter(flat, 3),
+                                  ndimage.median_filter(flat, size=3, mode="nearest"))
+    with_nan = residual.copy()
+    with_nan[4, 6, 7] = np.nan
+    np.testing.assert_array_equal(postprocessing.median_filter(with_nan, 3),
+                                  ndimage.median_filter(with_nan, size=3, mode="nearest"))
 
 
 def test_positive_residual_keeps_only_hyperintense_errors():

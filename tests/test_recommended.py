@@ -126,6 +126,7 @@ def test_selection_filters_only_what_a_lesion_changes_and_gets_the_same_numbers(
     np.testing.assert_allclose([g[2:] for g in got], [e[2:] for e in expected], rtol=1e-6)
     assert [g[:2] for g in got] == [e[:2] for e in expected]
     assert sum(seen) < 3 * (30 + 22)  # each volume once, then only the lesioned slices: fewer than 3 whole copies
+    assert len(seen) == 2 * len(volumes)  # per volume: once whole, once for all its copies' changed slices
 
 
 def test_median_rows_is_the_median_of_those_rows():

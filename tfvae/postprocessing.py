@@ -12,6 +12,9 @@ written back into the scan's own grid:
 - ``positive_only`` (bool): reconstruction errors count only where the input is brighter than its
   reconstruction (tumours are hyperintense in T2); applied to ``rec_error`` and
   ``proj_rec_error`` when the maps are made, since it needs the reconstruction.
+
+``median_filter`` is the one 3D median of the project (these settings and the ``recommended`` map):
+scipy's numbers, computed faster on maps where one value fills most windows.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 RESIDUAL_MAPS = ("rec_error", "proj_rec_error")
+MEDIAN_CHUNK = 1 << 22  # window values gathered at once by median_filter (16 MB of float32)
 
 
 def enabled(settings: dict) -> bool:
@@ -31,7 +35,7 @@ def scores(volume: np.ndarray, brain: np.ndarray, settings: dict) -> np.ndarray:
     """Erosion and median filter of a (z, row, col) score volume."""
     out = np.asarray(volume, np.float32)
     if settings["median_size"]:
-        out = ndimage.median_filter(out, size=settings["median_size"], mode="nearest")
+        out = median_filter(out, settings["median_size"])
     if settings["erode_brain"]:
         eroded = ndimage.binary_erosion(brain, iterations=settings["erode_brain"])
         out = np.where(eroded, out, 0.0).astype(np.float32)
@@ -63,4 +67,39 @@ def positive_residual(maps: dict, images: np.ndarray) -> dict:
     for name, recon in (("rec_error", "reconstruction"), ("proj_rec_error", "projected_reconstruction")):
         if name in out and recon in out:
             out[name] = np.where(images > out[recon], out[name], 0.0).astype(np.float32)
+    return out
+
+
+def median_filter(volume: np.ndarray, size) -> np.ndarray:
+    """The median over a window of ``size`` voxels (an int, or one per axis) around each voxel of
+    ``volume``, edges padded with the nearest voxel, float32: exactly
+    ``scipy.ndimage.median_filter(volume, size, mode="nearest")`` (the value of rank n // 2 of the
+    n window values; tested equal).
+
+    Faster where the volume's minimum fills more than half of a window -- a positive residual is 0
+    over most of the background and half the brain -- since the median there is that minimum: those
+    voxels are found by counting the minima in each window (a box filter), and only the others are
+    ranked (``np.partition`` on their gathered windows, ``MEDIAN_CHUNK`` values at a time). A volume
+    with a NaN goes to scipy whole."""
+    volume = np.asarray(volume, np.float32)
+    size = tuple(int(s) for s in np.broadcast_to(np.asarray(size), (volume.ndim,)))
+    n, rank = int(np.prod(size)), int(np.prod(size)) // 2
+    if volume.size == 0 or n == 1:
+        return volume.copy()
+    if np.isnan(volume).any():
+        return ndimage.median_filter(volume, size=size, mode="nearest")
+    lowest = volume.min()
+    minima = np.rint(ndimage.uniform_filter((volume == lowest).astype(np.float64), size, mode="nearest") * n)
+    out = np.full(volume.shape, lowest, np.float32)
+    ranked = np.flatnonzero(minima <= rank)  # fewer than rank + 1 minima: the median is above the minimum
+    if ranked.size:
+        # voxel i's window is padded[i : i + size] (the same placement as scipy's, even sizes included)
+        padded = np.pad(volume, [(s // 2, s - 1 - s // 2) for s in size], mode="edge")
+        window = np.ravel_multi_index(np.indices(size).reshape(volume.ndim, -1), padded.shape)
+        corner = np.ravel_multi_index(np.unravel_index(ranked, volume.shape), padded.shape)
+        flat, step, values = padded.ravel(), max(MEDIAN_CHUNK // n, 1), np.empty(ranked.size, np.float32)
+        for start in range(0, ranked.size, step):
+            windows = flat[corner[start:start + step, None] + window]
+            values[start:start + step] = np.partition(windows, rank, axis=1)[:, rank]
+        out.ravel()[ranked] = values
     return out

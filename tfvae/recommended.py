@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from tfvae import metrics
+from tfvae import metrics, postprocessing
 
 MEDIAN_CANDIDATES = (0, 3, 5, 7)
 SIGMA_CANDIDATES = (0.0, 1.0, 2.0, 3.0)
@@ -83,7 +83,7 @@ def postprocess(residual: np.ndarray, brain: np.ndarray, median_size: int, gauss
 def median(volume: np.ndarray, size) -> np.ndarray:
     """Step 3: the 3D median over ``size`` voxels (an int, or one per axis; 0 or 1: none), float32."""
     out = np.asarray(volume, np.float32)
-    return ndimage.median_filter(out, size=size, mode="nearest") if np.any(np.asarray(size) > 1) else out
+    return postprocessing.median_filter(out, size) if np.any(np.asarray(size) > 1) else out
 
 
 def reach(size) -> int:
@@ -139,6 +139,18 @@ def synthetic_lesion(image: np.ndarray, brain: np.ndarray, voxel_mm, rng: np.ran
     return (image + rng.uniform(*LESION_AMPLITUDE) * profile).astype(np.float32), lesion
 
 
+def _score_copy(hists: dict, k, sigmas: dict, clean_median, residual, size, changed, brain, label) -> None:
+    """Add one lesioned copy's maps at median size ``k`` and every sigma to ``hists[(k, sigma)]``."""
+    filtered = median_changed(clean_median, residual, size, changed)
+    for s, sigma in sigmas.items():
+        hists[(k, s)].update(smooth_in_brain(filtered, brain, sigma), label, mask=brain)
+
+
+def _table_row(item) -> dict:
+    (k, s), hist = item
+    return {"median_size": k, "gaussian_sigma": s, "auprc": hist.auprc(), "auroc": hist.auroc()}
+
+
 def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None = None,
            gaussian_sigma: float | None = None, progress=None) -> dict:
     """Pick (median_size, gaussian_sigma) on healthy volumes with synthetic lesions; a setting
@@ -148,8 +160,9 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
     slice (a slice's residual depends on that slice only, as with a 2D model): each healthy volume's
     residual and 3D medians are computed once, and for each lesioned copy only the slices the lesion
     changed (and the medians of the slices within reach of them) again -- the filtering gives the
-    same numbers as filtering every copy whole; a network's residual of a slice restored in another
-    batch differs by float rounding (~1e-7 of its range);
+    same numbers as filtering every copy whole; ``residual_fn`` is called twice per volume (the
+    volume, then the changed slices of all its copies together), and a network's residual of a
+    slice restored in another batch differs by float rounding (~1e-7 of its range);
     ``volumes`` yields ``(image (z, S, S), brain (z, S, S) bool, voxel_mm)`` of healthy volumes
     (at most ``MAX_SELECTION_VOLUMES`` are used; ``progress(done, total)``, when given, is called
     after each lesioned copy); the candidates count voxels of their median grid
@@ -164,7 +177,7 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
         raise ValueError("no healthy validation volume to choose the recommended map's settings on")
     reference_mm = grid_mm(voxel_mm for _, _, voxel_mm in healthy)
     lesions = 0
-    # scipy's median runs without the GIL: the candidate sizes are filtered side by side
+    # filters and histograms run mostly without the GIL: the candidate sizes are scored side by side
     with ThreadPoolExecutor(max(min(os.cpu_count() or 1, len(medians)), 1)) as threads:
         for image, brain, voxel_mm in healthy:
             # a lesion changes a few slices: the residual and the median of the others are the healthy volume's
@@ -172,22 +185,22 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
             sizes = {k: filter_sizes(k, 0.0, voxel_mm, reference_mm)[0] for k in medians}
             sigmas_here = {s: filter_sizes(0, s, voxel_mm, reference_mm)[1] for s in sigmas}
             clean_medians = dict(zip(sizes, threads.map(lambda size: median(clean, size), sizes.values())))
-            for _ in range(copies):
-                lesioned, label = synthetic_lesion(image, brain, voxel_mm, rng)
-                changed = np.flatnonzero(np.any(lesioned != image, axis=(1, 2)))
+            copied = [synthetic_lesion(image, brain, voxel_mm, rng) for _ in range(copies)]
+            changes = [np.flatnonzero(np.any(lesioned != image, axis=(1, 2))) for lesioned, _ in copied]
+            # the changed slices of all the volume's copies are restored together (fuller batches)
+            stacked = np.concatenate([lesioned[changed] for (lesioned, _), changed in zip(copied, changes)])
+            restored = residual_fn(stacked[..., None])[..., 0] if len(stacked) else stacked
+            ends = np.cumsum([len(changed) for changed in changes])
+            for (_, label), changed, end in zip(copied, changes, ends):
                 residual = clean.copy()
-                if len(changed):
-                    residual[changed] = residual_fn(lesioned[changed][..., None])[..., 0]
-                medians_here = threads.map(median_changed, clean_medians.values(), [residual] * len(sizes),
-                                           sizes.values(), [changed] * len(sizes))
-                for k, filtered in zip(sizes, medians_here):
-                    for s, sigma in sigmas_here.items():
-                        hists[(k, s)].update(smooth_in_brain(filtered, brain, sigma), label, mask=brain)
+                residual[changed] = restored[end - len(changed):end]
+                # one task per median size, each updating its own histograms
+                list(threads.map(lambda k: _score_copy(hists, k, sigmas_here, clean_medians[k], residual, sizes[k],
+                                                       changed, brain, label), sizes))
                 lesions += 1
                 if progress is not None:
                     progress(lesions, len(healthy) * copies)
-    table = [{"median_size": k, "gaussian_sigma": s, "auprc": h.auprc(), "auroc": h.auroc()}
-             for (k, s), h in hists.items()]
+        table = list(threads.map(_table_row, hists.items()))
     best = max(table, key=lambda row: row["auprc"])
     return {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"], "voxel_mm": reference_mm,
             "table": table, "lesions": lesions}
