@@ -14,7 +14,9 @@ from script_loader import load_script
 from tfvae import preprocessing, config as config_lib
 from tfvae import data
 from tfvae.ensemble import split_volumes
+from tfvae.evaluation import FAR_MM, far_from_lesions
 from tfvae.predictors import ALL_PREDICTORS
+from tfvae.preprocessing import SliceGeometry
 
 METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
@@ -267,9 +269,17 @@ def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
     volumes = sorted({ex["volume_id"].decode() for ex in examples})
     intensity = {r["volume"]: r for r in rows if r["predictor"] == "intensity"}
     assert sorted(intensity) == volumes
-    pooled_fp = pooled_healthy = fixed_fp = 0
+    pooled_fp = pooled_healthy = fixed_fp = far_fp = far_healthy = 0
     for vid in volumes:
         mine = [ex for ex in examples if ex["volume_id"].decode() == vid]
+        # brute force: each brain pixel's distance (mm) to the nearest lesion pixel of its stacked volume
+        spacing = SliceGeometry.from_arrays(mine[0]["source_shape"], mine[0]["source_affine"], mine[0]["crop"]).voxel_mm()
+        stacked = np.stack([np.squeeze(ex["label"]) > 0 for ex in mine])
+        in_brain = np.stack([np.squeeze(ex["brain_mask"]) > 0 for ex in mine])
+        where = np.argwhere(in_brain) * np.asarray(spacing)
+        lesions = np.argwhere(stacked) * np.asarray(spacing)
+        nearest = (np.min(np.linalg.norm(where[:, None] - lesions[None], axis=-1), axis=1) if len(lesions)
+                   else np.full(len(where), np.inf))
         lesion = sum(int(((ex["label"] > 0) & (ex["brain_mask"] > 0)).sum()) for ex in mine)
         brain = np.concatenate([ex["image"][ex["brain_mask"] > 0] for ex in mine])
         labels = np.concatenate([ex["label"][ex["brain_mask"] > 0] > 0 for ex in mine])
@@ -288,11 +298,15 @@ def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
         assert float(r["measured_fpr0.01"]) == pytest.approx((flagged & ~labels).sum() / (~labels).sum(), abs=1e-5)
         pooled_fp += (flagged & ~labels).sum()
         pooled_healthy += (~labels).sum()
+        far_fp += (flagged & ~labels & (nearest > FAR_MM)).sum()  # argwhere's order is the brain mask's
+        far_healthy += (~labels & (nearest > FAR_MM)).sum()
         fixed_fp += ((brain >= results["intensity"]["dice_fpr01_threshold"]) & ~labels).sum()
         if labels.any():
             assert float(r["auroc_brain"]) == pytest.approx(roc_auc_score(labels, brain), abs=1e-4)
     # the test set's measured false-positive rate: over all its healthy brain pixels, per-scan and fixed
     assert results["intensity"]["measured_fpr01"] == pytest.approx(pooled_fp / pooled_healthy, abs=1e-9)
+    assert far_healthy < pooled_healthy  # the lesions' borders are left out
+    assert results["intensity"]["measured_fpr01_far"] == pytest.approx(far_fp / far_healthy, abs=1e-9)
     assert results["intensity"]["fixed_threshold"]["measured_fpr01"] == pytest.approx(fixed_fp / pooled_healthy, abs=1e-9)
     with open(os.path.join(run, "eval", "results.md")) as f:
         assert "intensity: the scan itself thresholded" in f.read()
@@ -560,3 +574,16 @@ def test_the_nifti_maps_asked_for_are_chosen_once_for_every_volume(tmp_path):
     assert fallback.wanted("rec_error") and not fallback.wanted("intensity")
     every = NiftiMaps(str(tmp_path), "all", scored=["rec_error", "recommended", "intensity"])
     assert every.wanted("rec_error") and every.wanted("recommended") and not every.wanted("intensity")
+
+
+def test_far_from_lesions_counts_millimetres_per_axis():
+    label = np.zeros((5, 9, 9), bool)
+    label[2, 4, 4] = True
+    far = far_from_lesions(label, (3.0, 2.0, 1.0))  # slices 3 mm apart, rows 2 mm, columns 1 mm
+    assert FAR_MM == 6.0
+    assert not far[0, 4, 4] and far[0, 4, 8]  # 6 mm away along the slices (not more); sqrt(36 + 16) mm
+    assert not far[2, 1, 4] and far[2, 0, 4]  # 6 mm and 8 mm along the rows
+    assert not far[2, 4, 0] and not far[2, 4, 8]  # 4 mm along the columns
+    assert far_from_lesions(np.zeros((2, 3, 3)), (1.0, 1.0, 1.0)).all()  # no lesion: everything is far
+    from tfvae import reporting
+    assert f"more than {FAR_MM:g} mm from any lesion" in reporting.legend()  # the printed legend says the same

@@ -344,6 +344,18 @@ def test_volume_fpr_known_answer_fixed_and_per_volume_thresholds():
     assert own.fprs["t"] == [pytest.approx(0.5), pytest.approx(2 / 3)]
     assert own.fpr_summary()["t"]["pooled"] == pytest.approx(7 / 13)
     assert own.values["t"][0] == pytest.approx(2 * 2 / (7 + 2))  # 5 negatives + 2 positives flagged
+    # negatives marked far are also counted apart: volume 1's negatives 0..4, 8 and 9 (2 of 7 flagged; its
+    # far positives never count); volume 2's 0 and 30, with 30 masked out (0 of 1)
+    far = VolumeDice({"t": 7.0})
+    far.update(np.r_[np.arange(10.0), 8.0, 9.0], np.r_[np.zeros(10), 1, 1],
+               far=np.r_[np.ones(5), 0, 0, 0, 1, 1, 1, 1].astype(bool))
+    far.update(np.array([0.0, 1.0, 2.0, 30.0]), np.zeros(4), mask=np.array([True, True, True, False]),
+               far=np.array([True, False, False, True]))
+    assert far.fpr_summary()["t"]["far_pooled"] == pytest.approx(2 / 8)
+    assert far.fpr_summary()["t"]["pooled"] == pytest.approx(3 / 13)
+    assert np.isnan(vd.fpr_summary()["t"]["far_pooled"])  # none given
+    with pytest.raises(ValueError, match="far has shape"):
+        far.update(np.zeros(4), np.zeros(4), far=np.zeros(3, bool))
     # a volume without negatives has no false-positive rate
     lesion_only = VolumeDice({"t": 0.5})
     lesion_only.update(np.ones(3), np.ones(3))

@@ -8,7 +8,12 @@ For each predictor (``tfvae.predictors.ALL_PREDICTORS``) ``evaluate`` reports
 - ``best_dice``: the best dataset-wise Dice over all thresholds (brain pixels), with its threshold;
 - ``dice_fpr01``, ``dice_fpr05``: Dice per volume (brain pixels) at the threshold that flags 1 % /
   5 % of the brain pixels of healthy *validation* slices (no test label is used), averaged over
-  volumes, with the spread (``*_std``) and the thresholds.
+  volumes, with the spread (``*_std``) and the thresholds;
+- ``measured_fpr01``, ``measured_fpr05``: the share of the test scans' healthy brain pixels (label
+  0) those thresholds flag, and ``*_far``: the same over the healthy brain pixels more than
+  ``FAR_MM`` from any lesion voxel (``far_from_lesions``) -- what is flagged in healthy tissue,
+  without the lesion's border, where the label's edge, partial volumes and the maps' smoothing
+  make flagged label-0 pixels a matter of outline rather than a false detection.
 
 When post-processing is on (``postprocess.*``, see ``tfvae.postprocessing``), every metric is
 reported twice: on the raw maps and, under ``"postprocessed"``, on the post-processed ones (with
@@ -40,6 +45,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
 from tfvae import config as config_lib
 from tfvae import data
@@ -52,6 +58,19 @@ from tfvae.nifti import write_maps
 from tfvae.predictors import ALL_PREDICTORS
 from tfvae.reporting import FigureSlices
 from tfvae.scoring import Scorer, Volume, variants, volumes
+
+FAR_MM = 6.0  # two voxels of the 64 x 64 phantom grid (3 mm), three of a 2 mm one
+
+
+def far_from_lesions(label: np.ndarray, voxel_mm) -> np.ndarray:
+    """Boolean (z, S, S): the voxels more than ``FAR_MM`` from every lesion voxel (``label > 0``) of
+    a stacked volume whose voxels measure ``voxel_mm`` (slice spacing, row, column) -- Euclidean
+    distance (``scipy.ndimage.distance_transform_edt``); all True without a lesion."""
+    lesion = np.asarray(label) > 0
+    if not lesion.any():
+        return np.ones(lesion.shape, bool)
+    return ndimage.distance_transform_edt(~lesion, sampling=voxel_mm) > FAR_MM
+
 
 SAME_VOLUME_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
@@ -79,17 +98,17 @@ class Measures:
         self.estimated = {k: [] for k in thresholds}  # label-free estimates at the thresholds used ...
         self.estimated_fixed = {k: [] for k in thresholds}  # ... and at the calibrated ones
 
-    def update(self, score, label, brain, scan_thresholds: dict | None = None):
+    def update(self, score, label, brain, scan_thresholds: dict | None = None, far=None):
         """One volume; ``scan_thresholds``: key -> ``ScanThreshold`` of this volume (default: the
-        calibrated thresholds)."""
+        calibrated thresholds); ``far`` (z, S, S): the pixels far from any lesion (``far_from_lesions``)."""
         self.all.update(score, label)
         self.brain.update(score, label, mask=brain)
         args = (score[..., 0], label[..., 0], brain[..., 0])
-        self.fixed.update(*args)
+        self.fixed.update(*args, far=far)
         if scan_thresholds is None:
-            self.dice.update(*args)
+            self.dice.update(*args, far=far)
             return
-        self.dice.update(*args, thresholds={k: st.threshold for k, st in scan_thresholds.items()})
+        self.dice.update(*args, thresholds={k: st.threshold for k, st in scan_thresholds.items()}, far=far)
         for k, st in scan_thresholds.items():
             self.estimated[k].append(st.estimated_fpr)
             self.estimated_fixed[k].append(st.estimated_fpr_at_reference)
@@ -105,11 +124,13 @@ class Measures:
             out[f"{key}_threshold"] = self.thresholds[key]
             measured = measured_key(key)
             out[measured] = fprs[key]["pooled"]
+            out[f"{measured}_far"] = fprs[key]["far_pooled"]
             out[f"{measured}_volumes"] = {k: fprs[key][k] for k in ("mean", "std", "max", "n")}
             estimated = measured.replace("measured_", "estimated_")
             if self.estimated[key]:
                 out[estimated] = _nanmean(self.estimated[key])
-            out["fixed_threshold"].update({key: fixed_dice[key]["mean"], measured: fixed_fprs[key]["pooled"]})
+            out["fixed_threshold"].update({key: fixed_dice[key]["mean"], measured: fixed_fprs[key]["pooled"],
+                                           f"{measured}_far": fixed_fprs[key]["far_pooled"]})
             if self.estimated_fixed[key]:
                 out["fixed_threshold"][estimated] = _nanmean(self.estimated_fixed[key])
         out["pixels"] = self.all.n_pos + self.all.n_neg
@@ -152,12 +173,13 @@ class Evaluator:
 
     def update(self, volume: Volume) -> None:
         label, brain = volume.label, volume.brain_mask > 0
+        far = far_from_lesions(label[..., 0], volume.geometry.voxel_mm())
         for variant, by_p in volume.variants.items():
             for p, score in by_p.items():
-                self.measures[variant][p].update(score, label, brain, volume.thresholds[variant][p])
+                self.measures[variant][p].update(score, label, brain, volume.thresholds[variant][p], far)
         if self.same_volumes and not volume.ensemble_fit:
             for p, score in volume.variants["raw"].items():
-                self.same_volumes[p].update(score, label, brain, volume.thresholds["raw"][p])
+                self.same_volumes[p].update(score, label, brain, volume.thresholds["raw"][p], far)
 
     def results(self) -> dict:
         results = {p: self.measures["raw"][p].result() for p in self.predictors}

@@ -24,12 +24,13 @@ API
     ``merge(other)``: add another histogram with the same ``bits`` (parallel evaluation).
 ``VolumeDice(thresholds)``
     ``thresholds`` maps a name to a threshold; ``update(scores, labels, mask=None,
-    thresholds=None)`` takes ONE volume (optionally with its own thresholds) and records its
-    Dice and its false-positive rate (flagged negatives / negatives, inside ``mask``) at every
-    threshold; ``summary()`` returns ``{name: {"mean", "std", "n"}}`` of the Dice (std:
+    thresholds=None, far=None)`` takes ONE volume (optionally with its own thresholds) and
+    records its Dice and its false-positive rate (flagged negatives / negatives, inside ``mask``)
+    at every threshold; ``summary()`` returns ``{name: {"mean", "std", "n"}}`` of the Dice (std:
     population, ddof=0), ``fpr_summary()`` the measured false-positive rates
-    (``{name: {"pooled", "mean", "std", "max", "n"}}``: pooled over all negatives of all volumes,
-    and over the volumes that have negatives); ``values`` / ``fprs`` hold the per-volume lists.
+    (``{name: {"pooled", "mean", "std", "max", "n", "far_pooled"}}``: pooled over all negatives
+    of all volumes, over the volumes that have negatives, and pooled over the negatives marked
+    ``far``); ``values`` / ``fprs`` hold the per-volume lists.
 ``dice(pred, target)``
     Dice of two boolean arrays; 1.0 when both are empty.
 
@@ -496,19 +497,30 @@ class VolumeDice:
         self.fprs: dict[str, list[float]] = {k: [] for k in self.thresholds}
         self._false_positives = {k: 0 for k in self.thresholds}
         self._negatives = 0
+        self._far_false_positives = {k: 0 for k in self.thresholds}  # among the negatives marked ``far``
+        self._far_negatives = 0
 
-    def update(self, scores, labels, mask=None, thresholds: Mapping[str, float] | None = None) -> None:
+    def update(self, scores, labels, mask=None, thresholds: Mapping[str, float] | None = None,
+               far=None) -> None:
         """Record the Dice and the false-positive rate of one volume at every threshold -- the
         fixed ones, or ``thresholds`` (this volume's own, for every name). With ``clean`` (e.g.
         removal of small connected components), each binary prediction, in the scores' own shape
-        and restricted to ``mask``, is cleaned before it is compared."""
+        and restricted to ``mask``, is cleaned before it is compared. ``far`` (bool, the scores'
+        shape): negatives also counted apart, for ``fpr_summary``'s ``far_pooled`` (e.g. the
+        healthy pixels away from any lesion, where a flagged pixel is not the lesion's border)."""
         shape = np.shape(scores)
+        if far is not None and np.shape(far) != shape:
+            raise ValueError(f"far has shape {np.shape(far)}, the scores {shape}")
         scores, labels, mask = _flat_inputs(scores, labels, mask)
         scores = scores.astype(np.float32, copy=False)
         _check_no_nan(scores)
         target = labels > 0 if mask is None else (labels > 0)[mask]
         negatives = int(target.size - np.count_nonzero(target))
         self._negatives += negatives
+        if far is not None:
+            far = np.asarray(far, bool).reshape(-1)
+            far = (far if mask is None else far[mask]) & ~target
+            self._far_negatives += int(np.count_nonzero(far))
         for name in self.thresholds:
             t = self.thresholds[name] if thresholds is None else float(thresholds[name])
             if np.isnan(t):
@@ -522,19 +534,24 @@ class VolumeDice:
             self.values[name].append(dice(pred, target))
             false_positives = int(np.count_nonzero(pred & ~target))
             self._false_positives[name] += false_positives
+            if far is not None:
+                self._far_false_positives[name] += int(np.count_nonzero(pred & far))
             self.fprs[name].append(false_positives / negatives if negatives else float("nan"))
 
     def fpr_summary(self) -> dict[str, dict]:
-        """``{name: {"pooled", "mean", "std", "max", "n"}}``: the false-positive rate over all
-        negatives of all volumes, and its mean, population std and maximum over the ``n`` volumes
-        with negatives (NaN when there are none)."""
+        """``{name: {"pooled", "mean", "std", "max", "n", "far_pooled"}}``: the false-positive rate
+        over all negatives of all volumes, and its mean, population std and maximum over the ``n``
+        volumes with negatives (NaN when there are none); ``far_pooled``: over the negatives given as
+        ``far`` to ``update`` only (NaN when none were)."""
         out = {}
         for name, vals in self.fprs.items():
             v = np.asarray([f for f in vals if not np.isnan(f)], dtype=np.float64)
             pooled = self._false_positives[name] / self._negatives if self._negatives else float("nan")
+            far = self._far_false_positives[name] / self._far_negatives if self._far_negatives else float("nan")
             out[name] = {"pooled": float(pooled), "mean": float(v.mean()) if v.size else float("nan"),
                          "std": float(v.std()) if v.size else float("nan"),
-                         "max": float(v.max()) if v.size else float("nan"), "n": int(v.size)}
+                         "max": float(v.max()) if v.size else float("nan"), "n": int(v.size),
+                         "far_pooled": float(far)}
         return out
 
     def summary(self) -> dict[str, dict]:
