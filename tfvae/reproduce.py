@@ -574,7 +574,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
 
 
 EVIDENCE_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05",
-                    "measured_fpr01", "measured_fpr05")
+                    "measured_fpr01", "measured_fpr05", "measured_fpr01_far", "measured_fpr05_far")
 
 
 def evidence(per_setting: dict, extras: dict, claims: list[str], verdicts: list[str]) -> dict:
