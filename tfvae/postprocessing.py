@@ -96,10 +96,9 @@ def median_filter(volume: np.ndarray, size) -> np.ndarray:
         # voxel i's window is padded[i : i + size] (the same placement as scipy's, even sizes included)
         padded = np.pad(volume, [(s // 2, s - 1 - s // 2) for s in size], mode="edge")
         window = np.ravel_multi_index(np.indices(size).reshape(volume.ndim, -1), padded.shape)
-        corner = np.ravel_multi_index(np.unravel_index(ranked, volume.shape), padded.shape)
         flat, step, values = padded.ravel(), max(MEDIAN_CHUNK // n, 1), np.empty(ranked.size, np.float32)
         for start in range(0, ranked.size, step):
-            windows = flat[corner[start:start + step, None] + window]
-            values[start:start + step] = np.partition(windows, rank, axis=1)[:, rank]
+            corner = np.ravel_multi_index(np.unravel_index(ranked[start:start + step], volume.shape), padded.shape)
+            values[start:start + step] = np.partition(flat[corner[:, None] + window], rank, axis=1)[:, rank]
         out.ravel()[ranked] = values
     return out
