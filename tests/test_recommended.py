@@ -127,6 +127,8 @@ def test_selection_filters_only_what_a_lesion_changes_and_gets_the_same_numbers(
     assert [g[:2] for g in got] == [e[:2] for e in expected]
     assert sum(seen) < 3 * (30 + 22)  # each volume once, then only the lesioned slices: fewer than 3 whole copies
     assert len(seen) == 2 * len(volumes)  # per volume: once whole, once for all its copies' changed slices
+    with pytest.raises(ValueError, match="synthetic_copies must be at least 1, got 0"):
+        R.select(residual_fn, volumes, copies=0, seed=7)
 
 
 def test_median_rows_is_the_median_of_those_rows():

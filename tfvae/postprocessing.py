@@ -23,7 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 RESIDUAL_MAPS = ("rec_error", "proj_rec_error")
-MEDIAN_CHUNK = 1 << 22  # window values gathered at once by median_filter (16 MB of float32)
+# window values gathered at once by median_filter: 16 MB of float32, ~64 MB with their indices
+MEDIAN_CHUNK = 1 << 22
 
 
 def enabled(settings: dict) -> bool:
@@ -72,9 +73,9 @@ def positive_residual(maps: dict, images: np.ndarray) -> dict:
 
 def median_filter(volume: np.ndarray, size) -> np.ndarray:
     """The median over a window of ``size`` voxels (an int, or one per axis) around each voxel of
-    ``volume``, edges padded with the nearest voxel, float32: exactly
-    ``scipy.ndimage.median_filter(volume, size, mode="nearest")`` (the value of rank n // 2 of the
-    n window values; tested equal).
+    ``volume`` (cast to float32), edges padded with the nearest voxel, float32: the values of
+    ``scipy.ndimage.median_filter(volume, size, mode="nearest")`` (rank n // 2 of the n window
+    values; tested equal; where a window holds both -0.0 and +0.0 either may come out).
 
     Faster where the volume's minimum fills more than half of a window -- a positive residual is 0
     over most of the background and half the brain -- since the median there is that minimum: those

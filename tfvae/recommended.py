@@ -168,6 +168,8 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
     after each lesioned copy); the candidates count voxels of their median grid
     (``grid_mm``). Returns ``{"median_size", "gaussian_sigma", "voxel_mm", "table":
     [{"median_size", "gaussian_sigma", "auprc", "auroc"}, ...], "lesions"}``."""
+    if copies < 1:
+        raise ValueError(f"recommended.synthetic_copies must be at least 1, got {copies}")
     rng = np.random.default_rng(seed)
     medians = (median_size,) if median_size is not None else MEDIAN_CANDIDATES
     sigmas = (gaussian_sigma,) if gaussian_sigma is not None else SIGMA_CANDIDATES
