@@ -158,6 +158,18 @@ def test_target_is_judged_beyond_the_seed_spread():
     assert line.endswith("met, beyond the seed spread.") and "4.5x" in line
     failing = next(v for v in verdicts if v.startswith("latent 64, beta 10 "))
     assert failing.endswith("not met.")  # AUPRC ratio 1x, Dice 0.3
+    assert "FPR@1% >6mm recommended" in table.splitlines()[0] and "—" in table  # no FPRs in these results
+    # what the model adds over intensity_filtered: paired per seed, judged against the spread
+    for s, r in enumerate(per_setting[(64, 1.0)]):
+        r["intensity_filtered"] = {"auroc_brain": 0.80, "auprc_brain": 0.5 + 0.01 * s, "dice_fpr01": 0.6}
+        r["recommended"].update(measured_fpr01=0.02 + 0.001 * s, measured_fpr01_far=0.007)
+    table, verdicts = rp.target_table(per_setting)
+    row = next(l for l in table.splitlines() if l.startswith("| 64 | 1 | 3 |"))
+    assert "| 2.10 ± 0.10% | 0.70 ± 0.00% |" in row
+    added = next(v for v in verdicts if v.startswith("latent 64, beta 1 (3 seeds), what the model adds"))
+    auroc = [r["recommended"]["auroc_brain"] - 0.80 for r in per_setting[(64, 1.0)]]
+    assert f"AUROC brain {np.mean(auroc):+.3f} ± {np.std(auroc, ddof=1):.3f} (better)" in added
+    assert "AUPRC brain +0.390 ± 0.010 (better)" in added and "Dice@1%FPR +0.000 ± 0.000 (tie)" in added
 
 
 def test_plans_are_validated_and_name_the_file_and_key(tmp_path):
@@ -227,7 +239,7 @@ def test_a_whole_reproduction_on_the_tiny_phantom(tiny_data_dir, tmp_path):
                        log=logs.append)
     assert len(out["per_setting"][(64, 10.0)]) == 2 and len(out["per_setting"][(32, 1.0)]) == 1
     md = (tmp_path / "tables" / "tables.md").read_text()
-    for heading in ("## The recommended map against the intensity baseline", "### Table 1", "### Table 2",
+    for heading in ("## The recommended map against the intensity baselines", "### Table 1", "### Table 2",
                     "## The paper's findings", "Reference map-making against plain maps", "Ensemble over",
                     "## Where each run stopped", "| l64_b10_s1 | 1 | 1 |"):
         assert heading in md, heading
