@@ -193,8 +193,9 @@ class Evaluator:
 class PerVolume:
     """The per-volume consumer: for every volume and predictor (raw maps), the lesion and flagged
     volumes in ml, the Dice and the false-positive rate measured on the volume's healthy brain
-    pixels (label 0) at each calibrated FPR, and the AUROC inside the brain (empty for a volume
-    without lesion), as rows of ``per_volume.csv``."""
+    pixels (label 0) at each calibrated FPR, the same more than ``FAR_MM`` from any lesion
+    (``measured_fpr<rate>_far``), and the AUROC inside the brain (empty for a volume without
+    lesion), as rows of ``per_volume.csv``."""
 
     def __init__(self, predictors):
         self.predictors, self.rows = list(predictors), []
@@ -203,6 +204,7 @@ class PerVolume:
         brain, lesion = volume.brain_mask[..., 0] > 0, (volume.label[..., 0] > 0) & (volume.brain_mask[..., 0] > 0)
         ml = float(np.prod(volume.geometry.voxel_mm())) / 1000.0
         healthy = brain & ~lesion
+        far = healthy & far_from_lesions(volume.label[..., 0], volume.geometry.voxel_mm())
         for p, score in volume.variants["raw"].items():
             row = {"volume": volume.volume_id, "predictor": p, "lesion_ml": round(lesion.sum() * ml, 3),
                    "ensemble_fit": volume.ensemble_fit}
@@ -214,6 +216,7 @@ class PerVolume:
                 row[f"dice_fpr{fpr:g}"] = round(metrics.dice(flagged, lesion), 4)
                 row[f"measured_fpr{fpr:g}"] = (round(float((flagged & healthy).sum() / healthy.sum()), 5)
                                                if healthy.any() else "")
+                row[f"measured_fpr{fpr:g}_far"] = round(float((flagged & far).sum() / far.sum()), 5) if far.any() else ""
                 row[f"estimated_fpr{fpr:g}_at_calibrated"] = round(chosen.estimated_fpr_at_reference, 5)
             if lesion.any() and (brain & ~lesion).any():
                 hist = metrics.PixelHistogram()
