@@ -585,7 +585,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
         files.write_json(os.path.splitext(md_path)[0] + ".json", evidence(per_setting, extras, claims, verdicts))
     kept = _kept_notes(md_file)
     if CROSS_DOMAIN_BEGIN in kept:  # the cross-domain study's section, made by its own command, is kept
-        text[5:5] = [f"The cross-domain section at the end is made by `python scripts/reproduce_tables.py "
+        text[6:6] = [f"The cross-domain section at the end is made by `python scripts/reproduce_tables.py "
                      f"--cross-domain --md {md_path or md_file}` (see there).", ""]
     files.write_text(md_file, "\n".join(text) + kept)
     return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras, "missing": missing}
