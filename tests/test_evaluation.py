@@ -298,10 +298,10 @@ def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
         assert float(r["measured_fpr0.01"]) == pytest.approx((flagged & ~labels).sum() / (~labels).sum(), abs=1e-5)
         pooled_fp += (flagged & ~labels).sum()
         pooled_healthy += (~labels).sum()
-        far_fp += (flagged & ~labels & (nearest > FAR_MM)).sum()  # argwhere's order is the brain mask's
-        far_healthy += (~labels & (nearest > FAR_MM)).sum()
-        assert float(r["measured_fpr0.01_far"]) == pytest.approx(
-            (flagged & ~labels & (nearest > FAR_MM)).sum() / (~labels & (nearest > FAR_MM)).sum(), abs=1e-5)
+        far = ~labels & (nearest > FAR_MM)  # argwhere's order is the brain mask's
+        assert float(r["measured_fpr0.01_far"]) == pytest.approx((flagged & far).sum() / far.sum(), abs=1e-5)
+        far_fp += (flagged & far).sum()
+        far_healthy += far.sum()
         fixed_fp += ((brain >= results["intensity"]["dice_fpr01_threshold"]) & ~labels).sum()
         if labels.any():
             assert float(r["auroc_brain"]) == pytest.approx(roc_auc_score(labels, brain), abs=1e-4)

@@ -173,13 +173,12 @@ class Evaluator:
 
     def update(self, volume: Volume) -> None:
         label, brain = volume.label, volume.brain_mask > 0
-        far = far_from_lesions(label[..., 0], volume.geometry.voxel_mm())
         for variant, by_p in volume.variants.items():
             for p, score in by_p.items():
-                self.measures[variant][p].update(score, label, brain, volume.thresholds[variant][p], far)
-        if self.same_volumes and not volume.ensemble_fit:
+                self.measures[variant][p].update(score, label, brain, volume.thresholds[variant][p], volume.far)
+        if self.same_volumes and not volume.ensemble_fit:  # no far rate among SAME_VOLUME_METRICS
             for p, score in volume.variants["raw"].items():
-                self.same_volumes[p].update(score, label, brain, volume.thresholds["raw"][p], far)
+                self.same_volumes[p].update(score, label, brain, volume.thresholds["raw"][p])
 
     def results(self) -> dict:
         results = {p: self.measures["raw"][p].result() for p in self.predictors}
@@ -204,7 +203,7 @@ class PerVolume:
         brain, lesion = volume.brain_mask[..., 0] > 0, (volume.label[..., 0] > 0) & (volume.brain_mask[..., 0] > 0)
         ml = float(np.prod(volume.geometry.voxel_mm())) / 1000.0
         healthy = brain & ~lesion
-        far = healthy & far_from_lesions(volume.label[..., 0], volume.geometry.voxel_mm())
+        far = healthy & volume.far
         for p, score in volume.variants["raw"].items():
             row = {"volume": volume.volume_id, "predictor": p, "lesion_ml": round(lesion.sum() * ml, 3),
                    "ensemble_fit": volume.ensemble_fit}
@@ -284,7 +283,8 @@ class NiftiMaps:
 def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: dict, *, fit_ids=(),
                    ensemble_features=(), seed: int = 0, progress=None, on_ensemble=None):
     """The stream: every test volume with its maps (``volume.maps``), raw and post-processed
-    (``volume.variants``) and whether the ensemble was fitted on it (``volume.ensemble_fit``).
+    (``volume.variants``), whether the ensemble was fitted on it (``volume.ensemble_fit``) and its
+    pixels far from any lesion (``volume.far``, ``far_from_lesions``; made once for every consumer).
 
     With ``fit_ids``, those volumes come first, the ensemble (``ensemble.PredictorEnsemble`` over
     ``ensemble_features``) is fitted on them with their labels, ``on_ensemble(ensemble)`` is called
@@ -305,6 +305,7 @@ def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: 
             volume.maps["ensemble"] = ensemble.score(volume.maps)
         volume.variants = variants(volume, predictors, settings)
         volume.ensemble_fit = fitting
+        volume.far = far_from_lesions(volume.label[..., 0], volume.geometry.voxel_mm())
         return volume
 
     ensemble, fit_volumes = None, []

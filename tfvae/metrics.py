@@ -509,8 +509,6 @@ class VolumeDice:
         shape): negatives also counted apart, for ``fpr_summary``'s ``far_pooled`` (e.g. the
         healthy pixels away from any lesion, where a flagged pixel is not the lesion's border)."""
         shape = np.shape(scores)
-        if far is not None and np.shape(far) != shape:
-            raise ValueError(f"far has shape {np.shape(far)}, the scores {shape}")
         scores, labels, mask = _flat_inputs(scores, labels, mask)
         scores = scores.astype(np.float32, copy=False)
         _check_no_nan(scores)
@@ -518,6 +516,8 @@ class VolumeDice:
         negatives = int(target.size - np.count_nonzero(target))
         self._negatives += negatives
         if far is not None:
+            if np.shape(far) != shape:
+                raise ValueError(f"far has shape {np.shape(far)}, the scores {shape}")
             far = np.asarray(far, bool).reshape(-1)
             far = (far if mask is None else far[mask]) & ~target
             self._far_negatives += int(np.count_nonzero(far))

@@ -322,8 +322,7 @@ def target_table(per_setting: dict) -> tuple[str, list[str]]:
         for m, _ in metrics_:
             cells += [_fmt(cell_stats([value(r, p, m) for r in seeds])) for p, _ in baselines]
         for m, _ in fprs:
-            stats = cell_stats([None if value(r, "recommended", m) is None else 100 * value(r, "recommended", m)
-                                for r in seeds])
+            stats = cell_stats([None if v is None else 100 * v for v in (value(r, "recommended", m) for r in seeds)])
             cells.append(_fmt(stats, 2) + "%" if stats else "—")
         lines.append("| " + " | ".join(cells) + " |")
     verdicts = []

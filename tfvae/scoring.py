@@ -43,6 +43,7 @@ class Volume:
     variants: dict = dataclasses.field(default_factory=dict)  # see ``variants``
     thresholds: dict = dataclasses.field(default_factory=dict)  # each variant's own (evaluation.ScanThresholds)
     ensemble_fit: bool = False  # the ensemble was fitted on this volume (evaluation)
+    far: np.ndarray | None = None  # (z, S, S) bool: more than evaluation.FAR_MM from any lesion (evaluation)
 
 
 def volumes(examples: tf.data.Dataset, batch_size: int = 256):
