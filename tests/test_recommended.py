@@ -129,6 +129,13 @@ def test_selection_filters_only_what_a_lesion_changes_and_gets_the_same_numbers(
     assert len(seen) == 2 * len(volumes)  # per volume: once whole, once for all its copies' changed slices
     with pytest.raises(ValueError, match="synthetic_copies must be at least 1, got 0"):
         R.select(residual_fn, volumes, copies=0, seed=7)
+    # the progress starts at 0 before the first network pass (a bar's clock then counts the whole
+    # stage) and counts every lesioned copy
+    events = []
+    R.select(lambda images: events.append("pass") or residual_fn(images), volumes, copies=2, seed=7,
+             progress=lambda done, total: events.append((done, total)))
+    assert events[0] == (0, 4) and events[1] == "pass" and events[-1] == (4, 4)
+    assert [e for e in events if e != "pass"] == [(i, 4) for i in range(5)]
 
 
 def test_median_rows_is_the_median_of_those_rows():

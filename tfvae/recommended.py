@@ -165,7 +165,8 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
     slice restored in another batch differs by float rounding (~1e-7 of its range);
     ``volumes`` yields ``(image (z, S, S), brain (z, S, S) bool, voxel_mm)`` of healthy volumes
     (at most ``MAX_SELECTION_VOLUMES`` are used; ``progress(done, total)``, when given, is called
-    after each lesioned copy); the candidates count voxels of their median grid
+    with 0 before the first volume, so that a progress bar's clock starts with the stage, and after
+    each lesioned copy); the candidates count voxels of their median grid
     (``grid_mm``). Returns ``{"median_size", "gaussian_sigma", "voxel_mm", "table":
     [{"median_size", "gaussian_sigma", "auprc", "auroc"}, ...], "lesions"}``."""
     if copies < 1:
@@ -179,6 +180,8 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
         raise ValueError("no healthy validation volume to choose the recommended map's settings on")
     reference_mm = grid_mm(voxel_mm for _, _, voxel_mm in healthy)
     lesions = 0
+    if progress is not None:
+        progress(0, len(healthy) * copies)
     # filters and histograms run mostly without the GIL: the candidate sizes are scored side by side
     with ThreadPoolExecutor(max(min(os.cpu_count() or 1, len(medians)), 1)) as threads:
         for image, brain, voxel_mm in healthy:
