@@ -67,6 +67,61 @@ def test_the_dense_ends_equal_the_papers_4x4_convolutions():
     np.testing.assert_allclose(up(z).numpy().reshape(2, 4, 4, 256), deconv.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size, channels", [(4, 1), (16, 16), (32, 3)])
+def test_to_phases_is_the_stride_2_transposed_convolution_to_one_channel(size, channels):
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=(2, size, size, channels)).astype(np.float32)
+    kernel = rng.normal(size=(4, 4, 1, channels)).astype(np.float32)
+    expected = tf.nn.conv2d_transpose(x, kernel, (2, 2 * size, 2 * size, 1), strides=2, padding="SAME").numpy()
+    got = networks.to_phases(x, kernel).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_one_channel_layers_equal_keras_layers_with_their_gradients():
+    """conv1 (input gradient through to_phases) and to_image (forward through to_phases) against
+    Keras's own layers with the same weights: outputs, input and weight gradients."""
+    rng = np.random.default_rng(1)
+    cases = [(networks.Conv2D(16, 4, strides=2, padding="same", use_bias=False),
+              keras.layers.Conv2D(16, 4, strides=2, padding="same", use_bias=False), (3, 32, 32, 1)),
+             (networks.Conv2DTranspose(1, 4, strides=2, padding="same"),
+              keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same"), (3, 16, 16, 16))]
+    for ours, theirs, shape in cases:
+        x = tf.constant(rng.normal(size=shape).astype(np.float32))
+        ours.build(shape), theirs.build(shape)
+        theirs.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in theirs.get_weights()])
+        ours.set_weights(theirs.get_weights())
+        upstream = tf.constant(rng.normal(size=theirs(x).shape).astype(np.float32))
+        results = []
+        for layer in (ours, theirs):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                total = tf.reduce_sum(y * upstream)
+            results.append([y] + tape.gradient(total, [x] + layer.trainable_weights))
+        assert len(results[0]) == len(results[1]) >= 3
+        for a, b in zip(*results):
+            b = b.numpy()
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_weights_saved_with_keras_layers_load_into_the_one_channel_layers(tmp_path, monkeypatch):
+    """Keras files weights under class names: a model built with Keras's own Conv2D and
+    Conv2DTranspose (runs saved before the one-channel layers) loads into today's, same outputs."""
+    with monkeypatch.context() as patch:
+        patch.setattr(networks, "Conv2D", keras.layers.Conv2D)
+        patch.setattr(networks, "Conv2DTranspose", keras.layers.Conv2DTranspose)
+        before = tiny_model(seed=4)
+    assert type(before.encoder.get_layer("conv1")) is keras.layers.Conv2D
+    path = str(tmp_path / "before.weights.h5")
+    before.save_weights(path)
+    today = tiny_model(seed=9)
+    assert type(today.encoder.get_layer("conv1")) is networks.Conv2D
+    today.load_weights(path)
+    x = inputs(n=4, seed=2)
+    np.testing.assert_allclose(today(x).numpy(), before(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_flop_count_of_the_papers_network():
     """Per slice at 64x64, latent 64: each layer's 2 * outputs * kernel taps * input channels."""
     encoder = [2 * 32 * 32 * 16 * 16 * 1, 2 * 16 * 16 * 32 * 16 * 16, 2 * 8 * 8 * 64 * 16 * 32,
