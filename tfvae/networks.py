@@ -84,10 +84,13 @@ _PHASE_INDEX = _phase_index()
 
 def phase_kernel(kernel):
     """The (4, 4, 1, C) kernel of a 4x4 stride-2 transposed convolution to one channel as the
-    (3, 3, C, 4) kernel of a 3x3 stride-1 convolution giving its four output phases (``to_phases``)."""
-    channels = kernel.shape[-1]
-    taps = tf.concat([tf.reshape(kernel, (16, channels)), tf.zeros((1, channels), kernel.dtype)], axis=0)
-    return tf.transpose(tf.gather(taps, _PHASE_INDEX), (0, 1, 3, 2))
+    (3, 3, C, 4) kernel of a 3x3 stride-1 convolution giving its four output phases (``to_phases``):
+    one gather from the flattened kernel and a zero."""
+    channels = int(kernel.shape[-1])
+    tap = _PHASE_INDEX[:, :, None, :]  # (3, 3, 1, 4)
+    flat = np.where(tap < 16, tap * channels + np.arange(channels)[None, None, :, None], 16 * channels)
+    taps = tf.concat([tf.reshape(kernel, (-1,)), tf.zeros((1,), kernel.dtype)], axis=0)
+    return tf.gather(taps, flat.astype(np.int32))
 
 
 def to_phases(x, kernel):
