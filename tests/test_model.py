@@ -84,6 +84,8 @@ def test_one_channel_layers_equal_keras_layers_with_their_gradients():
     rng = np.random.default_rng(1)
     cases = [(networks.Conv2D(16, 4, strides=2, padding="same", use_bias=False),
               keras.layers.Conv2D(16, 4, strides=2, padding="same", use_bias=False), (3, 32, 32, 1)),
+             (networks.Conv2D(4, 4, strides=2, padding="same", use_bias=False),  # odd: TensorFlow's own path
+              keras.layers.Conv2D(4, 4, strides=2, padding="same", use_bias=False), (2, 33, 20, 1)),
              (networks.Conv2DTranspose(1, 4, strides=2, padding="same"),
               keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same"), (3, 16, 16, 16))]
     for ours, theirs, shape in cases:

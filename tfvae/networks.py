@@ -131,7 +131,9 @@ class Conv2D(layers.Conv2D):
     for a 4x4 stride-2 convolution of a one-channel image goes through ``to_phases``."""
 
     def convolution_op(self, inputs, kernel):
-        if _one_channel_case(self, kernel.shape[-2]):
+        # odd or unknown sizes pad "same" unevenly: TensorFlow's own gradient then
+        even = all(size is not None and size % 2 == 0 for size in inputs.shape[1:3])
+        if even and _one_channel_case(self, kernel.shape[-2]):
             return _from_one_channel(inputs, tf.convert_to_tensor(kernel))
         return super().convolution_op(inputs, kernel)
 
