@@ -78,33 +78,46 @@ def test_to_phases_is_the_stride_2_transposed_convolution_to_one_channel(size, c
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-def test_one_channel_layers_equal_keras_layers_with_their_gradients():
+def test_one_channel_layers_equal_keras_layers_with_their_gradients(monkeypatch):
     """conv1 (input gradient through to_phases) and to_image (forward through to_phases) against
-    Keras's own layers with the same weights: outputs, input and weight gradients."""
+    Keras's own layers with the same weights: outputs, input and weight gradients; every other
+    configuration takes Keras's own path."""
+    calls = []
+    for name in ("_from_one_channel", "_to_one_channel"):
+        monkeypatch.setattr(networks, name, lambda *a, _f=getattr(networks, name): calls.append(1) or _f(*a))
     rng = np.random.default_rng(1)
-    cases = [(networks.Conv2D(16, 4, strides=2, padding="same", use_bias=False),
-              keras.layers.Conv2D(16, 4, strides=2, padding="same", use_bias=False), (3, 32, 32, 1)),
-             (networks.Conv2D(4, 4, strides=2, padding="same", use_bias=False),  # odd: TensorFlow's own path
-              keras.layers.Conv2D(4, 4, strides=2, padding="same", use_bias=False), (2, 33, 20, 1)),
-             (networks.Conv2DTranspose(1, 4, strides=2, padding="same"),
-              keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same"), (3, 16, 16, 16))]
-    for ours, theirs, shape in cases:
-        x = tf.constant(rng.normal(size=shape).astype(np.float32))
-        ours.build(shape), theirs.build(shape)
-        theirs.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in theirs.get_weights()])
-        ours.set_weights(theirs.get_weights())
-        upstream = tf.constant(rng.normal(size=theirs(x).shape).astype(np.float32))
-        results = []
-        for layer in (ours, theirs):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-                total = tf.reduce_sum(y * upstream)
-            results.append([y] + tape.gradient(total, [x] + layer.trainable_weights))
-        assert len(results[0]) == len(results[1]) >= 3
-        for a, b in zip(*results):
-            b = b.numpy()
-            np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+    conv, deconv = dict(strides=2, padding="same", use_bias=False), dict(strides=2, padding="same")
+    phase_path = [("Conv2D", 16, 4, conv, (3, 32, 32, 1)), ("Conv2DTranspose", 1, 4, deconv, (3, 16, 16, 16))]
+    keras_path = [("Conv2D", 4, 4, conv, (2, 33, 20, 1)),  # odd: "same" pads unevenly
+                  ("Conv2D", 4, 4, {**conv, "padding": "valid"}, (2, 16, 16, 1)),
+                  ("Conv2D", 4, 4, {**conv, "strides": 1}, (2, 16, 16, 1)),
+                  ("Conv2D", 4, 3, conv, (2, 16, 16, 1)),
+                  ("Conv2D", 4, 4, {**conv, "strides": 1, "dilation_rate": 2}, (2, 16, 16, 1)),
+                  ("Conv2D", 4, 4, {**conv, "groups": 2}, (2, 16, 16, 2)),  # one input channel per group
+                  ("Conv2DTranspose", 2, 4, deconv, (2, 8, 8, 3)),
+                  ("Conv2DTranspose", 1, 4, {**deconv, "padding": "valid"}, (2, 8, 8, 3)),
+                  ("Conv2DTranspose", 1, 3, deconv, (2, 8, 8, 3))]
+    for cases, expect_phase_path in ((phase_path, True), (keras_path, False)):
+        for kind, filters, size, options, shape in cases:
+            ours, theirs = getattr(networks, kind)(filters, size, **options), getattr(keras.layers, kind)(filters, size, **options)
+            x = tf.constant(rng.normal(size=shape).astype(np.float32))
+            ours.build(shape), theirs.build(shape)
+            theirs.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in theirs.get_weights()])
+            ours.set_weights(theirs.get_weights())
+            upstream = tf.constant(rng.normal(size=theirs(x).shape).astype(np.float32))
+            results, calls[:] = [], []
+            for layer in (ours, theirs):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = layer(x)
+                    total = tf.reduce_sum(y * upstream)
+                results.append([y] + tape.gradient(total, [x] + layer.trainable_weights))
+            assert bool(calls) == expect_phase_path, (kind, options, shape)
+            assert len(results[0]) == len(results[1]) >= 3
+            for a, b in zip(*results):
+                b = b.numpy()
+                assert a.shape == b.shape, (kind, options, shape)
+                np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
 def test_weights_saved_with_keras_layers_load_into_the_one_channel_layers(tmp_path, monkeypatch):
@@ -122,6 +135,11 @@ def test_weights_saved_with_keras_layers_load_into_the_one_channel_layers(tmp_pa
     today.load_weights(path)
     x = inputs(n=4, seed=2)
     np.testing.assert_allclose(today(x).numpy(), before(x).numpy(), rtol=1e-5, atol=1e-5)
+    # the layers are registered: a network saved on its own loads with them
+    today.encoder.save(tmp_path / "encoder.keras")
+    encoder = keras.models.load_model(tmp_path / "encoder.keras")
+    assert type(encoder.get_layer("conv1")) is networks.Conv2D
+    np.testing.assert_array_equal(encoder(x).numpy(), today.encoder(x).numpy())
 
 
 def test_flop_count_of_the_papers_network():

@@ -126,6 +126,7 @@ def _one_channel_case(layer, channels: int) -> bool:
             and layer.data_format == "channels_last")
 
 
+@keras.saving.register_keras_serializable(package="tfvae")
 class Conv2D(layers.Conv2D):
     """``keras.layers.Conv2D`` (and its class name, which files its weights), whose input gradient
     for a 4x4 stride-2 convolution of a one-channel image goes through ``to_phases``."""
@@ -133,11 +134,12 @@ class Conv2D(layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         # odd or unknown sizes pad "same" unevenly: TensorFlow's own gradient then
         even = all(size is not None and size % 2 == 0 for size in inputs.shape[1:3])
-        if even and _one_channel_case(self, kernel.shape[-2]):
+        if even and self.groups == 1 and _one_channel_case(self, inputs.shape[-1]):
             return _from_one_channel(inputs, tf.convert_to_tensor(kernel))
         return super().convolution_op(inputs, kernel)
 
 
+@keras.saving.register_keras_serializable(package="tfvae")
 class Conv2DTranspose(layers.Conv2DTranspose):
     """``keras.layers.Conv2DTranspose`` (and its class name, which files its weights), computed
     through ``to_phases`` for a 4x4 stride-2 transposed convolution to one channel."""
