@@ -179,9 +179,9 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
     if not healthy:
         raise ValueError("no healthy validation volume to choose the recommended map's settings on")
     reference_mm = grid_mm(voxel_mm for _, _, voxel_mm in healthy)
-    lesions = 0
+    lesions, total = 0, len(healthy) * copies
     if progress is not None:
-        progress(0, len(healthy) * copies)
+        progress(0, total)
     # filters and histograms run mostly without the GIL: the candidate sizes are scored side by side
     with ThreadPoolExecutor(max(min(os.cpu_count() or 1, len(medians)), 1)) as threads:
         for image, brain, voxel_mm in healthy:
@@ -204,7 +204,7 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
                                                        changed, brain, label), sizes))
                 lesions += 1
                 if progress is not None:
-                    progress(lesions, len(healthy) * copies)
+                    progress(lesions, total)
         table = list(threads.map(_table_row, hists.items()))
     best = max(table, key=lambda row: row["auprc"])
     return {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"], "voxel_mm": reference_mm,
