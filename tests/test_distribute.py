@@ -1,10 +1,13 @@
 """Training under MirroredStrategy (two logical CPUs) equals one device for the same global batch;
 mixed precision keeps the distributions in float32."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -217,7 +220,8 @@ def test_importing_tfvae_turns_tensorflows_onednn_kernels_on_unless_told_otherwi
 
 
 WORKER = textwrap.dedent("""
-    import json, os, sys
+    import faulthandler, json, os, sys
+    faulthandler.dump_traceback_later(540, exit=True)  # a hang ends with every thread's stack on stderr
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     import tensorflow as tf
     from tfvae import model as model_lib
@@ -250,13 +254,52 @@ def _free_ports(n):
     return ports
 
 
+PORT_TAKEN = "Could not start gRPC server"
+
+
+def _run_two_workers(config: dict, run_dir, env: dict, attempts: int = 3, timeout: float = 600) -> list[str]:
+    """Run ``WORKER`` as a cluster of two on 127.0.0.1 and return their standard outputs.
+
+    A worker that fails ends the others at once: under MultiWorkerMirroredStrategy the survivors
+    would wait for it forever. A worker that could not bind its port (another process took it
+    between ``_free_ports`` and the bind) is retried on new ports; any other failure fails the test
+    with its own error."""
+    for attempt in range(attempts):
+        shutil.rmtree(run_dir, ignore_errors=True)  # what a failed attempt's chief began
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+        logs = [run_dir.parent / f"{run_dir.name}_worker{i}_{stream}.txt" for i in range(2) for stream in ("out", "err")]
+        workers = []
+        for i in range(2):
+            with open(logs[2 * i], "w") as out, open(logs[2 * i + 1], "w") as err:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-c", WORKER, json.dumps(config), str(run_dir)], stdout=out, stderr=err,
+                    env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}))
+        deadline = time.monotonic() + timeout
+        while any(w.poll() is None for w in workers) and not any(w.poll() for w in workers) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        hung = [i for i, w in enumerate(workers) if w.poll() is None]
+        for i in hung:
+            workers[i].kill()
+            workers[i].wait()
+        outputs, errors = [log.read_text() for log in logs[0::2]], [log.read_text() for log in logs[1::2]]
+        failed = [i for i, w in enumerate(workers) if w.returncode]
+        if not failed:
+            return outputs
+        if any(PORT_TAKEN in errors[i] for i in failed) and attempt + 1 < attempts:
+            continue
+        first = ([i for i in failed if i not in hung] or failed)[0]
+        how = (f"was still running after {timeout:.0f} s" if first in hung else
+               f"ended with {workers[first].returncode}, and the other(s) were stopped")
+        raise AssertionError(f"worker {first} {how} (attempt {attempt + 1}): {errors[first][-3000:]}")
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.slow
 def test_two_workers_train_the_tiny_phantom_as_one_process_does(tiny_data_dir, tmp_path):
     """train.distribute=multi_worker: two worker processes on 127.0.0.1, the global batch split
     between them, reach the weights one process reaches with the same global batch; only the chief
     writes the run directory."""
-    import json
-
     base = config_lib.resolve({"name": "mw"}, [
         "data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}", "model.latent_dim=4",
         "train.epochs=2", "train.batch_size=16", "train.learning_rate=0.001", "train.image_every=10"])
@@ -265,17 +308,8 @@ def test_two_workers_train_the_tiny_phantom_as_one_process_does(tiny_data_dir, t
                             capture_output=True, text=True, timeout=600, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = config_lib.resolve(base, ["train.distribute=multi_worker"])
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(multi), str(tmp_path / "two")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**env, "TF_CONFIG": json.dumps({"cluster": cluster,
-                                                                     "task": {"type": "worker", "index": i}})})
-               for i in range(2)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
-    assert sorted(line for out, _ in outputs for line in out.splitlines() if line.startswith("DONE")) == \
+    outputs = _run_two_workers(multi, tmp_path / "two", env)
+    assert sorted(line for out in outputs for line in out.splitlines() if line.startswith("DONE")) == \
         ["DONE False", "DONE True"]
     import keras
 
