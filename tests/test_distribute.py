@@ -267,7 +267,8 @@ def _run_two_workers(config: dict, run_dir, env: dict, attempts: int = 3, timeou
     for attempt in range(attempts):
         shutil.rmtree(run_dir, ignore_errors=True)  # what a failed attempt's chief began
         cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-        logs = [run_dir.parent / f"{run_dir.name}_worker{i}_{stream}.txt" for i in range(2) for stream in ("out", "err")]
+        logs = [run_dir.parent / f"{run_dir.name}_worker{i}_{stream}.txt"
+                for i in range(2) for stream in ("out", "err")]
         workers = []
         for i in range(2):
             with open(logs[2 * i], "w") as out, open(logs[2 * i + 1], "w") as err:
