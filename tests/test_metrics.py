@@ -122,6 +122,25 @@ def test_chunked_feeding_is_identical(monkeypatch):
     _assert_like_sklearn(pieces, scores, labels)
 
 
+def test_tied_scores_fed_in_many_pieces_are_counted_per_class(monkeypatch):
+    """Few distinct values recurring in every piece, in both classes: each consolidation sums the
+    counts of a key met in the store and in many pending tables, positives and negatives apart."""
+    scores, labels = _ties_data(13, n=40_000)
+    monkeypatch.setattr(metrics, "CHUNK", 611)  # ~65 pending tables per class, merged many times
+    pieces = PixelHistogram()
+    for part in np.array_split(np.arange(scores.size), 9):
+        pieces.update(scores[part], labels[part])
+    assert pieces.exact
+    values = np.unique(scores)
+    assert pieces._keys.size == values.size  # one row per distinct score
+    order = np.argsort(values)[::-1]
+    table = pieces._table()
+    assert table[1].tolist() == [int(np.sum(labels & (scores == v))) for v in values[order]]
+    assert table[2].tolist() == [int(np.sum(~labels & (scores == v))) for v in values[order]]
+    _assert_like_sklearn(pieces, scores, labels, tol=1e-12)
+    assert pieces.best_dice()[0] == pytest.approx(_brute_best_dice(scores, labels), abs=1e-12)
+
+
 def test_chunked_feeding_is_identical_binned(monkeypatch):
     scores, labels = _imbalanced(12, n=60_000)
     whole = _hist(scores, labels, exact_limit=0)
