@@ -219,6 +219,56 @@ def test_importing_tfvae_turns_tensorflows_onednn_kernels_on_unless_told_otherwi
         assert "oneDNN kernels are off (TF_ENABLE_ONEDNN_OPTS=0 is set)" in warning and "2x slower" in warning
 
 
+def _as_worker(monkeypatch, index: int) -> None:
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+
+
+def _listing(folder) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_every_worker_runs_the_same_create_and_only_the_chief_writes(monkeypatch, tmp_path):
+    """The README starts the same command on every machine: a non-chief worker's ``Run.create``
+    neither fails on the chief's run (made before or after it) nor writes, moves or locks anything."""
+    from tfvae.run import Run, RunDirError
+
+    config = config_lib.resolve({"name": "mw"}, ["train.distribute=multi_worker"])
+    folder = tmp_path / "run"
+    _as_worker(monkeypatch, 1)
+    follower = Run.create(folder, config)  # before the chief: nothing is made
+    assert not folder.exists() and follower.config() == config
+    _as_worker(monkeypatch, 0)
+    Run.create(folder, config)  # the chief
+    before = _listing(folder)
+    assert "config.json" in before
+    _as_worker(monkeypatch, 1)
+    for kwargs in ({}, {"overwrite": True}, {"resume": True, "overrides": ["train.epochs=7"]}):
+        follower = Run.create(folder, config, **kwargs)  # after the chief: its run is left as it is
+        assert _listing(folder) == before and not tmp_path.joinpath(".run.tfvae-replaced").exists()
+    assert follower.config()["train"]["epochs"] == 7
+    with follower.lock("train", follower.config()):  # takes no lock the chief would meet
+        assert _listing(folder) == before
+    # a resume the chief refuses is refused on every worker, so that none is left waiting for it
+    with pytest.raises(RunDirError, match="resuming cannot change model.beta"):
+        Run.create(folder, config, resume=True, overrides=["model.beta=3"])
+    # a run started in one process, resumed on a cluster: the override says who writes
+    monkeypatch.delenv("TF_CONFIG")
+    Run.create(tmp_path / "solo", config_lib.resolve({"name": "solo"}, []))
+    before = _listing(tmp_path / "solo")
+    _as_worker(monkeypatch, 1)
+    resumed = Run.create(tmp_path / "solo", None, resume=True, overrides=["train.distribute=multi_worker"])
+    assert resumed.config()["train"]["distribute"] == "multi_worker" and _listing(tmp_path / "solo") == before
+    # without TF_CONFIG, under Slurm (training.strategy's resolver there): rank 0 writes
+    monkeypatch.delenv("TF_CONFIG")
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert Run.create(tmp_path / "slurm", config).config() == config and not (tmp_path / "slurm").exists()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    Run.create(tmp_path / "slurm", config)
+    assert (tmp_path / "slurm" / "config.json").is_file()
+
+
 WORKER = textwrap.dedent("""
     import faulthandler, json, os, sys
     faulthandler.dump_traceback_later(540, exit=True)  # a hang ends with every thread's stack on stderr
@@ -234,10 +284,7 @@ WORKER = textwrap.dedent("""
     from tfvae import config as config_lib, training
     from tfvae.run import Run
     config = config_lib.resolve(json.loads(sys.argv[1]), [])
-    run_dir = sys.argv[2]
-    if not Run(run_dir).is_run:
-        Run.create(run_dir, config)
-    training.train(config, run_dir, verbose=0)
+    Run.create(sys.argv[2], config).train(verbose=0)  # every worker the same, as the README's command
     print("DONE", training.is_chief(training.strategy(config)))
 """)
 
@@ -260,22 +307,26 @@ PORT_TAKEN = "Could not start gRPC server"
 def _run_two_workers(config: dict, run_dir, env: dict, attempts: int = 3, timeout: float = 600) -> list[str]:
     """Run ``WORKER`` as a cluster of two on 127.0.0.1 and return their standard outputs.
 
-    A worker that fails ends the others at once: under MultiWorkerMirroredStrategy the survivors
-    would wait for it forever. A worker that could not bind its port (another process took it
-    between ``_free_ports`` and the bind) is retried on new ports; any other failure fails the test
-    with its own error."""
+    Worker 1 starts once the chief has created the run (the order a cluster's machines usually come
+    up in). A worker that fails ends the others at once: under MultiWorkerMirroredStrategy the
+    survivors would wait for it forever. A worker that could not bind its port (another process took
+    it between ``_free_ports`` and the bind) is retried on new ports; any other failure fails the
+    test with its own error."""
     for attempt in range(attempts):
         shutil.rmtree(run_dir, ignore_errors=True)  # what a failed attempt's chief began
         cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
         logs = [run_dir.parent / f"{run_dir.name}_worker{i}_{stream}.txt"
                 for i in range(2) for stream in ("out", "err")]
         workers = []
+        deadline = time.monotonic() + timeout
         for i in range(2):
+            while i and workers[0].poll() is None and not (run_dir / "config.json").exists() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
             with open(logs[2 * i], "w") as out, open(logs[2 * i + 1], "w") as err:
                 workers.append(subprocess.Popen(
                     [sys.executable, "-c", WORKER, json.dumps(config), str(run_dir)], stdout=out, stderr=err,
                     env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}))
-        deadline = time.monotonic() + timeout
         while any(w.poll() is None for w in workers) and not any(w.poll() for w in workers) \
                 and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -45,7 +45,7 @@ def _holding(job: str):
             from tfvae.console import quiet_tensorflow
 
             quiet_tensorflow()  # a notebook as quiet as the scripts
-            with self.lock(job, self.config() if self.is_run else None):
+            with self.lock(job, self.config() if self.is_run or self._config is not None else None):
                 return method(self, *args, **kwargs)
         return locked
     return wrap
@@ -60,6 +60,7 @@ class Run(RunDir):
         self._replacing = False  # set by create(overwrite=True): the previous run waits aside
         self._localizers: dict = {}  # localize(): the Localizer of the latest settings, reused
         self._digests: dict = {}  # model(): the SHA-256 of the bytes each checkpoint was loaded from
+        self._config: dict | None = None  # create() on a non-chief worker: the config, not written here
 
     def __repr__(self) -> str:
         return f"Run({self.dir!r})"
@@ -68,13 +69,16 @@ class Run(RunDir):
         """``rundir.lock`` on this run for ``job`` (a context manager): one job at a time. A
         non-chief worker of a multi-worker training (``TF_CONFIG``) writes nothing here and takes no
         lock (the chief holds it for the cluster)."""
-        if config is not None and config["train"]["distribute"] == "multi_worker" and not _writes_run():
+        if _follows(config):
             return contextlib.nullcontext()
         return lock(self.dir, job)
 
     # --- config and model --------------------------------------------------------------------------
     def config(self, overrides=()) -> dict:
-        """The run's saved config, with ``KEY=VALUE`` overrides (validated)."""
+        """The run's saved config, with ``KEY=VALUE`` overrides (validated); on a non-chief worker of a
+        multi-worker training, the config ``create`` was given (the chief saves it)."""
+        if self._config is not None:
+            return config_lib.resolve(self._config, list(overrides)) if overrides else self._config
         if not self.is_run:
             raise RunDirError(f"{self.dir}: not a tfvae run directory (no {CONFIG_FILE})")
         return config_lib.load(self.config_path, overrides)
@@ -140,27 +144,46 @@ class Run(RunDir):
         the config it trains with. A new run saves ``config``; ``resume`` continues with ``config``
         if given, else the saved one, changed by ``overrides`` (only ``train.*`` keys may differ:
         the model and its data are the run's); ``overwrite`` deletes a previous run first, and only
-        a folder that is a run."""
+        a folder that is a run. On a non-chief worker of a multi-worker training (``TF_CONFIG``, or
+        a Slurm rank other than 0) nothing is written, moved or locked: the chief, started with the
+        same arguments, does it; the worker keeps the config in memory (``config()``), checks a
+        resume as the chief does, and does not fail on the chief's run, made before or after it.
+        Raises ``RunDirError`` / ``RunLockError`` (what was wrong, and where)."""
         run = cls(run_dir)
         if resume and overwrite:
             raise RunDirError("--resume and --overwrite exclude each other")
-        with run.lock("train", config if config is not None else run.config() if run.is_run else None):
+        # the config this run will train with (a resume's with its overrides): it says who writes the run
+        known = (cls._resumed_config(run, config, overrides) if resume and run.is_run
+                 else config if config is not None else run.config() if run.is_run else None)
+        if _follows(known):
+            # a non-chief worker of a multi-worker training: the chief (started with the same command)
+            # creates, resumes or replaces the run; this worker only checks what it can and writes nothing
+            run._config = cls._resumed_config(run, config, overrides) if resume else known
+            return run
+        with run.lock("train", known):
             return cls._create(run, config, resume=resume, overwrite=overwrite, overrides=overrides)
+
+    @staticmethod
+    def _resumed_config(run: "Run", config: dict | None, overrides) -> dict:
+        """The config a resumed run continues with: ``config`` (else the saved one) changed by
+        ``overrides``, where only ``train.*`` keys may differ from the saved config."""
+        if not run.is_run:
+            raise RunDirError(f"{run.dir}: cannot resume, no {CONFIG_FILE} there (start the run without --resume)")
+        saved = config_lib.load(run.config_path)
+        config = config_lib.resolve(config if config is not None else saved, overrides, source=run.config_path)
+        before, after = config_lib.flatten(saved), config_lib.flatten(config)
+        changed = [k for k in after if not k.startswith("train.") and k not in RESUMABLE_KEYS
+                   and before.get(k) != after[k]]
+        if changed:
+            raise RunDirError(f"{run.dir}: resuming cannot change {', '.join(changed)} (only train.* keys); "
+                              "start a new run instead")
+        return config
 
     @classmethod
     def _create(cls, run: "Run", config: dict | None, *, resume: bool, overwrite: bool, overrides) -> "Run":
         is_run = run.is_run
         if resume:
-            if not is_run:
-                raise RunDirError(f"{run.dir}: cannot resume, no {CONFIG_FILE} there (start the run without --resume)")
-            saved = config_lib.load(run.config_path)
-            config = config_lib.resolve(config if config is not None else saved, overrides, source=run.config_path)
-            before, after = config_lib.flatten(saved), config_lib.flatten(config)
-            changed = [k for k in after if not k.startswith("train.") and k not in RESUMABLE_KEYS
-                       and before.get(k) != after[k]]
-            if changed:
-                raise RunDirError(f"{run.dir}: resuming cannot change {', '.join(changed)} (only train.* keys); "
-                                  "start a new run instead")
+            config = cls._resumed_config(run, config, overrides)
         elif os.path.exists(run.dir) and os.listdir(run.dir):
             if not overwrite:
                 raise RunDirError(f"{run.dir} already exists and is not empty; pass --resume to continue that run "
@@ -208,7 +231,7 @@ class Run(RunDir):
                 os.rename(self.replaced, self.dir)
                 self.restored_previous = True
             raise
-        if os.path.exists(self.replaced):
+        if self._config is None and os.path.exists(self.replaced):  # the chief's to remove, not a follower's
             remove_ours(self.replaced, "run")
         return history
 
@@ -433,11 +456,19 @@ def _reference_for(reference: dict, predictor: str) -> dict:
     return {k: reference[k] for k in keys if k in reference}
 
 
+def _follows(config: dict | None) -> bool:
+    """Whether this process is a non-chief worker of a multi-worker training of ``config``: it reads
+    the run the chief writes, and writes and locks nothing there."""
+    return config is not None and config["train"]["distribute"] == "multi_worker" and not _writes_run()
+
+
 def _writes_run() -> bool:
     """Whether this process is the one of a multi-worker cluster that writes the run (``TF_CONFIG``:
-    the ``chief`` task, else worker 0), as ``training.is_chief`` decides it -- read from the
-    environment, before TensorFlow starts. Without ``TF_CONFIG`` (e.g. Slurm's resolver) every
-    process counts as the writer."""
+    the ``chief`` task, else worker 0; under Slurm without ``TF_CONFIG``: rank 0, ``SLURM_PROCID``),
+    as ``training.is_chief`` decides it -- read from the environment, before TensorFlow starts.
+    Without either, every process counts as the writer."""
+    if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:  # training.strategy's Slurm resolver
+        return os.environ.get("SLURM_PROCID", "0") == "0"
     try:
         tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     except ValueError:
