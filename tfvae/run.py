@@ -67,8 +67,8 @@ class Run(RunDir):
 
     def lock(self, job: str, config: dict | None = None):
         """``rundir.lock`` on this run for ``job`` (a context manager): one job at a time. A
-        non-chief worker of a multi-worker training (``TF_CONFIG``) writes nothing here and takes no
-        lock (the chief holds it for the cluster)."""
+        non-chief worker of a multi-worker training (``TF_CONFIG``, or a Slurm rank other than 0;
+        ``_follows``) writes nothing here and takes no lock (the chief holds it for the cluster)."""
         if _follows(config):
             return contextlib.nullcontext()
         return lock(self.dir, job)
