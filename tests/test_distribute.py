@@ -230,35 +230,58 @@ def _listing(folder) -> dict:
 
 def test_every_worker_runs_the_same_create_and_only_the_chief_writes(monkeypatch, tmp_path):
     """The README starts the same command on every machine: a non-chief worker's ``Run.create``
-    neither fails on the chief's run (made before or after it) nor writes, moves or locks anything."""
+    neither fails on the chief's run (made before or after it) nor writes, moves or locks anything;
+    what the chief refuses, it refuses too where it can tell (else it would wait for the chief forever)."""
+    from tfvae import rundir, training
     from tfvae.run import Run, RunDirError
 
     config = config_lib.resolve({"name": "mw"}, ["train.distribute=multi_worker"])
     folder = tmp_path / "run"
     _as_worker(monkeypatch, 1)
     follower = Run.create(folder, config)  # before the chief: nothing is made
-    assert not folder.exists() and follower.config() == config
+    assert _listing(tmp_path) == {} and follower.config() == config
     _as_worker(monkeypatch, 0)
     Run.create(folder, config)  # the chief
-    before = _listing(folder)
-    assert "config.json" in before
+    before = _listing(tmp_path)  # the run, and beside it the lock file
+    assert {"run/config.json", ".run.tfvae-lock"} <= set(before)
     _as_worker(monkeypatch, 1)
     for kwargs in ({}, {"overwrite": True}, {"resume": True, "overrides": ["train.epochs=7"]}):
         follower = Run.create(folder, config, **kwargs)  # after the chief: its run is left as it is
-        assert _listing(folder) == before and not tmp_path.joinpath(".run.tfvae-replaced").exists()
+        assert _listing(tmp_path) == before
     assert follower.config()["train"]["epochs"] == 7
-    with follower.lock("train", follower.config()):  # takes no lock the chief would meet
-        assert _listing(folder) == before
-    # a resume the chief refuses is refused on every worker, so that none is left waiting for it
+    lock_file = rundir.lock_path(str(folder))
+    with follower.lock("train", follower.config()):  # the chief holds the cluster's training lock
+        assert lock_file not in rundir._held
+    with follower.lock("evaluate", follower.config()):  # any other job locks on every process
+        assert lock_file in rundir._held
+    # a follower's training leaves the run the chief replaced to the chief
+    aside = tmp_path / ".run.tfvae-replaced"
+    rundir.mark(str(aside), "run")
+    monkeypatch.setattr(training, "train", lambda *args, **kwargs: None)
+    follower.train(verbose=0)
+    assert aside.is_dir()
+    # refused by the chief, refused here: a resume changing the model, a run that has trained,
+    # a run of another config, --overwrite of a folder that is not a run
     with pytest.raises(RunDirError, match="resuming cannot change model.beta"):
         Run.create(folder, config, resume=True, overrides=["model.beta=3"])
+    other = config_lib.resolve(config, ["model.beta=3"])
+    with pytest.raises(RunDirError, match="already exists and is not empty"):
+        Run.create(folder, other)
+    (folder / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    with pytest.raises(RunDirError, match="already exists and is not empty"):
+        Run.create(folder, config)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a user's")
+    with pytest.raises(RunDirError, match="not a tfvae run directory"):
+        Run.create(foreign, config, overwrite=True)
     # a run started in one process, resumed on a cluster: the override says who writes
     monkeypatch.delenv("TF_CONFIG")
     Run.create(tmp_path / "solo", config_lib.resolve({"name": "solo"}, []))
-    before = _listing(tmp_path / "solo")
+    before = _listing(tmp_path)
     _as_worker(monkeypatch, 1)
     resumed = Run.create(tmp_path / "solo", None, resume=True, overrides=["train.distribute=multi_worker"])
-    assert resumed.config()["train"]["distribute"] == "multi_worker" and _listing(tmp_path / "solo") == before
+    assert resumed.config()["train"]["distribute"] == "multi_worker" and _listing(tmp_path) == before
     # without TF_CONFIG, under Slurm (training.strategy's resolver there): rank 0 writes
     monkeypatch.delenv("TF_CONFIG")
     monkeypatch.setenv("SLURM_JOB_ID", "1")
@@ -280,11 +303,13 @@ WORKER = textwrap.dedent("""
     tf.data.Dataset.shuffle = lambda self, *args, **kwargs: self
     # plain SGD: unlike Adam it is not invariant to a wrongly scaled gradient (and does not amplify
     # the all-reduce's float rounding of near-zero gradients into whole steps)
-    model_lib.keras.optimizers.Adam = lambda learning_rate: model_lib.keras.optimizers.SGD(learning_rate)
+    if sys.argv[3:] != ["resume"]:  # (a resume keeps Adam: its slots are built when the state is loaded)
+        model_lib.keras.optimizers.Adam = lambda learning_rate: model_lib.keras.optimizers.SGD(learning_rate)
     from tfvae import config as config_lib, training
     from tfvae.run import Run
     config = config_lib.resolve(json.loads(sys.argv[1]), [])
-    Run.create(sys.argv[2], config).train(verbose=0)  # every worker the same, as the README's command
+    # every worker the same, as the README's command (or its --resume)
+    Run.create(sys.argv[2], config, resume=sys.argv[3:] == ["resume"]).train(verbose=0)
     print("DONE", training.is_chief(training.strategy(config)))
 """)
 
@@ -304,7 +329,8 @@ def _free_ports(n):
 PORT_TAKEN = "Could not start gRPC server"
 
 
-def _run_two_workers(config: dict, run_dir, env: dict, attempts: int = 3, timeout: float = 600) -> list[str]:
+def _run_two_workers(config: dict, run_dir, env: dict, resume: bool = False, attempts: int = 3,
+                     timeout: float = 600) -> list[str]:
     """Run ``WORKER`` as a cluster of two on 127.0.0.1 and return their standard outputs.
 
     Worker 1 starts once the chief has created the run (the order a cluster's machines usually come
@@ -313,7 +339,8 @@ def _run_two_workers(config: dict, run_dir, env: dict, attempts: int = 3, timeou
     it between ``_free_ports`` and the bind) is retried on new ports; any other failure fails the
     test with its own error."""
     for attempt in range(attempts):
-        shutil.rmtree(run_dir, ignore_errors=True)  # what a failed attempt's chief began
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)  # what a failed attempt's chief began
         cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
         logs = [run_dir.parent / f"{run_dir.name}_worker{i}_{stream}.txt"
                 for i in range(2) for stream in ("out", "err")]
@@ -325,7 +352,8 @@ def _run_two_workers(config: dict, run_dir, env: dict, attempts: int = 3, timeou
                 time.sleep(0.2)
             with open(logs[2 * i], "w") as out, open(logs[2 * i + 1], "w") as err:
                 workers.append(subprocess.Popen(
-                    [sys.executable, "-c", WORKER, json.dumps(config), str(run_dir)], stdout=out, stderr=err,
+                    [sys.executable, "-c", WORKER, json.dumps(config), str(run_dir)] + ["resume"] * resume,
+                    stdout=out, stderr=err,
                     env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}))
         while any(w.poll() is None for w in workers) and not any(w.poll() for w in workers) \
                 and time.monotonic() < deadline:
@@ -376,3 +404,7 @@ def test_two_workers_train_the_tiny_phantom_as_one_process_does(tiny_data_dir, t
     assert max(float(np.abs(a - w0).max()) for a, w0 in zip(one, start)) > 1e-3  # training moved them
     with open(tmp_path / "two" / "history.csv") as f:
         assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0", "1"]  # the chief's, once
+    # the README's --resume on every worker: one more epoch, continued from the second
+    _run_two_workers(config_lib.resolve(multi, ["train.epochs=3"]), tmp_path / "two", env, resume=True)
+    with open(tmp_path / "two" / "history.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0", "1", "2"]

@@ -68,8 +68,9 @@ class Run(RunDir):
     def lock(self, job: str, config: dict | None = None):
         """``rundir.lock`` on this run for ``job`` (a context manager): one job at a time. A
         non-chief worker of a multi-worker training (``TF_CONFIG``, or a Slurm rank other than 0;
-        ``_follows``) writes nothing here and takes no lock (the chief holds it for the cluster)."""
-        if _follows(config):
+        ``_follows``) writes nothing here and takes no ``train`` lock (the chief holds it for the
+        cluster); every other job locks on every process."""
+        if job == "train" and _follows(config):
             return contextlib.nullcontext()
         return lock(self.dir, job)
 
@@ -157,11 +158,33 @@ class Run(RunDir):
                  else config if config is not None else run.config() if run.is_run else None)
         if _follows(known):
             # a non-chief worker of a multi-worker training: the chief (started with the same command)
-            # creates, resumes or replaces the run; this worker only checks what it can and writes nothing
+            # creates, resumes or replaces the run; this worker refuses what the chief refuses where it
+            # can tell, so that no worker is left waiting for a chief that stopped, and writes nothing
+            if not resume:
+                cls._refuse_as_the_chief(run, known, overwrite)
             run._config = cls._resumed_config(run, config, overrides) if resume else known
             return run
         with run.lock("train", known):
             return cls._create(run, config, resume=resume, overwrite=overwrite, overrides=overrides)
+
+    @staticmethod
+    def _refuse_as_the_chief(run: "Run", config: dict, overwrite: bool) -> None:
+        """On a non-chief worker, the chief's refusals of a new run that this worker can tell apart
+        from the chief's own run (which may already be there): ``overwrite`` of a folder that is not
+        a run; without it, a folder holding more than a new run's marker and config, or another
+        config."""
+        if not (os.path.exists(run.dir) and os.listdir(run.dir)):
+            return
+        if overwrite:
+            if not is_ours(run.dir, "run"):
+                raise RunDirError(f"{run.dir} is not a tfvae run directory (no {MARKER_FILE} marker); refusing to "
+                                  "delete it (delete it yourself or choose another --run-dir)")
+            return
+        new_run = set(os.listdir(run.dir)) <= {MARKER_FILE, CONFIG_FILE} and is_ours(run.dir, "run") and (
+            not run.is_run or config_lib.load(run.config_path) == config)
+        if not new_run:
+            raise RunDirError(f"{run.dir} already exists and is not empty; pass --resume to continue that run "
+                              "or --overwrite to replace it")
 
     @staticmethod
     def _resumed_config(run: "Run", config: dict | None, overrides) -> dict:

@@ -214,7 +214,8 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
         run = RunDir(tempfile.mkdtemp(prefix="tfvae-worker-"))
     if t["distribute"] == "multi_worker":  # each worker takes its share of every global batch
         train_ds, validation_ds = _shard_by_data(train_ds), _shard_by_data(validation_ds)
-    initial_epoch = resume(model, RunDir(run_dir), truncate=chief)
+    with distribution.scope():  # the optimizer's slots are built for the replicas (a resumed cluster run)
+        initial_epoch = resume(model, RunDir(run_dir), truncate=chief)
     logs = run.logs_dir
     tf.io.gfile.makedirs(run.checkpoints_dir)
     # the history row, the checkpoints, then the resume state (which marks the epoch done): see callbacks
