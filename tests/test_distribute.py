@@ -292,6 +292,23 @@ def test_every_worker_runs_the_same_create_and_only_the_chief_writes(monkeypatch
     assert (tmp_path / "slurm" / "config.json").is_file()
 
 
+def test_slurm_without_gpus_is_a_one_line_config_error(monkeypatch):
+    """Under Slurm without TF_CONFIG the strategy comes from TensorFlow's SlurmClusterResolver, which
+    counts GPUs with nvidia-smi and fails on CPU nodes: the error says what to do instead."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setattr(training, "_STRATEGIES", {})
+
+    def no_gpus(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "nvidia-smi")
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "SlurmClusterResolver", no_gpus)
+    config = config_lib.resolve({"name": "s"}, ["train.distribute=multi_worker"])
+    with pytest.raises(config_lib.ConfigError, match="needs GPUs on every node.*give each task a TF_CONFIG"):
+        training.strategy(config)
+    assert training._STRATEGIES == {}
+
+
 WORKER = textwrap.dedent("""
     import faulthandler, json, os, sys
     faulthandler.dump_traceback_later(540, exit=True)  # a hang ends with every thread's stack on stderr

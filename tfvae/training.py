@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import callbacks as tfvae_callbacks
+from tfvae import config as config_lib
 from tfvae import data
 from tfvae.model import BetaVAE
 from tfvae.rundir import RunDir
@@ -33,7 +34,13 @@ def strategy(config: dict) -> tf.distribute.Strategy:
         if "multi_worker" not in _STRATEGIES:
             resolver = None
             if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
-                resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+                try:
+                    resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+                except (OSError, RuntimeError, ValueError) as e:  # it counts GPUs with nvidia-smi, and needs one
+                    raise config_lib.ConfigError(
+                        "train.distribute=multi_worker under Slurm without TF_CONFIG: TensorFlow's "
+                        f"SlurmClusterResolver failed ({type(e).__name__}: {e}); it needs GPUs on every node -- "
+                        "on CPU nodes give each task a TF_CONFIG (README, 'train.distribute')") from e
             _STRATEGIES["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         return _STRATEGIES["multi_worker"]
     return tf.distribute.get_strategy()

@@ -94,7 +94,11 @@ def _train(args, config, run_dir) -> int:
 
     from tfvae import training
 
-    training.strategy(run.config())  # a multi-worker strategy must exist before any TensorFlow op runs
+    try:
+        training.strategy(run.config())  # a multi-worker strategy must exist before any TensorFlow op runs
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:  # a resumed run's data is checked here (a new run's before its directory was made)
         print(f"data: {data.describe(run.config()['data'])}")
         warning = data.test_data_warning(run.config()["data"])  # found now, not after the last epoch
