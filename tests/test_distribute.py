@@ -405,7 +405,11 @@ def test_two_workers_train_the_tiny_phantom_as_one_process_does(tiny_data_dir, t
                             capture_output=True, text=True, timeout=600, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     multi = config_lib.resolve(base, ["train.distribute=multi_worker"])
+    scratch = tmp_path / "scratch"  # the workers' temporary folders
+    scratch.mkdir()
+    env = {**env, "TMPDIR": str(scratch)}
     outputs = _run_two_workers(multi, tmp_path / "two", env)
+    assert not list(scratch.glob("tfvae-worker-*"))  # the non-chief's copies, deleted when it ended
     assert sorted(line for out in outputs for line in out.splitlines() if line.startswith("DONE")) == \
         ["DONE False", "DONE True"]
     import keras

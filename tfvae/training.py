@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -215,39 +217,40 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
             model = build_model(config)
     run = RunDir(run_dir)
     chief = is_chief(distribution)
-    if not chief:  # every worker saves (the saves may need all of them); only the chief's land in the run
-        import tempfile
-
-        run = RunDir(tempfile.mkdtemp(prefix="tfvae-worker-"))
-    if t["distribute"] == "multi_worker":  # each worker takes its share of every global batch
-        train_ds, validation_ds = _shard_by_data(train_ds), _shard_by_data(validation_ds)
-    with distribution.scope():  # the optimizer's slots are built for the replicas (a resumed cluster run)
-        initial_epoch = resume(model, RunDir(run_dir), truncate=chief)
-    logs = run.logs_dir
-    tf.io.gfile.makedirs(run.checkpoints_dir)
-    # the history row, the checkpoints, then the resume state (which marks the epoch done): see callbacks
-    callbacks = [
-        tfvae_callbacks.StopOnNaN(),
-        keras.callbacks.CSVLogger(run.history_path, append=True),
-        tfvae_callbacks.Checkpoints(run.model_path("best"), run.model_path("last"), best_so_far=_best_val_loss(run)),
-        tfvae_callbacks.ResumeState(run.backup_dir),
-        tfvae_callbacks.RunLog(logs, config, hparam_keys),  # TensorBoard: curves, images, hparams
-        tfvae_callbacks.ImageSummaries(logs,
-                                       _preview_slices(validation_examples, t["num_images"]),
-                                       every=t["image_every"], seed=config["seed"]),
-        *extra_callbacks,
-    ]
-    if verbose and chief:  # how long the rest will take, once the first epoch has shown the pace
-        callbacks.append(tfvae_callbacks.RemainingTime(t["epochs"], t["patience"]))
-    if t["patience"]:  # train until the validation loss plateaus; keep the best epoch's weights
-        callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=t["patience"],
-                                                          restore_best_weights=True, verbose=1))
-    history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
-                        shuffle=False, verbose=verbose, initial_epoch=initial_epoch)  # tf.data shuffles
-    if t["patience"] and os.path.isfile(run.model_path("best")):
-        model.load_weights(run.model_path("best"))  # the best epoch, also across a resume
-    tfvae_callbacks.save_model(model, run.model_path("final"))
-    return history
+    with contextlib.ExitStack() as scratch:
+        if not chief:  # every worker saves (the saves may need all of them); only the chief's land in the run,
+            # the others' in a scratch folder deleted when training ends
+            run = RunDir(scratch.enter_context(tempfile.TemporaryDirectory(prefix="tfvae-worker-")))
+        if t["distribute"] == "multi_worker":  # each worker takes its share of every global batch
+            train_ds, validation_ds = _shard_by_data(train_ds), _shard_by_data(validation_ds)
+        with distribution.scope():  # the optimizer's slots are built for the replicas (a resumed cluster run)
+            initial_epoch = resume(model, RunDir(run_dir), truncate=chief)
+        logs = run.logs_dir
+        tf.io.gfile.makedirs(run.checkpoints_dir)
+        # the history row, the checkpoints, then the resume state (which marks the epoch done): see callbacks
+        callbacks = [
+            tfvae_callbacks.StopOnNaN(),
+            keras.callbacks.CSVLogger(run.history_path, append=True),
+            tfvae_callbacks.Checkpoints(run.model_path("best"), run.model_path("last"),
+                                        best_so_far=_best_val_loss(run)),
+            tfvae_callbacks.ResumeState(run.backup_dir),
+            tfvae_callbacks.RunLog(logs, config, hparam_keys),  # TensorBoard: curves, images, hparams
+            tfvae_callbacks.ImageSummaries(logs,
+                                           _preview_slices(validation_examples, t["num_images"]),
+                                           every=t["image_every"], seed=config["seed"]),
+            *extra_callbacks,
+        ]
+        if verbose and chief:  # how long the rest will take, once the first epoch has shown the pace
+            callbacks.append(tfvae_callbacks.RemainingTime(t["epochs"], t["patience"]))
+        if t["patience"]:  # train until the validation loss plateaus; keep the best epoch's weights
+            callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=t["patience"],
+                                                              restore_best_weights=True, verbose=1))
+        history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
+                            shuffle=False, verbose=verbose, initial_epoch=initial_epoch)  # tf.data shuffles
+        if t["patience"] and os.path.isfile(run.model_path("best")):
+            model.load_weights(run.model_path("best"))  # the best epoch, also across a resume
+        tfvae_callbacks.save_model(model, run.model_path("final"))
+        return history
 
 
 def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
