@@ -219,9 +219,12 @@ def test_importing_tfvae_turns_tensorflows_onednn_kernels_on_unless_told_otherwi
         assert "oneDNN kernels are off (TF_ENABLE_ONEDNN_OPTS=0 is set)" in warning and "2x slower" in warning
 
 
+def _tf_config(cluster: dict, index: int) -> str:
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
 def _as_worker(monkeypatch, index: int) -> None:
-    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    monkeypatch.setenv("TF_CONFIG", _tf_config({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, index))
 
 
 def _listing(folder) -> dict:
@@ -371,7 +374,7 @@ def _run_two_workers(config: dict, run_dir, env: dict, resume: bool = False, att
                 workers.append(subprocess.Popen(
                     [sys.executable, "-c", WORKER, json.dumps(config), str(run_dir)] + ["resume"] * resume,
                     stdout=out, stderr=err,
-                    env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}))
+                    env={**env, "TF_CONFIG": _tf_config(cluster, i)}))
         while any(w.poll() is None for w in workers) and not any(w.poll() for w in workers) \
                 and time.monotonic() < deadline:
             time.sleep(0.5)

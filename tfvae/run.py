@@ -160,31 +160,29 @@ class Run(RunDir):
             # a non-chief worker of a multi-worker training: the chief (started with the same command)
             # creates, resumes or replaces the run; this worker refuses what the chief refuses where it
             # can tell, so that no worker is left waiting for a chief that stopped, and writes nothing
-            if not resume:
-                cls._refuse_as_the_chief(run, known, overwrite)
+            if not resume and os.path.exists(run.dir) and os.listdir(run.dir):
+                cls._refuse_existing(run, overwrite, chiefs_config=known)
             run._config = cls._resumed_config(run, config, overrides) if resume else known
             return run
         with run.lock("train", known):
             return cls._create(run, config, resume=resume, overwrite=overwrite, overrides=overrides)
 
     @staticmethod
-    def _refuse_as_the_chief(run: "Run", config: dict, overwrite: bool) -> None:
-        """On a non-chief worker, the chief's refusals of a new run that this worker can tell apart
-        from the chief's own run (which may already be there): ``overwrite`` of a folder that is not
-        a run; without it, a folder holding more than a new run's marker and config, or another
-        config."""
-        if not (os.path.exists(run.dir) and os.listdir(run.dir)):
-            return
-        if overwrite:
-            if not is_ours(run.dir, "run"):
-                raise RunDirError(f"{run.dir} is not a tfvae run directory (no {MARKER_FILE} marker); refusing to "
-                                  "delete it (delete it yourself or choose another --run-dir)")
-            return
-        new_run = set(os.listdir(run.dir)) <= {MARKER_FILE, CONFIG_FILE} and is_ours(run.dir, "run") and (
-            not run.is_run or config_lib.load(run.config_path) == config)
-        if not new_run:
+    def _refuse_existing(run: "Run", overwrite: bool, chiefs_config: dict | None = None) -> None:
+        """What a new run refuses in a folder that is not empty: without ``overwrite``, anything --
+        but, given ``chiefs_config`` (on a non-chief worker), the chief's own new run of that config,
+        which may already be there (a run marker and that config, or only the marker); with
+        ``overwrite``, a folder that is not a run."""
+        if not overwrite:
+            chiefs_new_run = chiefs_config is not None and set(os.listdir(run.dir)) <= {MARKER_FILE, CONFIG_FILE} \
+                and is_ours(run.dir, "run") and (not run.is_run or config_lib.load(run.config_path) == chiefs_config)
+            if chiefs_new_run:
+                return
             raise RunDirError(f"{run.dir} already exists and is not empty; pass --resume to continue that run "
                               "or --overwrite to replace it")
+        if not is_ours(run.dir, "run"):
+            raise RunDirError(f"{run.dir} is not a tfvae run directory (no {MARKER_FILE} marker); refusing to "
+                              "delete it (delete it yourself or choose another --run-dir)")
 
     @staticmethod
     def _resumed_config(run: "Run", config: dict | None, overrides) -> dict:
@@ -208,12 +206,7 @@ class Run(RunDir):
         if resume:
             config = cls._resumed_config(run, config, overrides)
         elif os.path.exists(run.dir) and os.listdir(run.dir):
-            if not overwrite:
-                raise RunDirError(f"{run.dir} already exists and is not empty; pass --resume to continue that run "
-                                  "or --overwrite to replace it")
-            if not is_ours(run.dir, "run"):
-                raise RunDirError(f"{run.dir} is not a tfvae run directory (no {MARKER_FILE} marker); refusing to "
-                                  "delete it (delete it yourself or choose another --run-dir)")
+            cls._refuse_existing(run, overwrite)
             aside = sibling(run.dir, "replaced")
             if os.path.exists(aside) and not os.path.isfile(run.model_path("final")):
                 # an earlier --overwrite was interrupted: the aside folder holds the run it was replacing
