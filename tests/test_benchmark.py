@@ -1,14 +1,19 @@
-"""The benchmark's PyTorch peer: the same network, and skipped in one line without torch."""
+"""The benchmark's PyTorch peer (the same network, skipped in one line without torch) and its
+evaluation figures (set-up against scoring, timed on a run without writing in it)."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from tfvae import benchmark, benchmark_peer
+from tfvae.commands import benchmark as benchmark_command
+from tfvae.timing import Stages
 
 
 def test_without_torch_the_peer_is_skipped_not_an_error(monkeypatch):
@@ -41,3 +46,47 @@ def test_the_peer_is_the_same_network_and_its_figures_come_back():
     figures = json.loads(done.stdout)
     assert all(figures[k] > 0 for k in ("train_slices_per_s", "predictor_maps_slices_per_s",
                                         "projection_slice_steps_per_s"))
+
+
+def test_stages_add_up_each_name_in_the_order_first_entered():
+    stages = Stages()
+    with stages("b"):
+        time.sleep(0.02)
+    with stages("a"):
+        pass
+    with stages("b"):
+        time.sleep(0.02)
+    stages.add("a", 1.0)
+    assert list(stages.seconds) == ["b", "a"]
+    assert 0.04 <= stages.seconds["b"] < 1.0 and 1.0 <= stages.seconds["a"] < 1.5
+    with pytest.raises(RuntimeError), stages("failed"):  # a stage that raises is timed too
+        raise RuntimeError
+    assert "failed" in stages.seconds
+
+
+def _listing(folder):
+    return sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_mtime_ns)
+                  for d, _, names in os.walk(folder) for f in names)
+
+
+def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in_the_run(tiny_run, tmp_path):
+    before = _listing(tiny_run)
+    started = time.perf_counter()
+    out = benchmark.evaluation(tiny_run, out_path=str(tmp_path / "b.json"))
+    wall = time.perf_counter() - started
+    assert _listing(tiny_run) == before  # no evaluation, threshold or lock file left in the run
+    setup = out["evaluation_selection_s"] + out["evaluation_calibration_s"]
+    assert out["evaluation_setup_s"] == pytest.approx(setup)
+    assert all(out[k] > 0 for k in ("evaluation_selection_s", "evaluation_calibration_s", "evaluation_scoring_s"))
+    assert setup + out["evaluation_scoring_s"] < wall  # disjoint stages of one evaluation
+    assert out["evaluation_setup_over_scoring"] == pytest.approx(setup / out["evaluation_scoring_s"])
+    with open(tmp_path / "b.json") as f:
+        assert json.load(f)["evaluation_scoring_s"] == out["evaluation_scoring_s"]
+    assert out["run"]["dir"] == tiny_run and "cpu_flags" in out["machine"]
+
+
+def test_the_evaluation_benchmark_of_a_folder_that_is_no_trained_run_is_one_line(tmp_path, capsys):
+    assert benchmark_command.main(["--evaluation", str(tmp_path), "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(tmp_path) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b.json").exists()

@@ -139,6 +139,87 @@ def peer_figures(quick: bool, steps: int, projection_steps: int, repeats: int) -
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")  # what decides the kernels
 
 
+def machine() -> dict:
+    """What a figure was measured on: CPU, its flags that decide the kernels, cores, TensorFlow,
+    whether its oneDNN kernels are on (TensorFlow's own rule turns them off on AVX2-only CPUs) and
+    limited (``ONEDNN_MAX_CPU_ISA``), GPUs."""
+    found = {"cpu": cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+             "gpu": [g.name for g in tf.config.list_physical_devices("GPU")] or None,
+             "cpu_flags": [flag for flag in CPU_FLAGS if flag in cpu_flags()], "tensorflow_onednn": onednn_enabled()}
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        found["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    return found
+
+
+def print_machine(found: dict) -> None:
+    limited = found.get("onednn_max_cpu_isa")
+    print(f"{found['cpu']}, {found['cores']} cores, flags {' '.join(found['cpu_flags'])}"
+          f", TensorFlow's oneDNN kernels {'on' if found['tensorflow_onednn'] else 'off'}"
+          f"{', oneDNN limited to ' + limited if limited else ''}, TF {found['tensorflow']}, GPU: {bool(found['gpu'])}",
+          flush=True)
+
+
+def recorder(out: dict):
+    """``record(key, value, unit, note="")``: puts a figure into ``out`` and prints it as a table row."""
+    def record(key, value, unit, note=""):
+        out[key] = value
+        print(f"  {key:38s} {value:12.4g} {unit:14s} {note}", flush=True)
+    return record
+
+
+def evaluation(run_dir: str | None = None, checkpoint: str = "final", data_dir: str | None = None,
+               out_path: str | None = "benchmark.json") -> dict:
+    """The evaluation's set-up against its scoring of the test split, in seconds (one evaluation;
+    ``evaluation.evaluate``'s ``stages``): the set-up is the KL-grad range and the filtered maps'
+    sizes (``Scorer.fit``) plus the thresholds' calibration, all on healthy validation volumes; the
+    scoring is every test volume's maps, its metrics and NIfTI maps (the PNG figures and TensorBoard,
+    written after ``evaluate`` returns, are not counted). Issue 21's target: the set-up under half
+    of the scoring, on the quick start.
+
+    ``run_dir``: a trained run, evaluated with its saved config and ``checkpoint`` into a temporary
+    folder, from scratch (its stored thresholds are not reused) -- nothing in the run is written.
+    Without it, the quick start (``configs/quickstart.json``, on the phantom in ``data_dir``) is
+    trained first in a temporary folder (minutes). Figures written as JSON to ``out_path``.
+    Raises ``rundir.RunDirError`` for a folder that is not a trained run."""
+    import tempfile
+
+    from tfvae import config as config_lib
+    from tfvae import evaluation as evaluation_lib
+    from tfvae.run import Run
+    from tfvae.timing import Stages
+
+    out = {"machine": machine()}
+    print_machine(out["machine"])
+    record = recorder(out)
+    with tempfile.TemporaryDirectory(prefix="tfvae-benchmark-") as scratch:
+        if run_dir is None:
+            root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                "quickstart.json")
+            config = config_lib.load(root, [f"data.data_dir={data_dir}"] if data_dir else [])
+            print(f"training the quick start ({config['train']['epochs']} epochs) to evaluate it", flush=True)
+            run = Run.create(os.path.join(scratch, "quickstart"), config)
+            run.train()
+        else:
+            run = Run(run_dir)
+            config = run.config()
+        out["run"] = {"dir": run_dir or "quick start", "checkpoint": checkpoint, "name": config["name"]}
+        keras.utils.set_random_seed(config["seed"])
+        model, test, validation = evaluation_lib.run_inputs(run, config, checkpoint)
+        stages = Stages()
+        evaluation_lib.evaluate(model, config, test, validation, os.path.join(scratch, "eval"), stages=stages)
+    seconds = stages.seconds
+    setup = seconds["selection"] + seconds["calibration"]
+    record("evaluation_selection_s", seconds["selection"], "s", "KL-grad range, filtered maps' sizes")
+    record("evaluation_calibration_s", seconds["calibration"], "s", "thresholds on healthy slices")
+    record("evaluation_setup_s", setup, "s", "both")
+    record("evaluation_scoring_s", seconds["scoring"], "s", "the test split: maps, metrics, NIfTI maps")
+    record("evaluation_setup_over_scoring", setup / seconds["scoring"], "x", "target < 0.5 (quick start)")
+    if out_path:
+        files.write_json(out_path, out)
+        print(f"written: {out_path}")
+    return out
+
+
 def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: str | None = None,
         layers: bool = False, check_quality: bool = False, peer: bool = False) -> dict:
     """Every figure (printed as a table as it is measured); written as JSON to ``out_path``.
@@ -149,23 +230,10 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32)
     gpus = tf.config.list_physical_devices("GPU")
-    out = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
-                       "gpu": [g.name for g in gpus] or None, "quick": quick}}
-    rows = []
+    out = {"machine": {**machine(), "quick": quick}}
+    record = recorder(out)
 
-    def record(key, value, unit, note=""):
-        out[key] = value
-        rows.append((key, value, unit, note))
-        print(f"  {key:38s} {value:12.4g} {unit:14s} {note}", flush=True)
-
-    out["machine"]["cpu_flags"] = [flag for flag in CPU_FLAGS if flag in cpu_flags()]
-    out["machine"]["tensorflow_onednn"] = onednn_enabled()  # TensorFlow's own rule turns it off on AVX2-only CPUs
-    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
-        out["machine"]["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
-    print(f"{out['machine']['cpu']}, {os.cpu_count()} cores, flags {' '.join(out['machine']['cpu_flags'])}"
-          f", TensorFlow's oneDNN kernels {'on' if out['machine']['tensorflow_onednn'] else 'off'}"
-          f"{', oneDNN limited to ' + os.environ['ONEDNN_MAX_CPU_ISA'] if os.environ.get('ONEDNN_MAX_CPU_ISA') else ''}"
-          f", TF {tf.__version__}, GPU: {bool(gpus)}")
+    print_machine(out["machine"])
 
     steps, proj_steps = (15, 10) if quick else (40, 50)  # training steps per fit, projection steps
     peer_before = peer_figures(quick, steps, proj_steps, repeats) if peer else None

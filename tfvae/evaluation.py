@@ -41,6 +41,7 @@ run's ``thresholds.json``, for localize).
 from __future__ import annotations
 
 import os
+import time
 
 import keras
 import numpy as np
@@ -51,7 +52,7 @@ from tfvae import config as config_lib
 from tfvae import data
 from tfvae import ensemble as ensemble_lib
 from tfvae import metrics, postprocessing, reporting, scan_threshold
-from tfvae import rundir
+from tfvae import rundir, timing
 from tfvae import calibration
 from tfvae.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, calibrate
 from tfvae.nifti import write_maps
@@ -325,7 +326,8 @@ def scored_volumes(scorer: Scorer, test: tf.data.Dataset, predictors, settings: 
 
 
 def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: str,
-             predictors=None, verbose: bool = True, stored: dict | None = None) -> tuple[dict, FigureSlices, list[dict]]:
+             predictors=None, verbose: bool = True, stored: dict | None = None,
+             stages: timing.Stages | None = None) -> tuple[dict, FigureSlices, list[dict]]:
     """Score ``test`` with ``predictors`` (default: the config's, else all) and return
     ``(results, figure slices, per-volume rows)``; NIfTI maps go to ``out_dir/maps`` when the config
     says so. ``validation``: the healthy split (or list of healthy ``Volume`` s) the thresholds and
@@ -334,7 +336,12 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
     healthy data stored (``stored_calibration``), reused instead of computed again.
 
     The scored-volume stream (``scored_volumes``) feeds its consumers: the metrics
-    (``Evaluator``), the figure selection (``reporting.FigureSlices``) and the NIfTI maps."""
+    (``Evaluator``), the figure selection (``reporting.FigureSlices``) and the NIfTI maps.
+
+    ``stages``, when given, receives the wall seconds of the set-up -- "selection" (``Scorer.fit``:
+    the KL-grad range and the filtered maps' sizes) and "calibration" -- and of "scoring" the test
+    split (its stream and consumers, then the metrics; the calibration run inside the stream left
+    out), e.g. for ``benchmark.evaluation``."""
     predictors = list(predictors or config["evaluate"]["predictors"] or ALL_PREDICTORS)
     unknown = [p for p in predictors if p not in ALL_PREDICTORS]
     if unknown:
@@ -345,8 +352,10 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
     needed = set(predictors) | (set(features) if "ensemble" in predictors else set())
     scorer = Scorer(model, config, [p for p in ALL_PREDICTORS if p in needed])
     stored = stored or {}
+    stages = stages if stages is not None else timing.Stages()
     # KL-grad range, recommended settings: healthy validation only (or what an earlier calibration stored)
-    reference = scorer.fit(validation, stored=stored.get("reference"), verbose=verbose)
+    with stages("selection"):
+        reference = scorer.fit(validation, stored=stored.get("reference"), verbose=verbose)
 
     ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
@@ -371,8 +380,10 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
         # is not calibrated again (the same numbers: selection and calibration are deterministic)
         reused = ({p: t for p, t in stored.get("thresholds", {}).items() if p in predictors and p != "ensemble"
                    and set(rates) <= set(t)} if not postprocessing.enabled(settings) else {})
-        calibrated = (calibrate(scorer, validation, [p for p in predictors if p not in reused], settings, ensemble,
-                                fprs=rates, verbose=verbose) if len(reused) < len(predictors) else {"raw": {}})
+        with stages("calibration"):
+            calibrated = (calibrate(scorer, validation, [p for p in predictors if p not in reused], settings,
+                                    ensemble, fprs=rates, verbose=verbose) if len(reused) < len(predictors)
+                          else {"raw": {}})
         scorer.release()  # the healthy volumes' network outputs, shared by the fit and the calibration
         if verbose:
             print(f"{scoring_line}, continued" if fit_ids else scoring_line, flush=True)
@@ -392,6 +403,7 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
                                                          ev["reference_skip"])
             consumers.append(fitted["reference_pixels"])
 
+    start, calibrating = time.perf_counter(), stages.seconds.get("calibration", 0.0)
     for volume in scored_volumes(scorer, test, predictors, settings, fit_ids=fit_ids, ensemble_features=features,
                                  seed=config["seed"], progress=progress, on_ensemble=start_measuring):
         for consumer in consumers:
@@ -417,6 +429,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
                 results[name]["selection"] = reference[name]
     if "combi" in results and "kl_grad_range" in reference:
         results["combi"]["kl_grad_range"] = reference["kl_grad_range"]
+    calibrating = stages.seconds.get("calibration", 0.0) - calibrating  # run inside the stream: not scoring
+    stages.add("scoring", time.perf_counter() - start - calibrating)
     return results, figures, per_volume
 
 
@@ -432,6 +446,16 @@ def stored_calibration(run, config: dict, checkpoint: str) -> dict:
     return {"reference": reference, "thresholds": {p: store.thresholds(k) for p, k in keys.items()}}
 
 
+def run_inputs(run, config: dict, checkpoint: str = "final"):
+    """``(model, test split, healthy split)`` an evaluation of ``run`` with ``config`` scores: the
+    saved ``checkpoint``, the test split of ``data.test_data_config`` (e.g. trained on hcp_t2, tested
+    on brats) and the validation split or the user's healthy scans (``threshold.calibration``)."""
+    model = run.model(checkpoint)
+    d = config["data"]
+    test = data.load_split(data.test_data_config(d), d["test_split"])
+    return model, test, run.healthy_split(config)
+
+
 def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
                  verbose: bool = True) -> tuple[dict, str]:
     """Evaluate a run's saved model (``run``: the ``tfvae.Run`` whose ``evaluate`` calls this;
@@ -439,11 +463,7 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
     figures and the config used to ``out_dir``, the figures and metrics to TensorBoard (``logs/``) and the
     thresholds to the run's ``thresholds.json``. Returns (results, title)."""
     keras.utils.set_random_seed(config["seed"])
-    model = run.model(checkpoint)
-    d = config["data"]
-    test_data = data.test_data_config(d)  # e.g. trained on hcp_t2, tested on brats
-    test = data.load_split(test_data, d["test_split"])
-    validation = run.healthy_split(config)  # the validation split, or the user's healthy scans (threshold.calibration)
+    model, test, validation = run_inputs(run, config, checkpoint)
     results, figures, per_volume = evaluate(model, config, test, validation, out_dir, verbose=verbose,
                                             stored=stored_calibration(run, config, checkpoint))
     title = reporting.title(config, checkpoint)

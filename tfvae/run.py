@@ -98,9 +98,7 @@ class Run(RunDir):
         from tfvae import networks
         from tfvae.model import load
 
-        path = self.model_path(checkpoint)
-        if not os.path.isfile(path):
-            raise RunDirError(f"{path} not found (train the run first, or pick another checkpoint)")
+        path = self.trained_model_path(checkpoint)
         with open(path, "rb") as f:
             blob = f.read()
         with tempfile.TemporaryDirectory(prefix="tfvae-model-") as folder:
@@ -131,10 +129,7 @@ class Run(RunDir):
         from tfvae import calibration
 
         if checkpoint not in self._digests:
-            path = self.model_path(checkpoint)
-            if not os.path.isfile(path):
-                raise RunDirError(f"{path} not found (train the run first, or pick another checkpoint)")
-            return calibration.file_digest(path)
+            return calibration.file_digest(self.trained_model_path(checkpoint))
         return self._digests[checkpoint]
 
     # --- jobs --------------------------------------------------------------------------------------

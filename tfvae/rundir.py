@@ -151,6 +151,13 @@ class RunDir:
             raise RunDirError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
         return self.path(MODEL_FILES[checkpoint])
 
+    def trained_model_path(self, checkpoint: str = "final") -> str:
+        """``model_path``, or ``RunDirError`` when that checkpoint has not been saved."""
+        path = self.model_path(checkpoint)
+        if not os.path.isfile(path):
+            raise RunDirError(f"{path} not found (train the run first, or pick another checkpoint)")
+        return path
+
     @property
     def is_run(self) -> bool:
         return os.path.isfile(self.config_path)

@@ -2,18 +2,23 @@
 writes JSON.
 
     python scripts/benchmark.py [--quick] [--peer] [--out benchmark.json] [--data-dir DIR]
+    python scripts/benchmark.py --evaluation [RUN_DIR] [--checkpoint final]
 
 Every figure is the median over repeats after a warm-up. ``--quick`` (under 3 minutes on a 2-core
 CPU) uses fewer repeats, shorter projections and the tiny phantom for the input pipeline.
+``--evaluation`` times instead one evaluation's set-up against its scoring of the test split: of
+``RUN_DIR`` (evaluated in a temporary folder; nothing in the run is written), or of the quick start,
+trained first in a temporary folder.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import entry, parser, parse_quietly  # noqa: E402
+from tfvae.commands import entry, parser  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -28,14 +33,39 @@ def parse_args(argv=None):
     p.add_argument("--peer", action="store_true", help="also time a plain PyTorch implementation of the same "
                                                        "network (tfvae/benchmark_peer.py; needs torch) and print "
                                                        "the ratios")
+    p.add_argument("--evaluation", nargs="?", const="", metavar="RUN_DIR",
+                   help="time one evaluation's set-up against its scoring instead (of RUN_DIR, or of the quick "
+                        "start trained first)")
+    from tfvae.rundir import CHECKPOINTS  # no TensorFlow: --help stays instant
+
+    p.add_argument("--checkpoint", default="final", choices=CHECKPOINTS,
+                   help="with --evaluation RUN_DIR: the checkpoint evaluated")
     return p.parse_args(argv)
 
 
 @entry
 def main(argv=None) -> int:
-    args = parse_quietly(parse_args, argv)
+    args = parse_args(argv)
+    if args.evaluation:  # a folder that is not a trained run: one line, before TensorFlow loads
+        from tfvae import config as config_lib
+        from tfvae.run import Run, RunDirError
+
+        run = Run(args.evaluation)
+        try:
+            run.config()
+            run.trained_model_path(args.checkpoint)
+        except (config_lib.ConfigError, RunDirError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()
     from tfvae import benchmark
 
+    if args.evaluation is not None:
+        benchmark.evaluation(args.evaluation or None, checkpoint=args.checkpoint, data_dir=args.data_dir,
+                             out_path=args.out)
+        return 0
     benchmark.run(quick=args.quick, out_path=args.out, data_dir=args.data_dir, layers=args.layers,
                   check_quality=args.quality, peer=args.peer)
     return 0

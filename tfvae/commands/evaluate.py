@@ -56,8 +56,7 @@ def main(argv=None) -> int:
         if args.print_config:
             print(json.dumps(config, indent=2))
             return 0
-        if not os.path.isfile(run.model_path(args.checkpoint)):
-            raise RunDirError(f"{run.model_path(args.checkpoint)} not found (train the run first, or pick --checkpoint)")
+        run.trained_model_path(args.checkpoint)
         run.evaluation_target(args.out, args.overwrite)  # an existing evaluation: refused before any data is read
     except (config_lib.ConfigError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
