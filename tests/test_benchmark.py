@@ -69,12 +69,19 @@ def _listing(folder):
                   for d, _, names in os.walk(folder) for f in names)
 
 
-def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in_the_run(tiny_run, tmp_path):
+def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in_the_run(tiny_run, tmp_path,
+                                                                                          monkeypatch):
+    from tfvae import recommended
+
+    copies, select = [], recommended.select
+    monkeypatch.setattr(recommended, "select", lambda fn, volumes, n, *a, **k: copies.append(n) or
+                        select(fn, volumes, n, *a, **k))
     before = _listing(tiny_run)
     started = time.perf_counter()
-    out = benchmark.evaluation(tiny_run, out_path=str(tmp_path / "b.json"))
+    out = benchmark.evaluation(tiny_run, overrides=["recommended.synthetic_copies=1"], out_path=str(tmp_path / "b.json"))
     wall = time.perf_counter() - started
     assert _listing(tiny_run) == before  # no evaluation, threshold or lock file left in the run
+    assert copies == [1, 1] and out["run"]["overrides"] == ["recommended.synthetic_copies=1"]  # both filtered maps
     setup = out["evaluation_selection_s"] + out["evaluation_calibration_s"]
     assert out["evaluation_setup_s"] == pytest.approx(setup)
     assert all(out[k] > 0 for k in ("evaluation_selection_s", "evaluation_calibration_s", "evaluation_scoring_s"))
@@ -85,8 +92,12 @@ def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in
     assert out["run"]["dir"] == tiny_run and "cpu_flags" in out["machine"]
 
 
-def test_the_evaluation_benchmark_of_a_folder_that_is_no_trained_run_is_one_line(tmp_path, capsys):
-    assert benchmark_command.main(["--evaluation", str(tmp_path), "--out", str(tmp_path / "b.json")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and str(tmp_path) in err and len(err.splitlines()) == 1
+def test_the_evaluation_benchmark_of_no_trained_run_or_a_bad_key_is_one_line(tiny_run, tmp_path, capsys):
+    for args, said in ((["--evaluation", str(tmp_path)], str(tmp_path)),
+                       (["--evaluation", tiny_run, "--set", "recommended.synthetic_copeis=2"], "synthetic_copeis"),
+                       (["--evaluation", "--set", "recommended.synthetic_copies=x"], "synthetic_copies"),
+                       (["--quick", "--set", "recommended.synthetic_copies=2"], "--evaluation")):
+        assert benchmark_command.main(args + ["--out", str(tmp_path / "b.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and said in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "b.json").exists()

@@ -101,13 +101,12 @@ def quality(data_dir: str | None = None, workdir: str | None = None, log=print) 
     from tfvae import config as config_lib
     from tfvae.run import Run
 
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.json")
     workdir = workdir or tempfile.mkdtemp(prefix="tfvae-quality-")
     found = {}
     for precision in ("float32", "mixed_bfloat16"):
         overrides = [f"train.precision={precision}", "evaluate.write_nifti=false", "evaluate.num_figures=1",
                      f"name=quality_{precision}"] + ([f"data.data_dir={data_dir}"] if data_dir else [])
-        run = Run.create(os.path.join(workdir, precision), config_lib.load(root, overrides), overwrite=True)
+        run = Run.create(os.path.join(workdir, precision), config_lib.load("quickstart", overrides), overwrite=True)
         run.train(verbose=0)
         found[precision] = run.evaluate(overwrite=True, verbose=False)
     table = {}
@@ -168,7 +167,7 @@ def recorder(out: dict):
 
 
 def evaluation(run_dir: str | None = None, checkpoint: str = "final", data_dir: str | None = None,
-               out_path: str | None = "benchmark.json") -> dict:
+               overrides=(), out_path: str | None = "benchmark.json") -> dict:
     """The evaluation's set-up against its scoring of the test split, in seconds (one evaluation;
     ``evaluation.evaluate``'s ``stages``): the set-up is the KL-grad range and the filtered maps'
     sizes (``Scorer.fit``) plus the thresholds' calibration, all on healthy validation volumes; the
@@ -179,8 +178,10 @@ def evaluation(run_dir: str | None = None, checkpoint: str = "final", data_dir: 
     ``run_dir``: a trained run, evaluated with its saved config and ``checkpoint`` into a temporary
     folder, from scratch (its stored thresholds are not reused) -- nothing in the run is written.
     Without it, the quick start (``configs/quickstart.json``, on the phantom in ``data_dir``) is
-    trained first in a temporary folder (minutes). Figures written as JSON to ``out_path``.
-    Raises ``rundir.RunDirError`` for a folder that is not a trained run."""
+    trained first in a temporary folder (minutes). ``overrides``: ``KEY=VALUE`` items applied to the
+    run's config (or the quick start's), e.g. ``recommended.synthetic_copies=2``. Figures written as
+    JSON to ``out_path``. Raises ``rundir.RunDirError`` for a folder that is not a trained run and
+    ``config.ConfigError`` for a bad override."""
     import tempfile
 
     from tfvae import config as config_lib
@@ -193,16 +194,15 @@ def evaluation(run_dir: str | None = None, checkpoint: str = "final", data_dir: 
     record = recorder(out)
     with tempfile.TemporaryDirectory(prefix="tfvae-benchmark-") as scratch:
         if run_dir is None:
-            root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                                "quickstart.json")
-            config = config_lib.load(root, [f"data.data_dir={data_dir}"] if data_dir else [])
+            config = config_lib.load("quickstart", ([f"data.data_dir={data_dir}"] if data_dir else []) + list(overrides))
             print(f"training the quick start ({config['train']['epochs']} epochs) to evaluate it", flush=True)
             run = Run.create(os.path.join(scratch, "quickstart"), config)
             run.train()
         else:
             run = Run(run_dir)
-            config = run.config()
-        out["run"] = {"dir": run_dir or "quick start", "checkpoint": checkpoint, "name": config["name"]}
+            config = run.config(overrides)
+        out["run"] = {"dir": run_dir or "quick start", "checkpoint": checkpoint, "name": config["name"],
+                      "overrides": list(overrides)}
         keras.utils.set_random_seed(config["seed"])
         model, test, validation = evaluation_lib.run_inputs(run, config, checkpoint)
         stages = Stages()
