@@ -65,8 +65,9 @@ def test_stages_add_up_each_name_in_the_order_first_entered():
 
 
 def _listing(folder):
-    return sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_mtime_ns)
-                  for d, _, names in os.walk(folder) for f in names)
+    """Every file and folder under ``folder`` with its modification time."""
+    return sorted((os.path.relpath(os.path.join(d, name), folder), os.stat(os.path.join(d, name)).st_mtime_ns)
+                  for d, dirs, names in os.walk(folder) for name in dirs + names)
 
 
 def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in_the_run(tiny_run, tmp_path,
@@ -76,11 +77,11 @@ def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in
     copies, select = [], recommended.select
     monkeypatch.setattr(recommended, "select", lambda fn, volumes, n, *a, **k: copies.append(n) or
                         select(fn, volumes, n, *a, **k))
-    before = _listing(tiny_run)
+    before = _listing(os.path.dirname(tiny_run))  # the run and its siblings (a lock file would be one)
     started = time.perf_counter()
     out = benchmark.evaluation(tiny_run, overrides=["recommended.synthetic_copies=1"], out_path=str(tmp_path / "b.json"))
     wall = time.perf_counter() - started
-    assert _listing(tiny_run) == before  # no evaluation, threshold or lock file left in the run
+    assert _listing(os.path.dirname(tiny_run)) == before  # no evaluation, threshold, log or lock left
     assert copies == [1, 1] and out["run"]["overrides"] == ["recommended.synthetic_copies=1"]  # both filtered maps
     setup = out["evaluation_selection_s"] + out["evaluation_calibration_s"]
     assert out["evaluation_setup_s"] == pytest.approx(setup)
@@ -92,10 +93,39 @@ def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in
     assert out["run"]["dir"] == tiny_run and "cpu_flags" in out["machine"]
 
 
-def test_the_evaluation_benchmark_of_no_trained_run_or_a_bad_key_is_one_line(tiny_run, tmp_path, capsys):
+@pytest.mark.parametrize("predictors", [["rec_error", "intensity_filtered"], None], ids=["no-ensemble", "ensemble"])
+def test_the_calibration_inside_the_scoring_is_counted_as_set_up_only(tiny_run, tmp_path, monkeypatch, predictors):
+    """A clock that moves only while the calibration runs: all of it is set-up, none of it scoring
+    (with the ensemble the calibration runs after the ensemble's volumes, without it before any)."""
+    from tfvae import config as config_lib
+    from tfvae import evaluation
+    from tfvae.run import Run
+
+    run = Run(tiny_run)
+    overrides = ["evaluate.write_nifti=false"] + ([f"evaluate.predictors={json.dumps(predictors)}"] if predictors else [])
+    config = run.config(overrides)
+    model, test, validation = evaluation.run_inputs(run, config)
+    clock, calibrate = [0.0], evaluation.calibrate
+
+    def slow_calibrate(*args, **kwargs):
+        clock[0] += 100.0
+        return calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(evaluation, "calibrate", slow_calibrate)
+    stages = Stages()
+    results = evaluation.evaluate(model, config, test, validation, str(tmp_path), verbose=False, stages=stages)[0]
+    assert ("ensemble" in results) == (predictors is None)
+    assert stages.seconds == {"selection": 0.0, "calibration": 100.0, "scoring": 0.0}
+
+
+def test_the_evaluation_benchmark_refuses_bad_input_in_one_line(tiny_run, tmp_path, capsys):
     for args, said in ((["--evaluation", str(tmp_path)], str(tmp_path)),
                        (["--evaluation", tiny_run, "--set", "recommended.synthetic_copeis=2"], "synthetic_copeis"),
                        (["--evaluation", "--set", "recommended.synthetic_copies=x"], "synthetic_copies"),
+                       (["--evaluation", tiny_run, "--set", "data.test_split=validation"], "lesion"),
+                       (["--evaluation", "--checkpoint", "best"], "--checkpoint"),
+                       (["--evaluation", tiny_run, "--quick", "--peer"], "--quick, --peer"),
                        (["--quick", "--set", "recommended.synthetic_copies=2"], "--evaluation")):
         assert benchmark_command.main(args + ["--out", str(tmp_path / "b.json")]) == 2
         err = capsys.readouterr().err.strip()

@@ -166,22 +166,23 @@ def recorder(out: dict):
     return record
 
 
-def evaluation(run_dir: str | None = None, checkpoint: str = "final", data_dir: str | None = None,
-               overrides=(), out_path: str | None = "benchmark.json") -> dict:
+def evaluation(run_dir: str | None = None, checkpoint: str = "final", overrides=(),
+               out_path: str | None = "benchmark_evaluation.json") -> dict:
     """The evaluation's set-up against its scoring of the test split, in seconds (one evaluation;
     ``evaluation.evaluate``'s ``stages``): the set-up is the KL-grad range and the filtered maps'
-    sizes (``Scorer.fit``) plus the thresholds' calibration, all on healthy validation volumes; the
-    scoring is every test volume's maps, its metrics and NIfTI maps (the PNG figures and TensorBoard,
-    written after ``evaluate`` returns, are not counted). Issue 21's target: the set-up under half
-    of the scoring, on the quick start.
+    sizes (``Scorer.fit``) plus the thresholds' calibration, all on healthy validation volumes (or
+    the healthy scans of ``threshold.calibration``); the scoring is every test volume's maps, its
+    metrics and NIfTI maps (the PNG figures and TensorBoard, which ``evaluate_run`` makes after
+    that, are not made). Issue 21's target: the set-up under half of the scoring, on the quick start.
 
     ``run_dir``: a trained run, evaluated with its saved config and ``checkpoint`` into a temporary
     folder, from scratch (its stored thresholds are not reused) -- nothing in the run is written.
-    Without it, the quick start (``configs/quickstart.json``, on the phantom in ``data_dir``) is
-    trained first in a temporary folder (minutes). ``overrides``: ``KEY=VALUE`` items applied to the
-    run's config (or the quick start's), e.g. ``recommended.synthetic_copies=2``. Figures written as
-    JSON to ``out_path``. Raises ``rundir.RunDirError`` for a folder that is not a trained run and
-    ``config.ConfigError`` for a bad override."""
+    Without it, the quick start (``configs/quickstart.json``) is trained first in a temporary folder
+    (minutes). ``overrides``: ``KEY=VALUE`` items applied to the run's config (or the quick
+    start's), e.g. ``recommended.synthetic_copies=2`` or ``data.data_dir=...``. Figures written as
+    JSON to ``out_path``. Raises ``rundir.RunDirError`` for a folder that is not a trained run,
+    ``config.ConfigError`` for a bad override and ``data.DataError`` for a test split without lesions
+    (checked before anything is trained or scored)."""
     import tempfile
 
     from tfvae import config as config_lib
@@ -193,17 +194,15 @@ def evaluation(run_dir: str | None = None, checkpoint: str = "final", data_dir: 
     print_machine(out["machine"])
     record = recorder(out)
     with tempfile.TemporaryDirectory(prefix="tfvae-benchmark-") as scratch:
-        if run_dir is None:
-            config = config_lib.load("quickstart", ([f"data.data_dir={data_dir}"] if data_dir else []) + list(overrides))
+        run = Run(run_dir or os.path.join(scratch, "quickstart"))
+        config = run.config(overrides) if run_dir else config_lib.load("quickstart", overrides)
+        data.check_lesions(data.test_data_config(config["data"]), config["data"]["test_split"])
+        if not run_dir:
             print(f"training the quick start ({config['train']['epochs']} epochs) to evaluate it", flush=True)
-            run = Run.create(os.path.join(scratch, "quickstart"), config)
+            run = Run.create(run.dir, config)
             run.train()
-        else:
-            run = Run(run_dir)
-            config = run.config(overrides)
         out["run"] = {"dir": run_dir or "quick start", "checkpoint": checkpoint, "name": config["name"],
                       "overrides": list(overrides)}
-        keras.utils.set_random_seed(config["seed"])
         model, test, validation = evaluation_lib.run_inputs(run, config, checkpoint)
         stages = Stages()
         evaluation_lib.evaluate(model, config, test, validation, os.path.join(scratch, "eval"), stages=stages)

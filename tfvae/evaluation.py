@@ -340,8 +340,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
 
     ``stages``, when given, receives the wall seconds of the set-up -- "selection" (``Scorer.fit``:
     the KL-grad range and the filtered maps' sizes) and "calibration" -- and of "scoring" the test
-    split (its stream and consumers, then the metrics; the calibration run inside the stream left
-    out), e.g. for ``benchmark.evaluation``."""
+    split (its volume ids read, its stream and consumers, then the metrics; the calibration run
+    inside the stream left out), e.g. for ``benchmark.evaluation``."""
     predictors = list(predictors or config["evaluate"]["predictors"] or ALL_PREDICTORS)
     unknown = [p for p in predictors if p not in ALL_PREDICTORS]
     if unknown:
@@ -357,6 +357,7 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
     with stages("selection"):
         reference = scorer.fit(validation, stored=stored.get("reference"), verbose=verbose)
 
+    start, calibrating = time.perf_counter(), stages.seconds.get("calibration", 0.0)  # the scoring's clock
     ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
                            if "ensemble" in predictors else ([], sorted(set(ids))))
@@ -403,7 +404,6 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
                                                          ev["reference_skip"])
             consumers.append(fitted["reference_pixels"])
 
-    start, calibrating = time.perf_counter(), stages.seconds.get("calibration", 0.0)
     for volume in scored_volumes(scorer, test, predictors, settings, fit_ids=fit_ids, ensemble_features=features,
                                  seed=config["seed"], progress=progress, on_ensemble=start_measuring):
         for consumer in consumers:
@@ -449,7 +449,9 @@ def stored_calibration(run, config: dict, checkpoint: str) -> dict:
 def run_inputs(run, config: dict, checkpoint: str = "final"):
     """``(model, test split, healthy split)`` an evaluation of ``run`` with ``config`` scores: the
     saved ``checkpoint``, the test split of ``data.test_data_config`` (e.g. trained on hcp_t2, tested
-    on brats) and the validation split or the user's healthy scans (``threshold.calibration``)."""
+    on brats) and the validation split or the user's healthy scans (``threshold.calibration``);
+    Keras's random seed set to the config's first, as every evaluation does."""
+    keras.utils.set_random_seed(config["seed"])
     model = run.model(checkpoint)
     d = config["data"]
     test = data.load_split(data.test_data_config(d), d["test_split"])
@@ -462,7 +464,6 @@ def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",
     ``checkpoint``: final, best or last) on its test data (``data.test_data_config``) with ``config``; write results,
     figures and the config used to ``out_dir``, the figures and metrics to TensorBoard (``logs/``) and the
     thresholds to the run's ``thresholds.json``. Returns (results, title)."""
-    keras.utils.set_random_seed(config["seed"])
     model, test, validation = run_inputs(run, config, checkpoint)
     results, figures, per_volume = evaluate(model, config, test, validation, out_dir, verbose=verbose,
                                             stored=stored_calibration(run, config, checkpoint))

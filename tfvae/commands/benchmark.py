@@ -24,9 +24,10 @@ from tfvae.commands import add_set, entry, parser  # noqa: E402
 def parse_args(argv=None):
     p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="fewer repeats; finishes in under 3 minutes")
-    p.add_argument("--out", default="benchmark.json", help="JSON output")
-    p.add_argument("--data-dir", help="TFDS data_dir for the input-pipeline benchmark and for "
-                                       "--evaluation's quick start (default: TFDS's)")
+    p.add_argument("--out", help="JSON output (default: benchmark.json; with --evaluation, "
+                                 "benchmark_evaluation.json)")
+    p.add_argument("--data-dir", help="TFDS data_dir for the input-pipeline benchmark, or with --evaluation "
+                                      "for the data the run is evaluated on (default: the run's; TFDS's)")
     p.add_argument("--layers", action="store_true", help="also time each layer's forward and backward pass "
                                                          "(where the training step spends its time)")
     p.add_argument("--quality", action="store_true", help="also train the quick start in float32 and bfloat16 "
@@ -39,28 +40,43 @@ def parse_args(argv=None):
                         "start trained first)")
     from tfvae.rundir import CHECKPOINTS  # no TensorFlow: --help stays instant
 
-    p.add_argument("--checkpoint", default="final", choices=CHECKPOINTS,
-                   help="with --evaluation RUN_DIR: the checkpoint evaluated")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS,
+                   help="with --evaluation RUN_DIR: the checkpoint evaluated (default: final)")
     add_set(p, help="with --evaluation: override config keys of the run (or of the quick start)")
     return p.parse_args(argv)
+
+
+def misplaced(args) -> str | None:
+    """The options given that do not apply with (or without) ``--evaluation``, as one line, or None."""
+    if args.evaluation is None:
+        wrong = [name for name, given in (("--set", args.set), ("--checkpoint", args.checkpoint)) if given]
+        return f"{' and '.join(wrong)} apply to --evaluation only" if wrong else None
+    wrong = [f"--{name}" for name in ("quick", "layers", "quality", "peer") if getattr(args, name)]
+    if args.checkpoint and not args.evaluation:
+        wrong.append("--checkpoint (the quick start is trained here: its final model is evaluated)")
+    return f"{', '.join(wrong)} do(es) not apply to --evaluation" if wrong else None
 
 
 @entry
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.set and args.evaluation is None:
-        print("error: --set applies to --evaluation only", file=sys.stderr)
+    wrong = misplaced(args)
+    if wrong:
+        print(f"error: {wrong}", file=sys.stderr)
         return 2
+    overrides = ([f"data.data_dir={args.data_dir}"] if args.data_dir else []) + list(args.set)
+    checkpoint = args.checkpoint or "final"
     if args.evaluation is not None:  # not a trained run, a bad key: one line, before TensorFlow loads
         from tfvae import config as config_lib
         from tfvae.run import Run, RunDirError
 
         try:
             if args.evaluation:
-                Run(args.evaluation).config(args.set)
-                Run(args.evaluation).trained_model_path(args.checkpoint)
+                run = Run(args.evaluation)
+                run.config(overrides)
+                run.trained_model_path(checkpoint)
             else:
-                config_lib.load("quickstart", args.set)
+                config_lib.load("quickstart", overrides)
         except (config_lib.ConfigError, RunDirError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -69,11 +85,14 @@ def main(argv=None) -> int:
     quiet_tensorflow()
     from tfvae import benchmark
 
-    if args.evaluation is not None:
-        benchmark.evaluation(args.evaluation or None, checkpoint=args.checkpoint, data_dir=args.data_dir,
-                             overrides=args.set, out_path=args.out)
+    if args.evaluation is None:
+        benchmark.run(quick=args.quick, out_path=args.out or "benchmark.json", data_dir=args.data_dir,
+                      layers=args.layers, check_quality=args.quality, peer=args.peer)
         return 0
-    benchmark.run(quick=args.quick, out_path=args.out, data_dir=args.data_dir, layers=args.layers,
-                  check_quality=args.quality, peer=args.peer)
+    try:  # a test split without lesions, an unknown calibration of healthy scans, ...: one line
+        benchmark.evaluation(args.evaluation or None, checkpoint=checkpoint, overrides=overrides,
+                             out_path=args.out or "benchmark_evaluation.json")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
-
