@@ -13,7 +13,9 @@ What it implements, float32 on the CPU, ``torch.set_num_threads(os.cpu_count())`
   backward passes through one forward pass at z = mu, ELBO-grad by the sum rule, the squared
   error, the reference's 7x7 Gaussian smoothing of the three gradient maps and its Combi, made as
   the reference code makes them (``F.conv2d``, zero padding);
-- the projection: ``torch.optim.Adam`` on the input, E(x) = Lrec(x) + lambda * |x - x0|_1.
+- the projection: ``torch.optim.Adam`` on the input, E(x) = Lrec(x) + lambda * |x - x0|_1, then the
+  projected image's reconstruction and its squared error against the input (the proj_rec_error
+  map): what ``tfvae.projection.CompiledProjection`` returns.
 
 Run as ``python -m tfvae.benchmark_peer --batch 64 --size 64 --latent 64 --repeats 3 --steps 15
 --projection-steps 10``: prints one JSON object with ``train_slices_per_s``,
@@ -122,7 +124,9 @@ def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projec
             rec, _, _ = model.terms(xt, sample=False)
             (rec.sum() + 1.0 * (xt - x0).abs().sum()).backward()
             adam.step()
-        return xt.detach()
+        with torch.no_grad():
+            _, _, g = model.terms(xt, sample=False)
+            return xt.detach(), (x0 - g) ** 2, g
 
     out["projection_slice_steps_per_s"] = batch * projection_steps / median_time(projection, repeats)
     return out
