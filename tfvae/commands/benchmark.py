@@ -50,11 +50,11 @@ def misplaced(args) -> str | None:
     """The options given that do not apply with (or without) ``--evaluation``, as one line, or None."""
     if args.evaluation is None:
         wrong = [name for name, given in (("--set", args.set), ("--checkpoint", args.checkpoint)) if given]
-        return f"{' and '.join(wrong)} apply to --evaluation only" if wrong else None
+        return f"{' and '.join(wrong)} appl{'y' if len(wrong) > 1 else 'ies'} to --evaluation only" if wrong else None
     wrong = [f"--{name}" for name in ("quick", "layers", "quality", "peer") if getattr(args, name)]
     if args.checkpoint and not args.evaluation:
         wrong.append("--checkpoint (the quick start is trained here: its final model is evaluated)")
-    return f"{', '.join(wrong)} do(es) not apply to --evaluation" if wrong else None
+    return f"{', '.join(wrong)} {'do' if len(wrong) > 1 else 'does'} not apply to --evaluation" if wrong else None
 
 
 @entry
