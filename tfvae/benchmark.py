@@ -228,7 +228,6 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     repeats = 3 if quick else 7
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32)
-    gpus = tf.config.list_physical_devices("GPU")
     out = {"machine": {**machine(), "quick": quick}}
     record = recorder(out)
 
@@ -268,7 +267,7 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
     native = native_bfloat16()
     out["machine"]["native_bfloat16"] = native
     print(f"  native bfloat16 on this CPU: {'yes' if native else 'no (auto picks float32)'}", flush=True)
-    runs_bfloat16 = bool(gpus) or bfloat16_convolutions()  # not with oneDNN limited below AVX-512 on an AVX-512 CPU
+    runs_bfloat16 = bool(out["machine"]["gpu"]) or bfloat16_convolutions()  # not with oneDNN limited below AVX-512 on an AVX-512 CPU
     if runs_bfloat16:
         bf16_rate, _ = train_rate(64, "mixed_bfloat16")
         record("train_slices_per_s_latent64_bfloat16", bf16_rate, "slices/s")
