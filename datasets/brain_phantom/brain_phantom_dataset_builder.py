@@ -62,6 +62,10 @@ COMBINED = Shift(slice_mm=THICK_SLICES.slice_mm, te_ms=CONTRAST.te_ms, tr_ms=CON
                  bias_amplitude=BIAS.bias_amplitude, noise_fraction=NOISE.noise_fraction,
                  atrophy=ATROPHY.atrophy, hypointense=True)
 RESOLUTION_MM = 1.5  # the resolution shift: the default's 2 mm anatomy stored on a finer grid
+# BraTS-sized gliomas: one (80 %) or two lesions of 100-400 ml with their edema (median ~250 ml)
+LARGE_LESIONS = Shift(core_mm=(18.0, 32.0), edema_mm=(12.0, 28.0), mass_fraction=(0.3, 0.5),
+                      tumour_count_probs=(0.8, 0.2))
+LOBULATED = dict(lobes=(2, 4))  # the held-out tumour shape family: lobulated lesions
 
 # another site's test set: the default test subjects (paired), 8 healthy scans of other subjects
 _SHIFTED = dict(num_train=0, num_validation=8, num_test=20, validation_seed=1)
@@ -76,13 +80,29 @@ SHIFTED_CONFIGS = {
     "hypointense": (dict(shift=HYPOINTENSE), "tumours with haemorrhagic (hypointense) parts and iso-intense "
                                              "solid cores"),
     "combined": (dict(shift=COMBINED, voxel_mm=RESOLUTION_MM), "every shift above at once"),
+    "large_lesions": (dict(shift=LARGE_LESIONS), "BraTS-sized tumours: 100-400 ml with edema, one or two"),
+}
+# Held-out sites: other people (test and healthy subjects from seeds no other config uses) with
+# lobulated tumours, a shape family no other config has; kept out of every design decision
+_HELD_OUT = dict(num_train=0, num_validation=8, num_test=20)
+HELD_OUT_CONFIGS = {
+    "heldout_home": (dict(seed=11, validation_seed=12, shift=Shift(**LOBULATED)),
+                     "the training site's acquisition, new subjects, lobulated tumours"),
+    "heldout_large": (dict(seed=13, validation_seed=14, shift=dataclasses.replace(LARGE_LESIONS, **LOBULATED)),
+                      "new subjects, lobulated BraTS-sized tumours (100-400 ml)"),
+    "heldout_site": (dict(seed=15, validation_seed=16, shift=Shift(
+        slice_mm=(2.5, 5.0), bias_amplitude=(0.12, 0.2), noise_fraction=(0.05, 0.08), **LOBULATED)),
+                     "new subjects, lobulated tumours, 2.5-5 mm slices, bias 0.12-0.2, noise 5-8 %"),
 }
 
 
 def _shifted_configs() -> list[BrainPhantomConfig]:
     return [BrainPhantomConfig(name=name, description=f"Shifted site (validation and test only): {text}.",
                                **_SHIFTED, **settings)
-            for name, (settings, text) in SHIFTED_CONFIGS.items()]
+            for name, (settings, text) in SHIFTED_CONFIGS.items()] + [
+        BrainPhantomConfig(name=name, description=f"Held-out site (validation and test only): {text}.",
+                           **_HELD_OUT, **settings)
+        for name, (settings, text) in HELD_OUT_CONFIGS.items()]
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):

@@ -144,6 +144,7 @@ class _Tumour:
     t2_enhancing: float
     t2_edema: float
     edema_fade: float
+    lobes: tuple = ()  # ((centre in voxel indices, radius mm), ...): more lobes of a lobulated lesion
 
 
 # --------------------------------------------------------------------------- anatomy
@@ -259,13 +260,14 @@ def _warp_tissue(anatomy: Anatomy, coords: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- tumours
 
 
-def _sample_sizes(rng: np.random.Generator, voxel_mm: float) -> dict:
-    """Radii of one lesion, clamped so that every compartment spans at least one voxel."""
-    core = max(rng.uniform(*_CORE_MM), 2.0 * voxel_mm)
+def _sample_sizes(rng: np.random.Generator, voxel_mm: float, shift: shifts.Shift) -> dict:
+    """Radii of one lesion (in the shift's ranges where it gives them), clamped so that every
+    compartment spans at least one voxel."""
+    core = max(rng.uniform(*(shift.core_mm or _CORE_MM)), 2.0 * voxel_mm)
     rim = max(rng.uniform(*_RIM_MM), voxel_mm)
-    edema = max(rng.uniform(*_EDEMA_MM), 2.0 * voxel_mm)
+    edema = max(rng.uniform(*(shift.edema_mm or _EDEMA_MM)), 2.0 * voxel_mm)
     necrosis = bool(rng.random() < _NECROSIS_PROB) and core - rim >= voxel_mm
-    mass = rng.uniform(*_MASS_FRACTION) * (core + edema / 2.0)
+    mass = rng.uniform(*(shift.mass_fraction or _MASS_FRACTION)) * (core + edema / 2.0)
     return dict(core_mm=core, rim_mm=rim, has_necrosis=necrosis, edema_mm=edema, mass_mm=mass)
 
 
@@ -283,7 +285,8 @@ def _sample_centre(rng, tissue, depth_mm, core_mm, z_window) -> np.ndarray:
     return np.array(np.unravel_index(index, allowed.shape), dtype=np.float64)
 
 
-def _sample_tumours(rng, anatomy: Anatomy, coords: np.ndarray, voxel_mm: float) -> list[_Tumour]:
+def _sample_tumours(rng, anatomy: Anatomy, coords: np.ndarray, voxel_mm: float,
+                    shift: shifts.Shift) -> list[_Tumour]:
     """1-3 lesions placed on the deformed anatomy; satellites lie within 20 mm (axially) of the first.
 
     Placement works on a grid of about 4 mm (every ``stride``-th voxel) for speed; centres are
@@ -293,10 +296,11 @@ def _sample_tumours(rng, anatomy: Anatomy, coords: np.ndarray, voxel_mm: float) 
     coarse_mm = stride * voxel_mm
     tissue = _warp_tissue(anatomy, coords[:, ::stride, ::stride, ::stride])
     depth_mm = ndimage.distance_transform_edt(tissue.sum(axis=0) >= 0.5, sampling=coarse_mm)
-    count = 1 + int(rng.choice(len(_TUMOUR_COUNT_PROBS), p=_TUMOUR_COUNT_PROBS))
+    probs = shift.tumour_count_probs or _TUMOUR_COUNT_PROBS
+    count = 1 + int(rng.choice(len(probs), p=probs))
     tumours, z_window = [], None
     for _ in range(count):
-        sizes = _sample_sizes(rng, voxel_mm)
+        sizes = _sample_sizes(rng, voxel_mm, shift)
         coarse_centre = _sample_centre(rng, tissue, depth_mm, sizes["core_mm"], z_window)
         if z_window is None:
             half = _SATELLITE_Z_MM / coarse_mm
@@ -339,9 +343,26 @@ def _mass_effect(shape, tumours: list[_Tumour], voxel_mm: float) -> np.ndarray:
 
 
 def _irregular_radius(shape, tumour: _Tumour, shape_field: np.ndarray, voxel_mm: float) -> np.ndarray:
-    """Distance (mm) from the centre, divided by ``1 + a * f`` so that iso-surfaces are irregular."""
+    """Distance (mm) from the centre, divided by ``1 + a * f`` so that iso-surfaces are irregular;
+    for a lobulated lesion the least of it and each lobe's distance in the core's units (a lobe of
+    radius ``r`` ends where the core does: its distance is scaled by ``core / r``)."""
     distance = np.sqrt(sum(o**2 for o in _offsets_mm(shape, tumour.centre, voxel_mm)))
+    for centre, radius_mm in tumour.lobes:
+        lobe = np.sqrt(sum(o**2 for o in _offsets_mm(shape, centre, voxel_mm))) * np.float32(tumour.core_mm / radius_mm)
+        distance = np.minimum(distance, lobe)
     return distance / (1.0 + tumour.shape_amplitude * shape_field)
+
+
+def _with_lobes(rng: np.random.Generator, tumour: _Tumour, lobes: tuple[int, int], voxel_mm: float) -> _Tumour:
+    """``tumour`` made lobulated (``shifts.Shift.lobes``): ``n`` in ``lobes`` more lobes, each of
+    ``shifts.LOBE_RADIUS`` core radii, centred ``shifts.LOBE_DISTANCE`` core radii away."""
+    out = []
+    for _ in range(int(rng.integers(lobes[0], lobes[1] + 1))):
+        direction = rng.standard_normal(3)
+        distance = rng.uniform(*shifts.LOBE_DISTANCE) * tumour.core_mm / voxel_mm
+        out.append((tumour.centre + direction / np.linalg.norm(direction) * distance,
+                    rng.uniform(*shifts.LOBE_RADIUS) * tumour.core_mm))
+    return dataclasses.replace(tumour, lobes=tuple(out))
 
 
 def _membership(rho, boundary_mm, voxel_mm: float, brain_fraction: np.ndarray) -> np.ndarray:
@@ -438,8 +459,48 @@ def _with_contrast(tumour: _Tumour, factors: dict) -> _Tumour:
                                t2_edema=tumour.t2_edema * factors["edema"])
 
 
+LESION_SHARE_STREAM = 2  # the third word of a lesion-share lesion's own random stream
+_SHARE_CORE = 0.45  # a lesion-share lesion's core (rim and necrosis): this fraction of its radius
+_SHARE_NECROSIS = 0.3  # ... and its necrosis
+
+
+def _paint_share(seed: int, image, tissue, brain_mask, share: float, voxel_mm: float, factors: dict) -> np.ndarray:
+    """One lesion covering ``share`` of ``brain_mask`` (edema outside ``_SHARE_CORE`` of its
+    radius, an enhancing rim, necrosis inside ``_SHARE_NECROSIS``), painted into ``image``; return
+    its labels. Every draw comes from the subject's own stream ``(seed, 0, LESION_SHARE_STREAM)``
+    and none depends on ``share``, so the lesions of one subject at growing shares are nested: the
+    same centre, shape and intensities, a larger radius (the ``share``-quantile of the irregular
+    distance over the brain)."""
+    rng = np.random.default_rng((int(seed), 0, LESION_SHARE_STREAM))
+    depth_mm = ndimage.distance_transform_edt(brain_mask, sampling=voxel_mm)
+    candidates = np.flatnonzero(depth_mm >= 0.5 * depth_mm.max())
+    centre = np.array(np.unravel_index(rng.choice(candidates), brain_mask.shape), dtype=np.float64)
+    field = np.clip(_smooth_field(rng, image.shape, voxel_mm, 2.0 * _SHAPE_SCALE_MM), -2.0, 2.0)
+    texture = 1.0 + _TEXTURE_AMPLITUDE * _smooth_field(rng, image.shape, voxel_mm, _TEXTURE_SCALE_MM)
+    t2 = {"edema": rng.uniform(*_T2_EDEMA), "enhancing": rng.uniform(*_T2_ENHANCING),
+          "necrosis": rng.uniform(*_T2_NECROSIS)}
+    t2 = {k: v * factors.get(k, 1.0) for k, v in t2.items()}
+    fade = rng.uniform(*_EDEMA_FADE)
+    distance = np.sqrt(sum(o**2 for o in _offsets_mm(image.shape, centre, voxel_mm)))
+    rho = distance / (1.0 + rng.uniform(*_SHAPE_AMPLITUDE) * field)
+    label = np.zeros(image.shape, dtype=np.uint8)
+    if share <= 0:
+        return label
+    radius = float(np.quantile(rho[brain_mask], min(float(share), 1.0)))
+    brain_fraction = np.minimum(tissue.sum(axis=0), 1.0)
+    core = _SHARE_CORE * radius
+    weight = _membership(rho, radius, voxel_mm, brain_fraction)
+    strength = 1.0 - (1.0 - fade) * np.clip((rho - core) / max(radius - core, voxel_mm), 0.0, 1.0)
+    _paint(image, label, weight, t2["edema"] * texture, LABEL_EDEMA, strength=strength)
+    _paint(image, label, _membership(rho, core, voxel_mm, brain_fraction), t2["enhancing"] * texture,
+           LABEL_ENHANCING)
+    _paint(image, label, _membership(rho, _SHARE_NECROSIS * radius, voxel_mm, brain_fraction),
+           t2["necrosis"] * texture, LABEL_NECROSIS)
+    return label
+
+
 def synthesize_subject(seed: int, *, tumours: bool, voxel_mm: float = 2.0,
-                       shift: shifts.Shift | None = None) -> SyntheticSubject:
+                       shift: shifts.Shift | None = None, lesion_share: float | None = None) -> SyntheticSubject:
     """A synthetic T2-weighted brain, with 1-3 labelled tumours when ``tumours`` is true.
 
     Deterministic: the same ``(seed, tumours, voxel_mm, shift)`` gives identical arrays.  See the
@@ -447,7 +508,14 @@ def synthesize_subject(seed: int, *, tumours: bool, voxel_mm: float = 2.0,
     another site would (thick slices, another protocol, bias, noise), from an older population
     (atrophy) or with partly hypointense tumours; its draws come from their own stream, so the
     anatomy and the tumours are those of the unshifted subject (atrophy changes the tissue after).
+
+    ``lesion_share`` (with ``tumours=False``): the healthy subject of ``seed`` with one lesion
+    covering that share of its brain (``_paint_share``; 0: the healthy scan itself); the rest of
+    the scan -- anatomy, bias field, noise -- is the healthy scan's, so a sweep over shares
+    isolates what the lesion's size does.
     """
+    if lesion_share is not None and (tumours or not 0.0 <= lesion_share < 1.0):
+        raise ValueError(f"lesion_share {lesion_share!r}: a share in [0, 1) of a healthy subject (tumours=False)")
     anatomy = load_anatomy(float(voxel_mm))
     rng = np.random.default_rng((int(seed), int(bool(tumours))))
     shift = shift or shifts.Shift()
@@ -455,12 +523,14 @@ def synthesize_subject(seed: int, *, tumours: bool, voxel_mm: float = 2.0,
     factors = shifts.draw_contrast(shift, shift_rng)
     shape = anatomy.brain_mask.shape
     coords, matrix = _random_deformation(rng, shape, voxel_mm)
-    lesions = _sample_tumours(rng, anatomy, coords, voxel_mm) if tumours else []
+    lesions = _sample_tumours(rng, anatomy, coords, voxel_mm, shift) if tumours else []
     if lesions:
         coords -= np.tensordot(matrix, _mass_effect(shape, lesions, voxel_mm), axes=1)
     tissue = _warp_tissue(anatomy, coords)
     if shift.atrophy is not None:
         tissue = shifts.atrophy(tissue, shift_rng.uniform(*shift.atrophy), voxel_mm)
+    if shift.lobes is not None:
+        lesions = [_with_lobes(shift_rng, t, shift.lobes, voxel_mm) for t in lesions]
     brain_mask = tissue.sum(axis=0) >= 0.5
     image, wm_t2 = _healthy_t2(rng, tissue, factors if shift.te_ms is not None else None)
     if lesions:
@@ -468,6 +538,8 @@ def synthesize_subject(seed: int, *, tumours: bool, voxel_mm: float = 2.0,
             lesions = [_with_contrast(t, factors) for t in lesions]
         label = _paint_tumours(rng, image, tissue, lesions, voxel_mm,
                                hypointense=(shift_rng, factors) if shift.hypointense else None)
+    elif lesion_share is not None:
+        label = _paint_share(seed, image, tissue, brain_mask, lesion_share, voxel_mm, factors)
     else:
         label = np.zeros(image.shape, dtype=np.uint8)
     image = _acquire(rng, image, wm_t2, voxel_mm, bias_amplitude=shift.bias_amplitude or _BIAS_AMPLITUDE,

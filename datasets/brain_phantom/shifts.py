@@ -59,6 +59,8 @@ HAEMORRHAGE_PROB, HAEMORRHAGE_RADIUS, HAEMORRHAGE_T2 = 0.6, (0.4, 0.8), (25.0, 6
 SOLID_PROB, SOLID_T2 = 0.5, (80.0, 110.0)
 VENTRICLE_GROWTH_MM = 6.0  # ventricles grow by atrophy * this
 DEEP_MM = 15.0  # CSF at least this deep inside the brain counts as ventricular
+LOBE_RADIUS = (0.5, 0.9)  # a lobe's radius, in core radii
+LOBE_DISTANCE = (0.6, 1.1)  # a lobe's centre from the lesion's, in core radii
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +74,17 @@ class Shift:
     noise_fraction: tuple[float, float] | None = None
     atrophy: tuple[float, float] | None = None
     hypointense: bool = False
+    core_mm: tuple[float, float] | None = None
+    edema_mm: tuple[float, float] | None = None
+    mass_fraction: tuple[float, float] | None = None
+    tumour_count_probs: tuple[float, ...] | None = None
+    lobes: tuple[int, int] | None = None
 
     def __post_init__(self):
         if (self.te_ms is None) != (self.tr_ms is None):
             raise ValueError("te_ms and tr_ms are given together (another protocol) or not at all")
+        if self.tumour_count_probs is not None and not np.isclose(sum(self.tumour_count_probs), 1.0):
+            raise ValueError(f"tumour_count_probs {self.tumour_count_probs} do not sum to 1")
 
 
 def stream(seed: int, tumours: bool) -> np.random.Generator:
