@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from tfvae import metrics, scan_threshold
-from tfvae.scan_threshold import REFERENCE_FPRS, HealthyReference, for_scan
+from tfvae.scan_threshold import HALO_SHARE, REFERENCE_FPRS, HealthyReference, for_scan
 
 
 def reference_of(samples) -> HealthyReference:
@@ -22,70 +22,125 @@ def healthy():
     return np.random.default_rng(0).standard_normal(400_000).astype(np.float32)
 
 
+def scan_with_lesion(share: float, n: int = 200_000, seed: int = 1, offset: float = 1.0, scale: float = 2.0):
+    """Healthy scores N(offset, scale^2) and a lesion share of U(8, 12) * scale + offset above them."""
+    rng = np.random.default_rng(seed)
+    n_lesion = int(round(share * n))
+    healthy = offset + scale * rng.standard_normal(n - n_lesion)
+    lesion = offset + scale * rng.uniform(8.0, 12.0, n_lesion)
+    return healthy, lesion
+
+
+def closed_form_line(levels, discount: float, healthy_share: float, offset: float, scale: float):
+    """(scale, offset) of the least-squares line through (z_p, scan quantile at p (1 - discount))
+    when the scan is N(offset, scale^2) on ``healthy_share`` of its pixels and every other pixel
+    lies above them: the scan's q-quantile is the healthy part's q / healthy_share quantile."""
+    levels = np.asarray(levels)
+    return np.polyfit(stats.norm.ppf(levels), offset + scale * stats.norm.ppf(levels * (1 - discount) / healthy_share), 1)
+
+
 def test_survival_is_exact_for_an_exponential_tail():
     # thresholds of Exp(1): t = -ln(rate); log-linear interpolation and extrapolation are exact
     reference = HealthyReference({rate: -math.log(rate) for rate in REFERENCE_FPRS})
     for x in (0.5, 1.0, 2.0, 4.0, 6.9, 9.0):
         assert reference.survival(x) == pytest.approx(math.exp(-x), rel=1e-9)
     assert reference.survival(0.0) == 1.0  # below the lowest stored threshold: capped at 1
+    assert reference.quantiles([0.5, 0.9]) == pytest.approx([math.log(2.0), math.log(10.0)])
 
 
-def test_a_scan_shifted_and_scaled_gets_the_rate_asked_for(healthy):
+@pytest.mark.parametrize("share", [0.05, 0.3])
+def test_both_lines_and_the_lesion_share_match_the_closed_form(healthy, share):
     reference = reference_of(healthy)
-    rng = np.random.default_rng(1)
-    scan_healthy = 1.0 + 2.0 * rng.standard_normal(200_000)  # another site: N(1, 2)
-    lesion = rng.uniform(8.0, 12.0, 10_000)  # 5 % of the brain, far above
+    scan_healthy, lesion = scan_with_lesion(share)
     scores = np.concatenate([scan_healthy, lesion])
-    # with every lesion pixel above the bulk, the scan's p-quantile is its healthy part's p / h-quantile
-    # (h: the healthy share): the line the fit must find, in closed form
-    h, bulk = len(scan_healthy) / len(scores), np.asarray(scan_threshold.BULK_QUANTILES)
-    scale, offset = np.polyfit(stats.norm.ppf(bulk), 1.0 + 2.0 * stats.norm.ppf(bulk / h), 1)
-    for fpr in (0.01, 0.05):
-        chosen = for_scan(reference, scores, fpr, "per_scan")
-        assert chosen.scale == pytest.approx(scale, rel=0.01) and chosen.offset == pytest.approx(offset, abs=0.02)
-        expected = stats.norm.sf((offset + scale * stats.norm.isf(fpr) - 1.0) / 2.0)  # slightly under fpr
-        assert fpr / 2 < expected < fpr
-        assert np.mean(scan_healthy >= chosen.threshold) == pytest.approx(expected, rel=0.1)
-        assert chosen.estimated_fpr == pytest.approx(fpr, rel=1e-6)
-        # the calibrated threshold would flag P(N(1, 2) >= z_(1-fpr)): estimated without labels
-        closed_form = stats.norm.sf((stats.norm.isf(fpr) - 1.0) / 2.0)
-        assert np.mean(scan_healthy >= chosen.reference_threshold) == pytest.approx(closed_form, rel=0.05)
-        assert chosen.estimated_fpr_at_reference == pytest.approx(closed_form, rel=0.15)
-        fixed = for_scan(reference, scores, fpr, "fixed")
-        assert fixed.threshold == chosen.reference_threshold == reference.threshold(fpr)
-        assert fixed.estimated_fpr == chosen.estimated_fpr_at_reference
+    h = len(scan_healthy) / len(scores)
+    fitted = scan_threshold.fit(reference, scores)
+    # the healthy line: the lower quantiles at p (1 - share) are the healthy part's p-quantiles
+    assert fitted.healthy_scale == pytest.approx(2.0, rel=0.02) and fitted.healthy_offset == pytest.approx(1.0, abs=0.03)
+    assert fitted.lesion_share == pytest.approx(1 - h, abs=0.005)
+    # the threshold's line: the share beyond HALO_SHARE discounted
+    scale, offset = closed_form_line(scan_threshold.BULK_QUANTILES, max(fitted.lesion_share - HALO_SHARE, 0.0), h,
+                                     1.0, 2.0)
+    assert fitted.scale == pytest.approx(scale, rel=0.02) and fitted.offset == pytest.approx(offset, abs=0.03)
+    chosen = for_scan(reference, scores, 0.01)
+    assert chosen.threshold == pytest.approx(offset + scale * reference.threshold(0.01), rel=0.02)
+    # the estimate is read off the healthy line: the share of the healthy part above the threshold
+    truth = np.mean(scan_healthy >= chosen.threshold)
+    assert chosen.estimated_fpr == pytest.approx(truth, rel=0.2)
+    assert chosen.lesion_share == fitted.lesion_share
 
 
-def test_the_fit_is_the_least_squares_line_of_the_bulk_quantiles(healthy):
+def test_sensitivity_does_not_collapse_as_the_lesion_grows(healthy):
+    # lesions partly overlapping the healthy tail (as a map's lesion edges do), 5-30 % of the brain;
+    # the rule before issue 30 -- one least-squares line through the scan's 20th-80th percentiles,
+    # written out here -- lifts its threshold with the lesion and misses most of a 30 % one
     reference = reference_of(healthy)
-    scores = np.random.default_rng(2).gamma(2.0, size=50_000)
-    offset, scale = scan_threshold.fit(reference, scores)
-    expected_scale, expected_offset = np.polyfit(
-        np.quantile(healthy, scan_threshold.BULK_QUANTILES), np.quantile(scores, scan_threshold.BULK_QUANTILES), 1)
-    assert scale == pytest.approx(expected_scale, rel=1e-3) and offset == pytest.approx(expected_offset, abs=1e-3)
+    bulk = np.asarray(scan_threshold.BULK_QUANTILES)
+
+    def found(share):
+        rng = np.random.default_rng(7)
+        n = 100_000
+        lesion = rng.normal(5.0, 1.5, int(share * n))
+        scores = np.concatenate([rng.standard_normal(n - len(lesion)), lesion])
+        now = for_scan(reference, scores, 0.01).threshold
+        scale, offset = np.polyfit(np.quantile(healthy, bulk), np.quantile(scores, bulk), 1)
+        before = offset + scale * reference.threshold(0.01)
+        return float(np.mean(lesion >= now)), float(np.mean(lesion >= before))
+
+    (now_5, before_5), (now_30, before_30) = found(0.05), found(0.3)
+    assert now_30 >= 0.8 * now_5
+    assert before_30 < 0.5 * before_5  # the test tells the two rules apart
 
 
-def test_an_unshifted_scan_keeps_about_the_calibrated_threshold(healthy):
+def test_an_unshifted_healthy_scan_keeps_about_the_calibrated_threshold(healthy):
     reference = reference_of(healthy)
     scan = np.random.default_rng(3).standard_normal(100_000)
     chosen = for_scan(reference, scan, 0.01)
     assert chosen.threshold == pytest.approx(reference.threshold(0.01), rel=0.03)
     assert chosen.estimated_fpr_at_reference == pytest.approx(0.01, rel=0.2)
+    assert chosen.lesion_share < 0.01
     assert chosen.warnings(flagged_share=0.012) == []
 
 
-def test_a_tied_bulk_falls_back_to_the_calibrated_threshold_and_says_so():
+def test_the_estimate_follows_the_scan_not_the_asked_rate(healthy):
+    # a shifted site's healthy scan with a small lesion: the lesion lifts the threshold's line, so the
+    # healthy tissue flagged is under the asked rate; the estimate says so and matches the count
+    reference = reference_of(healthy)
+    scan_healthy, lesion = scan_with_lesion(0.06, seed=11, offset=0.5, scale=1.5)
+    chosen = for_scan(reference, np.concatenate([scan_healthy, lesion]), 0.01)
+    measured = np.mean(scan_healthy >= chosen.threshold)
+    assert measured < 0.008 and chosen.estimated_fpr == pytest.approx(measured, rel=0.2)
+    assert chosen.estimated_fpr < 0.8 * chosen.fpr
+    fixed = for_scan(reference, np.concatenate([scan_healthy, lesion]), 0.01, "fixed")
+    assert fixed.estimated_fpr == pytest.approx(np.mean(scan_healthy >= reference.threshold(0.01)), rel=0.15)
+
+
+def test_a_tied_reference_falls_back_to_the_calibrated_threshold_and_says_why():
     # a positive-part map: 90 % of the healthy pixels score exactly 0
     samples = np.where(np.random.default_rng(4).random(100_000) < 0.9, 0.0, 1.0 + np.arange(100_000) * 1e-5)
     reference = reference_of(samples)
     chosen = for_scan(reference, samples, 0.01)
     assert chosen.fallback and chosen.threshold == reference.threshold(0.01) and math.isnan(chosen.estimated_fpr)
-    assert "could not be matched" in chosen.warnings()[0]
+    assert "tied" in chosen.reason and "not estimated" in chosen.warnings()[0]
     assert not for_scan(reference, samples, 0.01, "fixed").fallback
-    assert scan_threshold.fit(reference, samples[:50]) is None  # too few brain pixels, whatever the map
 
 
-def test_warnings_name_the_estimated_rate_and_the_remedy(healthy):
+@pytest.mark.parametrize("scores, why", [
+    (np.random.default_rng(5).standard_normal(50), "fewer than"),
+    (np.where(np.random.default_rng(6).random(50_000) < 0.85, 0.0, 3.0), "distinct"),
+    (0.01 * np.random.default_rng(8).standard_normal(50_000), "outside"),  # finer voxels: a scale of ~0
+    (np.r_[np.random.default_rng(9).standard_normal(50_000), np.nan], "finite"),
+])
+def test_degenerate_scans_fall_back_with_a_reason(healthy, scores, why):
+    reference = reference_of(healthy)
+    chosen = for_scan(reference, scores, 0.01)
+    assert chosen.fallback and why in chosen.reason and math.isnan(chosen.estimated_fpr)
+    assert chosen.threshold == reference.threshold(0.01) and math.isnan(chosen.lesion_share)
+    with pytest.raises(scan_threshold.NoFit, match=why):
+        scan_threshold.fit(reference, scores)
+
+
+def test_warnings_name_a_large_lesion_the_estimated_rate_and_the_remedy(healthy):
     reference = reference_of(healthy)
     shifted = 1.0 + 2.0 * np.random.default_rng(5).standard_normal(100_000)
     fixed = for_scan(reference, shifted, 0.01, "fixed")
@@ -93,14 +148,16 @@ def test_warnings_name_the_estimated_rate_and_the_remedy(healthy):
     assert f"{100 * fixed.estimated_fpr:.1f}%" in warning and "not 1%" in warning and "per_scan" in warning
     per_scan = for_scan(reference, shifted, 0.01)
     (warning,) = per_scan.warnings(flagged_share=0.02)
-    assert "corrects for it" in warning and f"{per_scan.scale:.2f}x" in warning  # ~25x off: warned
+    assert "corrects for it" in warning and f"{per_scan.healthy_scale:.2f}x" in warning  # ~25x off: warned
     mild = for_scan(reference, 0.2 + 1.1 * np.random.default_rng(6).standard_normal(100_000), 0.01)
     assert 0.02 < mild.estimated_fpr_at_reference < 0.05 and mild.warnings(flagged_share=0.02) == []  # 2-5x: not
-    assert any("minority" in w for w in per_scan.warnings(flagged_share=0.35))
+    large = for_scan(reference, np.concatenate(scan_with_lesion(0.3, offset=0.0, scale=1.0)), 0.01)
+    (warning,) = large.warnings(flagged_share=0.3)
+    assert "large lesion" in warning and f"{100 * large.lesion_share:.0f}%" in warning and "scanner" not in warning
     with pytest.raises(ValueError, match="mode"):
         for_scan(reference, shifted, 0.01, "adaptive")
 
 
-def test_a_reference_without_its_bulk_is_refused():
+def test_a_reference_without_its_quantiles_is_refused():
     with pytest.raises(ValueError, match="needs the thresholds"):
         HealthyReference({0.01: 1.0, 0.05: 0.5})

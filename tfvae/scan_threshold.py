@@ -1,38 +1,67 @@
 """A threshold for each scan, from its own score distribution: false-positive rates that hold on
-scans from another site than the training data's, without labels.
+scans from another site than the training data's, and on scans whose lesion is large, without labels.
 
 A threshold calibrated on healthy validation scans (``tfvae.calibration``) flags the asked share
 of *their* healthy brain pixels. On a scan from another scanner, protocol or population the whole
 score distribution moves (a stronger bias field, thick slices, a tumour's mass effect and the halo
 the recommended map's 3D filters spread around it), and the same threshold flags several times
 the promised share of healthy tissue (measured in ``docs/results_phantom.md``). So the threshold
-is moved with the scan:
+is moved with the scan, by a two-component reading of its scores: healthy tissue, whose scores are
+the healthy reference's under a straight line ``a + b * s``, and a minority that is not healthy
+(lesions, their halo), at the top of the scores.
 
 1. ``HealthyReference``: the healthy validation distribution of a map's brain scores, kept as the
    thresholds that flag each of ``REFERENCE_FPRS`` of it (its quantiles; stored in
    ``thresholds.json``).
-2. ``fit``: a straight line through the Q-Q plot of the scan's brain scores against the reference
-   over the bulk -- the 20th to 80th percentiles (``BULK_QUANTILES``, 9 points, least squares),
-   where the lesions of a scan (a minority, at the top of its scores) hardly reach: the scan's
-   healthy-looking scores are ``a + b * s`` of the reference's ``s``. A robust fit of the bulk, as
-   intensity-standardisation methods (Nyul & Udupa's landmarks) match histograms.
-3. ``for_scan``: with ``mode="per_scan"`` (the default, ``threshold.mode``) the threshold is the
-   line at the reference threshold, ``a + b * t_ref``; with ``mode="fixed"`` it is ``t_ref``.
-   Either way ``estimated_fpr`` is the label-free estimate of the share of the scan's healthy
-   tissue it flags: the reference's share above the threshold mapped back through the line
-   (``HealthyReference.survival``); ``estimated_fpr_at_reference`` is the same for ``t_ref``, a
-   measure of how far the scan is from the training data. ``ScanThreshold.warnings`` says when a
-   fixed threshold's estimate is over ``WARN_FACTOR`` times off the asked rate, and when a per-scan
-   threshold had to correct by more than ``SHIFT_FACTOR`` times (tumour scans of the training site
-   itself sit at about 2.5x: their mass effect and the map's halo).
+2. ``fit``, in two stages:
 
-Assumptions and limits (measured on the phantom's shifted configs): lesions and their halo must
-stay below ~20 % of the brain (above that the 80th percentile is lesion, and the threshold rises:
-fewer false positives, less sensitivity); the scan's healthy scores must differ from the
-reference's by a shift and a scale, which holds for the shifts measured (bias field, thick slices,
-protocol, noise, resolution) to within a factor of about 1.5. A map whose reference bulk is tied
-(e.g. a positive-part map with more than 20 % zeros) cannot be fitted: it keeps the reference
-threshold (``fallback``), and localize says so.
+   - **the healthy line and the lesion share** ``h``: a least-squares line through the Q-Q plot of
+     the scan's quantiles at ``p * (1 - h)`` against the reference's at ``p``, over the lower
+     quantiles ``LOW_QUANTILES`` (10th-70th: what a lesion of up to ~30 % of the brain leaves
+     healthy; the 10th-50th read a strongly shifted site's heavier healthy tail as lesion), and
+     ``h`` the share of scan pixels above that line's ``EXCESS_FPR`` level beyond the
+     ``EXCESS_FPR`` healthy tissue puts there, ``h = (F - e) / (1 - e)``; iterated from ``h = 0`` to
+     its fixed point. With every lesion pixel above the healthy bulk the scan's ``p (1 - h)``
+     quantile is its healthy part's ``p`` quantile exactly (the correction); ``h`` counts the
+     lesion *and* the healthy pixels its halo lifts, so it is reported as the share of the brain
+     that does not look healthy.
+   - **the threshold's line**: the same Q-Q fit over the bulk ``BULK_QUANTILES`` (20th-80th),
+     with the share discounted beyond ``HALO_SHARE``: quantile levels ``p * (1 - max(h -
+     HALO_SHARE, 0))``. A lesion under ``HALO_SHARE`` of the brain stays in the bulk and lifts the
+     threshold a little -- what keeps the map's halo around it (about the lesion's own volume,
+     measured: ``docs/threshold_study.md``) from doubling the false-positive rate of tumour scans;
+     a larger one no longer does, so a 300 ml glioma is cut where a 30 ml one is.
+
+3. ``for_scan``: with ``mode="per_scan"`` (the default, ``threshold.mode``) the threshold is the
+   threshold's line at the reference threshold, ``a + b * t_ref``; with ``mode="fixed"`` it is
+   ``t_ref``. ``lesion_share`` is ``h``. Two label-free estimates, each from the line that reads
+   it best (measured per scan against the labels: ``docs/threshold_study.md``):
+
+   - ``estimated_fpr``: the share of the tissue the fit reads as healthy that the threshold flags,
+     off the *healthy* line (``HealthyReference.survival`` of the threshold mapped back through
+     it). Never the asked rate by construction: it falls when a lesion lifts the threshold, rises
+     when the threshold sits low. It does not count the healthy pixels a lesion's halo lifts (they
+     are part of ``h``), so on tumour scans it is below the rate measured with labels, which
+     counts them;
+   - ``estimated_fpr_at_reference``: the share the calibrated threshold ``t_ref`` would flag, off
+     the *threshold's* line (the whole bulk, mass effect and halo of a lesion under
+     ``HALO_SHARE`` included): how far the scan is from the training data, what a fixed threshold
+     really flags there.
+
+Degenerate fits are refused, not used (``NoFit``; the scan keeps the calibrated threshold, its
+estimated rate is NaN and ``ScanThreshold.warnings`` names why): too few brain pixels
+(``MIN_SCAN_PIXELS``), non-finite scores, a reference whose quantiles at the fitted levels are tied
+(e.g. a positive-part map with many exact zeros), a scan whose quantiles there are tied (fewer than
+``MIN_DISTINCT`` distinct values), a line that does not describe the points (``MIN_R2``), and a
+scale outside ``SCALE_RANGE`` -- wider than any healthy scan of another site needs (0.6-1.9x
+measured on the phantom's sites), as a scan of another voxel size or contrast than the training
+data's gives (its scale ~0 once flagged 15 % of a healthy brain at a nominal 1 %).
+
+Assumptions and limits (measured on the phantom's design sites, ``docs/threshold_study.md``):
+lesions sit at the top of the scores and cover under ~50 % of the brain; the scan's healthy scores
+differ from the reference's by a shift and a scale; the halo of a lesion above ``HALO_SHARE`` of
+the brain is flagged with it. A lesion that lowers the whole scan's scores (a large bright lesion
+changes the per-scan intensity normalisation) loses sensitivity with any threshold.
 """
 
 from __future__ import annotations
@@ -42,14 +71,27 @@ import dataclasses
 import numpy as np
 
 MODES = ("per_scan", "fixed")
-BULK_QUANTILES = tuple(float(p) for p in np.round(np.linspace(0.2, 0.8, 9), 6))
-# the false-positive rates whose thresholds describe a healthy distribution: its bulk (1 - p) and tail
+LOW_QUANTILES = tuple(float(p) for p in np.round(np.linspace(0.1, 0.7, 13), 6))  # the healthy line's levels
+BULK_QUANTILES = tuple(float(p) for p in np.round(np.linspace(0.2, 0.8, 9), 6))  # the threshold line's levels
+EXCESS_FPR = 0.05  # the healthy line's level above which the pixels beyond this share count as not healthy
+HALO_SHARE = 0.15  # the share of the brain a lesion (and its halo) may lift the threshold's line with
+MAX_SHARE = 0.6  # the lesion share the fit assumes at most (the healthy line needs the lower half)
+# the false-positive rates whose thresholds describe a healthy distribution: its quantiles at both
+# lines' levels (1 - p) and its tail
 TAIL_FPRS = (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
-REFERENCE_FPRS = tuple(sorted({round(1.0 - p, 6) for p in BULK_QUANTILES} | set(TAIL_FPRS), reverse=True))
+REFERENCE_FPRS = tuple(sorted({round(1.0 - p, 6) for p in LOW_QUANTILES + BULK_QUANTILES} | set(TAIL_FPRS),
+                              reverse=True))
 MIN_SCAN_PIXELS = 100  # fewer brain pixels than this: no fit
+MIN_DISTINCT = 5  # fewer distinct scan quantiles than this at a line's levels: no fit
+MIN_R2 = 0.9  # a line explaining less of its Q-Q points than this: no fit
+SCALE_RANGE = (0.25, 4.0)  # the threshold line's scale outside it: no fit (another grid, contrast or map)
 WARN_FACTOR = 2.0  # a fixed threshold's estimated rate this many times above (or below) the asked one is warned
 SHIFT_FACTOR = 5.0  # per scan: a calibrated threshold this far off on the scan is warned (a strong extrapolation)
-MAX_LESION_SHARE = 0.2  # more of the brain flagged than this: the bulk assumption is warned
+MAX_LESION_SHARE = 0.2  # an estimated lesion share above this is warned
+
+
+class NoFit(ValueError):
+    """A scan's scores cannot be matched to the healthy reference; the message says why (one line)."""
 
 
 class HealthyReference:
@@ -71,9 +113,12 @@ class HealthyReference:
             raise KeyError(f"no threshold calibrated at FPR {fpr:g}")
         return self.thresholds[float(fpr)]
 
-    def bulk(self) -> np.ndarray:
-        """The reference's quantiles at ``BULK_QUANTILES``."""
-        return np.array([self.thresholds[round(1.0 - p, 6)] for p in BULK_QUANTILES])
+    def quantiles(self, levels) -> np.ndarray:
+        """The reference's quantiles at ``levels`` (each ``1 - rate`` of a stored rate; between stored
+        rates, linear interpolation)."""
+        levels = np.asarray(levels, np.float64)
+        q = 1.0 - self._fprs[::-1]  # increasing levels, their thresholds increasing
+        return np.interp(levels, q, self._values[::-1])
 
     def survival(self, x: float) -> float:
         """Estimated share of healthy brain pixels scoring ``>= x``: the stored points, with
@@ -95,6 +140,18 @@ class HealthyReference:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fit:
+    """The two lines of a scan's Q-Q plot against the healthy reference (``fit``): scan scores =
+    ``offset + scale * reference scores``."""
+
+    offset: float  # the threshold's line (bulk, lesion share beyond HALO_SHARE discounted)
+    scale: float
+    healthy_offset: float  # the healthy tissue's line (lower quantiles, lesion share discounted)
+    healthy_scale: float
+    lesion_share: float  # h: the share of the brain's pixels that do not look healthy
+
+
+@dataclasses.dataclass(frozen=True)
 class ScanThreshold:
     """The threshold one scan is cut at, and what is known of its false-positive rate."""
 
@@ -104,64 +161,112 @@ class ScanThreshold:
     mode: str  # "per_scan" or "fixed", as asked
     estimated_fpr: float  # label-free estimate at ``threshold`` (NaN without a fit)
     estimated_fpr_at_reference: float  # label-free estimate at ``reference_threshold`` (NaN without a fit)
-    offset: float = 0.0  # the Q-Q line: scan scores = offset + scale * reference scores
+    offset: float = 0.0  # the threshold's line: scan scores = offset + scale * reference scores
     scale: float = 1.0
     fallback: bool = False  # per-scan asked for, but the scan could not be fitted: reference threshold
+    lesion_share: float = float("nan")  # estimated share of the brain that does not look healthy (NaN: no fit)
+    healthy_scale: float = 1.0  # the healthy line's scale
+    reason: str = ""  # why the scan could not be fitted (NoFit's message), empty when it was
 
     def warnings(self, flagged_share: float | None = None) -> list[str]:
         """One-line warnings a user should read beside the scan's mask (empty when none):
-        an estimated rate far from the asked one, a fit that failed, too much of the brain flagged."""
+        a fit refused (and why), a large lesion share, an estimated rate far from the asked one."""
         out = []
         far = lambda rate, factor=WARN_FACTOR: rate > factor * self.fpr or rate < self.fpr / factor  # noqa: E731
-        if self.fallback:
-            out.append(f"the map's scores could not be matched to the healthy reference (its bulk is tied or the scan "
-                       f"has too few brain pixels); the calibrated threshold {self.reference_threshold:.4g} is used "
-                       "and its false-positive rate on this scan is unknown")
+        if self.reason:
+            out.append(f"the map's scores could not be matched to the healthy reference ({self.reason}); the "
+                       f"calibrated threshold {self.reference_threshold:.4g} is used and its false-positive rate "
+                       "on this scan is not estimated")
+            return out
+        if self.lesion_share > MAX_LESION_SHARE:
+            out.append(f"an estimated {100 * self.lesion_share:.0f}% of the brain scores above its healthy tissue: "
+                       "most likely a large lesion (with the halo the map spreads around it); "
+                       + ("the per-scan threshold discounts it" if self.mode == "per_scan" else
+                          "the calibrated threshold is kept") + " -- check the mask against the scan")
         elif self.mode == "fixed" and far(self.estimated_fpr):
             out.append(f"the calibrated threshold flags an estimated {100 * self.estimated_fpr:.1f}% of this scan's "
-                       f"healthy tissue, not {100 * self.fpr:g}% (its scores are {self.scale:.2f}x the healthy "
-                       "reference's); use the per-scan threshold (threshold.mode=per_scan) or calibrate on healthy "
-                       "scans of this scanner (tfvae calibrate)")
-        elif far(self.estimated_fpr_at_reference, SHIFT_FACTOR):
-            out.append(f"this scan's healthy-looking scores are far from the healthy reference's ({self.scale:.2f}x; "
-                       f"the calibrated threshold would flag an estimated {100 * self.estimated_fpr_at_reference:.1f}% "
-                       f"of its healthy tissue); the per-scan threshold {self.threshold:.4g} corrects for it, assuming "
-                       f"lesions are under {100 * MAX_LESION_SHARE:g}% of the brain: check the mask, or calibrate on "
+                       f"healthy tissue, not {100 * self.fpr:g}% (its healthy scores are {self.healthy_scale:.2f}x the "
+                       "healthy reference's); use the per-scan threshold (threshold.mode=per_scan) or calibrate on "
                        "healthy scans of this scanner (tfvae calibrate)")
-        if flagged_share is not None and flagged_share > MAX_LESION_SHARE and self.mode == "per_scan":
-            out.append(f"{100 * flagged_share:.0f}% of the brain is flagged: the per-scan threshold assumes lesions "
-                       f"are a minority (under {100 * MAX_LESION_SHARE:g}%); compare with threshold.mode=fixed")
+        elif self.mode == "per_scan" and far(self.estimated_fpr_at_reference, SHIFT_FACTOR):
+            out.append(f"this scan's healthy scores are far from the healthy reference's ({self.healthy_scale:.2f}x; "
+                       f"the calibrated threshold would flag an estimated {100 * self.estimated_fpr_at_reference:.1f}% "
+                       f"of its healthy tissue); the per-scan threshold {self.threshold:.4g} corrects for it: check "
+                       "the mask, or calibrate on healthy scans of this scanner (tfvae calibrate)")
+        if (flagged_share is not None and flagged_share > MAX_LESION_SHARE and self.mode == "per_scan"
+                and not self.lesion_share > MAX_LESION_SHARE):
+            out.append(f"{100 * flagged_share:.0f}% of the brain is flagged, more than the {100 * self.lesion_share:.0f}% "
+                       "estimated not to look healthy: compare with threshold.mode=fixed")
         return out
 
 
-def fit(reference: HealthyReference, scores) -> tuple[float, float] | None:
-    """``(offset, scale)`` of the least-squares line through the Q-Q plot of ``scores`` (a scan's
-    brain scores) against the reference over ``BULK_QUANTILES``; None when it cannot be fitted (the
-    reference bulk is tied, too few scores, or a scale that is not positive)."""
-    scores = np.asarray(scores, np.float64).ravel()
-    ref = reference.bulk()
-    if scores.size < MIN_SCAN_PIXELS or np.ptp(ref) <= 0 or not np.all(np.isfinite(scores)):
-        return None
-    scale, offset = np.polyfit(ref, np.quantile(scores, BULK_QUANTILES), 1)
-    if not scale > 0:
-        return None
-    return float(offset), float(scale)
+def _line(reference: HealthyReference, sorted_scores: np.ndarray, levels, discount: float) -> tuple[float, float, float]:
+    """``(offset, scale, r2)`` of the least-squares line through the points (reference quantile
+    at ``p``, scan quantile at ``p * (1 - discount)``) for ``p`` in ``levels``; ``NoFit`` when the
+    reference's or the scan's quantiles there are tied."""
+    ref = reference.quantiles(levels)
+    if np.unique(ref).size < len(levels):
+        raise NoFit(f"the healthy reference's quantiles {levels[0]:.0%}-{levels[-1]:.0%} are tied: many equal "
+                    "scores, as a positive-part map's zeros")
+    scan = np.quantile(sorted_scores, np.asarray(levels) * (1.0 - discount), method="linear")
+    if np.unique(scan).size < MIN_DISTINCT:
+        raise NoFit(f"its scores between the {levels[0]:.0%} and {levels[-1]:.0%} quantiles take "
+                    f"{np.unique(scan).size} distinct value(s): tied")
+    scale, offset = np.polyfit(ref, scan, 1)
+    residual = scan - (offset + scale * ref)
+    r2 = 1.0 - float(np.sum(residual**2)) / max(float(np.sum((scan - scan.mean()) ** 2)), 1e-300)
+    return float(offset), float(scale), r2
 
 
-def for_scan(reference: HealthyReference, scores, fpr: float, mode: str = "per_scan") -> ScanThreshold:
+def fit(reference: HealthyReference, scores, *, halo_share: float = HALO_SHARE, low=LOW_QUANTILES,
+        bulk=BULK_QUANTILES, excess: float = EXCESS_FPR, iterations: int = 50) -> Fit:
+    """The two lines of ``scores`` (a scan's brain scores, any shape) against ``reference``
+    (module docstring); ``NoFit`` (one line) when they cannot be fitted or are degenerate. The
+    keyword arguments are the module's constants, to measure alternatives
+    (``tfvae.threshold_study``)."""
+    scores = np.sort(np.asarray(scores, np.float64).ravel())
+    if scores.size < MIN_SCAN_PIXELS:
+        raise NoFit(f"{scores.size} brain pixels, fewer than {MIN_SCAN_PIXELS}")
+    if not np.all(np.isfinite(scores)):
+        raise NoFit("its scores are not all finite")
+    t_excess = reference.quantiles([1.0 - excess])[0]
+    share = 0.0
+    for _ in range(iterations):
+        offset, scale, r2 = _line(reference, scores, low, share)
+        above = 1.0 - np.searchsorted(scores, offset + scale * t_excess, side="left") / scores.size
+        new = min(max((above - excess) / (1.0 - excess), 0.0), MAX_SHARE)
+        converged = abs(new - share) < 1e-4
+        share = new
+        if converged:
+            break
+    healthy_offset, healthy_scale, r2 = _line(reference, scores, low, share)
+    offset, scale, r2_bulk = _line(reference, scores, bulk, max(share - halo_share, 0.0))
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        raise NoFit(f"its scores are {scale:.3g}x the healthy reference's, outside {SCALE_RANGE[0]:.2g}-"
+                    f"{SCALE_RANGE[1]:.2g}x: another voxel size or contrast than the training data's, or a map "
+                    "that is not this one's")
+    if not healthy_scale > 0:
+        raise NoFit(f"the line through its lower quantiles has a scale of {healthy_scale:.3g}")
+    if min(r2, r2_bulk) < MIN_R2:
+        raise NoFit(f"a straight line explains {min(r2, r2_bulk):.2f} of its Q-Q plot against the healthy "
+                    f"reference (under {MIN_R2:g})")
+    return Fit(offset, scale, healthy_offset, healthy_scale, float(share))
+
+
+def for_scan(reference: HealthyReference, scores, fpr: float, mode: str = "per_scan", **fit_options) -> ScanThreshold:
     """The threshold at the nominal rate ``fpr`` for one scan whose brain scores are ``scores``
-    (``mode``: "per_scan" moves it with the scan's bulk, "fixed" keeps the calibrated one)."""
+    (``mode``: "per_scan" moves it with the scan, "fixed" keeps the calibrated one); ``fit_options``
+    go to ``fit``."""
     if mode not in MODES:
         raise ValueError(f"threshold mode {mode!r}: choose one of {', '.join(MODES)}")
     t_ref = reference.threshold(fpr)
-    line = fit(reference, scores)
-    if line is None:
+    try:
+        lines = fit(reference, scores, **fit_options)
+    except NoFit as e:
         nan = float("nan")
-        return ScanThreshold(t_ref, t_ref, float(fpr), mode, nan, nan, fallback=mode == "per_scan")
-    offset, scale = line
-    at_reference = reference.survival((t_ref - offset) / scale)
-    if mode == "fixed":
-        return ScanThreshold(t_ref, t_ref, float(fpr), mode, at_reference, at_reference, offset, scale)
-    threshold = offset + scale * t_ref
-    return ScanThreshold(float(threshold), t_ref, float(fpr), mode, reference.survival(t_ref), at_reference, offset,
-                         scale)
+        return ScanThreshold(t_ref, t_ref, float(fpr), mode, nan, nan, fallback=mode == "per_scan", reason=str(e))
+    threshold = lines.offset + lines.scale * t_ref if mode == "per_scan" else t_ref
+    healthy = reference.survival((threshold - lines.healthy_offset) / lines.healthy_scale)
+    bulk_at_reference = reference.survival((t_ref - lines.offset) / lines.scale)
+    return ScanThreshold(float(threshold), t_ref, float(fpr), mode, healthy, bulk_at_reference, lines.offset,
+                         lines.scale, lesion_share=lines.lesion_share, healthy_scale=lines.healthy_scale)

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""The per-scan threshold's design study (issue 30), in two steps:
+
+    python scripts/threshold_study.py --runs runs/design/s0 runs/design/s1 runs/design/s2 --out runs/study
+    python scripts/threshold_study.py --runs runs/design/s0 runs/design/s1 runs/design/s2 --out runs/study \\
+        --report docs/threshold_study.md
+
+The first dumps each run's recommended maps of the design test sets (the phantom's default test split,
+its design sites, ``large_lesions``) and of a lesion-share sweep (healthy subjects of two sites with one
+lesion covering 0-40 % of the brain) into OUT/<run>/ (reused when there); the second compares every
+candidate rule of ``tfvae.threshold_study.CANDIDATES`` on those dumps offline and writes the report
+and its evidence (``docs/threshold_study.json``). The held-out sites (``heldout_*``) are never dumped
+here: they are opened once, by the cross-domain study, after the rule was fixed. The runs are the
+quick start trained with other seeds, e.g.
+
+    python scripts/train.py --config configs/quickstart.json --run-dir runs/design/s1 --set seed=1 name=design_s1
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DESIGN_SETS = ("default", "thick_slices", "contrast", "bias", "noise", "resolution", "hypointense", "atrophy",
+               "combined", "large_lesions")
+SHARE_SITES = ("default", "bias")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help="trained run folders (e.g. runs/design/s0)")
+    parser.add_argument("--out", required=True, help="folder of the dumps (one sub-folder per run)")
+    parser.add_argument("--sets", nargs="+", default=list(DESIGN_SETS), choices=DESIGN_SETS,
+                        help="phantom test sets to dump")
+    parser.add_argument("--share-subjects", type=int, default=4, help="healthy subjects per site of the sweep")
+    parser.add_argument("--report", metavar="MD", help="compare the rules on the dumps and write this report")
+    args = parser.parse_args(argv)
+    from tfvae import threshold_study
+
+    if args.report:
+        command = "python scripts/threshold_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        threshold_study.report(args.out, args.report, args.runs, command=command, log=lambda m: print(m, flush=True))
+        print(f"report: {args.report}")
+        return
+    for run_dir in args.runs:
+        folder = os.path.join(args.out, os.path.basename(os.path.normpath(run_dir)))
+        for test_set in args.sets:
+            path = os.path.join(folder, f"{test_set}.npz")
+            if not os.path.isfile(path):
+                threshold_study.dump_maps(run_dir, test_set, path)
+            print(path, flush=True)
+        for site in SHARE_SITES:
+            path = os.path.join(folder, f"shares_{site}.npz")
+            if not os.path.isfile(path):
+                pairs = ((v.volume_id, v) for _, v in threshold_study.lesion_share_volumes(site, args.share_subjects))
+                threshold_study.dump_maps(run_dir, None, path, volumes=pairs)
+            print(path, flush=True)
+
+
+if __name__ == "__main__":
+    main()

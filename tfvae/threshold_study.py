@@ -1,0 +1,310 @@
+"""The per-scan threshold's design study (issue 30): every test scan's brain scores dumped once,
+then threshold rules compared offline on them -- no rule is judged by re-running a model.
+
+- ``dump_maps``: a trained run's maps (``recommended`` by default) of every volume of one test set
+  -- brain pixels only, with their labels and whether each lies far from a lesion
+  (``evaluation.far_from_lesions``) -- and the healthy reference of the run's validation split at
+  ``DENSE_FPRS``, into one ``.npz`` per (run, test set).
+- ``lesion_share_volumes``: healthy phantom subjects of a site with one lesion covering 0-40 % of
+  the brain (``phantom.synthesize_subject(lesion_share=...)``), sliced as the builder slices.
+- ``measure``: a rule's threshold on every scan of a dump, and what it gives there -- the FPR on the
+  scan's healthy brain pixels (label 0), its Dice, the share of the lesion found.
+
+Used by ``scripts/threshold_study.py``; its JSON is ``docs/threshold_study.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tfvae import scan_threshold
+
+# the healthy reference's quantiles kept for the study: every half per cent, and the stored tail
+DENSE_FPRS = tuple(sorted({round(float(x), 4) for x in np.linspace(0.005, 0.995, 199)}
+                          | set(scan_threshold.REFERENCE_FPRS) | {0.01, 0.05}, reverse=True))
+SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)
+
+
+def lesion_share_volumes(site: str, subjects: int, shares=SHARES, image_size: int = 64):
+    """``(share, Volume)`` for each of ``subjects`` healthy validation subjects of the phantom's
+    ``site`` config and each share of ``shares``: the subject with one lesion covering that share of
+    its brain, sliced as the builder slices (``preprocessing.volume_to_slices``)."""
+    from tfvae import preprocessing
+    from tfvae.scoring import Volume
+    from tfvae_datasets.brain_phantom import brain_phantom_dataset_builder as builder_lib
+    from tfvae_datasets.brain_phantom import phantom
+
+    cfg = builder_lib.Builder.builder_configs[site]
+    for i in range(subjects):
+        seed = builder_lib.subject_seed(cfg.split_seed("validation"), "validation", i)
+        for share in shares:
+            subject = phantom.synthesize_subject(seed, tumours=False, voxel_mm=cfg.voxel_mm, shift=cfg.shift,
+                                                 lesion_share=share)
+            sliced = preprocessing.volume_to_slices(
+                subject.image, subject.affine, mask=subject.brain_mask, label=subject.label,
+                image_size=image_size, fov_mm=cfg.fov_mm, min_brain_fraction=cfg.min_brain_fraction)
+            yield share, Volume(f"{site}_{i:02d}_share{share:g}", sliced.image, sliced.label, sliced.brain_mask,
+                                sliced.slice_index, sliced.geometry)
+
+
+def _brain_arrays(volume, score) -> dict:
+    from tfvae.evaluation import far_from_lesions
+
+    brain = volume.brain_mask[..., 0] > 0
+    far = far_from_lesions(volume.label[..., 0], volume.geometry.voxel_mm())
+    return {"score": np.asarray(score[..., 0][brain], np.float32), "lesion": volume.label[..., 0][brain] > 0,
+            "far": far[brain]}
+
+
+def dump_maps(run_dir: str, test_set: str | None, out_path: str, *, predictor: str = "recommended",
+              volumes=None, verbose: bool = False) -> str:
+    """Score every volume of the phantom's ``test_set`` (None with ``volumes``: those ``(name,
+    Volume)`` pairs instead) with the run's ``predictor`` and write ``out_path`` (.npz, whole):
+    ``score``, ``lesion``, ``far`` (brain pixels of all volumes, concatenated), ``offsets`` (each
+    volume's start; one more at the end), ``names`` and ``reference`` (thresholds at
+    ``DENSE_FPRS`` of the run's healthy validation brain pixels)."""
+    from tfvae import calibration, files
+    from tfvae import config as config_lib
+    from tfvae.evaluation import run_inputs, stored_calibration
+    from tfvae.run import Run
+    from tfvae.scoring import Scorer
+
+    run = Run(run_dir)
+    config = run.config()
+    if test_set is not None:
+        config = config_lib.resolve(config, ["data.test_name=null", f"data.test_config={test_set}"])
+    model, test, validation = run_inputs(run, config)
+    scorer = Scorer(model, config, [predictor])
+    scorer.fit(validation, stored=stored_calibration(run, config, "final")["reference"], verbose=verbose)
+    reference = calibration.calibrate(scorer, validation, [predictor], config["postprocess"],
+                                      fprs=DENSE_FPRS)["raw"][predictor]
+    scorer.release()
+    from tfvae.scoring import volumes as split_volumes
+
+    pairs = volumes if volumes is not None else ((v.volume_id, v) for v in split_volumes(test))
+    parts, names = [], []
+    for name, volume in pairs:
+        maps = scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())
+        parts.append(_brain_arrays(volume, maps[predictor]))
+        names.append(name)
+    offsets = np.cumsum([0] + [len(p["score"]) for p in parts])
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with files.written_whole(out_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.concatenate([p[k] for p in parts]) for k in ("score", "lesion", "far")},
+                                offsets=offsets, names=np.array(names),
+                                reference_fprs=np.array(sorted(reference)),
+                                reference=np.array([reference[r] for r in sorted(reference)]))
+    return out_path
+
+
+class Dump:
+    """A dump written by ``dump_maps``: ``volumes()`` yields (name, score, lesion, far) per volume."""
+
+    def __init__(self, path: str):
+        with np.load(path) as z:
+            self.__dict__.update({k: z[k] for k in z.files})
+        self.path = path
+
+    def reference_thresholds(self) -> dict:
+        return {float(f): float(t) for f, t in zip(self.reference_fprs, self.reference)}
+
+    def volumes(self):
+        for i, name in enumerate(self.names):
+            a, b = self.offsets[i], self.offsets[i + 1]
+            yield str(name), self.score[a:b], self.lesion[a:b], self.far[a:b]
+
+
+def measure(dump: Dump, rule, fpr: float = 0.01) -> list[dict]:
+    """Per volume: the threshold ``rule(reference thresholds, scores, fpr)`` gives, and at it the
+    FPR on the healthy brain pixels, the same far from lesions, the Dice, the share of lesion
+    pixels found (sensitivity) and the lesion share of the brain."""
+    reference = dump.reference_thresholds()
+    rows = []
+    for name, score, lesion, far in dump.volumes():
+        t = float(rule(reference, score, fpr))
+        flagged = score >= t
+        healthy = ~lesion
+        tp = int(np.sum(flagged & lesion))
+        n_lesion, n_flagged = int(lesion.sum()), int(flagged.sum())
+        rows.append({"name": name, "threshold": t, "fpr": float(np.mean(flagged[healthy])) if healthy.any() else np.nan,
+                     "fpr_far": float(np.mean(flagged[healthy & far])) if (healthy & far).any() else np.nan,
+                     "dice": 2 * tp / (n_lesion + n_flagged) if n_lesion else np.nan,
+                     "sensitivity": tp / n_lesion if n_lesion else np.nan,
+                     "lesion_share": n_lesion / len(score), "healthy_pixels": int(healthy.sum()),
+                     "false_positives": int(np.sum(flagged & healthy))})
+    return rows
+
+
+def best_dice(dump: Dump) -> float:
+    """The best mean Dice over one threshold for all volumes (brain pixels, volumes with lesions):
+    over the scores' 0.5-99.9 % quantiles of the pooled brain pixels, 400 candidates."""
+    candidates = np.quantile(dump.score, np.linspace(0.5, 0.999, 400))
+    vols = [(s, l) for _, s, l, _ in dump.volumes() if l.any()]
+    best = 0.0
+    for t in candidates:
+        d = np.mean([2 * np.sum((s >= t) & l) / (l.sum() + np.sum(s >= t)) for s, l in vols])
+        best = max(best, float(d))
+    return best
+
+
+def _levels(low: float, high: float, n: int) -> tuple:
+    return tuple(float(p) for p in np.round(np.linspace(low, high, n), 6))
+
+
+# the rules compared: ``scan_threshold.fit`` options (None: the calibrated threshold as it is)
+CANDIDATES = {
+    "fixed": None,
+    "bulk 20-80, no discount (the rule before issue 30)": dict(halo_share=1.0),
+    "two-stage, low 10-50, halo 0": dict(halo_share=0.0),
+    "two-stage, low 10-50, halo 0.05": dict(halo_share=0.05),
+    "two-stage, low 10-50, halo 0.1": dict(halo_share=0.1),
+    "two-stage, low 10-50, halo 0.15": dict(halo_share=0.15),
+    "two-stage, low 10-50, halo 0.2": dict(halo_share=0.2),
+    "two-stage, low 10-70, halo 0.1": dict(halo_share=0.1, low=_levels(0.1, 0.7, 13)),
+    "two-stage, low 10-70, halo 0.15": dict(halo_share=0.15, low=_levels(0.1, 0.7, 13)),
+    "two-stage, low 10-70, halo 0.2": dict(halo_share=0.2, low=_levels(0.1, 0.7, 13)),
+    "two-stage, low 10-70, halo 0.1, excess 2%": dict(halo_share=0.1, low=_levels(0.1, 0.7, 13), excess=0.02),
+    "two-stage, low 10-50, halo 0.1, excess 2%": dict(halo_share=0.1, excess=0.02),
+    "two-stage, low 10-50, halo 0.15, excess 2%": dict(halo_share=0.15, excess=0.02),
+    "two-stage, bulk 20-80 for both, halo 0.1": dict(halo_share=0.1, low=_levels(0.2, 0.8, 9)),
+}
+
+
+def rule_of(options):
+    """The ``measure`` rule of a candidate's ``fit`` options (None: the calibrated threshold)."""
+    def rule(reference: dict, scores, fpr):
+        ref = scan_threshold.HealthyReference(reference)
+        if options is None:
+            return ref.threshold(fpr)
+        return scan_threshold.for_scan(ref, scores, fpr, **options).threshold
+    return rule
+
+
+def summary(rows: list[dict]) -> dict:
+    """A test set's figures from ``measure``'s rows: pooled FPR, its per-volume median, 90th
+    percentile and maximum, mean Dice (volumes with lesions); for a lesion-share sweep, the mean
+    sensitivity at each share."""
+    fprs = np.array([r["fpr"] for r in rows], np.float64)
+    out = {"fpr_pooled": sum(r["false_positives"] for r in rows) / max(sum(r["healthy_pixels"] for r in rows), 1),
+           "fpr_median": float(np.nanmedian(fprs)), "fpr_p90": float(np.nanpercentile(fprs, 90)),
+           "fpr_max": float(np.nanmax(fprs)), "dice": float(np.nanmean([r["dice"] for r in rows]))
+           if any(np.isfinite(r["dice"]) for r in rows) else float("nan")}
+    if all("_share" in r["name"] for r in rows):
+        shares: dict = {}
+        for r in rows:
+            shares.setdefault(r["name"].rsplit("_share", 1)[1], []).append(r)
+        out["sensitivity_by_share"] = {s: float(np.nanmean([r["sensitivity"] for r in v])) if float(s) > 0 else None
+                                       for s, v in shares.items()}
+        out["fpr_by_share"] = {s: float(np.mean([r["fpr"] for r in v])) for s, v in shares.items()}
+    return out
+
+
+def compare(dump_paths, candidates=None, fpr: float = 0.01, log=None) -> dict:
+    """``{dump name: {candidate: summary}}`` over the dumps (``dump_maps``' files, named by their
+    file name without ``.npz``) for every candidate rule (``CANDIDATES``)."""
+    candidates = CANDIDATES if candidates is None else candidates
+    out: dict = {}
+    for path in dump_paths:
+        dump, name = Dump(path), os.path.splitext(os.path.basename(path))[0]
+        out[name] = {c: summary(measure(dump, rule_of(o), fpr)) for c, o in candidates.items()}
+        out[name]["best_dice"] = best_dice(dump) if dump.lesion.any() and not name.startswith("shares") else None
+        if log:
+            log(name)
+    return out
+
+
+def _mean_std(values) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if not len(v):
+        return "n/a"
+    return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std():.3f}"
+
+
+def _pct(values) -> str:
+    v = np.asarray(values, np.float64) * 100
+    return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f}±{v.std():.1f}"
+
+
+def render(by_seed: dict, stamp: dict) -> str:
+    """The study's markdown report from ``{seed folder: compare(...)}`` and its ``stamp``."""
+    seeds = sorted(by_seed)
+    first = by_seed[seeds[0]]
+    sets = [s for s in first if not s.startswith("shares")]
+    sweeps = [s for s in first if s.startswith("shares")]
+    candidates = [c for c in first[sets[0]] if c != "best_dice"]
+    lines = [f"Runs: {', '.join(seeds)} (`{stamp['runs_config']}`, seeds {stamp['seeds']}); commit "
+             f"`{stamp['commit']}`; nominal FPR 1%; recommended map. Cells: mean ± std over the runs.", ""]
+    lines += ["### Measured FPR on the healthy brain pixels (%): pooled / 90th percentile of volumes / maximum", "",
+              "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for c in candidates:
+        cells = [f"{_pct([by_seed[s][t][c]['fpr_pooled'] for s in seeds])} / "
+                 f"{_pct([by_seed[s][t][c]['fpr_p90'] for s in seeds])} / "
+                 f"{_pct([by_seed[s][t][c]['fpr_max'] for s in seeds])}" for t in sets]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += ["", "### Dice at the threshold (mean over the volumes with lesions)", "",
+              "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for c in candidates:
+        lines.append(f"| {c} | " + " | ".join(_mean_std([by_seed[s][t][c]["dice"] for s in seeds]) for t in sets) + " |")
+    lines.append("| best single threshold (labels) | " + " | ".join(
+        _mean_std([by_seed[s][t]["best_dice"] for s in seeds]) for t in sets) + " |")
+    for sweep in sweeps:
+        shares = [k for k, v in first[sweep][candidates[0]]["sensitivity_by_share"].items() if v is not None]
+        lines += ["", f"### Lesion-share sweep `{sweep[len('shares_'):]}`: share of the lesion found, by the lesion's "
+                      "share of the brain (FPR of the lesion-free scans last)", "",
+                  "| rule | " + " | ".join(f"{float(k):.0%}" for k in shares) + " | 30% / 5% | FPR at 0% |",
+                  "|---|" + "---|" * (len(shares) + 2)]
+        for c in candidates:
+            sens = [[by_seed[s][sweep][c]["sensitivity_by_share"][k] for s in seeds] for k in shares]
+            ratio = [by_seed[s][sweep][c]["sensitivity_by_share"]["0.3"] / by_seed[s][sweep][c]["sensitivity_by_share"]
+                     ["0.05"] for s in seeds]
+            lines.append(f"| {c} | " + " | ".join(_mean_std(v) for v in sens) + f" | {_mean_std(ratio)} | "
+                         f"{_pct([by_seed[s][sweep][c]['fpr_by_share']['0'] for s in seeds])}% |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- threshold study: begin (regenerated by scripts/threshold_study.py --report) -->"
+END = "<!-- threshold study: end -->"
+
+
+def report(dump_root: str, md_path: str, runs, *, command: str = "", log=None) -> dict:
+    """Compare ``CANDIDATES`` on every dump of ``runs`` (run folders; their dumps in
+    ``dump_root/<run folder's name>``), write the tables into ``md_path`` between ``BEGIN`` and
+    ``END`` (the rest of the file is kept) and the evidence beside it (``.json``: every figure per
+    run, each run's resolved config, the dumps' SHA-256, the commit, the command and the wall time);
+    returns the evidence."""
+    import glob
+    import subprocess
+    import time
+
+    from tfvae import calibration, files
+
+    start = time.time()
+    from tfvae.run import Run
+
+    seeds = [os.path.basename(os.path.normpath(r)) for r in runs]
+    configs = {seed: Run(r).config() for seed, r in zip(seeds, runs)}
+    by_seed, digests = {}, {}
+    for seed in seeds:
+        paths = sorted(glob.glob(os.path.join(dump_root, seed, "*.npz")))
+        by_seed[seed] = compare(paths, log=log)
+        digests.update({f"{seed}/{os.path.basename(p)}": calibration.file_digest(p) for p in paths})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    stamp = {"commit": commit or "unknown", "command": command, "runs_config": "configs/quickstart.json",
+             "seeds": [configs[s]["seed"] for s in seeds], "configs": configs, "dumps_sha256": digests,
+             "candidates": {c: o for c, o in CANDIDATES.items()}, "wall_s": None}
+    text = f"{BEGIN}\n\nMade by `{command}`.\n\n" + render(by_seed, stamp) + f"\n{END}"
+    stamp["wall_s"] = round(time.time() - start, 1)
+    evidence = {"stamp": stamp, "results": by_seed}
+    old = open(md_path, encoding="utf-8").read() if os.path.isfile(md_path) else ""
+    if BEGIN in old and END in old:
+        text = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    elif old:
+        text = old.rstrip("\n") + "\n\n" + text + "\n"
+    files.write_json(os.path.splitext(md_path)[0] + ".json", evidence)
+    with files.open_whole(md_path) as f:
+        f.write(text)
+    return evidence
