@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DESIGN_SETS = ("default", "thick_slices", "contrast", "bias", "noise", "resolution", "hypointense", "atrophy",
                "combined", "large_lesions")
 SHARE_SITES = ("default", "bias")
+HELD_OUT_SETS = ("heldout_home", "heldout_large", "heldout_site")  # opened once, after the rule was fixed
+HELD_OUT_SHARE_SITES = ("heldout_home", "heldout_site")
 
 
 def main(argv=None):
@@ -36,23 +38,28 @@ def main(argv=None):
     parser.add_argument("--sets", nargs="+", default=list(DESIGN_SETS), choices=DESIGN_SETS,
                         help="phantom test sets to dump")
     parser.add_argument("--share-subjects", type=int, default=4, help="healthy subjects per site of the sweep")
+    parser.add_argument("--held-out", action="store_true", help="the held-out sites instead (heldout_*, and the "
+                        "sweep on their healthy subjects), in OUT/heldout/: run once, after the rule was fixed")
     parser.add_argument("--report", metavar="MD", help="compare the rules on the dumps and write this report")
     args = parser.parse_args(argv)
     from tfvae import threshold_study
 
+    out = os.path.join(args.out, "heldout") if args.held_out else args.out
     if args.report:
         command = "python scripts/threshold_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        threshold_study.report(args.out, args.report, args.runs, command=command, log=lambda m: print(m, flush=True))
+        threshold_study.report(out, args.report, args.runs, section="held-out" if args.held_out else "design",
+                               command=command, log=lambda m: print(m, flush=True))
         print(f"report: {args.report}")
         return
+    sets, share_sites = (HELD_OUT_SETS, HELD_OUT_SHARE_SITES) if args.held_out else (args.sets, SHARE_SITES)
     for run_dir in args.runs:
-        folder = os.path.join(args.out, os.path.basename(os.path.normpath(run_dir)))
-        for test_set in args.sets:
+        folder = os.path.join(out, os.path.basename(os.path.normpath(run_dir)))
+        for test_set in sets:
             path = os.path.join(folder, f"{test_set}.npz")
             if not os.path.isfile(path):
                 threshold_study.dump_maps(run_dir, test_set, path)
             print(path, flush=True)
-        for site in SHARE_SITES:
+        for site in share_sites:
             path = os.path.join(folder, f"shares_{site}.npz")
             if not os.path.isfile(path):
                 pairs = ((v.volume_id, v) for _, v in threshold_study.lesion_share_volumes(site, args.share_subjects))

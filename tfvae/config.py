@@ -87,9 +87,10 @@ Schema (dotted key: type, default -- meaning):
   logistic-regression ensemble combines; any predictor but the ensemble itself.
 - ``threshold.mode``: "per_scan" (default) or "fixed" -- how a scan is thresholded at a calibrated
   false-positive rate (Dice@1%/5% FPR in evaluation, localize's mask): "per_scan" moves the
-  calibrated threshold with the scan's own score distribution (a straight-line fit of the bulk of
-  its Q-Q plot against the healthy reference, no label; see ``tfvae.scan_threshold``), so the rate
-  holds on scans from other sites; "fixed" uses the calibrated threshold as it is.
+  calibrated threshold with the scan's own score distribution (straight-line fits of its Q-Q plot
+  against the healthy reference, the estimated lesion share discounted so that a large lesion does
+  not lift it; no label; see ``tfvae.scan_threshold``), so the rate holds on scans from other sites;
+  "fixed" uses the calibrated threshold as it is.
 - ``threshold.calibration``: str or null, null -- the name of a calibration made with ``tfvae
   calibrate`` on healthy scans of the user's own scanner (``Run.calibrate``): its thresholds and
   recommended-map settings replace those of the healthy validation split.
