@@ -314,6 +314,117 @@ def test_per_volume_rows_agree_with_the_labels_and_the_thresholds(evaluated):
         assert "intensity: the scan itself thresholded" in f.read()
 
 
+def test_the_volumes_measured_rates_are_reported_beside_the_pooled_one(evaluated):
+    """results.json's median, 90th percentile and maximum of the measured FPR are numpy's over the
+    volumes of per_volume.csv (per-scan thresholds), and over each volume's rate at the calibrated
+    threshold (brute force on the intensity map, the scan itself); the fallbacks are the volumes whose
+    fallback column is not empty; results.md and the printed table show the 1% ones."""
+    import csv
+
+    from tfvae import reporting
+
+    run, results = evaluated
+    with open(os.path.join(run, "eval", "per_volume.csv")) as f:
+        rows = list(csv.DictReader(f))
+    for name, r in results.items():
+        mine = [row for row in rows if row["predictor"] == name]
+        assert mine and r["volumes"] == len(mine), name
+        for rate, measured in ((0.01, "measured_fpr01"), (0.05, "measured_fpr05")):
+            rates = np.array([float(row[f"measured_fpr{rate:g}"]) for row in mine if row[f"measured_fpr{rate:g}"]])
+            volumes = r[f"{measured}_volumes"]
+            assert volumes["n"] == len(rates) > (0 if name == "ensemble" else 1), (name, rate)  # 1: its scored one
+            for stat, expected in (("median", np.percentile(rates, 50)), ("p90", np.percentile(rates, 90)),
+                                   ("max", rates.max()), ("mean", rates.mean())):
+                assert volumes[stat] == pytest.approx(expected, abs=2e-5), (name, rate, stat)  # the CSV's 5 digits
+            assert volumes["median"] <= volumes["p90"] <= volumes["max"]
+            fell_back = [row for row in mine if row[f"fallback_fpr{rate:g}"]]
+            assert r[measured.replace("measured_", "fallback_")] == len(fell_back), (name, rate)
+    # at the calibrated threshold: each test volume's rate, brute force on the intensity map
+    examples, _ = split_arrays(run, "test")
+    fixed = []
+    for vid in sorted({ex["volume_id"].decode() for ex in examples}):
+        mine = [ex for ex in examples if ex["volume_id"].decode() == vid]
+        brain = np.concatenate([ex["image"][ex["brain_mask"] > 0] for ex in mine])
+        healthy = ~np.concatenate([ex["label"][ex["brain_mask"] > 0] > 0 for ex in mine])
+        flagged = brain >= results["intensity"]["dice_fpr01_threshold"]
+        fixed.append((flagged & healthy).sum() / healthy.sum())
+    volumes = results["intensity"]["fixed_threshold"]["measured_fpr01_volumes"]
+    assert volumes["n"] == len(fixed)
+    assert volumes["p90"] == pytest.approx(np.percentile(fixed, 90), abs=1e-9)
+    assert volumes["median"] == pytest.approx(np.median(fixed), abs=1e-9)
+    assert volumes["max"] == pytest.approx(max(fixed), abs=1e-9)
+    assert volumes["p90"] != pytest.approx(results["intensity"]["measured_fpr01_volumes"]["p90"], abs=1e-9)
+    with open(os.path.join(run, "eval", "results.md")) as f:
+        md = f.read()
+    assert "| FPR@1% | FPR@1% p90 | max | FPR@1% >6mm |" in md and "| fallbacks |" in md
+    for name, r in results.items():
+        v = r["measured_fpr01_volumes"]
+        assert (f"| {100 * r['measured_fpr01']:.2f}% | {100 * v['p90']:.2f}% | {100 * v['max']:.2f}% | "
+                f"{100 * r['measured_fpr01_far']:.2f}% |") in md, name
+        assert md.count(f"| {name} |") == 1 and f"| {r['fallback_fpr01']}/{r['volumes']} |" in md, name
+    printed = reporting.text_table(results).splitlines()
+    assert "FPR@1%  FPR@1% p90" in printed[0] and printed[0].rstrip().endswith("fallbacks")
+    with open(os.path.join(run, "eval", "results.csv")) as f:
+        table = {row["predictor"]: row for row in csv.DictReader(f)}
+    assert float(table["intensity"]["measured_fpr01_p90"]) == results["intensity"]["measured_fpr01_volumes"]["p90"]
+
+
+def test_a_fallback_is_counted_and_its_reason_and_missing_estimate_reach_per_volume_csv(tmp_path):
+    """Measures and PerVolume on two volumes whose thresholds are given: one fitted, one that fell
+    back (a NaN estimate). results: 1 fallback of 2 volumes, the NaN left out of the mean estimate;
+    per_volume.csv: the fallback's reason and warnings, the estimates empty, and the warnings of
+    the fitted one computed with the share of its brain pixels flagged."""
+    import csv
+    import types
+
+    from tfvae import reporting, scan_threshold
+    from tfvae.calibration import FPRS
+    from tfvae.evaluation import Measures, PerVolume
+
+    rng = np.random.default_rng(0)
+    shape = (4, 16, 16, 1)
+    brain = np.zeros(shape, np.float32)
+    brain[:, 2:14, 2:14] = 1
+    label = np.zeros(shape, np.float32)
+    label[1:3, 6:9, 6:9] = 1
+    nan = float("nan")
+    # far from the healthy reference (warned), 5 % estimated not healthy, but a quarter of the brain flagged (warned)
+    fitted = {k: scan_threshold.ScanThreshold(0.9, 1.0, fpr, "per_scan", 0.8 * fpr, 6 * fpr, lesion_share=0.05)
+              for k, fpr in FPRS.items()}
+    fell = {k: scan_threshold.ScanThreshold(1.0, 1.0, fpr, "per_scan", nan, nan, fallback=True,
+                                            reason="its scores are tied") for k, fpr in FPRS.items()}
+    measures, per_volume = Measures({k: 1.0 for k in FPRS}), PerVolume(["rec_error"])
+    scores = []
+    for i, chosen in enumerate((fitted, fell)):
+        score = rng.random(shape).astype(np.float32) * 1.2 * brain  # 0 outside the brain: never flagged
+        scores.append(score)
+        measures.update(score, label, brain > 0, chosen)
+        volume = types.SimpleNamespace(
+            volume_id=f"v{i}", label=label, brain_mask=brain, ensemble_fit=False, far=np.ones(shape[:3], bool),
+            geometry=types.SimpleNamespace(voxel_mm=lambda: (1.0, 1.0, 1.0)), variants={"raw": {"rec_error": score}},
+            thresholds={"raw": {"rec_error": chosen}})
+        per_volume.update(volume)
+    result = measures.result()
+    assert result["volumes"] == 2 and result["fallback_fpr01"] == 1 and result["fallback_fpr05"] == 1
+    assert result["estimated_fpr01"] == pytest.approx(0.8 * 0.01)  # the NaN of the fallback left out
+    path = str(tmp_path / "per_volume.csv")
+    reporting.write_per_volume(per_volume.rows, path)
+    with open(path, newline="") as f:
+        first, second = csv.DictReader(f)
+    assert second["fallback_fpr0.01"] == "its scores are tied" and first["fallback_fpr0.01"] == ""
+    for column in ("estimated_fpr0.01", "estimated_fpr0.05_at_calibrated", "estimated_lesion_share"):
+        assert second[column] == "", column  # not estimated: empty, not "nan"
+    assert float(first["estimated_fpr0.01"]) == pytest.approx(0.008) and float(first["estimated_lesion_share"]) == 0.05
+    assert "could not be matched to the healthy reference (its scores are tied)" in second["warnings_fpr0.01"]
+    # the fitted volume: its warnings as ScanThreshold gives them with the share of its brain pixels flagged
+    share = float((scores[0][..., 0][brain[..., 0] > 0] >= 0.9).mean())
+    assert 0.2 < share < 0.3
+    for key, fpr in FPRS.items():
+        expected = fitted[key].warnings(flagged_share=share)
+        assert len(expected) == 2 and first[f"warnings_fpr{fpr:g}"] == " | ".join(expected)
+        assert f"{100 * share:.0f}% of the brain is flagged" in first[f"warnings_fpr{fpr:g}"]
+
+
 def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated):
     import matplotlib
 

@@ -53,9 +53,21 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
     assert len(rows) == 1 and rows[0]["predictor"] == "rec_error" and float(rows[0]["anomalous_ml"]) > 0
     assert int(rows[0]["components"]) >= 1
     assert rows[0]["scan"] == os.path.abspath(path) and os.path.isabs(rows[0]["run"])  # both absolute
-    # the scan's own threshold (per scan, by default), the calibrated one, and the label-free estimates
-    assert rows[0]["threshold_mode"] == "per_scan" and float(rows[0]["estimated_fpr"]) == pytest.approx(0.05)
+    # the scan's own threshold (per scan, by default, fitted: no fallback), the calibrated one, and the
+    # label-free estimates, as the scan's ScanThreshold gives them (localized again from Python)
+    assert rows[0]["threshold_mode"] == "per_scan"
     assert float(rows[0]["threshold"]) != float(rows[0]["calibrated_threshold"])
+    from tfvae.run import Run
+
+    chosen = Run(tiny_run).localize(path, predictor="rec_error", fpr=0.05).scan_threshold
+    assert not chosen.fallback and float(rows[0]["threshold"]) == pytest.approx(chosen.threshold, rel=1e-5)
+    for column, value in (("estimated_fpr", chosen.estimated_fpr), ("estimated_fpr_at_calibrated",
+                                                                     chosen.estimated_fpr_at_reference),
+                          ("estimated_lesion_share", chosen.lesion_share)):
+        assert float(rows[0][column]) == pytest.approx(value, abs=2e-4), column
+    # the healthy tissue the scan's threshold flags: near the asked 5 % (within the factor that is warned)
+    assert 0.025 < float(rows[0]["estimated_fpr"]) < 0.1
+    assert 0 <= float(rows[0]["estimated_lesion_share"]) <= 1
     assert 0 <= float(rows[0]["estimated_fpr_at_calibrated"]) <= 1
     warning = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:"))
     # warned, naming the scan, its voxel size and the training scans': another voxel size (1.2 vs 4 mm)
@@ -362,3 +374,40 @@ def test_a_scan_localized_again_replaces_its_row_whatever_path_the_old_summary_k
         rows = list(csv.DictReader(f))
     assert [(os.path.basename(r["scan"]), r["status"]) for r in rows] == [("b_t2.nii.gz", "done"),
                                                                          ("a_t2.nii.gz", "done")]
+
+
+def test_summary_says_a_fallback_with_its_reason_and_leaves_what_was_not_estimated_empty(tmp_path):
+    """summary.csv of a scan whose scores could not be fitted (too few brain pixels): the per-scan
+    threshold falls back to the calibrated one, threshold_mode says so and why, and the estimates are
+    empty -- not "nan"; a scan that was fitted has them, its lesion share included."""
+    from scipy import stats
+
+    from tfvae import scan_threshold
+
+    reference = scan_threshold.HealthyReference({f: float(stats.norm.isf(f)) for f in scan_threshold.REFERENCE_FPRS})
+    rng = np.random.default_rng(3)
+    few = scan_threshold.for_scan(reference, rng.normal(size=50), 0.01)
+    fitted = scan_threshold.for_scan(reference, np.r_[rng.normal(size=20000), 6 + rng.normal(size=1000)], 0.01)
+    assert few.fallback and few.reason and not fitted.fallback
+    image = np.zeros((12, 12, 6), np.float32)
+    image[2:10, 2:10] = 1.0
+    rows = []
+    for name, chosen in (("few", few), ("fitted", fitted)):
+        result = localization.Localized(np.where(image > 0, 0.5, 0).astype(np.float32), (image > 0).astype(np.uint8),
+                                        0.064, 1, int((image > 0).sum()), affine=np.diag([4.0, 4.0, 4.0, 1.0]),
+                                        threshold=chosen.threshold, image=image, scan_threshold=chosen)
+        rows.append({"scan": str(tmp_path / f"{name}.nii.gz"),
+                     **localization.write_outputs(result, str(tmp_path / "out"), name, name)})
+    localization.write_summary(str(tmp_path / "summary.csv"), rows)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        few_row, fitted_row = csv.DictReader(f)
+    assert few_row["threshold_mode"] == f"per_scan (fallback to the calibrated threshold: {few.reason})"
+    assert "50 brain pixels" in few_row["threshold_mode"]
+    assert few_row["threshold"] == few_row["calibrated_threshold"] == f"{reference.threshold(0.01):.6g}"
+    for column in ("estimated_fpr", "estimated_fpr_at_calibrated", "estimated_lesion_share"):
+        assert few_row[column] == "", column  # not estimated: empty, not "nan"
+    assert fitted_row["threshold_mode"] == "per_scan"
+    assert float(fitted_row["estimated_fpr"]) == pytest.approx(fitted.estimated_fpr, abs=1e-4)
+    # about 1000 of 21000 pixels score far above the healthy bulk: the share of the brain that does not look healthy
+    assert float(fitted_row["estimated_lesion_share"]) == pytest.approx(fitted.lesion_share, abs=1e-4)
+    assert 0.03 < float(fitted_row["estimated_lesion_share"]) < 0.07

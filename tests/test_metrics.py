@@ -355,6 +355,8 @@ def test_volume_fpr_known_answer_fixed_and_per_volume_thresholds():
     assert vd.fprs["t"] == [pytest.approx(0.3), 0.0]
     assert fpr["pooled"] == pytest.approx(3 / 13) and fpr["mean"] == pytest.approx(0.15)
     assert fpr["std"] == pytest.approx(0.15) and fpr["max"] == pytest.approx(0.3) and fpr["n"] == 2
+    # the volumes' distribution: median 0.15, 90th percentile 0 + 0.9 * (0.3 - 0) (linear interpolation)
+    assert fpr["median"] == pytest.approx(0.15) and fpr["p90"] == pytest.approx(0.27)
     # the same volumes, each at its own threshold: 5 flags 5 of volume 1's negatives, 1 two of volume 2's
     own = VolumeDice({"t": 0.0})
     own.update(np.r_[np.arange(10.0), 8.0, 9.0], np.r_[np.zeros(10), 1, 1], thresholds={"t": 5.0})
@@ -379,6 +381,24 @@ def test_volume_fpr_known_answer_fixed_and_per_volume_thresholds():
     lesion_only = VolumeDice({"t": 0.5})
     lesion_only.update(np.ones(3), np.ones(3))
     assert np.isnan(lesion_only.fprs["t"][0]) and lesion_only.fpr_summary()["t"]["n"] == 0
+
+
+def test_volume_fpr_distribution_over_volumes_is_numpys_and_skips_volumes_without_negatives():
+    """median and p90 of fpr_summary are np.percentile of the volumes' own rates, not of the pixels:
+    five volumes of 10 negatives each flag 0, 1, 2, 3 and 9 of them at 0.5 -- pooled 15/50, median
+    0.2, 90th percentile 0.3 + 0.6 * 0.6 -- and a volume of lesion only (no rate) is left out."""
+    vd = VolumeDice({"t": 0.5})
+    for flagged in (3, 0, 9, 1, 2):
+        vd.update((np.arange(10) < flagged).astype(float), np.zeros(10))
+    vd.update(np.ones(4), np.ones(4))  # lesion only: no false-positive rate
+    fpr = vd.fpr_summary()["t"]
+    rates = np.array([0.3, 0.0, 0.9, 0.1, 0.2])
+    assert fpr["n"] == 5 and fpr["pooled"] == pytest.approx(15 / 50)
+    assert fpr["median"] == pytest.approx(np.percentile(rates, 50)) == pytest.approx(0.2)
+    assert fpr["p90"] == pytest.approx(np.percentile(rates, 90)) == pytest.approx(0.66)
+    assert fpr["max"] == pytest.approx(0.9) and fpr["mean"] == pytest.approx(0.3)
+    empty = VolumeDice({"t": 0.5}).fpr_summary()["t"]
+    assert empty["n"] == 0 and np.isnan(empty["median"]) and np.isnan(empty["p90"])
 
 
 def test_volume_fpr_matches_sklearn_roc_curve():

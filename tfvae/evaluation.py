@@ -13,7 +13,11 @@ For each predictor (``tfvae.predictors.ALL_PREDICTORS``) ``evaluate`` reports
   0) those thresholds flag, and ``*_far``: the same over the healthy brain pixels more than
   ``FAR_MM`` from any lesion voxel (``far_from_lesions``) -- what is flagged in healthy tissue,
   without the lesion's border, where the label's edge, partial volumes and the maps' smoothing
-  make flagged label-0 pixels a matter of outline rather than a false detection.
+  make flagged label-0 pixels a matter of outline rather than a false detection;
+  ``*_volumes``: the distribution of each volume's own rate (mean, std, median, 90th percentile,
+  maximum, n: ``metrics.VolumeDice.fpr_summary``) -- what a single scan may get, beside the pooled
+  rate; ``fallback_fpr01``, ``fallback_fpr05``: how many of the ``volumes`` kept the calibrated
+  threshold because their scores could not be fitted (``ScanThreshold.fallback``).
 
 When post-processing is on (``postprocess.*``, see ``tfvae.postprocessing``), every metric is
 reported twice: on the raw maps and, under ``"postprocessed"``, on the post-processed ones (with
@@ -98,6 +102,7 @@ class Measures:
         self.fixed = metrics.VolumeDice(thresholds, clean=clean)
         self.estimated = {k: [] for k in thresholds}  # label-free estimates at the thresholds used ...
         self.estimated_fixed = {k: [] for k in thresholds}  # ... and at the calibrated ones
+        self.fallbacks = {k: 0 for k in thresholds}  # volumes whose per-scan threshold fell back to the calibrated one
 
     def update(self, score, label, brain, scan_thresholds: dict | None = None, far=None):
         """One volume; ``scan_thresholds``: key -> ``ScanThreshold`` of this volume (default: the
@@ -111,6 +116,7 @@ class Measures:
             return
         self.dice.update(*args, thresholds={k: st.threshold for k, st in scan_thresholds.items()}, far=far)
         for k, st in scan_thresholds.items():
+            self.fallbacks[k] += bool(st.fallback)
             self.estimated[k].append(st.estimated_fpr)
             self.estimated_fixed[k].append(st.estimated_fpr_at_reference)
 
@@ -126,16 +132,22 @@ class Measures:
             measured = measured_key(key)
             out[measured] = fprs[key]["pooled"]
             out[f"{measured}_far"] = fprs[key]["far_pooled"]
-            out[f"{measured}_volumes"] = {k: fprs[key][k] for k in ("mean", "std", "max", "n")}
+            out[f"{measured}_volumes"] = {k: fprs[key][k] for k in VOLUME_STATS}
+            out[measured.replace("measured_", "fallback_")] = self.fallbacks[key]
             estimated = measured.replace("measured_", "estimated_")
             if self.estimated[key]:
                 out[estimated] = _nanmean(self.estimated[key])
             out["fixed_threshold"].update({key: fixed_dice[key]["mean"], measured: fixed_fprs[key]["pooled"],
-                                           f"{measured}_far": fixed_fprs[key]["far_pooled"]})
+                                           f"{measured}_far": fixed_fprs[key]["far_pooled"],
+                                           f"{measured}_volumes": {k: fixed_fprs[key][k] for k in VOLUME_STATS}})
             if self.estimated_fixed[key]:
                 out["fixed_threshold"][estimated] = _nanmean(self.estimated_fixed[key])
         out["pixels"] = self.all.n_pos + self.all.n_neg
+        out["volumes"] = len(next(iter(self.dice.values.values())))
         return out
+
+
+VOLUME_STATS = ("mean", "std", "median", "p90", "max", "n")  # of the volumes' measured rates, in results.json
 
 
 def _nanmean(values) -> float:
@@ -195,7 +207,13 @@ class PerVolume:
     volumes in ml, the Dice and the false-positive rate measured on the volume's healthy brain
     pixels (label 0) at each calibrated FPR, the same more than ``FAR_MM`` from any lesion
     (``measured_fpr<rate>_far``), and the AUROC inside the brain (empty for a volume without
-    lesion), as rows of ``per_volume.csv``."""
+    lesion), as rows of ``per_volume.csv``. Beside them, what is known without labels
+    (``scan_threshold.ScanThreshold``): the estimated share of the brain that does not look healthy
+    (``estimated_lesion_share``, the scan's fit, the same at every rate), and at each rate the
+    estimated FPR at the threshold used and at the calibrated one, why the per-scan threshold fell
+    back to the calibrated one (``fallback_fpr<rate>``) and the scan's warnings (joined by " | ",
+    with the share of its brain pixels flagged) -- empty where there is none (an estimate is NaN
+    when the scan could not be fitted: not estimated)."""
 
     def __init__(self, predictors):
         self.predictors, self.rows = list(predictors), []
@@ -206,10 +224,12 @@ class PerVolume:
         healthy = brain & ~lesion
         far = healthy & volume.far
         for p, score in volume.variants["raw"].items():
+            chosen_by_key = volume.thresholds["raw"][p]
             row = {"volume": volume.volume_id, "predictor": p, "lesion_ml": round(lesion.sum() * ml, 3),
-                   "ensemble_fit": volume.ensemble_fit}
+                   "ensemble_fit": volume.ensemble_fit,
+                   "estimated_lesion_share": _rounded(next(iter(chosen_by_key.values())).lesion_share)}
             for key, fpr in FPRS.items():
-                chosen = volume.thresholds["raw"][p][key]
+                chosen = chosen_by_key[key]
                 flagged = (score[..., 0] >= chosen.threshold) & brain
                 row[f"threshold_fpr{fpr:g}"] = f"{chosen.threshold:.6g}"
                 row[f"flagged_ml_fpr{fpr:g}"] = round(flagged.sum() * ml, 3)
@@ -217,7 +237,11 @@ class PerVolume:
                 row[f"measured_fpr{fpr:g}"] = (round(float((flagged & healthy).sum() / healthy.sum()), 5)
                                                if healthy.any() else "")
                 row[f"measured_fpr{fpr:g}_far"] = round(float((flagged & far).sum() / far.sum()), 5) if far.any() else ""
-                row[f"estimated_fpr{fpr:g}_at_calibrated"] = round(chosen.estimated_fpr_at_reference, 5)
+                row[f"estimated_fpr{fpr:g}"] = _rounded(chosen.estimated_fpr)
+                row[f"estimated_fpr{fpr:g}_at_calibrated"] = _rounded(chosen.estimated_fpr_at_reference)
+                row[f"fallback_fpr{fpr:g}"] = chosen.reason if chosen.fallback else ""
+                flagged_share = float(flagged.sum() / brain.sum()) if brain.any() else None
+                row[f"warnings_fpr{fpr:g}"] = " | ".join(chosen.warnings(flagged_share=flagged_share))
             if lesion.any() and (brain & ~lesion).any():
                 hist = metrics.PixelHistogram()
                 hist.update(score[..., 0], lesion, mask=brain)
@@ -225,6 +249,11 @@ class PerVolume:
             else:
                 row["auroc_brain"] = ""
             self.rows.append(row)
+
+
+def _rounded(value: float, digits: int = 5):
+    """``value`` rounded for a CSV cell; "" for NaN (not estimated)."""
+    return "" if not np.isfinite(value) else round(float(value), digits)
 
 
 class ReferencePixels:

@@ -223,13 +223,21 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=
                             "mean_score"])
     chosen = result.scan_threshold
     estimates = {} if chosen is None else {
-        "threshold_mode": chosen.mode + (" (not fitted: calibrated threshold)" if chosen.fallback else ""),
+        "threshold_mode": chosen.mode + (f" (fallback to the calibrated threshold: {chosen.reason or 'not fitted'})"
+                                         if chosen.fallback else ""),
         "calibrated_threshold": f"{chosen.reference_threshold:.6g}",
-        "estimated_fpr": f"{chosen.estimated_fpr:.4f}",
-        "estimated_fpr_at_calibrated": f"{chosen.estimated_fpr_at_reference:.4f}"}
+        # empty: not estimated (the scan's scores could not be fitted; threshold_mode or the warnings say why)
+        "estimated_fpr": _estimate(chosen.estimated_fpr),
+        "estimated_fpr_at_calibrated": _estimate(chosen.estimated_fpr_at_reference),
+        "estimated_lesion_share": _estimate(chosen.lesion_share)}
     return {"threshold": f"{result.threshold:.6g}", **estimates, "anomalous_ml": f"{result.volume_ml:.2f}",
             "components": result.n_components, "largest_component_ml": f"{result.largest_voxels * result.voxel_ml:.2f}",
             "warnings": " | ".join(result.warnings)}
+
+
+def _estimate(value: float) -> str:
+    """A label-free estimate for summary.csv: four decimals, empty when NaN (not estimated)."""
+    return f"{value:.4f}" if np.isfinite(value) else ""
 
 
 OUTPUT_TAG = nifti.OUTPUT_TAG  # in every output name: never read back as a scan (nifti.ignored)

@@ -28,9 +28,9 @@ API
     records its Dice and its false-positive rate (flagged negatives / negatives, inside ``mask``)
     at every threshold; ``summary()`` returns ``{name: {"mean", "std", "n"}}`` of the Dice (std:
     population, ddof=0), ``fpr_summary()`` the measured false-positive rates
-    (``{name: {"pooled", "mean", "std", "max", "n", "far_pooled"}}``: pooled over all negatives
-    of all volumes, over the volumes that have negatives, and pooled over the negatives marked
-    ``far``); ``values`` / ``fprs`` hold the per-volume lists.
+    (``{name: {"pooled", "mean", "std", "median", "p90", "max", "n", "far_pooled"}}``: pooled over
+    all negatives of all volumes, their distribution over the volumes that have negatives, and
+    pooled over the negatives marked ``far``); ``values`` / ``fprs`` hold the per-volume lists.
 ``dice(pred, target)``
     Dice of two boolean arrays; 1.0 when both are empty.
 
@@ -539,19 +539,23 @@ class VolumeDice:
             self.fprs[name].append(false_positives / negatives if negatives else float("nan"))
 
     def fpr_summary(self) -> dict[str, dict]:
-        """``{name: {"pooled", "mean", "std", "max", "n", "far_pooled"}}``: the false-positive rate
-        over all negatives of all volumes, and its mean, population std and maximum over the ``n``
-        volumes with negatives (NaN when there are none); ``far_pooled``: over the negatives given as
-        ``far`` to ``update`` only (NaN when none were)."""
+        """``{name: {"pooled", "mean", "std", "median", "p90", "max", "n", "far_pooled"}}``: the
+        false-positive rate over all negatives of all volumes, and its mean, population std, median,
+        90th percentile (``np.percentile``, linear interpolation) and maximum over the ``n`` volumes
+        with negatives (NaN when there are none) -- how far single scans stray from the pooled
+        rate; ``far_pooled``: over the negatives given as ``far`` to ``update`` only (NaN when none
+        were)."""
         out = {}
+        nan = float("nan")
         for name, vals in self.fprs.items():
             v = np.asarray([f for f in vals if not np.isnan(f)], dtype=np.float64)
-            pooled = self._false_positives[name] / self._negatives if self._negatives else float("nan")
-            far = self._far_false_positives[name] / self._far_negatives if self._far_negatives else float("nan")
-            out[name] = {"pooled": float(pooled), "mean": float(v.mean()) if v.size else float("nan"),
-                         "std": float(v.std()) if v.size else float("nan"),
-                         "max": float(v.max()) if v.size else float("nan"), "n": int(v.size),
-                         "far_pooled": float(far)}
+            pooled = self._false_positives[name] / self._negatives if self._negatives else nan
+            far = self._far_false_positives[name] / self._far_negatives if self._far_negatives else nan
+            out[name] = {"pooled": float(pooled), "mean": float(v.mean()) if v.size else nan,
+                         "std": float(v.std()) if v.size else nan,
+                         "median": float(np.percentile(v, 50)) if v.size else nan,
+                         "p90": float(np.percentile(v, 90)) if v.size else nan,
+                         "max": float(v.max()) if v.size else nan, "n": int(v.size), "far_pooled": float(far)}
         return out
 
     def summary(self) -> dict[str, dict]:

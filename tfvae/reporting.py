@@ -17,10 +17,14 @@ import numpy as np  # noqa: E402
 from tfvae.rundir import RESULTS_FILE  # noqa: E402
 
 COLUMNS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "measured_fpr01",
-           "measured_fpr01_far", "dice_fpr05", "measured_fpr05")
+           "measured_fpr01_p90", "measured_fpr01_max", "measured_fpr01_far", "dice_fpr05", "measured_fpr05",
+           "fallback_fpr01")
 HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "auroc_brain": "AUROC brain", "auprc_brain": "AUPRC brain",
            "best_dice": "best Dice", "dice_fpr01": "Dice@1%FPR", "dice_fpr05": "Dice@5%FPR",
-           "measured_fpr01": "FPR@1%", "measured_fpr01_far": "FPR@1% >6mm", "measured_fpr05": "FPR@5%"}
+           "measured_fpr01": "FPR@1%", "measured_fpr01_p90": "FPR@1% p90", "measured_fpr01_max": "max",
+           "measured_fpr01_far": "FPR@1% >6mm", "measured_fpr05": "FPR@5%", "fallback_fpr01": "fallbacks"}
+# columns read from the distribution of the volumes' measured rates (``<measured>_volumes`` in results.json)
+VOLUME_COLUMNS = {"measured_fpr01_p90": ("measured_fpr01", "p90"), "measured_fpr01_max": ("measured_fpr01", "max")}
 
 
 def title(config: dict, checkpoint: str = "final") -> str:
@@ -32,13 +36,26 @@ def title(config: dict, checkpoint: str = "final") -> str:
             f"beta {config['model']['beta']:g}, latent {config['model']['latent_dim']}, {checkpoint} model")
 
 
+def value(result: dict, column: str):
+    """A table column's value in one predictor's results: its key, or a statistic of the volumes'
+    measured rates (``VOLUME_COLUMNS``); NaN where the results lack it (made before it existed)."""
+    if column in VOLUME_COLUMNS:
+        measured, stat = VOLUME_COLUMNS[column]
+        return result.get(f"{measured}_volumes", {}).get(stat, float("nan"))
+    return result.get(column, float("nan"))
+
+
 def _cell(result: dict, column: str) -> str:
-    value = result.get(column, float("nan"))
+    v = value(result, column)
+    if column.startswith("fallback_"):  # volumes whose per-scan threshold fell back, of those scored
+        return f"{v}/{result['volumes']}" if column in result and "volumes" in result else "n/a"
+    if v is None or not np.isfinite(v):
+        return "n/a"
     if column.startswith("dice_fpr"):
-        return f"{value:.3f}±{result[column + '_std']:.3f}"
+        return f"{v:.3f}±{result[column + '_std']:.3f}"
     if column.startswith("measured_fpr"):
-        return f"{100 * value:.2f}%"
-    return f"{value:.3f}"
+        return f"{100 * v:.2f}%"
+    return f"{v:.3f}"
 
 
 def table_entries(results: dict) -> dict:
@@ -103,7 +120,11 @@ LEGEND = (
     "threshold flagging 1%/5% of healthy validation brain pixels (mean ± std; what localize uses), moved with each "
     "scan's own score distribution when threshold.mode is per_scan; FPR@1%/5%: the share of the test scans' healthy "
     "brain pixels (label 0) those thresholds flag, measured (nominal 1%/5%); FPR@1% >6mm: the same over the healthy "
-    "brain pixels more than 6 mm from any lesion (evaluation.FAR_MM), the lesions' borders left out.",
+    "brain pixels more than 6 mm from any lesion (evaluation.FAR_MM), the lesions' borders left out. FPR@1% p90 / "
+    "max: the 90th percentile and the maximum of each test volume's own FPR@1% (its healthy brain pixels), what a "
+    "single scan may get (median, mean and std in results.json, also at 5% and at the calibrated thresholds); "
+    "fallbacks: the volumes, of those scored, whose per-scan threshold fell back to the calibrated one because "
+    "their scores could not be fitted (per_volume.csv says why).",
     "intensity: the scan itself thresholded (a baseline, no model); intensity_filtered: the same through the "
     "recommended map's recipe (positive part, 3D median and Gaussian, brain mask; no model); recommended: the "
     "restored positive residual, 3D-filtered (tfvae/recommended.py); ensemble: fitted on labelled test volumes.",
@@ -111,7 +132,7 @@ LEGEND = (
 
 
 def legend() -> str:
-    """Three lines under every printed table: what the columns mean and what the baseline is."""
+    """The lines under every printed table: what the columns mean and what the baseline is."""
     return "\n".join(LEGEND)
 
 
@@ -136,7 +157,7 @@ def write_results(results: dict, out_dir: str, header: str = "") -> None:
         extra = [c + "_std" for c in COLUMNS if c.startswith("dice_fpr")]
         writer.writerow(["predictor", *COLUMNS, *extra])
         for name, r in table_entries(results).items():
-            writer.writerow([name, *(r[c] for c in COLUMNS), *(r[c] for c in extra)])
+            writer.writerow([name, *(value(r, c) for c in COLUMNS), *(r[c] for c in extra)])
     note = "\n".join(n for n in (recommended_note(results), ensemble_note(results)) if n)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write((header + "\n\n" if header else "") + markdown_table(results) + "\n" + (f"\n{note}\n" if note else "")
