@@ -104,3 +104,56 @@ def test_a_shifted_config_builds_without_a_train_split(tmp_path):
     test = list(builder.as_dataset(split="test").as_numpy_iterator())
     assert any(ex["label"].any() for ex in test)
     assert not any(ex["label"].any() for ex in builder.as_dataset(split="validation").as_numpy_iterator())
+
+
+def _lesion_ml(subject, mm=MM):
+    return float((subject.label > 0).sum()) * mm**3 / 1000.0
+
+
+def test_large_lesions_are_brats_sized_and_keep_the_subject():
+    sizes = [_lesion_ml(_subject(builder_lib.LARGE_LESIONS, seed=s)) for s in range(6)]
+    default = [_lesion_ml(_subject(seed=s)) for s in range(6)]
+    assert 100 <= np.median(sizes) <= 400 and min(sizes) > 60 and np.median(sizes) > 2 * np.median(default)
+    base, large = _subject(seed=4, tumours=False), _subject(builder_lib.LARGE_LESIONS, seed=4, tumours=False)
+    assert np.array_equal(base.image, large.image)  # a healthy subject draws no tumour: the same scan
+
+
+def test_lobulated_lesions_are_a_new_shape_with_the_same_centres():
+    lobed_shift = shifts.Shift(**builder_lib.LOBULATED)
+    for seed in range(3):
+        blob, lobed = _subject(seed=seed), _subject(lobed_shift, seed=seed)
+        assert (lobed.label > 0).sum() > (blob.label > 0).sum()  # the lobes add to the core's blob
+        assert ((blob.label > 0) & (lobed.label == 0)).sum() <= 0.02 * (blob.label > 0).sum()  # ... around it
+        labelled, n = ndimage.label(lobed.label > 0)
+        assert n >= 1 and np.array_equal(blob.brain_mask, lobed.brain_mask)
+
+
+@pytest.mark.parametrize("site", [None, builder_lib.BIAS])
+def test_a_lesion_share_covers_that_share_of_the_brain_and_grows_nested(site):
+    healthy = _subject(site, seed=5, tumours=False)
+    previous = np.zeros_like(healthy.brain_mask)
+    for share in (0.05, 0.2, 0.4):
+        subject = phantom.synthesize_subject(5, tumours=False, voxel_mm=MM, shift=site, lesion_share=share)
+        lesion = subject.label > 0
+        assert lesion.sum() / subject.brain_mask.sum() == pytest.approx(share, abs=0.01)
+        assert np.all(lesion[previous])  # nested: the same lesion, larger
+        outside = ~lesion & subject.brain_mask
+        # the rest of the scan is the healthy scan's (same anatomy, bias and noise) away from the lesion
+        far = outside & ~ndimage.binary_dilation(lesion, iterations=2)
+        assert np.array_equal(subject.image[far], healthy.image[far])
+        assert subject.image[lesion].mean() > 1.3 * healthy.image[lesion].mean()  # bright, as tumours
+        previous = lesion
+    assert not phantom.synthesize_subject(5, tumours=False, voxel_mm=MM, lesion_share=0.0).label.any()
+    with pytest.raises(ValueError, match="lesion_share"):
+        phantom.synthesize_subject(5, tumours=True, voxel_mm=MM, lesion_share=0.1)
+
+
+def test_held_out_sites_are_new_subjects_with_lobulated_tumours():
+    configs = {c.name: c for c in builder_lib.Builder.BUILDER_CONFIGS}
+    others = [c for n, c in configs.items() if n not in builder_lib.HELD_OUT_CONFIGS]
+    used = {c.split_seed(s) for c in others for s in ("train", "validation", "test")}
+    for name in builder_lib.HELD_OUT_CONFIGS:
+        cfg = configs[name]
+        assert cfg.split_seed("test") not in used and cfg.split_seed("validation") not in used
+        assert cfg.shift.lobes == builder_lib.LOBULATED["lobes"] and cfg.num_train == 0
+    assert all(c.shift is None or c.shift.lobes is None for c in others)
