@@ -29,8 +29,11 @@ from tfvae.reproduce import CROSS_DOMAIN_BEGIN, cell_stats, ensure_evaluated, en
 from tfvae.run import Run
 
 BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.json")
-DESIGN = ("thick_slices", "contrast", "bias", "noise", "resolution", "hypointense")
-HELD_OUT = ("atrophy", "combined")
+# the sites the per-scan rule was designed on (issue 30: all but the held-out ones; atrophy and combined
+# were issue 18's held-out sites and were looked at since)
+DESIGN = ("thick_slices", "contrast", "bias", "noise", "resolution", "hypointense", "atrophy", "combined",
+          "large_lesions")
+HELD_OUT = ("heldout_home", "heldout_large", "heldout_site")  # new subjects, lobulated tumours
 TEST_SETS = ("default", *DESIGN, *HELD_OUT)
 PREDICTORS = ("recommended", "intensity")
 SEEDS = (0, 1, 2)
@@ -77,20 +80,38 @@ def write_healthy_scans(config: dict, site: str, folder: str) -> list[str]:
     return paths
 
 
+def stamp(command: str, configs: dict, wall_s: float) -> dict:
+    """What an evidence file records of how it was made: the commit (and whether the tree had
+    uncommitted changes), the command, each seed's resolved config and the wall time."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted_changes": bool(git("status", "--porcelain")),
+            "command": command, "configs": {str(k): v for k, v in configs.items()}, "wall_s": round(wall_s, 1)}
+
+
 def evidence_path(md_path: str) -> str:
     """Where the study's evidence is written beside its document: ``<doc>_cross_domain.json``."""
     return os.path.splitext(md_path)[0] + "_cross_domain.json"
 
 
 def study(runs_dir: str, md_path: str | None = None, *, base: str = BASE_CONFIG, seeds=SEEDS, overrides=(),
-          test_sets=TEST_SETS, calibration_scans=CALIBRATION_SCANS, verbose: bool = False, command: str = "",
-          log=print) -> dict:
+          test_sets=TEST_SETS, calibration_scans=CALIBRATION_SCANS, calibration_sites=None, verbose: bool = False,
+          command: str = "", log=print) -> dict:
     """Train, evaluate and calibrate everything of the study (reusing what is done); write the
     report into ``md_path`` (between ``BEGIN`` and ``END``), its evidence into ``RUNS/cross_domain.json``
-    and ``evidence_path(md_path)``; returns
+    and ``evidence_path(md_path)``, stamped (``stamp``: the commit, the command, each seed's resolved
+    config, the wall time); ``calibration_sites``: the sites calibrated on their own healthy scans
+    (default: every test set but the default); returns
     ``{"results": {test set: [per-seed results]}, "calibrated": {(site, scans): [...]}, "verdicts"}``."""
     results: dict = {t: [] for t in test_sets}
     calibrated: dict = {}
+    configs: dict = {}
     start = time.time()
     for seed in seeds:
         config = run_config(base, seed, overrides)
@@ -101,7 +122,8 @@ def study(runs_dir: str, md_path: str | None = None, *, base: str = BASE_CONFIG,
             results[test_set].append(ensure_evaluated(test_config(config, test_set), run_dir, verbose=verbose,
                                                       name=f"eval_{test_set}"))
         log(f"[{time.time() - start:6.0f}s] {run_dir}: {done}, evaluated on {len(test_sets)} test sets")
-        for site in (t for t in test_sets if t != "default"):
+        configs[seed] = Run(run_dir).config()
+        for site in (t for t in test_sets if t != "default" and (calibration_sites is None or t in calibration_sites)):
             scans = write_healthy_scans(config, site, os.path.join(runs_dir, "healthy_scans", site))
             for n in calibration_scans:
                 name = f"{site}_{n}"
@@ -117,7 +139,8 @@ def study(runs_dir: str, md_path: str | None = None, *, base: str = BASE_CONFIG,
     verdicts = judge_targets(results)
     report = render(results, calibrated, verdicts, seeds, base, overrides, command, parts,
                     os.path.basename(evidence_path(md_path)) if md_path else "")
-    evidence = {"results": results, "calibrated": {f"{s}_{n}": r for (s, n), r in calibrated.items()},
+    evidence = {"stamp": stamp(command, configs, time.time() - start),
+                "results": results, "calibrated": {f"{s}_{n}": r for (s, n), r in calibrated.items()},
                 "decomposition": parts}
     files.write_json(os.path.join(runs_dir, "cross_domain.json"), evidence)
     if md_path:  # the evidence beside the document, compact: every seed's results behind every cell
