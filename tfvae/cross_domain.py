@@ -276,15 +276,18 @@ def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, ov
              "Made by", "", f"```bash\n{command.strip() or 'python scripts/reproduce_tables.py --cross-domain'}\n```",
              "", f"Models: `{os.path.basename(base)}` (trained on `brain_phantom/default`), seeds "
              f"{', '.join(map(str, seeds))}{'; overrides: ' + ' '.join(overrides) if overrides else ''}. Test sets: "
-             "the default test split and the same 20 subjects acquired as each shifted site "
-             "(`datasets/brain_phantom/shifts.py`); the thresholds are calibrated on the training data's healthy "
+             "the default test split, the same 20 subjects acquired as each shifted site or with BraTS-sized "
+             "tumours (`large_lesions`; `datasets/brain_phantom/shifts.py`), and the held-out sites: 20 other "
+             "subjects each, with lobulated tumours (`heldout_home`: the training site's acquisition, "
+             "`heldout_large`: 100-400 ml tumours, `heldout_site`: thick slices, bias and noise); the thresholds are calibrated on the training data's healthy "
              "validation split at 1% / 5% FPR. **FPR** is measured on the test scans' healthy brain pixels "
              "(label 0), pooled over the volumes; *p90 of volumes* and *max of volumes*: the 90th percentile and "
              "the maximum of each test volume's own FPR@1% (per-scan thresholds), what a single scan may get; "
              "cells are mean ± std over seeds (— where the evidence predates the measure). *fixed*: the calibrated "
              "threshold as it is; *per scan*: moved with each scan's own score distribution (the default, "
-             "`threshold.mode=per_scan`). Sites marked *held out* were kept out of every design decision and "
-             "are reported last." + (f" Every seed's results behind these cells, with the settings each evaluation "
+             "`threshold.mode=per_scan`). Sites marked *held out* were kept out of every design decision of the "
+             "per-scan rule (`threshold_study.md`), defined before it and scored once after it; they are reported "
+             "last." + (f" Every seed's results behind these cells, with the settings each evaluation "
                                      f"chose, are in `{evidence}` beside this document." if evidence else ""), "",
              "### The recommended map: nominal against measured false-positive rate, and Dice", ""]
     rows = [(_label(t), per_seed) for t, per_seed in results.items() if per_seed]
@@ -295,7 +298,8 @@ def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, ov
                                                       AUROC_BRAIN, AUPRC_BRAIN])
     lines += ["", "### Label-free estimate of the fixed threshold's false-positive rate", "",
               "What localize reports for a scan without labels (`estimated_fpr_at_calibrated` in its summary.csv): "
-              "the share of healthy tissue the calibrated 1% threshold flags, estimated from the scan's Q-Q line, "
+              "the share of healthy tissue the calibrated 1% threshold flags, estimated from the scan's Q-Q line "
+              "(the threshold's line, `scan_threshold`), "
               "beside the share measured with the labels (recommended map; measured: pooled over the healthy "
               "pixels of the test scans, estimated: the mean of the scans' estimates; mean ± std over seeds).", ""]
     lines += _table(["test set"], rows, "recommended", [("measured", FPR01_FIXED[1], True),
