@@ -157,7 +157,7 @@ def _levels(low: float, high: float, n: int) -> tuple:
 # the rules compared: ``scan_threshold.fit`` options (None: the calibrated threshold as it is)
 CANDIDATES = {
     "fixed": None,
-    "bulk 20-80, no discount (the rule before issue 30)": dict(halo_share=1.0),
+    "bulk 20-80, no discount (issue 18's line, with the refusals)": dict(halo_share=1.0),
     "two-stage, low 10-50, halo 0": dict(halo_share=0.0),
     "two-stage, low 10-50, halo 0.05": dict(halo_share=0.05),
     "two-stage, low 10-50, halo 0.1": dict(halo_share=0.1),
@@ -230,28 +230,33 @@ def _pct(values) -> str:
 
 def render(by_seed: dict, stamp: dict) -> str:
     """The study's markdown report from ``{seed folder: compare(...)}`` and its ``stamp``."""
-    seeds = sorted(by_seed)
-    first = by_seed[seeds[0]]
-    sets = [s for s in first if not s.startswith("shares")]
-    sweeps = [s for s in first if s.startswith("shares")]
+    names = list(dict.fromkeys(t for by_set in by_seed.values() for t in by_set))
+    sets = [t for t in names if not t.startswith("shares")]
+    sweeps = [t for t in names if t.startswith("shares")]
+    first = next(by_set for by_set in by_seed.values() if sets[0] in by_set)
     candidates = [c for c in first[sets[0]] if c != "best_dice"]
-    lines = [f"Runs: {', '.join(seeds)} (`{stamp['runs_config']}`, seeds {stamp['seeds']}); commit "
-             f"`{stamp['commit']}`; nominal FPR 1%; recommended map. Cells: mean ± std over the runs.", ""]
+    runs_of = {t: [s for s in sorted(by_seed) if t in by_seed[s]] for t in names}  # the runs that scored t
+    lines = [f"Runs: {', '.join(sorted(by_seed))} (`{stamp['runs_config']}`, seeds {stamp['seeds']}); commit "
+             f"`{stamp['commit']}`; nominal FPR 1%; recommended map. Cells: mean ± std over the runs that scored "
+             "the set (" + "; ".join(f"{t}: {len(r)}" for t, r in runs_of.items()) + ").", ""]
     lines += ["### Measured FPR on the healthy brain pixels (%): pooled / 90th percentile of volumes / maximum", "",
               "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for c in candidates:
-        cells = [f"{_pct([by_seed[s][t][c]['fpr_pooled'] for s in seeds])} / "
-                 f"{_pct([by_seed[s][t][c]['fpr_p90'] for s in seeds])} / "
-                 f"{_pct([by_seed[s][t][c]['fpr_max'] for s in seeds])}" for t in sets]
+        cells = [f"{_pct([by_seed[s][t][c]['fpr_pooled'] for s in runs_of[t]])} / "
+                 f"{_pct([by_seed[s][t][c]['fpr_p90'] for s in runs_of[t]])} / "
+                 f"{_pct([by_seed[s][t][c]['fpr_max'] for s in runs_of[t]])}" for t in sets]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += ["", "### Dice at the threshold (mean over the volumes with lesions)", "",
               "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for c in candidates:
-        lines.append(f"| {c} | " + " | ".join(_mean_std([by_seed[s][t][c]["dice"] for s in seeds]) for t in sets) + " |")
+        lines.append(f"| {c} | " + " | ".join(_mean_std([by_seed[s][t][c]["dice"] for s in runs_of[t]])
+                                              for t in sets) + " |")
     lines.append("| best single threshold (labels) | " + " | ".join(
-        _mean_std([by_seed[s][t]["best_dice"] for s in seeds]) for t in sets) + " |")
+        _mean_std([by_seed[s][t]["best_dice"] for s in runs_of[t]]) for t in sets) + " |")
     for sweep in sweeps:
-        shares = [k for k, v in first[sweep][candidates[0]]["sensitivity_by_share"].items() if v is not None]
+        seeds = runs_of[sweep]
+        shares = [k for k, v in by_seed[seeds[0]][sweep][candidates[0]]["sensitivity_by_share"].items()
+                  if v is not None]
         lines += ["", f"### Lesion-share sweep `{sweep[len('shares_'):]}`: share of the lesion found, by the lesion's "
                       "share of the brain (FPR of the lesion-free scans last)", "",
                   "| rule | " + " | ".join(f"{float(k):.0%}" for k in shares) + " | 30% / 5% | FPR at 0% |",
@@ -298,16 +303,25 @@ def report(dump_root: str, md_path: str, runs, *, section: str = "design", comma
     stamp = {"commit": commit or "unknown", "command": command, "runs_config": "configs/quickstart.json",
              "seeds": [configs[s]["seed"] for s in seeds], "configs": configs, "dumps_sha256": digests,
              "candidates": {c: o for c, o in CANDIDATES.items()}, "wall_s": None}
-    begin, end = markers(section)
-    text = f"{begin}\n\nMade by `{command}`.\n\n" + render(by_seed, stamp) + f"\n{end}"
+    body = f"Made by `{command}`.\n\n" + render(by_seed, stamp)
     stamp["wall_s"] = round(time.time() - start, 1)
     evidence = {"stamp": stamp, "results": by_seed}
+    files.write_json(f"{os.path.splitext(md_path)[0]}_{section.replace('-', '_')}.json", evidence)
+    write_section(md_path, section, body)
+    return evidence
+
+
+def write_section(md_path: str, section: str, body: str) -> None:
+    """``body`` between ``markers(section)`` in ``md_path``: replacing that section where the file
+    has it, appended where it has not; the rest of the file is kept (written whole)."""
+    from tfvae import files
+
+    begin, end = markers(section)
+    text = f"{begin}\n\n{body.strip()}\n\n{end}"
     old = open(md_path, encoding="utf-8").read() if os.path.isfile(md_path) else ""
     if begin in old and end in old:
         text = old[:old.index(begin)] + text + old[old.index(end) + len(end):]
     elif old:
         text = old.rstrip("\n") + "\n\n" + text + "\n"
-    files.write_json(f"{os.path.splitext(md_path)[0]}_{section.replace('-', '_')}.json", evidence)
     with files.open_whole(md_path) as f:
         f.write(text)
-    return evidence
