@@ -129,3 +129,16 @@ def test_a_tiny_study_trains_evaluates_calibrates_and_reuses(tiny_data_dir, tmp_
     assert evidence["stamp"]["commit"] == head and evidence["stamp"]["wall_s"] >= 0
     assert evidence["stamp"]["configs"]["0"] == config_lib.load(os.path.join(runs, "s0", "config.json"))
     assert config_lib.load(os.path.join(runs, "s0", "config.json"))["seed"] == 0
+    # the section rendered again from the evidence alone is the one written
+    assert cross_domain.render_from_evidence(evidence, os.path.basename(cross_domain.evidence_path(md))) == first["report"]
+
+
+def test_the_published_section_agrees_with_its_evidence():
+    """docs/results_phantom.md's cross-domain section is what its evidence file renders to: a
+    table edited by hand, or evidence replaced without the section, fails here."""
+    docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+    md = os.path.join(docs, "results_phantom.md")
+    evidence = json.load(open(cross_domain.evidence_path(md), encoding="utf-8"))
+    text = open(md, encoding="utf-8").read()
+    section = text[text.index(cross_domain.BEGIN):text.index(cross_domain.END) + len(cross_domain.END)]
+    assert cross_domain.render_from_evidence(evidence, os.path.basename(cross_domain.evidence_path(md))) == section

@@ -141,7 +141,7 @@ def study(runs_dir: str, md_path: str | None = None, *, base: str = BASE_CONFIG,
                     os.path.basename(evidence_path(md_path)) if md_path else "")
     evidence = {"stamp": stamp(command, configs, time.time() - start),
                 "results": results, "calibrated": {f"{s}_{n}": r for (s, n), r in calibrated.items()},
-                "decomposition": parts}
+                "decomposition": parts, "base": base, "overrides": list(overrides)}
     files.write_json(os.path.join(runs_dir, "cross_domain.json"), evidence)
     if md_path:  # the evidence beside the document, compact: every seed's results behind every cell
         files.write_json(evidence_path(md_path), evidence, indent=None)
@@ -337,6 +337,22 @@ def render(results: dict, calibrated: dict, verdicts: dict, seeds, base: str, ov
     lines += ["", "Targets: FPR@1% in 0.5-2% and its 90th percentile over the test volumes at most 3% (fpr01_p90), "
               "FPR@5% in 2.5-10%, Dice@1% >= 0.5 and within 0.1 of the best Dice.", "", END]
     return "\n".join(lines)
+
+
+def render_from_evidence(evidence: dict, evidence_name: str = "") -> str:
+    """The report ``study`` writes, rendered again from its evidence (``evidence_path``'s JSON: the
+    results, the own-scan calibrations, the decomposition and the stamp, whose configs give the
+    seeds and the command; the base config and overrides, recorded since issue 30, default to the
+    quick start and none): a section that disagrees with its evidence is
+    out of date (tested against ``docs/results_phantom.md``)."""
+    seeds = [int(k) for k in evidence["stamp"]["configs"]]
+    calibrated = {}
+    for key, per_seed in evidence["calibrated"].items():
+        site, n = key.rsplit("_", 1)
+        calibrated[(site, int(n))] = per_seed
+    results = evidence["results"]
+    return render(results, calibrated, judge_targets(results), seeds, evidence.get("base", BASE_CONFIG),
+                  evidence.get("overrides", ()), evidence["stamp"]["command"], evidence["decomposition"], evidence_name)
 
 
 def write_section(md_path: str, report: str) -> None:

@@ -348,7 +348,17 @@ class Run(RunDir):
         map's filter sizes, chosen on these scans with synthetic lesions. Stored in
         ``thresholds.json`` under ``name`` (a set calibrated again under the same name replaces
         it); used by evaluate and localize with ``threshold.calibration=name`` (``--calibration``).
-        Returns the set's record and each predictor's thresholds at 1 % and 5 % FPR."""
+
+        The set is screened first (``healthy_scans.screen``, 2 scans or more): each scan's map --
+        the recommended map when it is calibrated, else the first of ``predictors`` -- is compared
+        with the other scans', and a scan that looks lesioned or unlike the rest is left out; the
+        thresholds and filter sizes are then calibrated on the scans kept, from scratch (what
+        calibrating without it gives). Scans of another voxel size or contrast than the set's are
+        warned about. Returns the set's record (``healthy_scans.record``: ``scans`` kept,
+        ``left_out`` and ``warnings``, each with its ``reason`` and ``advice``) and each
+        predictor's thresholds at 1 % and 5 % FPR. Errors (one line): an unreadable scan, a
+        ``calibration.CalibrationError`` when too few scans would be left (``healthy_scans.MIN_KEPT``,
+        or more than half the set left out)."""
         from tfvae import calibration, config as config_lib, data, healthy_scans
         from tfvae.predictor_names import LOCALIZABLE
 
@@ -359,11 +369,45 @@ class Run(RunDir):
             raise ValueError(f"predictor(s) {', '.join(unknown)}: choose from {', '.join(LOCALIZABLE)}")
         pairs = healthy_scans.find(scans)
         volumes = healthy_scans.read(pairs, config, data.builder(config["data"]).builder_config, force=force)
+        screening, scorer = self._screen(pairs, volumes, predictors, config, checkpoint, name)
+        if screening.left_out and scorer is not None:  # its fit saw the scans left out: fit again without them
+            scorer.release()
+            scorer = None
+        kept = [pairs[i] for i in screening.kept]
+        healthy = [volumes[i] for i in screening.kept]
         store = calibration.ThresholdStore(self.thresholds_path)
-        store.put_healthy_set(name, healthy_scans.record(pairs, volumes))
-        references = self._calibrate(predictors, config, checkpoint, healthy=volumes)
+        store.put_healthy_set(name, healthy_scans.record(kept, healthy, screening))
+        try:
+            references = self._calibrate(predictors, config, checkpoint, healthy=healthy, scorer=scorer)
+        finally:
+            if scorer is not None:
+                scorer.release()
         return {"name": name, **store.healthy_set(name),
                 "thresholds": {p: {f"{f:g}": r.threshold(f) for f in (0.01, 0.05)} for p, r in references.items()}}
+
+    def _screen(self, pairs, volumes, predictors, config: dict, checkpoint: str, name: str):
+        """``(healthy_scans.Screening, scorer)``: the healthy set screened with the map the thresholds
+        of ``predictors`` are calibrated on (post-processed when the config post-processes), scored by
+        a ``Scorer`` of every predictor fitted on the whole set -- returned, to calibrate with when no
+        scan is left out (its network outputs kept); None below 2 scans (nothing to compare)."""
+        import numpy as np
+
+        from tfvae import healthy_scans, postprocessing
+        from tfvae.scoring import Scorer, variants
+
+        if len(volumes) < 2:
+            return healthy_scans.screen(pairs, volumes, None, predictor=None, name=name), None
+        predictor = "recommended" if "recommended" in predictors else predictors[0]
+        scorer = Scorer(self.model(checkpoint), config, predictors)
+        scorer.fit(volumes, verbose=True)
+        variant = "postprocessed" if postprocessing.enabled(config["postprocess"]) else "raw"
+        maps = []
+        for volume in volumes:
+            volume.maps = scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())
+            score = variants(volume, [predictor], config["postprocess"])[variant][predictor][..., 0]
+            maps.append(score[np.asarray(volume.brain_mask)[..., 0] > 0])  # the brain's scores, as calibrated
+            volume.maps = {}
+        return healthy_scans.screen(pairs, volumes, maps, predictor=predictor, name=name), scorer
 
     def _calibrate(self, predictors, config: dict, checkpoint: str, *, rates=(), scorer=None, healthy=None) -> dict:
         """``{predictor: scan_threshold.HealthyReference}``: the stored thresholds of each predictor at

@@ -57,8 +57,14 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"error: {os_error(e)}", file=sys.stderr)
         return 2
-    print(f"calibration {args.name!r}: {found['volumes']} healthy scan(s), {found['slices']} slices, stored in "
+    left_out = found.get("left_out", [])
+    print(f"calibration {args.name!r}: {found['volumes']} healthy scan(s)"
+          + (f" ({len(left_out)} left out)" if left_out else "") + f", {found['slices']} slices, stored in "
           f"{run.thresholds_path}")
+    for item in left_out:
+        print(f"left out {item['scan']}: {item['reason']}; {item['advice']}")
+    for item in found.get("warnings", []):
+        print(f"warning: {item['scan']}: {item['reason']}; {item['advice']}", file=sys.stderr)
     for predictor, thresholds in found["thresholds"].items():
         print(f"  {predictor}: threshold {thresholds['0.01']:.4g} at 1% FPR, {thresholds['0.05']:.4g} at 5%")
     if found["volumes"] < FEW_SCANS:
