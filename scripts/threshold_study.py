@@ -10,7 +10,10 @@ its design sites, ``large_lesions``) and of a lesion-share sweep (healthy subjec
 lesion covering 0-40 % of the brain) into OUT/<run>/ (reused when there); the second compares every
 candidate rule of ``tfvae.threshold_study.CANDIDATES`` on those dumps offline and writes the report
 and its evidence (``docs/threshold_study.json``). The held-out sites (``heldout_*``) are never dumped
-here: they are opened once, by the cross-domain study, after the rule was fixed. The runs are the
+here but with ``--held-out``, once, after the rule was fixed. ``--screening`` dumps small lesions
+(0.5-2 % of the brain) of the design sites' healthy subjects into OUT/screening/ to measure how
+``tfvae calibrate``'s screen finds a lesioned scan in a healthy set (``threshold_study.screening``;
+the sweeps above measure it at 5-40 %). The runs are the
 quick start trained with other seeds, e.g.
 
     python scripts/train.py --config configs/quickstart.json --run-dir runs/design/s1 --set seed=1 name=design_s1
@@ -29,6 +32,7 @@ DESIGN_SETS = ("default", "thick_slices", "contrast", "bias", "noise", "resoluti
 SHARE_SITES = ("default", "bias")
 HELD_OUT_SETS = ("heldout_home", "heldout_large", "heldout_site")  # opened once, after the rule was fixed
 HELD_OUT_SHARE_SITES = ("heldout_home", "heldout_site")
+SCREENING_SHARES = (0.0, 0.005, 0.01, 0.02)  # small lesions in a healthy set (--screening)
 
 
 def main(argv=None):
@@ -40,18 +44,26 @@ def main(argv=None):
     parser.add_argument("--share-subjects", type=int, default=4, help="healthy subjects per site of the sweep")
     parser.add_argument("--held-out", action="store_true", help="the held-out sites instead (heldout_*, and the "
                         "sweep on their healthy subjects), in OUT/heldout/: run once, after the rule was fixed")
+    parser.add_argument("--screening", action="store_true", help="small lesions (0.5-2%% of the brain) in the "
+                        "design sites' healthy subjects, in OUT/screening/: how calibrate's screen finds them")
     parser.add_argument("--report", metavar="MD", help="compare the rules on the dumps and write this report")
     args = parser.parse_args(argv)
     from tfvae import threshold_study
 
-    out = os.path.join(args.out, "heldout") if args.held_out else args.out
+    if args.held_out and args.screening:
+        parser.error("--held-out and --screening: one at a time")
+    section = "held-out" if args.held_out else "screening" if args.screening else "design"
+    out = os.path.join(args.out, "heldout") if args.held_out else os.path.join(args.out, "screening") \
+        if args.screening else args.out
     if args.report:
         command = "python scripts/threshold_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        threshold_study.report(out, args.report, args.runs, section="held-out" if args.held_out else "design",
-                               command=command, log=lambda m: print(m, flush=True))
+        threshold_study.report(out, args.report, args.runs, section=section, command=command,
+                               log=lambda m: print(m, flush=True))
         print(f"report: {args.report}")
         return
-    sets, share_sites = (HELD_OUT_SETS, HELD_OUT_SHARE_SITES) if args.held_out else (args.sets, SHARE_SITES)
+    sets, share_sites = (HELD_OUT_SETS, HELD_OUT_SHARE_SITES) if args.held_out else ((), SHARE_SITES) \
+        if args.screening else (args.sets, SHARE_SITES)
+    shares = SCREENING_SHARES if args.screening else threshold_study.SHARES
     for run_dir in args.runs:
         folder = os.path.join(out, os.path.basename(os.path.normpath(run_dir)))
         for test_set in sets:
@@ -62,7 +74,8 @@ def main(argv=None):
         for site in share_sites:
             path = os.path.join(folder, f"shares_{site}.npz")
             if not os.path.isfile(path):
-                pairs = ((v.volume_id, v) for _, v in threshold_study.lesion_share_volumes(site, args.share_subjects))
+                volumes = threshold_study.lesion_share_volumes(site, args.share_subjects, shares)
+                pairs = ((v.volume_id, v) for _, v in volumes)
                 threshold_study.dump_maps(run_dir, None, path, volumes=pairs)
             print(path, flush=True)
 

@@ -88,3 +88,33 @@ def test_the_report_renders_every_set_and_keeps_the_rest_of_the_file(tmp_path):
     begin, end = threshold_study.markers("design")
     assert out.startswith("# kept\n\nnotes kept\n") and out.count(begin) == out.count(end) == 1
     assert "first" not in out and text.strip() in out and out.index(text.strip()) < out.index("other")
+
+
+def test_screening_leaves_out_the_lesioned_scan_of_a_sweep_and_counts_what_else_went(tmp_path, reference):
+    """calibrate's screen on a sweep's dump: four healthy-like subjects (shifted and scaled copies of
+    one distribution), each with a lesion of 0.2 % (in the healthy tail, not beyond it) and of 3 %
+    (far above every healthy score): the 3 % scan is left out of each set, the 0.2 % scan of none,
+    and no healthy scan is ever left out."""
+    rng = np.random.default_rng(3)
+    volumes = []
+    for i in range(4):
+        healthy = 0.3 * i + (1.0 + 0.05 * i) * rng.gamma(2.0, 1.0, 30_000)
+        for share in (0.0, 0.002, 0.03):
+            score, lesion = healthy.copy(), np.arange(healthy.size) < int(share * healthy.size)
+            score[lesion] = np.quantile(healthy, 0.99) if share < 0.01 else 3 * healthy.max()
+            volumes.append((f"site_{i:02d}_share{share:g}", score, lesion, ~lesion))
+    found = threshold_study.screening(threshold_study.Dump(write_dump(tmp_path / "shares_site.npz", volumes,
+                                                                      reference)))
+    assert found == {"subjects": 4, "healthy_left_out": 0, "found": {"0.002": 0, "0.03": 4},
+                     "others_left_out": {"0.002": 0, "0.03": 0}}
+
+
+def test_the_screening_table_sums_the_runs():
+    sm = {"fpr_pooled": 0.012, "fpr_median": 0.01, "fpr_p90": 0.02, "fpr_max": 0.03, "dice": 0.7,
+          "sensitivity_by_share": {"0": None, "0.01": 0.5}, "fpr_by_share": {"0": 0.01, "0.01": 0.01}}
+    by_seed = {s: {"shares_home": {"rule": sm, "best_dice": None, "screening": {
+        "subjects": 4, "healthy_left_out": h, "found": {"0.01": f}, "others_left_out": {"0.01": o}}}}
+        for s, h, f, o in (("s0", 0, 3, 1), ("s1", 1, 4, 0))}
+    text = threshold_study.render(by_seed, {"runs_config": "c.json", "seeds": [0, 1], "commit": "c"})
+    assert "| rule | 0.500 ± 0.000 | n/a | 1.0±0.0% |" in text  # no 30 % / 5 % in this sweep
+    assert "| home | 2 x 4 | 1 of 8 | 7/8 | 1 of 24 |" in text

@@ -110,7 +110,8 @@ def load(record_: dict, config: dict, builder_config, *, name: str) -> list[Volu
 # -- screening the set before calibrating on it (Run.calibrate) ------------------------------------
 # A "healthy" scan that carries a lesion, or that differs from the rest, biases every threshold
 # calibrated on the set. Each scan is compared with the others, without labels (measured in
-# docs/results_phantom.md, "Screening a healthy set").
+# docs/threshold_study.md, "Screening a healthy set": lesions of 5-40 % always left out, 1-2 % at
+# home mostly, on a strongly bias-distorted site seldom).
 TAIL_FPR = 0.001  # the lesion test: each scan against the threshold that flags this share of the others
 TAIL_FACTOR = 6.0  # ... a scan flagging more than TAIL_FACTOR * TAIL_FPR of its brain is left out
 BULK_LEVELS = tuple(float(p) for p in np.round(np.linspace(0.2, 0.8, 7), 6))  # quantiles matched first

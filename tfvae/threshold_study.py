@@ -202,6 +202,36 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def screening(dump: Dump) -> dict:
+    """``tfvae calibrate``'s screen (``healthy_scans.exclusions``) on a lesion-share sweep's dump
+    (volumes named ``<subject>_share<share>``, ``lesion_share_volumes``), offline: the healthy set
+    is every subject at share 0; then, for each subject and share, the same set with that subject's
+    scan replaced by its lesioned one. Returns ``{"subjects": n, "healthy_left_out": scans left out
+    of the healthy set, "found": {share: sets whose lesioned scan was left out (of n)},
+    "others_left_out": {share: healthy scans left out beside it, summed over the n sets}}``. The
+    maps are the run's, fitted on its validation split (calibrate fits on the set itself)."""
+    from tfvae import healthy_scans
+
+    by: dict = {}
+    for name, score, _, _ in dump.volumes():
+        subject, share = name.rsplit("_share", 1)
+        by.setdefault(subject, {})[share] = score
+    subjects = sorted(by)
+    healthy = [by[s]["0"] for s in subjects]
+    out = {"subjects": len(subjects), "healthy_left_out": len(healthy_scans.exclusions(healthy)[1]),
+           "found": {}, "others_left_out": {}}
+    for share in sorted({k for v in by.values() for k in v if float(k) > 0}, key=float):
+        found = others = 0
+        for i, subject in enumerate(subjects):
+            scores = list(healthy)
+            scores[i] = by[subject][share]
+            left = [j for j, _, _ in healthy_scans.exclusions(scores)[1]]
+            found += i in left
+            others += sum(j != i for j in left)
+        out["found"][share], out["others_left_out"][share] = found, others
+    return out
+
+
 def compare(dump_paths, candidates=None, fpr: float = 0.01, log=None) -> dict:
     """``{dump name: {candidate: summary}}`` over the dumps (``dump_maps``' files, named by their
     file name without ``.npz``) for every candidate rule (``CANDIDATES``)."""
@@ -211,6 +241,8 @@ def compare(dump_paths, candidates=None, fpr: float = 0.01, log=None) -> dict:
         dump, name = Dump(path), os.path.splitext(os.path.basename(path))[0]
         out[name] = {c: summary(measure(dump, rule_of(o), fpr)) for c, o in candidates.items()}
         out[name]["best_dice"] = best_dice(dump) if dump.lesion.any() and not name.startswith("shares") else None
+        if name.startswith("shares"):
+            out[name]["screening"] = screening(dump)
         if log:
             log(name)
     return out
@@ -233,40 +265,60 @@ def render(by_seed: dict, stamp: dict) -> str:
     names = list(dict.fromkeys(t for by_set in by_seed.values() for t in by_set))
     sets = [t for t in names if not t.startswith("shares")]
     sweeps = [t for t in names if t.startswith("shares")]
-    first = next(by_set for by_set in by_seed.values() if sets[0] in by_set)
-    candidates = [c for c in first[sets[0]] if c != "best_dice"]
+    first = next(by_set[t] for by_set in by_seed.values() for t in by_set)
+    candidates = [c for c in first if c not in ("best_dice", "screening")]
     runs_of = {t: [s for s in sorted(by_seed) if t in by_seed[s]] for t in names}  # the runs that scored t
     lines = [f"Runs: {', '.join(sorted(by_seed))} (`{stamp['runs_config']}`, seeds {stamp['seeds']}); commit "
              f"`{stamp['commit']}`; nominal FPR 1%; recommended map. Cells: mean ± std over the runs that scored "
              "the set (" + "; ".join(f"{t}: {len(r)}" for t, r in runs_of.items()) + ").", ""]
-    lines += ["### Measured FPR on the healthy brain pixels (%): pooled / 90th percentile of volumes / maximum", "",
-              "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-    for c in candidates:
-        cells = [f"{_pct([by_seed[s][t][c]['fpr_pooled'] for s in runs_of[t]])} / "
-                 f"{_pct([by_seed[s][t][c]['fpr_p90'] for s in runs_of[t]])} / "
-                 f"{_pct([by_seed[s][t][c]['fpr_max'] for s in runs_of[t]])}" for t in sets]
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    lines += ["", "### Dice at the threshold (mean over the volumes with lesions)", "",
-              "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-    for c in candidates:
-        lines.append(f"| {c} | " + " | ".join(_mean_std([by_seed[s][t][c]["dice"] for s in runs_of[t]])
-                                              for t in sets) + " |")
-    lines.append("| best single threshold (labels) | " + " | ".join(
-        _mean_std([by_seed[s][t]["best_dice"] for s in runs_of[t]]) for t in sets) + " |")
+    if sets:
+        lines += ["### Measured FPR on the healthy brain pixels (%): pooled / 90th percentile of volumes / maximum",
+                  "", "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+        for c in candidates:
+            cells = [f"{_pct([by_seed[s][t][c]['fpr_pooled'] for s in runs_of[t]])} / "
+                     f"{_pct([by_seed[s][t][c]['fpr_p90'] for s in runs_of[t]])} / "
+                     f"{_pct([by_seed[s][t][c]['fpr_max'] for s in runs_of[t]])}" for t in sets]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        lines += ["", "### Dice at the threshold (mean over the volumes with lesions)", "",
+                  "| rule | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+        for c in candidates:
+            lines.append(f"| {c} | " + " | ".join(_mean_std([by_seed[s][t][c]["dice"] for s in runs_of[t]])
+                                                  for t in sets) + " |")
+        lines.append("| best single threshold (labels) | " + " | ".join(
+            _mean_std([by_seed[s][t]["best_dice"] for s in runs_of[t]]) for t in sets) + " |")
     for sweep in sweeps:
         seeds = runs_of[sweep]
         shares = [k for k, v in by_seed[seeds[0]][sweep][candidates[0]]["sensitivity_by_share"].items()
                   if v is not None]
         lines += ["", f"### Lesion-share sweep `{sweep[len('shares_'):]}`: share of the lesion found, by the lesion's "
                       "share of the brain (FPR of the lesion-free scans last)", "",
-                  "| rule | " + " | ".join(f"{float(k):.0%}" for k in shares) + " | 30% / 5% | FPR at 0% |",
+                  "| rule | " + " | ".join(f"{100 * float(k):g}%" for k in shares) + " | 30% / 5% | FPR at 0% |",
                   "|---|" + "---|" * (len(shares) + 2)]
         for c in candidates:
             sens = [[by_seed[s][sweep][c]["sensitivity_by_share"][k] for s in seeds] for k in shares]
-            ratio = [by_seed[s][sweep][c]["sensitivity_by_share"]["0.3"] / by_seed[s][sweep][c]["sensitivity_by_share"]
-                     ["0.05"] for s in seeds]
+            by_share = [by_seed[s][sweep][c]["sensitivity_by_share"] for s in seeds]
+            ratio = [b["0.3"] / b["0.05"] for b in by_share if "0.3" in b and "0.05" in b]
             lines.append(f"| {c} | " + " | ".join(_mean_std(v) for v in sens) + f" | {_mean_std(ratio)} | "
                          f"{_pct([by_seed[s][sweep][c]['fpr_by_share']['0'] for s in seeds])}% |")
+    screened = [t for t in sweeps if all("screening" in by_seed[s][t] for s in runs_of[t])]
+    if screened:
+        shares = list(by_seed[runs_of[screened[0]][0]][screened[0]]["screening"]["found"])
+        lines += ["", "### Screening a healthy set (`tfvae calibrate`): the lesioned scan left out", "",
+                  "Each sweep's healthy subjects as a calibration set, then the same set with one subject's scan "
+                  "replaced by its lesioned one (each subject in turn): how often calibrate's screen "
+                  "(`healthy_scans.exclusions`) left that scan out, by the lesion's share of the brain, and how many "
+                  "healthy scans it left out (of the healthy set alone; beside the lesioned one, summed over the "
+                  "sets). Summed over the runs.", "",
+                  "| site | runs x subjects | healthy set: left out | " + " | ".join(f"{100 * float(k):g}%" for k in shares)
+                  + " | healthy left out beside it |", "|---|---|---|" + "---|" * (len(shares) + 1)]
+        for t in screened:
+            got = [by_seed[s][t]["screening"] for s in runs_of[t]]
+            n = sum(g["subjects"] for g in got)
+            lines.append(f"| {t[len('shares_'):]} | {len(got)} x {got[0]['subjects']} | "
+                         f"{sum(g['healthy_left_out'] for g in got)} of {n} | "
+                         + " | ".join(f"{sum(g['found'][k] for g in got)}/{n}" for k in shares)
+                         + f" | {sum(sum(g['others_left_out'].values()) for g in got)} of "
+                         f"{sum(g['subjects'] * (g['subjects'] - 1) for g in got) * len(shares)} |")
     return "\n".join(lines) + "\n"
 
 
