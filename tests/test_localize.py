@@ -74,11 +74,16 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
     assert path in warning and "(1.2, 1.2, 1.2) mm" in warning and "4.0" in warning and "resampled" in warning
     after = {p: os.path.getmtime(os.path.join(os.path.dirname(path), p)) for p in os.listdir(os.path.dirname(path))}
     assert after == before  # the input folder is untouched (the _seg file was skipped, not scored)
-    # outputs are not overwritten without asking: a scan localized already is skipped, saying how to redo it
+    # outputs are not overwritten without asking: a scan localized already with the same settings is
+    # skipped, saying how to redo it; with another --fpr it is refused in one line naming the setting
     stamps = {p: os.path.getmtime(os.path.join(out, p)) for p in os.listdir(out)}
-    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error"]) == 0
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error",
+                                 "--fpr", "0.05"]) == 0
     printed = capsys.readouterr().out
     assert "already localized" in printed and "skipped (--overwrite localizes it again)" in printed
+    assert localize_script.main(["--run-dir", tiny_run, path, "--out", out, "--predictor", "rec_error"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "with --fpr 0.05, this command has 0.01" in err and "--overwrite" in err
     assert {p: os.path.getmtime(os.path.join(out, p)) for p in os.listdir(out)} == stamps
 
 
@@ -203,8 +208,6 @@ def test_a_brain_larger_than_the_field_of_view_is_refused_unless_forced(tiny_run
 
 
 def test_components_summary_and_index_page(tiny_run, lps_scan, tmp_path):
-    from html.parser import HTMLParser
-
     path, _, affine = lps_scan
     out = tmp_path / "out"
     assert localize_script.main(["--run-dir", tiny_run, path, "--out", str(out), "--predictor", "rec_error"]) == 0
@@ -226,22 +229,34 @@ def test_components_summary_and_index_page(tiny_run, lps_scan, tmp_path):
     assert row["run"] == os.path.abspath(tiny_run) and row["checkpoint"] == "final"
     assert "thresholds.json" in row["threshold_from"] and "resampled" in row["warnings"]
 
-    class Page(HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.images, self.links, self.tables = [], [], 0
-
-        def handle_starttag(self, tag, attrs):
-            attrs = dict(attrs)
-            self.images += [attrs["src"]] if tag == "img" else []
-            self.links += [attrs["href"]] if tag == "a" else []
-            self.tables += tag == "table"
-
     page = Page()
     page.feed((out / "index.html").read_text())
     assert page.images == ["patient_t2_tfvae_overlay.png"] and page.tables == 2
-    for target in page.images + page.links:
-        assert (out / target).is_file(), target  # every link resolves from disk
+    for target in page.images + page.links:  # every link resolves from disk, or to a section of the page
+        assert (target[1:] in page.ids) if target.startswith("#") else (out / target).is_file(), target
+
+
+class Page:
+    """What index.html links to: images, links (as written) and section ids, and its tables."""
+
+    def __init__(self):
+        from html.parser import HTMLParser
+
+        self.images, self.links, self.ids, self.tables = [], [], [], 0
+        page = self
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                attrs = dict(attrs)
+                page.images += [attrs["src"]] if tag == "img" else []
+                page.links += [attrs["href"]] if tag == "a" else []
+                page.ids += [attrs["id"]] if "id" in attrs else []
+                page.tables += tag == "table"
+
+        self.parser = Parser()
+
+    def feed(self, text):
+        self.parser.feed(text)
 
 
 def test_a_scan_without_orientation_codes_is_refused_unless_forced(tiny_run, tmp_path, capsys):

@@ -12,12 +12,21 @@ preprocessing skips (little brain) get score 0.
 predictor and FPR, and localizes scans one after another; ``localize_files`` does what
 ``scripts/localize.py`` does: scans and folders in, maps, masks, overlays and ``summary.csv`` out,
 never writing over an input or, unless asked, an earlier output.
+
+Resuming: each scan's outputs are followed by its record (``<name>_tfvae_record.json``, written
+whole), which holds the settings its outputs were made with (``batch_settings``: run, checkpoint
+and model digest, predictor, FPR, threshold mode, calibration, map settings; the scan, its brain
+mask and their digests). A scan is done when its record says so and its outputs are there; a
+later call into the same folder skips it when the settings are the same and refuses in one line
+naming the setting that differs otherwise (``plan``). ``summary.csv`` and ``index.html`` are
+rewritten from the records after every scan, so an interrupted batch lists what it finished.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import re
 
@@ -69,6 +78,7 @@ class Localized:
     image: np.ndarray | None = None  # the scan itself, as read
     warnings: list = dataclasses.field(default_factory=list)
     scan_threshold: ScanThreshold | None = None  # how the threshold was chosen, and its estimated FPR
+    brain_mask: str | None = None  # the brain mask file used; None: the scan's non-zero voxels (or an array given)
 
     @property
     def estimated_fpr(self) -> float:
@@ -158,23 +168,35 @@ class Localizer:
         self.force = force
         from tfvae import calibration
 
-        self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
-        store = calibration.ThresholdStore(run.thresholds_path)
-        key = store.key(run.model_digest(checkpoint), predictor, config)
-        healthy = (f"the healthy scans of calibration {config['threshold']['calibration']}"
-                   if config["threshold"]["calibration"] else "the validation slices")
-        self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
-                                 else f"calibrated now on {healthy} (stored in thresholds.json)")
-        self.reference = run.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
-                                               scorer=self.scorer)
+        try:
+            self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
+            store = calibration.ThresholdStore(run.thresholds_path)
+            key = store.key(run.model_digest(checkpoint), predictor, config)
+            healthy = (f"the healthy scans of calibration {config['threshold']['calibration']}"
+                       if config["threshold"]["calibration"] else "the validation slices")
+            self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
+                                     else f"calibrated now on {healthy} (stored in thresholds.json)")
+            self.reference = run.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
+                                                   scorer=self.scorer)
+        except data.MissingDataError as e:  # a run moved without its data, and nothing stored for these settings
+            raise data.DataError(_needs_validation_data(run, config, predictor, fpr, checkpoint, e)) from None
         self.scorer.release()  # the healthy volumes' network outputs: not needed to score scans
         self.threshold = self.reference.threshold(fpr)  # the calibrated one; each scan's moves from it
         self.mode = config["threshold"]["mode"]
         self.builder_config = data.builder(config["data"]).builder_config
-        train_example = next(iter(data.load_split(config["data"], config["data"]["train_split"]).take(1)))
-        self.training_scans = {"modality": getattr(self.builder_config, "modality", "t2"),
-                               "shape": [int(v) for v in train_example["source_shape"].numpy()],
-                               "voxel_mm": nib.affines.voxel_sizes(train_example["source_affine"].numpy()).tolist()}
+        self.notes: list[str] = []  # said once per batch, and in each scan's warnings
+        self.training_scans = training_scans(run, config)
+        if self.training_scans is None:
+            self.training_scans = {"modality": getattr(self.builder_config, "modality", "t2")}
+            self.notes.append(
+                f"{run.dir} does not record its training scans' shape and voxel size ({TRAINING_SCANS_FILE}: runs "
+                f"trained by an older tfvae) and its training data ({config['data']['name']} in "
+                f"{config['data']['data_dir'] or 'the default TFDS folder'}) is not here: scans are not compared "
+                "with them (localize once where the data is to store them in the run)")
+        # what decides this localizer's outputs (with each scan and its mask): a folder localized with
+        # other settings is refused (plan)
+        self.settings = batch_settings(run, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint,
+                                       digest=run.model_digest(checkpoint))
 
     def __call__(self, scan, *, mask=None, affine=None) -> Localized:
         """``scan``: a NIfTI path, or an array with its ``affine``; ``mask``: a brain mask (path or
@@ -189,17 +211,79 @@ class Localizer:
             raise ValueError("an array scan needs its affine (affine=...)")
         else:
             data, affine = np.asarray(scan, np.float32), np.asarray(affine, np.float64)
-        if isinstance(mask, (str, os.PathLike)):
+        if mask is None and path != "array":
+            mask = mask_beside(path)  # <scan>_mask.nii[.gz], as tfvae calibrate and the nifti_folder builder read it
+        mask_path = os.path.abspath(os.fspath(mask)) if isinstance(mask, (str, os.PathLike)) else None
+        if mask_path is not None:
             mask_data, mask_affine = load_volume(os.fspath(mask), allow_unknown_orientation=self.force, notes=notes)
             check_same_grid(os.fspath(mask), mask_data, mask_affine, path, data, affine, "brain mask")
             mask = mask_data
-        warnings = notes + scan_warnings(path, data, affine, self.training_scans)
+        warnings = self.notes + notes + scan_warnings(path, data, affine, self.training_scans)
         result = localize(self.scorer, data, affine, predictor=self.predictor, reference=self.reference, fpr=self.fpr,
                           settings=self.config["postprocess"], image_size=self.config["data"]["image_size"],
                           fov_mm=self.builder_config.fov_mm, min_brain_fraction=self.builder_config.min_brain_fraction,
                           mask=mask, clip=self.config["data"]["clip"], force=self.force, mode=self.mode)
         result.warnings, result.image = warnings + [f"{path}: {w}" for w in result.warnings], data
+        result.brain_mask = mask_path
         return result
+
+
+def _needs_validation_data(run, config: dict, predictor: str, fpr: float, checkpoint: str, error) -> str:
+    """One line: the thresholds these settings need are not in the run's ``thresholds.json`` and the
+    validation data that would calibrate them (``error``: ``data.MissingDataError``) is not here."""
+    from tfvae import calibration
+
+    store = calibration.ThresholdStore(run.thresholds_path)
+    stored = store.thresholds(store.key(run.model_digest(checkpoint), predictor, config))
+    where = str(error).splitlines()[0]
+    where = where[where.index("(") + 1:where.index(")")] if "(" in where and ")" in where else where
+    rates = sorted(float(r) for r in stored if float(r) <= 0.1)
+    other = (f"use an --fpr stored there ({', '.join(f'{r:g}' for r in rates)}), " if rates and fpr not in rates
+             else "")
+    return (f"{run.thresholds_path}: holds no {predictor} threshold at FPR {fpr:g} for this model and these settings, "
+            f"and calibrating one needs the run's validation data ({config['data']['name']}: {where}), which is not "
+            f"on this machine: {other}localize once where the data is and copy the run with its thresholds.json, or "
+            "calibrate on healthy scans of your own (tfvae calibrate --run-dir RUN --name NAME SCANS, then "
+            "--calibration NAME)")
+
+
+TRAINING_SCANS_FILE = "training_scans.json"  # in the run: the training scans' modality, shape and voxel size
+TRAINING_KEYS = ("name", "config", "train_split")  # the data config the record describes
+
+
+def training_scans(run, config: dict, *, store: bool = True) -> dict | None:
+    """What a scan is compared with (``scan_warnings``): the training scans' modality, shape and
+    voxel size, from the run's ``training_scans.json`` (written when it is trained), else from its
+    built training split when that is here (then stored in the run, with ``store``) -- never built
+    for this, nor read from the source folder. None when neither is there (a run of an older tfvae
+    moved without its data)."""
+    from tfvae import data
+
+    key = {k: config["data"][k] for k in TRAINING_KEYS}
+    path = os.path.join(run.dir, TRAINING_SCANS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+        if isinstance(stored, dict) and stored.get("data") == key and stored.get("shape"):
+            return stored
+    except (OSError, ValueError):
+        pass
+    try:
+        b = data.builder(config["data"])
+        if not b.is_prepared() or key["train_split"] not in b.info.splits:
+            return None
+        example = next(iter(b.as_dataset(split=key["train_split"], shuffle_files=False).take(1)))
+    except Exception:  # noqa: BLE001 -- only a warning depends on it: an unreadable build is "not here"
+        return None
+    found = {"data": key, "modality": getattr(b.builder_config, "modality", "t2"),
+             "shape": [int(v) for v in example["source_shape"].numpy()],
+             "voxel_mm": [float(v) for v in nib.affines.voxel_sizes(example["source_affine"].numpy())]}
+    if store:
+        try:
+            files.write_json(path, found)
+        except OSError:  # a read-only copy of the run: used, not stored
+            pass
+    return found
 
 
 def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=None) -> dict:
@@ -277,11 +361,25 @@ def stem(path: str) -> str:
     return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
 
 
+def mask_beside(scan: str) -> str | None:
+    """The brain mask beside ``scan``, ``<scan>_mask.nii[.gz]``, found as ``tfvae calibrate`` finds
+    it (``healthy_scans.find``: one rule for every reader), or None."""
+    from tfvae import healthy_scans
+
+    return healthy_scans.find([scan])[0]["mask"]
+
+
+def brain_masks(scans: list[str], mask=None) -> list[str | None]:
+    """Each scan's brain mask: ``mask`` (``--mask``, one scan), else the one beside it, else None
+    (its non-zero voxels)."""
+    return [os.fspath(mask) if mask else mask_beside(scan) for scan in scans]
+
+
 def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) -> list[str]:
     """The output names of ``scans``; a one-line ``ValueError`` when ``out_dir`` is a file, two
-    scans share a name, a ``mask`` is given for several scans or ``out_dir`` holds an input.
-    (A scan whose outputs are all there already is skipped by ``localize_files`` unless
-    ``overwrite``: see ``done_scans``.)"""
+    scans share a name, a ``mask`` is given for several scans or ``out_dir`` holds an input (a scan,
+    ``mask`` or a mask beside a scan). (A scan localized there already is skipped by
+    ``localize_files`` unless ``overwrite``, or refused when its settings differ: see ``plan``.)"""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder for the outputs")
     if mask and len(scans) != 1:
@@ -291,76 +389,290 @@ def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) ->
     if duplicated:
         raise ValueError(f"several scans are named {', '.join(duplicated)}; their outputs would collide")
     out_real = os.path.realpath(out_dir)
-    for item in scans + ([mask] if mask else []):
+    for item in scans + [m for m in brain_masks(scans, mask) if m]:
         if os.path.dirname(os.path.realpath(item)) == out_real:
             raise ValueError(f"--out {out_dir} holds the input {item}; choose another output folder")
     return names
 
 
-def done_scans(scans: list[str], names: list[str], out_dir: str) -> set[str]:
-    """The scans localized in ``out_dir`` already: every output there and a ``summary.csv`` row
-    saying so (a scan that failed, or whose outputs a kill left incomplete, is not done)."""
+# -- what a scan's outputs were made with, and resuming a folder ----------------------------------
+RECORD = f"{OUTPUT_TAG}record.json"  # <name>_tfvae_record.json: written last, whole
+RECORD_VERSION = 1
+SETTING_NAMES = {"run": "--run-dir", "checkpoint": "--checkpoint", "model_sha256": "the model (SHA-256 of its file)",
+                 "predictor": "--predictor", "fpr": "--fpr", "threshold_mode": "threshold.mode",
+                 "calibration": "--calibration", "calibration_sha256": "the calibration's healthy scans (SHA-256)"}
+
+
+def _flat(value, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys (``{"postprocess": {"median_size": 3}}`` ->
+    ``{"postprocess.median_size": 3}``), in JSON's types."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.loads(json.dumps(value))}
+
+
+def batch_settings(run, config: dict, *, predictor: str, fpr: float, checkpoint: str, digest: str | None = None
+                   ) -> dict:
+    """The settings every scan of one localize call is made with, as its record keeps them: the run,
+    checkpoint and its model's SHA-256 (``digest``, else read from the file), predictor, FPR,
+    threshold mode, calibration and the digest of its healthy scans, and the map settings the
+    thresholds are keyed by (``calibration.map_settings``, flattened). Cheap: no model is loaded."""
+    from tfvae import calibration
+
+    name = config["threshold"]["calibration"]
+    healthy = calibration.ThresholdStore(run.thresholds_path).healthy_set(name)["sha256"] if name else None
+    return {"run": os.path.abspath(run.dir), "checkpoint": checkpoint,
+            "model_sha256": digest or run.model_digest(checkpoint), "predictor": predictor, "fpr": float(fpr),
+            "threshold_mode": config["threshold"]["mode"], "calibration": name, "calibration_sha256": healthy,
+            **{f"map.{k}": v for k, v in _flat(calibration.map_settings(config)).items()}}
+
+
+def _file(path: str | None, known: dict | None = None) -> dict | None:
+    """``{"path", "size", "mtime_ns", "sha256"}`` of an input file; the digest is taken from ``known``
+    (a record's) when path, size and modification time are those it was taken at."""
+    if path is None:
+        return None
+    from tfvae.calibration import file_digest
+
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    found = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if known and all(known.get(k) == found[k] for k in found) and known.get("sha256"):
+        return {**found, "sha256": known["sha256"]}
+    return {**found, "sha256": file_digest(path)}
+
+
+def read_record(out_dir: str, name: str) -> dict | None:
+    """The record of the scan named ``name`` in ``out_dir``, or None (none, or not readable)."""
+    try:
+        with open(os.path.join(out_dir, name + RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "settings" in record and "row" in record else None
+
+
+def records(out_dir: str) -> list[dict]:
+    """Every scan's record in ``out_dir``, in the order they were written."""
+    try:
+        names = [n[: -len(RECORD)] for n in os.listdir(out_dir) if n.endswith(RECORD) and not n.startswith(".")]
+    except OSError:
+        return []
+    found = [r for r in (read_record(out_dir, n) for n in names) if r is not None]
+    return sorted(found, key=lambda r: (r.get("finished", ""), r["row"].get("scan", "")))
+
+
+def _shown(key: str, value) -> str:
+    if value is None:
+        return "none (its non-zero voxels)" if key == "mask" else "none"
+    if key.endswith("sha256") and isinstance(value, str):
+        return value[:12]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def differences(record: dict, settings: dict, scan: str, mask: str | None) -> list[tuple[str, str, str]]:
+    """``[(setting, then, now)]``: how the settings of a done scan's ``record`` differ from
+    ``settings`` with ``scan`` and its brain ``mask`` now (empty: the same outputs would be made)."""
+    out = []
+    old = record["settings"]
+    for key in list(dict.fromkeys([*old, *settings])):
+        if old.get(key) != settings.get(key):
+            name = SETTING_NAMES.get(key, f"--set {key[4:]}" if key.startswith("map.") else key)
+            out.append((name, _shown(key, old.get(key)), _shown(key, settings.get(key))))
+    inputs = record.get("inputs") or {}
+    then_scan = inputs.get("scan") or {}
+    now_scan = _file(scan, then_scan)
+    if then_scan.get("sha256") != now_scan["sha256"]:
+        out.append(("scan", f"{then_scan.get('path')} (SHA-256 {_shown('sha256', then_scan.get('sha256'))})",
+                    f"{now_scan['path']} (SHA-256 {_shown('sha256', now_scan['sha256'])})"))
+    then_mask = inputs.get("mask")
+    now_mask = _file(mask, then_mask if then_mask and then_mask.get("path") == os.path.abspath(mask or "") else None)
+    if (then_mask or {}).get("path") != (now_mask or {}).get("path"):
+        out.append(("brain mask", _shown("mask", (then_mask or {}).get("path")),
+                    _shown("mask", (now_mask or {}).get("path"))))
+    elif then_mask and then_mask.get("sha256") != now_mask["sha256"]:
+        out.append(("brain mask", f"{then_mask['path']} (SHA-256 {_shown('sha256', then_mask['sha256'])})",
+                    f"changed since (SHA-256 {_shown('sha256', now_mask['sha256'])})"))
+    return out
+
+
+LEGACY_SETTINGS = ("run", "checkpoint", "predictor", "fpr")  # what a summary.csv row of an older tfvae says
+
+
+def _summary_rows(out_dir: str) -> list[dict]:
     summary = os.path.join(out_dir, SUMMARY)
-    finished = set()
-    if os.path.isfile(summary):
-        with open(summary, newline="") as f:
-            # absolute paths (summaries before 0.1 kept the path as given, relative to where it ran)
-            finished = {os.path.abspath(r["scan"]) for r in csv.DictReader(f) if r.get("status", "done") == "done"}
-    return {path for path, name in zip(scans, names)
-            if os.path.abspath(path) in finished and all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS)}
+    if not os.path.isfile(summary):
+        return []
+    with open(summary, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+class SettingsChanged(ValueError):
+    """Scans of a localize call were localized in its output folder with other settings (one line)."""
+
+
+def plan(scans: list[str], out_dir: str, settings: dict, *, overwrite: bool = False, mask=None) -> set[str]:
+    """The scans of ``scans`` done in ``out_dir`` already with ``settings`` (and the same scan and
+    brain mask): to be skipped. A scan is done when its record says so and its outputs are there; a
+    scan done with other settings is a one-line ``SettingsChanged`` naming the first setting that
+    differs, its value then and now, and the fix (another --out, or --overwrite). With ``overwrite``
+    nothing is skipped. Scans without a record are localized (outputs a kill or a failure left are
+    tfvae's, and made again); a folder written by an older tfvae (a ``summary.csv`` row, no record)
+    is compared on what its row says (run, checkpoint, predictor, FPR)."""
+    if overwrite or not os.path.isdir(out_dir):
+        return set()
+    legacy = {os.path.abspath(r.get("scan", "")): r for r in _summary_rows(out_dir)
+              if r.get("status", "done") == "done"}
+    skip, refused = set(), []
+    for scan, name, scan_mask in zip(scans, [stem(s) for s in scans], brain_masks(scans, mask)):
+        if not all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS):
+            continue
+        record = read_record(out_dir, name)
+        if record is not None:
+            if record["row"].get("status") != "done":
+                continue
+            changed = differences(record, settings, scan, scan_mask)
+        elif os.path.abspath(scan) in legacy:
+            row = legacy[os.path.abspath(scan)]
+            then = {"run": row.get("run"), "checkpoint": row.get("checkpoint"), "predictor": row.get("predictor"),
+                    "fpr": float(row["fpr"]) if row.get("fpr") else None}
+            changed = [(SETTING_NAMES[k], _shown(k, then[k]), _shown(k, settings[k])) for k in LEGACY_SETTINGS
+                       if then[k] != settings[k]]
+        else:
+            continue
+        if changed:
+            refused.append((name, changed))
+        else:
+            skip.add(scan)
+    if refused:
+        name, changed = refused[0]
+        setting, then, now = changed[0]
+        more = f" (and {len(changed) - 1} other setting(s))" if len(changed) > 1 else ""
+        others = f"; {len(refused) - 1} more scan(s) there differ too" if len(refused) > 1 else ""
+        raise SettingsChanged(
+            f"{os.path.join(out_dir, name + OUTPUTS[0])}: {name} was localized there with {setting} {then}, this "
+            f"command has {now}{more}{others}: give another --out, or pass --overwrite to localize "
+            f"{'them' if len(refused) > 1 else 'it'} again with these settings")
+    return skip
+
+
+def write_record(out_dir: str, name: str, record: dict) -> None:
+    files.write_json(os.path.join(out_dir, name + RECORD), {"version": RECORD_VERSION, **record})
+
+
+def sync_summary(out_dir: str) -> None:
+    """``summary.csv`` and ``index.html`` rewritten (whole) from the records in ``out_dir``: the rows
+    of an older tfvae's summary that no record replaces first, then every scan's record, in the
+    order they were written."""
+    recorded = records(out_dir)
+    if not recorded:
+        return
+    mine = {os.path.abspath(r["row"].get("scan", "")) for r in recorded}
+    kept = [r for r in _summary_rows(out_dir) if os.path.abspath(r.get("scan", "")) not in mine]
+    _write_summary_rows(os.path.join(out_dir, SUMMARY), kept + [r["row"] for r in recorded])
+    write_index(out_dir)
+
+
+def _write_summary_rows(path: str, rows: list[dict]) -> None:
+    """``rows`` as ``summary.csv``, UTF-8 (scan names may be anything), whole; not touched when it
+    holds them already."""
+    import io
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_changed(path, text.getvalue())
+
+
+def _write_changed(path: str, text: str) -> None:
+    """``text`` to ``path`` (UTF-8, whole), unless it holds that already."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if f.read() == text:
+                return
+    except (OSError, ValueError):
+        pass
+    with files.open_whole(path, newline="", encoding="utf-8") as f:
+        f.write(text)
 
 
 class LocalizeIncomplete(ValueError):
     """Some scans of a ``localize_files`` call failed; the others' outputs and summary rows are written."""
 
 
+class LocalizeInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``localize_files``: the scans finished are recorded and listed; the message says
+    what was finished and that the same call continues with the rest."""
+
+
 def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask=None, overwrite: bool = False,
                    log=print, warn=print) -> list[dict]:
-    """Localize every scan of ``scans`` and write its outputs and a ``summary.csv`` row to
-    ``out_dir``; returns the rows. A scan localized there already (``done_scans``) is skipped unless
-    ``overwrite`` (outputs of a scan that failed or was cut short are ours and replaced). A scan
-    that fails (unreadable, refused, disk full) does not stop the others: its row in
-    ``summary.csv`` says why (``status``), and ``LocalizeIncomplete`` names the failures at the end,
-    so that the same command run again completes the rest. With a single scan its error is raised
-    as it is (one line naming the file)."""
+    """Localize every scan of ``scans`` and write its outputs, its record and a ``summary.csv`` row
+    to ``out_dir``; returns the rows written. A scan's brain mask is ``mask`` (one scan), else
+    ``<scan>_mask.nii[.gz]`` beside it, else its non-zero voxels. A scan done there already with
+    the same settings is skipped, one done with other settings refused (``plan``), unless
+    ``overwrite``. After each scan its record is written and ``summary.csv`` and ``index.html`` are
+    rewritten, so a kill or Ctrl-C (``LocalizeInterrupted``) leaves every finished scan listed and
+    the same call completes the rest. A scan that fails (unreadable, refused, disk full) does not
+    stop the others: its row says why (``status``), and ``LocalizeIncomplete`` names the failures at
+    the end. With a single scan its error is raised as it is (one line naming the file)."""
     from tfvae.nifti import BadInputError
 
     names = check_outputs(scans, out_dir, overwrite, mask)
-    done = set() if overwrite else done_scans(scans, names, out_dir)
-    for path, name in zip(scans, names):  # whole outputs summary.csv does not list: not replaced unasked
-        if path not in done and not overwrite and all(os.path.isfile(os.path.join(out_dir, name + s))
-                                                      for s in OUTPUTS):
-            raise ValueError(f"{os.path.join(out_dir, name + OUTPUTS[0])} already exists; pass --overwrite to replace "
-                             "outputs")
-    rows, failed = [], []
-    base = {"run": os.path.abspath(localizer.run.dir), "checkpoint": localizer.checkpoint,
-            "predictor": localizer.predictor, "fpr": localizer.fpr}
-    for path, name in zip(scans, names):
-        if path in done:
-            log(f"{name}: already localized in {out_dir}, skipped (--overwrite localizes it again)")
-            continue
-        try:
-            result = localizer(path, mask=mask)
-            for warning in result.warnings:
-                warn(f"warning: {warning}")
-            row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} "
-                                                       f"FPR ({result.volume_ml:.1f} ml)", scale=(result.threshold, None))
-        except (BadInputError, ValueError, OSError) as e:
-            message = str(e) if not isinstance(e, OSError) or not e.strerror else \
-                f"{e.filename or out_dir}: {e.strerror}"
-            message = message if message.startswith((path, str(mask))) else f"{path}: {message}"
-            if len(scans) == 1:
-                raise (type(e)(message) if not isinstance(e, OSError) else ValueError(message)) from None
-            warn(f"error: {message}")
-            failed.append(message)
-            rows.append({"scan": os.path.abspath(path), **base, "status": f"failed: {message}"})
-            continue
-        rows.append({"scan": os.path.abspath(path), **base, **row, "threshold_from": localizer.threshold_source,
-                     "status": "done"})
-        log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
-    if rows:
-        write_summary(os.path.join(out_dir, SUMMARY), rows)
-        write_index(out_dir)
+    masks = brain_masks(scans, mask)
+    settings = localizer.settings
+    done = plan(scans, out_dir, settings, overwrite=overwrite, mask=mask)
+    if os.path.isdir(out_dir):
+        sync_summary(out_dir)  # a kill between a scan's record and the summary: listed now
+    rows, failed, finished, said = [], [], 0, set()
+    base = {"run": settings["run"], "checkpoint": localizer.checkpoint, "predictor": localizer.predictor,
+            "fpr": localizer.fpr}
+    try:
+        for path, name, scan_mask in zip(scans, names, masks):
+            if path in done:
+                log(f"{name}: already localized in {out_dir} with the same settings, skipped (--overwrite localizes "
+                    "it again)")
+                continue
+            inputs = None
+            try:
+                inputs = {"scan": _file(path), "mask": _file(scan_mask)}
+                result = localizer(path, mask=scan_mask)
+                for warning in result.warnings:
+                    if warning not in said:  # a note on the run: once
+                        warn(f"warning: {warning}")
+                    said.update(localizer.notes)
+                row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} "
+                                                           f"FPR ({result.volume_ml:.1f} ml)",
+                                    scale=(result.threshold, None))
+                row = {"scan": os.path.abspath(path), **base, "brain_mask": result.brain_mask or "non-zero voxels",
+                       **row, "threshold_from": localizer.threshold_source, "status": "done"}
+            except (BadInputError, ValueError, OSError) as e:
+                message = str(e) if not isinstance(e, OSError) or not e.strerror else \
+                    f"{e.filename or out_dir}: {e.strerror}"
+                message = message if message.startswith((path, str(scan_mask))) else f"{path}: {message}"
+                if len(scans) == 1:
+                    raise (type(e)(message) if not isinstance(e, OSError) else ValueError(message)) from None
+                warn(f"error: {message}")
+                failed.append(message)
+                row = {"scan": os.path.abspath(path), **base, "brain_mask": scan_mask or "non-zero voxels",
+                       "status": f"failed: {message}"}
+            write_record(out_dir, name, {"scan": os.path.abspath(path), "finished": _now(), "settings": settings,
+                                         "inputs": inputs, "threshold_from": localizer.threshold_source, "row": row})
+            sync_summary(out_dir)
+            rows.append(row)
+            if row["status"] == "done":
+                finished += 1
+                log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
+    except KeyboardInterrupt:
+        left = len(scans) - len(done) - len(rows)
+        earlier = f", {len(done)} done before" if done else ""
+        raise LocalizeInterrupted(
+            f"interrupted: {finished} scan(s) localized in {out_dir}{earlier} (listed in its {SUMMARY} and "
+            f"index.html); run the same command again to continue with the {left} left") from None
     if failed:
         raise LocalizeIncomplete(f"{len(failed)} of {len(scans)} scan(s) failed (each named above and in "
                                  f"{os.path.join(out_dir, SUMMARY)}); the others are done: fix the cause and run the "
@@ -368,43 +680,60 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
     return rows
 
 
+def _now() -> str:
+    """The time, to the microsecond (records are ordered by it)."""
+    import datetime
+
+    return datetime.datetime.now().isoformat(timespec="microseconds")
+
+
 def write_summary(path: str, rows: list[dict]) -> None:
     """Add ``rows`` to the summary CSV at ``path`` (a scan localized again replaces its row), whole
     or not at all."""
     kept = []
     if os.path.isfile(path):
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             again = {os.path.abspath(row["scan"]) for row in rows}  # older summaries kept paths as given
             kept = [r for r in csv.DictReader(f) if os.path.abspath(r.get("scan", "")) not in again]
-    files.write_csv(path, kept + rows, header=list(dict.fromkeys([k for r in kept + rows for k in r])))
+    _write_summary_rows(path, kept + rows)
 
 
 def write_index(out_dir: str) -> None:
     """``index.html``: every scan of ``summary.csv`` with its overlay, summary and components table,
-    in one static page (relative links, no server, opens from disk)."""
+    in one static page (relative links, no server, opens from disk). File names are URL-quoted in
+    links (spaces, ``#``, non-ASCII) and HTML-escaped in text."""
     import html
+    from urllib.parse import quote
 
-    with open(os.path.join(out_dir, SUMMARY), newline="") as f:
+    with open(os.path.join(out_dir, SUMMARY), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+
+    def href(target: str) -> str:
+        return html.escape(quote(target), quote=True)
+
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'><title>tfvae localize</title>",
              "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} "
              "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px} img{max-width:100%}</style></head><body>",
              "<h1>Anomaly localization</h1>", f"<p>{len(rows)} scan(s). Maps and masks are NIfTI files beside this "
              "page, in each scan's own grid.</p>"]
-    for row in rows:
-        name = stem(row["scan"])
-        parts.append(f"<section id='{html.escape(name)}'><h2>{html.escape(name)}</h2>")
+    names = [stem(row["scan"]) for row in rows]
+    parts.append("<ul>" + "".join(f"<li><a href='#{href(n)}'>{html.escape(n)}</a></li>" for n in names) + "</ul>")
+    for name, row in zip(names, rows):
+        parts.append(f"<section id='{html.escape(name, quote=True)}'><h2>{html.escape(name)}</h2>")
         parts.append("<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                                           for k, v in row.items()) + "</table>")
-        parts.append(f"<p><img src='{html.escape(name + OUTPUTS[2])}' alt='overlay of {html.escape(name)}'></p>")
+        if os.path.isfile(os.path.join(out_dir, name + OUTPUTS[2])):
+            parts.append(f"<p><img src='{href(name + OUTPUTS[2])}' alt='overlay of {html.escape(name, quote=True)}'>"
+                         "</p>")
         components = os.path.join(out_dir, name + OUTPUTS[3])
         if os.path.isfile(components):
-            with open(components, newline="") as f:
+            with open(components, newline="", encoding="utf-8") as f:
                 table = list(csv.reader(f))
             parts.append("<table>" + "".join(
                 "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>"
                                  for c in r) + "</tr>" for i, r in enumerate(table)) + "</table>")
-        links = " ".join(f"<a href='{html.escape(name + suffix)}'>{html.escape(name + suffix)}</a>" for suffix in OUTPUTS)
+        links = " ".join(f"<a href='{href(name + suffix)}'>{html.escape(name + suffix)}</a>" for suffix in OUTPUTS
+                         if os.path.isfile(os.path.join(out_dir, name + suffix)))
         parts.append(f"<p>{links}</p></section>")
     parts.append("</body></html>")
-    files.write_text(os.path.join(out_dir, "index.html"), "\n".join(parts))
+    _write_changed(os.path.join(out_dir, "index.html"), "\n".join(parts) + "\n")

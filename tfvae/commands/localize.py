@@ -8,8 +8,11 @@ score), OUT/<name>_tfvae_mask.nii.gz (binary, thresholded at the false-positive 
 calibrated on the run's healthy validation slices -- or on your own healthy scans, --calibration --
 and moved with the scan's own score distribution, threshold.mode), OUT/<name>_tfvae_overlay.png, and a line of
 OUT/summary.csv (appended to when OUT has one). Folders are searched for *.nii / *.nii.gz (files
-ending in _seg or _mask, and tfvae's own outputs, are skipped). Input files are only read; OUT may
-not hold an input; a scan's outputs are replaced only with --overwrite. From Python:
+ending in _seg or _mask, and tfvae's own outputs, are skipped); a scan's brain mask is --mask, else
+<scan>_mask.nii[.gz] beside it, else its non-zero voxels. Input files are only read; OUT may not
+hold an input. Each scan finished is recorded with its settings (<name>_tfvae_record.json): the same
+command run again (after Ctrl-C, a kill or a failure) localizes only what is left; a scan done with
+other settings is refused, naming the setting, unless --overwrite. From Python:
 ``tfvae.Run(run_dir).localize(scan)`` (see tfvae/localization.py).
 """
 
@@ -20,7 +23,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_run_dir, add_set, entry, os_error, parser, parse_quietly  # noqa: E402
+from tfvae.commands import add_run_dir, add_set, entry, os_error, parser  # noqa: E402
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 
 
@@ -45,24 +48,42 @@ def parse_args(argv=None):
 
 @entry
 def main(argv=None) -> int:
-    args = parse_quietly(parse_args, argv)
-    from tfvae import localization
-
+    args = parse_args(argv)
     try:
-        files = localization.scan_files(args.scans)
-        localization.check_outputs(files, args.out, args.overwrite, args.mask)  # before the model loads
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _main(args)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback; what was finished is recorded in OUT
+        # localization.LocalizeInterrupted says what was finished; a bare one came before any scan
+        print(str(e) or "interrupted before any scan was localized; run the same command again to start",
+              file=sys.stderr)
+        return 130
+
+
+def _main(args) -> int:
+    from tfvae.console import quiet_tensorflow
+
+    quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import config as config_lib
-    from tfvae import data
+    from tfvae import data, localization
     from tfvae.nifti import BadInputError
     from tfvae.run import Run, RunDirError
     from tfvae.rundir import lock
 
     run = Run(args.run_dir)
+    overrides = args.set + ([f"threshold.calibration={args.calibration}"] if args.calibration else [])
     try:
-        overrides = args.set + ([f"threshold.calibration={args.calibration}"] if args.calibration else [])
+        files = localization.scan_files(args.scans)
+        localization.check_outputs(files, args.out, args.overwrite, args.mask)  # before the model loads
+        if not args.overwrite and os.path.isdir(args.out):  # a scan done with other settings: refused now
+            settings = localization.batch_settings(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
+                                                   checkpoint=args.checkpoint)
+            localization.plan(files, args.out, settings, mask=args.mask)
+    except (config_lib.ConfigError, RunDirError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error(e)}", file=sys.stderr)
+        return 2
+    try:
         with run.lock("localize"), lock(args.out, "localize"):  # one job at a time on the run and on OUT
             localizer = localization.Localizer(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
                                                checkpoint=args.checkpoint, force=args.force)
@@ -80,4 +101,3 @@ def main(argv=None) -> int:
     print(f"maps, masks, overlays and components (<scan>_tfvae_*), summary.csv and index.html (open it in a "
           f"browser): {args.out}")
     return 0
-
