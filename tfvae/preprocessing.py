@@ -100,22 +100,36 @@ def from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 MAX_OUTSIDE_FOV = 0.02  # more of the brain outside the field of view than this: warned / refused
 NOT_STRIPPED_FILL = 0.9  # non-zero voxels filling more of the array than this: not skull-stripped
-NOT_STRIPPED_BORDER = 0.5  # ... or covering more than this share of the array's border voxels
+NOT_STRIPPED_BORDER = 0.5  # ... or covering more than this share of the array's in-plane border voxels
+THIN_AXIS = 0.25  # an axis with at most this share of the longest axis's voxels is a slab's: its faces are cuts
+# (nifti.THIN_SLAB is the same share, for NaN inside a slab's brain)
 
 
 def check_skull_stripped(nonzero: np.ndarray) -> None:
-    """A brain taken from the non-zero voxels must look like a brain-extracted scan's: a
-    ``PreprocessingError`` when the non-zero voxels fill the array (a noisy background) or cover
-    most of its border (a head cut by the field of view), with what to do."""
+    """A brain taken from the non-zero voxels of a canonical (RAS+) 3D volume must look like a
+    brain-extracted scan's: a ``PreprocessingError`` when the non-zero voxels fill the array (a
+    noisy background) or cover most of its in-plane border (a head cut by the field of view), with
+    what to do.
+
+    The border is the faces of the in-plane (x, y) axes: the axial faces are where limited coverage
+    cuts a brain (a slab of a few slices, a scan missing the vertex or the cerebellum), and a
+    brain cropped to its bounding box touches its in-plane faces only where it is widest. Faces of
+    a thin axis (a sagittal or coronal slab: ``THIN_AXIS``) are cuts too and not counted.
+    """
     fill = float(nonzero.mean())
-    border = np.concatenate([np.ravel(face) for axis in range(3) for face in
-                             (np.take(nonzero, 0, axis=axis), np.take(nonzero, -1, axis=axis))])
+    longest = max(nonzero.shape)
+    axes = [axis for axis in (0, 1) if nonzero.shape[axis] > THIN_AXIS * longest]
+    border = np.concatenate([np.ravel(face) for axis in axes for face in
+                             (np.take(nonzero, 0, axis=axis), np.take(nonzero, -1, axis=axis))]) \
+        if axes else np.zeros(1, bool)
     on_border = float(border.mean())
     if fill > NOT_STRIPPED_FILL or on_border > NOT_STRIPPED_BORDER:
         raise PreprocessingError(
             f"does not look skull-stripped ({100 * fill:.0f}% of the voxels and {100 * on_border:.0f}% of the "
-            "array's border are non-zero, where a brain-extracted scan has a zero background): skull-strip it "
-            "(e.g. SynthStrip, HD-BET or FSL BET) or give its brain mask (<scan>_mask.nii.gz beside it, or --mask)")
+            "array's in-plane border are non-zero, where a brain-extracted scan has a zero background): skull-strip "
+            "it (e.g. SynthStrip, HD-BET or FSL BET) or give its brain mask (<scan>_mask.nii.gz beside it, or --mask)")
+
+
 VOXEL_DECIMALS = 5  # voxel sizes are compared to 1e-5 mm: an oblique affine's float noise is no change
 
 
