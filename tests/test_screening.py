@@ -168,3 +168,14 @@ def test_another_voxel_size_or_contrast_is_warned_about():
     assert "3x3x3 mm, the set's median 1x1x1 mm" in warned["coarse.nii.gz"]
     assert "another contrast" in warned["t1.nii.gz"]
     assert screening.kept == [0, 1, 2, 3, 4] and screening.left_out == []
+
+
+def test_a_degenerate_map_is_left_out_not_the_healthy_ones():
+    """An all-zero map and a map with NaN are left out before any comparison, the healthy scans all
+    kept (before: the all-zero map was kept and the healthy scans left out one by one as
+    'lesioned')."""
+    scores = made_up_scans()
+    for odd, test in ((np.zeros(20_000), "degenerate"), (np.r_[scores[0][:-1], np.nan], "degenerate")):
+        kept, left_out, first = healthy_scans.exclusions(scores + [odd])
+        assert kept == list(range(6)) and [(i, t) for i, t, _ in left_out] == [(6, test)]
+        assert len(first["tail"]) == 7

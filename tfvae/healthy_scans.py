@@ -117,6 +117,7 @@ TAIL_FACTOR = 6.0  # ... a scan flagging more than TAIL_FACTOR * TAIL_FPR of its
 BULK_LEVELS = tuple(float(p) for p in np.round(np.linspace(0.2, 0.8, 7), 6))  # quantiles matched first
 SHIFT_FPR = 0.01  # the shift test: the others' threshold as it is, at this rate ...
 SHIFT_FACTOR = 10.0  # ... a scan flagging more than SHIFT_FACTOR * SHIFT_FPR of its brain is left out
+MIN_DISTINCT_SCORES = 5  # a scan's map with fewer distinct values (all zero, constant) is left out uncompared
 MIN_KEPT = 2  # fewer scans left than this (or more than half left out): calibrate refuses
 MAX_POOLED = 2_000_000  # the others' pooled scores beyond this: every scan's sorted scores strided
 VOXEL_FACTOR = 2.0  # a voxel side this many times the set's median (or 1 / this) is warned about
@@ -234,15 +235,26 @@ def _warnings(pairs: list[dict], volumes: list[Volume]) -> list[dict]:
 def exclusions(scores) -> tuple[list, list, dict]:
     """``(kept, left_out, first)`` for the brain scores of n scans (``scores``: n arrays of one map;
     fewer than 2: nothing compared): the indices kept; ``(index, test, share)`` for each scan left
-    out, in the order left out (``test``: "tail" or "shift", ``screen``), each found by comparing
-    the scans still kept; ``first``: ``{"tail": (n,), "shift": (n,)}`` shares of the first comparison
+    out, in the order left out (``test``: "degenerate" -- non-finite scores, their share, or fewer
+    than ``MIN_DISTINCT_SCORES`` distinct values -- first, then "tail" or "shift", ``screen``), each
+    found by comparing the scans still kept; ``first``: ``{"tail": (n,), "shift": (n,)}`` shares of the first comparison
     (empty below 2 scans)."""
-    kept, left_out, first = list(range(len(scores))), [], {}
+    kept, left_out, first = [], [], {}
+    for i, s in enumerate(scores):  # nothing to compare: non-finite, or (nearly) one value
+        s = np.asarray(s, np.float64).ravel()
+        bad = float(np.mean(~np.isfinite(s))) if s.size else 1.0
+        if bad > 0 or np.unique(s).size < MIN_DISTINCT_SCORES:
+            left_out.append((i, "degenerate", bad))
+        else:
+            kept.append(i)
     while len(kept) >= 2:
         group = [scores[k] for k in kept]
         shares = {"tail": leave_one_out(group, TAIL_FPR, match_bulk=True)[0],
                   "shift": leave_one_out(group, SHIFT_FPR, match_bulk=False)[0]}
-        first = first or shares
+        if not first:  # per scan of the set (NaN: left out before any comparison)
+            first = {t: np.full(len(scores), np.nan) for t in shares}
+            for t in shares:
+                first[t][kept] = shares[t]
         excess = {"tail": shares["tail"] / (TAIL_FACTOR * TAIL_FPR), "shift": shares["shift"] / (SHIFT_FACTOR * SHIFT_FPR)}
         worst = int(np.argmax(np.maximum(excess["tail"], excess["shift"])))
         test = max(excess, key=lambda t: excess[t][worst])
@@ -263,7 +275,10 @@ def screen(pairs: list[dict], volumes: list[Volume], scores: list | None, *, pre
     - **tail** (a lesion): the scan flags more than ``TAIL_FACTOR * TAIL_FPR`` of its brain at the
       others' ``TAIL_FPR`` threshold moved to its own bulk (``leave_one_out(match_bulk=True)``);
     - **shift** (another protocol, resolution or contrast whose maps differ): it flags more than
-      ``SHIFT_FACTOR * SHIFT_FPR`` at the others' ``SHIFT_FPR`` threshold as it is.
+      ``SHIFT_FACTOR * SHIFT_FPR`` at the others' ``SHIFT_FPR`` threshold as it is (one-sided: a map
+      that sits lower than the rest's is kept; a lower-tail test left healthy scans of a varied
+      set out);
+    - **degenerate**, before any comparison: a map with non-finite scores or (nearly) one value.
 
     Warned about, not left out (a site may scan with several protocols; where one's maps differ
     enough to bias the thresholds, the comparison above leaves it out): a voxel size or a contrast
@@ -274,9 +289,18 @@ def screen(pairs: list[dict], volumes: list[Volume], scores: list | None, *, pre
 
     warnings = _warnings(pairs, volumes)
     kept, found, first = exclusions(scores) if scores is not None else (list(range(len(volumes))), [], {})
-    flagged = {v.volume_id: {test: float(first[test][i]) for test in first} for i, v in enumerate(volumes)} if first else {}
+    flagged = {v.volume_id: {test: float(first[test][i]) if np.isfinite(first[test][i]) else None for test in first}
+               for i, v in enumerate(volumes)} if first else {}
     left_out = []
     for index, test, share in found:
+        if test == "degenerate":
+            left_out.append({**pairs[index], "test": test, "flagged_share": float(share), "fpr": float("nan"),
+                             "predictor": predictor,
+                             "reason": (f"{100 * share:.2g}% of its {predictor} map is not finite" if share > 0 else
+                                        f"its {predictor} map takes fewer than {MIN_DISTINCT_SCORES} distinct values in "
+                                        "the brain (empty or constant)"),
+                             "advice": "check the scan and its brain mask; the thresholds stored are those without it"})
+            continue
         fpr, limit = (TAIL_FPR, TAIL_FACTOR * TAIL_FPR) if test == "tail" else (SHIFT_FPR, SHIFT_FACTOR * SHIFT_FPR)
         how, what = (("threshold (moved to its own bulk)", "looks lesioned") if test == "tail" else
                      ("threshold", "its maps are unlike the rest's"))
@@ -284,13 +308,12 @@ def screen(pairs: list[dict], volumes: list[Volume], scores: list | None, *, pre
                          "predictor": predictor,
                          "reason": f"flags {100 * share:.2g}% of its brain at the other scans' {100 * fpr:g}% {how} "
                                    f"of the {predictor} map (healthy scans: at most {100 * limit:.2g}%): {what}",
-                         "advice": "check it; calibrating again without it gives these thresholds, and a healthy "
-                                   "scan of another protocol belongs in a calibration of its own (--name)"})
+                         "advice": "check it; the thresholds stored are those without it, and a healthy scan of "
+                                   "another protocol belongs in a calibration of its own (--name)"})
     if left_out and (len(kept) < MIN_KEPT or 2 * len(left_out) > len(volumes)):
         first = left_out[0]
+        why = f"fewer than {MIN_KEPT}" if len(kept) < MIN_KEPT else "under half the set"
         raise CalibrationError(
-            f"calibration {name!r}: {first['scan']} flags {100 * first['flagged_share']:.2g}% of its brain at the other "
-            f"scans' {100 * first['fpr']:g}% threshold ({len(left_out)} of {len(volumes)} scan(s) unlike the rest); "
-            f"{len(kept)} would be left, fewer than {MIN_KEPT} or under half the set: give more healthy scans of one "
-            "scanner and protocol")
+            f"calibration {name!r}: {first['scan']} {first['reason']} ({len(left_out)} of {len(volumes)} scan(s) left "
+            f"out); {len(kept)} would be left, {why}: give more healthy scans of one scanner and protocol")
     return Screening(kept, left_out, warnings, flagged, predictor if scores is not None else None)

@@ -20,8 +20,9 @@ the healthy reference's under a straight line ``a + b * s``, and a minority that
      quantiles ``LOW_QUANTILES`` (10th-70th: what a lesion of up to ~30 % of the brain leaves
      healthy; the 10th-50th read a strongly shifted site's heavier healthy tail as lesion), and
      ``h`` the share of scan pixels above that line's ``EXCESS_FPR`` level beyond the
-     ``EXCESS_FPR`` healthy tissue puts there, ``h = (F - e) / (1 - e)``; iterated from ``h = 0`` to
-     its fixed point. With every lesion pixel above the healthy bulk the scan's ``p (1 - h)``
+     ``EXCESS_FPR`` healthy tissue puts there, ``h = (F - e) / (1 - e)``; iterated to a fixed point
+     from each of ``SHARE_STARTS``, and the fixed point whose healthy line fits its points best
+     kept (from 0 alone a 40 % lesion overlapping the healthy tail stopped at a false h near 0). With every lesion pixel above the healthy bulk the scan's ``p (1 - h)``
      quantile is its healthy part's ``p`` quantile exactly (the correction); ``h`` counts the
      lesion *and* the healthy pixels its halo lifts, so it is reported as the share of the brain
      that does not look healthy.
@@ -76,6 +77,10 @@ BULK_QUANTILES = tuple(float(p) for p in np.round(np.linspace(0.2, 0.8, 9), 6)) 
 EXCESS_FPR = 0.05  # the healthy line's level above which the pixels beyond this share count as not healthy
 HALO_SHARE = 0.15  # the share of the brain a lesion (and its halo) may lift the threshold's line with
 MAX_SHARE = 0.6  # the lesion share the fit assumes at most (the healthy line needs the lower half)
+# the lesion shares the fixed-point iteration starts from: from 0 alone a lesion that reaches the
+# healthy line's upper levels (30-40 % of the brain, scores overlapping the healthy tail) keeps it
+# at a false fixed point near 0; the fixed point whose Q-Q plot is straightest is kept
+SHARE_STARTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 # the false-positive rates whose thresholds describe a healthy distribution: its quantiles at both
 # lines' levels (1 - p) and its tail
 TAIL_FPRS = (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
@@ -230,15 +235,21 @@ def fit(reference: HealthyReference, scores, *, halo_share: float = HALO_SHARE, 
     if not np.all(np.isfinite(scores)):
         raise NoFit("its scores are not all finite")
     t_excess = reference.quantiles([1.0 - excess])[0]
-    share = 0.0
-    for _ in range(iterations):
-        offset, scale, r2 = _line(reference, scores, low, share)
-        above = 1.0 - np.searchsorted(scores, offset + scale * t_excess, side="left") / scores.size
-        new = min(max((above - excess) / (1.0 - excess), 0.0), MAX_SHARE)
-        converged = abs(new - share) < 1e-4
-        share = new
-        if converged:
-            break
+    found = {}  # fixed point -> the r2 of its healthy line
+    for start in SHARE_STARTS:
+        share = start
+        for _ in range(iterations):
+            offset, scale, r2 = _line(reference, scores, low, share)
+            above = 1.0 - np.searchsorted(scores, offset + scale * t_excess, side="left") / scores.size
+            new = min(max((above - excess) / (1.0 - excess), 0.0), MAX_SHARE)
+            converged = abs(new - share) < 1e-4
+            share = new
+            if converged:
+                break
+        found.setdefault(round(share, 4), _line(reference, scores, low, share)[2])
+    # the fixed point whose corrected quantiles lie best on a line (a false one near 0, left when a
+    # lesion reaches the lower quantiles, bends the Q-Q plot); equal fits: the smaller share
+    share = max(found, key=lambda h: (round(found[h], 6), -h))
     healthy_offset, healthy_scale, r2 = _line(reference, scores, low, share)
     offset, scale, r2_bulk = _line(reference, scores, bulk, max(share - halo_share, 0.0))
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:

@@ -154,21 +154,23 @@ def _levels(low: float, high: float, n: int) -> tuple:
     return tuple(float(p) for p in np.round(np.linspace(low, high, n), 6))
 
 
-# the rules compared: ``scan_threshold.fit`` options (None: the calibrated threshold as it is)
+LOW_10_50 = _levels(0.1, 0.5, 9)  # the healthy line through the 10th-50th percentiles
+# the rules compared: ``scan_threshold.fit`` options (None: the calibrated threshold as it is); each
+# name says every option it sets (tests/test_threshold_study.py checks the levels against the names)
 CANDIDATES = {
     "fixed": None,
     "bulk 20-80, no discount (issue 18's line, with the refusals)": dict(halo_share=1.0),
-    "two-stage, low 10-50, halo 0": dict(halo_share=0.0),
-    "two-stage, low 10-50, halo 0.05": dict(halo_share=0.05),
-    "two-stage, low 10-50, halo 0.1": dict(halo_share=0.1),
-    "two-stage, low 10-50, halo 0.15": dict(halo_share=0.15),
-    "two-stage, low 10-50, halo 0.2": dict(halo_share=0.2),
+    "two-stage, low 10-50, halo 0": dict(halo_share=0.0, low=LOW_10_50),
+    "two-stage, low 10-50, halo 0.05": dict(halo_share=0.05, low=LOW_10_50),
+    "two-stage, low 10-50, halo 0.1": dict(halo_share=0.1, low=LOW_10_50),
+    "two-stage, low 10-50, halo 0.15": dict(halo_share=0.15, low=LOW_10_50),
+    "two-stage, low 10-50, halo 0.2": dict(halo_share=0.2, low=LOW_10_50),
     "two-stage, low 10-70, halo 0.1": dict(halo_share=0.1, low=_levels(0.1, 0.7, 13)),
     "two-stage, low 10-70, halo 0.15": dict(halo_share=0.15, low=_levels(0.1, 0.7, 13)),
     "two-stage, low 10-70, halo 0.2": dict(halo_share=0.2, low=_levels(0.1, 0.7, 13)),
     "two-stage, low 10-70, halo 0.1, excess 2%": dict(halo_share=0.1, low=_levels(0.1, 0.7, 13), excess=0.02),
-    "two-stage, low 10-50, halo 0.1, excess 2%": dict(halo_share=0.1, excess=0.02),
-    "two-stage, low 10-50, halo 0.15, excess 2%": dict(halo_share=0.15, excess=0.02),
+    "two-stage, low 10-50, halo 0.1, excess 2%": dict(halo_share=0.1, low=LOW_10_50, excess=0.02),
+    "two-stage, low 10-50, halo 0.15, excess 2%": dict(halo_share=0.15, low=LOW_10_50, excess=0.02),
     "two-stage, bulk 20-80 for both, halo 0.1": dict(halo_share=0.1, low=_levels(0.2, 0.8, 9)),
 }
 
