@@ -527,8 +527,11 @@ def test_a_full_disk_during_an_evaluation_is_one_line_and_nothing_in_place(tiny_
     out = tmp_path / "eval"
     assert evaluate_script.main(["--run-dir", tiny_run, "--out", str(out), "--predictors", "intensity"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"error: {out / 'results.json'}: No space left on device; nothing was put in place")
+    assert line.startswith(f"error: {out / 'results.json'}: no space left on device (") and line.endswith(
+        f"free space on that disk, or evaluate into another folder (--out DIR); nothing was put in place ({out} is "
+        "as it was)")
     assert not out.exists()  # no evaluation folder that looks complete
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p]  # and no temporary one left to refuse the next
 
 
 def test_intensity_filtered_is_the_recommended_recipe_without_a_model(evaluated):

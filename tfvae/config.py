@@ -217,11 +217,18 @@ def _calibration_name(v):
     import re
 
     return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v) else \
-        "must be a name of letters, digits, '_', '.' or '-' (at most 64), as given to tfvae calibrate --name"
+        "must be a name of letters, digits, '_', '.' or '-' (at most 64 characters), as calibrations are named"
 
 
 def _folder(v):
-    return "is a file, not a folder" if v is not None and os.path.isfile(os.path.expanduser(v)) else None
+    if v is None:
+        return None
+    found = files.file_in_path(v)
+    if found is None:
+        return None
+    if found == os.path.abspath(os.path.expanduser(v)):
+        return "is a file, not a folder"
+    return f"is below {found}, a file, not a folder"
 
 
 def _fraction(v):
@@ -386,6 +393,36 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def check_distinct(items) -> None:
+    """Each key set once: ``items`` are ``(origin, "KEY=VALUE")`` pairs (origin: how the user gave it,
+    e.g. ``"--set"`` or ``"--projection-steps 5"``), or plain ``"KEY=VALUE"`` strings (from ``--set``).
+    A key given twice is a one-line ``ConfigError`` naming it and both places, never "the last wins"."""
+    seen: dict[str, str] = {}
+    for entry in items:
+        origin, item = entry if isinstance(entry, tuple) else ("--set", entry)
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        key = item.split("=", 1)[0].strip()
+        said = f"--set {item}" if origin == "--set" else origin
+        if key in seen:
+            raise ConfigError(f"{key} is set twice ({seen[key]}, then {said}); give it once")
+        seen[key] = said
+
+
+def check_value(key: str, value, source: str) -> Any:
+    """``value`` checked as the dotted config ``key`` takes it (type, range), before it becomes an
+    override: a one-line ``ConfigError`` that names ``source`` -- the flag or argument the user gave
+    (``--name``, ``name=``) -- and the reason, not the config key it is stored under."""
+    field: Any = SCHEMA
+    for part in key.split("."):
+        field = field[part]
+    try:
+        return _check_value(field, value, key, source)
+    except ConfigError as e:
+        reason = str(e)[len(f"{source}: {key} "):]
+        raise ConfigError(f"{source} {value!r}: {reason.rsplit(', got ', 1)[0]}") from None
+
+
 def _check_together(config: dict, source: str) -> None:
     """Keys that must agree with each other (each valid alone): ``model.filters`` has one entry per
     stride-2 level from ``data.image_size`` down to 4x4 (``tfvae.networks``)."""
@@ -411,13 +448,55 @@ def resolve(config: dict, overrides: list[str] = (), source: str = "config") -> 
     return resolved
 
 
+class _Pairs(dict):
+    """A JSON object as read, remembering a key that appeared more than once (``_object``)."""
+
+    duplicate: str | None = None
+
+
+def _object(pairs) -> dict:
+    out = _Pairs()
+    for key, value in pairs:
+        if key in out and out.duplicate is None:
+            out.duplicate = key
+        out[key] = value
+    return out
+
+
+def _duplicate_key(value, prefix: str = "") -> str | None:
+    """The dotted key of the first object member given twice in a JSON document read with ``_object``."""
+    if isinstance(value, _Pairs) and value.duplicate is not None:
+        return prefix + value.duplicate
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found = _duplicate_key(child, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix.rstrip('.')}[{key}].")
+        if found:
+            return found
+    return None
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def read_json(path: str | os.PathLike, what: str = "config file"):
-    """The JSON at ``path``; a missing, unreadable, non-UTF-8 or invalid file (or a folder) is a
-    one-line ``ConfigError`` naming it (``what``: e.g. "config file", "search config")."""
+    """The JSON at ``path``; a missing, unreadable, non-UTF-8 or invalid file (or a folder), or a key
+    given twice in one object (JSON parsers keep the last silently), is a one-line ``ConfigError``
+    naming it (``what``: e.g. "config file", "search config"). A UTF-8 byte-order mark (Windows
+    editors' "UTF-8 with BOM") and CRLF line ends are read as plain UTF-8."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, encoding="utf-8-sig") as f:
+            value = json.load(f, object_pairs_hook=_object)
+        duplicate = _duplicate_key(value)
+        if duplicate is not None:
+            raise ConfigError(f"{path}: key {duplicate!r} is given twice; keep one of them (JSON would keep the "
+                              "last silently)")
+        return _plain(value)
     except FileNotFoundError:
         folder = shipped_configs()
         shipped = sorted(n[:-5] for n in os.listdir(folder) if n.endswith(".json")) if folder else []

@@ -35,6 +35,16 @@ NOISE = re.compile("|".join([
 ]))
 
 
+COMMAND_LINE = False  # True while a command (``tfvae <command>``) runs: its messages name flags
+
+
+def option(flag: str, argument: str) -> str:
+    """How a message names an option: the command-line flag (``"--overwrite"``) while a command runs
+    (``tfvae.commands.entry``), else the Python argument (``"overwrite=True"``). A message says one
+    or the other, never both."""
+    return flag if COMMAND_LINE else argument
+
+
 def is_noise(line: str) -> bool:
     return bool(NOISE.search(line))
 

@@ -15,7 +15,9 @@ builder's instructions. ``test_data_config`` gives the data config evaluation sc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import importlib
 import json
 import os
@@ -84,7 +86,50 @@ def builder(data_config: dict) -> tfds.core.DatasetBuilder:
         # are recorded in the built dataset's metadata.json; TFDS refuses a custom config named like
         # a registered one, so the registered size gets its size in the name too (default_64px)
         config = dataclasses.replace(config, skip_bad=True, name=f"{data_config['config']}_{size}px")
-    return cls(config=config, data_dir=data_config["data_dir"])
+    b = cls(config=config, data_dir=data_config["data_dir"])
+    found = files.file_in_path(os.fspath(b.data_dir_root))
+    if found is not None:  # TFDS would fail on its first makedirs, with a traceback
+        where, fix = data_dir_source(data_config)
+        below = "is a file" if found == os.path.abspath(os.fspath(b.data_dir_root)) else f"is below {found}, a file"
+        raise DataError(f"{where} {os.fspath(b.data_dir_root)} {below}, not a folder; {fix}")
+    return b
+
+
+def data_dir_source(data_config: dict) -> tuple[str, str]:
+    """``(where the TFDS data folder comes from, how to choose another)``: ``data.data_dir``, else
+    the environment variable ``TFDS_DATA_DIR``, else TFDS's default folder."""
+    from tfvae.console import option
+
+    key = option("--set data.data_dir=DIR", "the config key data.data_dir")
+    if data_config.get("data_dir"):
+        return "data.data_dir", f"name a folder with {key}"
+    if os.environ.get("TFDS_DATA_DIR"):
+        return "TFDS_DATA_DIR", f"point TFDS_DATA_DIR at a folder, or name one with {key}"
+    return "TFDS's data folder", f"name a folder with {key} (or TFDS_DATA_DIR)"
+
+
+def _writable(path: str) -> bool:
+    """Whether a folder can be made or written at ``path`` (the nearest existing folder above it)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return os.access(path, os.W_OK)
+
+
+def _cannot_build(b: tfds.core.DatasetBuilder, data_config: dict, error: OSError | None = None) -> DataError:
+    """One line: the dataset cannot be built in its data folder (read-only, full, a file on the path,
+    ...), naming the folder and where else it can be built."""
+    where, fix = data_dir_source(data_config)
+    root = os.fspath(b.data_dir_root)
+    what = f"{data_config['name']}/{b.builder_config.name}"
+    if error is None or error.errno in files.READ_ONLY + files.DENIED:
+        why = "is read-only" if error is None or error.errno in files.READ_ONLY else "cannot be written (permission denied)"
+        return DataError(f"{what} is not built yet and the data folder {root} ({where}) {why}; build it in a "
+                         f"writable folder: {fix.replace('name a folder', 'name one')}")
+    if error.errno != errno.ENOTDIR:  # the data folder, not the temporary file TFDS was writing (and removed)
+        error = OSError(error.errno, error.strerror, root)
+    said = files.os_error(error, root, elsewhere=f"build it elsewhere: {fix.replace('name a folder', 'name one')}")
+    return DataError(f"building {what} in {root} ({where}): {said.removeprefix(root + ': ')}")
 
 
 def _missing_data_message(b: tfds.core.DatasetBuilder, data_config: dict, where: str) -> str:
@@ -125,8 +170,51 @@ def source_folder(b: tfds.core.DatasetBuilder, data_config: dict) -> str | None:
     return sub if os.path.isdir(sub) else folder
 
 
+def source_files(folder: str):
+    """The NIfTI files under ``folder`` as the builders see them: folders and files reached through
+    symbolic links are followed (a subject folder linked into the manual folder is read through its
+    link), each real folder once (a link back up the tree is not walked again), hidden and
+    operating-system files and tfvae's own outputs left out (``nifti.ignored``). Yields
+    ``(path relative to folder, path)``, sorted."""
+    from tfvae.nifti import ignored
+
+    seen = set()
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # reached again through a link: walked already
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not ignored(d))
+        for name in sorted(names):
+            if name.endswith((".nii", ".nii.gz")) and not ignored(name):
+                path = os.path.join(parent, name)
+                yield os.path.relpath(path, folder), path
+
+
 def source_fingerprint(folder: str) -> str:
-    """SHA-256 over the NIfTI files under ``folder``: relative path, size and modification time."""
+    """SHA-256 over the NIfTI files under ``folder`` (``source_files``: through symbolic links, as the
+    builders read them): relative path, size and modification time of the file a path leads to, and
+    where it leads (a link pointed elsewhere is a change)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for relative, path in source_files(folder):
+        try:
+            st = os.stat(path)  # the file a link leads to
+        except FileNotFoundError:  # a dangling link: no data there, but a change all the same
+            digest.update(f"{relative}\0dangling\0{os.readlink(path) if os.path.islink(path) else ''}\n".encode())
+            continue
+        target = os.path.realpath(path)
+        digest.update(f"{relative}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n".encode())
+    return digest.hexdigest()
+
+
+FINGERPRINT_VERSION = 2  # 1 (no version recorded): os.walk without following symbolic links
+
+
+def _fingerprint_v1(folder: str) -> str:
+    """The fingerprint builds recorded before ``FINGERPRINT_VERSION`` 2: links to folders not followed."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -140,8 +228,16 @@ def source_fingerprint(folder: str) -> str:
     return digest.hexdigest()
 
 
+def _has_links(folder: str) -> bool:
+    return any(os.path.islink(os.path.join(parent, name))
+               for parent, dirs, names in os.walk(folder) for name in dirs + names)
+
+
 def _stale_reason(b: tfds.core.DatasetBuilder, folder: str) -> str | None:
-    """Why a built real dataset no longer matches its source folder, or None when it does."""
+    """Why a built real dataset no longer matches its source folder, or None when it does. A build
+    recorded by an older tfvae (whose fingerprint did not follow symbolic links) is checked the old
+    way and its record brought up to date when its folder holds no link (then both ways see the same
+    files); with links, what lies behind them was never fingerprinted, so it is rebuilt."""
     record = os.path.join(os.fspath(b.data_dir), SOURCE_RECORD)
     if not os.path.isfile(record):
         return "it records no source folder (built by an older tfvae)"
@@ -149,6 +245,17 @@ def _stale_reason(b: tfds.core.DatasetBuilder, folder: str) -> str | None:
         built = json.load(f)
     if built.get("folder") != folder:
         return f"it was built from {built.get('folder')}, the data is now read from {folder}"
+    if built.get("fingerprint_version", 1) < FINGERPRINT_VERSION:
+        if _has_links(folder):
+            return (f"{folder} holds symbolic links, and this build's record (by an older tfvae) did not look "
+                    "behind them")
+        if built.get("fingerprint") != _fingerprint_v1(folder):
+            return f"files under {folder} were added, removed or changed since it was built"
+        try:  # the same files either way: the record in the current form (a read-only data folder keeps the old)
+            _record_source(b, folder)
+        except OSError:
+            pass
+        return None
     if built.get("fingerprint") != source_fingerprint(folder):
         return f"files under {folder} were added, removed or changed since it was built"
     return None
@@ -164,18 +271,40 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
     if b.is_prepared() and folder is not None and os.path.isdir(folder):
         reason = _stale_reason(b, folder)
         if reason:
+            if not _writable(os.fspath(b.data_dir_root)):
+                raise DataError(f"{data_config['name']}/{b.builder_config.name} in {b.data_dir} must be rebuilt "
+                                f"({reason}), but its data folder is read-only; rebuild it in a writable folder: "
+                                f"{data_dir_source(data_config)[1].replace('name a folder', 'name one')}")
             log(f"rebuilding {data_config['name']}/{b.builder_config.name}: {reason}")
-            _rebuild_whole(b, config, folder)
+            with _os_errors(b, data_config):
+                _rebuild_whole(b, config, folder)
             return builder(data_config)  # the new build's info
         return b
     if not b.is_prepared():
+        if not _writable(os.fspath(b.data_dir_root)):  # e.g. a shared TFDS folder mounted read-only
+            raise _cannot_build(b, data_config)
         where = f"from {folder}" if folder is not None else "generated here, nothing downloaded"
         log(f"building {data_config['name']}/{b.builder_config.name} in {b.data_dir} ({where}; once)")
         sys.stdout.flush()
-        _build(b, config)
-        if folder is not None:
-            _record_source(b, folder)
+        with _os_errors(b, data_config):
+            _build(b, config)
+            if folder is not None:
+                _record_source(b, folder)
     return b
+
+
+@contextlib.contextmanager
+def _os_errors(b: tfds.core.DatasetBuilder, data_config: dict):
+    """A build's operating-system errors (a full disk, a read-only folder: ``OSError``, or TensorFlow's
+    writers' errors that TFDS wraps) as one-line ``DataError`` s (``_cannot_build``)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is an OS error
+        found = files.as_os_error(e)
+        if found is None or isinstance(e, ValueError):  # a bad source file (BadInputError) is said as such
+            raise
+        sys.stderr.write("\n")  # after TFDS's progress bar, whose line it leaves open
+        raise _cannot_build(b, data_config, found) from None
 
 
 def _build(b: tfds.core.DatasetBuilder, config) -> None:
@@ -207,7 +336,8 @@ def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str) -> None:
 
 def _record_source(b: tfds.core.DatasetBuilder, folder: str) -> None:
     path = os.path.join(os.fspath(b.data_dir), SOURCE_RECORD)
-    files.write_json(path, {"folder": folder, "fingerprint": source_fingerprint(folder)}, indent=None)
+    files.write_json(path, {"folder": folder, "fingerprint": source_fingerprint(folder),
+                            "fingerprint_version": FINGERPRINT_VERSION}, indent=None)
 
 
 def describe(data_config: dict) -> str:

@@ -31,6 +31,8 @@ import json
 import os
 
 from tfvae import config as config_lib
+from tfvae import files
+from tfvae.console import option
 from tfvae.rundir import (BACKUP_DIR, CHECKPOINTS, CHECKPOINTS_DIR, CONFIG_FILE, EVAL_DIR, HISTORY_FILE,  # noqa: F401
                           LOGS_DIR, MARKER_FILE, MARKER_VERSION, MODEL_FILES, RESULTS_FILE, RESUMABLE_KEYS,
                           THRESHOLDS_FILE, RunDir, RunDirError, RunLockError, delete_whole, is_ours, lock, mark,
@@ -147,7 +149,8 @@ class Run(RunDir):
         Raises ``RunDirError`` / ``RunLockError`` (what was wrong, and where)."""
         run = cls(run_dir)
         if resume and overwrite:
-            raise RunDirError("--resume and --overwrite exclude each other")
+            raise RunDirError(f"{option('--resume', 'resume=True')} and {option('--overwrite', 'overwrite=True')} "
+                              "exclude each other")
         # the config this run will train with (a resume's with its overrides): it says who writes the run
         known = (cls._resumed_config(run, config, overrides) if resume and run.is_run
                  else config if config is not None else run.config() if run.is_run else None)
@@ -173,18 +176,19 @@ class Run(RunDir):
                 and is_ours(run.dir, "run") and (not run.is_run or config_lib.load(run.config_path) == chiefs_config)
             if chiefs_new_run:
                 return
-            raise RunDirError(f"{run.dir} already exists and is not empty; pass --resume to continue that run "
-                              "or --overwrite to replace it")
+            raise RunDirError(f"{run.dir} already exists and is not empty; pass {option('--resume', 'resume=True')} "
+                              f"to continue that run or {option('--overwrite', 'overwrite=True')} to replace it")
         if not is_ours(run.dir, "run"):
             raise RunDirError(f"{run.dir} is not a tfvae run directory (no {MARKER_FILE} marker); refusing to "
-                              "delete it (delete it yourself or choose another --run-dir)")
+                              f"delete it (delete it yourself or choose another {option('--run-dir', 'run_dir')})")
 
     @staticmethod
     def _resumed_config(run: "Run", config: dict | None, overrides) -> dict:
         """The config a resumed run continues with: ``config`` (else the saved one) changed by
         ``overrides``, where only ``train.*`` keys may differ from the saved config."""
         if not run.is_run:
-            raise RunDirError(f"{run.dir}: cannot resume, no {CONFIG_FILE} there (start the run without --resume)")
+            raise RunDirError(f"{run.dir}: cannot resume, no {CONFIG_FILE} there (start the run without "
+                              f"{option('--resume', 'resume=True')})")
         saved = config_lib.load(run.config_path)
         config = config_lib.resolve(config if config is not None else saved, overrides, source=run.config_path)
         before, after = config_lib.flatten(saved), config_lib.flatten(config)
@@ -264,9 +268,16 @@ class Run(RunDir):
         config = config or self.config(overrides)
         out_dir, partial = self.evaluation_target(out_dir, overwrite, repair=True)
         data.check_lesions(data.test_data_config(config["data"]), config["data"]["test_split"])  # before scoring
-        mark(partial, "evaluation")
-        results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
-        swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)
+        try:
+            with files.naming(out_dir):  # a writer's error that names no file (a full disk) names the evaluation
+                mark(partial, "evaluation")
+                results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
+                swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)
+        except BaseException as e:  # refused, failed or interrupted: our temporary folder goes, out_dir stays as it was
+            _discard_partial(partial)
+            if isinstance(e, OSError) and e.filename and os.fspath(e.filename).startswith(partial + os.sep):
+                e.filename = out_dir + os.fspath(e.filename)[len(partial):]  # the name it would have had
+            raise
         return results
 
     def evaluation_target(self, out_dir: str | None, overwrite: bool, *, repair: bool = False) -> tuple[str, str]:
@@ -275,8 +286,9 @@ class Run(RunDir):
         evaluation left by a kill (without ``overwrite``) is a one-line ``RunDirError``. ``repair``
         (the evaluation itself) finishes a swap a kill interrupted and clears a partial one."""
         out_dir = os.path.abspath(out_dir or self.eval_dir)
+        other = option("--out DIR", "out_dir=...")
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-            raise RunDirError(f"{out_dir} is a file, not a folder; choose another out_dir (--out)")
+            raise RunDirError(f"{out_dir} is a file, not a folder; choose another folder ({other})")
         partial, aside = sibling(out_dir, "partial"), sibling(out_dir, "replaced")
         if repair and os.path.exists(aside):  # a kill during an earlier swap
             if os.path.exists(out_dir):
@@ -285,14 +297,14 @@ class Run(RunDir):
                 os.rename(aside, out_dir)  # it had not: the previous evaluation goes back
         if os.path.exists(partial):  # left by an interrupted evaluation
             if not overwrite:
-                raise RunDirError(f"{partial} holds an interrupted evaluation; pass overwrite=True (--overwrite) "
-                                  "to clear it")
+                raise RunDirError(f"{partial} holds an evaluation that was killed before it finished; pass "
+                                  f"{option('--overwrite', 'overwrite=True')} to clear it")
             if repair:
                 remove_ours(partial, "evaluation")
         if os.path.exists(out_dir) and os.listdir(out_dir):
             if not overwrite:
-                raise RunDirError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it "
-                                  "or another out_dir (--out)")
+                raise RunDirError(f"{out_dir} already exists; pass {option('--overwrite', 'overwrite=True')} to "
+                                  f"replace it, or evaluate into another folder ({other})")
             if not is_ours(out_dir, "evaluation"):
                 raise RunDirError(f"{out_dir} is not a tfvae evaluation (no {MARKER_FILE} marker); refusing to "
                                   "replace it")
@@ -366,6 +378,7 @@ class Run(RunDir):
         from tfvae import calibration, config as config_lib, data, healthy_scans
         from tfvae.predictor_names import LOCALIZABLE
 
+        config_lib.check_value("threshold.calibration", name, option("--name", "name"))
         config = config_lib.resolve(self.config(overrides), [f"threshold.calibration={name}"])
         predictors = list(predictors or LOCALIZABLE)
         unknown = [p for p in predictors if p not in LOCALIZABLE]
@@ -506,6 +519,18 @@ class Run(RunDir):
             self._localizers = {key: localizer}  # the latest settings only: a model stays in memory once
         localizer.force = force
         return localizer(scan, mask=mask, affine=affine)
+
+
+def _discard_partial(partial: str) -> None:
+    """Delete the temporary folder of an evaluation that did not finish (ours: it carries the marker;
+    a folder without it is left alone); a failure to delete it (the disk it could not write to) is
+    not the error to report, and the next evaluation with ``overwrite`` clears what is left."""
+    if os.path.exists(partial) and is_ours(partial, "evaluation"):
+        with contextlib.suppress(OSError):
+            delete_whole(partial)
+    elif os.path.isdir(partial) and not os.listdir(partial):
+        with contextlib.suppress(OSError):
+            os.rmdir(partial)
 
 
 def _reference_for(reference: dict, predictor: str) -> dict:

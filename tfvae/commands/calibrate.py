@@ -19,7 +19,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_run_dir, add_set, entry, os_error, parser, parse_quietly  # noqa: E402
+from tfvae.commands import INTERRUPTED, add_run_dir, add_set, entry, os_error, parser, parse_quietly  # noqa: E402
 from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
 
 FEW_SCANS = 3  # fewer healthy scans than this: the measured FPR spread is wide (docs/results_phantom.md)
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from tfvae.run import Run, RunDirError
 
     try:
-        config_lib.resolve({}, [f"threshold.calibration={args.name}"], source="--name")
+        config_lib.check_value("threshold.calibration", args.name, "--name")
         run = Run(args.run_dir)
         found = run.calibrate(args.scans, name=args.name, predictors=args.predictors, overrides=args.set,
                               checkpoint=args.checkpoint, force=args.force)
@@ -55,8 +55,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: {os_error(e)}", file=sys.stderr)
+        print(f"error: {os_error(e, args.run_dir)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: thresholds.json is written whole or not at all
+        print(f"\ninterrupted (Ctrl-C) before calibration {args.name!r} was complete; the same command makes it "
+              "again", file=sys.stderr)
+        return INTERRUPTED
     left_out = found.get("left_out", [])
     print(f"calibration {args.name!r}: {found['volumes']} healthy scan(s)"
           + (f" ({len(left_out)} left out)" if left_out else "") + f", {found['slices']} slices, stored in "

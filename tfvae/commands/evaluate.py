@@ -17,7 +17,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_run_dir, add_set, entry, os_error, parser  # noqa: E402
+from tfvae.commands import INTERRUPTED, add_run_dir, add_set, entry, os_error, parser  # noqa: E402
 from tfvae.predictor_names import ALL_PREDICTORS  # noqa: E402
 
 
@@ -43,15 +43,21 @@ def main(argv=None) -> int:
     from tfvae import config as config_lib  # no TensorFlow yet: a mistyped key or an existing eval/ said at once
     from tfvae.run import Run, RunDirError
 
-    overrides = list(args.set)
+    flags = []  # the options that set a config key, each with how the user gave it
     if args.projection_steps is not None:
-        overrides.append(f"predictors.projection_steps={args.projection_steps}")
+        flags.append((f"--projection-steps {args.projection_steps}",
+                      f"predictors.projection_steps={args.projection_steps}"))
     if args.predictors:
-        overrides.append("evaluate.predictors=" + ",".join(f'"{p}"' for p in args.predictors).join("[]"))
+        flags.append(("--predictors " + " ".join(args.predictors),
+                      "evaluate.predictors=" + ",".join(f'"{p}"' for p in args.predictors).join("[]")))
     if args.calibration:
-        overrides.append(f"threshold.calibration={args.calibration}")
+        flags.append((f"--calibration {args.calibration}", f"threshold.calibration={args.calibration}"))
+    overrides = list(args.set) + [item for _, item in flags]
     run = Run(args.run_dir)
     try:
+        config_lib.check_distinct([*args.set, *flags])  # a key set by a flag and by --set: one line, not "last wins"
+        if args.calibration:
+            config_lib.check_value("threshold.calibration", args.calibration, "--calibration")
         config = run.config(overrides)  # a bad config, split or model: one line, before anything is touched
         if args.print_config:
             print(json.dumps(config, indent=2))
@@ -61,7 +67,18 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        return _evaluate(args, run, config, overrides)
+    except KeyboardInterrupt:  # Ctrl-C: the evaluation's temporary folder is gone (Run.evaluate), OUT as it was
+        print(f"\ninterrupted (Ctrl-C): nothing was put in place ({args.out or run.eval_dir} is as it was)",
+              file=sys.stderr)
+        return INTERRUPTED
+
+
+def _evaluate(args, run, config, overrides) -> int:
+    from tfvae import config as config_lib
     from tfvae.console import quiet_tensorflow
+    from tfvae.run import RunDirError
 
     quiet_tensorflow()
     from tfvae import data, reporting
@@ -83,9 +100,10 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # disk full, permission denied: what was written stays in a -partial folder, never eval/
-        print(f"error: {os_error(e)}; nothing was put in place (run again with --overwrite to clear the partial "
-              "evaluation)", file=sys.stderr)
+    except OSError as e:  # disk full, permission denied: the partial evaluation is removed (Run.evaluate)
+        out = args.out or run.eval_dir
+        print(f"error: {os_error(e, out, elsewhere='evaluate into another folder (--out DIR)')}; nothing was put "
+              f"in place ({out} is as it was)", file=sys.stderr)
         return 2
     out_dir = args.out or run.eval_dir
     print()

@@ -19,7 +19,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_set, entry, os_error, parser  # noqa: E402
+from tfvae.commands import INTERRUPTED, add_set, command_line, entry, os_error, parser  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -48,9 +48,11 @@ def main(argv=None) -> int:
     from tfvae import config as config_lib  # no TensorFlow yet: a mistyped key is said at once
     from tfvae.run import Run, RunDirError
 
-    if args.manual_dir:
-        args.set = [*args.set, "data.manual_dir=" + json.dumps(os.path.abspath(os.path.expanduser(args.manual_dir)))]
     try:
+        if args.manual_dir:
+            manual = "data.manual_dir=" + json.dumps(os.path.abspath(os.path.expanduser(args.manual_dir)))
+            config_lib.check_distinct([*args.set, (f"--manual-dir {args.manual_dir}", manual)])
+            args.set = [*args.set, manual]
         config = config_lib.load(args.config, args.set) if args.config else None
         if args.print_config:
             print(json.dumps(config if config is not None else Run(args.run_dir).config(args.set), indent=2))
@@ -75,8 +77,35 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the run's folder cannot be made (read-only, a file on its path, ...)
+        print(f"error: {os_error(e, elsewhere='choose another --run-dir')}", file=sys.stderr)
+        return 2
     with held:
-        return _train(args, config, run_dir)
+        try:
+            return _train(args, config, run_dir)
+        except KeyboardInterrupt:  # Ctrl-C: the run stays as the last finished epoch left it
+            print(f"\n{interrupted(run_dir)}", file=sys.stderr)
+            return INTERRUPTED
+
+
+def resume_command(run_dir: str) -> str:
+    return command_line("train", "--run-dir", run_dir, "--resume")
+
+
+def interrupted(run_dir: str) -> str:
+    """One line for a training stopped by Ctrl-C: the epochs kept, and the command that continues it."""
+    from tfvae.callbacks import ResumeState
+    from tfvae.run import Run
+
+    run = Run(run_dir)
+    if not run.is_run:
+        return "interrupted (Ctrl-C) before the run was created; nothing to resume"
+    try:
+        state = ResumeState.read(run.backup_dir)
+    except (OSError, ValueError):
+        state = None
+    done = f"{state['epoch']} finished epoch(s) kept" if state else "no epoch finished yet"
+    return f"interrupted (Ctrl-C): {done} in {run_dir}; continue with: {resume_command(run_dir)}"
 
 
 def _train(args, config, run_dir) -> int:
@@ -90,6 +119,9 @@ def _train(args, config, run_dir) -> int:
         run = Run.create(run_dir, config, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
     except (config_lib.ConfigError, RunDirError, data.DataError, BadInputError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error(e, run_dir, elsewhere='choose another --run-dir')}", file=sys.stderr)
         return 2
 
     from tfvae import training
@@ -117,8 +149,8 @@ def _train(args, config, run_dir) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permission denied: the run stays resumable (--resume)
-        print(f"error: {os_error(e)}; the last finished epoch is kept: fix it and run again with --resume",
-              file=sys.stderr)
+        print(f"error: {os_error(e, run.dir)}; the last finished epoch is kept: then continue with: "
+              f"{resume_command(run.dir)}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         where = ("the new run was discarded and the run it was to replace is back in place" if run.restored_previous
