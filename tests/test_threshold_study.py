@@ -118,3 +118,31 @@ def test_the_screening_table_sums_the_runs():
     text = threshold_study.render(by_seed, {"runs_config": "c.json", "seeds": [0, 1], "commit": "c"})
     assert "| rule | 0.500 ± 0.000 | n/a | 1.0±0.0% |" in text  # no 30 % / 5 % in this sweep
     assert "| home | 2 x 4 | 1 of 8 | 7/8 | 1 of 24 |" in text
+
+
+def test_each_candidate_sets_what_its_name_says():
+    """The names are what the report prints: 'low 10-50' must fit the 10th-50th percentiles, 'halo
+    0.1' discount beyond 0.1, 'excess 2%' count above the 2 % level (the '10-50' rows once ran the
+    10-70 rule, unnoticed, because nothing checked this)."""
+    import re
+
+    defaults = {"low": scan_threshold.LOW_QUANTILES, "halo_share": scan_threshold.HALO_SHARE,
+                "excess": scan_threshold.EXCESS_FPR, "starts": scan_threshold.SHARE_STARTS}
+    for name, options in threshold_study.CANDIDATES.items():
+        if options is None or "no discount" in name:
+            continue
+        got = {**defaults, **options}
+        low = re.search(r"(low|bulk) (\d+)-(\d+)", name)
+        assert got["low"][0] == pytest.approx(int(low[2]) / 100) and got["low"][-1] == pytest.approx(int(low[3]) / 100)
+        assert got["halo_share"] == float(re.search(r"halo ([\d.]+)", name)[1]), name
+        excess = re.search(r"excess (\d+)%", name)
+        assert got["excess"] == (int(excess[1]) / 100 if excess else scan_threshold.EXCESS_FPR), name
+        assert (got["starts"] == (0.0,)) == ("h from 0 only" in name), name
+    # and candidates that differ in name differ in what they do, on a scan with a 30 % lesion
+    rng = np.random.default_rng(5)
+    healthy = rng.standard_normal(200_000)
+    reference = {f: float(np.quantile(healthy, 1 - f)) for f in threshold_study.DENSE_FPRS}
+    scan = np.r_[rng.standard_normal(70_000), rng.normal(4.0, 1.0, 30_000)]
+    thresholds = {name: threshold_study.rule_of(o)(reference, scan, 0.01) for name, o in threshold_study.CANDIDATES.items()}
+    assert thresholds["two-stage, low 10-50, halo 0"] != thresholds["two-stage, low 10-70, halo 0.1"]
+    assert thresholds["two-stage, low 10-50, halo 0.15"] != thresholds["two-stage, low 10-70, halo 0.15"]

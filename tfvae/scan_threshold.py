@@ -224,7 +224,7 @@ def _line(reference: HealthyReference, sorted_scores: np.ndarray, levels, discou
 
 
 def fit(reference: HealthyReference, scores, *, halo_share: float = HALO_SHARE, low=LOW_QUANTILES,
-        bulk=BULK_QUANTILES, excess: float = EXCESS_FPR, iterations: int = 50) -> Fit:
+        bulk=BULK_QUANTILES, excess: float = EXCESS_FPR, iterations: int = 50, starts=SHARE_STARTS) -> Fit:
     """The two lines of ``scores`` (a scan's brain scores, any shape) against ``reference``
     (module docstring); ``NoFit`` (one line) when they cannot be fitted or are degenerate. The
     keyword arguments are the module's constants, to measure alternatives
@@ -236,7 +236,7 @@ def fit(reference: HealthyReference, scores, *, halo_share: float = HALO_SHARE, 
         raise NoFit("its scores are not all finite")
     t_excess = reference.quantiles([1.0 - excess])[0]
     found = {}  # fixed point -> the r2 of its healthy line
-    for start in SHARE_STARTS:
+    for start in starts:
         share = start
         for _ in range(iterations):
             offset, scale, r2 = _line(reference, scores, low, share)

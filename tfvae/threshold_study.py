@@ -167,6 +167,8 @@ CANDIDATES = {
     "two-stage, low 10-50, halo 0.2": dict(halo_share=0.2, low=LOW_10_50),
     "two-stage, low 10-70, halo 0.1": dict(halo_share=0.1, low=_levels(0.1, 0.7, 13)),
     "two-stage, low 10-70, halo 0.15": dict(halo_share=0.15, low=_levels(0.1, 0.7, 13)),
+    "two-stage, low 10-70, halo 0.15, h from 0 only (before the review)": dict(
+        halo_share=0.15, low=_levels(0.1, 0.7, 13), starts=(0.0,)),
     "two-stage, low 10-70, halo 0.2": dict(halo_share=0.2, low=_levels(0.1, 0.7, 13)),
     "two-stage, low 10-70, halo 0.1, excess 2%": dict(halo_share=0.1, low=_levels(0.1, 0.7, 13), excess=0.02),
     "two-stage, low 10-50, halo 0.1, excess 2%": dict(halo_share=0.1, low=LOW_10_50, excess=0.02),
