@@ -378,8 +378,9 @@ def brain_masks(scans: list[str], mask=None) -> list[str | None]:
 def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) -> list[str]:
     """The output names of ``scans``; a one-line ``ValueError`` when ``out_dir`` is a file, two
     scans share a name, a ``mask`` is given for several scans or ``out_dir`` holds an input (a scan,
-    ``mask`` or a mask beside a scan). (A scan localized there already is skipped by
-    ``localize_files`` unless ``overwrite``, or refused when its settings differ: see ``plan``.)"""
+    or ``mask``; a mask beside a scan is in the scan's folder). (A scan localized there already is
+    skipped by ``localize_files`` unless ``overwrite``, or refused when its settings differ: see
+    ``plan``.)"""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder for the outputs")
     if mask and len(scans) != 1:
@@ -389,7 +390,7 @@ def check_outputs(scans: list[str], out_dir: str, overwrite: bool, mask=None) ->
     if duplicated:
         raise ValueError(f"several scans are named {', '.join(duplicated)}; their outputs would collide")
     out_real = os.path.realpath(out_dir)
-    for item in scans + [m for m in brain_masks(scans, mask) if m]:
+    for item in scans + ([mask] if mask else []):
         if os.path.dirname(os.path.realpath(item)) == out_real:
             raise ValueError(f"--out {out_dir} holds the input {item}; choose another output folder")
     return names
@@ -628,7 +629,7 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
     done = plan(scans, out_dir, settings, overwrite=overwrite, mask=mask)
     if os.path.isdir(out_dir):
         sync_summary(out_dir)  # a kill between a scan's record and the summary: listed now
-    rows, failed, finished, said = [], [], 0, set()
+    rows, failed, said, started = [], [], set(), _now()
     base = {"run": settings["run"], "checkpoint": localizer.checkpoint, "predictor": localizer.predictor,
             "fpr": localizer.fpr}
     try:
@@ -662,17 +663,23 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
                        "status": f"failed: {message}"}
             write_record(out_dir, name, {"scan": os.path.abspath(path), "finished": _now(), "settings": settings,
                                          "inputs": inputs, "threshold_from": localizer.threshold_source, "row": row})
-            sync_summary(out_dir)
             rows.append(row)
+            sync_summary(out_dir)
             if row["status"] == "done":
-                finished += 1
                 log(f"{name}: {result.volume_ml:.1f} ml anomalous in {result.n_components} component(s)")
     except KeyboardInterrupt:
-        left = len(scans) - len(done) - len(rows)
+        try:  # Ctrl-C between a scan's record and the summary: listed all the same
+            sync_summary(out_dir)
+        except (OSError, ValueError):
+            pass
+        recorded = [read_record(out_dir, name) or {} for name in names]
+        now_done = [r for r in recorded if r.get("row", {}).get("status") == "done"]
+        finished = sum(1 for r in now_done if r.get("finished", "") >= started)  # by this call
         earlier = f", {len(done)} done before" if done else ""
         raise LocalizeInterrupted(
             f"interrupted: {finished} scan(s) localized in {out_dir}{earlier} (listed in its {SUMMARY} and "
-            f"index.html); run the same command again to continue with the {left} left") from None
+            f"index.html); run the same command again to continue with the {len(scans) - len(now_done)} "
+            "left") from None
     if failed:
         raise LocalizeIncomplete(f"{len(failed)} of {len(scans)} scan(s) failed (each named above and in "
                                  f"{os.path.join(out_dir, SUMMARY)}); the others are done: fix the cause and run the "
