@@ -1,8 +1,18 @@
-"""Reading users' NIfTI files safely: every problem is a ``BadInputError`` whose message is one
-line naming the file and the problem (missing, corrupt or truncated file, not 3D, NaN or infinite
-voxels, a singular affine, a mask or segmentation on another voxel grid than its image).
-Used by the real-data builders (``tfvae_datasets``) and by ``localize.py``. ``write_maps`` writes
-a volume's 2D maps back into its source grid as NIfTI files (evaluation's maps).
+"""Reading users' scan files safely: the one reader every dataset builder (``tfvae_datasets``),
+``localize`` and ``calibrate`` use (``load_volume``). Every problem is a ``BadInputError`` whose
+message is one line naming the file, the problem and what to do (missing, corrupt or truncated
+file, not 3D, infinite voxels or NaN inside the brain, a singular affine, no orientation, a mask
+or segmentation on another voxel grid than its image); what the reader recognises and reads anyway
+is said in one line each (``notes``, or the ``tfvae`` logger):
+
+- format: by content where the name disagrees (gzip named ``.nii``, plain named ``.nii.gz``);
+- orientation: where it comes from, per format (``orientation_source``); none: refused unless forced;
+- background convention (``read_background``): 0 outside the brain; NaN outside it, a near-zero
+  resampled background and a zero background's negative undershoot are read as 0;
+- modality: the name (``modality_from_name``) and the CSF's brightness (``fluid_contrast``)
+  against what is expected (``modality_warning``).
+
+``write_maps`` writes a volume's 2D maps back into its source grid as NIfTI files (evaluation's maps).
 """
 
 from __future__ import annotations
@@ -411,6 +421,7 @@ def fluid_contrast(data: np.ndarray, brain: np.ndarray | None = None) -> tuple[s
     if not edge_voxels.any():
         return None, "no brain edge to judge"
     edge = (float(np.median(data[edge_voxels])) - q50) / (q95 - q5)
+
     def measures(side):
         return (f"its CSF looks {side}: the brain's edge, where CSF lies, is {abs(edge):.2f} of the 5-95% intensity "
                 f"range {'below' if edge < 0 else 'above'} the median and the intensities trail off to the "
@@ -454,7 +465,7 @@ def modality_warning(path: str, data: np.ndarray, expected: str | None = None,
 def label_scaling(path) -> str:
     """The header's intensity scaling (scl_slope / scl_inter) of a NIfTI file, for messages."""
     try:
-        img = nib.load(str(path))
+        img, _ = _read_image(str(path))
         slope, inter = img.dataobj.slope, img.dataobj.inter
     except Exception:  # noqa: BLE001 - only for a message
         return "unknown scaling"

@@ -6,7 +6,9 @@
    RAS+ axes (as ``nibabel.as_closest_canonical`` does), so LPS- and RAS-stored copies of one scan
    give the same slices. Axial slices are then planes of constant canonical z.
 2. Brain mask: the one given, else the non-zero voxels (scans are brain-extracted, background 0;
-   a scan whose non-zero voxels fill the array or its border is refused: ``check_skull_stripped``).
+   a scan whose non-zero voxels fill the array or its in-plane border is refused: ``check_skull_stripped``;
+   what the reader reads as background -- NaN outside the brain, resampling ringing -- is 0 by then:
+   ``nifti.read_background``).
 3. Z-score over brain voxels (the paper's zero mean / unit variance); background set to 0.
 4. In-plane crop and resampling at a fixed physical scale: a square field of view of ``fov_mm``
    millimetres, centred on the brain's bounding box (snapped so that at native resolution pixel
