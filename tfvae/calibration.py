@@ -93,10 +93,31 @@ class ThresholdStore:
         self.entries: list[dict] = []
         self.healthy_sets: dict[str, dict] = {}
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                stored = json.load(f)
+            stored = self._read(path)
             self.entries = stored.get("calibrations", [])
             self.healthy_sets = stored.get("healthy_sets", {})
+
+    @staticmethod
+    def _read(path: str) -> dict:
+        """The stored calibrations; a file that cannot be read as them (cut short by a copy that
+        stopped, edited by hand, not UTF-8) is a one-line ``CalibrationError`` naming it and what to do."""
+        from tfvae.console import option
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                stored = json.load(f)
+            problem = None if isinstance(stored, dict) and isinstance(stored.get("calibrations", []), list) \
+                and isinstance(stored.get("healthy_sets", {}), dict) else "not the calibrations tfvae writes"
+        except json.JSONDecodeError as e:
+            problem = f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}; cut short or damaged?)"
+        except UnicodeDecodeError as e:
+            problem = f"not UTF-8 text (byte {e.start}; damaged?)"
+        if problem is None:
+            return stored
+        calibrate = option("tfvae calibrate --name NAME", "Run.calibrate(name=...)")
+        raise CalibrationError(f"{path}: {problem}; it holds only thresholds and calibrations, made again when "
+                               f"missing: move it away (or put back a good copy) and run again -- calibrations of "
+                               f"your own scans ({calibrate}) must then be made again")
 
     def key(self, digest: str, predictor: str, config: dict) -> dict:
         """The key of a calibration of the checkpoint with content ``digest``: its predictor, the map

@@ -226,10 +226,18 @@ class ResumeState(keras.callbacks.Callback):
         Runs made before this format resume from Keras's ``BackupAndRestore`` files."""
         path = os.path.join(folder, cls.STATE)
         if os.path.isfile(path):
-            with open(path) as f:
-                state = json.load(f)
-            weights = os.path.join(folder, state["weights"])
-            return {"epoch": int(state["epoch"]), "weights": weights} if os.path.isfile(weights) else None
+            try:
+                with open(path, encoding="utf-8") as f:
+                    state = json.load(f)
+                weights = os.path.join(folder, state["weights"])
+                epoch = int(state["epoch"])
+            except (ValueError, KeyError, TypeError) as e:  # damaged after it was written (it is written whole)
+                import sys
+
+                print(f"warning: {path} cannot be read (cut short or damaged? {type(e).__name__}: {e}); resuming from "
+                      "checkpoints/last.keras and history.csv instead", file=sys.stderr)
+                return None
+            return {"epoch": epoch, "weights": weights} if os.path.isfile(weights) else None
         legacy, metadata = os.path.join(folder, "latest.weights.h5"), os.path.join(folder, "training_metadata.json")
         if os.path.isfile(legacy) and os.path.isfile(metadata):
             with open(metadata) as f:

@@ -299,11 +299,12 @@ def _os_errors(b: tfds.core.DatasetBuilder, data_config: dict):
     writers' errors that TFDS wraps) as one-line ``DataError`` s (``_cannot_build``)."""
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - re-raised unless it is an OS error
-        found = files.as_os_error(e)
+    except BaseException as e:  # noqa: BLE001 - re-raised as it is unless it is an OS error
+        sys.stderr.write("\n")  # after TFDS's progress bar, whose line it leaves open: the error on a line of its own
+        sys.stderr.flush()
+        found = files.as_os_error(e) if isinstance(e, Exception) else None
         if found is None or isinstance(e, ValueError):  # a bad source file (BadInputError) is said as such
             raise
-        sys.stderr.write("\n")  # after TFDS's progress bar, whose line it leaves open
         raise _cannot_build(b, data_config, found) from None
 
 

@@ -306,6 +306,8 @@ class NiftiMaps:
 
     def update(self, volume: Volume) -> None:
         raw, post = volume.variants["raw"], volume.variants.get("postprocessed", {})
+        # a volume id with folders (nifti_folder's "lesions/case0", "imagesTr/BRATS_001_0000"): its subfolder
+        os.makedirs(os.path.dirname(os.path.join(self.out_dir, volume.volume_id)), exist_ok=True)
         write_maps(volume, self.out_dir, {p: v for p, v in raw.items() if self.wanted(p)}
                    | {f"{p}_postprocessed": v for p, v in post.items() if self.wanted(p)})
 

@@ -18,7 +18,7 @@ from tfvae import callbacks as tfvae_callbacks
 from tfvae import config as config_lib
 from tfvae import data
 from tfvae.model import BetaVAE
-from tfvae.rundir import RunDir
+from tfvae.rundir import RunDir, RunDirError
 
 
 _STRATEGIES: dict = {}  # one MultiWorkerMirroredStrategy per process (it can be made only once)
@@ -263,18 +263,46 @@ def _shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
 def resume(model, run: RunDir, truncate: bool = True) -> int:
     """Load the newest complete training state of ``run`` into ``model`` (weights and optimizer:
     the resume state, else ``checkpoints/last.keras``) and return the number of finished epochs;
-    ``history.csv`` keeps exactly the rows of those epochs (``truncate``: the chief). 0 for a new run."""
+    ``history.csv`` keeps exactly the rows of those epochs (``truncate``: the chief). 0 for a new run.
+
+    Resume weights that cannot be read (cut short or damaged after they were written: a copy that
+    stopped, a disk error) fall back to ``checkpoints/last.keras``, saved at the end of the same
+    epoch just before them, with a warning naming both; when that cannot be read either, a one-line
+    ``RunDirError`` names both files and what to do."""
     state = tfvae_callbacks.ResumeState.read(run.backup_dir)
     epochs, weights = (state["epoch"], state["weights"]) if state else (0, None)
-    if state is None and os.path.isfile(run.model_path("last")) and os.path.isfile(run.history_path):
-        epochs, weights = tfvae_callbacks.history_epochs(run.history_path), run.model_path("last")
+    last = run.model_path("last")
+    if state is None and os.path.isfile(last) and os.path.isfile(run.history_path):
+        epochs, weights = tfvae_callbacks.history_epochs(run.history_path), last
     if weights is not None and epochs:
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(weights)
+        problem = _load_weights(model, weights)
+        if problem is not None:
+            from tfvae.console import option
+
+            fallback = _load_weights(model, last) if weights != last and os.path.isfile(last) else "not there"
+            if fallback is not None:
+                also = ("" if weights == last else f"; {last}, to fall back on, is not there" if fallback == "not there"
+                        else f"; nor can the fall-back: {fallback}")
+                raise RunDirError(f"{problem}{also}: the run cannot resume; start it again with "
+                                  f"{option('--overwrite', 'overwrite=True')}")
+            print(f"warning: {problem}; resuming from {last} instead, saved at the end of the same epoch ({epochs})",
+                  file=sys.stderr)
     if truncate:
         tfvae_callbacks.truncate_history(run.history_path, epochs)
     return epochs
+
+
+def _load_weights(model, path: str) -> str | None:
+    """``model.load_weights(path)``: None when done, else one line naming the file and why it could
+    not be read (h5py's "truncated file", a damaged zip, ...)."""
+    try:
+        model.load_weights(path)
+    except Exception as e:  # noqa: BLE001 - h5py: OSError "truncated file"; Keras: BadZipFile, ValueError, ...
+        reason = " ".join(str(e).split())[:160]
+        return f"{path} cannot be read (cut short or damaged? {type(e).__name__}: {reason})"
+    return None
 
 
 def _best_val_loss(run: RunDir) -> float | None:
