@@ -187,7 +187,7 @@ class Localizer:
         self.notes: list[str] = []  # said once per batch, and in each scan's warnings
         self.training_scans = training_scans(run, config)
         if self.training_scans is None:
-            self.training_scans = {"modality": getattr(self.builder_config, "modality", "t2")}
+            self.training_scans = {"modality": training_modality(self.builder_config)}
             self.notes.append(
                 f"{run.dir} does not record its training scans' shape and voxel size ({TRAINING_SCANS_FILE}: runs "
                 f"trained by an older tfvae) and its training data ({config['data']['name']} in "
@@ -247,6 +247,12 @@ def _needs_validation_data(run, config: dict, predictor: str, fpr: float, checkp
             "--calibration NAME)")
 
 
+def training_modality(builder_config) -> str:
+    """The modality a run was trained on: its builder config's (t2 where it names none: the paper's,
+    and what a ``nifti_folder`` of single scans is taken to hold)."""
+    return getattr(builder_config, "modality", None) or "t2"
+
+
 TRAINING_SCANS_FILE = "training_scans.json"  # in the run: the training scans' modality, shape and voxel size
 TRAINING_KEYS = ("name", "config", "train_split")  # the data config the record describes
 
@@ -275,7 +281,7 @@ def training_scans(run, config: dict, *, store: bool = True) -> dict | None:
         example = next(iter(b.as_dataset(split=key["train_split"], shuffle_files=False).take(1)))
     except Exception:  # noqa: BLE001 -- only a warning depends on it: an unreadable build is "not here"
         return None
-    found = {"data": key, "modality": getattr(b.builder_config, "modality", "t2"),
+    found = {"data": key, "modality": training_modality(b.builder_config),
              "shape": [int(v) for v in example["source_shape"].numpy()],
              "voxel_mm": [float(v) for v in nib.affines.voxel_sizes(example["source_affine"].numpy())]}
     if store:
