@@ -183,3 +183,85 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
         config_lib.load("quickstrat")
     assert "quickstrat: config file not found (shipped, found by name from any folder:" in str(e.value)
     assert "quickstart" in str(e.value)
+
+
+# --- issue 31: configs as Windows editors save them, keys given twice, flags in messages -------------
+def test_a_config_saved_with_a_utf8_bom_and_crlf_reads_as_the_plain_file(tmp_path):
+    """Notepad's "UTF-8 with BOM" (field case 29): read like the same JSON without it, search configs too."""
+    text = json.dumps({"name": "bom", "train": {"epochs": 3}, "model": {"beta": 4}}, indent=2)
+    plain, bom = tmp_path / "plain.json", tmp_path / "bom.json"
+    plain.write_text(text, encoding="utf-8")
+    bom.write_bytes(("\ufeff" + text.replace("\n", "\r\n") + "\r\n").encode("utf-8"))
+    assert bom.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert config_lib.load(bom) == config_lib.load(plain)
+    assert config_lib.load(bom)["train"]["epochs"] == 3
+    assert config_lib.read_json(bom, what="search config") == json.loads(text)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('{"train": {"epochs": 1, "batch_size": 8, "epochs": 2}}', "train.epochs"),
+    ('{"seed": 1, "model": {"beta": 2}, "seed": 3}', "seed"),
+    ('{"data": {"name": "hcp_t2"}, "data": {"config": "mni"}}', "data"),  # a whole section: the first silently lost
+])
+def test_a_key_given_twice_in_a_json_config_is_one_line_naming_the_file_and_the_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config_lib.load(path)
+    assert str(e.value) == (f"{path}: key {key!r} is given twice; keep one of them (JSON would keep the last "
+                            "silently)")
+    # the same key in two sections is two keys, not one given twice
+    ok = write(tmp_path, '{"postprocess": {"median_size": 3}, "recommended": {"median_size": 5}}')
+    assert config_lib.load(ok)["recommended"]["median_size"] == 5
+
+
+@pytest.mark.parametrize("command, required", [("train", ["--config", "x.json"]), ("evaluate", ["--run-dir", "r"]),
+                                               ("calibrate", ["--run-dir", "r", "--name", "n", "scan.nii"])])
+def test_set_of_one_key_twice_ends_the_command_with_one_line_naming_it(command, required, capsys):
+    import importlib
+
+    module = importlib.import_module(f"tfvae.commands.{command}")
+    with pytest.raises(SystemExit) as e:
+        module.parse_args(required + ["--set", "train.epochs=2", "seed=1", "--set", "train.epochs=3"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("error: train.epochs is set twice (--set train.epochs=2, then --set "
+                                       "train.epochs=3); give it once\n")
+    assert module.parse_args(required + ["--set", "train.epochs=2", "--set", "seed=1"]).set == ["train.epochs=2",
+                                                                                              "seed=1"]
+
+
+def test_a_key_set_by_a_flag_and_by_set_is_one_line_naming_both(tmp_path, capsys):
+    from tfvae.commands import evaluate, train
+
+    assert evaluate.main(["--run-dir", str(tmp_path), "--projection-steps", "5", "--set",
+                          "predictors.projection_steps=10"]) == 2
+    assert capsys.readouterr().err == ("error: predictors.projection_steps is set twice (--set "
+                                       "predictors.projection_steps=10, then --projection-steps 5); give it once\n")
+    assert train.main(["--config", "quickstart", "--manual-dir", str(tmp_path), "--set",
+                       f"data.manual_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (f"error: data.manual_dir is set twice (--set data.manual_dir={tmp_path}, then "
+                                       f"--manual-dir {tmp_path}); give it once\n")
+
+
+def test_a_data_folder_below_a_file_is_refused_up_front(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(ConfigError) as e:
+        config_lib.resolve({}, [f"data.data_dir={a_file}/tfds"])
+    assert str(e.value) == (f"--set data.data_dir={a_file}/tfds: data.data_dir is below {a_file}, a file, not a "
+                            f"folder, got '{a_file}/tfds'")
+
+
+def test_calibrate_name_errors_speak_of_the_flag_on_the_command_line_and_of_the_argument_in_python(tmp_path, capsys):
+    from tfvae.commands import calibrate
+    from tfvae.run import Run
+
+    assert calibrate.main(["--run-dir", str(tmp_path / "run"), "--name", "my site", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --name 'my site': must be a name of letters, digits, '_', '.' or '-' (at most 64 "
+                   "characters), as calibrations are named\n")
+    with pytest.raises(ConfigError) as e:
+        Run(str(tmp_path / "run")).calibrate([str(tmp_path)], name="my site")
+    assert str(e.value).startswith("name 'my site': must be a name of letters") and "--" not in str(e.value)
+    from tfvae import console
+
+    assert console.COMMAND_LINE is False  # the command gave the Python voice back when it ended

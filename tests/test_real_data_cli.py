@@ -147,3 +147,121 @@ def test_a_built_dataset_is_rebuilt_when_its_source_changes_never_silently_reuse
     shutil.copytree(src, moved)
     data.prepare({**config, "manual_dir": str(moved)}, log=lines.append)
     assert len(lines) == 2 and str(moved) in lines[1]
+
+
+# --- issue 31: the data folder, and subjects linked into the manual folder -----------------------------
+def test_hcp_subjects_linked_into_the_manual_folder_are_fingerprinted_through_their_links(tmp_path):
+    """Field case 18: subject folders that are symbolic links (a "virtual" dataset); a subject linked
+    later and a scan rewritten behind a link rebuild the dataset, as they do for copied folders."""
+    import time
+
+    store = tmp_path / "store"
+    tt.hcp_tree(str(store), ("100206", "100307", "100408"))
+    manual = tmp_path / "linked" / "hcp_t2"
+    manual.mkdir(parents=True)
+    for sid in ("100206", "100307"):
+        os.symlink(store / sid, manual / sid)
+    os.symlink(tmp_path / "linked", manual / "loop")  # a link back up the tree: walked once, not forever
+    config = {**config_lib.defaults()["data"], "name": "hcp_t2", "image_size": 32,
+              "data_dir": str(tmp_path / "tfds"), "manual_dir": str(tmp_path / "linked")}
+    lines = []
+    volumes = lambda b: sum(b.info.metadata["volumes"].values())
+    assert volumes(data.prepare(config, log=lines.append)) == 2
+    assert sorted(rel for rel, _ in data.source_files(str(manual))) == [
+        f"{sid}/T1w/{name}" for sid in ("100206", "100307")
+        for name in ("T2w_acpc_dc_restore_brain.nii.gz", "brainmask_fs.nii.gz")]
+    lines.clear()
+    data.prepare(config, log=lines.append)
+    assert lines == []  # nothing changed: reused
+    time.sleep(0.01)
+    scan = store / "100206" / "T1w" / "T2w_acpc_dc_restore_brain.nii.gz"
+    image, _, _ = tt.brain(seed=7)
+    tt.save(scan, image)  # rewritten behind its link: new content, new time
+    data.prepare(config, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("rebuilding hcp_t2/default_32px: files under") and "changed" in \
+        lines[0]
+    os.symlink(store / "100408", manual / "100408")  # a subject linked later
+    lines.clear()
+    assert volumes(data.prepare(config, log=lines.append)) == 3 and len(lines) == 1 and "rebuilding" in lines[0]
+
+
+def test_a_record_of_an_older_tfvae_is_rebuilt_only_where_links_hid_files_from_it(tmp_path):
+    import json
+
+    src = tmp_path / "scans"
+    tt.nifti_folder_tree(str(src), healthy=3, with_seg=0)
+    config = {**config_lib.defaults()["data"], "name": "nifti_folder", "image_size": 32,
+              "data_dir": str(tmp_path / "tfds"), "manual_dir": str(src)}
+    b = data.prepare(config, log=lambda line: None)
+    record = os.path.join(os.fspath(b.data_dir), data.SOURCE_RECORD)
+    old = {"folder": str(src), "fingerprint": data._fingerprint_v1(str(src))}  # as tfvae wrote it before
+    with open(record, "w") as f:
+        json.dump(old, f)
+    lines = []
+    data.prepare(config, log=lines.append)
+    assert lines == []  # no link: the same files either way, so no rebuild; the record brought up to date
+    with open(record) as f:
+        assert json.load(f)["fingerprint_version"] == data.FINGERPRINT_VERSION
+    with open(record, "w") as f:
+        json.dump(old, f)
+    extra = tmp_path / "extra"
+    tt.nifti_folder_tree(str(extra), healthy=1, with_seg=0)
+    os.symlink(extra, src / "more")
+    data.prepare(config, log=lines.append)
+    assert len(lines) == 1 and "holds symbolic links" in lines[0]
+
+
+def test_a_data_folder_that_cannot_be_made_or_written_is_one_line(tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    base = ["--config", BETA10, "--run-dir", str(tmp_path / "run"), "--set", "data.name=brain_phantom",
+            "data.config=tiny", "data.test_name=null", "train.epochs=1"]
+    from tensorflow_datasets.core import constants
+
+    def tfds_data_dir(path):  # as a process started with TFDS_DATA_DIR=path sees it (TFDS reads it on import)
+        monkeypatch.setenv("TFDS_DATA_DIR", path)
+        monkeypatch.setattr(constants, "DATA_DIR", path)
+
+    tfds_data_dir(str(a_file))  # TFDS's folder from the environment is a file
+    assert train_script.main(base) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"error: TFDS_DATA_DIR {a_file} is a file, not a folder; point "
+                                            "TFDS_DATA_DIR at a folder, or name one with --set data.data_dir=DIR")
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+    tfds_data_dir(str(a_file / "tfds"))  # ... or below a file
+    with pytest.raises(data.DataError, match=f"TFDS_DATA_DIR {a_file}/tfds is below {a_file}, a file, not a folder"):
+        data.builder({**config_lib.defaults()["data"], "config": "tiny"})
+    monkeypatch.undo()
+    # a shared data folder mounted read-only (field case 27): refused before building, naming it
+    ro = tmp_path / "tfds_ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path).startswith(str(ro)) and
+                        mode & os.W_OK else real_access(path, mode, **kw))
+    assert train_script.main(base + [f"data.data_dir={ro}"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"error: brain_phantom/tiny_64px is not built yet and the data folder {ro} (data.data_dir) is "
+                    "read-only; build it in a writable folder: name one with --set data.data_dir=DIR")
+    assert os.listdir(ro) == [] and not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_while_building_is_one_line_and_leaves_no_build(tmp_path, monkeypatch):
+    """TensorFlow's record writer reports a full disk as ``ResourceExhaustedError: <file>; No space left
+    on device`` (measured on a 400 kB tmpfs), which TFDS wraps in a RuntimeError."""
+    import tensorflow as tf
+    from tensorflow_datasets.core import file_adapters
+
+    def full(cls, path, iterator):
+        for _ in iterator:
+            raise tf.errors.ResourceExhaustedError(None, None, f"{path}; No space left on device")
+
+    monkeypatch.setattr(file_adapters.TfRecordFileAdapter, "write_examples", classmethod(full))
+    config = {**config_lib.defaults()["data"], "config": "tiny", "image_size": 32, "data_dir": str(tmp_path / "tfds")}
+    with pytest.raises(data.DataError) as e:
+        data.prepare(config, log=lambda line: None)
+    message = str(e.value)
+    assert message.startswith(f"building brain_phantom/tiny in {tmp_path / 'tfds'} (data.data_dir): no space left "
+                              "on device (") and "\n" not in message
+    assert message.endswith("free there); free space on that disk, or build it elsewhere: name one with the config "
+                            "key data.data_dir")  # from Python: the config key, not a flag
+    assert not data.builder(config).is_prepared()

@@ -103,7 +103,10 @@ def data_dir_source(data_config: dict) -> tuple[str, str]:
     key = option("--set data.data_dir=DIR", "the config key data.data_dir")
     if data_config.get("data_dir"):
         return "data.data_dir", f"name a folder with {key}"
-    if os.environ.get("TFDS_DATA_DIR"):
+    from tensorflow_datasets.core import constants
+
+    env = os.environ.get("TFDS_DATA_DIR")  # TFDS reads it once, when it is imported: its DATA_DIR
+    if env and os.path.abspath(os.path.expanduser(env)) == os.path.abspath(constants.DATA_DIR):
         return "TFDS_DATA_DIR", f"point TFDS_DATA_DIR at a folder, or name one with {key}"
     return "TFDS's data folder", f"name a folder with {key} (or TFDS_DATA_DIR)"
 
