@@ -76,7 +76,9 @@ class Settings:
     template_resolution_mm: float = 1.0  # the template's grid (coarser only for tests)
     template_contrast: str = "t2"  # "t2": made from the template's tissue maps; "t1": nilearn's T1 as is
     n4_shrink: int = 4
-    n4_iterations: tuple = (25, 15, 10)
+    n4_iterations: tuple = (50, 40, 30)  # per fitting level
+    n4_convergence: float = 1e-6  # SimpleITK's default (1e-3) stopped after a few iterations, the field
+    # mostly left in (measured on the phantom: log-field spread 0.119 -> 0.118 at 1e-3, 0.073 at 1e-7)
     registration_shrink: tuple = (4, 2)  # multi-resolution levels (relative to resolution_mm)
     registration_smoothing_mm: tuple = (3.0, 1.5)
     registration_sampling: float = 0.15  # share of voxels the metric samples (fixed seed)
@@ -244,6 +246,7 @@ def n4_correct(image, settings: Settings):
     mask = head_foreground(small)
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations([int(i) for i in settings.n4_iterations])
+    n4.SetConvergenceThreshold(float(settings.n4_convergence))
     n4.Execute(small, mask)
     log_field = n4.GetLogBiasFieldAsImage(image)
     return sitk.Cast(image / sitk.Cast(sitk.Exp(log_field), sitk.sitkFloat32), sitk.sitkFloat32), log_field
