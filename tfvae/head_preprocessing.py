@@ -386,7 +386,7 @@ def brain_mask_robex(head, raw, settings: Settings):
 
     data, affine = from_sitk(head)
     _, mask = robex(nib.Nifti1Image(data.astype(np.float32), affine), seed=int(settings.seed))
-    mask_image = to_sitk(np.asarray(mask.get_fdata(dtype=np.float32)), mask.affine)
+    mask_image = to_sitk(np.asarray(mask.get_fdata(), dtype=np.float32), np.asarray(mask.affine))
     return sitk.Cast(resample(mask_image, raw) >= 0.5, sitk.sitkUInt8)
 
 
