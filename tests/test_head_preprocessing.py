@@ -13,7 +13,6 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-pytest.importorskip("SimpleITK")
 
 from tfvae import head_preprocessing as hp  # noqa: E402
 from tfvae import nifti  # noqa: E402
@@ -156,3 +155,31 @@ def test_missing_extra_is_one_line(monkeypatch, tmp_path):
 def test_settings_refuse_an_unknown_brain_extraction():
     with pytest.raises(ValueError, match="atlas, threshold, robex"):
         hp.Settings(brain_extraction="bet")
+
+
+def test_command_lists_each_failed_scan_and_goes_on(tmp_path, capsys):
+    from tfvae import cli
+
+    head = raw_heads.synthesize_raw_head(2, **COARSE)
+    img = head.nifti()
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(img, str(folder / "a_noorient.nii.gz"))
+    (folder / "b_truncated.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 not a scan")
+    (folder / "notes.txt").write_text("skipped")
+    assert cli.main(["preprocess", str(folder), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr()
+    lines = [line for line in err.err.splitlines() if "FAILED" in line]
+    assert len(lines) == 2 and "a_noorient" in lines[0] and "orientation" in lines[0] and "b_truncated" in lines[1]
+    assert "0 of 2 scans preprocessed" in err.out
+
+
+def test_command_without_the_extra_is_one_line(monkeypatch, tmp_path, capsys):
+    from tfvae.commands import preprocess
+
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    assert preprocess.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("pip install tfvae[preprocess]")

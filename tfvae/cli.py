@@ -17,6 +17,7 @@ COMMANDS = {
     "reproduce": ("reproduce", "the paper's tables over seeds"),
     "benchmark": ("benchmark", "throughput of training, maps, projection, pipeline, metrics"),
     "export": ("export", "the model as a TensorFlow SavedModel"),
+    "preprocess": ("preprocess", "raw heads -> skull-stripped brains in template space (tfvae[preprocess])"),
 }
 
 
