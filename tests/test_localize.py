@@ -106,6 +106,24 @@ def test_modality_is_read_from_file_names():
     assert modality_from_name("scan.nii.gz") is None
 
 
+def test_a_flair_scan_is_warned_about_whatever_its_name(tiny_run, tmp_path):
+    """Field case 24: FLAIR scans named ``AX_FLAIR_T2`` or ``t2_tirm_tra_dark-fluid`` were scored
+    by a T2 run without a word (only names ending in ``flair`` were read). The reader now judges the
+    name and the fluid's brightness against the run's modality: each gets one warning, in the summary."""
+    from tfvae.run import Run
+
+    subject = phantom.synthesize_subject(9, tumours=False, voxel_mm=2.0)
+    brain = subject.image > 0
+    flair = np.where(brain, subject.image.max() - subject.image, 0).astype(np.float32)  # dark fluid
+    rows = []
+    for name in ("AX_FLAIR_T2.nii.gz", "t2_tirm_tra_dark-fluid_4.nii.gz"):
+        path = tmp_path / name
+        nib.save(nib.Nifti1Image(flair, subject.affine), str(path))
+        found = Run(tiny_run).localize(str(path), fpr=0.05)
+        rows.append([w for w in found.warnings if "looks like flair, not t2" in w])
+    assert all(len(r) == 1 and "give a t2 scan" in r[0] for r in rows)
+
+
 def test_outputs_never_land_among_inputs_and_are_never_read_as_scans(tiny_run, lps_scan, tmp_path, capsys):
     path, label, affine = lps_scan
     folder = os.path.dirname(path)

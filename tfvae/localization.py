@@ -36,26 +36,14 @@ import numpy as np
 from tfvae import files, nifti, postprocessing, preprocessing, scan_threshold
 from tfvae.data import clip as clip_lib
 from tfvae.scan_threshold import HealthyReference, ScanThreshold
+from tfvae.nifti import modality_from_name  # noqa: F401 (the one reader's; re-exported for callers)
 from tfvae.scoring import Scorer, Volume, variants
-
-MODALITY_ALIASES = {"t2": "t2", "t2w": "t2", "flair": "flair", "t2f": "flair", "t1": "t1", "t1w": "t1",
-                    "t1n": "t1", "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "pd": "pd", "pdw": "pd"}
-
-
-def modality_from_name(path: str) -> str | None:
-    """The MRI modality a file name suggests (``..._t1ce.nii.gz`` -> "t1ce"), or None."""
-    name = re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path).lower())
-    found = [MODALITY_ALIASES[t] for t in re.split(r"[_.\-\s]+", name) if t in MODALITY_ALIASES]
-    return found[-1] if found else None
 
 
 def scan_warnings(path: str, data: np.ndarray, affine: np.ndarray, reference: dict) -> list[str]:
-    """Differences from what the run was trained on (modality by file name, shape, voxel size)."""
+    """Differences from what the run was trained on: shape and voxel size (the modality, by name and
+    by the fluid's brightness, is judged by the reader: ``nifti.load_volume(expect_modality=...)``)."""
     warnings = []
-    modality = modality_from_name(path)
-    if modality and modality != reference["modality"]:
-        warnings.append(f"{path}: looks like {modality}, the run was trained on {reference['modality']}; "
-                        "scoring it anyway")
     voxel = [round(float(v), 2) for v in nib.affines.voxel_sizes(affine)]
     if reference.get("voxel_mm") is not None:
         ref_voxel = [round(float(v), 2) for v in reference["voxel_mm"]]
@@ -201,16 +189,20 @@ class Localizer:
     def __call__(self, scan, *, mask=None, affine=None) -> Localized:
         """``scan``: a NIfTI path, or an array with its ``affine``; ``mask``: a brain mask (path or
         array on the scan's grid). Raises ``nifti.BadInputError`` / ``ValueError`` with one line."""
-        from tfvae.nifti import check_same_grid, load_volume
+        from tfvae.nifti import check_same_grid, load_volume, modality_warning, read_background
 
         path = os.fspath(scan) if isinstance(scan, (str, os.PathLike)) else "array"
-        notes: list[str] = []  # what a forced read assumed
+        notes: list[str] = []  # what the reader said: a forced orientation, the background, the modality
+        modality = self.training_scans.get("modality") or "t2"
         if path != "array":
-            data, affine = load_volume(path, allow_unknown_orientation=self.force, notes=notes)
+            data, affine = load_volume(path, allow_unknown_orientation=self.force, notes=notes,
+                                       expect_modality=modality)
         elif affine is None:
             raise ValueError("an array scan needs its affine (affine=...)")
         else:
             data, affine = np.asarray(scan, np.float32), np.asarray(affine, np.float64)
+            data, said = read_background(data, "array")
+            notes += said
         if mask is None and path != "array":
             mask = mask_beside(path)  # <scan>_mask.nii[.gz], as tfvae calibrate and the nifti_folder builder read it
         mask_path = os.path.abspath(os.fspath(mask)) if isinstance(mask, (str, os.PathLike)) else None
@@ -218,6 +210,10 @@ class Localizer:
             mask_data, mask_affine = load_volume(os.fspath(mask), allow_unknown_orientation=self.force, notes=notes)
             check_same_grid(os.fspath(mask), mask_data, mask_affine, path, data, affine, "brain mask")
             mask = mask_data
+        if path == "array":
+            said = modality_warning("array", data, modality,
+                                    brain=None if mask is None else np.asarray(mask) > 0)
+            notes += [said] if said else []
         warnings = self.notes + notes + scan_warnings(path, data, affine, self.training_scans)
         result = localize(self.scorer, data, affine, predictor=self.predictor, reference=self.reference, fpr=self.fpr,
                           settings=self.config["postprocess"], image_size=self.config["data"]["image_size"],
