@@ -52,7 +52,7 @@ def test_outputs_and_the_mask_in_the_raw_grid(done):
     np.testing.assert_allclose(mask.affine, head.affine, atol=1e-5)
     assert _dice(np.asarray(mask.dataobj), head.brain_mask) >= MIN_DICE
     record = json.loads(open(paths["record"]).read())
-    assert record["settings"]["brain_extraction"] == "atlas"
+    assert record["settings"]["brain_extraction"] == "atlas" and record["raw_orientation"] == "PSL"
     assert 700 <= record["brain_volume_ml"] <= 2300
 
 

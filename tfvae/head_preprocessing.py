@@ -404,6 +404,12 @@ class Result:
     record: dict  # the transforms, settings, checks and timings (the JSON)
 
 
+def _axcodes(affine) -> tuple:
+    import nibabel as nib
+
+    return nib.aff2axcodes(np.asarray(affine))
+
+
 def _singular_values(matrix: np.ndarray) -> list[float]:
     return [float(s) for s in np.linalg.svd(matrix[:3, :3], compute_uv=False)]
 
@@ -481,6 +487,7 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
                   f"brain extraction: {settings.brain_extraction}", "crop to the brain"],
         "template": TEMPLATE_NAME,
         "raw_shape": [int(n) for n in np.shape(data)],
+        "raw_orientation": "".join(_axcodes(affine)),
         "raw_affine": np.asarray(affine, dtype=float).tolist(),
         "raw_to_template": np.linalg.inv(template_to_head).tolist(),
         "template_to_raw": template_to_head.tolist(),
