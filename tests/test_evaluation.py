@@ -703,3 +703,97 @@ def test_far_from_lesions_counts_millimetres_per_axis():
     assert far_from_lesions(np.zeros((2, 3, 3)), (1.0, 1.0, 1.0)).all()  # no lesion: everything is far
     from tfvae import reporting
     assert f"more than {FAR_MM:g} mm from any lesion" in reporting.legend()  # the printed legend says the same
+
+
+# --- issue 31: refused, interrupted and failed evaluations leave nothing behind; damaged thresholds -----
+def _copy_of(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = str(tmp_path / "R")
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*"))
+    return run_dir
+
+
+def test_a_refused_evaluation_removes_its_own_partial_folder_so_the_next_one_runs(tiny_run, tmp_path):
+    from tfvae.calibration import CalibrationError
+    from tfvae.run import Run
+
+    run = Run(_copy_of(tiny_run, tmp_path))
+    out = str(tmp_path / "eval")
+    fast = ['evaluate.predictors=["intensity"]']
+    with pytest.raises(CalibrationError, match="no calibration named 'mysite'"):  # refused once it had begun
+        run.evaluate(overrides=[*fast, "threshold.calibration=mysite"], out_dir=out, verbose=False)
+    assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if "tfvae-partial" in p]
+    assert set(run.evaluate(overrides=fast, out_dir=out, verbose=False)) == {"intensity"}  # no --overwrite needed
+
+
+def test_ctrl_c_during_an_evaluation_is_one_line_and_leaves_nothing(tiny_run, tmp_path, capsys, monkeypatch):
+    from tfvae import evaluation
+
+    real = evaluation.evaluate_run
+
+    def interrupted(run, config, out_dir, **kwargs):
+        os.makedirs(os.path.join(out_dir, "maps"))  # some of it written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_run", interrupted)
+    out = tmp_path / "eval"
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", str(out), "--predictors", "intensity"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"interrupted (Ctrl-C): nothing was put in place ({out} is as it was)"
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if "tfvae-partial" in p]
+    monkeypatch.setattr(evaluation, "evaluate_run", real)
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", str(out), "--predictors", "intensity"]) == 0
+
+
+def test_a_full_disk_reported_without_a_file_name_names_the_evaluation(tiny_run, tmp_path, capsys, monkeypatch):
+    """nibabel's gzip writer reports a full disk as ``[Errno 28] No space left on device`` with no file
+    (field report: ``error: : No space left on device``)."""
+    import errno
+
+    from tfvae import evaluation
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluation, "write_maps", full)
+    out = tmp_path / "eval"
+    assert evaluate_script.main(["--run-dir", tiny_run, "--out", str(out), "--predictors", "intensity"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out}: no space left on device (") and " free there); free space on that disk" \
+        in line and line.endswith(f"nothing was put in place ({out} is as it was)")
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if "tfvae-partial" in p]
+
+
+def test_a_damaged_thresholds_file_is_one_line_naming_it(tiny_run, tmp_path, capsys):
+    from tfvae.calibration import CalibrationError, ThresholdStore
+
+    run_dir = _copy_of(tiny_run, tmp_path)
+    path = os.path.join(run_dir, "thresholds.json")
+    with open(path, "w") as f:
+        f.write('{"calibrations": [{"key": {"checkpoint_sha256": "ab')  # a copy that stopped halfway
+    with pytest.raises(CalibrationError) as e:
+        ThresholdStore(path)
+    assert str(e.value).startswith(f"{path}: not valid JSON (line 1, column ") and "cut short or damaged?" in \
+        str(e.value) and "Run.calibrate(name=...)" in str(e.value)
+    assert evaluate_script.main(["--run-dir", run_dir, "--out", str(tmp_path / "eval"), "--predictors",
+                                 "intensity"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {path}: not valid JSON") and line.endswith(
+        "move it away (or put back a good copy) and run again -- calibrations of your own scans (tfvae calibrate "
+        "--name NAME) must then be made again")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_an_existing_evaluation_is_refused_in_the_callers_own_terms(evaluated, capsys):
+    from tfvae.run import Run, RunDirError
+
+    run, _ = evaluated
+    with pytest.raises(RunDirError) as e:
+        Run(run).evaluate()
+    assert str(e.value).endswith("already exists; pass overwrite=True to replace it, or evaluate into another "
+                                 "folder (out_dir=...)")
+    assert evaluate_script.main(["--run-dir", run]) == 2
+    assert capsys.readouterr().err.endswith("already exists; pass --overwrite to replace it, or evaluate into "
+                                            "another folder (--out DIR)\n")

@@ -139,6 +139,14 @@ def test_overwrite_replaces_a_run_and_deletes_the_old_one_only_after_success(tmp
     assert json.loads((tmp_path / "R" / MARKER_FILE).read_text())["kind"] == "run"
 
 
+KILLED_PARTIAL = "holds an evaluation that was killed before it finished; pass overwrite=True to clear it"
+
+
+class Killed(BaseException):
+    """A kill (SIGKILL, a power cut) emulated: no Python cleanup catches it (Ctrl-C's KeyboardInterrupt
+    is caught, and the evaluation's temporary folder removed)."""
+
+
 def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -161,18 +169,28 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
     assert "'tst'" in capsys.readouterr().err
     assert json.loads(open(os.path.join(run.eval_dir, "results.json")).read()).keys() == first.keys()
 
-    # killed while writing: the previous evaluation stays, the partial one is named, then cleared
-    def killed(*args, **kwargs):
+    # Ctrl-C while writing: the previous evaluation stays, the partial one is removed at once
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluation.reporting, "save_figures", killed)
+    monkeypatch.setattr(evaluation.reporting, "save_figures", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
     monkeypatch.undo()
     partial = sibling(run.eval_dir, "partial")
+    assert not os.path.exists(partial)
+
+    # killed while writing: the previous evaluation stays, the partial one is named, then cleared
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(evaluation.reporting, "save_figures", killed)
+    with pytest.raises(Killed):
+        run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
+    monkeypatch.undo()
     assert os.path.isdir(partial)
     assert set(json.loads(open(os.path.join(run.eval_dir, "results.json")).read())) == {"rec_error", "intensity"}
-    with pytest.raises(RunDirError, match="interrupted evaluation"):
+    with pytest.raises(RunDirError, match=KILLED_PARTIAL):
         run.evaluate(overrides=fast, verbose=False)
     again = run.evaluate(overrides=['evaluate.predictors=["intensity"]'], overwrite=True, verbose=False)
     assert set(again) == {"intensity"} and not os.path.exists(partial)
@@ -189,16 +207,16 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
 
     def rename_then_kill(src, dst):
         if os.path.basename(src).startswith(".eval.tfvae-partial"):
-            raise KeyboardInterrupt
+            raise Killed
         real_rename(src, dst)
 
     monkeypatch.setattr(run_module.os, "rename", rename_then_kill)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         run.evaluate(overrides=fast, overwrite=True, verbose=False)
     monkeypatch.undo()
     assert not os.path.exists(run.eval_dir) and results_of(aside) == {"intensity"}
     # the next evaluation puts the previous one back first, then replaces it only when complete
-    with pytest.raises(RunDirError, match="interrupted evaluation"):
+    with pytest.raises(RunDirError, match=KILLED_PARTIAL):
         run.evaluate(overrides=fast, verbose=False)
     assert results_of(run.eval_dir) == {"intensity"} and not os.path.exists(aside)
     # killed after the swap, before the replaced one was deleted: it is cleared next time
@@ -208,11 +226,11 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
         if ".eval.tfvae-replaced" in os.path.basename(path):
             real_rmtree(os.path.join(path, "maps"), ignore_errors=True)  # killed half way through the delete
             os.remove(os.path.join(path, MARKER_FILE))
-            raise KeyboardInterrupt
+            raise Killed
         real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(rundir.shutil, "rmtree", rmtree_killed)  # the layer that deletes our folders
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         run.evaluate(overrides=fast, overwrite=True, verbose=False)
     monkeypatch.undo()
     # the half-deleted folder was renamed before the delete began: nothing half-made under a name we read

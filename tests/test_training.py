@@ -26,6 +26,12 @@ pytestmark = pytest.mark.slow  # trains models
 train_script = load_script("train")
 
 
+def replaced(items, *changes):
+    """``--set`` items with ``changes`` in place of the same keys' (a key given twice is refused)."""
+    keys = {c.split("=", 1)[0] for c in changes}
+    return [i for i in items if i.split("=", 1)[0] not in keys] + list(changes)
+
+
 def summary_tags(folder):
     """{tag: plugin name} of every summary written under ``folder``."""
     tags = {}
@@ -110,7 +116,7 @@ def test_resume_continues_where_training_stopped(tmp_path, tiny_overrides):
     assert os.path.isfile(os.path.join(run, "model.keras"))
     # extending a finished run trains only the new epochs
     assert train_script.main(["--config", BETA10, "--run-dir", run, "--resume",
-                              "--set", *tiny_overrides, "train.epochs=4"]) == 0
+                              "--set", *replaced(tiny_overrides, "train.epochs=4")]) == 0
     assert history_epochs(run) == [0, 1, 2, 3]
 
 
@@ -285,3 +291,77 @@ def test_hparams_hold_the_key_settings_then_the_keys_a_search_varies():
     assert list(plain) == list(KEY_HPARAMS) and plain["train.with_augment"] is True and plain["train.seed"] == 0
     searched = run_hparams(config, ["train.batch_size", "model.beta"])
     assert list(searched) == list(KEY_HPARAMS) + ["train.batch_size"] and searched["train.batch_size"] == 32
+
+
+# --- issue 31: Ctrl-C, and resume files damaged after they were written --------------------------------
+def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, tiny_overrides, capsys, monkeypatch):
+    run = str(tmp_path / "R")
+    real = training.train
+    monkeypatch.setattr(training, "train", lambda config, run_dir, **kw: real(
+        config, run_dir, **{**kw, "extra_callbacks": [InterruptAfterEpoch(0)]}))
+    assert train_script.main(["--config", BETA10, "--run-dir", run, "--set",
+                              *replaced(tiny_overrides, "train.epochs=3")]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == (f"interrupted (Ctrl-C): 1 finished epoch(s) kept in {run}; continue "
+                                            f"with: tfvae train --run-dir {run} --resume")
+    monkeypatch.undo()
+    assert train_script.main(["--run-dir", run, "--resume"]) == 0  # the command it gave
+    assert history_epochs(run) == [0, 1, 2]
+
+
+def test_a_real_sigint_ends_training_with_one_line_and_exit_130(tmp_path, tiny_overrides):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "R"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "tfvae.cli", "train", "--config", BETA10, "--run-dir", str(run),
+                             "--set", *replaced(tiny_overrides, "train.epochs=200")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    state = run / "checkpoints" / "backup" / "state.json"
+    deadline = time.time() + 240
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.exists(), proc.stderr.read() if proc.poll() is not None else "no epoch finished in time"
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted (Ctrl-C): ") and last.endswith(f"continue with: tfvae train --run-dir {run} "
+                                                                       "--resume")
+
+
+def test_resume_weights_cut_short_fall_back_to_the_last_checkpoint(tmp_path, tiny_overrides, capsys):
+    run = str(tmp_path / "R")
+    assert train_script.main(["--config", BETA10, "--run-dir", run, "--set", *tiny_overrides]) == 0
+    weights = os.path.join(run, "checkpoints", "backup", "weights-2.weights.h5")
+
+    def cut(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+
+    cut(weights)  # e.g. a copy of the run that stopped halfway
+    capsys.readouterr()
+    assert train_script.main(["--run-dir", run, "--resume", "--set", "train.epochs=3"]) == 0
+    err = capsys.readouterr().err
+    last = os.path.join(run, "checkpoints", "last.keras")
+    warning = next(line for line in err.splitlines() if line.startswith(f"warning: {weights}"))
+    assert warning.startswith(f"warning: {weights} cannot be read (cut short or damaged? OSError: ")
+    assert warning.endswith(f"resuming from {last} instead, saved at the end of the same epoch (2)")
+    assert history_epochs(run) == [0, 1, 2]
+    # both cut short: one line naming both and what to do, the same again on a second try
+    cut(os.path.join(run, "checkpoints", "backup", "weights-3.weights.h5"))
+    cut(last)
+    for _ in range(2):
+        assert train_script.main(["--run-dir", run, "--resume", "--set", "train.epochs=4"]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"error: {run}/checkpoints/backup/weights-3.weights.h5 cannot be read (cut short")
+        assert f"; nor can the fall-back: {last} cannot be read (cut short or damaged?" in line
+        assert line.endswith("the run cannot resume; start it again with --overwrite")
+    assert history_epochs(run) == [0, 1, 2]

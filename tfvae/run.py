@@ -273,7 +273,8 @@ class Run(RunDir):
                 mark(partial, "evaluation")
                 results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
                 swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)
-        except BaseException as e:  # refused, failed or interrupted: our temporary folder goes, out_dir stays as it was
+        except (Exception, KeyboardInterrupt) as e:  # refused, failed or Ctrl-C: our temporary folder goes (a kill
+            # runs no cleanup: its folder is named by the next evaluation and cleared by overwrite)
             _discard_partial(partial)
             if isinstance(e, OSError) and e.filename and os.fspath(e.filename).startswith(partial + os.sep):
                 e.filename = out_dir + os.fspath(e.filename)[len(partial):]  # the name it would have had
