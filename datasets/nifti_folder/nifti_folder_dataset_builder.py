@@ -181,6 +181,7 @@ def find_cases(root: epath.Path, modality: str | None = None) -> list[Case]:
                                           "put its scan there, or move it out of the folder")
             chosen = _one_channel(path, found, root / "/".join(parts[:i]) if i else root, modality)
             pair(cases[(images, chosen)], path, folder)
+            used.update((images, s) for s in found if s != chosen)  # the case's other channels: not healthy scans
             continue
         beside = scans.get(parts, {})
         if _base(stem) in beside:  # named after its scan: <scan>_seg, <scan>_label, <scan>-seg, ...
