@@ -148,8 +148,11 @@ def check_trained_with(config: dict, run_dir: str, retrain: bool = False) -> boo
     saved, wanted = training_keys(config_lib.load(run.config_path)), training_keys(config)
     if saved != wanted and not retrain:
         diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        raise RetrainError(f"{run_dir} was trained with other settings ({', '.join(diff)}); "
-                           "pass --retrain to replace it or --runs-dir to use another folder")
+        from tfvae.console import option
+
+        raise RetrainError(f"{run_dir} was trained with other settings ({', '.join(diff)}); pass "
+                           f"{option('--retrain', 'retrain=True')} to replace it or "
+                           f"{option('--runs-dir', 'another runs_dir')} to use another folder")
     return saved == wanted
 
 

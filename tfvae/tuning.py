@@ -592,8 +592,11 @@ def prepare_search_dir(search: Search, search_dir: str, overwrite: bool = False)
                 saved = json.load(f)
             keys = [k for k in described if k != "source" and saved.get(k) != described[k]]
             if keys:
+                from tfvae.console import option
+
                 raise SearchDirError(f"{search_dir} holds another search (differs in {', '.join(keys)}); pass "
-                                     "--overwrite to replace it or --dir to search elsewhere")
+                                     f"{option('--overwrite', 'overwrite=True')} to replace it or "
+                                     f"{option('--dir', 'another search_dir')} to search elsewhere")
             return True
     os.makedirs(search_dir, exist_ok=True)
     files.write_json(marker, described)  # whole: a worker starting at the same time sees all of it or nothing
