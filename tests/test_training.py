@@ -275,8 +275,8 @@ def test_a_full_disk_while_training_is_one_line_and_the_run_resumes(tmp_path, ti
     assert train_script.main(["--config", BETA10, "--run-dir", run, "--set", *tiny_overrides]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"error: {run}/checkpoints/") and "no space left on device (" in line
-    assert line.endswith(f"free space on that disk, or write somewhere else; the last finished epoch is kept: then "
-                         f"continue with: tfvae train --run-dir {run} --resume")
+    assert line.endswith(f"free space on that disk, or move the run to another disk; the last finished epoch is kept: "
+                         f"then continue with: tfvae train --run-dir {run} --resume")
     assert not os.path.isfile(os.path.join(run, "model.keras"))  # nothing that looks finished
     monkeypatch.undo()
     assert train_script.main(["--run-dir", run, "--resume"]) == 0  # space freed: it completes

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
 
 def _evaluate(args, run, config, overrides) -> int:
     from tfvae import config as config_lib
+    from tfvae import files
     from tfvae.console import quiet_tensorflow
     from tfvae.run import RunDirError
 
@@ -100,10 +101,13 @@ def _evaluate(args, run, config, overrides) -> int:
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # disk full, permission denied: the partial evaluation is removed (Run.evaluate)
+    except Exception as e:  # disk full, permission denied: the partial evaluation is removed (Run.evaluate)
+        found = files.as_os_error(e)  # an OSError, or TensorFlow's writers' errors (TensorBoard's figures)
+        if found is None:
+            raise
         out = args.out or run.eval_dir
-        print(f"error: {os_error(e, out, elsewhere='evaluate into another folder (--out DIR)')}; nothing was put "
-              f"in place ({out} is as it was)", file=sys.stderr)
+        print(f"error: {os_error(found, out, elsewhere='evaluate into another folder (--out DIR)')}; nothing was "
+              f"put in place ({out} is as it was)", file=sys.stderr)
         return 2
     out_dir = args.out or run.eval_dir
     print()

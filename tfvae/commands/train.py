@@ -110,6 +110,7 @@ def interrupted(run_dir: str) -> str:
 
 def _train(args, config, run_dir) -> int:
     from tfvae import config as config_lib
+    from tfvae import files
     from tfvae import data
     from tfvae.callbacks import NonFiniteLoss
     from tfvae.nifti import BadInputError
@@ -148,15 +149,18 @@ def _train(args, config, run_dir) -> int:
     except (data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # disk full, permission denied: the run stays resumable (--resume)
-        print(f"error: {os_error(e, run.dir)}; the last finished epoch is kept: then continue with: "
-              f"{resume_command(run.dir)}", file=sys.stderr)
-        return 2
     except NonFiniteLoss as e:
         where = ("the new run was discarded and the run it was to replace is back in place" if run.restored_previous
                  else f"the checkpoints of the last good epoch are in {run.checkpoints_dir}")
         print(f"error: {e}; stopped: {where}; try a lower train.learning_rate.", file=sys.stderr)
         return 1
+    except Exception as e:  # disk full, permission denied (an OSError, or TensorFlow's writers' errors): resumable
+        found = files.as_os_error(e)
+        if found is None:
+            raise
+        print(f"error: {os_error(found, run.dir, elsewhere='move the run to another disk')}; the last finished epoch "
+              f"is kept: then continue with: {resume_command(run.dir)}", file=sys.stderr)
+        return 2
     final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
     summary = "  ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()))
     print(f"trained {len(history.epoch)} epochs: {summary}")

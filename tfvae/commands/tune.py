@@ -26,7 +26,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfvae.commands import add_set, entry, parser, parse_quietly  # noqa: E402
+from tfvae.commands import INTERRUPTED, add_set, entry, parser, parse_quietly  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -64,6 +64,10 @@ def main(argv=None) -> int:
     tuner = tuning.make_tuner(search, search_dir, verbose=0 if args.quiet else 2)
     try:
         tuning.run_trials(tuner, search_dir, search)
+    except KeyboardInterrupt:  # Ctrl-C: finished trials stay; the same command carries on where it stopped
+        print(f"\ninterrupted (Ctrl-C): finished trials are kept in {search_dir}; the same command continues the "
+              "search", file=sys.stderr)
+        return INTERRUPTED
     except tuning.SearchFailed as e:
         if not worker:
             tuning.write_trials(tuner, search, search_dir)  # what did finish, and how each trial ended
