@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     for i, seed in enumerate(args.seeds):
         methods = [m for m in args.methods if m != "robex" or i < args.robex_scans]
         rows.append(measure(seed, methods, settings))
-        print(f"seed {seed}: " + ", ".join(f"{m} {v.get('dice', float('nan')):.3f}" for m, v in rows[-1]["methods"].items()),
-              file=sys.stderr, flush=True)
+        done = ", ".join(f"{m} {v.get('dice', float('nan')):.3f}" for m, v in rows[-1]["methods"].items())
+        print(f"seed {seed}: {done}", file=sys.stderr, flush=True)
     summary = {}
     for m in args.methods:
         got = [r["methods"][m] for r in rows if m in r["methods"] and "dice" in r["methods"][m]]

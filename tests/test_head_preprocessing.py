@@ -1,7 +1,8 @@
 """Tests of tfvae.head_preprocessing on small coarse raw phantom heads (4 mm voxels, a 4 mm template).
 
-Bounds: measured on seeds 0-2 at these settings, atlas masks had Dice 0.93-0.97 against the truth in
-the raw grid (at 2 mm atlas_threshold, the default, 0.94-0.96) (docs/preprocessing.md has the 1 mm measurement); the tests ask for 0.90."""
+Bounds: measured on seeds 0-2 at these settings, atlas masks had Dice 0.93-0.97 against the truth
+in the raw grid (at 2 mm atlas_threshold, the default, 0.94-0.96; docs/preprocessing.md has the 1 mm
+measurement); the tests ask for 0.90."""
 
 import json
 import os
@@ -103,7 +104,6 @@ def test_transform_round_trip_within_a_voxel(done):
 
 
 def test_n4_flattens_a_bias_field():
-    sitk = hp.require_simpleitk()
     from tfvae_datasets.brain_phantom import phantom
 
     subject = phantom.synthesize_subject(5, tumours=False, voxel_mm=4.0)

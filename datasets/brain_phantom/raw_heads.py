@@ -95,7 +95,7 @@ def _membership(distance_mm, boundary_mm, voxel_mm: float):
     return np.clip((boundary_mm - distance_mm) / voxel_mm + 0.5, 0.0, 1.0)
 
 
-def _head_in_phantom_space(rng, subject: phantom.SyntheticSubject, voxel_mm: float, wm_t2: float, csf_t2: float):
+def _head_in_phantom_space(rng, subject: phantom.SyntheticSubject, voxel_mm: float, csf_t2: float):
     """(image, brain fraction, label, affine) of the head on the phantom's grid padded for the shells
     and the neck (float32, float32, uint8, float64)."""
     pad = int(np.ceil(_PAD_MM / voxel_mm))
@@ -171,7 +171,7 @@ def synthesize_raw_head(seed: int, *, tumours: bool = False, brain_voxel_mm: flo
     rng = np.random.default_rng((int(seed), int(bool(tumours)), RAW_STREAM))
     wm_t2 = float(np.median(subject.image[subject.brain_mask]))  # only sets the air's noise level below
     csf_t2 = float(np.percentile(subject.image[subject.brain_mask], 97))
-    image, fraction, label, head_affine = _head_in_phantom_space(rng, subject, float(brain_voxel_mm), wm_t2, csf_t2)
+    image, fraction, label, head_affine = _head_in_phantom_space(rng, subject, float(brain_voxel_mm), csf_t2)
 
     angles = rng.uniform(-max_rotation_deg, max_rotation_deg, 3)
     translation = rng.uniform(-max_translation_mm, max_translation_mm, 3)
