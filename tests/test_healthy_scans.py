@@ -108,4 +108,5 @@ def test_an_unknown_or_changed_calibration_is_one_line(run, site, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert "calibration 'copies': its scans changed" in err and "\n" not in err
     assert calibrate_script.main(["--run-dir", run.dir, "--name", "bad name!", str(scans)]) == 2
-    assert "threshold.calibration must be a name" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the command line's terms: the flag, not the config key
+    assert "--name 'bad name!': must be a name of letters" in err and "threshold.calibration" not in err
