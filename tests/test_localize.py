@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -444,3 +445,33 @@ def test_summary_says_a_fallback_with_its_reason_and_leaves_what_was_not_estimat
     # about 1000 of 21000 pixels score far above the healthy bulk: the share of the brain that does not look healthy
     assert float(fitted_row["estimated_lesion_share"]) == pytest.approx(fitted.lesion_share, abs=1e-4)
     assert 0.03 < float(fitted_row["estimated_lesion_share"]) < 0.07
+
+
+def test_label_maps_are_never_localized_as_scans(tiny_run, lps_scan, tmp_path, capsys):
+    """Issue 31: nnU-Net's labelsTr/, MSLUB's consensus_gt and a segmentation under a scan's name
+    were scored as scans. Named as label maps they are skipped in a folder (a folder of only them,
+    or a labelsTr/ folder, is one line); a label map by its content is refused whatever its name."""
+    from tfvae.localization import scan_files
+
+    path, label, affine = lps_scan
+    scans = tmp_path / "case"
+    scans.mkdir()
+    shutil.copy(path, scans / "patient_T2W.nii.gz")
+    for name in ("consensus_gt.nii.gz", "patient_label.nii.gz", "patient_brainmask.nii.gz"):
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(scans / name))
+    assert scan_files([str(scans)]) == [str(scans / "patient_T2W.nii.gz")]
+    labels = tmp_path / "labelsTr"
+    labels.mkdir()
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(labels / "case_001.nii.gz"))
+    with pytest.raises(ValueError, match="a folder of label maps"):
+        scan_files([str(labels)])
+    only = tmp_path / "only_labels"
+    only.mkdir()
+    shutil.copy(scans / "consensus_gt.nii.gz", only)
+    with pytest.raises(ValueError, match="named as label maps or masks"):
+        scan_files([str(only)])
+    disguised = tmp_path / "disguised_t2.nii.gz"  # a segmentation saved under a scan's name
+    shutil.copy(scans / "consensus_gt.nii.gz", disguised)
+    assert localize_script.main(["--run-dir", tiny_run, str(disguised), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "a label map or mask, not a scan" in err and str(disguised) in err

@@ -33,7 +33,7 @@ import re
 import nibabel as nib
 import numpy as np
 
-from tfvae import files, nifti, postprocessing, preprocessing, scan_threshold
+from tfvae import files, labelmaps, nifti, postprocessing, preprocessing, scan_threshold
 from tfvae.data import clip as clip_lib
 from tfvae.scan_threshold import HealthyReference, ScanThreshold
 from tfvae.nifti import modality_from_name  # noqa: F401 (the one reader's; re-exported for callers)
@@ -197,6 +197,9 @@ class Localizer:
         if path != "array":
             data, affine = load_volume(path, allow_unknown_orientation=self.force, notes=notes,
                                        expect_modality=modality)
+            looks = labelmaps.content_reason(data)
+            if looks:  # a segmentation given as a scan, whatever its name
+                raise nifti.BadInputError(f"{path}: {looks}: a label map or mask, not a scan; give the scan it labels")
         elif affine is None:
             raise ValueError("an array scan needs its affine (affine=...)")
         else:
@@ -334,8 +337,9 @@ SUMMARY = "summary.csv"
 
 def scan_files(items) -> list[str]:
     """The NIfTI scans among ``items`` (files, or folders searched for *.nii / *.nii.gz, skipping
-    ``*_seg`` and ``*_mask`` files and tfvae's own outputs); a missing item or an empty folder is a
-    one-line ``ValueError``."""
+    files named as label maps or masks -- ``_seg``, ``_label``, ``consensus_gt``, ``_mask``, ...:
+    ``labelmaps.name_kind`` -- and tfvae's own outputs); a missing item, an empty folder, a folder
+    of label maps (``labelsTr/``) or of files all named as label maps is a one-line ``ValueError``."""
     scans = []
     for item in items:
         if os.path.isdir(item):
@@ -343,8 +347,15 @@ def scan_files(items) -> list[str]:
                 names = sorted(n for n in os.listdir(item) if not nifti.ignored(n))
             except PermissionError:
                 raise ValueError(f"{item}: cannot be read (permission denied)") from None
-            found = [os.path.join(item, n) for n in names if nifti.strip_nifti_suffix(n) is not None
-                     and not re.search(r"_(seg|mask)\.nii(\.gz)?$", n)]
+            niftis = [n for n in names if nifti.strip_nifti_suffix(n) is not None]
+            found = [os.path.join(item, n) for n in niftis if labelmaps.name_kind(nifti.strip_nifti_suffix(n)) is None]
+            folder = labelmaps.label_folder([os.path.basename(os.path.normpath(item))])
+            if folder and found:
+                raise ValueError(f"{item}: a folder of label maps ({folder}/, as nnU-Net and the Decathlon name "
+                                 "them), not of scans; give the scans' folder (e.g. imagesTs/)")
+            if not found and niftis:
+                raise ValueError(f"{item}: its {len(niftis)} NIfTI file(s) (e.g. {niftis[0]}) are named as label maps "
+                                 "or masks (seg, label, gt, mask, ...), not scans; give the scans")
             if not found:
                 dicom = [n for n in names[:1000] if nifti.is_dicom(os.path.join(item, n))]
                 if dicom:

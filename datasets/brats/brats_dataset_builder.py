@@ -205,7 +205,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _load(self, case: epath.Path):
         image_path = case_file(case, self.builder_config.modality)
         seg_path = case_file(case, "seg")
-        image, affine = real_data.load_volume(image_path)
+        image, affine = real_data.load_volume(image_path, expect_modality=self.builder_config.modality)
         seg, seg_affine = real_data.load_volume(seg_path)
         real_data.check_same_grid(seg_path, seg, seg_affine, image_path, image, affine, "segmentation")
         label, convention = convert_labels(seg_path, seg, case.name, self.builder_config.cavity)

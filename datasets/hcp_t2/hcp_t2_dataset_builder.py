@@ -100,7 +100,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         image_path = subject / folder / image_name
         if not image_path.is_file():
             raise real_data.bad(image_path, "missing T2 image (modality t2) of this subject")
-        image, affine = real_data.load_volume(image_path)
+        image, affine = real_data.load_volume(image_path, expect_modality="t2")
         mask = None
         mask_path = subject / folder / mask_name
         if mask_path.is_file():

@@ -288,7 +288,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _load(self, case: Case):
         cfg = self.builder_config
         path = case.scan
-        image, affine = real_data.load_volume(path)
+        image, affine = real_data.load_volume(path, expect_modality=self.builder_config.modality)
         looks = labelmaps.content_reason(image)
         if looks:  # a label map by its content, whatever its name: never trained on as a scan
             raise real_data.bad(path, f"{looks}: a label map or mask, not a scan; name it <scan>_seg.nii.gz after "
