@@ -797,3 +797,22 @@ def test_an_existing_evaluation_is_refused_in_the_callers_own_terms(evaluated, c
     assert evaluate_script.main(["--run-dir", run]) == 2
     assert capsys.readouterr().err.endswith("already exists; pass --overwrite to replace it, or evaluate into "
                                             "another folder (--out DIR)\n")
+
+
+def test_a_test_split_of_one_volume_is_evaluated_without_the_ensemble(tiny_run, tmp_path, capsys):
+    """Field case 05 (one BraTS case): evaluation stopped with 'the ensemble needs at least 2 test
+    volumes'. With the default predictors the ensemble -- fitted on some test volumes, scored on the
+    others -- is left out with a note; asked for by name it is still the one-line error."""
+    from tfvae_datasets import testing_trees
+
+    manual = tmp_path / "brats"
+    testing_trees.brats_case(str(manual), "Brats18_TCIA_001_1", seed=3)
+    data = ["data.test_name=brats", f"data.manual_dir={manual}", f"data.data_dir={tmp_path / 'tfds'}"]
+    evaluate = evaluate_script
+    assert evaluate.main(["--run-dir", tiny_run, "--out", str(tmp_path / "eval"), "--set", *data]) == 0
+    assert "the test split has 1 volume(s): the ensemble" in capsys.readouterr().out
+    results = json.load(open(tmp_path / "eval" / "results.json"))
+    assert "rec_error" in json.dumps(results) and '"ensemble"' not in json.dumps(results)
+    assert evaluate.main(["--run-dir", tiny_run, "--out", str(tmp_path / "eval2"), "--predictors", "ensemble",
+                          "--set", *data]) == 2
+    assert "the ensemble needs at least 2 test volumes" in capsys.readouterr().err

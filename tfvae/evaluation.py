@@ -371,13 +371,20 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
 
     ``stages``, when given, receives the wall seconds of the set-up -- "selection" (``Scorer.fit``:
     the KL-grad range and the filtered maps' sizes) and "calibration" -- and of "scoring" the test
-    split (its volume ids read, its stream and consumers, then the metrics; the calibration run
+    split (its stream and consumers, then the metrics; the calibration run
     inside the stream left out), e.g. for ``benchmark.evaluation``."""
-    predictors = list(predictors or config["evaluate"]["predictors"] or ALL_PREDICTORS)
+    asked = list(predictors or config["evaluate"]["predictors"] or [])
+    predictors = asked or list(ALL_PREDICTORS)
     unknown = [p for p in predictors if p not in ALL_PREDICTORS]
     if unknown:
         raise ValueError(f"unknown predictor(s) {', '.join(unknown)} (known: {', '.join(ALL_PREDICTORS)})")
     predictors = [p for p in ALL_PREDICTORS if p in predictors]  # tables list them in this order
+    ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
+    if "ensemble" in predictors and len(set(ids)) < 2 and "ensemble" not in asked:
+        # fitted on some test volumes and scored on the others: nothing to score with one volume
+        print(f"note: the test split has {len(set(ids))} volume(s): the ensemble (fitted on some test volumes, "
+              "scored on the others) is left out", flush=True)
+        predictors.remove("ensemble")
     ev, settings = config["evaluate"], config["postprocess"]
     features = config["ensemble"]["features"]
     needed = set(predictors) | (set(features) if "ensemble" in predictors else set())
@@ -389,7 +396,6 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
         reference = scorer.fit(validation, stored=stored.get("reference"), verbose=verbose)
 
     start, calibrating = time.perf_counter(), stages.seconds.get("calibration", 0.0)  # the scoring's clock
-    ids = [v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()]
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
                            if "ensemble" in predictors else ([], sorted(set(ids))))
     from tfvae.console import progress_verbosity
