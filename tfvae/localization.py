@@ -108,8 +108,10 @@ def slice_scan(data: np.ndarray, affine: np.ndarray, *, image_size: int, fov_mm:
     outside = (f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view"
                if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV else None)
     if outside and not force:
-        raise ValueError(f"{outside} and would not be scored (check the voxel sizes in the header); pass --force "
-                         "(force=True) to score the rest anyway")
+        from tfvae.console import option
+
+        raise ValueError(f"{outside} and would not be scored (check the voxel sizes in the header); pass "
+                         f"{option('--force', 'force=True')} to score the rest anyway")
     return dataclasses.replace(sliced, image=clip_lib(sliced.image, clip)), outside
 
 

@@ -155,8 +155,10 @@ def load_volume(path, *, dtype=np.float32, allow_unknown_orientation: bool = Fal
         source = orientation_source(img, str(path))
         if source is None:
             why, fix, assumed = _unknown_orientation(img)
+            from tfvae.console import option
+
             text = (f"{why}: the orientation of its axes is unknown and tfvae never assumes it; {fix} or pass "
-                    f"--force (force=True) to score it with {assumed}")
+                    f"{option('--force', 'force=True')} to score it with {assumed}")
             if not allow_unknown_orientation:
                 raise UnknownOrientationError(f"{path}: {text}")
             said.append(f"{path}: orientation unknown ({why}); assumed {assumed} (forced)")

@@ -118,6 +118,8 @@ def check_skull_stripped(nonzero: np.ndarray) -> None:
     brain cropped to its bounding box touches its in-plane faces only where it is widest. Faces of
     a thin axis (a sagittal or coronal slab: ``THIN_AXIS``) are cuts too and not counted.
     """
+    from tfvae.console import option
+
     fill = float(nonzero.mean())
     longest = max(nonzero.shape)
     axes = [axis for axis in (0, 1) if nonzero.shape[axis] > THIN_AXIS * longest]
@@ -128,8 +130,10 @@ def check_skull_stripped(nonzero: np.ndarray) -> None:
     if fill > NOT_STRIPPED_FILL or on_border > NOT_STRIPPED_BORDER:
         raise PreprocessingError(
             f"does not look skull-stripped ({100 * fill:.0f}% of the voxels and {100 * on_border:.0f}% of the "
-            "array's in-plane border are non-zero, where a brain-extracted scan has a zero background): skull-strip "
-            "it (e.g. SynthStrip, HD-BET or FSL BET) or give its brain mask (<scan>_mask.nii.gz beside it, or --mask)")
+            "array's in-plane border are non-zero, where a brain-extracted scan has a zero background): "
+            f"preprocess it (tfvae preprocess: skull stripping in template space), skull-strip it (e.g. SynthStrip, "
+            f"HD-BET or FSL BET) or give its brain mask (<scan>_mask.nii.gz beside it, or "
+            f"{option('--mask', 'mask=...')})")
 
 
 VOXEL_DECIMALS = 5  # voxel sizes are compared to 1e-5 mm: an oblique affine's float noise is no change
