@@ -325,7 +325,7 @@ def test_formats_without_orientation_are_refused_unless_forced(tmp_path, subject
                         (codes0, "qform_code and sform_code are both 0")):
         with pytest.raises(UnknownOrientationError) as e:
             load_volume(path)
-        one_line(str(e.value), path, lacks, "tfvae never assumes it", "--force")
+        one_line(str(e.value), path, lacks, "tfvae never assumes it", "force=True")  # from Python: the argument (the command line: --force)
         notes = []
         load_volume(path, allow_unknown_orientation=True, notes=notes)
         assert len(notes) == 1
