@@ -539,21 +539,62 @@ def _write_nifti(path: str, data: np.ndarray, affine: np.ndarray) -> None:
         nib.save(img, tmp)
 
 
-def preprocess_scan(scan, out_dir, settings: Settings | None = None) -> dict:
+def file_sha256(path) -> str:
+    """SHA-256 of a file's content (what the cache of ``preprocess_scan(reuse=True)`` is keyed by)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _settings_json(settings: Settings) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
+def reusable(scan, out_dir, settings: Settings | None = None, digest: str | None = None) -> dict | None:
+    """The paths of ``scan``'s outputs in ``out_dir`` when they are all there and its record says they
+    were made from this very content (SHA-256 ``digest``, else read) with these ``settings``; else None."""
+    settings = settings or Settings()
+    paths = output_paths(scan, out_dir)
+    if not all(os.path.isfile(p) for p in paths.values()):
+        return None
+    try:
+        record = load_record(paths["record"])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("settings") != _settings_json(settings):
+        return None
+    if record.get("scan_sha256") != (digest or file_sha256(scan)):
+        return None
+    return paths
+
+
+def preprocess_scan(scan, out_dir, settings: Settings | None = None, *, reuse: bool = False) -> dict:
     """Preprocess the NIfTI file ``scan`` and write its three outputs to ``out_dir`` (see the module
-    docstring); returns their paths. Raises ``tfvae.nifti.BadInputError`` for an unreadable file or a
-    header without orientation, ``PreprocessError`` for a scan that fails, ``MissingExtraError``
-    without SimpleITK -- each one line naming the scan."""
+    docstring); returns their paths. With ``reuse``, outputs made before from the same content
+    (SHA-256, in the record) with the same settings are kept (``reusable``). Raises
+    ``tfvae.nifti.BadInputError`` for an unreadable file or a header without orientation,
+    ``PreprocessError`` for a scan that fails, ``MissingExtraError`` without SimpleITK -- each one
+    line naming the scan."""
     from tfvae import files, nifti
 
     require_simpleitk()
+    settings = settings or Settings()
+    digest = file_sha256(scan) if os.path.isfile(scan) else None
+    if reuse and digest is not None:
+        found = reusable(scan, out_dir, settings, digest)
+        if found is not None:
+            return found
     data, affine = nifti.load_volume(scan)
     result = preprocess_volume(data, affine, name=os.fspath(scan), settings=settings)
     paths = output_paths(scan, out_dir)
     _write_nifti(paths["preprocessed"], result.brain, result.brain_affine)
     _write_nifti(paths["brainmask"], result.brain_mask, result.raw_affine)
-    files.write_json(paths["record"], {**result.record, "outputs": {k: os.path.basename(v) for k, v in
-                                                                   paths.items()}})
+    files.write_json(paths["record"], {**result.record, "scan_sha256": digest,  # written last: the cache's key
+                                       "outputs": {k: os.path.basename(v) for k, v in paths.items()}})
     return paths
 
 

@@ -67,6 +67,7 @@ class Localized:
     warnings: list = dataclasses.field(default_factory=list)
     scan_threshold: ScanThreshold | None = None  # how the threshold was chosen, and its estimated FPR
     brain_mask: str | None = None  # the brain mask file used; None: the scan's non-zero voxels (or an array given)
+    preprocessing: dict | None = None  # a raw head preprocessed first (``preprocess``): its files, reused or not
 
     @property
     def estimated_fpr(self) -> float:
@@ -188,10 +189,29 @@ class Localizer:
         self.settings = batch_settings(run, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint,
                                        digest=run.model_digest(checkpoint))
 
-    def __call__(self, scan, *, mask=None, affine=None) -> Localized:
+    def __call__(self, scan, *, mask=None, affine=None, preprocess=None, preprocess_dir=None) -> Localized:
         """``scan``: a NIfTI path, or an array with its ``affine``; ``mask``: a brain mask (path or
-        array on the scan's grid). Raises ``nifti.BadInputError`` / ``ValueError`` with one line."""
+        array on the scan's grid). ``preprocess`` (True, or ``head_preprocessing.Settings``): ``scan``
+        is a raw head, localized through ``localize_raw`` (its preprocessing written to
+        ``preprocess_dir``, a temporary folder when None). Raises ``nifti.BadInputError`` /
+        ``ValueError`` with one line."""
         from tfvae.nifti import check_same_grid, load_volume, modality_warning, read_background
+
+        chosen = preprocess_settings(preprocess)
+        if chosen is not None:
+            if mask is not None:
+                from tfvae.console import option
+
+                raise ValueError(f"{option('--preprocess', 'preprocess=...')} makes the scan's brain mask: give it "
+                                 f"or {option('--mask', 'mask=...')}, not both")
+            if not isinstance(scan, (str, os.PathLike)):
+                raise ValueError("preprocess needs the raw head as a NIfTI file, not an array")
+            if preprocess_dir is None:
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as folder:
+                    return localize_raw(self, os.fspath(scan), chosen, folder, keep=False)
+            return localize_raw(self, os.fspath(scan), chosen, os.fspath(preprocess_dir))
 
         path = os.fspath(scan) if isinstance(scan, (str, os.PathLike)) else "array"
         notes: list[str] = []  # what the reader said: a forced orientation, the background, the modality
@@ -227,6 +247,80 @@ class Localizer:
         result.warnings, result.image = warnings + [f"{path}: {w}" for w in result.warnings], data
         result.brain_mask = mask_path
         return result
+
+
+def preprocess_settings(preprocess):
+    """``head_preprocessing.Settings`` of ``preprocess`` (True: the defaults; a ``Settings`` as it is),
+    or None when off (None, False)."""
+    if preprocess is None or preprocess is False:
+        return None
+    from tfvae import head_preprocessing as hp
+
+    return hp.Settings() if preprocess is True else preprocess
+
+
+def preprocess_record(preprocess) -> dict:
+    """What a localize record keeps of ``preprocess`` (``batch_settings``): ``preprocess`` (on or
+    off) and, when on, every setting of the preprocessing but its thread count, as ``preprocess.<key>``."""
+    chosen = preprocess_settings(preprocess)
+    if chosen is None:
+        return {"preprocess": False}
+    values = json.loads(json.dumps(dataclasses.asdict(chosen)))
+    return {"preprocess": True, **{f"preprocess.{k}": v for k, v in values.items() if k != "threads"}}
+
+
+def to_raw_grid(values: np.ndarray, affine: np.ndarray, raw_shape, raw_affine: np.ndarray,
+                raw_to_template: np.ndarray, *, linear: bool) -> np.ndarray:
+    """``values`` (on the grid of ``affine``, in template space) resampled onto the raw scan's grid
+    through ``raw_to_template`` (4x4, raw world -> template world, RAS+ mm): linear or nearest
+    neighbour, 0 outside ``values``' grid (float32)."""
+    from tfvae import head_preprocessing as hp
+
+    image = hp.to_sitk(np.asarray(values, np.float32), affine)
+    reference = hp.to_sitk(np.zeros(tuple(raw_shape), np.float32), raw_affine)
+    data, _ = hp.from_sitk(hp.resample(image, reference, np.asarray(raw_to_template, np.float64), linear=linear))
+    return data.astype(np.float32)
+
+
+def localize_raw(localizer: "Localizer", scan: str, settings, out_dir: str, *, keep: bool = True) -> Localized:
+    """A raw head (skull on, any pose) localized: ``head_preprocessing.preprocess_scan`` writes its
+    brain in template space, its brain mask in the raw grid and the transforms to ``out_dir``
+    (reused when they are there already for this content and these ``settings``), the brain is
+    localized in template space, and score and mask are carried back into the scan's own grid
+    through the stored transform (score linear, mask nearest neighbour), 0 outside the brain mask.
+    ``keep``: ``out_dir`` outlives the call (else the result names no file in it)."""
+    from tfvae import head_preprocessing as hp
+    from tfvae.nifti import load_volume
+
+    hp.require_simpleitk()
+    notes: list[str] = []
+    data, affine = load_volume(scan, notes=notes)
+    looks = labelmaps.content_reason(data)
+    if looks:
+        raise nifti.BadInputError(f"{scan}: {looks}: a label map or mask, not a scan; give the scan it labels")
+    found = hp.reusable(scan, out_dir, settings)
+    paths = found or hp.preprocess_scan(scan, out_dir, settings)
+    record = hp.load_record(paths["record"])
+    brain_mask, _ = load_volume(paths["brainmask"])
+    brain = np.asarray(brain_mask) > 0
+    if brain.shape != data.shape:
+        raise ValueError(f"{paths['brainmask']}: shape {brain.shape} is not the scan's {data.shape}")
+    result = localizer(paths["preprocessed"])
+    to_template = np.asarray(record["raw_to_template"], np.float64)
+    score = to_raw_grid(result.score, result.affine, data.shape, affine, to_template, linear=True)
+    score = np.where(brain, score, 0.0).astype(np.float32)
+    mask = (to_raw_grid(result.mask, result.affine, data.shape, affine, to_template, linear=False) >= 0.5) & brain
+    mask = mask.astype(np.uint8)
+    n, largest = postprocessing.components(mask)
+    where = {"preprocessed": paths["preprocessed"], "brainmask": paths["brainmask"], "record": paths["record"]}
+    preprocessing_info = {**(where if keep else {}), "reused": found is not None,
+                          "brain_volume_ml": record.get("brain_volume_ml"), "template": record.get("template"),
+                          "seconds": (record.get("times_s") or {}).get("total_s")}
+    return Localized(score, mask, float(np.prod(nib.affines.voxel_sizes(affine))) / 1000.0, n, largest,
+                     affine=np.asarray(affine, np.float64), threshold=result.threshold, image=data,
+                     warnings=notes + result.warnings, scan_threshold=result.scan_threshold,
+                     brain_mask=os.path.abspath(paths["brainmask"]) if keep else None,
+                     preprocessing=preprocessing_info)
 
 
 def _needs_validation_data(run, config: dict, predictor: str, fpr: float, checkpoint: str, error) -> str:
@@ -335,6 +429,7 @@ OUTPUT_TAG = nifti.OUTPUT_TAG  # in every output name: never read back as a scan
 OUTPUTS = (f"{OUTPUT_TAG}score.nii.gz", f"{OUTPUT_TAG}mask.nii.gz", f"{OUTPUT_TAG}overlay.png",
            f"{OUTPUT_TAG}components.csv")
 SUMMARY = "summary.csv"
+BRAINMASK = f"{OUTPUT_TAG}brainmask.nii.gz"  # localize --preprocess: the brain mask made, in the scan's raw grid
 
 
 def scan_files(items) -> list[str]:
@@ -416,7 +511,9 @@ RECORD = f"{OUTPUT_TAG}record.json"  # <name>_tfvae_record.json: written last, w
 RECORD_VERSION = 1
 SETTING_NAMES = {"run": "--run-dir", "checkpoint": "--checkpoint", "model_sha256": "the model (SHA-256 of its file)",
                  "predictor": "--predictor", "fpr": "--fpr", "threshold_mode": "threshold.mode",
-                 "calibration": "--calibration", "calibration_sha256": "the calibration's healthy scans (SHA-256)"}
+                 "calibration": "--calibration", "calibration_sha256": "the calibration's healthy scans (SHA-256)",
+                 "preprocess": "--preprocess"}
+SETTING_DEFAULTS = {"preprocess": False}  # what a record written before the setting existed was made with
 
 
 def _flat(value, prefix: str = "") -> dict:
@@ -430,12 +527,13 @@ def _flat(value, prefix: str = "") -> dict:
     return {prefix[:-1]: json.loads(json.dumps(value))}
 
 
-def batch_settings(run, config: dict, *, predictor: str, fpr: float, checkpoint: str, digest: str | None = None
-                   ) -> dict:
+def batch_settings(run, config: dict, *, predictor: str, fpr: float, checkpoint: str, digest: str | None = None,
+                   preprocess=None) -> dict:
     """The settings every scan of one localize call is made with, as its record keeps them: the run,
     checkpoint and its model's SHA-256 (``digest``, else read from the file), predictor, FPR,
     threshold mode, calibration and the digest of its healthy scans, and the map settings the
-    thresholds are keyed by (``calibration.map_settings``, flattened). Cheap: no model is loaded."""
+    thresholds are keyed by (``calibration.map_settings``, flattened), and whether raw heads are
+    preprocessed first with which settings (``preprocess_record``). Cheap: no model is loaded."""
     from tfvae import calibration
 
     name = config["threshold"]["calibration"]
@@ -443,7 +541,8 @@ def batch_settings(run, config: dict, *, predictor: str, fpr: float, checkpoint:
     return {"run": os.path.abspath(run.dir), "checkpoint": checkpoint,
             "model_sha256": digest or run.model_digest(checkpoint), "predictor": predictor, "fpr": float(fpr),
             "threshold_mode": config["threshold"]["mode"], "calibration": name, "calibration_sha256": healthy,
-            **{f"map.{k}": v for k, v in _flat(calibration.map_settings(config)).items()}}
+            **{f"map.{k}": v for k, v in _flat(calibration.map_settings(config)).items()},
+            **preprocess_record(preprocess)}
 
 
 def _file(path: str | None, known: dict | None = None) -> dict | None:
@@ -482,6 +581,8 @@ def records(out_dir: str) -> list[dict]:
 
 
 def _shown(key: str, value) -> str:
+    if key == "preprocess":
+        return "on" if value else "off"
     if value is None:
         return "none (its non-zero voxels)" if key == "mask" else "none"
     if key.endswith("sha256") and isinstance(value, str):
@@ -495,9 +596,10 @@ def differences(record: dict, settings: dict, scan: str, mask: str | None) -> li
     out = []
     old = record["settings"]
     for key in list(dict.fromkeys([*old, *settings])):
-        if old.get(key) != settings.get(key):
+        then, now = old.get(key, SETTING_DEFAULTS.get(key)), settings.get(key, SETTING_DEFAULTS.get(key))
+        if then != now:
             name = SETTING_NAMES.get(key, f"--set {key[4:]}" if key.startswith("map.") else key)
-            out.append((name, _shown(key, old.get(key)), _shown(key, settings.get(key))))
+            out.append((name, _shown(key, then), _shown(key, now)))
     inputs = record.get("inputs") or {}
     then_scan = inputs.get("scan") or {}
     now_scan = _file(scan, then_scan)
@@ -530,20 +632,23 @@ class SettingsChanged(ValueError):
     """Scans of a localize call were localized in its output folder with other settings (one line)."""
 
 
-def plan(scans: list[str], out_dir: str, settings: dict, *, overwrite: bool = False, mask=None) -> set[str]:
+def plan(scans: list[str], out_dir: str, settings: dict, *, overwrite: bool = False, mask=None,
+         preprocess: bool = False) -> set[str]:
     """The scans of ``scans`` done in ``out_dir`` already with ``settings`` (and the same scan and
     brain mask): to be skipped. A scan is done when its record says so and its outputs are there; a
     scan done with other settings is a one-line ``SettingsChanged`` naming the first setting that
     differs, its value then and now, and the fix (another --out, or --overwrite). With ``overwrite``
     nothing is skipped. Scans without a record are localized (outputs a kill or a failure left are
     tfvae's, and made again); a folder written by an older tfvae (a ``summary.csv`` row, no record)
-    is compared on what its row says (run, checkpoint, predictor, FPR)."""
+    is compared on what its row says (run, checkpoint, predictor, FPR). ``preprocess``: the scans are
+    raw heads, whose brain masks are made (none is read beside them)."""
     if overwrite or not os.path.isdir(out_dir):
         return set()
     legacy = {os.path.abspath(r.get("scan", "")): r for r in _summary_rows(out_dir)
               if r.get("status", "done") == "done"}
     skip, refused = set(), []
-    for scan, name, scan_mask in zip(scans, [stem(s) for s in scans], brain_masks(scans, mask)):
+    masks = [None] * len(scans) if preprocess else brain_masks(scans, mask)
+    for scan, name, scan_mask in zip(scans, [stem(s) for s in scans], masks):
         if not all(os.path.isfile(os.path.join(out_dir, name + suffix)) for suffix in OUTPUTS):
             continue
         record = read_record(out_dir, name)
@@ -626,7 +731,7 @@ class LocalizeInterrupted(KeyboardInterrupt):
 
 
 def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask=None, overwrite: bool = False,
-                   log=print, warn=print) -> list[dict]:
+                   log=print, warn=print, preprocess=None) -> list[dict]:
     """Localize every scan of ``scans`` and write its outputs, its record and a ``summary.csv`` row
     to ``out_dir``; returns the rows written. A scan's brain mask is ``mask`` (one scan), else
     ``<scan>_mask.nii[.gz]`` beside it, else its non-zero voxels. A scan done there already with
@@ -635,13 +740,28 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
     rewritten, so a kill or Ctrl-C (``LocalizeInterrupted``) leaves every finished scan listed and
     the same call completes the rest. A scan that fails (unreadable, refused, disk full) does not
     stop the others: its row says why (``status``), and ``LocalizeIncomplete`` names the failures at
-    the end. With a single scan its error is raised as it is (one line naming the file)."""
+    the end. With a single scan its error is raised as it is (one line naming the file).
+
+    ``preprocess`` (True, or ``head_preprocessing.Settings``): the scans are raw heads, each
+    preprocessed into ``out_dir`` first (``localize_raw``; reused when there already) and its maps
+    written in its own raw grid; its brain mask is the one the preprocessing made (written as
+    ``<name>_tfvae_brainmask.nii.gz``), never ``mask`` nor one beside it."""
     from tfvae.nifti import BadInputError
 
+    chosen = preprocess_settings(preprocess)
+    if chosen is not None:
+        from tfvae import head_preprocessing as hp
+
+        hp.require_simpleitk()  # before any scan: one line naming the extra
+        if mask:
+            from tfvae.console import option
+
+            raise ValueError(f"{option('--preprocess', 'preprocess=...')} makes each scan's brain mask: give it or "
+                             f"{option('--mask', 'mask=...')}, not both")
     names = check_outputs(scans, out_dir, overwrite, mask)
-    masks = brain_masks(scans, mask)
-    settings = localizer.settings
-    done = plan(scans, out_dir, settings, overwrite=overwrite, mask=mask)
+    masks = [None] * len(scans) if chosen is not None else brain_masks(scans, mask)
+    settings = {**localizer.settings, **preprocess_record(chosen)}
+    done = plan(scans, out_dir, settings, overwrite=overwrite, mask=mask, preprocess=chosen is not None)
     if os.path.isdir(out_dir):
         sync_summary(out_dir)  # a kill between a scan's record and the summary: listed now
     rows, failed, said, started = [], [], set(), _now()
@@ -656,7 +776,11 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
             inputs = None
             try:
                 inputs = {"scan": _file(path), "mask": _file(scan_mask)}
-                result = localizer(path, mask=scan_mask)
+                if chosen is not None:
+                    os.makedirs(out_dir, exist_ok=True)
+                    result = localizer(path, preprocess=chosen, preprocess_dir=out_dir)
+                else:
+                    result = localizer(path, mask=scan_mask)
                 for warning in result.warnings:
                     if warning not in said:  # a note on the run: once
                         warn(f"warning: {warning}")
@@ -665,7 +789,8 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
                                                            f"FPR ({result.volume_ml:.1f} ml)",
                                     scale=(result.threshold, None))
                 row = {"scan": os.path.abspath(path), **base, "brain_mask": result.brain_mask or "non-zero voxels",
-                       **row, "threshold_from": localizer.threshold_source, "status": "done"}
+                       **_preprocessed_column(result), **row, "threshold_from": localizer.threshold_source,
+                       "status": "done"}
             except (BadInputError, ValueError, OSError) as e:
                 message = str(e) if not isinstance(e, OSError) or not e.strerror else \
                     f"{e.filename or out_dir}: {e.strerror}"
@@ -700,6 +825,16 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
                                  f"{os.path.join(out_dir, SUMMARY)}); the others are done: fix the cause and run the "
                                  "same command again to complete the rest")
     return rows
+
+
+def _preprocessed_column(result: Localized) -> dict:
+    """``{"preprocessed": ...}`` for a summary row of a raw head preprocessed first (empty otherwise):
+    the brain in template space that was localized, and whether it was made now or reused."""
+    info = result.preprocessing
+    if info is None:
+        return {}
+    how = "reused" if info.get("reused") else "made now"
+    return {"preprocessed": f"{info.get('preprocessed', '')} ({how}; maps resampled back to the scan's grid)"}
 
 
 def _now() -> str:
@@ -754,8 +889,8 @@ def write_index(out_dir: str) -> None:
             parts.append("<table>" + "".join(
                 "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>"
                                  for c in r) + "</tr>" for i, r in enumerate(table)) + "</table>")
-        links = " ".join(f"<a href='{href(name + suffix)}'>{html.escape(name + suffix)}</a>" for suffix in OUTPUTS
-                         if os.path.isfile(os.path.join(out_dir, name + suffix)))
+        links = " ".join(f"<a href='{href(name + suffix)}'>{html.escape(name + suffix)}</a>"
+                         for suffix in OUTPUTS + (BRAINMASK,) if os.path.isfile(os.path.join(out_dir, name + suffix)))
         parts.append(f"<p>{links}</p></section>")
     parts.append("</body></html>")
     _write_changed(os.path.join(out_dir, "index.html"), "\n".join(parts) + "\n")

@@ -499,13 +499,17 @@ class Run(RunDir):
 
     @_holding("localize")
     def localize(self, scan, *, fpr: float = 0.01, predictor: str = "recommended", mask=None, affine=None,
-                 overrides=(), checkpoint: str = "final", force: bool = False):
+                 overrides=(), checkpoint: str = "final", force: bool = False, preprocess=False,
+                 preprocess_dir=None):
         """Anomaly score, calibrated mask and connected findings of one scan (a NIfTI path, or an
         array with ``affine``), in the scan's own grid: a ``localization.Localized`` whose
         ``warnings`` list what differs from the training scans. ``mask``: a brain mask (path or
         array; default: the scan's non-zero voxels). A scan with more than 2 % of its brain outside
         the run's field of view is refused unless ``force``. Calls with the same settings reuse one
-        ``localization.Localizer`` (model, threshold, healthy statistics, compiled projection)."""
+        ``localization.Localizer`` (model, threshold, healthy statistics, compiled projection).
+        ``preprocess`` (True, or ``head_preprocessing.Settings``): ``scan`` is a raw head (skull on,
+        any pose), preprocessed first into ``preprocess_dir`` (a temporary folder when None; reused
+        there when made before), maps in its raw grid (``localization.localize_raw``)."""
         from tfvae import localization
 
         config = self.config(overrides)
@@ -519,7 +523,7 @@ class Run(RunDir):
             localizer = localization.Localizer(self, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint)
             self._localizers = {key: localizer}  # the latest settings only: a model stays in memory once
         localizer.force = force
-        return localizer(scan, mask=mask, affine=affine)
+        return localizer(scan, mask=mask, affine=affine, preprocess=preprocess, preprocess_dir=preprocess_dir)
 
 
 def _discard_partial(partial: str) -> None:

@@ -2,6 +2,7 @@
 
     python scripts/localize.py --run-dir R scan_t2.nii.gz [more scans or folders] --out OUT
         [--predictor recommended] [--fpr 0.01] [--mask brainmask.nii.gz] [--set KEY=VALUE ...] [--overwrite]
+        [--preprocess]
 
 For each scan, in the scan's own shape and affine: OUT/<name>_tfvae_score.nii.gz (float anomaly
 score), OUT/<name>_tfvae_mask.nii.gz (binary, thresholded at the false-positive rate --fpr
@@ -12,8 +13,12 @@ ending in _seg or _mask, and tfvae's own outputs, are skipped); a scan's brain m
 <scan>_mask.nii[.gz] beside it, else its non-zero voxels. Input files are only read; OUT may not
 hold an input. Each scan finished is recorded with its settings (<name>_tfvae_record.json): the same
 command run again (after Ctrl-C, a kill or a failure) localizes only what is left; a scan done with
-other settings is refused, naming the setting, unless --overwrite. From Python:
-``tfvae.Run(run_dir).localize(scan)`` (see tfvae/localization.py).
+other settings is refused, naming the setting, unless --overwrite. With --preprocess each scan is a
+raw head (skull on, any pose: needs ``pip install tfvae[preprocess]``): tfvae preprocess runs on it
+first, writing OUT/<name>_tfvae_preprocessed.nii.gz, _brainmask.nii.gz and _preprocessing.json
+(reused by a later call when the scan and settings are the same), the brain is localized in
+template space and the maps are carried back into the scan's own raw grid (0 outside the brain
+mask). From Python: ``tfvae.Run(run_dir).localize(scan)`` (see tfvae/localization.py).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ def parse_args(argv=None):
                    "(tfvae calibrate) instead of the validation slices")
     add_set(p, "override config keys (e.g. postprocess.min_component_voxels=8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--preprocess", action="store_true", help="the scans are raw heads (skull on, any pose): "
+                   "skull-strip and register each to the template first (tfvae preprocess, into OUT), maps "
+                   "written in the raw scan's grid; needs pip install tfvae[preprocess]")
     p.add_argument("--force", action="store_true", help="score a scan even when part of its brain lies outside "
                                                         "the run's field of view, or when its header has no "
                                                         "orientation (the assumption is written into the warnings)")
@@ -68,6 +76,17 @@ def _main(args) -> int:
     from tfvae.run import Run, RunDirError
     from tfvae.rundir import lock
 
+    if args.preprocess:
+        from tfvae import head_preprocessing as hp
+
+        try:
+            hp.require_simpleitk()
+        except hp.MissingExtraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.mask:
+            print("error: --preprocess makes each scan's brain mask: give it or --mask, not both", file=sys.stderr)
+            return 2
     run = Run(args.run_dir)
     overrides = args.set + ([f"threshold.calibration={args.calibration}"] if args.calibration else [])
     try:
@@ -75,8 +94,8 @@ def _main(args) -> int:
         localization.check_outputs(files, args.out, args.overwrite, args.mask)  # before the model loads
         if not args.overwrite and os.path.isdir(args.out):  # a scan done with other settings: refused now
             settings = localization.batch_settings(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
-                                                   checkpoint=args.checkpoint)
-            localization.plan(files, args.out, settings, mask=args.mask)
+                                                   checkpoint=args.checkpoint, preprocess=args.preprocess)
+            localization.plan(files, args.out, settings, mask=args.mask, preprocess=args.preprocess)
     except (config_lib.ConfigError, RunDirError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -88,7 +107,8 @@ def _main(args) -> int:
             localizer = localization.Localizer(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
                                                checkpoint=args.checkpoint, force=args.force)
             localization.localize_files(localizer, files, args.out, mask=args.mask, overwrite=args.overwrite,
-                                        warn=lambda line: print(line, file=sys.stderr))
+                                        warn=lambda line: print(line, file=sys.stderr),
+                                        preprocess=args.preprocess or None)
     except localization.LocalizeIncomplete as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
