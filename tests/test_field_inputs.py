@@ -76,7 +76,7 @@ def test_gzip_content_that_is_not_nifti_is_one_line(tmp_path):
         f.write(b"hello, this is no NIfTI header" * 20)
     with pytest.raises(BadInputError) as e:
         load_volume(str(path))
-    one_line(str(e.value), path, "is not a NIfTI file")
+    one_line(str(e.value), path, "cannot read NIfTI")
 
 
 # --- case 20: NaN outside the brain is background; NaN inside it is refused -------------------------------------

@@ -216,7 +216,8 @@ def _nifti_from_bytes(path: str, raw: bytes):
     for size, klass in ((348, nib.Nifti1Image), (540, nib.Nifti2Image)):
         if size in sizes:
             return klass.from_bytes(raw)
-    raise bad(path, "is not a NIfTI file (its header size is neither 348 nor 540 bytes)")
+    raise bad(path, "cannot read NIfTI (corrupt or truncated file, or another format under a NIfTI name?): its "
+                    "header size is neither 348 nor 540 bytes")
 
 
 NIFTI_XFORM = {1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI", 5: "template"}
