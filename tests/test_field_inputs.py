@@ -356,3 +356,26 @@ def test_a_folder_of_such_scans_builds_and_each_is_said(tmp_path, subject, caplo
                        ("sub-401_T2.nii", "is gzip-compressed but named .nii"),
                        ("sub-402_T2.nii.gz", "its background is near 0 but not 0")):
         assert sum(str(src / name) in line and what in line for line in said) == 1, (name, said)
+
+
+def test_dark_tissue_inside_the_brain_is_never_read_as_background():
+    """Review of issue 31: with a ringing background, every voxel below 5 % of the 99th percentile
+    was set to 0 -- dark ventricles inside the brain too, which then fell out of the brain mask.
+    Only what lies outside the brain they enclose is background; negative undershoot inside the
+    brain stays (non-zero: in the mask)."""
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 30)
+    grid = np.indices(shape).astype(float)
+    r = np.sqrt(sum(((g - (s - 1) / 2) / (s / 2)) ** 2 for g, s in zip(grid, shape)))
+    brain, ventricle = r < 0.8, r < 0.25
+    image = np.where(brain, 100.0 + rng.normal(0, 5, shape), 0.0)
+    image[ventricle] = 3.0  # 3 % of the tissue: a FLAIR's suppressed CSF, a necrotic core
+    ringing = np.where(brain, image, rng.normal(0, 1e-4, shape)).astype(np.float32)
+    read, notes = nifti.read_background(ringing, "flair_like")
+    assert len(notes) == 1 and "near 0 but not 0" in notes[0]
+    assert np.all(read[ventricle] == 3.0) and np.all(read[~brain] == 0)
+    undershoot = np.where(brain, image, 0.0).astype(np.float32)
+    undershoot[ventricle] = -2.0  # inside the brain
+    undershoot[~brain & (r < 0.85)] = -1.0  # at its edge, outside
+    read, notes = nifti.read_background(undershoot, "undershoot")
+    assert np.all(read[ventricle] == -2.0) and np.all(read[~brain] == 0) and len(notes) == 1

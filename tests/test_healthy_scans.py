@@ -110,3 +110,20 @@ def test_an_unknown_or_changed_calibration_is_one_line(run, site, tmp_path, caps
     assert calibrate_script.main(["--run-dir", run.dir, "--name", "bad name!", str(scans)]) == 2
     err = capsys.readouterr().err  # the command line's terms: the flag, not the config key
     assert "--name 'bad name!': must be a name of letters" in err and "threshold.calibration" not in err
+
+
+def test_a_lesion_map_in_a_healthy_folder_is_refused_whatever_its_name(tmp_path):
+    """Review of issue 31: a binary lesion map named like a scan (wmh.nii.gz, tumor.nii.gz) in a
+    healthy folder was calibrated on; by its content (a few integer values) it is one line. And
+    FreeSurfer's aparc+aseg is named as a label map (its '+' split the words)."""
+    from tfvae import labelmaps
+    from tfvae.nifti import BadInputError
+    from tfvae_datasets.brain_phantom import brain_phantom_dataset_builder as builder_lib
+
+    subject = phantom.synthesize_subject(3, tumours=True, voxel_mm=4.0)
+    path = tmp_path / "wmh.nii.gz"
+    nib.save(nib.Nifti1Image((subject.label > 0).astype(np.uint8), subject.affine), str(path))
+    config = {"data": {"image_size": 32, "clip": None}}
+    with pytest.raises(BadInputError, match="a label map or mask, not a scan; move it out"):
+        healthy_scans.read([{"scan": str(path), "mask": None}], config, builder_lib.Builder.builder_configs["tiny"])
+    assert labelmaps.name_kind("aparc+aseg") == "label" and labelmaps.name_kind("sub-01_synthseg") == "label"

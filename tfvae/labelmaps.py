@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 LABEL_WORDS = frozenset({
-    "seg", "segs", "segm", "segmentation", "segmentations", "dseg", "pveseg", "aseg", "aparc", "wmparc",
+    "seg", "segs", "segm", "segmentation", "segmentations", "dseg", "pveseg", "aseg", "aparc", "wmparc", "synthseg",
     "label", "labels", "labelmap", "labelmaps", "gt", "groundtruth", "consensus", "lesionmask", "lesionmasks",
     "annotation", "annotations", "roi",
 })
@@ -34,8 +34,8 @@ MAX_LESION_SHARE = 0.6  # of the brain labelled > 0: more is a tissue / anatomy 
 
 def words(stem: str) -> list[str]:
     """The words of a file name (without its suffix), lower case: ``"T2W_consensus-gt"`` ->
-    ``["t2w", "consensus", "gt"]``."""
-    return [w for w in re.split(r"[_\-.\s]+", stem.lower()) if w]
+    ``["t2w", "consensus", "gt"]``, ``"aparc+aseg"`` -> ``["aparc", "aseg"]``."""
+    return [w for w in re.split(r"[_\-.+\s]+", stem.lower()) if w]
 
 
 def name_kind(stem: str) -> str | None:

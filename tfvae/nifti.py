@@ -296,10 +296,10 @@ def read_background(data: np.ndarray, path: str = "array") -> tuple[np.ndarray, 
     - A magnitude scan (no value below ``-SIGNED`` times its level, the 99th percentile of its
       |values|) whose background is near zero but not exactly zero (B-spline or sinc resampling:
       most of the voxels within ``NEAR_ZERO`` of the level are not 0, and their median is
-      negligible) is read with its voxels at or below ``NEAR_ZERO * level`` as background; a
-      noise floor (an unmasked head's air) is left as it is (the skull-strip check judges it).
-    - In a magnitude scan with a zero background, negative voxels (fewer than the zeros: resampling's
-      undershoot, not an unmasked head's signed noise) are background.
+      negligible) is read with its voxels at or below ``NEAR_ZERO * level`` *outside the brain they
+      enclose* as background (dark tissue inside -- CSF, necrosis -- is kept); a noise floor (an unmasked head's air) is left as it is (the skull-strip check judges it).
+    - In a magnitude scan with a zero background, negative voxels outside the brain (fewer than the
+      zeros: resampling's undershoot, not an unmasked head's signed noise) are background.
     Scans with an exactly-zero background and no negative voxels are returned unchanged.
     """
     notes = []
@@ -322,7 +322,7 @@ def read_background(data: np.ndarray, path: str = "array") -> tuple[np.ndarray, 
     near = magnitude <= tol
     tiny = int(np.count_nonzero(near)) - zeros
     if tiny > zeros and float(np.median(magnitude[near])) < NEGLIGIBLE * level:
-        kept = data > tol
+        kept = _enclosed(data > tol)  # dark tissue the brain encloses (CSF, necrosis) is kept
         notes.append(f"{path}: its background is near 0 but not 0 ({tiny} voxels within +-{tol:.3g}, "
                      f"{100 * NEAR_ZERO:g}% of its 99th percentile {level:.4g}"
                      + (f"; {negative} negative, down to {float(data.min()):.3g}" if negative else "")
@@ -334,8 +334,24 @@ def read_background(data: np.ndarray, path: str = "array") -> tuple[np.ndarray, 
         notes.append(f"{path}: {negative} negative voxels (down to {float(data.min()):.3g}, against a 99th "
                      f"percentile of {level:.4g}), as resampling's undershoot leaves them: read as background (0); "
                      "to choose the brain yourself, give its brain mask (<scan>_mask.nii.gz beside it, or --mask)")
-        return np.where(data < 0, 0, data).astype(data.dtype, copy=False), notes
+        inside = _enclosed(data > 0)  # undershoot inside the brain stays tissue (non-zero: in the mask)
+        return np.where((data < 0) & ~inside, 0, data).astype(data.dtype, copy=False), notes
     return data, notes
+
+
+def _enclosed(tissue: np.ndarray) -> np.ndarray:
+    """``tissue`` (bool, any shape) with the holes it encloses filled -- in 3D, and in each slice of a
+    slab (an axis of at most ``THIN_SLAB`` of the longest's voxels), whose cut faces open what its
+    slices enclose: the brain a background convention must not reach into."""
+    from scipy import ndimage
+
+    brain = ndimage.binary_fill_holes(tissue)
+    thin = [axis for axis in range(tissue.ndim) if tissue.ndim == 3 and tissue.shape[axis] <= THIN_SLAB * max(tissue.shape)]
+    for axis in thin:
+        planes = np.moveaxis(brain, axis, 0)  # a view: filled in place
+        for k in range(planes.shape[0]):
+            planes[k] |= ndimage.binary_fill_holes(np.moveaxis(tissue, axis, 0)[k])
+    return brain
 
 
 def _nan_background(data, finite, path, notes):
@@ -345,8 +361,6 @@ def _nan_background(data, finite, path, notes):
     slice of a slab -- an axis of at most ``THIN_SLAB`` of the longest's voxels -- whose cut faces
     open what its slices enclose); a NaN voxel inside it is refused, every other NaN voxel is
     background."""
-    from scipy import ndimage
-
     total = int(finite.size - np.count_nonzero(finite))
     infinite = int(np.count_nonzero(np.isinf(data)))
     if infinite:
@@ -356,12 +370,7 @@ def _nan_background(data, finite, path, notes):
     if not tissue.any():
         raise bad(path, f"contains {total} NaN or infinite voxels and no other non-zero voxel: an empty or failed "
                         "output? rerun the step that wrote it")
-    brain = ndimage.binary_fill_holes(tissue)
-    thin = [axis for axis in range(data.ndim) if data.ndim == 3 and data.shape[axis] <= THIN_SLAB * max(data.shape)]
-    for axis in thin:  # a slab's cut faces open what its slices enclose
-        planes = np.moveaxis(brain, axis, 0)  # a view: filled in place
-        for k in range(planes.shape[0]):
-            planes[k] |= ndimage.binary_fill_holes(np.moveaxis(tissue, axis, 0)[k])
+    brain = _enclosed(tissue)
     n_inside = int(np.count_nonzero(~finite & brain))
     if n_inside:
         raise bad(path, f"contains {total} NaN or infinite voxels, {n_inside} of them inside the brain (NaN is read as "
