@@ -70,6 +70,7 @@ def test_a_rerun_skips_scans_done_with_the_same_settings_and_refuses_other_setti
     assert record["settings"]["run"] == os.path.abspath(tiny_run) and record["settings"]["checkpoint"] == "final"
     assert record["settings"]["model_sha256"] == file_digest(os.path.join(tiny_run, "model.keras"))
     assert record["settings"]["threshold_mode"] == "per_scan" and record["settings"]["calibration"] is None
+    assert record["settings"]["force"] is False
     assert record["inputs"]["scan"]["sha256"] == file_digest(os.path.join(scans, "p41_t2.nii.gz"))
     assert record["inputs"]["mask"] is None and record["row"]["brain_mask"] == "non-zero voxels"
     assert record["threshold_from"] and record["row"]["status"] == "done"
@@ -94,7 +95,8 @@ def test_a_rerun_skips_scans_done_with_the_same_settings_and_refuses_other_setti
             (["--set", "postprocess.min_component_voxels=8"],
              "with --set postprocess.min_component_voxels 0, this command has 8"),
             (["--set", "threshold.mode=fixed"], "with threshold.mode per_scan, this command has fixed"),
-            (["--checkpoint", "best"], "with --checkpoint final, this command has best")):
+            (["--checkpoint", "best"], "with --checkpoint final, this command has best"),
+            (["--force"], "with --force off, this command has on")):  # forced outputs are other outputs
         assert localize_script.main([*args, *extra]) == 2, extra
         line = last_line(capsys.readouterr().err)
         assert expected in line and "2 more scan(s) there differ too" in line, line

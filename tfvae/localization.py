@@ -187,7 +187,7 @@ class Localizer:
         # what decides this localizer's outputs (with each scan and its mask): a folder localized with
         # other settings is refused (plan)
         self.settings = batch_settings(run, config, predictor=predictor, fpr=fpr, checkpoint=checkpoint,
-                                       digest=run.model_digest(checkpoint))
+                                       digest=run.model_digest(checkpoint), force=force)
 
     def __call__(self, scan, *, mask=None, affine=None, preprocess=None, preprocess_dir=None) -> Localized:
         """``scan``: a NIfTI path, or an array with its ``affine``; ``mask``: a brain mask (path or
@@ -512,8 +512,9 @@ RECORD_VERSION = 1
 SETTING_NAMES = {"run": "--run-dir", "checkpoint": "--checkpoint", "model_sha256": "the model (SHA-256 of its file)",
                  "predictor": "--predictor", "fpr": "--fpr", "threshold_mode": "threshold.mode",
                  "calibration": "--calibration", "calibration_sha256": "the calibration's healthy scans (SHA-256)",
-                 "preprocess": "--preprocess"}
-SETTING_DEFAULTS = {"preprocess": False}  # what a record written before the setting existed was made with
+                 "preprocess": "--preprocess", "force": "--force"}
+# what a record written before the setting existed was made with
+SETTING_DEFAULTS = {"preprocess": False, "force": False}
 
 
 def _flat(value, prefix: str = "") -> dict:
@@ -528,12 +529,13 @@ def _flat(value, prefix: str = "") -> dict:
 
 
 def batch_settings(run, config: dict, *, predictor: str, fpr: float, checkpoint: str, digest: str | None = None,
-                   preprocess=None) -> dict:
+                   preprocess=None, force: bool = False) -> dict:
     """The settings every scan of one localize call is made with, as its record keeps them: the run,
     checkpoint and its model's SHA-256 (``digest``, else read from the file), predictor, FPR,
     threshold mode, calibration and the digest of its healthy scans, and the map settings the
     thresholds are keyed by (``calibration.map_settings``, flattened), and whether raw heads are
-    preprocessed first with which settings (``preprocess_record``). Cheap: no model is loaded."""
+    preprocessed first with which settings (``preprocess_record``), and ``force`` (an assumed
+    orientation, a brain partly outside the field of view scored). Cheap: no model is loaded."""
     from tfvae import calibration
 
     name = config["threshold"]["calibration"]
@@ -542,7 +544,7 @@ def batch_settings(run, config: dict, *, predictor: str, fpr: float, checkpoint:
             "model_sha256": digest or run.model_digest(checkpoint), "predictor": predictor, "fpr": float(fpr),
             "threshold_mode": config["threshold"]["mode"], "calibration": name, "calibration_sha256": healthy,
             **{f"map.{k}": v for k, v in _flat(calibration.map_settings(config)).items()},
-            **preprocess_record(preprocess)}
+            **preprocess_record(preprocess), "force": bool(force)}
 
 
 def _file(path: str | None, known: dict | None = None) -> dict | None:
@@ -581,7 +583,7 @@ def records(out_dir: str) -> list[dict]:
 
 
 def _shown(key: str, value) -> str:
-    if key == "preprocess":
+    if key in ("preprocess", "force"):
         return "on" if value else "off"
     if value is None:
         return "none (its non-zero voxels)" if key == "mask" else "none"

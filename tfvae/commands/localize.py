@@ -94,7 +94,8 @@ def _main(args) -> int:
         localization.check_outputs(files, args.out, args.overwrite, args.mask)  # before the model loads
         if not args.overwrite and os.path.isdir(args.out):  # a scan done with other settings: refused now
             settings = localization.batch_settings(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
-                                                   checkpoint=args.checkpoint, preprocess=args.preprocess)
+                                                   checkpoint=args.checkpoint, preprocess=args.preprocess,
+                                                   force=args.force)
             localization.plan(files, args.out, settings, mask=args.mask, preprocess=args.preprocess)
     except (config_lib.ConfigError, RunDirError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
