@@ -11,13 +11,13 @@ different predictor, post-processing or checkpoint is a new calibration and neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 
 from tfvae import files, metrics
+from tfvae.files import file_digest  # noqa: F401 (SHA-256 of a file; kept here for callers)
 from tfvae.console import Stage
 from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, as_volumes, variants
 
@@ -52,15 +52,6 @@ def calibrate(scorer: Scorer, validation, predictors, settings: dict, ensemble=N
     stage.done()
     return {variant: {p: {float(fpr): h.threshold_at_fpr(fpr) for fpr in fprs} for p, h in by_p.items()}
             for variant, by_p in hists.items()}
-
-
-def file_digest(path: str) -> str:
-    """SHA-256 of a file's content (what a checkpoint is, whatever its name or date)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 HEALTHY_DATA_KEYS = ("name", "config", "image_size", "validation_split")  # which healthy split a calibration saw

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import os
 
@@ -184,3 +185,13 @@ def os_error(e: OSError, where: str | os.PathLike | None = None, elsewhere: str 
     advice = fix or advice
     text = f"{path}: {what}" if path else what
     return f"{text}; {advice}" if advice else text
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file's content, read in 1 MiB chunks (what a checkpoint, a calibration's healthy
+    scans, a localized scan and a preprocessed head are recognised by, whatever their names or dates)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

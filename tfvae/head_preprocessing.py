@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from tfvae import files
+
 EXTRA_HINT = "pip install tfvae[preprocess]"
 OUTPUT_SUFFIXES = {"preprocessed": "_tfvae_preprocessed.nii.gz", "brainmask": "_tfvae_brainmask.nii.gz",
                    "record": "_tfvae_preprocessing.json"}
@@ -530,24 +532,11 @@ def output_paths(scan, out_dir) -> dict:
 def _write_nifti(path: str, data: np.ndarray, affine: np.ndarray) -> None:
     import nibabel as nib
 
-    from tfvae import files
-
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with files.written_whole(path) as tmp:
         nib.save(img, tmp)
-
-
-def file_sha256(path) -> str:
-    """SHA-256 of a file's content (what the cache of ``preprocess_scan(reuse=True)`` is keyed by)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _settings_json(settings: Settings) -> dict:
@@ -567,7 +556,7 @@ def reusable(scan, out_dir, settings: Settings | None = None, digest: str | None
         return None
     if not isinstance(record, dict) or record.get("settings") != _settings_json(settings):
         return None
-    if record.get("scan_sha256") != (digest or file_sha256(scan)):
+    if record.get("scan_sha256") != (digest or files.file_digest(scan)):
         return None
     return paths
 
@@ -579,11 +568,11 @@ def preprocess_scan(scan, out_dir, settings: Settings | None = None, *, reuse: b
     ``tfvae.nifti.BadInputError`` for an unreadable file or a header without orientation,
     ``PreprocessError`` for a scan that fails, ``MissingExtraError`` without SimpleITK -- each one
     line naming the scan."""
-    from tfvae import files, nifti
+    from tfvae import nifti
 
     require_simpleitk()
     settings = settings or Settings()
-    digest = file_sha256(scan) if os.path.isfile(scan) else None
+    digest = files.file_digest(scan) if os.path.isfile(scan) else None
     if reuse and digest is not None:
         found = reusable(scan, out_dir, settings, digest)
         if found is not None:

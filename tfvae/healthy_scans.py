@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from tfvae import labelmaps, localization
-from tfvae.nifti import NIFTI_SUFFIXES, BadInputError, check_same_grid, load_volume
+from tfvae.nifti import NIFTI_SUFFIXES, check_same_grid, load_volume
 from tfvae.scoring import Volume
 
 
@@ -66,9 +66,8 @@ def read(pairs: list[dict], config: dict, builder_config, *, force: bool = False
         path = pair["scan"]
         data, affine = load_volume(path, allow_unknown_orientation=force,
                                    expect_modality=localization.training_modality(builder_config))
-        looks = labelmaps.content_reason(data)
-        if looks:  # a lesion or tissue map in a "healthy" folder, whatever its name: never calibrated on
-            raise BadInputError(f"{path}: {looks}: a label map or mask, not a scan; move it out of the healthy scans")
+        # a lesion or tissue map in a "healthy" folder, whatever its name: never calibrated on
+        labelmaps.refuse_label_map(path, data, "move it out of the healthy scans")
         mask = None
         if pair["mask"]:
             mask, mask_affine = load_volume(pair["mask"], allow_unknown_orientation=force)

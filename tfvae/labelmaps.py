@@ -84,3 +84,13 @@ def lesion_share(label: np.ndarray, brain: np.ndarray) -> float:
     brain = np.asarray(brain) > 0
     total = int(brain.sum())
     return float(np.count_nonzero((np.asarray(label) > 0) & brain)) / total if total else 0.0
+
+
+def refuse_label_map(path, data: np.ndarray, advice: str) -> None:
+    """A ``nifti.BadInputError`` (one line naming ``path``, then ``advice``) when ``data``, read as a
+    scan, is a label map by its content (``content_reason``), whatever its name; else nothing."""
+    looks = content_reason(data)
+    if looks:
+        from tfvae.nifti import bad
+
+        raise bad(path, f"{looks}: a label map or mask, not a scan; {advice}")

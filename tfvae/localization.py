@@ -219,9 +219,7 @@ class Localizer:
         if path != "array":
             data, affine = load_volume(path, allow_unknown_orientation=self.force, notes=notes,
                                        expect_modality=modality)
-            looks = labelmaps.content_reason(data)
-            if looks:  # a segmentation given as a scan, whatever its name
-                raise nifti.BadInputError(f"{path}: {looks}: a label map or mask, not a scan; give the scan it labels")
+            labelmaps.refuse_label_map(path, data, "give the scan it labels")  # a segmentation given as a scan
         elif affine is None:
             raise ValueError("an array scan needs its affine (affine=...)")
         else:
@@ -295,9 +293,7 @@ def localize_raw(localizer: "Localizer", scan: str, settings, out_dir: str, *, k
     hp.require_simpleitk()
     notes: list[str] = []
     data, affine = load_volume(scan, notes=notes)
-    looks = labelmaps.content_reason(data)
-    if looks:
-        raise nifti.BadInputError(f"{scan}: {looks}: a label map or mask, not a scan; give the scan it labels")
+    labelmaps.refuse_label_map(scan, data, "give the scan it labels")
     found = hp.reusable(scan, out_dir, settings)
     paths = found or hp.preprocess_scan(scan, out_dir, settings)
     record = hp.load_record(paths["record"])
@@ -444,8 +440,9 @@ def scan_files(items) -> list[str]:
                 names = sorted(n for n in os.listdir(item) if not nifti.ignored(n))
             except PermissionError:
                 raise ValueError(f"{item}: cannot be read (permission denied)") from None
-            niftis = [n for n in names if nifti.strip_nifti_suffix(n) is not None]
-            found = [os.path.join(item, n) for n in niftis if labelmaps.name_kind(nifti.strip_nifti_suffix(n)) is None]
+            stems = {n: nifti.strip_nifti_suffix(n) for n in names}
+            niftis = [n for n in names if stems[n] is not None]
+            found = [os.path.join(item, n) for n in niftis if labelmaps.name_kind(stems[n]) is None]
             folder = labelmaps.label_folder([os.path.basename(os.path.normpath(item))])
             if folder and found:
                 raise ValueError(f"{item}: a folder of label maps ({folder}/, as nnU-Net and the Decathlon name "
@@ -552,14 +549,12 @@ def _file(path: str | None, known: dict | None = None) -> dict | None:
     (a record's) when path, size and modification time are those it was taken at."""
     if path is None:
         return None
-    from tfvae.calibration import file_digest
-
     path = os.path.abspath(path)
     st = os.stat(path)
     found = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if known and all(known.get(k) == found[k] for k in found) and known.get("sha256"):
         return {**found, "sha256": known["sha256"]}
-    return {**found, "sha256": file_digest(path)}
+    return {**found, "sha256": files.file_digest(path)}
 
 
 def read_record(out_dir: str, name: str) -> dict | None:

@@ -289,10 +289,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         path = case.scan
         image, affine = real_data.load_volume(path, expect_modality=self.builder_config.modality)
-        looks = labelmaps.content_reason(image)
-        if looks:  # a label map by its content, whatever its name: never trained on as a scan
-            raise real_data.bad(path, f"{looks}: a label map or mask, not a scan; name it <scan>_seg.nii.gz after "
-                                      "its scan (or put it in a labels/ folder), or move it out of the folder")
+        # a label map by its content, whatever its name: never trained on as a scan
+        labelmaps.refuse_label_map(path, image, "name it <scan>_seg.nii.gz after its scan (or put it in a labels/ "
+                                                "folder), or move it out of the folder")
         mask = label = None
         if case.mask is not None:
             mask, mask_affine = real_data.load_volume(case.mask)
