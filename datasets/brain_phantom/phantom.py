@@ -447,9 +447,14 @@ def _acquire(rng: np.random.Generator, image: np.ndarray, wm_t2: float, voxel_mm
     given ranges; the draws are the same whatever the ranges, so a shifted site keeps the subject)."""
     bias = np.exp(rng.uniform(*bias_amplitude) * _smooth_field(rng, image.shape, voxel_mm, _BIAS_SCALE_MM))
     sigma = rng.uniform(*noise_fraction) * wm_t2
-    signal = image * bias.astype(np.float32)
-    real = signal + np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
-    imaginary = np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
+    return rician(rng, image * bias.astype(np.float32), sigma)
+
+
+def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
+    """The magnitude of ``signal`` (float32) plus complex Gaussian noise of standard deviation
+    ``sigma`` in each channel: Rician noise, as a magnitude MR image has (float32)."""
+    real = signal + np.float32(sigma) * rng.standard_normal(signal.shape, dtype=np.float32)
+    imaginary = np.float32(sigma) * rng.standard_normal(signal.shape, dtype=np.float32)
     return np.sqrt(real**2 + imaginary**2)
 
 

@@ -199,10 +199,7 @@ def synthesize_raw_head(seed: int, *, tumours: bool = False, brain_voxel_mm: flo
     amplitude = float(rng.uniform(*bias_amplitude))
     field = phantom._smooth_field(rng, shape, float(voxel.min()), _BIAS_SCALE_MM)
     raw = raw * np.exp(amplitude * field).astype(np.float32)
-    sigma = np.float32(_NOISE_FRACTION_OF_WM * wm_t2)
-    real = raw + sigma * rng.standard_normal(shape, dtype=np.float32)
-    imaginary = sigma * rng.standard_normal(shape, dtype=np.float32)
-    raw = np.sqrt(real**2 + imaginary**2).astype(np.float32)
+    raw = phantom.rician(rng, raw, _NOISE_FRACTION_OF_WM * wm_t2).astype(np.float32)
 
     stored, affine = _stored(raw, ras_affine, orientation)
     stored_mask, _ = _stored(brain_mask, ras_affine, orientation)
