@@ -249,7 +249,8 @@ def fit(reference: HealthyReference, scores, *, halo_share: float = HALO_SHARE, 
             share = new
             if converged:
                 break
-        found.setdefault(round(share, 4), _line(reference, scores, low, share)[2])
+        if round(share, 4) not in found:  # most starts reach the same fixed point: fitted once
+            found[round(share, 4)] = _line(reference, scores, low, share)[2]
     # the fixed point whose corrected quantiles lie best on a line (a false one near 0, left when a
     # lesion reaches the lower quantiles, bends the Q-Q plot); equal fits: the smaller share
     share = max(found, key=lambda h: (round(found[h], 6), -h))
@@ -262,8 +263,6 @@ def fit(reference: HealthyReference, scores, *, halo_share: float = HALO_SHARE, 
                      "another voxel size or contrast than the training data's, or a map that is not this one's")
             raise NoFit(f"its {name}scores are {value:.3g}x the healthy reference's, outside {SCALE_RANGE[0]:.2g}-"
                         f"{SCALE_RANGE[1]:.2g}x: {cause}")
-    if not healthy_scale > 0:
-        raise NoFit(f"the line through its lower quantiles has a scale of {healthy_scale:.3g}")
     if min(r2, r2_bulk) < MIN_R2:
         cause = (f": most likely a large lesion (an estimated {100 * share:.0f}% of the brain above its healthy "
                  "tissue)" if r2 >= MIN_R2 and share > MAX_LESION_SHARE else "")
