@@ -13,14 +13,14 @@ setup(
     # The TFDS builders live in the top-level folder datasets/ but install as ``tfvae_datasets``,
     # so they never shadow the Hugging Face ``datasets`` package.
     packages=["tfvae", "tfvae.commands", "tfvae_datasets", "tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
-              "tfvae_datasets.brats", "tfvae_datasets.nifti_folder", "tfvae_configs"],
+              "tfvae_datasets.brats", "tfvae_datasets.nifti_folder", "tfvae_datasets.ixi", "tfvae_configs"],
     # configs/ installs as the data package ``tfvae_configs``: `--config quickstart` finds it from any folder
     package_dir={"tfvae": "tfvae", "tfvae_datasets": "datasets", "tfvae_configs": "configs"},
     # TFDS reads a builder's description, citation and tags from the files next to its module; the
     # builder tests' dummy_data/ stays out of the package, as in TFDS's own.
     package_data={**{name: ["README.md", "CITATIONS.bib", "TAGS.txt"]
                      for name in ("tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
-                                  "tfvae_datasets.brats", "tfvae_datasets.nifti_folder")},
+                                  "tfvae_datasets.brats", "tfvae_datasets.nifti_folder", "tfvae_datasets.ixi")},
                   "tfvae_configs": ["*.json"]},
     entry_points={"console_scripts": ["tfvae=tfvae.cli:main"]},
     install_requires=[

@@ -1,4 +1,4 @@
-"""The plumbing the real-data builders (hcp_t2, brats, nifti_folder) share: their config fields
+"""The plumbing the real-data builders (hcp_t2, brats, nifti_folder, ixi) share: their config fields
 (``SliceConfig``), the manual folder they read (``manual_root``), the case loop of their
 ``_generate_examples`` (``case_examples``), ``skip_bad`` handling (``CaseSkipper``), seeded subject
 splits (``validation_subset``), label checks, and safe NIfTI reading (re-exported from ``tfvae.nifti``).
@@ -40,6 +40,12 @@ class SliceConfig(tfds.core.BuilderConfig):
     fov_mm: float = 192.0
     min_brain_fraction: float = 0.2
     skip_bad: bool = False
+
+
+class PreprocessFailed(BadInputError):
+    """A raw scan the preprocessing could not handle (``tfvae.head_preprocessing.PreprocessError``:
+    registration diverged, implausible brain volume; one line naming the scan). ``CaseSkipper``
+    always skips it, whatever ``skip_bad`` says: the other scans go on (``raw_scans``)."""
 
 
 LABEL_TOLERANCE = 1e-3  # labels read back within this of an integer (a header's scl_slope on integer storage)
@@ -99,11 +105,12 @@ class CaseSkipper:
         self.record = record  # e.g. the builder's info.metadata: gets {"skipped": {split: [...]}}
 
     def run(self, case: str, make):
-        """Call ``make()``; on ``BadInputError`` re-raise or record ``case`` and return None."""
+        """Call ``make()``; on ``BadInputError`` re-raise or record ``case`` and return None
+        (``PreprocessFailed``: always recorded)."""
         try:
             return make()
         except BadInputError as e:
-            if not self.skip_bad:
+            if not self.skip_bad and not isinstance(e, PreprocessFailed):
                 raise
             self.skipped.append((case, str(e)))
             log.warning("%s/%s: skipping bad case %s: %s", self.dataset, self.split, case, e)
@@ -120,7 +127,8 @@ class CaseSkipper:
                 self.record.setdefault("skipped", {})[self.split] = [
                     {"case": case, "reason": reason} for case, reason in self.skipped]
         if num_examples == 0:
-            why = f" ({len(self.skipped)} bad case(s) skipped)" if self.skipped else ""
+            why = (f" ({len(self.skipped)} bad case(s) skipped; the first, {self.skipped[0][0]}: {self.skipped[0][1]})"
+                   if self.skipped else "")
             raise BadInputError(f"{where}: split {self.split!r} of {self.dataset} would be empty{why}")
 
 

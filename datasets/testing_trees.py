@@ -9,7 +9,7 @@ an RAS or an LPS affine (the same anatomy, stored with flipped x and y axes).
 ``DUMMY_DATA`` holds the recipes of the checked-in ``datasets/<name>/dummy_data/`` trees that the
 builders' ``tfds.testing.DatasetBuilderTestCase`` tests build from; they were written once with
 
-    python -m tfvae_datasets.testing_trees hcp_t2 brats nifti_folder
+    python -m tfvae_datasets.testing_trees hcp_t2 brats nifti_folder ixi
 
 (``--overwrite`` replaces existing trees; the tests' ``SPLITS`` counts must then be checked).
 """
@@ -139,6 +139,37 @@ def nifti_folder_tree(root, healthy: int = 4, with_seg: int = 2):
     return str(root)
 
 
+IXI_SCANS = (("IXI002", "Guys", "0828"), ("IXI012", "HH", "1211"), ("IXI035", "IOP", "0873"))
+# raw phantom heads on a coarse grid (4 mm voxels): a few seconds each through coarse preprocessing
+COARSE_HEAD = dict(brain_voxel_mm=4.0, voxel_mm=(4.0, 4.0, 4.8))
+
+
+def raw_head(path, seed: int, *, tumours: bool = False, seg_path=None, **head):
+    """A raw phantom head (skull, scalp, pose, bias field; ``raw_heads.synthesize_raw_head``, coarse
+    unless ``head`` says otherwise) at ``path``, stored as int16 like IXI's; with ``seg_path`` its
+    tumour labels (BraTS convention) on the same grid there. Returns the ``RawHead`` (the truth)."""
+    from tfvae_datasets.brain_phantom import raw_heads
+
+    raw = raw_heads.synthesize_raw_head(seed, tumours=tumours, **{**COARSE_HEAD, **head})
+    img = raw.nifti()
+    out = nib.Nifti1Image(np.clip(np.rint(raw.image * 4.0), 0, 32767).astype(np.int16), img.affine, img.header)
+    out.set_data_dtype(np.int16)
+    out.header.set_slope_inter(1.0, 0.0)
+    for target, image in ((path, out), (seg_path, raw.nifti("label"))):
+        if target is not None:
+            os.makedirs(os.path.dirname(os.fspath(target)), exist_ok=True)
+            nib.save(image, os.fspath(target))
+    return raw
+
+
+def ixi_tree(root, scans=IXI_SCANS, *, folder: str = "IXI-T2", seed: int = 0, **head):
+    """``IXI-T2/IXI<nnn>-<site>-<nnnn>-T2.nii.gz``: raw phantom heads (``raw_head``, seeds ``seed``,
+    ``seed + 1``, ...)."""
+    for i, (subject, site, number) in enumerate(scans):
+        raw_head(os.path.join(root, folder, f"{subject}-{site}-{number}-T2.nii.gz"), seed + i, **head)
+    return str(root)
+
+
 DUMMY_DATA = {
     # name: (what the tree holds, recipe writing it under a root folder)
     "hcp_t2": ("3 HCP subjects with T1w/ and MNINonLinear/ images and brain masks",
@@ -150,6 +181,8 @@ DUMMY_DATA = {
                                        modalities=BRATS_2023_MODALITIES, sep="-", enhancing=3)]),
     "nifti_folder": ("3 healthy IXI-like scans (one with a _mask) and one lesions/ case with a _seg",
                      lambda root: nifti_folder_tree(root, healthy=3, with_seg=1)),
+    "ixi": ("2 raw IXI-named phantom heads (4 mm voxels, skull, pose, bias field) in IXI-T2/",
+            lambda root: ixi_tree(root, IXI_SCANS[:2])),
 }
 
 

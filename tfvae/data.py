@@ -5,12 +5,14 @@
 bars) and returns a split as a dataset of example dicts, and ``images`` turns that into the
 batches of slices the model trains on (augmented on the fly when asked: training split only).
 
-Real datasets (``hcp_t2``, ``brats``, ``nifti_folder``) are built from files the user downloaded,
+Real datasets (``hcp_t2``, ``brats``, ``nifti_folder``, ``ixi``) are built from files the user downloaded,
 found in the manual folder: ``data.manual_dir``, else the environment variable
 ``TFVAE_MANUAL_DIR``, else TFDS's ``<data_dir>/downloads/manual``. When that folder is missing or
 empty and the dataset is not built yet, ``load_split`` raises ``MissingDataError`` with the
 builder's instructions. ``test_data_config`` gives the data config evaluation scores
 (``data.test_name`` / ``data.test_config``, e.g. train on ``hcp_t2``, test on ``brats``).
+``data.preprocess`` (``nifti_folder``, ``brats``; ``ixi`` always) preprocesses raw heads before
+slicing (``tfvae_datasets.raw_scans``): a config of its own, ``<config>_preprocessed``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ BUILDERS = {
     "hcp_t2": "tfvae_datasets.hcp_t2",
     "brats": "tfvae_datasets.brats",
     "nifti_folder": "tfvae_datasets.nifti_folder",
+    "ixi": "tfvae_datasets.ixi",
 }
 MANUAL_DIR_ENV = "TFVAE_MANUAL_DIR"
+PREPROCESSING = ("nifti_folder", "brats")  # the builders data.preprocess turns raw-head preprocessing on for
 
 
 class DataError(ValueError):
@@ -86,6 +90,12 @@ def builder(data_config: dict) -> tfds.core.DatasetBuilder:
         # are recorded in the built dataset's metadata.json; TFDS refuses a custom config named like
         # a registered one, so the registered size gets its size in the name too (default_64px)
         config = dataclasses.replace(config, skip_bad=True, name=f"{data_config['config']}_{size}px")
+    if data_config.get("preprocess"):
+        if not hasattr(config, "preprocess"):
+            raise DataError(f"data.preprocess: {name} reads scans that are preprocessed already; raw heads are "
+                            f"preprocessed by {', '.join(n for n in PREPROCESSING)} (ixi always)")
+        if not config.preprocess:  # other data: a name of its own (default_preprocessed, default_128px_preprocessed)
+            config = dataclasses.replace(config, preprocess=True, name=f"{config.name}_preprocessed")
     b = cls(config=config, data_dir=data_config["data_dir"])
     found = files.file_in_path(os.fspath(b.data_dir_root))
     if found is not None:  # TFDS would fail on its first makedirs, with a traceback
@@ -270,7 +280,10 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
     why -- when either differs, never silently reused."""
     b = check_available(data_config)
     folder = source_folder(b, data_config)
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir(data_config))
+    # the download folder named, not left to TFDS: a rebuild (built in a staging folder) then finds the
+    # raw heads preprocessed by earlier builds there (tfvae_datasets.raw_scans' cache)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir(data_config),
+                                          download_dir=os.path.join(os.fspath(b.data_dir_root), "downloads"))
     if b.is_prepared() and folder is not None and os.path.isdir(folder):
         reason = _stale_reason(b, folder)
         if reason:
