@@ -46,6 +46,8 @@ def main(argv=None):
                         "sweep on their healthy subjects), in OUT/heldout/: run once, after the rule was fixed")
     parser.add_argument("--screening", action="store_true", help="small lesions (0.5-2%% of the brain) in the "
                         "design sites' healthy subjects, in OUT/screening/: how calibrate's screen finds them")
+    parser.add_argument("--bound", metavar="MD", help="what any threshold rule could reach within issue 30's FPR "
+                        "targets (an oracle's Dice bound) on the design and held-out dumps, into this report")
     parser.add_argument("--report", metavar="MD", help="compare the rules on the dumps and write this report")
     args = parser.parse_args(argv)
     from tfvae import threshold_study
@@ -55,6 +57,12 @@ def main(argv=None):
     section = "held-out" if args.held_out else "screening" if args.screening else "design"
     out = os.path.join(args.out, "heldout") if args.held_out else os.path.join(args.out, "screening") \
         if args.screening else args.out
+    if args.bound:
+        command = "python scripts/threshold_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        threshold_study.bound_report([args.out, os.path.join(args.out, "heldout")], args.bound, args.runs,
+                                     command=command, log=lambda m: print(m, flush=True))
+        print(f"report: {args.bound}")
+        return
     if args.report:
         command = "python scripts/threshold_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         threshold_study.report(out, args.report, args.runs, section=section, command=command,

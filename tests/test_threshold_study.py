@@ -146,3 +146,46 @@ def test_each_candidate_sets_what_its_name_says():
     thresholds = {name: threshold_study.rule_of(o)(reference, scan, 0.01) for name, o in threshold_study.CANDIDATES.items()}
     assert thresholds["two-stage, low 10-50, halo 0"] != thresholds["two-stage, low 10-70, halo 0.1"]
     assert thresholds["two-stage, low 10-50, halo 0.15"] != thresholds["two-stage, low 10-70, halo 0.15"]
+
+
+def test_dice_curve_is_every_threshold_counted_directly():
+    rng = np.random.default_rng(3)
+    score = np.round(rng.normal(size=300), 1)  # ties on purpose
+    lesion = rng.random(300) < 0.2
+    dice, fp = threshold_study.dice_curve(score, lesion)
+    cuts = np.r_[np.inf, np.sort(np.unique(score))[::-1]]
+    assert len(dice) == len(cuts)
+    for d, f, t in zip(dice, fp, cuts):
+        flagged = score >= t
+        assert f == np.sum(flagged & ~lesion)
+        assert d == pytest.approx(2 * np.sum(flagged & lesion) / (lesion.sum() + flagged.sum()))
+
+
+def test_dice_bound_brackets_the_best_rule_found_by_enumeration(tmp_path, reference):
+    import itertools
+
+    rng = np.random.default_rng(4)
+    volumes = []
+    for i in range(3):
+        n = 40
+        lesion = np.arange(n) < 6 + 3 * i
+        score = np.where(lesion, rng.normal(1.5, 1.0, n), rng.standard_normal(n))
+        volumes.append((f"v{i}", score, lesion, ~lesion))
+    dump = threshold_study.Dump(write_dump(tmp_path / "tiny.npz", volumes, reference))
+    pooled, cap = 0.1, 0.2
+    healthy = [int((~v[2]).sum()) for v in volumes]
+    curves = [threshold_study.dice_curve(v[1], v[2]) for v in volumes]
+    best = 0.0  # every combination of every volume's cuts, checked against both FPR bounds
+    for ks in itertools.product(*(range(len(c[0])) for c in curves)):
+        fps = [c[1][k] for c, k in zip(curves, ks)]
+        if sum(fps) <= pooled * sum(healthy) and all(f <= cap * h for f, h in zip(fps, healthy)):
+            best = max(best, np.mean([c[0][k] for c, k in zip(curves, ks)]))
+    bound = threshold_study.dice_bound(dump, pooled_fpr=pooled, volume_fpr=cap)
+    assert bound["achieved"] <= best + 1e-12 <= bound["upper"] + 1e-9
+    assert bound["upper"] - bound["achieved"] < 0.1  # the dual is tight enough to decide a target
+    assert bound["achieved_fpr_pooled"] <= pooled
+    # no FPR allowed: nothing may be flagged in healthy tissue, only lesion pixels above every healthy one
+    strict = threshold_study.dice_bound(dump, pooled_fpr=1e-9, volume_fpr=1e-9)
+    top_only = [threshold_study.dice_curve(v[1], v[2]) for v in volumes]
+    expect = np.mean([max(d[f == 0]) for d, f in top_only])
+    assert strict["achieved"] == pytest.approx(expect) and strict["upper"] == pytest.approx(expect, abs=1e-6)
