@@ -154,6 +154,90 @@ def manual_root(dl_manager, dataset: str) -> epath.Path:
     return sub if sub.is_dir() else root
 
 
+class BeamSupport:
+    """Mixin (before ``tfds.core.GeneratorBasedBuilder``) of the real-data builders: they generate
+    through TFDS's Apache Beam support when the build asks for it -- a ``beam_runner`` or
+    ``beam_options`` in the ``DownloadConfig``, e.g. ``tfds build datasets/ixi
+    --beam_pipeline_options="runner=DataflowRunner,..."`` -- and in this process otherwise (tfvae's own
+    builds). ``split_examples`` makes either. The attributes named in ``BEAM_STATE`` (set by
+    ``_split_generators``, used by ``_load``) travel with the builder to Beam's workers, which
+    rebuild it from its pickled state."""
+
+    BEAM_STATE: tuple = ()
+    _beam = False
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        self._beam = download_config.beam_runner is not None or download_config.beam_options is not None
+        return super()._download_and_prepare(dl_manager, download_config)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_tfvae_state"] = {k: getattr(self, k) for k in self.BEAM_STATE if hasattr(self, k)}
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        extra = state.pop("_tfvae_state", {})
+        super().__setstate__(state)
+        for key, value in extra.items():
+            setattr(self, key, value)
+
+
+def split_examples(builder, split: str, cases, load, root, *, start=None, done=None):
+    """A split's examples as ``_generate_examples`` returns them: on Beam (``BeamSupport``) a
+    ``PTransform`` (``beam_case_examples``), else the generator of ``case_examples``, before which
+    ``start()`` runs (e.g. preprocessing ahead) and after which ``done()`` runs (e.g. a report)."""
+    cases = list(cases)
+    if getattr(builder, "_beam", False):
+        return beam_case_examples(builder, split, cases, load)
+
+    def generate():
+        if start is not None:
+            start()
+        yield from case_examples(builder, split, cases, load, root)
+        if done is not None:
+            done()
+    return generate()
+
+
+SLICES_PER_CASE = 100_000  # more axial slices than any volume has (Beam keys: case * this + slice)
+
+
+def beam_case_examples(builder, split: str, cases, load):
+    """The split's examples as a Beam ``PTransform``: one element per case, each case loaded
+    (``load(item)``, e.g. preprocessed) and sliced on a worker. The datasets keep generation order
+    (``disable_shuffling``), for which TFDS's Beam writer sorts integer keys: examples are keyed
+    ``<case number> * SLICES_PER_CASE + <slice>``, so they are stored volume by volume in the order
+    of ``cases``, as ``case_examples`` stores them. Bad cases fail the
+    pipeline, or with ``skip_bad`` (and always for ``PreprocessFailed``) are skipped, logged on the
+    worker and counted in the Beam counter ``<dataset>/<split>_skipped``. The built dataset's
+    metadata records the cases given (``volumes``): which were skipped is in the workers' logs."""
+    import apache_beam as beam  # not TFDS's lazy proxy: the workers' function must pickle
+
+    name, skip_bad = builder.name, builder.builder_config.skip_bad
+
+    def examples(numbered):
+        from apache_beam.metrics import Metrics
+
+        number, (case_id, item) = numbered
+        try:
+            sliced = load(item)
+        except BadInputError as e:
+            if not skip_bad and not isinstance(e, PreprocessFailed):
+                raise
+            log.warning("%s/%s: skipping bad case %s: %s", name, split, case_id, e)
+            Metrics.counter(name, f"{split}_skipped").inc()
+            return
+        Metrics.counter(name, f"{split}_volumes").inc()
+        for _, example in slice_examples(case_id, sliced):  # TFDS's Beam writer keeps order by integer keys
+            yield number * SLICES_PER_CASE + int(example["slice_index"]), example
+
+    if builder.info.metadata is not None:
+        builder.info.metadata.setdefault("volumes", {})[split] = len(cases)
+        builder.info.metadata["generated_with"] = "apache_beam"
+    return beam.Create(list(enumerate(cases))) | beam.FlatMap(examples)
+
+
 def case_examples(builder, split: str, cases, load, root):
     """(key, example) of every slice of every case, for a builder's ``_generate_examples``.
 

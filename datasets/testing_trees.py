@@ -142,6 +142,18 @@ def nifti_folder_tree(root, healthy: int = 4, with_seg: int = 2):
 IXI_SCANS = (("IXI002", "Guys", "0828"), ("IXI012", "HH", "1211"), ("IXI035", "IOP", "0873"))
 # raw phantom heads on a coarse grid (4 mm voxels): a few seconds each through coarse preprocessing
 COARSE_HEAD = dict(brain_voxel_mm=4.0, voxel_mm=(4.0, 4.0, 4.8))
+# head_preprocessing settings for them: 4 mm everywhere, one registration level, few iterations, one
+# thread (as tests/test_head_preprocessing.py); a builder's preprocess_settings
+COARSE_PREPROCESSING = (("resolution_mm", 4.0), ("template_resolution_mm", 4.0), ("n4_shrink", 2),
+                        ("n4_iterations", (20, 20)), ("registration_shrink", (1,)),
+                        ("registration_smoothing_mm", (2.0,)), ("registration_iterations", 100), ("threads", 1))
+
+
+def coarse_preprocessing(cache, **fields) -> dict:
+    """Builder config fields: coarse preprocessing (``COARSE_PREPROCESSING``) into the cache folder
+    ``cache``, in this process; ``fields`` override."""
+    return {**dict(preprocess_settings=COARSE_PREPROCESSING, preprocess_dir=str(cache), preprocess_workers=1),
+            **fields}
 
 
 def raw_head(path, seed: int, *, tumours: bool = False, seg_path=None, **head):

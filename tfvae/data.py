@@ -280,10 +280,10 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
     why -- when either differs, never silently reused."""
     b = check_available(data_config)
     folder = source_folder(b, data_config)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir(data_config))
     # the download folder named, not left to TFDS: a rebuild (built in a staging folder) then finds the
     # raw heads preprocessed by earlier builds there (tfvae_datasets.raw_scans' cache)
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir(data_config),
-                                          download_dir=os.path.join(os.fspath(b.data_dir_root), "downloads"))
+    downloads = os.path.join(os.fspath(b.data_dir_root), "downloads")
     if b.is_prepared() and folder is not None and os.path.isdir(folder):
         reason = _stale_reason(b, folder)
         if reason:
@@ -293,7 +293,7 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
                                 f"{data_dir_source(data_config)[1].replace('name a folder', 'name one')}")
             log(f"rebuilding {data_config['name']}/{b.builder_config.name}: {reason}")
             with _os_errors(b, data_config):
-                _rebuild_whole(b, config, folder)
+                _rebuild_whole(b, config, folder, downloads)
             return builder(data_config)  # the new build's info
         return b
     if not b.is_prepared():
@@ -303,7 +303,7 @@ def prepare(data_config: dict, log=print) -> tfds.core.DatasetBuilder:
         log(f"building {data_config['name']}/{b.builder_config.name} in {b.data_dir} ({where}; once)")
         sys.stdout.flush()
         with _os_errors(b, data_config):
-            _build(b, config)
+            _build(b, config, downloads)
             if folder is not None:
                 _record_source(b, folder)
     return b
@@ -324,18 +324,20 @@ def _os_errors(b: tfds.core.DatasetBuilder, data_config: dict):
         raise _cannot_build(b, data_config, found) from None
 
 
-def _build(b: tfds.core.DatasetBuilder, config) -> None:
+def _build(b: tfds.core.DatasetBuilder, config, download_dir: str | None = None) -> None:
     """``b.download_and_prepare`` without TFDS's "Downloading and preparing dataset" and
-    "downloaded and prepared" lines: nothing is downloaded (the caller says what is built)."""
+    "downloaded and prepared" lines: nothing is downloaded (the caller says what is built).
+    ``download_dir``: TFDS's download folder (None: ``<b's data folder>/downloads``)."""
     for name in ("_log_download_bytes", "_log_download_done"):  # TFDS 4.9's two prints, on this builder only
         if hasattr(b, name):
             setattr(b, name, lambda *args, **kwargs: None)
-    b.download_and_prepare(download_config=config)
+    b.download_and_prepare(download_dir=download_dir, download_config=config)
 
 
-def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str) -> None:
+def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str, download_dir: str | None = None) -> None:
     """Build ``b``'s dataset again beside the old build (a hidden staging folder in the same data
-    folder) and swap it in only once complete: a rebuild that fails keeps the previous build."""
+    folder) and swap it in only once complete: a rebuild that fails keeps the previous build.
+    ``download_dir``: the download folder the rebuild uses (the data folder's, not the staging one's)."""
     import shutil
 
     from tfvae.rundir import swap_in
@@ -344,7 +346,7 @@ def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)  # left by an earlier rebuild that was cut short
     fresh = type(b)(config=b.builder_config, data_dir=staging)
     try:
-        _build(fresh, config)
+        _build(fresh, config, download_dir)
         _record_source(fresh, folder)
         swap_in(os.fspath(fresh.data_dir), os.fspath(b.data_dir))
     finally:

@@ -20,6 +20,12 @@ Labels are stored in the BraTS 2018 convention: 1 necrotic / non-enhancing core,
 - 2023+ names with a label 4 (BraTS 2024+ post-treatment cases): 3 is enhancing (stored as 4) and
   4 the **resection cavity**, which is not tumour: stored as 0 by default, or as ``CAVITY_LABEL``
   (5, counted in the whole tumour) with the config ``t2_cavity`` (``BratsConfig.cavity="tumour"``).
+
+Raw cases (heads not skull-stripped, not registered): with ``preprocess`` (``data.preprocess: true``)
+each case's scan is first preprocessed (``raw_scans``: 1 mm, N4, registration to MNI152 2009a,
+brain extraction, crop; cached in TFDS's download folder) and its segmentation follows it into
+template space through the recorded transform, by nearest neighbour. A case whose scan fails
+preprocessing is skipped and reported.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import sys
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfvae_datasets import real_data
+from tfvae_datasets import raw_scans, real_data
 from tfvae_datasets.slices import slice_dataset_info
 
 # modality -> the names it has in the file names of the different releases
@@ -74,9 +80,10 @@ not work). Nothing in the folder is changed."""
 
 
 @dataclasses.dataclass(eq=False)
-class BratsConfig(real_data.SliceConfig):
+class BratsConfig(raw_scans.PreprocessConfig):
     """``modality``: t2 (the paper), flair, t1 or t1ce; ``cavity``: what the resection cavity of
-    BraTS 2024+ post-treatment cases is, "background" (default: not tumour) or "tumour"."""
+    BraTS 2024+ post-treatment cases is, "background" (default: not tumour) or "tumour";
+    ``preprocess`` and its fields: raw cases (``raw_scans``)."""
 
     modality: str = "t2"
     cavity: str = "background"
@@ -167,9 +174,11 @@ def case_file(case: epath.Path, modality: str) -> epath.Path:
     raise real_data.bad(case, f"missing {what} (expected {expected})")
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
-    """BraTS test slices with tumour labels (one ``test`` split)."""
+class Builder(real_data.BeamSupport, tfds.core.GeneratorBasedBuilder):
+    """BraTS test slices with tumour labels (one ``test`` split). Generated in this process, or
+    through Apache Beam when the build names a runner (``BeamSupport``)."""
 
+    BEAM_STATE = ("_preprocessor", "_conventions_said")
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -194,12 +203,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                              f"got {cfg.modality!r}")
         if cfg.cavity not in ("background", "tumour"):
             raise ValueError(f"brats config {cfg.name}: cavity must be 'background' or 'tumour', got {cfg.cavity!r}")
+        raw_scans.check_fields(cfg, self.name)
         self._conventions_said: set = set()
         root = real_data.manual_root(dl_manager, self.name)
         cases = find_cases(root)
         if not cases:
             raise real_data.BadInputError(f"{root}: no BraTS case folders found (expected e.g. "
                                           "Brats18_CBICA_AAB_1/Brats18_CBICA_AAB_1_t2.nii.gz)")
+        self._preprocessor = raw_scans.Preprocessor(self.name, cfg, dl_manager) if cfg.preprocess else None
         return {"test": self._generate_examples(cases, root)}
 
     def _load(self, case: epath.Path):
@@ -217,8 +228,30 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     f"as BraTS 2018: 1 core, 2 edema, 4 enhancing){cavity.get(convention, '')}")
             print(line, file=sys.stderr)
             real_data.log.warning(line)
+        if self._preprocessor is not None:  # a raw case: the brain in template space, the labels following it
+            pre = self._preprocessor.load(case.name, image_path, expect_modality=self.builder_config.modality)
+            return real_data.slices_of(pre.path, pre.image, pre.affine, mask=pre.mask, label=pre.label(label),
+                                       cfg=self.builder_config)
         return real_data.slices_of(image_path, image, affine, label=label, cfg=self.builder_config)
 
     def _generate_examples(self, cases, root):
-        yield from real_data.case_examples(self, "test", [(c.name, c) for c in cases], self._load, root)
-        self.info.metadata["releases"] = sorted({layout_of(c.name) for c in cases})  # e.g. the paper's: ["2018"]
+        pre = self._preprocessor
+
+        def start():  # every case's scan preprocessed ahead, in parallel
+            jobs = []
+            for c in cases:
+                try:
+                    jobs.append((c.name, case_file(c, self.builder_config.modality)))
+                except real_data.BadInputError:
+                    pass  # said (or skipped) when the case is read
+            pre.prepare(jobs)
+
+        def done():
+            if pre is not None:
+                pre.report("test")
+            self.info.metadata["releases"] = sorted({layout_of(c.name) for c in cases})  # e.g. the paper's: ["2018"]
+
+        if self._beam:
+            self.info.metadata["releases"] = sorted({layout_of(c.name) for c in cases})
+        return real_data.split_examples(self, "test", [(c.name, c) for c in cases], self._load, root,
+                                        start=start if pre is not None else None, done=done)

@@ -352,3 +352,24 @@ def test_a_label_3_in_a_2018_to_2021_case_is_an_error_naming_it(tmp_path):
     tt.brats_case(src, "BraTS2021_00000", 0, enhancing=3)  # the 2023 convention in a 2021 case
     with pytest.raises(real_data.BadInputError, match=r"BraTS2021_00000_seg\.nii\.gz: unknown label value\(s\) \[3\]"):
         tt.build(brats.Builder, src, tmp_path / "tfds")
+
+
+def test_raw_cases_are_preprocessed_and_their_segmentation_follows_into_template_space(tmp_path):
+    """``preprocess``: a case's scan preprocessed (coarse here), its segmentation pulled into template
+    space by nearest neighbour through the recorded transform (issue 32)."""
+    src = tmp_path / "src"
+    case = "BraTS2021_00000"
+    truth = tt.raw_head(src / case / f"{case}_t2.nii.gz", 2, tumours=True, seg_path=src / case / f"{case}_seg.nii.gz")
+    with pytest.raises(real_data.BadInputError, match="does not look skull-stripped"):  # a raw head, as it is
+        tt.build(brats.Builder, src, tmp_path / "plain")
+    builder = tt.build(brats.Builder, src, tmp_path / "tfds", **tt.coarse_preprocessing(tmp_path / "cache",
+                                                                                        preprocess=True))
+    assert _labels(builder) == set(np.unique(truth.label).tolist())
+    examples = tt.examples(builder, "test")
+    for ex in examples:
+        np.testing.assert_allclose(np.diag(ex["source_affine"])[:3], 4.0, atol=1e-4)  # template space, 4 mm
+    # the tumour (bright in T2) is where the labels say: brighter than the rest of the brain
+    image = np.concatenate([ex["image"].ravel() for ex in examples])
+    label = np.concatenate([ex["label"].ravel() for ex in examples])
+    brain = np.concatenate([ex["brain_mask"].ravel() for ex in examples]) > 0
+    assert image[label > 0].mean() > image[brain & (label == 0)].mean() + 0.5

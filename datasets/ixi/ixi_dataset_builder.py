@@ -79,9 +79,11 @@ def find_scans(root: epath.Path) -> list[tuple[str, epath.Path]]:
     return found
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
-    """Healthy IXI T2 slices, preprocessed from the raw heads: train and validation (by subject)."""
+class Builder(real_data.BeamSupport, tfds.core.GeneratorBasedBuilder):
+    """Healthy IXI T2 slices, preprocessed from the raw heads: train and validation (by subject).
+    Generated in this process, or through Apache Beam when the build names a runner (``BeamSupport``)."""
 
+    BEAM_STATE = ("_preprocessor",)
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -125,18 +127,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                                   [s for s in scans if parse_name(s[0])[0] in validation], root),
         }
 
-    def _load(self, scan: epath.Path, volume_id: str):
+    def _load(self, item):
+        scan, volume_id = item
         pre = self._preprocessor.load(volume_id, scan, expect_modality="t2")
         return real_data.slices_of(pre.path, pre.image, pre.affine, mask=pre.mask, cfg=self.builder_config)
 
     def _generate_examples(self, split: str, scans, root):
-        self._preprocessor.prepare(self._all_scans)  # every split's scans at once, in parallel (once)
-        yield from real_data.case_examples(self, split, [(vid, (path, vid)) for vid, path in scans],
-                                           lambda item: self._load(*item), root)
+        cases = [(vid, (path, vid)) for vid, path in scans]
+        if self._beam:  # each worker preprocesses its scans (cached); the sites of the scans given
+            self._record_sites(split, [vid for vid, _ in scans])
+            return real_data.beam_case_examples(self, split, cases, self._load)
+
+        def generate():
+            self._preprocessor.prepare(self._all_scans)  # every split's scans at once, in parallel (once)
+            yield from real_data.case_examples(self, split, cases, self._load, root)
+            skipped = {s["case"] for s in self.info.metadata.get("skipped", {}).get(split, [])}
+            self._record_sites(split, [vid for vid, _ in scans if vid not in skipped])
+            self._preprocessor.report(split)
+        return generate()
+
+    def _record_sites(self, split: str, volume_ids) -> None:
+        """The metadata's ``site`` (volume id -> site) and ``sites`` (split -> site -> scans)."""
         metadata = self.info.metadata
-        skipped = {s["case"] for s in metadata.get("skipped", {}).get(split, [])}
-        kept = [vid for vid, _ in scans if vid not in skipped]
-        metadata.setdefault("site", {}).update({vid: parse_name(vid)[1] for vid in kept})
-        metadata.setdefault("sites", {})[split] = {site: sum(parse_name(v)[1] == site for v in kept)
-                                                   for site in SITES if any(parse_name(v)[1] == site for v in kept)}
-        self._preprocessor.report(split)
+        sites = {vid: parse_name(vid)[1] for vid in volume_ids}
+        metadata.setdefault("site", {}).update(sites)
+        metadata.setdefault("sites", {})[split] = {site: list(sites.values()).count(site) for site in SITES
+                                                   if site in sites.values()}

@@ -9,8 +9,8 @@ IXI's; written once by ``testing_trees.DUMMY_DATA["ixi"]``:
 
     python -m tfvae_datasets.testing_trees ixi
 
-The tests preprocess them with coarse settings (``COARSE``: 4 mm, one registration level; a few
-seconds a scan), in a cache folder of their own (never TFDS's download folder, which TFDS's builder
+The tests preprocess them with coarse settings (``testing_trees.COARSE_PREPROCESSING``: 4 mm, one
+registration level; a few seconds a scan), in a cache folder of their own (never TFDS's download folder, which TFDS's builder
 test points at dummy_data/).
 """
 
@@ -30,15 +30,8 @@ from tfvae_datasets import testing_trees as tt  # noqa: E402
 from tfvae_datasets.hcp_t2 import hcp_t2_dataset_builder as hcp  # noqa: E402
 from tfvae_datasets.ixi import ixi_dataset_builder as ixi  # noqa: E402
 
-# 4 mm everywhere, one registration level, few iterations (as tests/test_head_preprocessing.py)
-COARSE = (("resolution_mm", 4.0), ("template_resolution_mm", 4.0), ("n4_shrink", 2), ("n4_iterations", (20, 20)),
-          ("registration_shrink", (1,)), ("registration_smoothing_mm", (2.0,)), ("registration_iterations", 100),
-          ("threads", 1))
-
-
-def coarse(cache, **fields):
-    """Config fields: coarse preprocessing into ``cache``, in this process (``fields`` override)."""
-    return {**dict(preprocess_settings=COARSE, preprocess_dir=str(cache), preprocess_workers=1), **fields}
+COARSE = tt.COARSE_PREPROCESSING
+coarse = tt.coarse_preprocessing
 
 
 class IxiTest(tfds.testing.DatasetBuilderTestCase):
@@ -178,3 +171,28 @@ def test_scans_preprocessed_in_parallel_workers_are_reused_by_the_builder(tmp_pa
         assert hp.reusable(os.fspath(scan), pre.out_dir(vid), pre.settings) is not None
         loaded = pre.load(vid, scan)
         assert loaded.image.shape == loaded.mask.shape and loaded.mask.any()
+
+
+def test_beam_local_runner_builds_the_same_dataset(tmp_path, three_sites, monkeypatch):
+    """Through TFDS's Apache Beam support (Beam's local DirectRunner, as a user would name Dataflow,
+    Spark or Flink): the scans preprocessed on Beam's workers into the cache, and the same examples
+    in the same order as the plain build (which then finds every scan preprocessed)."""
+    pytest.importorskip("apache_beam")
+    cfg = dataclasses.replace(ixi.Builder.builder_configs["default"], name="beam_test", image_size=32,
+                              validation_fraction=0.34, **coarse(tmp_path / "cache"))
+    beam = ixi.Builder(config=cfg, data_dir=str(tmp_path / "beam"))
+    beam.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=three_sites,
+                                                                           beam_runner="DirectRunner"))
+    assert beam.info.metadata["generated_with"] == "apache_beam"
+    plain = ixi.Builder(config=cfg, data_dir=str(tmp_path / "plain"))
+    monkeypatch.setattr(hp, "preprocess_scan", None)  # the plain build must find every scan in the cache
+    plain.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=three_sites))
+    assert beam.info.metadata["site"] == plain.info.metadata["site"]
+    assert beam.info.metadata["volumes"] == plain.info.metadata["volumes"]
+    for split in ("train", "validation"):
+        ours, theirs = tt.examples(beam, split), tt.examples(plain, split)
+        assert [(ex["volume_id"], int(ex["slice_index"])) for ex in ours] == \
+            [(ex["volume_id"], int(ex["slice_index"])) for ex in theirs]
+        for a, b in zip(ours, theirs):
+            for key in ("image", "brain_mask", "label", "source_affine", "crop"):
+                np.testing.assert_array_equal(a[key], b[key])

@@ -20,6 +20,12 @@ segmentation, not lesions) stops the build with one line naming it and what to d
 label map is a test case (``test`` split); a scan without one is healthy (``train`` / ``validation``,
 split by file, seeded); ``<scan>_mask.nii[.gz]`` is a scan's brain mask. A split with no scans is not
 declared (the build says so).
+
+Raw heads (skull on, any pose, as IXI ships them): with ``preprocess`` (``data.preprocess: true``)
+each scan is first preprocessed (``raw_scans``: 1 mm, N4, registration to MNI152 2009a, brain
+extraction, crop; cached in TFDS's download folder) and its brain sliced in template space; its
+label map follows it there by nearest neighbour, and a ``<scan>_mask`` is not used (the
+preprocessing extracts the brain). A scan that fails preprocessing is skipped and reported.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfvae import labelmaps
-from tfvae_datasets import real_data
+from tfvae_datasets import raw_scans, real_data
 from tfvae_datasets.slices import slice_dataset_info
 
 COMPANIONS = ("_seg", "_mask")
@@ -55,15 +61,18 @@ file); a scan with a segmentation next to it, <scan>_seg.nii[.gz] (0 background,
 (nnU-Net / Decathlon layout), and the scan beside a label map such as consensus_gt.nii.gz (several
 modalities beside it: choose one with the config t2, flair, t1 or t1ce). Label maps and masks are
 never taken as scans. An optional <scan>_mask.nii[.gz] is the scan's brain mask.
-Nothing in the folder is changed."""
+Raw heads (skull on, as IXI ships them): set the config field preprocess (data.preprocess: true) and
+each scan is preprocessed first (SimpleITK: pip install tfvae[preprocess]). Nothing in the folder
+is changed."""
 
 
 @dataclasses.dataclass(eq=False)
-class NiftiFolderConfig(real_data.SliceConfig):
+class NiftiFolderConfig(raw_scans.PreprocessConfig):
     """``folder``: read this folder instead of the manual folder; ``validation_fraction`` of the
     healthy scans (chosen by ``seed``) validate; ``labels``: the label values a segmentation may
     hold (stored unchanged; the whole tumour is ``label > 0``); ``modality``: which scan of a case
-    is used where a label map lies beside several (t2, flair, t1, t1ce; None: such a case is an error)."""
+    is used where a label map lies beside several (t2, flair, t1, t1ce; None: such a case is an error);
+    ``preprocess`` and its fields: raw heads (``raw_scans``)."""
 
     folder: str | None = None
     validation_fraction: float = 0.1
@@ -243,9 +252,11 @@ def companion(path: epath.Path, kind: str) -> epath.Path | None:
     return real_data.find_nifti(path.parent, real_data.strip_nifti_suffix(path.name) + kind)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
-    """Slices of the scans of a folder: healthy train / validation, segmented test."""
+class Builder(real_data.BeamSupport, tfds.core.GeneratorBasedBuilder):
+    """Slices of the scans of a folder: healthy train / validation, segmented test. Generated in this
+    process, or through Apache Beam when the build names a runner (``BeamSupport``)."""
 
+    BEAM_STATE = ("_preprocessor",)
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -261,6 +272,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         cfg = self.builder_config
+        raw_scans.check_fields(cfg, self.name)
         if cfg.folder:
             root = epath.Path(cfg.folder).expanduser()
             if not root.is_dir():
@@ -283,6 +295,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             logging.getLogger("tfvae_datasets").warning(
                 "nifti_folder %s: no scans for split(s) %s (healthy scans: %d, with a label map: %d); not declared",
                 root, ", ".join(missing), len(healthy), len(test))
+        self._preprocessor = raw_scans.Preprocessor(self.name, cfg, dl_manager) if cfg.preprocess else None
+        self._all_scans = [(c.volume_id, c.scan) for c in cases]
         return {name: self._generate_examples(name, items, root) for name, items in splits.items() if items}
 
     def _load(self, case: Case):
@@ -293,21 +307,47 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         labelmaps.refuse_label_map(path, image, "name it <scan>_seg.nii.gz after its scan (or put it in a labels/ "
                                                 "folder), or move it out of the folder")
         mask = label = None
+        if self._preprocessor is not None:
+            return self._load_preprocessed(case, image, affine)
         if case.mask is not None:
             mask, mask_affine = real_data.load_volume(case.mask)
             real_data.check_same_grid(case.mask, mask, mask_affine, path, image, affine, "brain mask")
         if case.seg is not None:
-            seg, seg_affine = real_data.load_volume(case.seg)
-            real_data.check_same_grid(case.seg, seg, seg_affine, path, image, affine, "segmentation")
-            label = real_data.check_labels(case.seg, seg, cfg.labels)
-            share = labelmaps.lesion_share(label, mask if mask is not None else image != 0)
-            if share > labelmaps.MAX_LESION_SHARE:
-                raise real_data.bad(case.seg, f"labels {100 * share:.0f}% of the brain of {path}: a tissue or anatomy "
-                                              "segmentation, not lesions, so the scan would be a test case; to train "
-                                              "on the scan as healthy, move "
-                                              + (f"{case.seg_folder}/" if case.seg_folder else "the label map")
-                                              + " out of the data folder")
+            label = self._checked_label(case, image, affine, mask if mask is not None else image != 0)
         return real_data.slices_of(path, image, affine, mask=mask, label=label, cfg=cfg)
 
+    def _checked_label(self, case: Case, image, affine, mask):
+        """The case's label map, checked (same grid as ``image``, known values, not most of the brain)."""
+        cfg = self.builder_config
+        seg, seg_affine = real_data.load_volume(case.seg)
+        real_data.check_same_grid(case.seg, seg, seg_affine, case.scan, image, affine, "segmentation")
+        label = real_data.check_labels(case.seg, seg, cfg.labels)
+        share = labelmaps.lesion_share(label, mask)
+        if share > labelmaps.MAX_LESION_SHARE:
+            raise real_data.bad(case.seg, f"labels {100 * share:.0f}% of the brain of {case.scan}: a tissue or "
+                                          "anatomy segmentation, not lesions, so the scan would be a test case; to "
+                                          "train on the scan as healthy, move "
+                                          + (f"{case.seg_folder}/" if case.seg_folder else "the label map")
+                                          + " out of the data folder")
+        return label
+
+    def _load_preprocessed(self, case: Case, image, affine):
+        """A raw head: preprocessed (cached), its label map pulled into template space with it."""
+        if case.mask is not None:
+            real_data.log.warning("%s: not used (with preprocess the brain mask comes from the preprocessing)",
+                                  case.mask)
+        pre = self._preprocessor.load(case.volume_id, case.scan, expect_modality=self.builder_config.modality)
+        label = None
+        if case.seg is not None:
+            raw_label = self._checked_label(case, image, affine, pre.raw_mask)
+            label = pre.label(raw_label)
+        return real_data.slices_of(pre.path, pre.image, pre.affine, mask=pre.mask, label=label,
+                                   cfg=self.builder_config)
+
     def _generate_examples(self, split, items, root):
-        yield from real_data.case_examples(self, split, items, self._load, root)
+        pre = self._preprocessor
+        if pre is None:
+            return real_data.split_examples(self, split, items, self._load, root)
+        return real_data.split_examples(  # every split's scans preprocessed at once, in parallel (once)
+            self, split, items, self._load, root, start=lambda: pre.prepare(self._all_scans),
+            done=lambda: pre.report(split))

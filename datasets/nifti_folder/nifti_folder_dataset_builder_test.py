@@ -248,3 +248,132 @@ def test_a_case_of_several_nnunet_channels_is_read_from_the_channel_of_the_confi
 def test_modality_names_read_flair_before_t2():
     assert [nf.modality_of(n) for n in ("T2W", "t2_tirm_tra_dark-fluid", "AX_FLAIR_T2", "T1W", "t1gd", "PD")] == \
         ["t2", "flair", "flair", "t1", "t1ce", None]
+
+
+# --- issue 32: raw heads preprocessed before slicing (the config field preprocess, data.preprocess) -----
+def _raw_folder(src):
+    """Two healthy raw heads and one with tumours and its label map, coarse (4 mm voxels)."""
+    tt.raw_head(src / "sub-01_T2w.nii.gz", 0)
+    tt.raw_head(src / "sub-02_T2w.nii.gz", 1)
+    return tt.raw_head(src / "lesions" / "case0.nii.gz", 2, tumours=True, seg_path=src / "lesions" / "case0_seg.nii.gz")
+
+
+def test_raw_heads_are_preprocessed_and_their_label_map_follows_into_template_space(tmp_path):
+    from tfvae_datasets import raw_scans
+
+    src = tmp_path / "raw"
+    truth = _raw_folder(src)
+    before = tt.file_bytes(src)
+    with pytest.raises(real_data.BadInputError, match="does not look skull-stripped"):  # without: refused
+        tt.build(nf.Builder, src, tmp_path / "plain")
+    cache = tmp_path / "cache"
+    builder = tt.build(nf.Builder, src, tmp_path / "tfds", validation_fraction=0.5,
+                       **tt.coarse_preprocessing(cache, preprocess=True))
+    assert sorted(tt.volume_ids(builder, "train") + tt.volume_ids(builder, "validation")) == ["sub-01_T2w",
+                                                                                             "sub-02_T2w"]
+    assert tt.volume_ids(builder, "test") == ["lesions/case0"]
+    test = tt.examples(builder, "test")
+    labels = np.concatenate([ex["label"].ravel() for ex in test])
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4} and (labels > 0).sum() > 20
+    for ex in test:  # sliced in template space (the coarse template's 4 mm grid, RAS+)
+        np.testing.assert_allclose(np.diag(ex["source_affine"])[:3], 4.0, atol=1e-4)
+    assert tt.file_bytes(src) == before  # the cache is elsewhere
+    digest = raw_scans.settings_digest(raw_scans.settings_of(builder.builder_config, "nifti_folder"))
+    assert sorted(os.listdir(cache / digest / "nifti_folder")) == [
+        "lesions", *sorted(f"sub-0{i}_T2w{s}" for i in (1, 2) for s in ("_tfvae_brainmask.nii.gz",
+                                                                          "_tfvae_preprocessed.nii.gz",
+                                                                          "_tfvae_preprocessing.json"))]
+    # the label map in template space lies where the phantom's tumour lies in its own (MNI-like)
+    # space, which the template's is up to the registration's error; and inside the brain mask
+    pre = raw_scans.Preprocessor("nifti_folder", builder.builder_config, root=cache / digest)
+    loaded = pre.load("lesions/case0", src / "lesions" / "case0.nii.gz")
+    label = loaded.label(truth.label)
+    assert set(np.unique(label).tolist()) == set(np.unique(truth.label).tolist())
+    assert (label > 0).sum() * 4.0 ** 3 == pytest.approx((truth.label > 0).sum() * abs(np.linalg.det(truth.affine)),
+                                                         rel=0.25)
+    assert loaded.mask[label > 0].mean() > 0.9
+
+    def centroid(volume, affine):
+        return (affine @ np.append(np.argwhere(volume > 0).mean(axis=0), 1.0))[:3]
+    in_phantom = (truth.world_to_phantom @ np.append(centroid(truth.label, truth.affine), 1.0))[:3]
+    assert np.linalg.norm(centroid(label, loaded.affine) - in_phantom) < 8.0  # two 4 mm voxels
+
+
+def test_data_preprocess_builds_a_config_of_its_own(tmp_path, monkeypatch):
+    """``data.preprocess``: ``<config>_preprocessed`` (nifti_folder, brats), refused for builders of
+    preprocessed scans, nothing for ixi (always preprocessed). A rebuild (a scan added: built in a
+    staging folder) preprocesses only the new scan: the cache is in the data folder's downloads/."""
+    import dataclasses
+
+    from tfvae import config as config_lib
+    from tfvae import data
+    from tfvae import head_preprocessing as hp
+
+    base = {**config_lib.defaults()["data"], "data_dir": str(tmp_path / "tfds"), "image_size": 32}
+    b = data.builder({**base, "name": "nifti_folder", "preprocess": True})
+    assert b.builder_config.name == "default_32px_preprocessed" and b.builder_config.preprocess
+    assert not data.builder({**base, "name": "nifti_folder"}).builder_config.preprocess
+    assert data.builder({**base, "name": "brats", "config": "flair", "preprocess": True}).builder_config.name == \
+        "flair_32px_preprocessed"
+    assert data.builder({**base, "name": "ixi", "preprocess": True}).builder_config.name == "default_32px"
+    with pytest.raises(data.DataError, match=r"^data\.preprocess: hcp_t2 reads scans that are preprocessed"):
+        data.builder({**base, "name": "hcp_t2", "preprocess": True})
+
+    coarse = dict(tt.COARSE_PREPROCESSING)
+
+    @dataclasses.dataclass(frozen=True)
+    class CoarseSettings(hp.Settings):  # the registered config's settings (none given): coarse here
+        resolution_mm: float = coarse["resolution_mm"]
+        template_resolution_mm: float = coarse["template_resolution_mm"]
+        n4_shrink: int = coarse["n4_shrink"]
+        n4_iterations: tuple = coarse["n4_iterations"]
+        registration_shrink: tuple = coarse["registration_shrink"]
+        registration_smoothing_mm: tuple = coarse["registration_smoothing_mm"]
+        registration_iterations: int = coarse["registration_iterations"]
+        threads: int = 1
+    monkeypatch.setattr(hp, "Settings", CoarseSettings)
+    made = []
+    real = hp.preprocess_scan
+
+    def counted(scan, *args, **kwargs):
+        made.append(os.path.basename(os.fspath(scan)))
+        return real(scan, *args, **kwargs)
+    monkeypatch.setattr(hp, "preprocess_scan", counted)
+    src = tmp_path / "raw"
+    tt.raw_head(src / "sub-01_T2w.nii.gz", 0)
+    tt.raw_head(src / "sub-02_T2w.nii.gz", 1)
+    config = {**base, "name": "nifti_folder", "preprocess": True, "manual_dir": str(src)}
+    # in this process (counted, and with the coarse settings: workers would not see the patch)
+    monkeypatch.setattr(nf.Builder.builder_configs["default"], "preprocess_workers", 1)
+    lines = []
+    data.prepare(config, log=lines.append)
+    assert sorted(made) == ["sub-01_T2w.nii.gz", "sub-02_T2w.nii.gz"]
+    tt.raw_head(src / "sub-03_T2w.nii.gz", 2)
+    data.prepare(config, log=lines.append)
+    assert "rebuilding nifti_folder/default_32px_preprocessed" in lines[-1]
+    assert sorted(made) == ["sub-01_T2w.nii.gz", "sub-02_T2w.nii.gz", "sub-03_T2w.nii.gz"]  # only the new one
+    assert os.path.isdir(tmp_path / "tfds" / "downloads" / "tfvae_preprocessed")
+
+
+def test_beam_local_runner_builds_the_same_splits(tmp_path):
+    """TFDS's Apache Beam support (Beam's local DirectRunner): the same examples, in the same order,
+    in each of train, validation and test, as the build in this process."""
+    pytest.importorskip("apache_beam")
+    import dataclasses
+
+    src = tt.nifti_folder_tree(str(tmp_path / "src"), healthy=3, with_seg=2)
+    cfg = dataclasses.replace(nf.Builder.builder_configs["default"], name="beam_test", image_size=32,
+                              validation_fraction=0.34)
+    built = {}
+    for name, runner in (("plain", None), ("beam", "DirectRunner")):
+        built[name] = nf.Builder(config=cfg, data_dir=str(tmp_path / name))
+        built[name].download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=src,
+                                                                                      beam_runner=runner))
+    assert set(built["beam"].info.splits) == {"train", "validation", "test"}
+    for split in ("train", "validation", "test"):
+        ours, theirs = tt.examples(built["beam"], split), tt.examples(built["plain"], split)
+        assert [(ex["volume_id"], int(ex["slice_index"])) for ex in ours] == \
+            [(ex["volume_id"], int(ex["slice_index"])) for ex in theirs] and ours
+        for a, b in zip(ours, theirs):
+            for key in ("image", "brain_mask", "label"):
+                np.testing.assert_array_equal(a[key], b[key])
