@@ -86,7 +86,7 @@ def test_localize_and_evaluate_use_the_calibration(run, site, tmp_path, capsys):
     with open(os.path.join(out, "summary.csv")) as f:
         row = next(csv.DictReader(f))
     assert float(row["threshold"]) == pytest.approx(stored.threshold(key, 0.01), rel=1e-5)
-    assert row["threshold_from"] == "thresholds.json"
+    assert row["threshold_from"] == "thresholds.json (the healthy scans of calibration site1)"
     results = run.evaluate(overrides=["threshold.calibration=site1", 'evaluate.predictors=["intensity"]',
                                       "evaluate.write_nifti=false"], out_dir=str(tmp_path / "eval"))
     assert results["intensity"]["dice_fpr01_threshold"] == pytest.approx(stored.threshold(key, 0.01), rel=1e-6)

@@ -71,7 +71,27 @@ def test_train_writes_a_complete_run_directory(tmp_path, tiny_overrides, capsys)
     assert float(row["rec"]) - float(row["rec_sq"]) == pytest.approx(0.5 * 32 * 32 * np.log(2 * np.pi), rel=1e-4)
     model = keras.models.load_model(os.path.join(run, "model.keras"))
     assert isinstance(model, BetaVAE) and model.beta == 10.0 and model.image_size == 32
-    assert "trained 2 epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained 2 epochs" in out
+    # one line per epoch, in 80 columns, with the training and validation loss of history.csv
+    assert [line for line in out.splitlines() if len(line) > 80 and str(tmp_path) not in line
+            and "tfds" not in line] == []  # lines naming a folder are as long as its path
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ") and "loss" in line]
+    assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"]
+    assert f"loss {float(row['loss']):.1f} ({float(row['val_loss']):.1f})" in epoch_lines[0]
+
+
+def test_an_epoch_line_fits_80_columns_whatever_the_values():
+    from tfvae.callbacks import epoch_line
+
+    logs = {"loss": 123456.789, "val_loss": 234567.891, "kl": 1234.5678, "val_kl": 2345.6789,
+            "rec": 122222.22, "val_rec": 233333.33, "rec_sq": 5.0}
+    line = epoch_line(321, 500, logs, 3725.0)
+    assert len(line) <= 79 and line.startswith("epoch 321/500  loss 123456.8 (234567.9)  kl 1234.6 (2345.7)")
+    assert line.endswith("1 h 2 min") and "rec_sq" not in line
+    assert epoch_line(3, 30, {"loss": 4064.751, "val_loss": 4111.42, "kl": 40.92, "val_kl": 38.54, "rec": 4023.83,
+                              "val_rec": 4072.88}, 5.2) == \
+        "epoch  3/30  loss 4064.8 (4111.4)  kl 40.92 (38.54)  rec 4023.8 (4072.9)  5 s"
 
 
 def test_an_existing_run_is_never_overwritten_without_asking(tmp_path, tiny_overrides, capsys):
@@ -365,3 +385,25 @@ def test_resume_weights_cut_short_fall_back_to_the_last_checkpoint(tmp_path, tin
         assert f"; nor can the fall-back: {last} cannot be read (cut short or damaged?" in line
         assert line.endswith("the run cannot resume; start it again with --overwrite")
     assert history_epochs(run) == [0, 1, 2]
+
+
+def test_the_bar_on_a_terminal_is_one_line_rewritten_in_80_columns(monkeypatch):
+    import io
+
+    from tfvae import callbacks
+
+    clock = iter(range(0, 1000, 1))
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: float(next(clock)))
+    bar, lines = io.StringIO(), []
+    progress = callbacks.Progress(500, bar=True, log=lines.append, stream=bar)
+    progress.set_params({"steps": 1234, "epochs": 500})
+    progress.on_train_begin()
+    progress.on_epoch_begin(120)
+    for step in range(3):
+        progress.on_train_batch_end(step, {"loss": 123456.789})
+    progress.on_epoch_end(120, {"loss": 4064.75, "val_loss": 4111.4, "kl": 40.92, "val_kl": 38.5})
+    drawn = [d for d in bar.getvalue().split("\r") if d]
+    assert len(drawn) == 4 and all(len(d) == 79 for d in drawn)  # three steps, then the line cleared
+    assert drawn[2].startswith("epoch 121/500    3/1234 [....................] loss 1.2346e+05")
+    assert drawn[3].strip() == "" and "\n" not in bar.getvalue()
+    assert lines[1].startswith("epoch 121/500  loss 4064.8 (4111.4)  kl 40.92 (38.5)  ")

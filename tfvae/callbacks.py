@@ -153,11 +153,87 @@ class RemainingTime(keras.callbacks.Callback):
         if self.started is not None and self.seen < 2:
             self.seen += 1
             took, left = now - self.started, self.epochs - epoch
-            first = " (with compiling the step)" if self.seen == 1 else ""
-            stop = f"; train.patience={self.patience} may stop it earlier" if self.patience else ""
+            first = " (compiling included)" if self.seen == 1 else ""
             self.log(f"epoch {epoch} took {duration(took)}{first}: about {duration(took * left)} for the "
-                     f"remaining {left} epoch(s){stop}")
+                     f"remaining {left}")
+            if self.patience and self.seen == 1:
+                self.log(f"  (fewer if train.patience={self.patience} stops the run at a plateau)")
         self.started = now
+
+
+class Progress(keras.callbacks.Callback):
+    """Training progress that fits an 80-column terminal (Keras's own bar prints every metric and its
+    ``val_`` twin: ~230 columns, one wrapped line per step). At each epoch's end one line (also in a
+    log file): the epoch, ``SHOWN`` metrics of the training slices with the validation slices' in
+    brackets, and the time; on a terminal (``bar``) a line rewritten in place during the epoch with
+    the step, a bar and the running loss. Every metric of every epoch is in ``history.csv`` and
+    TensorBoard. ``log``: where the epoch lines go; ``stream``: where the bar goes."""
+
+    SHOWN = ("loss", "kl", "rec")
+    WIDTH = 79
+
+    def __init__(self, epochs: int, bar: bool, log=print, stream=None):
+        super().__init__()
+        self.epochs, self.bar, self.log = int(epochs), bool(bar), log
+        self.stream = stream
+        self.started = self.drawn = 0.0
+        self.epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.log("each epoch: " + ", ".join(self.SHOWN) + " per slice, training (validation)")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started, self.drawn = epoch, time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if not self.bar or now - self.drawn < 0.2:
+            return
+        self.drawn = now
+        steps = self.params.get("steps") if self.params else None
+        done = batch + 1
+        if steps:
+            filled = int(20 * done / steps)
+            where = f"{done:>{len(str(steps))}}/{steps} [{'=' * filled}{'.' * (20 - filled)}]"
+        else:
+            where = f"step {done}"
+        loss = (logs or {}).get("loss")
+        text = f"epoch {self.epoch + 1}/{self.epochs} {where}" + (f" loss {loss:.5g}" if loss is not None else "")
+        self._draw(f"{text}  {now - self.started:.0f} s")
+
+    def _draw(self, text: str) -> None:
+        import sys
+
+        stream = self.stream or sys.stdout
+        stream.write("\r" + text[:self.WIDTH].ljust(self.WIDTH) + "\r")
+        stream.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar and self.drawn:
+            self._draw("")
+        self.log(epoch_line(epoch + 1, self.epochs, logs or {}, time.perf_counter() - self.started,
+                            self.SHOWN, self.WIDTH))
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, shown=Progress.SHOWN, width: int = 79) -> str:
+    """One epoch's line of ``Progress``: ``epoch 3/30  loss 4064.8 (4111.4)  kl 40.92 (38.54) ... 5 s``
+    (``metric_parts``); metrics are dropped from the right until the line fits ``width`` columns."""
+    head = f"epoch {epoch:>{len(str(epochs))}}/{epochs}"
+    parts = metric_parts(logs, shown)
+    tail = duration(seconds)
+    while parts and len("  ".join([head, *parts, tail])) > width:
+        parts.pop()
+    return "  ".join([head, *parts, tail])
+
+
+def metric_parts(logs: dict, shown=Progress.SHOWN) -> list[str]:
+    """``["loss 4064.8 (4111.4)", "kl 40.92 (38.54)", ...]``: each of ``shown`` in ``logs`` (one
+    decimal from 100 up, else 4 significant digits), its ``val_`` twin in brackets where there is one."""
+    def number(v: float) -> str:
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
+
+    return [f"{k} {number(logs[k])}" + (f" ({number(logs['val_' + k])})" if f"val_{k}" in logs else "")
+            for k in shown if k in logs]
 
 
 class NonFiniteLoss(RuntimeError):

@@ -163,9 +163,13 @@ class Localizer:
             self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
             store = calibration.ThresholdStore(run.thresholds_path)
             key = store.key(run.model_digest(checkpoint), predictor, config)
-            healthy = (f"the healthy scans of calibration {config['threshold']['calibration']}"
-                       if config["threshold"]["calibration"] else "the validation slices")
-            self.threshold_source = ("thresholds.json" if store.threshold(key, fpr) is not None
+            name = config["threshold"]["calibration"]
+            healthy = (f"the healthy scans of calibration {name}" if name
+                       else "the validation slices of the training data")
+            # which healthy set the threshold comes from, said wherever the threshold is (summary.csv,
+            # index.html, the overlay's record): a named calibration or the run's own validation slices
+            self.calibration_words = f" of calibration {name}" if name else ""  # the overlay's title
+            self.threshold_source = (f"thresholds.json ({healthy})" if store.threshold(key, fpr) is not None
                                      else f"calibrated now on {healthy} (stored in thresholds.json)")
             self.reference = run.healthy_reference(predictor, fpr, config=config, checkpoint=checkpoint,
                                                    scorer=self.scorer)
@@ -782,8 +786,9 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
                     if warning not in said:  # a note on the run: once
                         warn(f"warning: {warning}")
                     said.update(localizer.notes)
-                row = write_outputs(result, out_dir, name, f"{name}: {localizer.predictor}, mask at {localizer.fpr:g} "
-                                                           f"FPR ({result.volume_ml:.1f} ml)",
+                title = (f"{name}: {localizer.predictor}, mask at {100 * localizer.fpr:g}% FPR"
+                         f"{localizer.calibration_words} ({result.volume_ml:.1f} ml)")
+                row = write_outputs(result, out_dir, name, title,
                                     scale=(result.threshold, None))
                 row = {"scan": os.path.abspath(path), **base, "brain_mask": result.brain_mask or "non-zero voxels",
                        **_preprocessed_column(result), **row, "threshold_from": localizer.threshold_source,

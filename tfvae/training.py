@@ -240,13 +240,15 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
                                            every=t["image_every"], seed=config["seed"]),
             *extra_callbacks,
         ]
-        if verbose and chief:  # how long the rest will take, once the first epoch has shown the pace
-            callbacks.append(tfvae_callbacks.RemainingTime(t["epochs"], t["patience"]))
+        if verbose and chief:  # a line per epoch that fits 80 columns (a bar on a terminal); how long the rest
+            # will take, once the first epoch has shown the pace
+            callbacks += [tfvae_callbacks.Progress(t["epochs"], bar=verbose == 1),
+                          tfvae_callbacks.RemainingTime(t["epochs"], t["patience"])]
         if t["patience"]:  # train until the validation loss plateaus; keep the best epoch's weights
             callbacks.insert(1, keras.callbacks.EarlyStopping(monitor="val_loss", patience=t["patience"],
                                                               restore_best_weights=True, verbose=1))
         history = model.fit(train_ds, validation_data=validation_ds, epochs=t["epochs"], callbacks=callbacks,
-                            shuffle=False, verbose=verbose, initial_epoch=initial_epoch)  # tf.data shuffles
+                            shuffle=False, verbose=0, initial_epoch=initial_epoch)  # tf.data shuffles
         if t["patience"] and os.path.isfile(run.model_path("best")):
             model.load_weights(run.model_path("best"))  # the best epoch, also across a resume
         tfvae_callbacks.save_model(model, run.model_path("final"))

@@ -162,8 +162,12 @@ def _train(args, config, run_dir) -> int:
               f"is kept: then continue with: {resume_command(run.dir)}", file=sys.stderr)
         return 2
     final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
-    summary = "  ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()))
-    print(f"trained {len(history.epoch)} epochs: {summary}")
+    from tfvae.callbacks import metric_parts
+
+    parts = metric_parts(final)
+    while len(parts) > 1 and len("  ".join(parts)) > 58:  # 80 columns with "trained NNN epochs: "
+        parts.pop()
+    print(f"trained {len(history.epoch)} epochs: {'  '.join(parts)}")
     print(f"model: {run.model_path()}")
     return 0
 
