@@ -46,6 +46,9 @@ setup(
         "preprocess": ["SimpleITK>=2.3"],
         # TFDS's command line (`tfds build datasets/<name> --config C`) imports these even for plain builders
         "tfds-cli": ["apache-beam>=2.60", "mlcroissant>=1.0"],
+        # the real-data builders generated through TFDS's Apache Beam support (a runner named in the
+        # build: Dataflow, Spark, Flink, or Beam's local DirectRunner); raw heads need preprocess too
+        "beam": ["apache-beam>=2.60"],
         # scripts/benchmark.py --peer: a plain PyTorch implementation of the same network to compare with
         # (the CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)
         "peer": ["torch>=2.4"],
