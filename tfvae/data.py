@@ -55,7 +55,7 @@ class MissingDataError(DataError):
 def test_data_config(data_config: dict) -> dict:
     """The data config of the dataset evaluation scores: ``data.test_name`` / ``data.test_config``
     when given (``test_config`` null: "default"), else the training dataset itself. Every other key
-    (data_dir, image_size, manual_dir, skip_bad, split names) is shared."""
+    (data_dir, image_size, manual_dir, skip_bad, preprocess, split names) is shared."""
     out = dict(data_config)
     if data_config.get("test_name"):
         out["name"] = data_config["test_name"]
@@ -328,6 +328,13 @@ def _build(b: tfds.core.DatasetBuilder, config, download_dir: str | None = None)
     """``b.download_and_prepare`` without TFDS's "Downloading and preparing dataset" and
     "downloaded and prepared" lines: nothing is downloaded (the caller says what is built).
     ``download_dir``: TFDS's download folder (None: ``<b's data folder>/downloads``)."""
+    if getattr(b.builder_config, "preprocess", False):  # raw heads: SimpleITK needed to build, not to read
+        from tfvae import head_preprocessing
+
+        try:
+            head_preprocessing.require_simpleitk()
+        except head_preprocessing.MissingExtraError as e:
+            raise DataError(f"building {b.name}/{b.builder_config.name}: {e}") from None
     for name in ("_log_download_bytes", "_log_download_done"):  # TFDS 4.9's two prints, on this builder only
         if hasattr(b, name):
             setattr(b, name, lambda *args, **kwargs: None)

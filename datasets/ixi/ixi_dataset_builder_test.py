@@ -196,3 +196,17 @@ def test_beam_local_runner_builds_the_same_dataset(tmp_path, three_sites, monkey
         for a, b in zip(ours, theirs):
             for key in ("image", "brain_mask", "label", "source_affine", "crop"):
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_without_simpleitk_building_is_one_line_naming_the_extra(tmp_path, monkeypatch, three_sites):
+    from tfvae import config as config_lib
+    from tfvae import data
+
+    def missing():
+        raise hp.MissingExtraError(f"raw-head preprocessing needs SimpleITK, which is not installed: {hp.EXTRA_HINT}")
+    monkeypatch.setattr(hp, "require_simpleitk", missing)
+    config = {**config_lib.defaults()["data"], "name": "ixi", "data_dir": str(tmp_path / "tfds"),
+              "manual_dir": three_sites}
+    with pytest.raises(data.DataError, match=r"^building ixi/default: raw-head preprocessing needs SimpleITK.*"
+                                             r"pip install tfvae\[preprocess\]$"):
+        data.prepare(config, log=lambda line: None)
