@@ -373,3 +373,24 @@ def test_raw_cases_are_preprocessed_and_their_segmentation_follows_into_template
     label = np.concatenate([ex["label"].ravel() for ex in examples])
     brain = np.concatenate([ex["brain_mask"].ravel() for ex in examples]) > 0
     assert image[label > 0].mean() > image[brain & (label == 0)].mean() + 0.5
+
+
+def test_beam_local_runner_builds_the_same_test_split(tmp_path):
+    """TFDS's Apache Beam support (Beam's local DirectRunner): the same examples in the same order."""
+    pytest.importorskip("apache_beam")
+    import dataclasses
+
+    src = tt.brats2021_tree(str(tmp_path / "src"))
+    cfg = dataclasses.replace(brats.Builder.builder_configs["default"], name="beam_test", image_size=32)
+    built = {}
+    for name, runner in (("plain", None), ("beam", "DirectRunner")):
+        built[name] = brats.Builder(config=cfg, data_dir=str(tmp_path / name))
+        built[name].download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=src,
+                                                                                      beam_runner=runner))
+    ours, theirs = tt.examples(built["beam"], "test"), tt.examples(built["plain"], "test")
+    assert [(ex["volume_id"], int(ex["slice_index"])) for ex in ours] == \
+        [(ex["volume_id"], int(ex["slice_index"])) for ex in theirs] and ours
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert built["beam"].info.metadata["releases"] == ["2021"]
