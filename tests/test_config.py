@@ -45,6 +45,8 @@ def test_partial_config_takes_defaults_and_converts_int_to_float(tmp_path):
     ({"augment": {"scale": [0.9, float("inf")]}}, ["augment.scale", "finite"]),
     ({"seed": 10**20}, ["seed", "2**31", str(10**20)]),
     ({"seed": -1}, ["seed", "2**31"]),
+    ({"evaluate": {"exclude_volumes": "test_000"}}, ["evaluate.exclude_volumes", "list", "'test_000'"]),
+    ({"evaluate": {"exclude_volumes": ["test_000", 3]}}, ["evaluate.exclude_volumes", "volume ids"]),
 ])
 def test_bad_values_are_one_line_errors_naming_file_and_key(tmp_path, content, words):
     with pytest.raises(ConfigError) as err:

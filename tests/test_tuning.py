@@ -74,6 +74,10 @@ def test_shipped_search_configs_are_valid(name):
     ({"space": {"model": [1]}}, "space: unknown run-config key 'model'"),  # a section, not a key
     ({"space": {"name": ["a"]}}, "space: 'name' cannot be searched"),
     ({"space": {"train.epochs": [1, 2]}, "tuner": "hyperband"}, "train.epochs cannot be searched with hyperband"),
+    ({"elbo_samples": 0}, "elbo_samples must be >= 1"),
+    ({"elbo_samples": 2.5}, "elbo_samples must be an integer"),
+    ({"elbo_samples": True}, "elbo_samples must be an integer"),
+    ({"objective_split": 1}, "objective_split must be a string or null"),
 ])
 def test_bad_search_config_is_one_line_naming_file_and_key(tmp_path, change, message):
     path = tmp_path / "bad_search.json"
@@ -110,8 +114,8 @@ def test_search_schema_is_config_fields_with_the_documented_defaults(tmp_path):
     path.write_text(json.dumps({"base": {"name": "x"}, "space": {"model.beta": [1]}}))
     search = tuning.load_search(str(path))
     assert (search.tuner, search.objective_key, search.objective_predictor, search.objective_volumes,
-            search.objective_split, search.max_trials, search.hyperband_factor) == \
-        ("grid", "val_loss", "rec_grad", 2, None, None, 3)
+            search.objective_split, search.max_trials, search.hyperband_factor, search.elbo_samples) == \
+        ("grid", "val_loss", "rec_grad", 2, None, None, 3, 16)
     assert tuning.run_config_field("model.beta") is config_lib.SCHEMA["model"]["beta"]
     assert tuning.run_config_field("model") is None and tuning.run_config_field("model.bogus") is None
 
@@ -215,6 +219,204 @@ def test_missing_base_file_is_named(tmp_path):
         tuning.load_search(str(path))
 
 
+# --- the neg_elbo objective: a Monte-Carlo estimate of the negative ELBO ---------------------------
+def _linear_gaussian_vae(size=8, latent=4, slices=4, beta=1.0, seed=0):
+    """A BetaVAE whose decoder is linear, g(z) = W z + b, and whose encoder gives every slice the
+    same q(z|x) = N(mu, diag(sigma^2)) (a Dense layer with a zero kernel), with slices x = g(mu) +
+    noise; the model's own likelihood (Normal(g(z), 1) per pixel) and prior are kept. Returns the
+    model, the slices (slices, S, S, 1) and W, b, mu, sigma (float64)."""
+    import keras
+
+    from tfvae.model import BetaVAE
+
+    rng = np.random.default_rng(seed)
+    d = size * size
+    w, b = rng.normal(0, 0.5, (d, latent)), rng.normal(0, 0.5, d)
+    mu, sigma = rng.normal(0, 1, latent), rng.uniform(0.5, 1.5, latent)
+    x = mu @ w.T + b + rng.normal(0, 0.3, (slices, d))
+    vae = BetaVAE(image_size=size, latent_dim=latent, beta=beta, seed=0)
+    encoder = keras.Sequential([keras.Input((size, size, 1)), keras.layers.Flatten(), keras.layers.Dense(2 * latent)])
+    encoder.layers[-1].set_weights([np.zeros((d, 2 * latent), "float32"),
+                                    np.concatenate([mu, np.log(sigma)]).astype("float32")])
+    decoder = keras.Sequential([keras.Input((latent,)), keras.layers.Dense(d), keras.layers.Reshape((size, size, 1))])
+    decoder.layers[0].set_weights([w.T.astype("float32"), b.astype("float32")])
+    vae.encoder, vae.decoder = encoder, decoder
+    return vae, x.reshape(slices, size, size, 1).astype("float32"), w, b, mu, sigma
+
+
+def _linear_gaussian_closed_form(x, w, b, mu, sigma):
+    """Per slice, in float64: E_q[Lrec], Lrec at z = mu, Var_q(Lrec) and the KL, for Lrec(z) =
+    0.5 ||x - W z - b||^2 + 0.5 D log(2 pi) and q = N(mu, diag(sigma^2)). With z = mu + sigma * eps
+    and A = W diag(sigma), r = x - W mu - b: Lrec = 0.5 ||r - A eps||^2 + const, so
+    E_q[Lrec] = Lrec(mu) + 0.5 tr(A^T A) and Var_q(Lrec) = ||A^T r||^2 + 0.5 ||A^T A||_F^2
+    (Gaussian moments: the linear and quadratic parts of eps are uncorrelated)."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    r = x - (mu @ w.T + b)
+    at_mu = 0.5 * (r ** 2).sum(axis=1) + 0.5 * x.shape[1] * np.log(2 * np.pi)
+    a = w * sigma
+    expected = at_mu + 0.5 * np.trace(a.T @ a)
+    variance = ((r @ a) ** 2).sum(axis=1) + 0.5 * ((a.T @ a) ** 2).sum()
+    kl = 0.5 * (mu ** 2 + sigma ** 2 - 1 - 2 * np.log(sigma)).sum()
+    return expected, at_mu, variance, kl
+
+
+def test_the_negative_elbo_estimate_agrees_with_the_closed_form_of_a_linear_gaussian_decoder():
+    """The Monte-Carlo negative ELBO against E_q[Lrec] + KL in closed form: within 5 Monte-Carlo
+    standard errors (computed from the closed-form variance, not from the draws) per slice and on
+    the mean, while the old objective, Lrec at z = mu + KL, is more than 50 standard errors off."""
+    import tensorflow as tf
+
+    samples = 2000
+    vae, x, w, b, mu, sigma = _linear_gaussian_vae()
+    expected, at_mu, variance, kl = _linear_gaussian_closed_form(x, w, b, mu, sigma)
+    se = np.sqrt(variance / samples)
+    assert np.all(np.abs(at_mu - expected) > 50 * se)  # what z = mu leaves out is material here
+
+    # per slice: sampled_elbo_terms with the model's own posterior, likelihood and prior
+    terms = tuning.sampled_elbo_terms(x, vae.posterior, vae.likelihood, vae.prior(), samples=samples, seed=[3, 0])
+    rec = terms["rec"].numpy().astype(np.float64)
+    assert rec.shape == (samples, len(x)) and terms["kl"].shape == (len(x),)
+    np.testing.assert_allclose(terms["kl"].numpy(), kl, rtol=1e-5)
+    assert np.all(np.abs(rec.mean(axis=0) - expected) < 5 * se)
+    # independent draws: their spread is the closed form's (the sample variance's own relative error is
+    # about sqrt(2 / samples) = 3 % for a Gaussian; the quadratic part's heavier tail: a few % more)
+    np.testing.assert_allclose(rec.var(axis=0, ddof=1), variance, rtol=0.2)
+
+    # the objective: the mean over the slices, no beta, its Monte-Carlo standard error, deterministic
+    examples = tf.data.Dataset.from_tensor_slices({"image": x})
+    estimate = tuning.negative_elbo(vae, examples, samples=samples, seed=7, batch_size=3)  # two batches
+    mean_se = np.sqrt(variance.sum() / samples) / len(x)
+    assert (estimate.slices, estimate.samples) == (len(x), samples)
+    assert abs(estimate.value - (expected.mean() + kl)) < 5 * mean_se
+    assert abs(estimate.value - (at_mu.mean() + kl)) > 50 * mean_se
+    assert estimate.mc_standard_error == pytest.approx(mean_se, rel=0.2)
+    assert tuning.negative_elbo(vae, examples, samples=samples, seed=7, batch_size=3) == estimate
+    assert tuning.negative_elbo(vae, examples, samples=samples, seed=8, batch_size=3).value != estimate.value
+    at_beta_4 = _linear_gaussian_vae(beta=4.0)[0]
+    assert tuning.negative_elbo(at_beta_4, examples, samples=samples, seed=7, batch_size=3) == estimate
+
+
+def test_negative_elbo_of_the_model_at_vanishing_sigma_is_lrec_at_mu_plus_kl():
+    """On the real (convolutional) model: with the encoder's log sigma pushed to -12 the draws
+    collapse onto mu, and the estimate is Lrec(g(mu)) + KL as ``loss_terms(sample=False)`` gives it,
+    whatever beta; one draw has no standard error; fewer than one is refused."""
+    import tensorflow as tf
+
+    from tfvae.model import BetaVAE
+
+    images = np.random.default_rng(0).normal(size=(6, 16, 16, 1)).astype("float32")
+    examples = tf.data.Dataset.from_tensor_slices({"image": images})
+    vae = BetaVAE(image_size=16, latent_dim=4, beta=3.0, seed=0)
+    layer = vae.encoder.get_layer("to_latent")
+    kernel, bias = layer.get_weights()
+    kernel[:, 4:], bias[4:] = 0.0, -12.0
+    layer.set_weights([kernel, bias])
+    terms = vae.loss_terms(images, sample=False)
+    at_mu = float(np.mean(terms["rec"].numpy().astype(np.float64) + terms["kl"].numpy()))
+    estimate = tuning.negative_elbo(vae, examples, samples=4, seed=0)
+    assert estimate.value == pytest.approx(at_mu, rel=1e-6)
+    assert tuning.negative_elbo(vae, examples, samples=1).mc_standard_error is None
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        tuning.negative_elbo(vae, examples, samples=0)
+
+
+def test_a_neg_elbo_search_saved_before_the_monte_carlo_objective_is_not_resumed(tmp_path):
+    search = tuning.load_search(tiny_search(tmp_path, "unused"))
+    assert search.describe()["elbo_samples"] == 16
+    search_dir = tmp_path / "search"
+    search_dir.mkdir()
+    old = json.loads(json.dumps(search.describe()))
+    del old["elbo_samples"]  # what search.json held when neg_elbo was Lrec + KL at z = mu
+    (search_dir / tuning.SEARCH_FILE).write_text(json.dumps(old))
+    with pytest.raises(tuning.SearchDirError, match="differs in elbo_samples"):
+        tuning.prepare_search_dir(search, str(search_dir))
+
+
+# --- the auroc objective's volumes -----------------------------------------------------------------
+def test_held_apart_volumes_are_a_seeded_draw_that_leaves_volumes_to_evaluate():
+    ids = [f"test_{i:03d}" for i in range(20)]
+    picked = tuning.held_apart_volumes(ids[::-1] + ids[:3], 5, seed=0)  # order and repeats do not matter
+    assert picked == sorted(picked) and len(set(picked)) == 5 and set(picked) <= set(ids)
+    assert tuning.held_apart_volumes(ids, 5, seed=0) == picked
+    assert any(tuning.held_apart_volumes(ids, 5, seed=s) != picked for s in range(1, 4))
+    with pytest.raises(ValueError, match="would hold apart all 2 volumes of the test split"):
+        tuning.held_apart_volumes(["a", "b", "a"], 2, seed=0)
+
+
+def _split_ids(examples) -> set:
+    return {v.decode() for v in examples.map(lambda ex: ex["volume_id"]).as_numpy_iterator()}
+
+
+@pytest.mark.parametrize("objective_split", [None, "test"])
+def test_the_auroc_objective_holds_test_volumes_apart_unless_told_to_read_the_test_split(
+        tmp_path, tiny_data_dir, monkeypatch, objective_split):
+    """By default the objective scores test volumes that the trial's evaluation leaves out; named
+    explicitly, the test split itself is read (its first volumes), nothing is left out, and the
+    results -- objective.json, best/best_trial.json -- carry a warning. Training is a stub here (an
+    untrained model is scored); the real searches are the slow tests below."""
+    import types
+
+    from tfvae import data, evaluation, training
+    from tfvae.run import Run
+
+    def train(config, run_dir, extra_callbacks=(), model=None, **kwargs):  # one epoch's history, then the callbacks
+        with open(Run(run_dir).history_path, "w") as f:
+            f.write("epoch,val_loss\n0,1.5\n")
+        for callback in extra_callbacks:
+            callback.set_model(model)
+            callback.on_train_end()
+
+    monkeypatch.setattr(training, "train", train)
+    extra = {} if objective_split is None else {"objective_split": objective_split}
+    search = tuning.load_search(tiny_search(tmp_path, tiny_data_dir, objective="auroc", objective_predictor="rec_error",
+                                            objective_volumes=1, **extra))
+    search_dir = str(tmp_path / "search")
+    hypermodel = tuning.VAEHyperModel(search, search_dir)
+    hp = search.hyperparameters()
+    metrics = hypermodel.fit(hp, hypermodel.build(hp), trial_id="0")
+    run = tuning.trial_dir(search_dir, "0")
+    with open(os.path.join(run, "objective.json")) as f:
+        objective = json.load(f)
+    config = config_lib.load(os.path.join(run, "config.json"))
+    test_ids = _split_ids(data.load_split(config["data"], "test"))
+    evaluated = _split_ids(evaluation.evaluated_test_split(config))
+    scored = objective["objective_volume_ids"]
+    assert len(scored) == 1 and set(scored) <= test_ids and objective["val_auroc"] == metrics["val_auroc"]
+    if objective_split is None:
+        assert objective["held_apart"] and "warning" not in objective
+        assert scored == tuning.held_apart_volumes(test_ids, 1, search.base["seed"])
+        assert config["evaluate"]["exclude_volumes"] == scored
+        assert evaluated == test_ids - set(scored) and evaluated  # evaluation never sees the objective's volumes
+        from tfvae import reporting
+
+        assert "test without 1 volume(s) held apart for tuning" in reporting.title(config)
+    else:
+        assert not objective["held_apart"] and config["evaluate"]["exclude_volumes"] == []
+        first = next(data.load_split(config["data"], "test").as_numpy_iterator())["volume_id"].decode()
+        assert scored == [first] and evaluated == test_ids
+        assert "is the test split evaluation scores" in objective["warning"] and first in objective["warning"]
+        assert "not held-out" in objective["warning"]
+    best = types.SimpleNamespace(trial_id="0", score=metrics["val_auroc"], hyperparameters=hp)
+    tuner = types.SimpleNamespace(oracle=types.SimpleNamespace(get_best_trials=lambda n: [best]))
+    summary = tuning.export_best(tuner, search, search_dir)
+    with open(os.path.join(search_dir, "best", "best_trial.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(summary))
+    assert summary["objective_volume_ids"] == scored and summary["held_apart"] == (objective_split is None)
+    assert summary.get("warning") == objective.get("warning")
+
+
+def test_an_auroc_search_saved_before_held_apart_volumes_is_not_resumed(tmp_path):
+    search = tuning.load_search(tiny_search(tmp_path, "unused", objective="auroc"))
+    described = search.describe()
+    assert described["objective_held_apart"] is True and "elbo_samples" not in described
+    search_dir = tmp_path / "search"
+    search_dir.mkdir()
+    del described["objective_held_apart"]  # search.json of an auroc search that read the first test volumes
+    (search_dir / tuning.SEARCH_FILE).write_text(json.dumps(described))
+    with pytest.raises(tuning.SearchDirError, match="differs in objective_held_apart"):
+        tuning.prepare_search_dir(search, str(search_dir))
+
+
 def _events_contain(folder, needle: bytes) -> bool:
     return any(needle in open(f, "rb").read() for f in glob.glob(os.path.join(folder, "**", "events.*"),
                                                                     recursive=True))
@@ -268,18 +470,24 @@ def test_grid_search_neg_elbo_resumes_and_exports_best(tmp_path, tiny_data_dir, 
             rows = list(csv.DictReader(f))
         assert len(rows) == 1
         assert objectives[trial]["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
-        # the search's objective (it varies beta): Lrec + KL at z = mu, written out with numpy
+        # the search's objective (it varies beta): the negative ELBO E_q[Lrec] + KL, estimated again
+        # with numpy and draws of its own, agrees within 5 standard errors of the two estimates
         from tfvae import data
         from tfvae.model import load
 
         model = load(os.path.join(run, "model.keras"))
         images = np.stack([ex["image"] for ex in data.load_split(saved["data"], "validation").as_numpy_iterator()])
-        stats = model.encoder(images).numpy()
-        mu, log_sigma = np.split(stats, 2, axis=-1)
-        g = model.decoder(mu).numpy()
-        rec = 0.5 * ((images - g) ** 2).sum(axis=(1, 2, 3)) + 0.5 * images[0].size * np.log(2 * np.pi)
+        mu, log_sigma = np.split(model.encoder(images).numpy().astype(np.float64), 2, axis=-1)
+        rng, draws = np.random.default_rng(1), 256
+        rec = np.stack([0.5 * ((images - model.decoder((mu + np.exp(log_sigma) * rng.normal(size=mu.shape))
+                                                       .astype("float32")).numpy()) ** 2).sum(axis=(1, 2, 3))
+                        + 0.5 * images[0].size * np.log(2 * np.pi) for _ in range(draws)])
         kl = 0.5 * (mu ** 2 + np.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(axis=1)
-        assert objectives[trial]["val_neg_elbo"] == pytest.approx(float(np.mean(rec + kl)), rel=1e-4)
+        ours, ours_se = np.mean(rec.mean(axis=0) + kl), np.sqrt(rec.var(axis=0, ddof=1).sum() / draws) / len(images)
+        recorded = objectives[trial]
+        assert (recorded["elbo_samples"], recorded["elbo_slices"]) == (16, len(images))
+        assert recorded["val_neg_elbo_mc_se"] > 0
+        assert abs(recorded["val_neg_elbo"] - ours) < 5 * np.hypot(ours_se, recorded["val_neg_elbo_mc_se"])
     assert {o["values"]["model.beta"] for o in objectives.values()} == {0.5, 4.0}
 
     best_trial = min(objectives, key=lambda t: objectives[t]["val_neg_elbo"])
@@ -321,10 +529,14 @@ def test_grid_search_auroc_objective_uses_the_evaluation_metric(tmp_path, tiny_d
             objective = json.load(f)
         scores[trial] = objective["val_auroc"]
         assert _events_contain(os.path.join(run, "logs", "validation"), b"auroc")
-    # recompute trial 0's objective independently: rec_error of the first test volume, sklearn AUROC
+    # recompute trial 0's objective independently: rec_error of the held-apart test volume (which the
+    # trial's evaluation leaves out), sklearn AUROC
     config = config_lib.load(os.path.join(search_dir, "trials", "0", "config.json"))
+    with open(os.path.join(search_dir, "trials", "0", "objective.json")) as f:
+        held_apart = json.load(f)["objective_volume_ids"]
+    assert config["evaluate"]["exclude_volumes"] == held_apart and len(held_apart) == 1
     model = load(os.path.join(search_dir, "trials", "0", "model.keras"))
-    volume = next(evaluation.volumes(data.load_split(config["data"], "test")))
+    volume = next(v for v in evaluation.volumes(data.load_split(config["data"], "test")) if v.volume_id in held_apart)
     x = volume.image
     reconstruction = model(x, training=False).numpy()
     expected = roc_auc_score((volume.label > 0).ravel(), ((x - reconstruction) ** 2).ravel())
@@ -336,6 +548,7 @@ def test_grid_search_auroc_objective_uses_the_evaluation_metric(tmp_path, tiny_d
         best = json.load(f)
     assert best["trial_id"] == best_trial and best["objective"] == "val_auroc"
     assert best["score"] == pytest.approx(scores[best_trial])
+    assert best["held_apart"] and best["objective_volume_ids"] == held_apart and "warning" not in best
 
 
 @pytest.mark.slow

@@ -106,6 +106,9 @@ Schema (dotted key: type, default -- meaning):
   axial slice of the scan but the first and last ``evaluate.reference_skip`` (int, 20), each whole
   slice resized to the image size, background included -- the population the paper's AUROC is
   over (ours crops a 192 mm field of view and keeps slices with 20% of the largest brain area).
+- ``evaluate.exclude_volumes``: list of str, [] -- test volumes (ids) evaluation leaves out: a
+  hyperparameter search whose ``auroc`` objective selected the model with the labels of held-apart
+  test volumes writes their ids here in each trial's config (``tfvae.tuning``).
 """
 
 from __future__ import annotations
@@ -171,6 +174,10 @@ def _one_of(*choices):
     def check(v):
         return None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
     return check
+
+
+def _volume_ids(v):
+    return None if all(isinstance(item, str) for item in v) else "must be a list of volume ids (strings)"
 
 
 def _predictor_names(v):
@@ -318,6 +325,7 @@ SCHEMA: dict[str, Any] = {
         "nifti_maps": Field(LIST + STR, ["recommended"], _nifti_maps),
         "pixel_set": Field(STR, "fov", _one_of("fov", "reference")),
         "reference_skip": Field(INT, 20, _non_negative),
+        "exclude_volumes": Field(LIST, [], _volume_ids),
     },
 }
 

@@ -483,16 +483,27 @@ def stored_calibration(run, config: dict, checkpoint: str) -> dict:
     return {"reference": reference, "thresholds": {p: store.thresholds(k) for p, k in keys.items()}}
 
 
-def run_inputs(run, config: dict, checkpoint: str = "final"):
-    """``(model, test split, healthy split)`` an evaluation of ``run`` with ``config`` scores: the
-    saved ``checkpoint``, the test split of ``data.test_data_config`` (e.g. trained on hcp_t2, tested
-    on brats) and the validation split or the user's healthy scans (``threshold.calibration``);
-    Keras's random seed set to the config's first, as every evaluation does."""
-    keras.utils.set_random_seed(config["seed"])
-    model = run.model(checkpoint)
+def evaluated_test_split(config: dict) -> tf.data.Dataset:
+    """The test examples an evaluation with ``config`` scores: the test split of
+    ``data.test_data_config`` (e.g. trained on hcp_t2, tested on brats) without the volumes
+    ``evaluate.exclude_volumes`` names (those a search's auroc objective selected the model with)."""
     d = config["data"]
     test = data.load_split(data.test_data_config(d), d["test_split"])
-    return model, test, run.healthy_split(config)
+    excluded = config["evaluate"]["exclude_volumes"]
+    if excluded:
+        left_out = tf.constant(excluded)
+        test = test.filter(lambda ex: tf.logical_not(tf.reduce_any(tf.equal(ex["volume_id"], left_out))))
+    return test
+
+
+def run_inputs(run, config: dict, checkpoint: str = "final"):
+    """``(model, test split, healthy split)`` an evaluation of ``run`` with ``config`` scores: the
+    saved ``checkpoint``, ``evaluated_test_split(config)`` and the validation split or the user's
+    healthy scans (``threshold.calibration``); Keras's random seed set to the config's first, as
+    every evaluation does."""
+    keras.utils.set_random_seed(config["seed"])
+    model = run.model(checkpoint)
+    return model, evaluated_test_split(config), run.healthy_split(config)
 
 
 def evaluate_run(run, config: dict, out_dir: str, *, checkpoint: str = "final",

@@ -28,11 +28,14 @@ VOLUME_COLUMNS = {"measured_fpr01_p90": ("measured_fpr01", "p90"), "measured_fpr
 
 
 def title(config: dict, checkpoint: str = "final") -> str:
-    """What an evaluation scored: run name, test data and split, beta, latent size, checkpoint."""
+    """What an evaluation scored: run name, test data and split (and how many of its volumes
+    ``evaluate.exclude_volumes`` leaves out), beta, latent size, checkpoint."""
     from tfvae.data import test_data_config
 
     test = test_data_config(config["data"])
-    return (f"{config['name']}: {test['name']}/{test['config']} {config['data']['test_split']}, "
+    excluded = config.get("evaluate", {}).get("exclude_volumes") or []
+    held = f" without {len(excluded)} volume(s) held apart for tuning" if excluded else ""
+    return (f"{config['name']}: {test['name']}/{test['config']} {config['data']['test_split']}{held}, "
             f"beta {config['model']['beta']:g}, latent {config['model']['latent_dim']}, {checkpoint} model")
 
 

@@ -16,10 +16,18 @@ whose one line names the file and the key):
 - ``objective``: "neg_elbo", "val_loss" or "auroc"; null (default): "neg_elbo" when the space varies
   ``model.beta``, else "val_loss". "val_loss" with a varying beta is refused (see below).
 - ``objective_predictor``: str, "rec_grad" -- the predictor whose AUROC the "auroc" objective is.
-- ``objective_volumes``: int, 2 -- how many labelled volumes (the first of ``objective_split``)
-  the "auroc" objective scores.
-- ``objective_split``: str or null -- the labelled split (of the test dataset,
-  ``data.test_data_config``) the "auroc" objective reads; null: the base's ``data.test_split``.
+- ``objective_volumes``: int, 2 -- how many labelled volumes the "auroc" objective scores.
+- ``objective_split``: str or null -- where the "auroc" objective's volumes come from. null (the
+  default): ``objective_volumes`` volumes of the test split of the test dataset
+  (``data.test_data_config``), drawn with the base's seed (``held_apart_volumes``) and held apart:
+  each trial's config lists them in ``evaluate.exclude_volumes``, so evaluating the search's runs
+  (``best/`` included) leaves them out. No builder has a labelled split besides ``test``
+  (``validation`` is healthy), hence held-apart test volumes. A split name: the first
+  ``objective_volumes`` volumes of that split of the test dataset, nothing excluded; naming the
+  base's ``data.test_split`` itself is allowed, and then the results (each trial's
+  ``objective.json``, ``best/best_trial.json``) carry a ``warning``: the test metrics include the
+  volumes the model was selected with.
+- ``elbo_samples``: int >= 1, 16 -- draws of z per slice for the "neg_elbo" objective.
 - ``max_trials``: int or null -- null: every setting of the space once (random, bayesian), all of
   them (grid); Hyperband sizes itself from ``epochs`` and ``hyperband_factor``.
 - ``epochs``: int or null -- epochs per trial (Hyperband: the most a trial gets); null: the base's
@@ -29,21 +37,25 @@ whose one line names the file and the key):
 Objectives:
 
 - ``neg_elbo`` (unsupervised, minimised; Keras Tuner objective ``val_neg_elbo``): the negative ELBO
-  Lrec + KL -- without beta, so settings of different beta are compared on one quantity -- averaged
-  over the healthy validation slices at z = mu (deterministic: no sampling noise), with the model
-  ``model.keras`` holds after the trial. The default for a search that varies beta.
+  E_q(z|x)[Lrec] + KL (nats per slice) -- without beta, so settings of different beta are compared
+  on one quantity -- estimated with ``elbo_samples`` reparameterised draws of z ~ q(z|x) per slice
+  (``negative_elbo``; the draws seeded by the run config's seed, so the value is deterministic and
+  trials of one latent size get the same eps) and averaged over the healthy validation slices, with the model
+  ``model.keras`` holds after the trial; ``objective.json`` also holds its Monte-Carlo standard
+  error (``val_neg_elbo_mc_se``). The default for a search that varies beta. (It used to be
+  Lrec(g(mu)) + KL at z = mu, which is not the ELBO: the expectation of Lrec over q(z|x) is not
+  Lrec at the mean of q(z|x).)
 - ``val_loss`` (unsupervised, minimised): the training objective Lrec + beta * KL on the healthy
   validation slices after the trial's last epoch (one sampled z per slice, as Keras reports it). It
   is the negative ELBO only at beta = 1 and falls as beta falls, so a search over beta with it would
   pick the smallest beta by construction (and Hyperband would prune by it): refused when the space
   varies ``model.beta``; right for searches at one beta.
 - ``auroc`` (supervised, maximised; Keras Tuner objective ``val_auroc``): USES LABELS. After
-  training, the first ``objective_volumes`` volumes of a labelled split are scored with
+  training, ``objective_volumes`` labelled volumes (``objective_split``) are scored with
   ``objective_predictor`` through ``evaluation.Scorer`` and ``metrics.PixelHistogram``, the code
   ``evaluate.py`` uses: pixel AUROC over all pixels of those slices (the paper's convention). This
-  is the paper's "small portion of data with both normal and abnormal"; with the default split
-  those volumes belong to the test split, so report test numbers without them (or point
-  ``objective_split`` at a held-out labelled split).
+  is the paper's "small portion of data with both normal and abnormal"; by default those volumes
+  are held apart from the test split and evaluation leaves them out (``objective_split``).
 
 Every trial is a normal run directory, ``<search_dir>/trials/<trial_id>/`` (config.json,
 model.keras, history.csv, checkpoints/, logs/ with TensorBoard scalars, images and hparams; the
@@ -69,11 +81,13 @@ import itertools
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import keras_tuner as kt
+import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfvae import config as config_lib
 from tfvae import files
@@ -86,6 +100,7 @@ TUNERS = ("grid", "random", "bayesian", "hyperband")
 OBJECTIVES = {"neg_elbo": ("val_neg_elbo", "min"), "val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}
 SEARCH_FILE = "search.json"
 POINT_HP = "setting"  # the one hyperparameter of a union of grids
+tfd = tfp.distributions
 
 
 # --- the search-config schema: config.Field entries, checked as the run configs are ---------------
@@ -123,6 +138,7 @@ SEARCH_SCHEMA: dict[str, config_lib.Field] = {
     "objective_predictor": config_lib.Field((str,), "rec_grad", _one_of(LOCALIZABLE)),
     "objective_volumes": config_lib.Field((int,), 2, _positive),
     "objective_split": config_lib.Field((str, _NULL), None),
+    "elbo_samples": config_lib.Field((int,), 16, _at_least(1)),
     "max_trials": config_lib.Field((int, _NULL), None, _positive),
     "epochs": config_lib.Field((int, _NULL), None, _positive),
     "hyperband_factor": config_lib.Field((int,), 3, _at_least(2)),
@@ -148,7 +164,7 @@ class Search:
         self.tuner, self.objective_key = s["tuner"], s["objective"]
         self.objective_predictor, self.objective_volumes = s["objective_predictor"], s["objective_volumes"]
         self.objective_split, self.max_trials = s["objective_split"], s["max_trials"]
-        self.hyperband_factor = s["hyperband_factor"]
+        self.hyperband_factor, self.elbo_samples = s["hyperband_factor"], s["elbo_samples"]
         for item in s["set"]:  # each item alone, so that the error names this file
             try:
                 config_lib.resolve({}, [item])
@@ -261,16 +277,30 @@ class Search:
             items.append(f"train.epochs={epochs}")
         return config_lib.resolve(self.base, items, source=self.source)
 
+    @property
+    def reads_test_split(self) -> bool:
+        """The auroc objective reads the split evaluation scores (``objective_split`` named as the
+        base's ``data.test_split``): its results then carry ``objective_on_test_warning``."""
+        return self.objective_key == "auroc" and self.objective_split == self.base["data"]["test_split"]
+
     def objective(self):
         name, direction = OBJECTIVES[self.objective_key]
         return kt.Objective(name, direction)
 
     def describe(self) -> dict:
-        """What is saved as ``<search_dir>/search.json`` (a resumed search must match it)."""
-        return {"source": self.source, "base": self.base, "points": self.points, "tuner": self.tuner,
-                "objective": self.objective_key, "objective_predictor": self.objective_predictor,
-                "objective_volumes": self.objective_volumes, "objective_split": self.objective_split,
-                "max_trials": self.max_trials, "hyperband_factor": self.hyperband_factor}
+        """What is saved as ``<search_dir>/search.json`` (a resumed search must match it). The
+        neg_elbo objective's ``elbo_samples`` and the auroc objective's ``objective_held_apart``
+        are there for those objectives only: a search saved before they existed (neg_elbo at
+        z = mu; auroc on the first test volumes, evaluated with them) differs from it."""
+        out = {"source": self.source, "base": self.base, "points": self.points, "tuner": self.tuner,
+               "objective": self.objective_key, "objective_predictor": self.objective_predictor,
+               "objective_volumes": self.objective_volumes, "objective_split": self.objective_split,
+               "max_trials": self.max_trials, "hyperband_factor": self.hyperband_factor}
+        if self.objective_key == "neg_elbo":
+            out["elbo_samples"] = self.elbo_samples
+        if self.objective_key == "auroc":
+            out["objective_held_apart"] = self.objective_split is None
+        return out
 
 
 def _get(config: dict, dotted: str):
@@ -313,9 +343,54 @@ def load_search(path: str, overrides=()) -> Search:
 
 
 # --- the supervised objective --------------------------------------------------------------------
-def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int) -> float:
+HELD_APART_STREAM = 1  # the draw is numpy's default_rng((seed, 1)): not the ensemble's (seed alone)
+
+
+def held_apart_volumes(volume_ids, n: int, seed: int) -> list[str]:
+    """The ``n`` test volumes the auroc objective scores by default (``objective_split`` null):
+    drawn with ``seed`` (the base run config's) from the distinct ``volume_ids`` in sorted order,
+    returned sorted. The search writes them into each trial's ``evaluate.exclude_volumes``, so the
+    evaluation of its runs leaves them out. ``ValueError`` when none would be left to evaluate."""
+    ids = sorted(set(volume_ids))
+    if n >= len(ids):
+        raise ValueError(f"objective_volumes {n} would hold apart all {len(ids)} volumes of the test split, leaving "
+                         "none to evaluate; lower objective_volumes")
+    pick = np.random.default_rng([seed, HELD_APART_STREAM]).choice(len(ids), n, replace=False)
+    return sorted(ids[int(i)] for i in pick)
+
+
+def objective_on_test_warning(split: str, volume_ids) -> str:
+    """The warning a search whose auroc objective read the evaluation's own test split writes into
+    its results (``objective.json``, ``best/best_trial.json``)."""
+    return (f"objective_split {split!r} is the test split evaluation scores: the model was selected with the "
+            f"labels of test volumes {', '.join(volume_ids)}, and evaluating it on that split includes them, so its "
+            "test metrics are not held-out; leave objective_split null (held-apart volumes that evaluation leaves "
+            f"out) or evaluate with --set 'evaluate.exclude_volumes={json.dumps(list(volume_ids))}'")
+
+
+def objective_examples(search: "Search", config: dict):
+    """``(examples, held_apart)`` for the auroc objective of a trial with run config ``config``: with
+    ``objective_split`` null, the ``held_apart_volumes`` of the test split of the test dataset
+    (``data.test_data_config``; ``held_apart``: their ids); else the split named (``held_apart``:
+    None), of which ``labelled_auroc`` reads the first ``objective_volumes`` volumes."""
+    from tfvae import data
+
+    d = config["data"]
+    test_data = data.test_data_config(d)
+    if search.objective_split is not None:
+        return data.load_split(test_data, search.objective_split), None
+    test = data.load_split(test_data, d["test_split"])
+    ids = held_apart_volumes((v.decode() for v in test.map(lambda ex: ex["volume_id"]).as_numpy_iterator()),
+                             search.objective_volumes, search.base["seed"])
+    wanted = tf.constant(ids)
+    return test.filter(lambda ex: tf.reduce_any(tf.equal(ex["volume_id"], wanted))), ids
+
+
+def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int,
+                   volume_ids: list | None = None) -> float:
     """Pixel AUROC of ``predictor`` over the first ``n_volumes`` volumes of ``examples`` (all
-    pixels, labels = seg > 0), with the code ``evaluate.py`` uses. Uses labels."""
+    pixels, labels = seg > 0), with the code ``evaluate.py`` uses. Uses labels. ``volume_ids``, when
+    given, receives the ids of the volumes scored."""
     from tfvae import evaluation, metrics
 
     from tfvae import data
@@ -329,6 +404,8 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
         if i >= n_volumes:
             break
         hist.update(scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())[predictor], volume.label)
+        if volume_ids is not None:
+            volume_ids.append(volume.volume_id)
     return float(hist.auroc())
 
 
@@ -341,33 +418,88 @@ class LabelledAUROC(keras.callbacks.Callback):
         self.config, self.predictor, self.examples, self.n_volumes = config, predictor, examples, n_volumes
         self.log_dir = log_dir
         self.value = None
+        self.volume_ids: list[str] = []
         self.epoch = 0
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch = epoch + 1
 
     def on_train_end(self, logs=None):
-        self.value = labelled_auroc(self.model, self.config, self.predictor, self.examples, self.n_volumes)
+        self.volume_ids = []
+        self.value = labelled_auroc(self.model, self.config, self.predictor, self.examples, self.n_volumes,
+                                    self.volume_ids)
         writer = tf.summary.create_file_writer(os.path.join(self.log_dir, VALIDATION_RUN))
         with writer.as_default(step=self.epoch or self.config["train"]["epochs"]):
             tf.summary.scalar("auroc", self.value)  # beside the validation curves
         writer.flush()
 
 
-# --- the HyperModel and the tuners ---------------------------------------------------------------
-def negative_elbo(model, examples, batch_size: int = 256) -> float:
-    """The mean over slices of Lrec + KL (no beta) at z = mu: the ``neg_elbo`` objective (nats per
-    slice; ``model.loss_terms(sample=False)``)."""
-    total, count = 0.0, 0
+# --- the unsupervised objective: a Monte-Carlo estimate of the negative ELBO ----------------------
+def sampled_elbo_terms(x, posterior, likelihood, prior, *, samples: int, seed) -> dict:
+    """The terms of a Monte-Carlo estimate of the negative ELBO of each slice of ``x``.
+
+    The ELBO of a slice x (Kingma & Welling 2014, "Auto-Encoding Variational Bayes", eq. 3) is
+    E_{q(z|x)}[log p(x|z)] - KL(q(z|x) || p(z)); its negative is E_q[Lrec(x, z)] + KL with
+    Lrec = -log p(x|z). The expectation is estimated with ``samples`` reparameterised draws
+    z_k = mu + sigma * eps_k, eps_k ~ N(0, I) (their estimator B, eq. 7: the KL analytic, as the
+    model's loss has it); no beta weight: it is the model's ELBO, one quantity for every beta.
+
+    ``posterior(x)``: q(z|x), a distribution of batch shape (B,) and event shape (L,) with
+    ``mean()`` and ``stddev()`` (a diagonal Normal, e.g. ``BetaVAE.posterior``); ``likelihood(z)``:
+    p(x|z) for z of shape (B, L), whose ``log_prob(x)`` is (B,) (e.g. ``BetaVAE.likelihood``);
+    ``prior``: p(z) (e.g. ``BetaVAE.prior()``); ``seed``: two integers, the stateless seed of the
+    draws (the same seed gives the same eps: the estimate is deterministic for given callables and x).
+
+    Returns ``{"rec": (samples, B), "kl": (B,)}``, float32 tensors in nats per slice: Lrec at each
+    draw and the analytic KL; the estimate of each slice's negative ELBO is
+    ``rec.mean(0) + kl``. ``ValueError`` if ``samples`` < 1."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    q = posterior(x)
+    mu, sigma = tf.cast(q.mean(), tf.float32), tf.cast(q.stddev(), tf.float32)
+    eps = tf.random.stateless_normal(tf.concat([[samples], tf.shape(mu)], 0), seed=seed, dtype=tf.float32)
+    rec = tf.stack([-tf.cast(likelihood(mu + sigma * eps[k]).log_prob(x), tf.float32) for k in range(samples)])
+    kl = tf.cast(tfd.kl_divergence(q, prior), tf.float32)
+    return {"rec": rec, "kl": kl}
+
+
+class NegativeELBO(NamedTuple):
+    """``negative_elbo``'s estimate: ``value``, the mean over slices (nats per slice);
+    ``mc_standard_error``, the Monte-Carlo standard error of ``value`` given the data (from the
+    spread of Lrec over each slice's draws; None with one draw); ``slices``, ``samples``."""
+    value: float
+    mc_standard_error: float | None
+    slices: int
+    samples: int
+
+
+def negative_elbo(model, examples, *, samples: int = 16, seed: int = 0, batch_size: int = 256) -> NegativeELBO:
+    """The ``neg_elbo`` objective: the negative ELBO (Lrec + KL, no beta) of ``model`` (a
+    ``BetaVAE``), estimated for every slice of ``examples`` (a dataset of example dicts with
+    ``image`` (S, S, 1), e.g. the healthy validation split) by ``sampled_elbo_terms`` with
+    ``samples`` draws of z ~ q(z|x), and averaged over the slices: nats per slice, the model's
+    Gaussian Lrec with its constant 0.5 * S^2 * log(2 pi) included.
+
+    The draws of a batch come from the stateless seed (``seed``, index of the batch's first
+    slice): the value is the same for the same model, data, ``samples``, ``seed`` and
+    ``batch_size``. ``ValueError`` for ``samples`` < 1 or no slice."""
+    total, count, variance = 0.0, 0, 0.0
+    prior = model.prior()
     for batch in examples.map(lambda ex: ex["image"]).batch(batch_size):
-        terms = model.loss_terms(batch, sample=False)
-        total += float(tf.reduce_sum(terms["rec"] + terms["kl"]))
+        terms = sampled_elbo_terms(batch, model.posterior, model.likelihood, prior, samples=samples,
+                                   seed=tf.constant([seed, count], tf.int64))
+        rec = terms["rec"].numpy().astype(np.float64)
+        total += float(np.sum(rec.mean(axis=0) + terms["kl"].numpy()))
+        if samples > 1:  # each slice's estimate has variance var_k(Lrec) / samples
+            variance += float(np.sum(rec.var(axis=0, ddof=1))) / samples
         count += int(batch.shape[0])
     if not count:
         raise ValueError("no validation slice to compute the negative ELBO on")
-    return total / count
+    return NegativeELBO(total / count, float(np.sqrt(variance)) / count if samples > 1 else None, count, samples)
 
 
+# --- the HyperModel and the tuners ---------------------------------------------------------------
 def _last_val_loss(run_dir: str) -> float:
     with open(Run(run_dir).history_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -402,12 +534,21 @@ class VAEHyperModel(kt.HyperModel):
         """Train ``model`` (from ``build(hp)``) as the trial's run directory for the trial's epochs
         (``epochs``: Hyperband's round, else the base's), continuing where that run directory stopped
         (a resumed search) or, for Hyperband, from a copy of the run directory of ``previous``, the
-        trial promoted from the previous round. Returns ``{"val_loss": ..., ["val_auroc": ...]}``."""
+        trial promoted from the previous round. Returns ``{"val_loss": ..., ["val_neg_elbo": ...],
+        ["val_auroc": ...]}``; ``objective.json`` in the run directory holds them with what the
+        objective recorded (the negative ELBO's Monte-Carlo error; the AUROC's volumes, whether they
+        were held apart, and the ``warning`` of an objective that read the test split)."""
         from tfvae import data, training
 
         search = self.search
         run_dir = trial_dir(self.search_dir, trial_id)
         config = search.trial_config(hp, trial_id, epochs)
+        held_apart = None
+        if search.objective_key == "auroc":
+            examples, held_apart = objective_examples(search, config)
+            if held_apart:  # the trial's evaluations leave the objective's volumes out
+                config = config_lib.resolve(config, [f"evaluate.exclude_volumes={json.dumps(held_apart)}"],
+                                            source=search.source)
         if previous and not Run(run_dir).is_run:
             # Hyperband: continue the trial promoted from the previous round (its backup restores
             # the weights, the optimizer and the epoch into ``model`` when training begins)
@@ -419,20 +560,27 @@ class VAEHyperModel(kt.HyperModel):
         config = Run.create(run_dir, config, resume=Run(run_dir).is_run).config()
         extra = []
         if search.objective_key == "auroc":
-            d = config["data"]
-            examples = data.load_split(data.test_data_config(d), search.objective_split or d["test_split"])
             extra.append(LabelledAUROC(config, search.objective_predictor, examples, search.objective_volumes,
                                        Run(run_dir).logs_dir))
         training.train(config, run_dir, extra_callbacks=extra, verbose=self.verbose, model=model,
                        hparam_keys=sorted({key for grid in search.grids for key in grid}))  # every searched key
         metrics = {"val_loss": _last_val_loss(run_dir)}
+        record: dict = {}
         if search.objective_key == "neg_elbo":
-            metrics["val_neg_elbo"] = negative_elbo(model, data.load_split(config["data"],
-                                                                           config["data"]["validation_split"]))
+            # the draws from the run's seed: trials of one latent size get the same eps (common random numbers)
+            estimate = negative_elbo(model, data.load_split(config["data"], config["data"]["validation_split"]),
+                                     samples=search.elbo_samples, seed=config["seed"])
+            metrics["val_neg_elbo"] = estimate.value
+            record = {"val_neg_elbo_mc_se": estimate.mc_standard_error, "elbo_samples": estimate.samples,
+                      "elbo_slices": estimate.slices}
         if extra:
             metrics["val_auroc"] = extra[0].value
+            record = {"objective_split": search.objective_split, "objective_volume_ids": extra[0].volume_ids,
+                      "held_apart": held_apart is not None}
+            if search.objective_split == config["data"]["test_split"]:
+                record["warning"] = objective_on_test_warning(search.objective_split, extra[0].volume_ids)
         files.write_json(os.path.join(run_dir, "objective.json"),
-                         {"trial_id": trial_id, **metrics, "values": search.point(hp),
+                         {"trial_id": trial_id, **metrics, **record, "values": search.point(hp),
                           "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")})
         return metrics
 
@@ -603,6 +751,9 @@ def prepare_search_dir(search: Search, search_dir: str, overwrite: bool = False)
     return False
 
 
+RECORDED = ("val_neg_elbo_mc_se", "elbo_samples", "objective_split", "objective_volume_ids", "held_apart", "warning")
+
+
 def export_best(tuner, search: Search, search_dir: str) -> dict | None:
     """Copy the best finished trial's run directory to ``<search_dir>/best`` and return a summary."""
     trials = tuner.oracle.get_best_trials(1)
@@ -614,6 +765,11 @@ def export_best(tuner, search: Search, search_dir: str) -> dict | None:
     name, _ = OBJECTIVES[search.objective_key]
     summary = {"trial_id": best.trial_id, "objective": name, "score": best.score,
                "values": search.point(best.hyperparameters), "run_dir": source}
+    recorded = os.path.join(source, "objective.json")
+    if os.path.isfile(recorded):  # what the trial recorded beside its objective: its error, its volumes, a warning
+        with open(recorded) as f:
+            objective = json.load(f)
+        summary.update({k: objective[k] for k in RECORDED if k in objective})
     copy = sibling(target, "partial")  # made whole beside the old copy, then swapped in
     for leftover in (copy, sibling(target, "replaced")):  # an earlier copy a kill cut short
         if os.path.isdir(leftover):

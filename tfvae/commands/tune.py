@@ -5,8 +5,9 @@
 
 The search config (see ``tfvae/tuning.py``) names the base run config, the space (a grid or a list
 of grids searched over their union), the tuner (grid, random, bayesian, hyperband) and the
-objective (``val_loss``: unsupervised; ``auroc``: pixel AUROC of a predictor on a few labelled
-volumes -- uses labels). Each trial is a run directory ``DIR/trials/<id>`` (TensorBoard:
+objective (``neg_elbo``, ``val_loss``: unsupervised; ``auroc``: pixel AUROC of a predictor on a few
+labelled volumes -- uses labels; by default test volumes held apart, which evaluating the search's
+runs leaves out). Each trial is a run directory ``DIR/trials/<id>`` (TensorBoard:
 ``tensorboard --logdir DIR/trials``, HParams dashboard included); the best one is copied to
 ``DIR/best`` (``scripts/evaluate.py --run-dir DIR/best`` works on it); ``DIR/trials.csv`` lists
 every trial. Run the same command again to resume a stopped search.
@@ -61,6 +62,11 @@ def main(argv=None) -> int:
           f"objective {search.objective().name} ({search.objective().direction}); {role}; "
           f"{'resuming' if resuming else 'new search'} in {search_dir}  "
           f"(tensorboard --logdir {os.path.join(search_dir, 'trials')})", flush=True)
+    if search.reads_test_split:
+        print(f"warning: objective_split {search.objective_split!r} is the test split evaluation scores: the model is "
+              "selected with the labels of test volumes that its test metrics then include (each trial's "
+              "objective.json and best/best_trial.json say which); leave objective_split null to hold volumes apart",
+              file=sys.stderr, flush=True)
     tuner = tuning.make_tuner(search, search_dir, verbose=0 if args.quiet else 2)
     try:
         tuning.run_trials(tuner, search_dir, search)
@@ -84,6 +90,11 @@ def main(argv=None) -> int:
         print("error: no trial finished", file=sys.stderr)
         return 1
     print(f"best trial {best['trial_id']}: {best['objective']} {best['score']:.4g} with {json.dumps(best['values'])}")
+    if best.get("held_apart"):
+        print(f"the auroc objective's test volumes {', '.join(best['objective_volume_ids'])} were held apart: "
+              "evaluating the best run leaves them out (evaluate.exclude_volumes in its config.json)")
+    if best.get("warning"):
+        print(f"warning: {best['warning']}", file=sys.stderr)
     print(f"best run: {os.path.join(search_dir, 'best')}  "
           f"(python scripts/evaluate.py --run-dir {os.path.join(search_dir, 'best')})")
     return 0
