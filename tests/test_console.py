@@ -46,6 +46,18 @@ def test_a_tiny_training_in_a_log_file_prints_no_noise(tiny_data_dir, tmp_path):
     assert [line for line in lines if len(line) > 80 and str(tmp_path) not in line and tiny_data_dir not in line] == []
 
 
+def test_training_into_a_run_already_there_is_said_before_tensorflow_loads(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "scripts", "train.py"), "--config",
+                             os.path.join(ROOT, "configs", "quickstart.json"), "--run-dir", str(run)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and (run / "notes.txt").read_text() == "mine"
+    assert f"error: {run} already exists and is not empty; pass --resume" in result.stderr
+    assert not re.search(r"\|\s+tensorflow$", result.stderr, re.M)
+
+
 def test_help_does_not_import_tensorflow():
     for script in ("train", "evaluate", "localize", "reproduce_tables"):
         result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "scripts", f"{script}.py"),

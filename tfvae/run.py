@@ -165,6 +165,14 @@ class Run(RunDir):
         with run.lock("train", known):
             return cls._create(run, config, resume=resume, overwrite=overwrite, overrides=overrides)
 
+    @classmethod
+    def check_new(cls, run_dir: str, config: dict, *, overwrite: bool = False) -> None:
+        """What ``create`` refuses for a new run of ``config`` in ``run_dir`` because of what the folder
+        holds (``RunDirError``), checked before TensorFlow loads: a command says it at once."""
+        run = cls(run_dir)
+        if os.path.isdir(run.dir) and os.listdir(run.dir):
+            cls._refuse_existing(run, overwrite, chiefs_config=config if _follows(config) else None)
+
     @staticmethod
     def _refuse_existing(run: "Run", overwrite: bool, chiefs_config: dict | None = None) -> None:
         """What a new run refuses in a folder that is not empty: without ``overwrite``, anything --

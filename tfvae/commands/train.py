@@ -57,6 +57,8 @@ def main(argv=None) -> int:
         if args.print_config:
             print(json.dumps(config if config is not None else Run(args.run_dir).config(args.set), indent=2))
             return 0
+        if config is not None and not args.resume:  # a run already there: said before TensorFlow loads
+            Run.check_new(args.run_dir or os.path.join("runs", config["name"]), config, overwrite=args.overwrite)
     except (config_lib.ConfigError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
