@@ -58,6 +58,16 @@ def test_training_into_a_run_already_there_is_said_before_tensorflow_loads(tmp_p
     assert not re.search(r"\|\s+tensorflow$", result.stderr, re.M)
 
 
+def test_a_mistyped_scan_or_run_for_localize_is_said_before_tensorflow_loads(tiny_run, tmp_path):
+    for scans, run, said in ((["/no/such/scan.nii.gz"], tiny_run, "/no/such/scan.nii.gz: no such file or folder"),
+                             ([tiny_run], str(tmp_path / "no_run"), "not a tfvae run directory")):
+        result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "scripts", "localize.py"),
+                                 *scans, "--run-dir", run, "--out", str(tmp_path / "out")],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and said in result.stderr and not os.path.exists(tmp_path / "out")
+        assert not re.search(r"\|\s+tensorflow$", result.stderr, re.M)
+
+
 def test_help_does_not_import_tensorflow():
     for script in ("train", "evaluate", "localize", "reproduce_tables"):
         result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "scripts", f"{script}.py"),

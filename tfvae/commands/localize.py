@@ -67,6 +67,17 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    from tfvae import config as config_lib
+    from tfvae.run import Run, RunDirError
+
+    try:  # a mistyped scan or run folder, said before TensorFlow loads (then every input is read fully)
+        missing = next((s for s in args.scans if not os.path.exists(s)), None)
+        if missing is not None:
+            raise ValueError(f"{missing}: no such file or folder")
+        Run(args.run_dir).config(args.set)
+    except (config_lib.ConfigError, RunDirError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from tfvae.console import quiet_tensorflow
 
     quiet_tensorflow()  # after parsing: --help stays instant
