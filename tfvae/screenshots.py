@@ -1,5 +1,5 @@
 """Screenshots of a run's TensorBoard dashboards in a real headless browser, to check (and show in
-``docs/``) that they are laid out as the README says: ``scripts/tensorboard_screenshots.py``.
+``docs/``) that they are laid out as docs/training.md says: ``scripts/tensorboard_screenshots.py``.
 
 ``tensorboard_screenshots(logdir, out_dir)`` starts TensorBoard on a free local port, waits until it
 answers, opens each dashboard (scalars, HParams, images, text) in headless Chromium (the system

@@ -42,7 +42,7 @@ def strategy(config: dict) -> tf.distribute.Strategy:
                     raise config_lib.ConfigError(
                         "train.distribute=multi_worker under Slurm without TF_CONFIG: TensorFlow's "
                         f"SlurmClusterResolver failed ({type(e).__name__}: {e}); it needs GPUs on every node -- "
-                        "on CPU nodes give each task a TF_CONFIG (README, 'train.distribute')") from e
+                        "on CPU nodes give each task a TF_CONFIG (docs/scale.md, 'train.distribute')") from e
             _STRATEGIES["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         return _STRATEGIES["multi_worker"]
     return tf.distribute.get_strategy()

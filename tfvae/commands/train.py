@@ -4,7 +4,7 @@
         [--set data.name=brain_phantom train.epochs=2 ...] [--resume | --overwrite] [--manual-dir DIR]
 
 Real data (hcp_t2, brats, nifti_folder) is read from the folder given by --manual-dir, else the
-config key data.manual_dir, else the environment variable TFVAE_MANUAL_DIR (see README, "Real data").
+config key data.manual_dir, else the environment variable TFVAE_MANUAL_DIR (see docs/real_data.md).
 
 Watch it with ``tensorboard --logdir runs``. See ``tfvae/run.py`` for what the run directory
 holds and ``tfvae/config.py`` for every config key. From Python: ``tfvae.Run.create(...).train()``.
