@@ -12,7 +12,11 @@ Used by ``ixi`` (always) and by ``nifti_folder`` and ``brats`` with their ``prep
 - ``preprocess_dir`` (str or None): the cache folder; None: ``<download_dir>/tfvae_preprocessed/``
   (TFDS's download folder, ``<data_dir>/downloads`` unless told otherwise);
 - ``preprocess_workers`` (int): scans preprocessed at once in separate processes, before a split is
-  sliced; 0: one per core (SimpleITK's threads split between them), 1: in this process.
+  sliced; 0: one per core (SimpleITK's threads split between them), 1: in this process. The
+  workers are spawned (this process runs TensorFlow's threads, which a fork would copy mid-flight),
+  so they import the main script: a script that builds a dataset at its top level needs
+  ``if __name__ == "__main__":`` (tfvae's commands have it), else a worker dies and the build
+  stops in one line saying so.
 
 **The cache.** Each scan's three outputs (``<stem>_tfvae_preprocessed.nii.gz``,
 ``_tfvae_brainmask.nii.gz``, ``_tfvae_preprocessing.json``) go to
@@ -236,6 +240,7 @@ class Preprocessor:
             return
         import concurrent.futures
         import multiprocessing
+        from concurrent.futures.process import BrokenProcessPool
 
         workers = min(workers, len(todo))
         threads = self.settings.threads or max(1, (os.cpu_count() or 1) // workers)
@@ -243,27 +248,35 @@ class Preprocessor:
         start = time.perf_counter()
         # spawn, not fork: this process has TensorFlow's threads running. The workers' thread count is
         # set in each worker (not in the settings, which the cache compares: it changes no step)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_set_threads, initargs=(threads,)) as pool:
-            futures, futures_scan = {}, {}
-            for vid, scan, out in todo:
-                future = pool.submit(_preprocess_timed, scan, out, self.settings)
-                futures[future], futures_scan[future] = vid, scan
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=_set_threads, initargs=(threads,))
+        try:
+            futures = {pool.submit(_preprocess_timed, scan, out, self.settings): (vid, scan) for vid, scan, out in todo}
             for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                vid = futures[future]
+                vid, scan = futures[future]
                 try:
                     took = future.result()
+                except BrokenProcessPool:
+                    raise RuntimeError(f"{self.dataset}: a preprocessing worker process died ({workers} scans "
+                                       "preprocessed at once: out of memory? or a script that builds at its top "
+                                       "level, without if __name__ == '__main__': the workers are spawned and "
+                                       "import it); set the config field preprocess_workers lower, 1 to preprocess "
+                                       "in this process (scans done so far are cached)") from None
                 except real_data.BadInputError as e:  # unreadable: stops the build unless skip_bad
                     self.bad[vid] = str(e)
                     continue
                 except (hp.PreprocessError, RuntimeError) as e:
-                    why = failure(e, futures_scan[future])
+                    why = failure(e, scan)
                     self.failed[vid] = why
                     self._say(f"{vid} failed preprocessing ({done}/{len(todo)}): {why}")
                     continue
                 self.times.append(took)
                 self._say(f"{vid} preprocessed in {took:.0f} s ({done}/{len(todo)}, "
                           f"{time.perf_counter() - start:.0f} s so far)")
+        except BaseException:  # Ctrl-C, a worker lost: the scans not started are not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     def load(self, volume_id: str, scan, *, expect_modality: str | None = None) -> Preprocessed:
         """The scan preprocessed (cached): brain image, affine, mask and record in template space."""

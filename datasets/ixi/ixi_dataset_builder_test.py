@@ -171,6 +171,13 @@ def test_scans_preprocessed_in_parallel_workers_are_reused_by_the_builder(tmp_pa
         assert hp.reusable(os.fspath(scan), pre.out_dir(vid), pre.settings) is not None
         loaded = pre.load(vid, scan)
         assert loaded.image.shape == loaded.mask.shape and loaded.mask.any()
+    # scans failing in the workers: recorded with their reason, said when loaded (always skipped)
+    failing = raw_scans.Preprocessor("ixi", dataclasses.replace(cfg, preprocess_settings=COARSE + (
+        ("brain_volume_ml", (1.0, 2.0)),)), root=tmp_path / "c" / "y")
+    failing.prepare(jobs)
+    assert sorted(failing.failed) == [vid for vid, _ in jobs] and not failing.times
+    with pytest.raises(real_data.PreprocessFailed, match=r"IXI002-Guys-0828-T2\.nii\.gz: implausible brain volume"):
+        failing.load(*jobs[0])
 
 
 def test_beam_local_runner_builds_the_same_dataset(tmp_path, three_sites, monkeypatch):
