@@ -20,6 +20,12 @@ Schema (dotted key: type, default -- meaning):
   ``<data_dir>/downloads/manual``. ``train.py --manual-dir DIR`` sets it.
 - ``data.skip_bad``: bool, false -- when building a real dataset, skip (and report) cases whose
   files are corrupt, missing or inconsistent instead of stopping at the first one.
+- ``data.preprocess``: bool, false -- raw heads (skull on, each in its own pose, as IXI ships them):
+  a ``nifti_folder`` or ``brats`` dataset preprocesses each scan (``tfvae.head_preprocessing``:
+  1 mm, N4, registration to MNI152 2009a, brain extraction, crop; cached in TFDS's
+  ``<data_dir>/downloads``) before slicing, built as a config of its own (``<config>_preprocessed``);
+  ``ixi`` always does; ``hcp_t2`` and ``brain_phantom`` (preprocessed scans) refuse it. Shared with
+  the test dataset (``data.test_name``), as ``skip_bad`` is.
 - ``data.test_name`` / ``data.test_config``: str or null -- the dataset (and its config; null:
   "default") scored by evaluation when it differs from the training one, e.g. train on ``hcp_t2``
   and test on ``brats``. null: the test split of ``data.name`` itself (see ``data.test_data_config``).
@@ -257,6 +263,7 @@ SCHEMA: dict[str, Any] = {
         "test_split": Field(STR, "test"),
         "manual_dir": Field(STR + (type(None),), None, _folder),
         "skip_bad": Field(BOOL, False),
+        "preprocess": Field(BOOL, False),
         "test_name": Field(STR + (type(None),), None),
         "test_config": Field(STR + (type(None),), None),
         "clip": Field(FLOAT + (type(None),), None, _positive),
