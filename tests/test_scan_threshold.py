@@ -188,7 +188,8 @@ def test_warnings_name_a_large_lesion_the_estimated_rate_and_the_remedy(healthy)
     assert f"{100 * fixed.estimated_fpr_at_reference:.1f}%" in warning and "not 1%" in warning and "per_scan" in warning
     per_scan = for_scan(reference, shifted, 0.01)
     (warning,) = per_scan.warnings(flagged_share=0.02)
-    assert "corrects for it" in warning and f"{per_scan.healthy_scale:.2f}x" in warning  # ~25x off: warned
+    assert "mass effect" in warning and f"{per_scan.healthy_scale:.2f}x" in warning  # ~25x off: warned
+    assert len(warning) <= 200  # one short line, not a paragraph
     mild = for_scan(reference, 0.2 + 1.1 * np.random.default_rng(6).standard_normal(100_000), 0.01)
     assert 0.02 < mild.estimated_fpr_at_reference < 0.05 and mild.warnings(flagged_share=0.02) == []  # 2-5x: not
     large = for_scan(reference, np.concatenate(scan_with_lesion(0.3, offset=0.0, scale=1.0)), 0.01)

@@ -194,10 +194,11 @@ class ScanThreshold:
                        "healthy reference's); use the per-scan threshold (threshold.mode=per_scan) or calibrate on "
                        "healthy scans of this scanner (tfvae calibrate)")
         elif self.mode == "per_scan" and far(self.estimated_fpr_at_reference, SHIFT_FACTOR):
-            out.append(f"this scan's healthy scores are far from the healthy reference's ({self.healthy_scale:.2f}x; "
-                       f"the calibrated threshold would flag an estimated {100 * self.estimated_fpr_at_reference:.1f}% "
-                       f"of its healthy tissue); the per-scan threshold {self.threshold:.4g} corrects for it: check "
-                       "the mask, or calibrate on healthy scans of this scanner (tfvae calibrate)")
+            # short, and the likeliest cause first: on a scan of the training site a lesion's mass effect and
+            # oedema lift the healthy tissue's scores too (another scanner does the same)
+            out.append(f"healthy tissue scores {self.healthy_scale:.2f}x the reference's (the calibrated threshold "
+                       f"would flag ~{100 * self.estimated_fpr_at_reference:.1f}%): a lesion's mass effect or another "
+                       f"scanner; adapted to (threshold {self.threshold:.4g}) -- check the mask")
         if (flagged_share is not None and flagged_share > MAX_LESION_SHARE and self.mode == "per_scan"
                 and not self.lesion_share > MAX_LESION_SHARE):
             out.append(f"{100 * flagged_share:.0f}% of the brain is flagged, more than the {100 * self.lesion_share:.0f}% "
