@@ -229,11 +229,17 @@ def test_the_recommended_map_is_first_and_its_settings_come_from_validation(eval
     assert selection["lesions"] == config["recommended"]["synthetic_copies"] * validation_volumes
     settings = results["recommended"]["settings"]
     best = max(selection["table"], key=lambda row: row["auprc"])
-    # the sizes count voxels of the validation grid, recorded in mm (slice spacing, row, column)
+    # the sizes in mm, recorded with the validation grid (slice spacing, row, column) and their voxels there
     geometry = preprocessing.SliceGeometry.from_arrays(*(split_arrays(run, "validation")[0][0][k] for k in
                                                          ("source_shape", "source_affine", "crop")))
-    assert settings == {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"],
-                        "voxel_mm": pytest.approx(list(geometry.voxel_mm()))}
+    grid = list(geometry.voxel_mm())
+    assert {k: settings[k] for k in ("median_mm", "gaussian_sigma_mm")} == {
+        "median_mm": best["median_mm"], "gaussian_sigma_mm": best["gaussian_sigma_mm"]}
+    assert settings["voxel_mm"] == pytest.approx(grid)
+    assert settings["median_voxels"] == (
+        [int(2 * np.floor(best["median_mm"] / v / 2 + 1e-6) + 1) for v in grid] if best["median_mm"] else 0)
+    assert settings["sigma_voxels"] == (pytest.approx([best["gaussian_sigma_mm"] / v for v in grid], abs=1e-6)
+                                        if best["gaussian_sigma_mm"] else 0.0)
     low, high = results["combi"]["kl_grad_range"]
     assert 0 <= low < high
 
@@ -541,19 +547,23 @@ def test_intensity_filtered_is_the_recommended_recipe_without_a_model(evaluated)
     run, results = evaluated
     r = results["intensity_filtered"]
     best = max(r["selection"]["table"], key=lambda row: row["auprc"])  # chosen label-free, on synthetic lesions
-    assert (r["settings"]["median_size"], r["settings"]["gaussian_sigma"]) == (best["median_size"],
-                                                                              best["gaussian_sigma"])
+    assert (r["settings"]["median_mm"], r["settings"]["gaussian_sigma_mm"]) == (best["median_mm"],
+                                                                               best["gaussian_sigma_mm"])
+    k, sigma = r["settings"]["median_mm"], r["settings"]["gaussian_sigma_mm"]
     examples, _ = split_arrays(run, "test")
     scores, labels = [], []
     for vid in sorted({ex["volume_id"] for ex in examples}):
         mine = sorted((ex for ex in examples if ex["volume_id"] == vid), key=lambda ex: ex["slice_index"])
         image = np.stack([ex["image"][..., 0] for ex in mine])
         brain = np.stack([ex["brain_mask"][..., 0] > 0 for ex in mine])
+        voxel = preprocessing.SliceGeometry.from_arrays(mine[0]["source_shape"], mine[0]["source_affine"],
+                                                        mine[0]["crop"]).voxel_mm()  # this volume's own grid
         out = np.maximum(image, 0)
-        if r["settings"]["median_size"]:
-            out = ndimage.median_filter(out, size=r["settings"]["median_size"], mode="nearest")
-        if r["settings"]["gaussian_sigma"]:
-            out = ndimage.gaussian_filter(out, sigma=r["settings"]["gaussian_sigma"], mode="nearest")
+        if k:  # per axis the odd number of voxels nearest to k / voxel size
+            window = [min(range(1, 2 * int(k / v) + 4, 2), key=lambda n: (abs(n - k / v), -n)) for v in voxel]
+            out = ndimage.median_filter(out, size=window, mode="nearest")
+        if sigma:
+            out = ndimage.gaussian_filter(out, sigma=[sigma / v for v in voxel], mode="nearest")
         out = np.where(brain, out, 0)
         scores.append(out[brain])
         labels.append(np.stack([ex["label"][..., 0] for ex in mine])[brain] > 0)
@@ -585,31 +595,42 @@ def test_permuted_test_labels_change_no_setting_and_no_threshold(tiny_run, tmp_p
 
 def test_the_reference_pixel_set_is_whole_slices_but_the_first_and_last(tiny_run, tmp_path):
     """evaluate.pixel_set=reference: every axial slice of the scan's grid but the first and last N, each
-    resized whole (background included), as Zimmerer et al. score; recomputed here with scipy and sklearn."""
+    resized whole (background included), as Zimmerer et al. score; the labels from each phantom's original
+    segmentation (made again from its seed) resampled once by nearest neighbour, the slices our preprocessing
+    drops included; recomputed here with nibabel, scipy and sklearn."""
     from scipy import ndimage
 
-    from tfvae import preprocessing
     from tfvae.run import Run
+    from tfvae_datasets.brain_phantom import phantom
+    from tfvae_datasets.brain_phantom.brain_phantom_dataset_builder import subject_seed
 
     run = Run(tiny_run)
     results = run.evaluate(overrides=['evaluate.predictors=["intensity"]', "evaluate.pixel_set=reference",
                                       "evaluate.reference_skip=2", "evaluate.write_nifti=false"],
                            out_dir=str(tmp_path / "eval"), verbose=False)
     examples, config = split_arrays(tiny_run, "test")
+    cfg = data.builder(config["data"]).builder_config
     scores, labels = [], []
     for vid in sorted({ex["volume_id"] for ex in examples}):
         mine = sorted((ex for ex in examples if ex["volume_id"] == vid), key=lambda ex: ex["slice_index"])
         geometry = preprocessing.SliceGeometry.from_arrays(mine[0]["source_shape"], mine[0]["source_affine"],
                                                            mine[0]["crop"])
         index = [ex["slice_index"] for ex in mine]
-        for planes, order, out in ((np.stack([ex["image"] for ex in mine]), 1, scores),
-                                   (np.stack([ex["label"] for ex in mine]).astype(np.float32), 0, labels)):
-            vol = preprocessing.to_canonical(preprocessing.slices_to_volume(planes, index, geometry, order=order),
-                                             geometry.source_affine)[:, :, 2:-2]
-            out.append(ndimage.zoom(vol, (32 / vol.shape[0], 32 / vol.shape[1], 1), order=order, grid_mode=True,
-                                    mode="grid-constant").ravel())
-    scores, labels = np.concatenate(scores), np.concatenate(labels) > 0
+        vol = preprocessing.to_canonical(preprocessing.slices_to_volume(
+            np.stack([ex["image"] for ex in mine]), index, geometry, order=1), geometry.source_affine)[:, :, 2:-2]
+        scores.append(ndimage.zoom(vol, (32 / vol.shape[0], 32 / vol.shape[1], 1), order=1, grid_mode=True,
+                                   mode="grid-constant").ravel())
+        subject = phantom.synthesize_subject(subject_seed(cfg.split_seed("test"), "test", int(vid.decode().rsplit("_", 1)[1])),
+                                             tumours=True, voxel_mm=cfg.voxel_mm, shift=cfg.shift)
+        np.testing.assert_allclose(subject.affine, geometry.source_affine)
+        seg = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(subject.label, subject.affine)).dataobj)[:, :, 2:-2]
+        nearest = [np.abs(np.arange(n)[None, :] - ((np.arange(32) + 0.5) * n / 32 - 0.5)[:, None]).argmin(axis=1)
+                   for n in seg.shape[:2]]  # each pixel centre's nearest voxel
+        label = seg[np.ix_(*nearest, np.arange(seg.shape[2]))] > 0
+        labels.append(label.ravel())
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
     assert results["intensity"]["auroc_reference"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert results["intensity"]["auprc_reference"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
     assert results["intensity"]["auroc_reference"] != results["intensity"]["auroc"]  # another pixel population
     assert labels.mean() < np.mean([(ex["label"] > 0).mean() for ex in examples])  # more background than ours
 
@@ -634,7 +655,7 @@ def test_the_set_up_scores_each_healthy_volume_once_and_changes_no_map(tiny_run)
     calibrated = calibration.calibrate(scorer, healthy, predictors, config["postprocess"])
     assert passes == []  # every network output of the calibration was kept by fit
     fresh = scoring.Scorer(run.model(), config, predictors)
-    fresh.pixel.kl_range, fresh.sizes, fresh.sizes_mm = scorer.pixel.kl_range, scorer.sizes, scorer.sizes_mm
+    fresh.pixel.kl_range, fresh.sizes, fresh.grids = scorer.pixel.kl_range, scorer.sizes, scorer.grids
     kept = scorer(healthy[0].image, healthy[0].brain_mask, healthy[0].geometry.voxel_mm())
     made = fresh(healthy[0].image, healthy[0].brain_mask, healthy[0].geometry.voxel_mm())
     for name in kept:
@@ -675,8 +696,16 @@ def test_nifti_maps_are_those_asked_for_and_the_disk_use_is_said(tiny_run, tmp_p
     assert kinds == {"recommended.nii.gz", "image.nii.gz", "label.nii.gz"}, kinds  # the default: recommended
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(out) for f in names)
     files = sum(len(names) for _, _, names in os.walk(out))
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = capsys.readouterr().out
+    last = printed.strip().splitlines()[-1]
     assert last == f"results, maps and figures: {out} ({size / 1e6:.0f} MB in {files} files)"
+    assert printed.count("results, maps and figures:") == 1  # after the table only
+    # from Python, the same line ends Run.evaluate
+    from tfvae.run import Run
+
+    Run(tiny_run).evaluate(out_dir=str(tmp_path / "py"), overrides=['evaluate.predictors=["intensity"]'])
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said.startswith(f"results, maps and figures: {tmp_path / 'py'} (") and said.endswith(" files)")
     with pytest.raises(config_lib.ConfigError, match="evaluate.nifti_maps"):
         config_lib.resolve({}, ["evaluate.nifti_maps=some"])
 

@@ -195,3 +195,9 @@ def file_digest(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def disk_use(folder: str) -> str:
+    """``'285 MB in 213 files'``: what is under ``folder`` (every file, links followed as ``os.walk`` does)."""
+    sizes = [os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(folder) for f in names]
+    return f"{sum(sizes) / 1e6:.0f} MB in {len(sizes)} files"

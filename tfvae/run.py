@@ -240,7 +240,8 @@ class Run(RunDir):
 
     @_holding("train")
     def train(self, *, verbose="auto", extra_callbacks=()):
-        """Train (continuing from the backup when there is one); returns Keras's History."""
+        """Train (continuing from the backup when there is one); returns Keras's History. With
+        ``verbose`` (progress shown) it ends with a line saying where the run is and its size."""
         from tfvae import training
 
         self.restored_previous = False
@@ -260,17 +261,21 @@ class Run(RunDir):
             from tfvae import localization
 
             localization.training_scans(self, self.config())
+        if verbose:
+            print(f"run: {os.path.abspath(self.dir)} ({files.disk_use(self.dir)})")
         return history
 
     @_holding("evaluate")
     def evaluate(self, *, overrides=(), config: dict | None = None, checkpoint: str = "final",
-                 out_dir: str | None = None, overwrite: bool = False, verbose: bool = True) -> dict:
+                 out_dir: str | None = None, overwrite: bool = False, verbose: bool = True,
+                 say_where: bool = True) -> dict:
         """Score the test split with every predictor of the config (``evaluate.predictors``; e.g.
         ``overrides=['evaluate.predictors=["recommended", "intensity"]']``) and write
         ``eval/`` (or ``out_dir``): results, maps, figures (``config``: a whole config instead of
         the run's with ``overrides``). Its thresholds go to ``thresholds.json``. An existing
         evaluation folder is replaced only with ``overwrite``, and only when complete. Returns the
-        results."""
+        results; with ``verbose`` and ``say_where`` it ends with a line saying where they were written
+        and their size (the command says it after its table)."""
         from tfvae import data, evaluation
 
         config = config or self.config(overrides)
@@ -281,6 +286,8 @@ class Run(RunDir):
                 mark(partial, "evaluation")
                 results = evaluation.evaluate_run(self, config, partial, checkpoint=checkpoint, verbose=verbose)[0]
                 swap_in(partial, out_dir)  # a previous out_dir is ours: checked above (or empty)
+            if verbose and say_where:
+                print(f"results, maps and figures: {out_dir} ({files.disk_use(out_dir)})")
         except (Exception, KeyboardInterrupt) as e:  # refused, failed or Ctrl-C: our temporary folder goes (a kill
             # runs no cleanup: its folder is named by the next evaluation and cleared by overwrite)
             _discard_partial(partial)

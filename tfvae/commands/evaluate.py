@@ -97,7 +97,7 @@ def _evaluate(args, run, config, overrides) -> int:
             run.healthy_split(config)  # a calibration unknown, or its scans changed: one line, now
             print(f"healthy reference: calibration {config['threshold']['calibration']} (tfvae calibrate)")
         results = run.evaluate(overrides=overrides, checkpoint=args.checkpoint, out_dir=args.out,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, say_where=False)
     except (config_lib.ConfigError, RunDirError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,12 +117,8 @@ def _evaluate(args, run, config, overrides) -> int:
     note = reporting.ensemble_note(results)
     if note:
         print(note)
-    print(f"results, maps and figures: {out_dir} ({disk_use(out_dir)})")
+    print(f"results, maps and figures: {out_dir} ({files.disk_use(out_dir)})")
     return 0
 
 
-def disk_use(folder: str) -> str:
-    """``'285 MB in 213 files'``: what an evaluation wrote."""
-    sizes = [os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(folder) for f in names]
-    return f"{sum(sizes) / 1e6:.0f} MB in {len(sizes)} files"
 
