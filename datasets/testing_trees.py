@@ -12,6 +12,11 @@ builders' ``tfds.testing.DatasetBuilderTestCase`` tests build from; they were wr
     python -m tfvae_datasets.testing_trees hcp_t2 brats nifti_folder ixi
 
 (``--overwrite`` replaces existing trees; the tests' ``SPLITS`` counts must then be checked).
+
+A raw phantom set for tests and measurement (issue 32: raw tumour heads in BraTS's layout with
+their true brain masks, from held-out seeds; ``raw_phantom_tree``):
+
+    python -m tfvae_datasets.testing_trees raw_phantom OUT --cases 6 [--coarse]
 """
 
 from __future__ import annotations
@@ -182,6 +187,83 @@ def ixi_tree(root, scans=IXI_SCANS, *, folder: str = "IXI-T2", seed: int = 0, **
     return str(root)
 
 
+# Held-out subject seeds of the raw phantom set (``raw_phantom_tree``): no phantom config, test or
+# study uses them (the builder's subject seeds are 32-bit ``subject_seed`` draws, checked in
+# tests/test_raw_phantom_tree.py; the raw-head tests and scripts/brain_extraction_study.py use 0-5).
+RAW_PHANTOM_SEEDS = range(9000, 10000)
+# the tumour heads of the raw phantom set, in BraTS's layout and file names
+RAW_PHANTOM_PREFIX = "RawPhantom"
+
+
+def raw_phantom_case(seed: int) -> str:
+    """The case name of held-out seed ``seed`` (``RawPhantom_09000``)."""
+    return f"{RAW_PHANTOM_PREFIX}_{int(seed):05d}"
+
+
+def raw_phantom_paths(root, case: str) -> dict:
+    """{"t2", "seg", "brainmask", "truth"} -> path of one case of a raw phantom tree."""
+    root = os.fspath(root)
+    return {"t2": os.path.join(root, case, f"{case}_t2.nii.gz"),
+            "seg": os.path.join(root, case, f"{case}_seg.nii.gz"),
+            "brainmask": os.path.join(root, "truth", f"{case}_brainmask.nii.gz"),
+            "truth": os.path.join(root, "truth", f"{case}_truth.json")}
+
+
+def raw_phantom_tree(root, cases: int = 6, *, first_seed: int = RAW_PHANTOM_SEEDS.start, coarse: bool = False,
+                     log=None, **head) -> list[str]:
+    """Raw tumour heads (``raw_heads.synthesize_raw_head``, tumours on) of ``cases`` held-out subjects
+    (seeds ``first_seed``, ``first_seed + 1``, ... within ``RAW_PHANTOM_SEEDS``) in BraTS's layout::
+
+        root/RawPhantom_09000/RawPhantom_09000_t2.nii.gz    the raw head (int16 like IXI's, LPS)
+        root/RawPhantom_09000/RawPhantom_09000_seg.nii.gz   tumour labels in the raw grid (1 core,
+                                                            2 edema, 4 enhancing: BraTS 2018-2021)
+        root/truth/RawPhantom_09000_brainmask.nii.gz        the true brain mask in the raw grid
+        root/truth/RawPhantom_09000_truth.json              seed, pose, world -> phantom mm, grid
+
+    The brats builder (``preprocess: true``) reads ``root`` as it is (``truth/`` is no case); the
+    phantom-space subject behind a head is ``phantom.synthesize_subject(seed, tumours=True,
+    voxel_mm=brain_voxel_mm)`` (the JSON says both). IXI-sized (1 mm brain, 0.94 x 0.94 x 1.2 mm
+    grid, about 50 s and 2 GB a head) unless ``coarse`` (``COARSE_HEAD``: 4 mm, a few seconds);
+    ``head`` overrides either. Resumable: a case whose truth JSON (written last) is there is kept.
+    Returns the case names."""
+    import json
+
+    from tfvae_datasets.brain_phantom import raw_heads
+
+    seeds = range(int(first_seed), int(first_seed) + int(cases))
+    if cases < 1 or seeds.start not in RAW_PHANTOM_SEEDS or seeds[-1] not in RAW_PHANTOM_SEEDS:
+        raise ValueError(f"raw phantom seeds {seeds.start}-{seeds[-1]} are not all in the held-out range "
+                         f"{RAW_PHANTOM_SEEDS.start}-{RAW_PHANTOM_SEEDS.stop - 1}")
+    settings = {**(COARSE_HEAD if coarse else dict(brain_voxel_mm=1.0, voxel_mm=raw_heads.IXI_VOXEL_MM)), **head}
+    names = []
+    for seed in seeds:
+        case = raw_phantom_case(seed)
+        names.append(case)
+        paths = raw_phantom_paths(root, case)
+        if os.path.isfile(paths["truth"]) and all(os.path.isfile(paths[k]) for k in ("t2", "seg", "brainmask")):
+            continue
+        raw = raw_head(paths["t2"], seed, tumours=True, seg_path=paths["seg"], **settings)
+        os.makedirs(os.path.dirname(paths["brainmask"]), exist_ok=True)
+        nib.save(raw.nifti("brain_mask"), paths["brainmask"])
+
+        truth = {"case": case, "seed": int(seed), "tumours": True,
+                 "brain_voxel_mm": float(settings["brain_voxel_mm"]),
+                 "voxel_mm": [float(v) for v in settings["voxel_mm"]],
+                 "shape": list(raw.image.shape), "affine": raw.affine.tolist(),
+                 "world_to_phantom": raw.world_to_phantom.tolist(), "pose": raw.pose,
+                 "brain_ml": float(raw.brain_mask.sum() * abs(np.linalg.det(raw.affine[:3, :3])) / 1000.0),
+                 "tumour_ml": float((raw.label > 0).sum() * abs(np.linalg.det(raw.affine[:3, :3])) / 1000.0),
+                 "phantom_subject": f"phantom.synthesize_subject({int(seed)}, tumours=True, "
+                                    f"voxel_mm={float(settings['brain_voxel_mm']):g})"}
+        tmp = paths["truth"] + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(truth, f, indent=1)
+        os.replace(tmp, paths["truth"])  # written last: the case is complete
+        if log is not None:
+            log(f"{case}: seed {seed}, tumour {truth['tumour_ml']:.1f} ml in a {truth['brain_ml']:.0f} ml brain")
+    return names
+
+
 DUMMY_DATA = {
     # name: (what the tree holds, recipe writing it under a root folder)
     "hcp_t2": ("3 HCP subjects with T1w/ and MNINonLinear/ images and brain masks",
@@ -264,10 +346,37 @@ def volume_ids(builder, split: str) -> list[str]:
     return list(dict.fromkeys(ex["volume_id"].decode() for ex in examples(builder, split)))
 
 
-def main(argv=None) -> None:
-    """Write ``datasets/<name>/dummy_data`` of the named builders (see ``DUMMY_DATA``)."""
+def raw_phantom_main(argv) -> None:
+    """Write a raw phantom set (``raw_phantom_tree``): raw tumour heads in BraTS's layout, the true
+    brain masks and poses in OUT/truth/ (held-out seeds 9000-9999)."""
     import argparse
 
+    p = argparse.ArgumentParser(prog="python -m tfvae_datasets.testing_trees raw_phantom",
+                                description=raw_phantom_main.__doc__)
+    p.add_argument("out", help="the folder to write (cases already there are kept)")
+    p.add_argument("--cases", type=int, default=6, help="how many heads (default 6)")
+    p.add_argument("--first-seed", type=int, default=RAW_PHANTOM_SEEDS.start,
+                   help=f"the first subject seed ({RAW_PHANTOM_SEEDS.start}-{RAW_PHANTOM_SEEDS.stop - 1})")
+    p.add_argument("--coarse", action="store_true", help="4 mm heads for tests (default: IXI-sized, ~50 s each)")
+    args = p.parse_args(argv)
+    try:
+        names = raw_phantom_tree(args.out, args.cases, first_seed=args.first_seed, coarse=args.coarse, log=print)
+    except ValueError as e:
+        p.error(str(e))
+    span = names[0] if len(names) == 1 else f"{names[0]} ... {names[-1]}"
+    print(f"{args.out}: {len(names)} raw phantom head{'s' * (len(names) != 1)} ({span}), truth in "
+          f"{os.path.join(args.out, 'truth')}")
+
+
+def main(argv=None) -> None:
+    """Write ``datasets/<name>/dummy_data`` of the named builders (see ``DUMMY_DATA``), or with
+    ``raw_phantom OUT [--cases N]`` a raw phantom set (``raw_phantom_main``)."""
+    import argparse
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["raw_phantom"]:
+        return raw_phantom_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m tfvae_datasets.testing_trees", description=main.__doc__)
     p.add_argument("names", nargs="+", choices=sorted(DUMMY_DATA))
     p.add_argument("--overwrite", action="store_true", help="first delete the NIfTI files already there")
