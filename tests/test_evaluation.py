@@ -126,7 +126,7 @@ def test_figures_and_metrics_reach_the_runs_tensorboard(evaluated):
         for event in tf.compat.v1.train.summary_iterator(path):
             for v in event.summary.value:
                 values[v.tag] = v
-    assert {"evaluation/tumour_slices", "evaluation/healthy_slices", "evaluation/results"} <= set(values)
+    assert {"views/tumour_slices", "views/healthy_slices", "evaluation/results"} <= set(values)
     table = tf.make_ndarray(values["evaluation/results"].tensor).item().decode()
     assert all(f"| {p} |" in table for p in results)  # every predictor in the one summary card
     scalars = [t for t in values if t.startswith("test/")]

@@ -463,7 +463,7 @@ def test_grid_search_neg_elbo_resumes_and_exports_best(tmp_path, tiny_data_dir, 
         assert saved["train"]["epochs"] == 1
         logs = os.path.join(run, "logs")
         assert _events_contain(logs, b"hparams"), "no HParams summary in the trial's logs"
-        assert _events_contain(logs, b"inputs | reconstructions"), "image summaries not in the trial's folder"
+        assert _events_contain(logs, b"views/inputs | reconstructions"), "image summaries not in the trial's folder"
         # the objective is the last epoch's validation loss of that run
         import csv
         with open(os.path.join(run, "history.csv")) as f:

@@ -50,8 +50,8 @@ class ImageSummaries(keras.callbacks.Callback):
         reconstructions = self.model(self.inputs, training=False).numpy()
         samples = self.model.sample_prior(len(self.inputs), seed=self.seed).numpy()
         with self.writer.as_default(step=epoch):
-            tf.summary.image("inputs | reconstructions", image_grid([self.inputs, reconstructions]))
-            tf.summary.image("samples from the prior", image_grid([samples]))
+            tf.summary.image(image_tag("inputs | reconstructions"), image_grid([self.inputs, reconstructions]))
+            tf.summary.image(image_tag("samples from the prior"), image_grid([samples]))
         self.writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -70,6 +70,16 @@ EVAL_PREDICTORS = ("recommended", "rec_grad", "rec_error", "intensity")
 # the TensorBoard runs under a run's logs/: the curves of each part (the same tags: one chart per
 # quantity with both curves), and the evaluation (its figures, its HParams metrics, one summary card)
 TRAIN_RUN, VALIDATION_RUN, EVALUATION_RUN = "train", "validation", "evaluation"
+
+
+# TensorBoard's Time Series sorts its sections by tag name and opens the first ones: the figures go
+# under a section that sorts after the curves (kl, loss, rec, rec_sq) and the test/ metrics
+IMAGE_SECTION = "views"
+
+
+def image_tag(name: str) -> str:
+    """A figure's tag: ``views/<name>``, after the curves in TensorBoard's alphabetical order."""
+    return f"{IMAGE_SECTION}/{name}"
 
 
 def eval_tag(predictor: str, metric: str) -> str:
