@@ -362,11 +362,11 @@ def log_evaluation(log_dir: str, results: dict, images: dict) -> None:
     results table (every predictor and metric)."""
     import tensorflow as tf
 
-    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag
+    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag, image_tag
 
     with tf.summary.create_file_writer(os.path.join(log_dir, EVALUATION_RUN)).as_default(step=0):
         for name, image in images.items():
-            tf.summary.image(f"evaluation/{name}", image[None])
+            tf.summary.image(image_tag(name), image[None])  # after the curves in the Time Series
         for predictor in EVAL_PREDICTORS:
             for metric in EVAL_METRICS:
                 if metric in results.get(predictor, {}):
