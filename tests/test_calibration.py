@@ -64,10 +64,47 @@ def test_the_store_is_written_whole(tmp_path):
     path = tmp_path / "thresholds.json"
     store = calibration.ThresholdStore(str(path))
     key = {"checkpoint_sha256": "x", "predictor": "p", "settings": {"a": 1}}
-    store.put(key, {0.01: 1.5}, {"recommended": {"median_size": 3, "gaussian_sigma": 1.0}})
+    store.put(key, {0.01: 1.5}, {"recommended": {"median_mm": 7.0, "gaussian_sigma_mm": 3.0}})
     assert not [p for p in os.listdir(tmp_path) if p != "thresholds.json"]  # no temporary file left
     again = calibration.ThresholdStore(str(path))
     assert again.threshold(key, 0.01) == 1.5 and again.threshold(key, 0.05) is None
-    assert again.reference(key) == {"recommended": {"median_size": 3, "gaussian_sigma": 1.0}}
+    assert again.reference(key) == {"recommended": {"median_mm": 7.0, "gaussian_sigma_mm": 3.0}}
     with pytest.raises(ValueError, match="fpr"):
         Run(str(tmp_path)).threshold("rec_error", 1.5)
+
+
+def test_thresholds_stored_with_the_voxel_counted_filters_are_not_served_to_the_millimetre_ones(tmp_path):
+    """An old run's thresholds.json holds the recommended map's thresholds and sizes keyed by its config's
+    recommended section (median_size / gaussian_sigma, voxels); the same run read now (median_mm /
+    gaussian_sigma_mm) makes another key: calibrated and chosen again, never the old filter's thresholds."""
+    store = calibration.ThresholdStore(str(tmp_path / "thresholds.json"))
+    config = config_lib.resolve({"recommended": {"median_size": None, "gaussian_sigma": None}})
+    old_settings = calibration.map_settings(config)
+    old_settings["recommended"] = {"restore": True, "median_size": None, "gaussian_sigma": None, "synthetic_copies": 3}
+    old_key = {"checkpoint_sha256": "d", "predictor": "recommended", "settings": old_settings}
+    store.put(old_key, {0.01: 0.3}, {"recommended": {"median_size": 3, "gaussian_sigma": 2.0, "voxel_mm": [2, 3, 3]}})
+    new_key = store.key("d", "recommended", config)
+    assert new_key["settings"]["recommended"]["median_mm"] is None
+    assert store.threshold(new_key, 0.01) is None and store.reference(new_key) is None
+    assert store.threshold(old_key, 0.01) == 0.3  # still there, for nothing
+    # sizes given in mm are part of the key too
+    assert store.key("d", "recommended", config_lib.resolve(config, ["recommended.median_mm=7"])) != new_key
+
+
+def test_a_scan_localized_with_the_voxel_counted_filters_is_made_again_not_skipped(tmp_path):
+    """localize skips a done scan whose record's settings are today's: a record written before the recommended
+    map's sizes were millimetres (map.recommended.median_size null) differs from today's (median_mm null)."""
+    from tfvae import localization
+
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"x")
+    config = config_lib.resolve({})
+    now = {f"map.{k}": v for k, v in localization._flat(calibration.map_settings(config)).items()}
+    old = {k: v for k, v in now.items() if not k.startswith("map.recommended.")}
+    old.update({"map.recommended.restore": True, "map.recommended.median_size": None,
+                "map.recommended.gaussian_sigma": None, "map.recommended.synthetic_copies": 3})
+    inputs = {"scan": {**localization._file(str(scan)), "sha256": "s"}}
+    found = localization.differences({"settings": old, "inputs": inputs}, now, str(scan), None)
+    assert ("--set recommended.median_mm", "voxels (before mm)", "none") in found
+    assert ("--set recommended.gaussian_sigma_mm", "voxels (before mm)", "none") in found
+    assert localization.differences({"settings": now, "inputs": inputs}, now, str(scan), None) == []

@@ -37,7 +37,9 @@ def test_partial_config_takes_defaults_and_converts_int_to_float(tmp_path):
     ({"augment": {"noise_std": [0.1]}}, ["augment.noise_std", "range"]),
     ({"augment": {"contrast": "x"}}, ["augment.contrast", "number", "list", "'x'"]),
     ({"data": {"clip": 0}}, ["data.clip", "> 0"]),
-    ({"recommended": {"median_size": 4}}, ["recommended.median_size", "odd"]),
+    ({"recommended": {"median_size": 3}}, ["recommended.median_size", "voxels", "recommended.median_mm", "9 mm", "3"]),
+    ({"recommended": {"gaussian_sigma": 2.0}}, ["recommended.gaussian_sigma", "recommended.gaussian_sigma_mm", "6 mm"]),
+    ({"recommended": {"median_mm": -1}}, ["recommended.median_mm", ">= 0", "-1"]),
     ({"ensemble": {"features": ["rec_error", "ensemble"]}}, ["ensemble.features", "distinct predictors"]),
     ({"predictors": {"combi": "sum"}}, ["predictors.combi", "'zimmerer'"]),
     ({"model": {"beta": float("inf")}}, ["model.beta", "finite", "inf"]),
@@ -212,8 +214,8 @@ def test_a_key_given_twice_in_a_json_config_is_one_line_naming_the_file_and_the_
     assert str(e.value) == (f"{path}: key {key!r} is given twice; keep one of them (JSON would keep the last "
                             "silently)")
     # the same key in two sections is two keys, not one given twice
-    ok = write(tmp_path, '{"postprocess": {"median_size": 3}, "recommended": {"median_size": 5}}')
-    assert config_lib.load(ok)["recommended"]["median_size"] == 5
+    ok = write(tmp_path, '{"postprocess": {"median_size": 3}, "recommended": {"median_mm": 5}}')
+    assert config_lib.load(ok)["recommended"]["median_mm"] == 5.0
 
 
 @pytest.mark.parametrize("command, required", [("train", ["--config", "x.json"]), ("evaluate", ["--run-dir", "r"]),
@@ -267,3 +269,16 @@ def test_calibrate_name_errors_speak_of_the_flag_on_the_command_line_and_of_the_
     from tfvae import console
 
     assert console.COMMAND_LINE is False  # the command gave the Python voice back when it ended
+
+
+def test_a_saved_config_with_the_voxel_counted_filter_keys_at_null_reads_as_the_millimetre_keys(tmp_path):
+    """Every run saved before the recommended map's sizes were millimetres has recommended.median_size and
+    gaussian_sigma null (chosen on validation): it still loads, as the new keys' null (chosen again, in mm)."""
+    saved = write(tmp_path, {"recommended": {"restore": True, "median_size": None, "gaussian_sigma": None,
+                                             "synthetic_copies": 3}})
+    config = config_lib.load(saved)
+    assert config["recommended"] == config_lib.defaults()["recommended"]
+    assert "median_size" not in config["recommended"] and config["recommended"]["median_mm"] is None
+    with pytest.raises(ConfigError, match="recommended.median_size counted voxels"):
+        config_lib.resolve({}, ["recommended.median_size=3"])
+    assert config_lib.resolve({}, ["recommended.median_mm=7"])["recommended"]["median_mm"] == 7.0

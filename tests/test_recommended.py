@@ -39,10 +39,11 @@ def test_postprocess_is_positive_residual_median_gaussian_then_brain():
     brain[1:5, 2:8, 1:7] = True
     residual = R.positive_residual(image, recon)
     np.testing.assert_allclose(residual, np.where(image > recon, image - recon, 0.0), rtol=1e-6, atol=1e-6)
-    out = R.postprocess(residual, brain, median_size=3, gaussian_sigma=1.0)
+    # on 3 mm voxels: a 9 mm median is 3 voxels, a 3 mm sigma 1 voxel
+    out = R.postprocess(residual, brain, median_mm=9.0, gaussian_sigma_mm=3.0, voxel_mm=(3.0, 3.0, 3.0))
     expected = np.where(brain, brute_gaussian(brute_median(residual, 3), 1.0), 0.0)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(R.postprocess(residual, brain, 0, 0.0), np.where(brain, residual, 0.0))
+    np.testing.assert_allclose(R.postprocess(residual, brain, 0, 0.0, (3.0, 3.0, 3.0)), np.where(brain, residual, 0.0))
 
 
 def test_synthetic_lesion_is_an_ellipsoid_of_the_stated_size_in_millimetres():
@@ -86,13 +87,18 @@ def test_selection_smooths_noisy_residuals_and_leaves_exact_ones(noise, expect_s
         return np.maximum(images - healthy[nearest][..., None] + noise * rng.normal(size=images.shape), 0.0)
 
     chosen = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=3, seed=0)
-    assert chosen["lesions"] == 3 and len(chosen["table"]) == len(R.MEDIAN_CANDIDATES) * len(R.SIGMA_CANDIDATES)
+    assert chosen["lesions"] == 3
+    assert len(chosen["table"]) == len(R.MEDIAN_CANDIDATES_MM) * len(R.SIGMA_CANDIDATES_MM)
     best = max(chosen["table"], key=lambda row: row["auprc"])
-    assert (chosen["median_size"], chosen["gaussian_sigma"]) == (best["median_size"], best["gaussian_sigma"])
-    smoothed = chosen["median_size"] > 0 or chosen["gaussian_sigma"] > 0
+    assert (chosen["median_mm"], chosen["gaussian_sigma_mm"]) == (best["median_mm"], best["gaussian_sigma_mm"])
+    smoothed = chosen["median_mm"] > 0 or chosen["gaussian_sigma_mm"] > 0
     assert smoothed == expect_smoothing, chosen
-    fixed = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=1, seed=0, median_size=3)
-    assert fixed["median_size"] == 3 and {row["median_size"] for row in fixed["table"]} == {3}
+    window, sigma = R.filter_sizes(chosen["median_mm"], chosen["gaussian_sigma_mm"], (3.0, 3.0, 3.0))
+    assert chosen["voxel_mm"] == [3.0, 3.0, 3.0]
+    assert chosen["median_voxels"] == (list(window) if window else 0)
+    assert chosen["sigma_voxels"] == (pytest.approx(list(sigma)) if sigma else 0.0)
+    fixed = R.select(residual_fn, [(healthy, brain, (3.0, 3.0, 3.0))], copies=1, seed=0, median_mm=7)
+    assert fixed["median_mm"] == 7.0 and {row["median_mm"] for row in fixed["table"]} == {7.0}
 
 
 def test_selection_filters_only_what_a_lesion_changes_and_gets_the_same_numbers():
@@ -113,16 +119,16 @@ def test_selection_filters_only_what_a_lesion_changes_and_gets_the_same_numbers(
 
     chosen = R.select(residual_fn, volumes, copies=3, seed=7)
     expected_rng = np.random.default_rng(7)
-    reference_mm = R.grid_mm(v for _, _, v in volumes)
-    hists = {(k, s): R.metrics.PixelHistogram() for k in R.MEDIAN_CANDIDATES for s in R.SIGMA_CANDIDATES}
+    hists = {(k, s): R.metrics.PixelHistogram() for k in R.MEDIAN_CANDIDATES_MM for s in R.SIGMA_CANDIDATES_MM}
     for image, brain, voxel_mm in volumes:
         for _ in range(3):
             lesioned, label = R.synthetic_lesion(image, brain, voxel_mm, expected_rng)
             residual = np.maximum(lesioned - lesioned.mean(axis=(1, 2), keepdims=True), 0.0) ** 1.5
             for (k, s), hist in hists.items():
-                hist.update(R.postprocess(residual, brain, k, s, voxel_mm, reference_mm), label, mask=brain)
+                hist.update(R.postprocess(residual, brain, k, s, voxel_mm), label, mask=brain)
     expected = [(k, s, h.auprc(), h.auroc()) for (k, s), h in hists.items()]
-    got = [(row["median_size"], row["gaussian_sigma"], row["auprc"], row["auroc"]) for row in chosen["table"]]
+    got = [(row["median_mm"], row["gaussian_sigma_mm"], row["auprc"], row["auroc"]) for row in chosen["table"]]
+    assert chosen["voxel_mm"] == [3.0, 3.0, 3.0]  # the median grid of the two volumes (2 and 4 mm slices)
     np.testing.assert_allclose([g[2:] for g in got], [e[2:] for e in expected], rtol=1e-6)
     assert [g[:2] for g in got] == [e[:2] for e in expected]
     assert sum(seen) < 3 * (30 + 22)  # each volume once, then only the lesioned slices: fewer than 3 whole copies
@@ -149,19 +155,46 @@ def test_median_rows_is_the_median_of_those_rows():
                                   R.median(changed, 5))
 
 
-def test_filter_sizes_keep_their_millimetres_on_another_slice_spacing():
+def nearest_odd(x: float) -> int:
+    """The odd integer nearest to x > 0 (a tie to the larger), written out: the candidates 1, 3, 5, ..."""
+    candidates = np.arange(1, 2 * int(x) + 4, 2)
+    distance = np.abs(candidates - x)
+    return int(candidates[np.flatnonzero(distance == distance.min())[-1]])
+
+
+def test_median_window_per_axis_is_the_odd_number_of_voxels_nearest_to_its_millimetres():
+    """On HCP's grid (0.7 mm slices, 3 mm pixels) a 7 mm median is 11 x 3 x 3 voxels (7.7 x 9 x 9 mm), not
+    the 3 x 3 x 3 (2.1 x 9 x 9 mm) a size counted in voxels was; sigma in mm per axis."""
+    hcp, phantom, brats = (0.7, 3.0, 3.0), (2.0, 3.0, 3.0), (1.0, 3.0, 3.0)
+    assert R.median_footprint(7.0, hcp) == (11, 3, 3)
+    assert R.median_footprint(7.0, phantom) == (3, 3, 3)  # the phantom's chosen "3 voxels", unchanged
+    assert R.median_footprint(7.0, brats) == (7, 3, 3)
+    assert R.median_footprint(13.0, phantom) == (7, 5, 5) and R.median_footprint(19.0, phantom) == (9, 7, 7)
+    assert R.median_footprint(0.0, hcp) == 0 and R.median_footprint(0.5, hcp) == (1, 1, 1)  # at least 1
+    assert R.median_footprint(6.0, (3.0, 2.0, 3.0000001)) == (3, 3, 3)  # ties go up, float noise or not
+    assert R.sigma_voxels(6.0, hcp) == pytest.approx((6 / 0.7, 2.0, 2.0)) and R.sigma_voxels(0.0, hcp) == 0.0
+    for mm in np.linspace(0.3, 25.0, 84):
+        for voxel in (0.7, 1.0, 1.2, 2.0, 3.0, 4.0):
+            assert R.median_footprint(mm, (voxel,) * 3) == (nearest_odd(mm / voxel),) * 3, (mm, voxel)
+
+
+def test_filters_on_an_anisotropic_grid_are_scipy_with_those_windows_and_isotropic_ones_as_before():
     from scipy import ndimage
 
-    # chosen on a 2 mm x 3 mm x 3 mm validation grid: median 3 (6 mm through-plane), sigma 2 (4 mm)
-    assert R.filter_sizes(3, 2.0, (1.5, 3.0, 3.0), (2.0, 3.0, 3.0)) == ((5, 3, 3), (pytest.approx(8 / 3), 2.0, 2.0))
-    assert R.filter_sizes(3, 2.0, (2.0, 3.0, 3.0), (2.0, 3.0, 3.0)) == ((3, 3, 3), (2.0, 2.0, 2.0))
-    assert R.filter_sizes(5, 1.0, (4.0, 3.0, 3.0), (2.0, 3.0, 3.0))[0] == (3, 5, 5)  # 10 mm over 4 mm slices
-    assert R.filter_sizes(3, 2.0, (1.5, 3.0, 3.0), None) == (3, 2.0)  # no grid recorded: the old behaviour
     rng = np.random.default_rng(5)
-    residual, brain = rng.random((12, 10, 10)).astype(np.float32), np.ones((12, 10, 10), bool)
-    out = R.postprocess(residual, brain, 3, 1.0, voxel_mm=(1.0, 3.0, 3.0), reference_mm=(2.0, 3.0, 3.0))
-    expected = ndimage.gaussian_filter(ndimage.median_filter(residual, size=(7, 3, 3), mode="nearest"),
-                                       sigma=(2.0, 1.0, 1.0), mode="nearest")
-    np.testing.assert_allclose(out, expected, rtol=1e-6)
-    same = R.postprocess(residual, brain, 3, 1.0, voxel_mm=(2.0, 3.0, 3.0), reference_mm=(2.0, 3.0, 3.0))
-    np.testing.assert_array_equal(same, R.postprocess(residual, brain, 3, 1.0))
+    residual = rng.random((24, 12, 12)).astype(np.float32)
+    brain = np.ones(residual.shape, bool)
+    brain[:, :2] = False
+    # 0.7 x 3 x 3 mm: a 7 mm median is 11 x 3 x 3 voxels, a 3 mm sigma (3 / 0.7, 1, 1) voxels
+    out = R.postprocess(residual, brain, 7.0, 3.0, voxel_mm=(0.7, 3.0, 3.0))
+    expected = ndimage.gaussian_filter(ndimage.median_filter(residual, size=(11, 3, 3), mode="nearest"),
+                                       sigma=(3 / 0.7, 1.0, 1.0), mode="nearest")
+    np.testing.assert_allclose(out, np.where(brain, expected, 0.0), rtol=1e-5, atol=1e-6)
+    # an isotropic 3 mm grid: 9 mm and 3 mm are the 3-voxel median and the 1-voxel sigma of sizes counted in voxels
+    same = R.postprocess(residual, brain, 9.0, 3.0, voxel_mm=(3.0, 3.0, 3.0))
+    voxels = R.smooth_in_brain(R.median(residual, 3), brain, 1.0)
+    np.testing.assert_array_equal(same, voxels)
+    np.testing.assert_allclose(same, np.where(brain, ndimage.gaussian_filter(
+        ndimage.median_filter(residual, size=3, mode="nearest"), sigma=1.0, mode="nearest"), 0.0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="voxel size is needed"):
+        R.filter_sizes(7.0, 3.0, None)

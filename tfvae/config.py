@@ -86,9 +86,14 @@ Schema (dotted key: type, default -- meaning):
   ``tfvae.postprocessing``. When any is on, ``evaluate.py`` reports metrics with and without it.
 - ``recommended.*`` -- the ``recommended`` map (``tfvae.recommended``): ``restore``: bool, true --
   residual of the restored (projected) image, else of the plain reconstruction;
-  ``median_size``: odd int or null -- 3D median filter (0: off); ``gaussian_sigma``: float or null
-  -- 3D Gaussian (voxels, 0: off); null: chosen on the healthy validation volumes with synthetic
-  lesions; ``synthetic_copies``: int, 3 -- lesioned copies of each validation volume for that choice.
+  ``median_mm``: float or null -- 3D median filter over that many millimetres on every axis (0:
+  off); ``gaussian_sigma_mm``: float or null -- 3D Gaussian, sigma in millimetres (0: off); both
+  converted per axis for each scan's grid (``recommended.filter_sizes``: the median's window is the
+  odd number of voxels nearest to mm / voxel size); null: chosen on the healthy validation volumes
+  with synthetic lesions; ``synthetic_copies``: int, 3 -- lesioned copies of each validation volume
+  for that choice. (Before, ``median_size`` / ``gaussian_sigma`` counted voxels of the validation
+  grid on every axis; a config that still gives them a value is refused with the conversion, one
+  that gives them null -- every saved run config -- reads as the new keys' null.)
 - ``ensemble.features``: list, ["rec_error", "kl_grad", "rec_grad"] (the paper's) -- the maps the
   logistic-regression ensemble combines; any predictor but the ensemble itself.
 - ``threshold.mode``: "per_scan" (default) or "fixed" -- how a scan is thresholded at a calibrated
@@ -112,6 +117,9 @@ Schema (dotted key: type, default -- meaning):
   axial slice of the scan but the first and last ``evaluate.reference_skip`` (int, 20), each whole
   slice resized to the image size, background included -- the population the paper's AUROC is
   over (ours crops a 192 mm field of view and keeps slices with 20% of the largest brain area).
+  Its labels are each test volume's original segmentation resampled once into that crop (nearest
+  neighbour; read from the dataset's source files, the phantom made again), the slices our
+  preprocessing leaves out included with their true labels and maps of 0 (``tfvae.reference_labels``).
 - ``evaluate.exclude_volumes``: list of str, [] -- test volumes (ids) evaluation leaves out: a
   hyperparameter search whose ``auroc`` objective selected the model with the labels of held-apart
   test volumes writes their ids here in each trial's config (``tfvae.tuning``).
@@ -208,10 +216,6 @@ def _ensemble_features(v):
     if not v or any(p not in known for p in v) or len(set(v)) != len(v):
         return f"must be a non-empty list of distinct predictors from {', '.join(known)}"
     return None
-
-
-def _odd_or_zero(v):
-    return None if v == 0 or (v > 0 and v % 2 == 1) else "must be 0 (off) or an odd number of voxels"
 
 
 def _range_or(check_number, low: float, exclusive: bool = False):
@@ -312,8 +316,8 @@ SCHEMA: dict[str, Any] = {
     },
     "recommended": {
         "restore": Field(BOOL, True),
-        "median_size": Field(INT + (type(None),), None, _odd_or_zero),
-        "gaussian_sigma": Field(FLOAT + (type(None),), None, _non_negative),
+        "median_mm": Field(FLOAT + (type(None),), None, _non_negative),
+        "gaussian_sigma_mm": Field(FLOAT + (type(None),), None, _non_negative),
         "synthetic_copies": Field(INT, 3, _positive),
     },
     "ensemble": {
@@ -366,11 +370,27 @@ def _check_value(field: Field, value, key: str, source: str):
     return value
 
 
+# keys replaced by others whose values mean something else: null (the default) reads as the new key's null
+# (so saved run configs still load), a value is refused with what to give instead
+REPLACED = {
+    "recommended.median_size": "counted voxels of the validation grid on every axis; give recommended.median_mm, "
+                               "millimetres on every axis (k voxels of v mm are k * v mm: 3 voxels of 3 mm pixels "
+                               "are 9 mm)",
+    "recommended.gaussian_sigma": "counted voxels of the validation grid on every axis; give "
+                                  "recommended.gaussian_sigma_mm, millimetres (s voxels of v mm are s * v mm: 2 "
+                                  "voxels of 3 mm pixels are 6 mm)",
+}
+
+
 def _merge(base: dict, update: dict, schema: dict, source: str, prefix: str = "") -> None:
     if not isinstance(update, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a JSON object")
     for key, value in update.items():
         dotted = prefix + key
+        if key not in schema and dotted in REPLACED and schema is SCHEMA.get(prefix.rstrip(".")):
+            if value is None:
+                continue
+            raise ConfigError(f"{source}: {dotted} {REPLACED[dotted]}, got {value!r}")
         if key not in schema:
             known = ", ".join(prefix + k for k in schema)
             raise ConfigError(f"{source}: unknown key {dotted!r} (known: {known})")

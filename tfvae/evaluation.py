@@ -56,6 +56,8 @@ from tfvae import config as config_lib
 from tfvae import data
 from tfvae import ensemble as ensemble_lib
 from tfvae import metrics, postprocessing, reporting, scan_threshold
+from tfvae import recommended as recommended_lib
+from tfvae import reference_labels
 from tfvae import rundir, timing
 from tfvae import calibration
 from tfvae.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, calibrate
@@ -257,35 +259,40 @@ def _rounded(value: float, digits: int = 5):
 
 
 class ReferencePixels:
-    """The pixel set of Zimmerer et al.'s code (``evaluate.pixel_set: reference``): each volume's
-    maps and labels written back into the scan's grid (``preprocessing.slices_to_volume``: 0 where
-    we do not score), every canonical axial slice but the first and last ``skip``, each whole slice
-    resized to ``size`` x ``size`` (scores linearly, labels by nearest neighbour) -- background
-    included, as the paper's AUROC counts it."""
+    """The pixel set of Zimmerer et al.'s code (``evaluate.pixel_set: reference``): every canonical
+    axial slice of the scan but the first and last ``skip``, each whole slice resized to ``size`` x
+    ``size``, background included -- the population the paper's AUROC counts. The maps are written
+    back into the scan's grid (``preprocessing.slices_to_volume``: 0 on the slices and pixels we do
+    not score) and resized linearly; the labels are the volume's original segmentation
+    (``labels``: a ``reference_labels.reader``), checked against the dataset and resampled once
+    (``reference_labels.paper_crop``) -- slices our preprocessing left out included with their true
+    labels, as the reference scores every slice (see ``tfvae.reference_labels``)."""
 
-    def __init__(self, predictors, size: int, skip: int):
-        self.size, self.skip = size, skip
+    def __init__(self, predictors, size: int, skip: int, labels):
+        self.size, self.skip, self.labels = size, skip, labels
         self.all = {p: metrics.PixelHistogram(bits=HISTOGRAM_BITS) for p in predictors}
 
-    def _slices(self, volume: Volume, planes, order: int) -> np.ndarray:
-        from scipy import ndimage
-
+    def _slices(self, volume: Volume, planes) -> np.ndarray:
         from tfvae import preprocessing
 
-        data = preprocessing.slices_to_volume(planes, volume.slice_index, volume.geometry, order=order)
+        data = preprocessing.slices_to_volume(planes, volume.slice_index, volume.geometry, order=1)
         data = preprocessing.to_canonical(data, volume.geometry.source_affine)
         kept = data[:, :, self.skip:data.shape[2] - self.skip]
         if kept.shape[2] == 0:  # a scan of no more than 2 * skip slices: none kept
             return np.zeros((self.size, self.size, 0), np.float32)
         zoom = (self.size / kept.shape[0], self.size / kept.shape[1], 1.0)
-        return ndimage.zoom(kept, zoom, order=order, grid_mode=True, mode="grid-constant")
+        return ndimage.zoom(kept, zoom, order=1, grid_mode=True, mode="grid-constant")
 
     def update(self, volume: Volume) -> None:
-        label = self._slices(volume, volume.label.astype(np.float32), order=0)
+        from tfvae import reference_labels
+
+        segmentation, affine = self.labels(volume.volume_id)
+        label = reference_labels.paper_crop(reference_labels.checked(segmentation, affine, volume),
+                                            volume.geometry.source_affine, self.size, self.skip)
         if label.shape[2] == 0:
             return
         for p, score in volume.variants["raw"].items():
-            self.all[p].update(self._slices(volume, score, order=1), label)
+            self.all[p].update(self._slices(volume, score), label)
 
     def results(self) -> dict:
         return {p: {"auroc_reference": h.auroc(), "auprc_reference": h.auprc()} for p, h in self.all.items()
@@ -387,6 +394,9 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
         predictors.remove("ensemble")
     ev, settings = config["evaluate"], config["postprocess"]
     features = config["ensemble"]["features"]
+    # the original segmentations the reference pixel set takes its labels from: found before any scoring
+    reference_reader = (reference_labels.reader(data.test_data_config(config["data"]))
+                        if ev["pixel_set"] == "reference" else None)
     needed = set(predictors) | (set(features) if "ensemble" in predictors else set())
     scorer = Scorer(model, config, [p for p in ALL_PREDICTORS if p in needed])
     stored = stored or {}
@@ -438,7 +448,7 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
                          fitted["per_volume"]]
         if ev["pixel_set"] == "reference":
             fitted["reference_pixels"] = ReferencePixels(predictors, config["data"]["image_size"],
-                                                         ev["reference_skip"])
+                                                         ev["reference_skip"], reference_reader)
             consumers.append(fitted["reference_pixels"])
 
     for volume in scored_volumes(scorer, test, predictors, settings, fit_ids=fit_ids, ensemble_features=features,
@@ -461,7 +471,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
         results["ensemble"].update(coefficients=fitted["ensemble"].coefficients(), scored_volumes=len(scored_ids))
     for name in scorer.sizes:  # the filtered maps' sizes, and how they were chosen
         if name in results:
-            results[name]["settings"] = {**scorer.sizes[name], "voxel_mm": scorer.sizes_mm[name] or None}
+            # the sizes (mm), the validation grid and their voxels there (each scan: its own grid's)
+            results[name]["settings"] = recommended_lib.described(**scorer.sizes[name], grid=scorer.grids[name])
             if name in reference:
                 results[name]["selection"] = reference[name]
     if "combi" in results and "kl_grad_range" in reference:

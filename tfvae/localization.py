@@ -514,8 +514,11 @@ SETTING_NAMES = {"run": "--run-dir", "checkpoint": "--checkpoint", "model_sha256
                  "predictor": "--predictor", "fpr": "--fpr", "threshold_mode": "threshold.mode",
                  "calibration": "--calibration", "calibration_sha256": "the calibration's healthy scans (SHA-256)",
                  "preprocess": "--preprocess", "force": "--force"}
-# what a record written before the setting existed was made with
-SETTING_DEFAULTS = {"preprocess": False, "force": False}
+# what a record written before the setting existed was made with (the recommended map's filter sizes counted
+# voxels of the validation grid before they were millimetres: such a scan is made again, not skipped)
+SETTING_DEFAULTS = {"preprocess": False, "force": False,
+                    "map.recommended.median_mm": "voxels (before mm)",
+                    "map.recommended.gaussian_sigma_mm": "voxels (before mm)"}
 
 
 def _flat(value, prefix: str = "") -> dict:

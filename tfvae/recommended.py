@@ -12,28 +12,33 @@ For the stacked slices of one volume (z, S, S) with input x0 and brain mask B::
    counts -- tumours and edema are hyperintense on T2 (and FLAIR), while darker-than-expected
    pixels are mostly healthy anatomy the model placed slightly wrong (e.g. ventricles shifted by
    mass effect).
-3. **3D median filter** ``M_k`` over k x k x k voxels of the stacked slices (Baur et al.'s
-   post-processing): removes isolated residuals (noise, edges).
-4. **3D Gaussian** ``G_sigma`` (sigma in voxels): lesions are blobs spanning several slices, so
-   spreading each residual over its neighbourhood ranks whole lesions above scattered errors.
+3. **3D median filter** ``M_k`` over a window of k millimetres on every axis of the stacked slices
+   (Baur et al.'s post-processing): removes isolated residuals (noise, edges).
+4. **3D Gaussian** ``G_sigma`` (sigma in millimetres, the same on every axis): lesions are blobs
+   spanning several slices, so spreading each residual over its neighbourhood ranks whole lesions
+   above scattered errors.
 5. Zero outside the brain mask.
 
-**Sizes in millimetres.** k and sigma are counted in voxels of the healthy validation scans' grid
-(``voxel_mm``: their median (slice spacing, row, column) in mm, kept with the settings) and
-converted through millimetres to each scan's own grid (``filter_sizes``): a scan whose slices are
-1.5 mm apart gets a median over 5 slices where a 2 mm validation grid had 3, so the filters span
-the same anatomy whatever the slice spacing (HCP's 0.7 mm against BraTS's 1 mm). In plane every
-scan is resampled to the same pixel size, so only the through-plane sizes change. Settings stored
-without ``voxel_mm`` (older runs) are applied in each scan's voxels, as before.
+**Sizes in millimetres, per axis.** k (``median_mm``) and sigma (``gaussian_sigma_mm``) are
+millimetres, the same on every axis, converted for each scan's own grid (``filter_sizes``, with the
+scan's (slice spacing, row, column) voxel size): the median's window on an axis is the odd number of
+voxels nearest to k / voxel size on that axis (a tie goes up: 4 -> 5; at least 1), the Gaussian's
+sigma on an axis is sigma / voxel size voxels. So a 7 mm median is 3 x 3 x 3 voxels on the phantom's
+2 x 3 x 3 mm grid, 7 x 3 x 3 on BraTS's 1 mm slices and 11 x 3 x 3 on HCP's 0.7 mm slices -- about
+the same anatomy everywhere, where a size counted in voxels (3 x 3 x 3) would span 2.1 x 9 x 9 mm
+on HCP's grid. In plane every scan is resampled to the same pixel size (``fov_mm / image_size``,
+3 mm at 64 px), so the candidates below give the in-plane windows the earlier voxel candidates
+did (3, 5, 7 pixels; sigma 1, 2, 3 pixels) and only the through-plane sizes follow the slice spacing.
 
-**Choosing k and sigma without labels** (when ``recommended.median_size`` /
-``recommended.gaussian_sigma`` are null, the default): on the healthy validation volumes, each
+**Choosing k and sigma without labels** (when ``recommended.median_mm`` /
+``recommended.gaussian_sigma_mm`` are null, the default): on the healthy validation volumes, each
 copied ``recommended.synthetic_copies`` times with one synthetic lesion added (``synthetic_lesion``:
 an ellipsoid of radii 6-18 mm per axis, brightened by 1-3 z-score units with a soft edge, inside
-the brain), every candidate pair (``MEDIAN_CANDIDATES`` x ``SIGMA_CANDIDATES``) is scored and the
-pair with the highest AUPRC over the brain pixels of the lesioned copies wins. The lesions are a
-generic prior (hyperintense blobs of tumour size), not the test set's tumours; no test label is
-read. The selection table is kept with the results.
+the brain), every candidate pair (``MEDIAN_CANDIDATES_MM`` x ``SIGMA_CANDIDATES_MM``) is scored and
+the pair with the highest AUPRC over the brain pixels of the lesioned copies wins. The lesions are
+a generic prior (hyperintense blobs of tumour size), not the test set's tumours; no test label is
+read. The selection table is kept with the results, with the validation grid (``voxel_mm``: the
+median voxel size of the volumes it was chosen on) and the chosen sizes in that grid's voxels.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ from scipy import ndimage
 
 from tfvae import metrics, postprocessing
 
-MEDIAN_CANDIDATES = (0, 3, 5, 7)
-SIGMA_CANDIDATES = (0.0, 1.0, 2.0, 3.0)
+# millimetres, the same on every axis (0: off). The median's 6k + 1 mm are 3, 5 and 7 pixels of 3 mm in plane
+# (the earlier candidates, counted in voxels), each 1 mm clear of a rounding tie (6 mm / 3 mm = 2: 1 or 3)
+MEDIAN_CANDIDATES_MM = (0.0, 7.0, 13.0, 19.0)
+SIGMA_CANDIDATES_MM = (0.0, 3.0, 6.0, 9.0)  # 1, 2 and 3 pixels of 3 mm in plane
 LESION_RADIUS_MM = (6.0, 18.0)
 LESION_AMPLITUDE = (1.0, 3.0)  # z-score units
 LESION_EDGE = 0.3  # the brightening ramps up over the outer 30 % of the radius
@@ -59,25 +66,40 @@ def positive_residual(images: np.ndarray, reconstruction: np.ndarray) -> np.ndar
     return np.maximum(np.asarray(images, np.float32) - np.asarray(reconstruction, np.float32), 0.0)
 
 
-def filter_sizes(median_size: int, gaussian_sigma: float, voxel_mm=None, reference_mm=None):
-    """Per-axis (median size, Gaussian sigma) in the voxels of a scan whose voxels measure
-    ``voxel_mm`` (slice spacing, row, column) for settings counted in voxels of ``reference_mm``:
-    the same millimetres, the median size rounded to the nearest odd number of voxels (at least 1).
-    Without both grids the settings are returned as they are (isotropic, in the scan's voxels)."""
-    if voxel_mm is None or reference_mm is None:
-        return median_size, gaussian_sigma
-    ratio = np.asarray(reference_mm, np.float64) / np.asarray(voxel_mm, np.float64)
-    median = tuple(int(2 * np.floor(median_size * r / 2.0) + 1) for r in ratio) if median_size else 0
-    sigma = tuple(float(gaussian_sigma * r) for r in ratio) if gaussian_sigma else 0.0
-    return median, sigma
+def median_footprint(median_mm: float, voxel_mm) -> tuple[int, ...] | int:
+    """The window of a ``median_mm`` millimetre median on a grid of ``voxel_mm`` (one size per axis,
+    e.g. (slice spacing, row, column)): per axis the odd number of voxels nearest to median_mm /
+    voxel size (a tie goes to the larger: 4 -> 5), at least 1; 0 (off) when ``median_mm`` is 0."""
+    if not median_mm:
+        return 0
+    ratio = float(median_mm) / np.asarray(voxel_mm, np.float64)
+    # 1e-6: a tie stays a tie under a voxel size's float noise (6 mm over 3.0000001 mm is 3 voxels, as over 3 mm)
+    return tuple(int(2 * np.floor(r / 2.0 + 1e-6) + 1) for r in ratio)
 
 
-def postprocess(residual: np.ndarray, brain: np.ndarray, median_size: int, gaussian_sigma: float,
-                voxel_mm=None, reference_mm=None) -> np.ndarray:
-    """Steps 3-5 on a (z, S, S) residual volume: 3D median, 3D Gaussian, zero outside ``brain``
-    (sizes in voxels of ``reference_mm``, applied on a grid of ``voxel_mm``: ``filter_sizes``)."""
-    median_size, gaussian_sigma = filter_sizes(median_size, gaussian_sigma, voxel_mm, reference_mm)
-    return smooth_in_brain(median(residual, median_size), brain, gaussian_sigma)
+def sigma_voxels(gaussian_sigma_mm: float, voxel_mm) -> tuple[float, ...] | float:
+    """A Gaussian's sigma of ``gaussian_sigma_mm`` millimetres in voxels of each axis of ``voxel_mm``
+    (0.0, off, when it is 0)."""
+    if not gaussian_sigma_mm:
+        return 0.0
+    return tuple(float(gaussian_sigma_mm) / float(v) for v in voxel_mm)
+
+
+def filter_sizes(median_mm: float, gaussian_sigma_mm: float, voxel_mm):
+    """``(median window, Gaussian sigma)`` per axis, in voxels of a scan whose voxels measure
+    ``voxel_mm`` (slice spacing, row, column), for sizes in millimetres (``median_footprint``,
+    ``sigma_voxels``)."""
+    if voxel_mm is None:
+        raise ValueError("the recommended map's filter sizes are millimetres: the scan's voxel size is needed")
+    return median_footprint(median_mm, voxel_mm), sigma_voxels(gaussian_sigma_mm, voxel_mm)
+
+
+def postprocess(residual: np.ndarray, brain: np.ndarray, median_mm: float, gaussian_sigma_mm: float,
+                voxel_mm) -> np.ndarray:
+    """Steps 3-5 on a (z, S, S) residual volume whose voxels measure ``voxel_mm`` (slice spacing, row,
+    column): 3D median, 3D Gaussian (sizes in millimetres: ``filter_sizes``), zero outside ``brain``."""
+    window, sigma = filter_sizes(median_mm, gaussian_sigma_mm, voxel_mm)
+    return smooth_in_brain(median(residual, window), brain, sigma)
 
 
 def median(volume: np.ndarray, size) -> np.ndarray:
@@ -118,8 +140,8 @@ def smooth_in_brain(volume: np.ndarray, brain: np.ndarray, sigma) -> np.ndarray:
 
 
 def grid_mm(voxel_sizes) -> list[float]:
-    """The median (slice spacing, row, column) voxel size of several scans: the grid settings are
-    counted in."""
+    """The median (slice spacing, row, column) voxel size of several scans (recorded with the sizes
+    chosen on them, and the grid of a scan whose own is not given)."""
     return [float(v) for v in np.median(np.asarray(list(voxel_sizes), np.float64), axis=0)]
 
 
@@ -140,7 +162,7 @@ def synthetic_lesion(image: np.ndarray, brain: np.ndarray, voxel_mm, rng: np.ran
 
 
 def _score_copy(hists: dict, k, sigmas: dict, clean_median, residual, size, changed, brain, label) -> None:
-    """Add one lesioned copy's maps at median size ``k`` and every sigma to ``hists[(k, sigma)]``."""
+    """Add one lesioned copy's maps at the median ``k`` mm (window ``size``) and every sigma to ``hists[(k, sigma)]``."""
     filtered = median_changed(clean_median, residual, size, changed)
     for s, sigma in sigmas.items():
         hists[(k, s)].update(smooth_in_brain(filtered, brain, sigma), label, mask=brain)
@@ -148,12 +170,12 @@ def _score_copy(hists: dict, k, sigmas: dict, clean_median, residual, size, chan
 
 def _table_row(item) -> dict:
     (k, s), hist = item
-    return {"median_size": k, "gaussian_sigma": s, "auprc": hist.auprc(), "auroc": hist.auroc()}
+    return {"median_mm": k, "gaussian_sigma_mm": s, "auprc": hist.auprc(), "auroc": hist.auroc()}
 
 
-def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None = None,
-           gaussian_sigma: float | None = None, progress=None) -> dict:
-    """Pick (median_size, gaussian_sigma) on healthy volumes with synthetic lesions; a setting
+def select(residual_fn, volumes, copies: int, seed: int, median_mm: float | None = None,
+           gaussian_sigma_mm: float | None = None, progress=None) -> dict:
+    """Pick (median_mm, gaussian_sigma_mm) on healthy volumes with synthetic lesions; a setting
     given (not None) is kept and only the other one is chosen.
 
     ``residual_fn(images (n, S, S, 1)) -> (n, S, S, 1)`` gives the positive residual maps, slice by
@@ -166,19 +188,19 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
     ``volumes`` yields ``(image (z, S, S), brain (z, S, S) bool, voxel_mm)`` of healthy volumes
     (at most ``MAX_SELECTION_VOLUMES`` are used; ``progress(done, total)``, when given, is called
     with 0 before the first volume, so that a progress bar's clock starts with the stage, and after
-    each lesioned copy); the candidates count voxels of their median grid
-    (``grid_mm``). Returns ``{"median_size", "gaussian_sigma", "voxel_mm", "table":
-    [{"median_size", "gaussian_sigma", "auprc", "auroc"}, ...], "lesions"}``."""
+    each lesioned copy); each volume's filters are sized for its own ``voxel_mm`` (``filter_sizes``).
+    Returns ``{"median_mm", "gaussian_sigma_mm", "voxel_mm" (the volumes' median grid, ``grid_mm``),
+    "median_voxels", "sigma_voxels" (the chosen sizes on that grid), "table": [{"median_mm",
+    "gaussian_sigma_mm", "auprc", "auroc"}, ...], "lesions"}``."""
     if copies < 1:
         raise ValueError(f"recommended.synthetic_copies must be at least 1, got {copies}")
     rng = np.random.default_rng(seed)
-    medians = (median_size,) if median_size is not None else MEDIAN_CANDIDATES
-    sigmas = (gaussian_sigma,) if gaussian_sigma is not None else SIGMA_CANDIDATES
+    medians = (float(median_mm),) if median_mm is not None else MEDIAN_CANDIDATES_MM
+    sigmas = (float(gaussian_sigma_mm),) if gaussian_sigma_mm is not None else SIGMA_CANDIDATES_MM
     hists = {(k, s): metrics.PixelHistogram() for k in medians for s in sigmas}
     healthy = [v for _, v in zip(range(MAX_SELECTION_VOLUMES), volumes)]
     if not healthy:
         raise ValueError("no healthy validation volume to choose the recommended map's settings on")
-    reference_mm = grid_mm(voxel_mm for _, _, voxel_mm in healthy)
     lesions, total = 0, len(healthy) * copies
     if progress is not None:
         progress(0, total)
@@ -187,8 +209,8 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
         for image, brain, voxel_mm in healthy:
             # a lesion changes a few slices: the residual and the median of the others are the healthy volume's
             clean = residual_fn(image[..., None])[..., 0]
-            sizes = {k: filter_sizes(k, 0.0, voxel_mm, reference_mm)[0] for k in medians}
-            sigmas_here = {s: filter_sizes(0, s, voxel_mm, reference_mm)[1] for s in sigmas}
+            sizes = {k: median_footprint(k, voxel_mm) for k in medians}
+            sigmas_here = {s: sigma_voxels(s, voxel_mm) for s in sigmas}
             clean_medians = dict(zip(sizes, threads.map(lambda size: median(clean, size), sizes.values())))
             copied = [synthetic_lesion(image, brain, voxel_mm, rng) for _ in range(copies)]
             changes = [np.flatnonzero(np.any(lesioned != image, axis=(1, 2))) for lesioned, _ in copied]
@@ -207,5 +229,14 @@ def select(residual_fn, volumes, copies: int, seed: int, median_size: int | None
                     progress(lesions, total)
         table = list(threads.map(_table_row, hists.items()))
     best = max(table, key=lambda row: row["auprc"])
-    return {"median_size": best["median_size"], "gaussian_sigma": best["gaussian_sigma"], "voxel_mm": reference_mm,
+    return {**described(best["median_mm"], best["gaussian_sigma_mm"], grid_mm(v for _, _, v in healthy)),
             "table": table, "lesions": lesions}
+
+
+def described(median_mm: float, gaussian_sigma_mm: float, grid) -> dict:
+    """The record of filter sizes in millimetres: the sizes, the grid ``grid`` (mm per (slice, row,
+    column)) they are shown on, and their voxels there (what ``filter_sizes`` makes of them)."""
+    window, sigma = filter_sizes(median_mm, gaussian_sigma_mm, grid)
+    return {"median_mm": float(median_mm), "gaussian_sigma_mm": float(gaussian_sigma_mm),
+            "voxel_mm": [float(v) for v in grid], "median_voxels": list(window) if window else 0,
+            "sigma_voxels": [round(v, 6) for v in sigma] if sigma else 0.0}

@@ -91,19 +91,26 @@ def markdown_table(results: dict) -> str:
 
 
 def recommended_note(results: dict) -> str:
-    """The filtered maps' filter sizes (recommended, intensity_filtered), in voxels of the healthy
-    validation grid and in mm, and the threshold mode."""
+    """The filtered maps' filter sizes (recommended, intensity_filtered) in mm, with their voxels on
+    the healthy validation grid, and the threshold mode."""
     lines = []
     for name in ("recommended", "intensity_filtered"):
         settings = results.get(name, {}).get("settings")
         if not settings:
             continue
-        k, sigma, grid = settings["median_size"], settings["gaussian_sigma"], settings.get("voxel_mm")
-        mm = lambda n: " x ".join(f"{n * v:g}" for v in grid)  # noqa: E731
-        where = (f"median {mm(k) if k else 'off'} mm, Gaussian sigma {mm(sigma) if sigma else 'off'} mm "
-                 "(slice x row x column), converted to each scan's voxels") if grid else "in each scan's voxels"
-        lines.append(f"{name}: 3D median {k} and Gaussian sigma {sigma:g} voxels of the healthy validation grid; "
-                     f"{where}; threshold mode {results[name].get('threshold_mode', 'fixed')}")
+        mode = results[name].get("threshold_mode", "fixed")
+        if "median_mm" not in settings:  # results written before the sizes were millimetres
+            k, sigma, grid = settings["median_size"], settings["gaussian_sigma"], settings.get("voxel_mm")
+            lines.append(f"{name}: 3D median {k} and Gaussian sigma {sigma:g} voxels of the healthy validation grid"
+                         f"{' (' + ' x '.join(f'{v:g}' for v in grid) + ' mm)' if grid else ''}; threshold mode {mode}")
+            continue
+        k, sigma, grid = settings["median_mm"], settings["gaussian_sigma_mm"], settings["voxel_mm"]
+        voxels = lambda v: " x ".join(f"{x:.3g}" for x in v)  # noqa: E731
+        median = f"{k:g} mm ({voxels(settings['median_voxels'])} voxels)" if k else "off"
+        gaussian = f"{sigma:g} mm ({voxels(settings['sigma_voxels'])} voxels)" if sigma else "off"
+        lines.append(f"{name}: 3D median {median}, Gaussian sigma {gaussian} on the healthy validation grid "
+                     f"({voxels(grid)} mm, slice x row x column), sized for each scan's own grid; "
+                     f"threshold mode {mode}")
     return "\n".join(lines)
 
 

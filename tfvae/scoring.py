@@ -111,10 +111,11 @@ class Scorer:
                            if "proj_rec_error" in self.predictors or self.restore else None)
         self.smooth_sigma = p["smooth_sigma"]
         self.batch_size = config["evaluate"]["batch_size"]
-        # the filtered maps (tfvae.recommended): their 3D filter sizes, and the grid (mm) those count voxels of
-        self.sizes = {name: {"median_size": r["median_size"], "gaussian_sigma": r["gaussian_sigma"]}
+        # the filtered maps (tfvae.recommended): their 3D filter sizes in mm (None: chosen by fit), and the
+        # healthy validation grid (mm per slice, row, column) they were fitted on: a scan's grid when none is given
+        self.sizes = {name: {"median_mm": r["median_mm"], "gaussian_sigma_mm": r["gaussian_sigma_mm"]}
                       for name in FILTERED if name in self.predictors}
-        self.sizes_mm: dict = {name: None for name in self.sizes}  # set by fit
+        self.grids: dict = {name: None for name in self.sizes}  # set by fit
         self.synthetic_copies = r["synthetic_copies"]
         self.reference: dict = {}
         self._kept: dict = {}  # network outputs of healthy volumes, made once (``_network``)
@@ -133,12 +134,8 @@ class Scorer:
 
     @property
     def recommended(self) -> dict:
-        """The recommended map's filter sizes (voxels of ``recommended_mm``)."""
+        """The recommended map's filter sizes (millimetres)."""
         return self.sizes["recommended"]
-
-    @property
-    def recommended_mm(self):
-        return self.sizes_mm["recommended"]
 
     def fit(self, validation, stored: dict | None = None, verbose: bool = False) -> dict:
         """Take what the maps need from the healthy ``validation`` split (or a list of healthy
@@ -163,8 +160,8 @@ class Scorer:
                 stage.done()
             self.pixel.kl_range = (lo, hi)
             self.reference["kl_grad_range"] = [lo, hi]
-        for name in [n for n, grid in self.sizes_mm.items() if grid is None]:
-            if name in stored:
+        for name in [n for n, grid in self.grids.items() if grid is None]:
+            if set(self.sizes[name]) | {"voxel_mm"} <= set(stored.get(name, {})):  # sizes in mm, and their grid
                 chosen = stored[name]
             elif self._needs_selection(name):
                 fixed = {k: v for k, v in self.sizes[name].items() if v is not None}
@@ -175,12 +172,13 @@ class Scorer:
                               f"{self.synthetic_copies} synthetic lesion(s) each (no label)", "lesion", verbose)
                 chosen = recommended_lib.select(residual, healthy, self.synthetic_copies, self.seed, **fixed,
                                                 progress=stage.update)
-            else:  # both sizes given: counted in voxels of the validation grid
+            else:  # both sizes given: the validation grid recorded beside them
                 grid = recommended_lib.grid_mm(v.geometry.voxel_mm() for v in
                                                as_volumes(validation, recommended_lib.MAX_SELECTION_VOLUMES))
-                chosen = {**self.sizes[name], "voxel_mm": grid}
-            self.sizes[name] = {k: chosen[k] for k in self.sizes[name]}
-            self.sizes_mm[name] = chosen.get("voxel_mm") or False  # False: stored before sizes were in mm
+                chosen = recommended_lib.described(self.sizes[name]["median_mm"],
+                                                   self.sizes[name]["gaussian_sigma_mm"], grid)
+            self.sizes[name] = {k: float(chosen[k]) for k in self.sizes[name]}
+            self.grids[name] = [float(v) for v in chosen["voxel_mm"]]
             self.reference[name] = chosen
         return self.reference
 
@@ -227,8 +225,8 @@ class Scorer:
 
     def __call__(self, images: np.ndarray, brain_mask: np.ndarray | None = None, voxel_mm=None) -> dict:
         """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)
-        bounds the recommended map; ``voxel_mm`` (slice spacing, row, column) converts its filter
-        sizes through millimetres (``recommended.filter_sizes``; default: the validation grid's)."""
+        bounds the recommended map; ``voxel_mm`` (slice spacing, row, column) is the grid its filter
+        sizes (millimetres) are converted for (``recommended.filter_sizes``; default: the validation grid)."""
         out: dict[str, list] = {}
         network = self._network(images, "network") if self.needs_gradients else None
         projections = self._network(images, "projection") if self.projection is not None else None
@@ -260,7 +258,7 @@ class Scorer:
             else:
                 residual = intensity_positive(images)
             maps[name] = recommended_lib.postprocess(residual[..., 0], brain[..., 0], **self.sizes[name],
-                                                     voxel_mm=voxel_mm, reference_mm=self.sizes_mm[name] or None)[..., None]
+                                                     voxel_mm=self.grids[name] if voxel_mm is None else voxel_mm)[..., None]
         return maps
 
 
