@@ -218,3 +218,40 @@ def test_the_tensorboard_screenshots_say_what_is_missing(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="apt-get install chromium"):
         screenshots.tensorboard_screenshots(str(tmp_path), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_data_never_downloaded_is_said_before_tensorflow_loads_as_the_full_check_says_it(tmp_path, monkeypatch):
+    from tfvae import config as config_lib
+    from tfvae import data, data_sources
+
+    empty = str(tmp_path / "tfds")
+    env = {k: v for k, v in os.environ.items() if k != data_sources.MANUAL_DIR_ENV}
+    result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "scripts", "train.py"), "--config",
+                             os.path.join(ROOT, "configs", "beta10.json"), "--run-dir", str(tmp_path / "run"),
+                             "--set", f"data.data_dir={empty}"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2 and not os.path.exists(tmp_path / "run")
+    assert not re.search(r"\|\s+tensorflow$", result.stderr, re.M)
+    said = "\n".join(line for line in result.stderr.splitlines() if not re.match(r"import time:", line))
+    config = config_lib.load(os.path.join(ROOT, "configs", "beta10.json"), [f"data.data_dir={empty}"])
+    monkeypatch.delenv(data_sources.MANUAL_DIR_ENV, raising=False)
+    with pytest.raises(data.MissingDataError) as full:  # the check after TensorFlow, with the builder
+        data.check_available(config["data"])
+    assert said == f"error: {full.value}"
+
+
+def test_the_download_instructions_read_without_importing_are_the_builders(tmp_path):
+    import importlib
+
+    from tfvae import data, data_sources
+
+    for name, module in data.BUILDERS.items():
+        builder = importlib.import_module(module).Builder
+        assert data_sources.download_instructions(name) == (builder.MANUAL_DOWNLOAD_INSTRUCTIONS or None), name
+    config = {"name": "hcp_t2", "data_dir": str(tmp_path), "manual_dir": None}
+    assert "no folder" in data_sources.missing_download(config)
+    (tmp_path / "downloads" / "manual").mkdir(parents=True)
+    assert "is empty" in data_sources.missing_download(config)
+    (tmp_path / "hcp_t2" / "default" / "1.0.0").mkdir(parents=True)
+    (tmp_path / "hcp_t2" / "default" / "1.0.0" / "dataset_info.json").write_text("{}")
+    assert data_sources.missing_download(config) is None  # built: the full check decides
+    assert data_sources.missing_download({**config, "name": "brain_phantom"}) is None  # made, not downloaded

@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfvae import augment as augment_lib
+from tfvae import data_sources
 from tfvae import files
 
 # data.name -> module whose import registers the builder with TFDS
@@ -40,7 +41,7 @@ BUILDERS = {
     "nifti_folder": "tfvae_datasets.nifti_folder",
     "ixi": "tfvae_datasets.ixi",
 }
-MANUAL_DIR_ENV = "TFVAE_MANUAL_DIR"
+MANUAL_DIR_ENV = data_sources.MANUAL_DIR_ENV
 PREPROCESSING = ("nifti_folder", "brats")  # the builders data.preprocess turns raw-head preprocessing on for
 
 
@@ -52,24 +53,8 @@ class MissingDataError(DataError):
     """A dataset the user must download is not there; the message holds the instructions."""
 
 
-def test_data_config(data_config: dict) -> dict:
-    """The data config of the dataset evaluation scores: ``data.test_name`` / ``data.test_config``
-    when given (``test_config`` null: "default"), else the training dataset itself. Every other key
-    (data_dir, image_size, manual_dir, skip_bad, preprocess, split names) is shared."""
-    out = dict(data_config)
-    if data_config.get("test_name"):
-        out["name"] = data_config["test_name"]
-        out["config"] = data_config.get("test_config") or "default"
-    elif data_config.get("test_config"):
-        out["config"] = data_config["test_config"]
-    out["test_name"] = out["test_config"] = None
-    return out
-
-
-def manual_dir(data_config: dict) -> str | None:
-    """``data.manual_dir``, else ``$TFVAE_MANUAL_DIR``, else None (TFDS's default)."""
-    path = data_config.get("manual_dir") or os.environ.get(MANUAL_DIR_ENV) or None
-    return os.path.expanduser(path) if path else None
+test_data_config = data_sources.test_data_config  # the dataset evaluation scores (data.test_name)
+manual_dir = data_sources.manual_dir  # data.manual_dir, else $TFVAE_MANUAL_DIR, else None
 
 
 def builder(data_config: dict) -> tfds.core.DatasetBuilder:
@@ -146,12 +131,7 @@ def _cannot_build(b: tfds.core.DatasetBuilder, data_config: dict, error: OSError
 
 
 def _missing_data_message(b: tfds.core.DatasetBuilder, data_config: dict, where: str) -> str:
-    return (f"{data_config['name']}: the data is not there yet ({where}); it must be downloaded by you.\n"
-            f"{b.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}\n"
-            f"Then point tfvae at it: train.py --manual-dir DIR, the config key data.manual_dir or the "
-            f"environment variable {MANUAL_DIR_ENV}.\n"
-            "To try tfvae without downloading anything, use the embedded phantom: "
-            "--set data.name=brain_phantom data.test_name=null")
+    return data_sources.missing_data_message(data_config["name"], b.MANUAL_DOWNLOAD_INSTRUCTIONS, where)
 
 
 def check_available(data_config: dict) -> tfds.core.DatasetBuilder:

@@ -64,8 +64,15 @@ def main(argv=None) -> int:
             return 0
         run.trained_model_path(args.checkpoint)
         run.evaluation_target(args.out, args.overwrite)  # an existing evaluation: refused before any data is read
+        from tfvae import data_sources  # data never downloaded: said before TensorFlow loads
+
+        missing = next(filter(None, (data_sources.missing_download(d) for d in (
+            data_sources.test_data_config(config["data"]), config["data"]))), None)
     except (config_lib.ConfigError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
         return 2
     try:
         return _evaluate(args, run, config, overrides)

@@ -57,8 +57,15 @@ def main(argv=None) -> int:
         if args.print_config:
             print(json.dumps(config if config is not None else Run(args.run_dir).config(args.set), indent=2))
             return 0
-        if config is not None and not args.resume:  # a run already there: said before TensorFlow loads
+        if config is not None and not args.resume:  # a run already there, or data never downloaded: said
+            # before TensorFlow loads
             Run.check_new(args.run_dir or os.path.join("runs", config["name"]), config, overwrite=args.overwrite)
+            from tfvae import data_sources
+
+            missing = data_sources.missing_download(config["data"])
+            if missing:
+                print(f"error: {missing}", file=sys.stderr)
+                return 2
     except (config_lib.ConfigError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
