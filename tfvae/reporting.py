@@ -342,6 +342,8 @@ class FigureSlices:
         self.healthy: list[tuple[float, dict]] = []
 
     def _offer(self, pool: list, key: float, volume, i: int) -> None:
+        if self.n <= 0:  # evaluate.num_figures=0: no figure, nothing kept
+            return
         if len(pool) < self.n or key > pool[-1][0]:
             item = {"title": f"{volume.volume_id} z={volume.slice_index[i]}", "image": volume.image[i],
                     "label": volume.label[i], **{k: v[i] for k, v in volume.maps.items()}}
