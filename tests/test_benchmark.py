@@ -131,3 +131,98 @@ def test_the_evaluation_benchmark_refuses_bad_input_in_one_line(tiny_run, tmp_pa
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and said in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "b.json").exists()
+
+
+# ---- interleaved rounds against the peer (scripts/benchmark.py --peer --rounds N --isa ...) ----
+
+def test_each_kernel_class_gets_its_own_environment_and_nothing_of_the_parents():
+    parent = {"PATH": "/bin", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "default"}
+    native = benchmark.class_environment("native", parent)
+    assert "ONEDNN_MAX_CPU_ISA" not in native and "ATEN_CPU_CAPABILITY" not in native and native["PATH"] == "/bin"
+    avx2 = benchmark.class_environment("avx2", parent)
+    assert avx2["ONEDNN_MAX_CPU_ISA"] == "AVX2" and avx2["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert parent["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"  # the parent's own environment untouched
+    with pytest.raises(ValueError, match="avx512"):
+        benchmark.class_environment("avx512", parent)
+
+
+def _round(train, maps, proj):
+    peer = {"train_slices_per_s": 100.0, "predictor_maps_slices_per_s": 100.0, "projection_slice_steps_per_s": 100.0}
+    ours = {"train_slices_per_s": train, "predictor_maps_slices_per_s": maps, "projection_slice_steps_per_s": proj}
+    return {"load": 1.0, "tfvae": ours, "peer": peer, "ratio": {k: ours[k] / peer[k] for k in ours}}
+
+
+def test_the_rounds_summary_judges_the_target_by_median_and_floor_and_its_table_fits_80_columns():
+    found = [_round(160, 150, 200), _round(150, 110, 210), _round(170, 190, 190)]
+    figures = benchmark.summarise(found)
+    assert figures["train_slices_per_s"]["ratio_median"] == pytest.approx(1.6)
+    assert (figures["train_slices_per_s"]["ratio_min"], figures["train_slices_per_s"]["ratio_max"]) == (1.5, 1.7)
+    assert figures["train_slices_per_s"]["target_met"] is True
+    assert figures["predictor_maps_slices_per_s"]["target_met"] is False  # median 1.5, one round at 1.1
+    assert benchmark.summarise(found[:2])["train_slices_per_s"]["target_met"] is None  # under 3 rounds: not judged
+    cpu = {"model": "Some CPU with a long name " * 4, "cores": 2,
+           "flags": {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_tile": False}}
+    kernels = {"tensorflow": "2.21.0", "tensorflow_onednn": True, "torch": "2.10.0+cpu", "torch_threads": 2,
+               "torch_cpu_capability": "AVX2"}
+    for name in ("native", "avx2"):
+        lines = benchmark.class_table(name, {"kernels": kernels, "rounds": found, "load_end": 2.0,
+                                             "figures": figures}, cpu)
+        assert all(len(line) <= 80 for line in lines), lines
+        assert "no avx512f" in "\n".join(lines) and ("AVX2" in lines[0]) == (name == "avx2")
+        assert "NOT met" in lines[-2] and lines[-3].endswith("met") and "load (1 min) 1.0-2.0" in "\n".join(lines)
+    # other work on the cores during a round: every verdict starred, and why
+    shared = [{**r, "other_cores": {"tfvae": 0.1, "peer": 1.5}} for r in found]
+    lines = benchmark.class_table("avx2", {"kernels": kernels, "rounds": shared, "load_end": 2.0,
+                                           "figures": figures}, cpu)
+    assert all(len(line) <= 80 for line in lines), lines
+    assert "other work 0.1-1.5 cores" in "\n".join(lines) and "overstate tfvae" in "\n".join(lines)
+    assert sum(line.rstrip().endswith("met*") for line in lines) == 3
+
+
+def test_the_rounds_options_refuse_what_does_not_apply_in_one_line(tmp_path, capsys):
+    for args, said in ((["--rounds", "3"], "--peer"),
+                       (["--peer", "--isa", "avx2"], "--rounds only"),
+                       (["--peer", "--rounds", "3", "--isa", "native,sse"], "sse"),
+                       (["--peer", "--rounds", "0"], "at least 1"),
+                       (["--peer", "--rounds", "2", "--layers"], "--layers"),
+                       (["--peer", "--rounds", "2", "--evaluation"], "--evaluation")):
+        assert benchmark_command.main(args + ["--out", str(tmp_path / "b.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and said in err and len(err.splitlines()) == 1, err
+    args = benchmark_command.parse_args(["--peer", "--rounds", "3", "--isa", "AVX2, native,avx2"])
+    assert benchmark_command.isa_classes(args) == ["avx2", "native"] and benchmark_command.misplaced(args) is None
+    default = benchmark_command.parse_args(["--peer", "--rounds", "1"])
+    assert benchmark_command.isa_classes(default) == ["native", "avx2"]
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch (optional) is not installed: "
+                                                                      "the rounds compare tfvae with its PyTorch peer")
+def test_one_round_of_the_avx2_class_runs_in_its_environment_and_records_it(tmp_path, capsys, monkeypatch):
+    """The smallest configuration (not timed): one round, batch 2, one class. The class's variables
+    reach both its tfvae process and the peer's, even against the parent's own."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # the parent's: not the class's
+    out_path = tmp_path / "rounds.json"
+    out = benchmark.rounds(1, ["avx2"], batch=2, steps=2, projection_steps=1, repeats=1, out_path=str(out_path))
+    with open(out_path) as f:
+        assert json.load(f) == json.loads(json.dumps(out))
+    assert set(out) == {"date", "cpu", "settings", "classes"} and list(out["classes"]) == ["avx2"]
+    assert set(out["cpu"]["flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx_tile"}
+    assert out["settings"]["rounds"] == 1 and out["settings"]["batch"] == 2
+    found = out["classes"]["avx2"]
+    expected = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert found["environment"] == expected
+    assert found["environment_seen"] == {"tfvae": expected, "peer": expected}
+    assert found["kernels"]["torch_cpu_capability"] == "AVX2"  # PyTorch obeyed it
+    assert len(found["rounds"]) == 1 and set(found["rounds"][0]["other_cores"]) == {"tfvae", "peer"}
+    assert "other_cores_max" in found and "load_end" in found
+    for key, _ in benchmark.FIGURES:
+        r = found["rounds"][0]
+        assert r["tfvae"][key] > 0 and r["peer"][key] > 0
+        assert r["ratio"][key] == pytest.approx(r["tfvae"][key] / r["peer"][key])
+        f = found["figures"][key]
+        assert f["ratio_median"] == f["ratio_min"] == f["ratio_max"] == r["ratio"][key] and f["target_met"] is None
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("avx2 kernels: ONEDNN_MAX_CPU_ISA=AVX2") for line in printed)
+    assert all(len(line) <= 80 for line in printed if not line.startswith("written:")), printed

@@ -4,10 +4,16 @@ what ``scripts/benchmark.py`` runs): prints a table as it measures and writes JS
 Every figure is the median over repeats after a warm-up. ``quick`` (under 3 minutes on a 2-core
 CPU) uses fewer repeats, shorter projections and the tiny phantom for the input pipeline. The CPU
 model is recorded beside the figures: compare speeds only within one run.
+
+``rounds`` (``scripts/benchmark.py --peer --rounds N --isa native,avx2``) times tfvae against the
+PyTorch peer in interleaved rounds, one subprocess per kernel class (the class's environment must be
+set before TensorFlow and PyTorch load): each figure's median ratio and its spread over the rounds.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import importlib.util
 import json
 import os
@@ -15,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 
@@ -24,6 +31,7 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from tfvae import data, files, metrics
+from tfvae.benchmark_peer import KERNEL_CLASSES, KERNEL_VARIABLES
 from tfvae.model import BetaVAE
 from tfvae.networks import forward_flops, layer_flops
 from tfvae.predictors import PixelPredictors
@@ -372,3 +380,284 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         files.write_json(out_path, out)
         print(f"written: {out_path}")
     return out
+
+
+
+# ---- interleaved rounds against the PyTorch peer, one subprocess per kernel class ----
+
+ROUND_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # printed and recorded beside the figures
+FIGURES = (("train_slices_per_s", "training, slices"), ("predictor_maps_slices_per_s", "all maps, slices"),
+           ("projection_slice_steps_per_s", "projection, slice-steps"))
+SHORT = {"train_slices_per_s": "train", "predictor_maps_slices_per_s": "maps",
+         "projection_slice_steps_per_s": "proj"}
+TARGET, FLOOR, MIN_ROUNDS = 1.5, 1.2, 3  # issue 35: median of >= 3 rounds >= 1.5x the peer, none below 1.2x
+# other processes' cores beyond which a round's ratio is not trusted: PyTorch's OpenMP threads slow
+# down far more than TensorFlow's on shared cores (2026-12-06, 2 cores, ~5 cores' worth of other
+# work: PyTorch at 2 threads 36 slices/s, at 1 thread 252; tfvae ~600, ~1,400 quiet)
+OTHER_WORK_LIMIT = 0.25
+
+
+def class_environment(name: str, base=None) -> dict:
+    """The environment a kernel class's subprocess runs in: ``base`` (default ``os.environ``) with
+    the class's variables set and the others of ``KERNEL_VARIABLES`` removed (native: both unset)."""
+    if name not in KERNEL_CLASSES:
+        raise ValueError(f"unknown kernel class {name!r} (known: {', '.join(KERNEL_CLASSES)})")
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in KERNEL_VARIABLES}
+    env.update(KERNEL_CLASSES[name])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def cpu_record() -> dict:
+    """The CPU model, cores and whether it has each of ``ROUND_FLAGS``."""
+    flags = cpu_flags()
+    return {"model": cpu_name(), "cores": os.cpu_count(), "flags": {f: f in flags for f in ROUND_FLAGS}}
+
+
+def flags_text(flags: dict) -> str:
+    return " ".join(f if present else f"no {f}" for f, present in flags.items())
+
+
+class TfvaeFigures:
+    """tfvae's three figures of a round, from models built once: training (Keras ``fit``, the
+    median interval between batch ends), all five predictor maps, the compiled projection."""
+
+    def __init__(self, batch: int = BATCH, latent: int = 64, steps: int = 15, projection_steps: int = 10,
+                 repeats: int = 3):
+        self.batch, self.steps, self.repeats = batch, max(2, steps), repeats  # 2 batch ends make one interval
+        self.projection_steps = projection_steps
+        keras.utils.set_random_seed(0)
+        self.x = np.random.default_rng(0).normal(size=(batch, SIZE, SIZE, 1)).astype(np.float32)
+        self.images = (tf.data.Dataset.from_tensor_slices(np.repeat(self.x, 4, axis=0)).batch(batch).cache()
+                       .repeat())
+        self.trained = BetaVAE(image_size=SIZE, latent_dim=latent, seed=0)
+        self.trained.compile(optimizer=keras.optimizers.Adam(1e-4))
+        self.trained.fit(self.images, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # tracing
+        model = BetaVAE(image_size=SIZE, latent_dim=latent, seed=0)
+        self.predictors = PixelPredictors(model)
+        self.projection = CompiledProjection(model, steps=projection_steps)
+
+    def figures(self) -> dict:
+        timer = BatchTimer()
+        self.trained.fit(self.images, steps_per_epoch=self.steps, epochs=1, verbose=0, callbacks=[timer],
+                         shuffle=False)
+        out = {"train_slices_per_s": self.batch / statistics.median(np.diff(timer.ends))}
+        out["predictor_maps_slices_per_s"] = self.batch / median_time(lambda: self.predictors(self.x), self.repeats)
+        seconds = median_time(lambda: self.projection(self.x), self.repeats)
+        out["projection_slice_steps_per_s"] = self.batch * self.projection_steps / seconds
+        return out
+
+
+def _cpu_seconds(pids) -> tuple[float, float] | None:
+    """(CPU seconds the whole machine has been busy, those of the processes ``pids``), from /proc;
+    None where there is none."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        busy = sum(v) - v[3] - v[4]
+        own = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
+    except (OSError, ValueError, IndexError):
+        return None
+    return busy / ticks, own / ticks
+
+
+class OtherWork:
+    """How many cores other processes kept busy (on average) between ``start()`` and ``stop()``: the
+    machine's busy CPU time less that of ``pids`` (this benchmark's), over the wall time. The
+    load average cannot say it: it counts the benchmark itself."""
+
+    def __init__(self, pids):
+        self.pids = list(pids)
+
+    def start(self):
+        self.begun, self.wall = _cpu_seconds(self.pids), time.perf_counter()
+
+    def stop(self) -> float | None:
+        end, wall = _cpu_seconds(self.pids), time.perf_counter() - self.wall
+        if end is None or self.begun is None or wall <= 0:
+            return None
+        return max(0.0, ((end[0] - self.begun[0]) - (end[1] - self.begun[1])) / wall)
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def class_rounds(name: str, rounds: int, batch: int = BATCH, latent: int = 64, steps: int = 15,
+                 projection_steps: int = 10, repeats: int = 3, log=print) -> dict:
+    """Inside a kernel class's subprocess: ``rounds`` rounds of tfvae's figures then the peer's (a
+    PyTorch process started once, ``benchmark_peer --serve``, which inherits this environment),
+    with the 1-minute load average before each round and the cores other processes kept busy during
+    each half (``OtherWork``); what this process and the peer's saw of ``KERNEL_VARIABLES`` and the
+    kernels each library runs."""
+    seen = {v: os.environ.get(v) for v in KERNEL_VARIABLES}
+    command = [sys.executable, "-m", "tfvae.benchmark_peer", "--serve", "--batch", str(batch), "--size", str(SIZE),
+               "--latent", str(latent), "--repeats", str(repeats), "--steps", str(steps),
+               "--projection-steps", str(projection_steps)]
+    peer = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    other = OtherWork([os.getpid(), peer.pid])
+
+    def shown(figures, busy):
+        return "  ".join(f"{SHORT[key]} {_rate(figures[key]):>6s}" for key, _ in FIGURES) + (
+            f"  others {busy:.1f}" if busy is not None else "")
+
+    try:
+        mine = TfvaeFigures(batch, latent, steps, projection_steps, repeats)
+        found = []
+        for i in range(rounds):
+            load = os.getloadavg()[0]
+            other.start()
+            ours = mine.figures()
+            ours_other = other.stop()
+            log(f"  {name:6s} {i + 1}/{rounds}  tfvae  {shown(ours, ours_other)}  load {load:.1f}", flush=True)
+            other.start()
+            peer.stdin.write("round\n")
+            peer.stdin.flush()
+            line = peer.stdout.readline()
+            theirs_other = other.stop()
+            if not line:
+                raise RuntimeError(f"the PyTorch peer stopped (exit {peer.wait()})")
+            theirs = json.loads(line)
+            log(f"  {name:6s} {i + 1}/{rounds}  peer   {shown(theirs, theirs_other)}", flush=True)
+            found.append({"load": load, "other_cores": {"tfvae": ours_other, "peer": theirs_other},
+                          "tfvae": ours, "peer": {key: theirs[key] for key, _ in FIGURES},
+                          "ratio": {key: ours[key] / theirs[key] for key, _ in FIGURES}})
+    finally:
+        peer.stdin.close()
+        peer.wait()
+    return {"environment_seen": {"tfvae": seen, "peer": theirs["environment"]},
+            "kernels": {"tensorflow": tf.__version__, "tensorflow_onednn": onednn_enabled(),
+                        "torch": theirs["torch"], "torch_threads": theirs["threads"],
+                        "torch_cpu_capability": theirs["cpu_capability"]},
+            "load_end": os.getloadavg()[0], "rounds": found}
+
+
+def summarise(rounds_found: list) -> dict:
+    """Each figure's medians (tfvae's, the peer's, the per-round ratios') and the ratios' spread, and
+    whether it meets issue 35's target (None with fewer than ``MIN_ROUNDS`` rounds: not judged)."""
+    out = {}
+    for key, _ in FIGURES:
+        ratios = [r["ratio"][key] for r in rounds_found]
+        median = statistics.median(ratios)
+        out[key] = {"tfvae_median": statistics.median(r["tfvae"][key] for r in rounds_found),
+                    "peer_median": statistics.median(r["peer"][key] for r in rounds_found),
+                    "ratio_median": median, "ratio_min": min(ratios), "ratio_max": max(ratios),
+                    "ratios": ratios,
+                    "target_met": (median >= TARGET and min(ratios) >= FLOOR) if len(ratios) >= MIN_ROUNDS else None}
+    return out
+
+
+def class_table(name: str, found: dict, cpu: dict) -> list[str]:
+    """A kernel class's block of the rounds' table, every line under 80 columns: its kernel
+    settings, CPU and flags, load, then one row per figure."""
+    env = KERNEL_CLASSES[name]
+    settings = ", ".join(f"{k}={v}" for k, v in env.items()) or ", ".join(KERNEL_VARIABLES) + " unset"
+    k = found["kernels"]
+    loads = [r["load"] for r in found["rounds"]] + [found["load_end"]]
+    others = [v for r in found["rounds"] for v in r.get("other_cores", {}).values() if v is not None]
+    lines = [f"{name} kernels: {settings}",
+             f"  TF {k['tensorflow']} oneDNN {'on' if k['tensorflow_onednn'] else 'OFF'}; PyTorch {k['torch']}, "
+             f"{k['torch_threads']} threads, kernels {k['torch_cpu_capability']}",
+             f"  CPU: {cpu['model'][:60]}, {cpu['cores']} cores",
+             f"  flags: {flags_text(cpu['flags'])}",
+             f"  load (1 min) {min(loads):.1f}-{max(loads):.1f} over {len(found['rounds'])} round(s)"
+             + (f"; other work {min(others):.1f}-{max(others):.1f} cores" if others else ""),
+             f"  {'figure (per s)':24s} {'tfvae':>7s} {'PyTorch':>7s} {'ratio':>6s} {'min':>6s} {'max':>6s}  target"]
+    shared = bool(others) and max(others) > OTHER_WORK_LIMIT
+    for key, label in FIGURES:
+        f = found["figures"][key]
+        verdict = {True: "met", False: "NOT met", None: f"<{MIN_ROUNDS} rounds"}[f["target_met"]] + "*" * shared
+        lines.append(f"  {label:24s} {_rate(f['tfvae_median']):>7s} {_rate(f['peer_median']):>7s} "
+                     f"{f['ratio_median']:5.2f}x {f['ratio_min']:5.2f}x {f['ratio_max']:5.2f}x  {verdict}")
+    if shared:
+        lines += [f"  * other work kept up to {max(others):.1f} cores busy: PyTorch's OpenMP threads wait",
+                  "    for descheduled ones and slow down far more than TensorFlow's, so these",
+                  "    ratios overstate tfvae. Measure on a quiet machine."]
+    return lines
+
+
+def rounds(n_rounds: int = 3, isas=("native", "avx2"), quick: bool = False,
+           out_path: str | None = "benchmark_rounds.json",
+           batch: int = BATCH, latent: int = 64, steps: int | None = None, projection_steps: int | None = None,
+           repeats: int | None = None, log=print) -> dict:
+    """tfvae against the PyTorch peer (``tfvae.benchmark_peer``): for each kernel class of ``isas``
+    (``KERNEL_CLASSES``), one subprocess in the class's environment runs ``n_rounds`` interleaved
+    rounds (tfvae's three figures, then the peer's, in its own process started once in that
+    environment); each figure's per-round ratio tfvae / peer, their median and spread (the ratio
+    cancels background load common to both halves of a round). Prints each round as measured and
+    then a table (80 columns) with the CPU's flags, the kernel settings and the load beside every
+    figure; writes it all as JSON to ``out_path``. Sizes as ``run``'s (``quick``: fewer steps and
+    repeats) unless given. Raises RuntimeError without torch or when a class's subprocess fails or
+    did not see its environment."""
+    if n_rounds < 1:
+        raise ValueError(f"at least one round, not {n_rounds}")
+    if importlib.util.find_spec("torch") is None:
+        raise RuntimeError("the rounds need the PyTorch peer: pip install torch (or pip install -e \".[peer]\")")
+    for name in isas:
+        class_environment(name, {})  # an unknown class: before anything runs
+    default_steps, default_projection = (15, 10) if quick else (40, 50)
+    settings = {"rounds": n_rounds, "batch": batch, "size": SIZE, "latent": latent,
+                "steps": steps or default_steps, "projection_steps": projection_steps or default_projection,
+                "repeats": repeats or (3 if quick else 7), "quick": quick,
+                "order": "each round: tfvae's three figures, then the peer's"}
+    cpu = cpu_record()
+    out = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
+           "settings": settings, "classes": {}}
+    log(f"{cpu['model'][:60]}, {cpu['cores']} cores; load {os.getloadavg()[0]:.1f}", flush=True)
+    log(f"flags: {flags_text(cpu['flags'])}", flush=True)
+    for name in isas:
+        with tempfile.TemporaryDirectory(prefix="tfvae-rounds-") as scratch:
+            result_path = os.path.join(scratch, "class.json")
+            command = [sys.executable, "-c", CLASS_MAIN, "--class-rounds", name, "--result", result_path,
+                       "--spec", json.dumps(settings)]
+            done = subprocess.run(command, env=class_environment(name), check=False)
+            if done.returncode != 0 or not os.path.exists(result_path):
+                raise RuntimeError(f"the {name} kernel class's rounds failed (exit {done.returncode})")
+            with open(result_path) as f:
+                found = json.load(f)
+        expected = {v: KERNEL_CLASSES[name].get(v) for v in KERNEL_VARIABLES}
+        for side, seen in found["environment_seen"].items():
+            if seen != expected:
+                raise RuntimeError(f"the {name} class's {side} process saw {seen}, not {expected}")
+        found["environment"] = expected
+        found["figures"] = summarise(found["rounds"])
+        others = [v for r in found["rounds"] for v in r["other_cores"].values() if v is not None]
+        found["other_cores_max"] = max(others) if others else None  # above OTHER_WORK_LIMIT: not trusted
+        out["classes"][name] = found
+    log("", flush=True)
+    log(f"tfvae / PyTorch, {n_rounds} interleaved round{'s' if n_rounds > 1 else ''} per class, batch {batch}, "
+        f"latent {latent}, {out['date'][:10]}", flush=True)
+    log(f"target: median >= {TARGET}x, every round >= {FLOOR}x, at least {MIN_ROUNDS} rounds", flush=True)
+    for name, found in out["classes"].items():
+        for line in class_table(name, found, cpu):
+            log(line, flush=True)
+    if out_path:
+        files.write_json(out_path, out)
+        log(f"written: {out_path}")
+    return out
+
+
+# a kernel class's subprocess: tfvae first (it turns oneDNN on), TensorFlow without its start-up lines
+CLASS_MAIN = ("import sys; from tfvae.console import quiet_tensorflow; quiet_tensorflow(); "
+              "from tfvae.benchmark import _class_main; sys.exit(_class_main(sys.argv[1:]))")
+
+
+def _class_main(argv=None) -> int:
+    """A kernel class's subprocess (``CLASS_MAIN``: ``--class-rounds NAME --result FILE --spec
+    JSON``, see ``rounds``); its environment is the class's, set by the parent before it started."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--class-rounds", required=True)
+    p.add_argument("--result", required=True)
+    p.add_argument("--spec", required=True)
+    args = p.parse_args(argv)
+    spec = json.loads(args.spec)
+    found = class_rounds(args.class_rounds, spec["rounds"], spec["batch"], spec["latent"], spec["steps"],
+                         spec["projection_steps"], spec["repeats"])
+    files.write_json(args.result, found)
+    return 0
+

@@ -19,7 +19,9 @@ What it implements, float32 on the CPU, ``torch.set_num_threads(os.cpu_count())`
 
 Run as ``python -m tfvae.benchmark_peer --batch 64 --size 64 --latent 64 --repeats 3 --steps 15
 --projection-steps 10``: prints one JSON object with ``train_slices_per_s``,
-``predictor_maps_slices_per_s``, ``projection_slice_steps_per_s`` and the versions.
+``predictor_maps_slices_per_s``, ``projection_slice_steps_per_s`` and the versions. With
+``--serve`` it builds once and prints such a line for each line read from stdin (the interleaved
+rounds of ``tfvae.benchmark.rounds``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from tfvae.timing import median_time
 
 LEAKY_SLOPE = 0.01
 FILTERS = (16, 32, 64, 256)
+KERNEL_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # what limits both libraries' kernels
+# the kernel classes of tfvae.benchmark.rounds: both libraries limited to AVX2 + FMA, or not limited
+KERNEL_CLASSES = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
 def build(latent: int, filters=FILTERS):
@@ -68,40 +73,50 @@ def build(latent: int, filters=FILTERS):
     return VAE()
 
 
-def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projection_steps: int) -> dict:
-    import torch
-    import torch.nn.functional as F
+class Peer:
+    """The peer's model, optimizer and input, built once; ``figures()`` times the three figures
+    (each the median of ``repeats`` calls after a warm-up) and can be called again: the rounds of
+    ``tfvae.benchmark.rounds`` call it once per round in one process (the model keeps training)."""
 
-    torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
-    x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, 1, size, size)).astype(np.float32))
-    model = build(latent)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    def __init__(self, batch: int, size: int, latent: int, repeats: int, steps: int, projection_steps: int):
+        import torch
 
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        rec, kl, _ = model.terms(x, sample=True)
-        (rec + kl).mean().backward()
-        optimizer.step()
+        torch.manual_seed(0)
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.batch, self.repeats, self.steps, self.projection_steps = batch, repeats, steps, projection_steps
+        self.x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, 1, size, size)).astype(np.float32))
+        self.model = build(latent)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        offsets = np.arange(7) - 3.0  # the reference's 7x7 Gaussian, sigma 3, normalised (utils/util.py)
+        kernel = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / 18.0)
+        self.kernel = torch.from_numpy((kernel / kernel.sum()).astype(np.float32))[None, None]
 
-    def train():
-        for _ in range(steps):
-            train_step()
+    def versions(self) -> dict:
+        """PyTorch's version, its threads and the kernels it picked (``ATEN_CPU_CAPABILITY`` limits them)."""
+        import torch
 
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    out["train_slices_per_s"] = steps * batch / median_time(train, repeats)
+        return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
-    offsets = np.arange(7) - 3.0  # the reference's 7x7 Gaussian, sigma 3, normalised (utils/util.py)
-    kernel = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / 18.0)
-    kernel = torch.from_numpy((kernel / kernel.sum()).astype(np.float32))[None, None]
+    def train(self):
+        model, optimizer, x = self.model, self.optimizer, self.x
+        for _ in range(self.steps):
+            optimizer.zero_grad(set_to_none=True)
+            rec, kl, _ = model.terms(x, sample=True)
+            (rec + kl).mean().backward()
+            optimizer.step()
 
-    def smooth(m):
-        return F.conv2d(m, kernel, padding=3)
+    def maps(self):
+        import torch
+        import torch.nn.functional as F
 
-    def maps():
+        x = self.x
+
+        def smooth(m):
+            return F.conv2d(m, self.kernel, padding=3)
+
         xg = x.clone().requires_grad_(True)
-        rec, kl, g = model.terms(xg, sample=False)
+        rec, kl, g = self.model.terms(xg, sample=False)
         d_rec, = torch.autograd.grad(rec.sum(), xg, retain_graph=True)
         d_kl, = torch.autograd.grad(kl.sum(), xg)
         rec_error = (x - g.detach()) ** 2
@@ -110,16 +125,13 @@ def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projec
         combi = smooth((kl_abs - lo) / (hi - lo)) * (0.5 * rec_error + 0.5 * math.log(2 * math.pi))
         return (rec_error, smooth((d_rec + d_kl).abs()), smooth(kl_abs), smooth(d_rec.abs()), combi)
 
-    out["predictor_maps_slices_per_s"] = batch / median_time(maps, repeats)
+    def projection(self):
+        import torch
 
-    for p in model.parameters():
-        p.requires_grad_(False)
-
-    def projection():
-        x0 = x
+        model, x0 = self.model, self.x
         xt = x0.clone().requires_grad_(True)
         adam = torch.optim.Adam([xt], lr=0.03)
-        for _ in range(projection_steps):
+        for _ in range(self.projection_steps):
             adam.zero_grad(set_to_none=True)
             rec, _, _ = model.terms(xt, sample=False)
             (rec.sum() + 1.0 * (xt - x0).abs().sum()).backward()
@@ -128,8 +140,37 @@ def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projec
             _, _, g = model.terms(xt, sample=False)
             return xt.detach(), (x0 - g) ** 2, g
 
-    out["projection_slice_steps_per_s"] = batch * projection_steps / median_time(projection, repeats)
-    return out
+    def figures(self) -> dict:
+        """Training slices/s, all maps slices/s and projection slice-steps/s, with the versions."""
+        out = self.versions()
+        out["train_slices_per_s"] = self.steps * self.batch / median_time(self.train, self.repeats)
+        out["predictor_maps_slices_per_s"] = self.batch / median_time(self.maps, self.repeats)
+        parameters = list(self.model.parameters())
+        for p in parameters:  # the projection differentiates by the input only
+            p.requires_grad_(False)
+        try:
+            seconds = median_time(self.projection, self.repeats)
+        finally:
+            for p in parameters:
+                p.requires_grad_(True)
+        out["projection_slice_steps_per_s"] = self.batch * self.projection_steps / seconds
+        return out
+
+
+def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projection_steps: int) -> dict:
+    """One set of the three figures (``Peer.figures``) from a fresh model."""
+    return Peer(batch, size, latent, repeats, steps, projection_steps).figures()
+
+
+def serve(peer: Peer, commands=sys.stdin, out=sys.stdout) -> None:
+    """One JSON line of ``peer.figures()`` (and the kernel settings its process sees) per line read
+    from ``commands``, until it ends: the rounds of ``tfvae.benchmark.rounds`` interleave it with
+    tfvae's figures without starting PyTorch again."""
+    for _ in commands:
+        figures = peer.figures()
+        figures["environment"] = {name: os.environ.get(name) for name in KERNEL_VARIABLES}
+        out.write(json.dumps(figures) + "\n")
+        out.flush()
 
 
 def main(argv=None) -> int:
@@ -140,8 +181,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=15, help="training steps per timed repeat")
     p.add_argument("--projection-steps", type=int, default=10)
+    p.add_argument("--serve", action="store_true", help="build once, then print one JSON line of figures per "
+                                                        "line read from stdin (tfvae.benchmark.rounds)")
     args = p.parse_args(argv)
-    result = measure(args.batch, args.size, args.latent, args.repeats, args.steps, args.projection_steps)
+    peer = Peer(args.batch, args.size, args.latent, args.repeats, args.steps, args.projection_steps)
+    if args.serve:
+        serve(peer)
+        return 0
+    result = peer.figures()
     json.dump(result, sys.stdout)
     print()
     return 0
