@@ -6,6 +6,7 @@ measurement); the tests ask for 0.90."""
 
 import contextlib
 import dataclasses
+import gzip
 import io
 import json
 import os
@@ -252,11 +253,8 @@ def test_batch_run_again_reuses_what_is_done(batch, first_run, capsys):
 
 
 def test_one_worker_makes_what_two_make(batch, first_run, tmp_path):
-    """1 worker (in this process, all the cores' threads) against 2 (spawned, the cores split):
-    SimpleITK's sums in N4 and in the registration's metric depend on its thread count, so the
-    outputs agree to float rounding, not byte for byte (measured: transforms within 2e-4 mm; a
-    mask voxel in a few thousand may flip at the edge). With the same thread count a scan gives
-    the same bytes every time (the metric's sampling has a fixed seed)."""
+    """1 worker (in this process, all the cores' threads) against 2 (spawned, the cores split): the
+    same bytes (N4 and the registration run on ``SUMMING_THREADS`` threads whatever the count)."""
     folder, out = batch
     scans = [folder / "good2_T2.nii.gz", folder / "good3_T2.nii.gz"]
     outcomes = hp.preprocess_scans(scans, tmp_path, CoarseSettings(), workers=1, log=lambda line: None)
@@ -264,14 +262,12 @@ def test_one_worker_makes_what_two_make(batch, first_run, tmp_path):
     for scan in scans:
         one, two = hp.output_paths(scan, tmp_path), hp.output_paths(scan, out)
         a, b = json.loads(open(one["record"]).read()), json.loads(open(two["record"]).read())
-        np.testing.assert_allclose(a["raw_to_template"], b["raw_to_template"], atol=2e-3)
-        assert a["preprocessed_shape"] == b["preprocessed_shape"] and a["crop_start_voxel"] == b["crop_start_voxel"]
-        assert a["scan_sha256"] == b["scan_sha256"]
-        mask_a, mask_b = (np.asarray(nib.load(p["brainmask"]).dataobj) for p in (one, two))
-        assert (mask_a != mask_b).mean() < 1e-3
-        brain_a, brain_b = (np.asarray(nib.load(p["preprocessed"]).dataobj) for p in (one, two))
-        assert brain_a.shape == brain_b.shape
-        assert (np.abs(brain_a - brain_b) > 1e-3 * brain_b.max()).mean() < 1e-3
+        if hp.available_cores() > 1:
+            assert a["settings"]["threads"] != b["settings"]["threads"]
+        for key in ("raw_to_template", "preprocessed_affine", "crop_start_voxel", "brain_volume_ml", "scan_sha256"):
+            assert a[key] == b[key], key
+        for kind in ("brainmask", "preprocessed"):
+            assert gzip.decompress(open(one[kind], "rb").read()) == gzip.decompress(open(two[kind], "rb").read())
 
 
 def test_progress_lines_fit_80_columns():
