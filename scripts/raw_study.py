@@ -3,16 +3,16 @@
 preprocessed (issue 32's target: AUROC in the brain and Dice@1% within 0.02):
 
     python scripts/raw_study.py --runs runs/design/s0 [runs/design/s1 ...] --cases 6 \\
-        --work runs/raw_study --out docs/raw_study.json [--report docs/raw_study.md]
+        --work runs/raw_study --out docs/raw_study.json [--tag NAME --preprocess-set KEY=JSON ...]
 
 Writes a raw phantom set of ``--cases`` held-out tumour heads (seeds 9000-, ``--first-seed``;
 ``python -m tfvae_datasets.testing_trees raw_phantom``) into WORK/tree, the phantom-space subject
 behind each head into WORK/phantom, preprocesses the heads once (WORK/preprocessing), and for each
 run localizes (a) the phantom-space volumes and (b) the raw heads with ``--preprocess`` into
 WORK/<run>/ (see ``tfvae/raw_study.py``). Prints a table per run; writes the figures, stamped with
-the commit, the command, the seeds, the runs and the wall time, to ``--out``, and with ``--report``
-a markdown section appended to that file (created when missing). Run again after a kill: what is
-done is kept.
+the commit, the command, the seeds, the runs and the wall time, to ``--out``. ``--preprocess-set``
+runs the preprocessing (and ``localize --preprocess``) with other settings, into folders named by
+``--tag``. Run again after a kill: what is done is kept.
 """
 
 import argparse
@@ -41,7 +41,8 @@ def git_state() -> dict:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        dirty = git("status", "--porcelain", "--", *WATCHED).splitlines()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *WATCHED], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.splitlines()
         return {"commit": git("rev-parse", "HEAD"), "dirty": [line[3:] for line in dirty]}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
@@ -60,31 +61,46 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="runs/raw_study", help="where the heads, preprocessing and maps go")
     p.add_argument("--workers", type=int, default=1, help="preprocessing processes (default 1)")
     p.add_argument("--out", required=True, help="the JSON of figures")
-    p.add_argument("--report", help="a markdown file to append the section to")
+    p.add_argument("--preprocess-set", nargs="+", default=[], metavar="KEY=JSON",
+                   help="other preprocessing settings (as localize --preprocess's defaults); needs --tag")
+    p.add_argument("--tag", help="names this preprocessing variant: WORK/preprocessing-TAG, WORK/<run>/raw-TAG")
     args = p.parse_args(argv)
+    if args.preprocess_set and not args.tag:
+        p.error("--preprocess-set needs --tag (its preprocessing goes to folders of its own)")
 
     from tfvae import head_preprocessing as hp
     from tfvae import raw_study
+
+    overrides = {}
+    for item in args.preprocess_set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    if overrides:
+        hp.Settings = raw_study.with_defaults(overrides)  # what localize --preprocess runs in this process
 
     started, clock = datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time.time()
     times = {}
     cases = raw_study.prepare(args.work, args.cases, args.first_seed)
     times["heads_s"] = round(time.time() - clock, 1)
     t = time.time()
-    outcomes = raw_study.preprocess(args.work, cases, workers=args.workers)
+    outcomes = raw_study.preprocess(args.work, cases, workers=args.workers, tag=args.tag)
     times["preprocessing_s"] = round(time.time() - t, 1)
     results = {}
     for run_dir in args.runs:
         t = time.time()
-        folders = raw_study.localize_run(args.work, run_dir, cases, outcomes)
+        folders = raw_study.localize_run(args.work, run_dir, cases, outcomes, tag=args.tag)
         rows = [raw_study.measure(c, folders["a"], folders["b"]) for c in cases]
-        summary = raw_study.summarize(rows)
-        results[raw_study.run_name(run_dir)] = {"run_dir": os.path.abspath(run_dir), "folders": folders,
+        summary = raw_study.groups(rows)
+        key = raw_study.run_name(run_dir) + raw_study.suffix(args.tag)
+        results[key] = {"run_dir": os.path.abspath(run_dir), "folders": folders,
                                                 "rows": rows, "summary": summary,
-                                                "table": raw_study.table(rows, summary)}
-        times[f"{raw_study.run_name(run_dir)}_s"] = round(time.time() - t, 1)
-        print(f"\n{run_dir}: recommended map at 1% FPR, (a) already preprocessed, (b) raw --preprocess")
-        print(results[raw_study.run_name(run_dir)]["table"])
+                                                "table": raw_study.table(rows, summary), "threshold_table": raw_study.threshold_table(rows)}
+        times[f"{key}_s"] = round(time.time() - t, 1)
+        print(f"\n{run_dir}: recommended map at 1% FPR, (a) already preprocessed, (b) raw --preprocess"
+              + (f" ({args.tag}: {json.dumps(overrides)})" if args.tag else ""))
+        print(results[key]["table"])
+        print(f"\nthe threshold's part: Dice as written, at the calibrated threshold, at the best one")
+        print(results[key]["threshold_table"])
     record = {
         "git": git_state(),
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] +
@@ -94,7 +110,7 @@ def main(argv=None) -> int:
                     "processor": platform.processor() or platform.machine()},
         "seeds": [c.seed for c in cases], "cases": [c.name for c in cases],
         "runs": [os.path.abspath(r) for r in args.runs], "work": os.path.abspath(args.work),
-        "preprocessing": {"settings": json.loads(json.dumps(dataclasses.asdict(hp.Settings()))),
+        "preprocessing": {"tag": args.tag, "overrides": overrides, "settings": json.loads(json.dumps(dataclasses.asdict(hp.Settings()))),
                           "head_preprocessing_sha256": file_sha256("tfvae/head_preprocessing.py"),
                           "outcomes": {k: {"status": o.status, "seconds": round(o.seconds, 1), "reason": o.reason}
                                        for k, o in outcomes.items()}},
@@ -106,10 +122,6 @@ def main(argv=None) -> int:
         json.dump(record, f, indent=1)
         f.write("\n")
     print(f"\nfigures: {args.out} ({record['wall_s']:.0f} s)")
-    if args.report:
-        with open(args.report, "a", encoding="utf-8") as f:
-            f.write(raw_study.report(record, os.path.relpath(args.out, os.path.dirname(os.path.abspath(args.report)))))
-        print(f"report: {args.report}")
     return 0
 
 

@@ -36,15 +36,19 @@ def test_figures_on_known_arrays():
     figures = raw_study.map_figures(score, mask, brain, label)
     assert figures["auroc"] == 1.0 and figures["dice"] == 1.0 and figures["healthy_flagged"] == 0.0
     assert raw_study.map_figures(-score, ~mask, brain, label)["auroc"] == 0.0
+    assert figures["best_dice"] == 1.0 and "dice_calibrated" not in figures
+    assert raw_study.map_figures(score, mask, brain, label, calibrated=5.0)["dice_calibrated"] == 0.0
     rows = [{"seed": 9000 + i, "tumour_ml": 30.0, "a": {"auroc": 0.9, "dice": 0.5},
-             "b": {"auroc": 0.9 + d, "dice": 0.5 - d, "brain_dice": 0.95}, "diff": {"auroc": d, "dice": -d}}
+             "b": {"auroc": 0.9 + d, "dice": 0.5 - d, "brain_dice": 0.96 - d}, "diff": {"auroc": d, "dice": -d}}
             for i, d in enumerate((0.0, 0.01, 0.02))]
-    summary = raw_study.summarize(rows)
+    summaries = raw_study.groups(rows)
+    summary = summaries["all"]
     assert summary["auroc"]["diff"]["mean"] == pytest.approx(0.01)
     assert summary["auroc"]["target"] == "met on the mean only"  # the interval reaches past 0.02
     assert summary["dice"]["worst_abs_diff"] == pytest.approx(0.02)
-    text = raw_study.table(rows, summary)
-    assert max(len(line) for line in text.splitlines()) <= 80 and "9002" in text
+    assert summaries["brain_ok"]["seeds"] == [9000, 9001]  # brain Dice >= 0.95
+    for text in (raw_study.table(rows, summaries), raw_study.threshold_table(rows)):
+        assert max(len(line) for line in text.splitlines()) <= 80 and "9002" in text
 
 
 def test_a_coarse_head_both_ways(monkeypatch, tiny_run, tmp_path):
