@@ -165,6 +165,9 @@ def test_an_interrupted_batch_says_what_was_finished_and_the_same_command_contin
     assert localize_script.main(args) == 0
     printed = capsys.readouterr().out
     assert "p41_t2: already localized" in printed and "p42_t2: " in printed and "p43_t2: " in printed
+    # each scan's stage said before its result (a long scan is not silent), numbered over the batch
+    lines = printed.splitlines()
+    assert lines.index("[2/3] p42_t2: scoring ...") < next(i for i, l in enumerate(lines) if l.startswith("p42_t2: "))
     assert os.stat(os.path.join(out, "p41_t2_tfvae_score.nii.gz")).st_mtime_ns == first
     rows = summary(out)
     assert [os.path.basename(r["scan"]) for r in rows] == ["p41_t2.nii.gz", "p42_t2.nii.gz", "p43_t2.nii.gz"]

@@ -772,11 +772,13 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
     base = {"run": settings["run"], "checkpoint": localizer.checkpoint, "predictor": localizer.predictor,
             "fpr": localizer.fpr}
     try:
-        for path, name, scan_mask in zip(scans, names, masks):
+        for k, (path, name, scan_mask) in enumerate(zip(scans, names, masks), 1):
             if path in done:
                 log(f"{name}: already localized in {out_dir} with the same settings, skipped (--overwrite localizes "
                     "it again)")
                 continue
+            log(f"[{k}/{len(scans)}] {name}: {'preprocessing the raw head, then ' if chosen is not None else ''}"
+                "scoring ...")  # the stage a long scan is in, before its result line
             inputs = None
             try:
                 inputs = {"scan": _file(path), "mask": _file(scan_mask)}

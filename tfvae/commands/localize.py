@@ -78,6 +78,7 @@ def _main(args) -> int:
     except (config_lib.ConfigError, RunDirError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"loading TensorFlow and the model of {args.run_dir} ...", flush=True)  # ~10-20 s said, not silent
     from tfvae.console import quiet_tensorflow
 
     quiet_tensorflow()  # after parsing: --help stays instant
