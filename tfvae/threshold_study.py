@@ -511,12 +511,13 @@ def bound_report(dump_roots, md_path: str, runs, *, command: str = "", log=None)
     return evidence
 
 
-def write_section(md_path: str, section: str, body: str) -> None:
-    """``body`` between ``markers(section)`` in ``md_path``: replacing that section where the file
-    has it, appended where it has not; the rest of the file is kept (written whole)."""
+def write_section(md_path: str, section: str, body: str, *, enclosed_by: tuple[str, str] | None = None) -> None:
+    """``body`` between ``markers(section)`` (or the lines ``enclosed_by``) in ``md_path``: replacing
+    that section where the file has it, appended where it has not; the rest of the file is kept
+    (written whole)."""
     from tfvae import files
 
-    begin, end = markers(section)
+    begin, end = enclosed_by or markers(section)
     text = f"{begin}\n\n{body.strip()}\n\n{end}"
     old = open(md_path, encoding="utf-8").read() if os.path.isfile(md_path) else ""
     if begin in old and end in old:
