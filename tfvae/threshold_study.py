@@ -165,7 +165,7 @@ def dice_curve(score: np.ndarray, lesion: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.r_[0.0, dice], np.r_[0, fp[ends]].astype(np.int64)
 
 
-def dice_bound(dump: Dump, pooled_fpr: float = 0.02, volume_fpr: float = 0.03, lambdas: int = 400) -> dict:
+def dice_bound(dump: Dump, pooled_fpr: float = 0.02, volume_fpr: float = 0.03, lambdas: int = 600) -> dict:
     """How much Dice *any* threshold rule can reach on a dump's maps while its FPR stays in bounds:
     each volume cut at the threshold of its own that an oracle (the labels) would choose, such that
     the pooled FPR over the healthy brain pixels is <= ``pooled_fpr`` and no volume's FPR exceeds
@@ -175,11 +175,12 @@ def dice_bound(dump: Dump, pooled_fpr: float = 0.02, volume_fpr: float = 0.03, l
     Maximise mean Dice (volumes with lesions) s.t. sum FP <= pooled_fpr * sum healthy, per volume
     FP_v <= volume_fpr * healthy_v, over every cut of ``dice_curve``. Lagrangian dual (e.g. Boyd &
     Vandenberghe, Convex Optimization, 5.1): for any lambda >= 0, max_cuts sum_v (Dice_v / V -
-    lambda FP_v) + lambda * budget bounds the optimum from above; the minimum over a geometric grid
-    of ``lambdas`` values is returned as ``upper``; ``achieved`` is the best mean Dice of the
-    per-lambda maximisers that meet the pooled budget (an oracle rule that exists). Returns
-    ``{"upper", "achieved", "achieved_fpr_pooled", "volumes"}``; raises ``ValueError`` without a
-    volume with lesions."""
+    lambda FP_v) + lambda * budget bounds the optimum from above; the minimum over 0 and a geometric
+    grid of ``lambdas`` values up to twice the largest (Dice / V) / FP of any cut (beyond which only
+    cuts without false positives are chosen: the budget is met) is returned as ``upper``;
+    ``achieved`` is the best mean Dice of the per-lambda maximisers that meet the pooled budget (an
+    oracle rule that exists). Returns ``{"upper", "achieved", "achieved_fpr_pooled", "volumes"}``;
+    raises ``ValueError`` without a volume with lesions."""
     curves, budget, with_lesion = [], 0.0, 0
     for _, score, lesion, _ in dump.volumes():
         dice, fp = dice_curve(score, lesion)
@@ -191,8 +192,10 @@ def dice_bound(dump: Dump, pooled_fpr: float = 0.02, volume_fpr: float = 0.03, l
     if not with_lesion:
         raise ValueError(f"{dump.path}: no volume with lesions to bound the Dice of")
     total_healthy = budget / pooled_fpr
+    steepest = max(float(np.max(np.where(fp > 0, dice / with_lesion / np.maximum(fp, 1), 0.0))) for dice, fp in curves)
+    top = 2.0 * max(steepest, 1e-300)
     upper, achieved, achieved_fpr = np.inf, -np.inf, np.nan
-    for lam in np.r_[0.0, np.geomspace(1e-9, 1e-2, lambdas)]:
+    for lam in np.r_[0.0, np.geomspace(top * 1e-9, top, lambdas)]:
         value, dice_sum, fp_sum = lam * budget, 0.0, 0
         for dice, fp in curves:
             objective = dice / with_lesion - lam * fp
@@ -202,6 +205,8 @@ def dice_bound(dump: Dump, pooled_fpr: float = 0.02, volume_fpr: float = 0.03, l
         upper = min(upper, value)
         if fp_sum <= budget and dice_sum / with_lesion > achieved:
             achieved, achieved_fpr = dice_sum / with_lesion, fp_sum / total_healthy
+    if not np.isfinite(achieved):  # cannot happen: at the top of the grid no cut with a false positive is chosen
+        raise RuntimeError(f"{dump.path}: no oracle choice met the pooled budget (lambda grid up to {top:.3g})")
     return {"upper": float(upper), "achieved": float(achieved), "achieved_fpr_pooled": float(achieved_fpr),
             "volumes": len(curves)}
 
