@@ -845,3 +845,19 @@ def test_a_test_split_of_one_volume_is_evaluated_without_the_ensemble(tiny_run, 
     assert evaluate.main(["--run-dir", tiny_run, "--out", str(tmp_path / "eval2"), "--predictors", "ensemble",
                           "--set", *data]) == 2
     assert "the ensemble needs at least 2 test volumes" in capsys.readouterr().err
+
+
+def test_excluded_volumes_must_be_the_splits_and_leave_a_lesion(tiny_run, tmp_path):
+    from tfvae import data
+    from tfvae.run import Run
+
+    run = Run(tiny_run)
+    config = run.config()
+    ids = sorted({v.decode() for v in data.load_split(config["data"], "test").map(lambda ex: ex["volume_id"])
+                  .as_numpy_iterator()})
+    with pytest.raises(data.DataError, match=r"^evaluate.exclude_volumes: test_9999 is not a volume of"):
+        run.evaluate(overrides=['evaluate.exclude_volumes=["test_9999"]'], out_dir=str(tmp_path / "a"))
+    with pytest.raises(data.DataError, match="evaluate.exclude_volumes leaves no volume with a lesion"):
+        run.evaluate(overrides=[f"evaluate.exclude_volumes={json.dumps(ids)}"], out_dir=str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")  # refused before scoring
+    data.check_lesions(config["data"], "test", exclude=ids[:1])  # one left out, one with a lesion left: fine

@@ -405,19 +405,35 @@ def brats_releases(data_config: dict) -> list[str] | None:
     return (b.info.metadata or {}).get("releases")
 
 
-def check_lesions(data_config: dict, split: str) -> None:
+def check_lesions(data_config: dict, split: str, exclude=()) -> None:
     """A split to be evaluated must hold lesions: a ``DataError`` naming the dataset, the split and
     its volumes (the cases, whose segmentation files are all empty) when no slice has a label > 0,
-    found before anything is scored. Reads the labels only."""
+    found before anything is scored. ``exclude``: volume ids left out of the evaluation
+    (``evaluate.exclude_volumes``): each must be one of the split's (a ``DataError`` naming the key
+    and the ids that are not), and what is left must hold lesions. Reads the labels only."""
     b = prepare(data_config)
+    exclude = set(exclude)
     examples = load_split(data_config, split).map(
         lambda ex: (ex["volume_id"], tf.reduce_any(ex["label"] > 0)), num_parallel_calls=tf.data.AUTOTUNE)
     volumes: dict[str, bool] = {}
     for volume_id, has_lesion in examples.batch(1024).as_numpy_iterator():
         for v, lesion in zip(volume_id, has_lesion):
-            if lesion:
+            v = v.decode()
+            if lesion and not exclude:
                 return
-            volumes[v.decode()] = False
+            volumes[v] = volumes.get(v, False) or bool(lesion)
+    unknown = sorted(exclude - set(volumes))
+    if unknown:
+        raise DataError(f"evaluate.exclude_volumes: {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''} "
+                        f"is not a volume of {data_config['name']}/{b.builder_config.name} split {split!r} (its "
+                        f"volumes: {', '.join(list(volumes)[:5])}, ...); give ids of that split, or [] to leave none out")
+    if any(lesion for v, lesion in volumes.items() if v not in exclude):
+        return
+    if exclude:
+        raise DataError(f"evaluate.exclude_volumes leaves no volume with a lesion in {data_config['name']}/"
+                        f"{b.builder_config.name} split {split!r} ({len(exclude)} of {len(volumes)} left out); "
+                        "leave fewer out")
+    volumes = {v: False for v in volumes}
     shown = ", ".join(list(volumes)[:5]) + (", ..." if len(volumes) > 5 else "")
     raise DataError(f"{data_config['name']}/{b.builder_config.name} split {split!r}: none of its {len(volumes)} "
                     f"volume(s) has a lesion ({shown}): every segmentation is empty, so AUROC, AUPRC and Dice are "

@@ -280,7 +280,8 @@ class Run(RunDir):
 
         config = config or self.config(overrides)
         out_dir, partial = self.evaluation_target(out_dir, overwrite, repair=True)
-        data.check_lesions(data.test_data_config(config["data"]), config["data"]["test_split"])  # before scoring
+        data.check_lesions(data.test_data_config(config["data"]), config["data"]["test_split"],  # before scoring
+                           exclude=config["evaluate"]["exclude_volumes"])
         try:
             with files.naming(out_dir):  # a writer's error that names no file (a full disk) names the evaluation
                 mark(partial, "evaluation")
