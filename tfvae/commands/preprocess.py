@@ -77,8 +77,12 @@ def main(argv=None) -> int:
     if not scans:
         print("error: no NIfTI scan (*.nii, *.nii.gz) in " + ", ".join(args.scans), file=sys.stderr)
         return 2
-    outcomes = hp.preprocess_scans(scans, args.out, settings, workers=args.workers, reuse=not args.again,
-                                   log=lambda line: print(line, flush=True))
+    try:
+        outcomes = hp.preprocess_scans(scans, args.out, settings, workers=args.workers, reuse=not args.again,
+                                       log=lambda line: print(line, flush=True))
+    except ValueError as e:  # two scans of one name
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failed = [o for o in outcomes if o.status == "failed"]
     reused = sum(o.status == "reused" for o in outcomes)
     print(f"{len(scans) - len(failed)} of {len(scans)} scans preprocessed into {args.out}"
