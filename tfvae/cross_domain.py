@@ -83,15 +83,10 @@ def write_healthy_scans(config: dict, site: str, folder: str) -> list[str]:
 def stamp(command: str, configs: dict, wall_s: float) -> dict:
     """What an evidence file records of how it was made: the commit (and whether the tree had
     uncommitted changes), the command, each seed's resolved config and the wall time."""
-    import subprocess
+    from tfvae import provenance
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-    def git(*args):
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted_changes": bool(git("status", "--porcelain")),
+    state = provenance.git_state()
+    return {"commit": state["commit"] or "unknown", "uncommitted_changes": bool(state["dirty"]),
             "command": command, "configs": {str(k): v for k, v in configs.items()}, "wall_s": round(wall_s, 1)}
 
 

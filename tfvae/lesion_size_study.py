@@ -90,7 +90,7 @@ def report(runs, dump_root: str, baseline_root: str, md_path: str, *, command: s
 
     from tfvae import files
     from tfvae.run import Run
-    from tfvae.threshold_study import _stamp, write_section
+    from tfvae.threshold_study import stamp_of, write_section
 
     start = time.time()
     seeds = [os.path.basename(os.path.normpath(r)) for r in runs]
@@ -99,7 +99,7 @@ def report(runs, dump_root: str, baseline_root: str, md_path: str, *, command: s
     figures = measure(run_folders, [baseline_root])
     paths = sorted({p for folders in run_folders for f in folders for p in glob.glob(os.path.join(f, "*.npz"))}
                    | set(glob.glob(os.path.join(baseline_root, "*__*.npz"))))
-    stamp = _stamp(command, configs, seeds, {os.path.relpath(p): files.file_digest(p) for p in paths})
+    stamp = stamp_of(command, configs, seeds, {os.path.relpath(p): files.file_digest(p) for p in paths})
     body = (f"Made by `{command}`; commit `{stamp['commit']}`; runs {', '.join(seeds)} (`configs/quickstart.json`, "
             f"seeds {stamp['seeds']}); the baselines have no model (the same maps for every run).\n\n"
             + render(figures, len(runs)))

@@ -415,7 +415,7 @@ def report(dump_root: str, md_path: str, runs, *, section: str = "design", comma
         paths = sorted(glob.glob(os.path.join(dump_root, seed, "*.npz")))
         by_seed[seed] = compare(paths, log=log)
         digests.update({f"{seed}/{os.path.basename(p)}": calibration.file_digest(p) for p in paths})
-    stamp = _stamp(command, configs, seeds, digests)
+    stamp = stamp_of(command, configs, seeds, digests)
     stamp.update({"candidates": {c: o for c, o in CANDIDATES.items()}, "wall_s": None})
     body = f"Made by `{command}`.\n\n" + render(by_seed, stamp)
     stamp["wall_s"] = round(time.time() - start, 1)
@@ -425,15 +425,15 @@ def report(dump_root: str, md_path: str, runs, *, section: str = "design", comma
     return evidence
 
 
-def _stamp(command: str, configs: dict, seeds, digests: dict) -> dict:
-    """The evidence's stamp: the commit (short hash), the command, each run's resolved config and seed,
-    the dumps' SHA-256."""
-    import subprocess
+def stamp_of(command: str, configs: dict, seeds, digests: dict) -> dict:
+    """The evidence's stamp: the commit (short hash) and the tfvae files uncommitted then
+    (``provenance.git_state``), the command, each run's resolved config and seed, the dumps' SHA-256."""
+    from tfvae import provenance
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    return {"commit": commit or "unknown", "command": command, "runs_config": "configs/quickstart.json",
-            "seeds": [configs[s]["seed"] for s in seeds], "configs": configs, "dumps_sha256": digests}
+    state = provenance.git_state(["tfvae", "datasets", "scripts"])
+    return {"commit": (state["commit"] or "unknown")[:7], "uncommitted": state["dirty"], "command": command,
+            "runs_config": "configs/quickstart.json", "seeds": [configs[s]["seed"] for s in seeds],
+            "configs": configs, "dumps_sha256": digests}
 
 
 # (pooled FPR, cap on every volume's FPR) of the oracle bound: issue 30's targets (pooled <= 2 %,
@@ -506,7 +506,7 @@ def bound_report(dump_roots, md_path: str, runs, *, command: str = "", log=None)
         paths = [p for root in dump_roots for p in sorted(glob.glob(os.path.join(root, seed, "*.npz")))]
         by_seed[seed] = bounds(paths, log=log)
         digests.update({os.path.relpath(p, os.path.dirname(dump_roots[0])): files.file_digest(p) for p in paths})
-    stamp = _stamp(command, configs, seeds, digests)
+    stamp = stamp_of(command, configs, seeds, digests)
     stamp["bounds"] = [list(b) for b in BOUNDS]
     body = f"Made by `{command}`.\n\n" + render_bounds(by_seed, stamp)
     stamp["wall_s"] = round(time.time() - start, 1)
