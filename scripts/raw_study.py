@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 
@@ -34,18 +33,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WATCHED = ("tfvae/head_preprocessing.py", "tfvae/localization.py", "tfvae/raw_study.py", "tfvae/recommended.py",
            "tfvae/postprocessing.py", "tfvae/scan_threshold.py", "datasets/testing_trees.py",
            "datasets/brain_phantom", "scripts/raw_study.py")
-
-
-def git_state() -> dict:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *WATCHED], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.splitlines()
-        return {"commit": git("rev-parse", "HEAD"), "dirty": [line[3:] for line in dirty]}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 def file_sha256(rel: str) -> str:
@@ -69,7 +56,7 @@ def main(argv=None) -> int:
         p.error("--preprocess-set needs --tag (its preprocessing goes to folders of its own)")
 
     from tfvae import head_preprocessing as hp
-    from tfvae import raw_study
+    from tfvae import provenance, raw_study
 
     overrides = {}
     for item in args.preprocess_set:
@@ -89,6 +76,9 @@ def main(argv=None) -> int:
     for run_dir in args.runs:
         t = time.time()
         folders = raw_study.localize_run(args.work, run_dir, cases, outcomes, tag=args.tag)
+        if any(rc not in (0, None) for rc in folders["rc"].values()):  # refused or failed: said above
+            print(f"error: localize with {run_dir} exited {folders['rc']}; the figures below may be of older "
+                  "outputs", file=sys.stderr)
         rows = [raw_study.measure(c, folders["a"], folders["b"]) for c in cases]
         summary = raw_study.groups(rows)
         key = raw_study.run_name(run_dir) + raw_study.suffix(args.tag)
@@ -102,7 +92,7 @@ def main(argv=None) -> int:
         print(f"\nthe threshold's part: Dice as written, at the calibrated threshold, at the best one")
         print(results[key]["threshold_table"])
     record = {
-        "git": git_state(),
+        "git": provenance.git_state(WATCHED),
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] +
                                         list(sys.argv[1:] if argv is None else argv)),
         "started": started, "wall_s": round(time.time() - clock, 1), "times_s": times,
