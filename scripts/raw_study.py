@@ -96,6 +96,8 @@ def main(argv=None) -> int:
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] +
                                         list(sys.argv[1:] if argv is None else argv)),
         "started": started, "wall_s": round(time.time() - clock, 1), "times_s": times,
+        "wall_note": "this invocation's wall time: heads, preprocessing and maps reused from WORK are not counted "
+                     "(each raw row's preprocessing_s is the time its preprocessing took when it ran)",
         "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
                     "processor": platform.processor() or platform.machine()},
         "seeds": [c.seed for c in cases], "cases": [c.name for c in cases],

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import time
 
 import nibabel as nib
 import numpy as np
@@ -237,6 +238,13 @@ def measure(case: Case, out_a: str, out_b: str) -> dict:
                            brain_ml_estimated=float(estimated.sum()) * case.truth_voxel_ml,
                            tumour_in_brainmask=float(estimated[_load(label) > 0].mean()),
                            preprocessed=record.get("preprocessed"))
+            made = os.path.join(out, f"{name}_tfvae_preprocessing.json")  # when the preprocessing ran, and how long
+            if os.path.isfile(made):
+                with open(made, encoding="utf-8") as f:
+                    times = json.load(f)
+                figures.update(preprocessing_s=(times.get("times_s") or {}).get("total_s"),
+                               preprocessing_cpu_s=(times.get("cpu_s") or {}).get("total_s"),
+                               preprocessing_made=time.strftime("%Y-%m-%d %H:%M", time.gmtime(os.path.getmtime(made))))
         row[side] = figures
     if "a" in row and "b" in row:
         row["diff"] = {m: row["b"][m] - row["a"][m] for m in METRICS + EXTRA_METRICS
