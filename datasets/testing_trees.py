@@ -151,7 +151,12 @@ COARSE_HEAD = dict(brain_voxel_mm=4.0, voxel_mm=(4.0, 4.0, 4.8))
 # thread (as tests/test_head_preprocessing.py); a builder's preprocess_settings
 COARSE_PREPROCESSING = (("resolution_mm", 4.0), ("template_resolution_mm", 4.0), ("n4_shrink", 2),
                         ("n4_iterations", (20, 20)), ("registration_shrink", (1,)),
-                        ("registration_smoothing_mm", (2.0,)), ("registration_iterations", 100), ("threads", 1))
+                        ("registration_smoothing_mm", (2.0,)), ("registration_iterations", 100), ("threads", 1),
+                        # registered as before a7ca729's speed-up, on the 4 mm grid itself: with the 1 mm
+                        # defaults (2 mm copy, 0.01 mm stop, gradients at the samples) one of the three
+                        # coarse IXI heads diverged (affine scale 0.10) and was skipped
+                        ("registration_moving_mm", 0.0), ("registration_min_step", 1e-4),
+                        ("registration_gradient_images", True))
 
 
 def coarse_preprocessing(cache, **fields) -> dict:

@@ -231,8 +231,11 @@ def test_a_batch_stopped_by_a_signal_is_continued_by_the_same_command(tiny_run, 
     out = str(tmp_path / "out")
     args = ["--run-dir", tiny_run, str(folder), "--out", out]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Ctrl-C answered as on a terminal even when the tests run in the background (a shell's background job
+    # ignores SIGINT, and a child inherits that): the child starts with the default handler
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "localize.py"), *args], cwd=ROOT,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_for(lambda: localization.records(out) or process.poll() is not None, 240)
         process.send_signal(signal.SIGINT if how == "ctrl_c" else signal.SIGKILL)

@@ -342,7 +342,8 @@ def test_a_real_sigint_ends_training_with_one_line_and_exit_130(tmp_path, tiny_o
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "tfvae.cli", "train", "--config", BETA10, "--run-dir", str(run),
                              "--set", *replaced(tiny_overrides, "train.epochs=200")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,  # Ctrl-C answered even from a background
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # job (which ignores it)
     state = run / "checkpoints" / "backup" / "state.json"
     deadline = time.time() + 240
     while not state.exists() and proc.poll() is None and time.time() < deadline:
