@@ -170,13 +170,21 @@ def test_the_rounds_summary_judges_the_target_by_median_and_floor_and_its_table_
         assert all(len(line) <= 80 for line in lines), lines
         assert "no avx512f" in "\n".join(lines) and ("AVX2" in lines[0]) == (name == "avx2")
         assert "NOT met" in lines[-2] and lines[-3].endswith("met") and "load (1 min) 1.0-2.0" in "\n".join(lines)
-    # other work on the cores during a round: every verdict starred, and why
-    shared = [{**r, "other_cores": {"tfvae": 0.1, "peer": 1.5}} for r in found]
+    # other work on the cores while PyTorch ran: every verdict starred, and why; while tfvae ran: shown
+    shared = [{**r, "other_cores": {"tfvae": 0.1, "peer": 0.1 + i}, "own_cores": {"tfvae": 1.5, "peer": 1.9}}
+              for i, r in enumerate(found)]
     lines = benchmark.class_table("avx2", {"kernels": kernels, "rounds": shared, "load_end": 2.0,
                                            "figures": figures}, cpu)
+    text = "\n".join(lines)
     assert all(len(line) <= 80 for line in lines), lines
-    assert "other work 0.1-1.5 cores" in "\n".join(lines) and "overstate tfvae" in "\n".join(lines)
+    assert "0.1-2.1 in PyTorch's halves, 0.1 in tfvae's" in text and "kept 1.5 cores busy" in text
+    assert "up to 2.1 cores busy while PyTorch ran" in text and "overstate tfvae" in text
     assert sum(line.rstrip().endswith("met*") for line in lines) == 3
+    for r in shared:
+        r["other_cores"] = {"tfvae": 1.0, "peer": 0.2}
+    lines = benchmark.class_table("avx2", {"kernels": kernels, "rounds": shared, "load_end": 2.0,
+                                           "figures": figures}, cpu)
+    assert not any("*" in line for line in lines) and "1.0 in tfvae's" in "\n".join(lines)
 
 
 def test_the_rounds_options_refuse_what_does_not_apply_in_one_line(tmp_path, capsys):
@@ -215,7 +223,8 @@ def test_one_round_of_the_avx2_class_runs_in_its_environment_and_records_it(tmp_
     assert found["environment"] == expected
     assert found["environment_seen"] == {"tfvae": expected, "peer": expected}
     assert found["kernels"]["torch_cpu_capability"] == "AVX2"  # PyTorch obeyed it
-    assert len(found["rounds"]) == 1 and set(found["rounds"][0]["other_cores"]) == {"tfvae", "peer"}
+    assert len(found["rounds"]) == 1
+    assert set(found["rounds"][0]["other_cores"]) == set(found["rounds"][0]["own_cores"]) == {"tfvae", "peer"}
     assert "other_cores_max" in found and "load_end" in found
     for key, _ in benchmark.FIGURES:
         r = found["rounds"][0]

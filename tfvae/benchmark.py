@@ -391,9 +391,10 @@ FIGURES = (("train_slices_per_s", "training, slices"), ("predictor_maps_slices_p
 SHORT = {"train_slices_per_s": "train", "predictor_maps_slices_per_s": "maps",
          "projection_slice_steps_per_s": "proj"}
 TARGET, FLOOR, MIN_ROUNDS = 1.5, 1.2, 3  # issue 35: median of >= 3 rounds >= 1.5x the peer, none below 1.2x
-# other processes' cores beyond which a round's ratio is not trusted: PyTorch's OpenMP threads slow
-# down far more than TensorFlow's on shared cores (2026-12-06, 2 cores, ~5 cores' worth of other
-# work: PyTorch at 2 threads 36 slices/s, at 1 thread 252; tfvae ~600, ~1,400 quiet)
+# other processes' cores while PyTorch runs beyond which the ratios are starred: its OpenMP threads
+# slow down far more than TensorFlow's on shared cores (2026-12-06, 2 cores, ~5 cores' worth of other
+# work: PyTorch at 2 threads 36 training slices/s, at 1 thread 252; tfvae ~600). Other work in
+# tfvae's halves can only lower tfvae's figures: shown, not starred
 OTHER_WORK_LIMIT = 0.25
 
 
@@ -468,19 +469,23 @@ def _cpu_seconds(pids) -> tuple[float, float] | None:
 
 class OtherWork:
     """How many cores other processes kept busy (on average) between ``start()`` and ``stop()``: the
-    machine's busy CPU time less that of ``pids`` (this benchmark's), over the wall time. The
-    load average cannot say it: it counts the benchmark itself."""
+    machine's busy CPU time less that of ``pids`` (this benchmark's), over the wall time; and how
+    many ``pids`` kept busy (``own``, set by ``stop``). The load average cannot say it: it counts
+    the benchmark itself."""
 
     def __init__(self, pids):
         self.pids = list(pids)
+        self.own = None
 
     def start(self):
         self.begun, self.wall = _cpu_seconds(self.pids), time.perf_counter()
 
     def stop(self) -> float | None:
         end, wall = _cpu_seconds(self.pids), time.perf_counter() - self.wall
+        self.own = None
         if end is None or self.begun is None or wall <= 0:
             return None
+        self.own = (end[1] - self.begun[1]) / wall
         return max(0.0, ((end[0] - self.begun[0]) - (end[1] - self.begun[1])) / wall)
 
 
@@ -492,8 +497,8 @@ def class_rounds(name: str, rounds: int, batch: int = BATCH, latent: int = 64, s
                  projection_steps: int = 10, repeats: int = 3, log=print) -> dict:
     """Inside a kernel class's subprocess: ``rounds`` rounds of tfvae's figures then the peer's (a
     PyTorch process started once, ``benchmark_peer --serve``, which inherits this environment),
-    with the 1-minute load average before each round and the cores other processes kept busy during
-    each half (``OtherWork``); what this process and the peer's saw of ``KERNEL_VARIABLES`` and the
+    with the 1-minute load average before each round and the cores other processes and this
+    benchmark's kept busy during each half (``OtherWork``); what this process and the peer's saw of ``KERNEL_VARIABLES`` and the
     kernels each library runs."""
     seen = {v: os.environ.get(v) for v in KERNEL_VARIABLES}
     command = [sys.executable, "-m", "tfvae.benchmark_peer", "--serve", "--batch", str(batch), "--size", str(SIZE),
@@ -504,7 +509,7 @@ def class_rounds(name: str, rounds: int, batch: int = BATCH, latent: int = 64, s
 
     def shown(figures, busy):
         return "  ".join(f"{SHORT[key]} {_rate(figures[key]):>6s}" for key, _ in FIGURES) + (
-            f"  others {busy:.1f}" if busy is not None else "")
+            f"  own {other.own:.1f} others {busy:.1f}" if busy is not None else "")
 
     try:
         mine = TfvaeFigures(batch, latent, steps, projection_steps, repeats)
@@ -513,18 +518,19 @@ def class_rounds(name: str, rounds: int, batch: int = BATCH, latent: int = 64, s
             load = os.getloadavg()[0]
             other.start()
             ours = mine.figures()
-            ours_other = other.stop()
-            log(f"  {name:6s} {i + 1}/{rounds}  tfvae  {shown(ours, ours_other)}  load {load:.1f}", flush=True)
+            ours_other, ours_own = other.stop(), other.own
+            log(f"  {name:6s} {i + 1}/{rounds} tfvae {shown(ours, ours_other)}  load {load:.1f}", flush=True)
             other.start()
             peer.stdin.write("round\n")
             peer.stdin.flush()
             line = peer.stdout.readline()
-            theirs_other = other.stop()
+            theirs_other, theirs_own = other.stop(), other.own
             if not line:
                 raise RuntimeError(f"the PyTorch peer stopped (exit {peer.wait()})")
             theirs = json.loads(line)
-            log(f"  {name:6s} {i + 1}/{rounds}  peer   {shown(theirs, theirs_other)}", flush=True)
+            log(f"  {name:6s} {i + 1}/{rounds} peer  {shown(theirs, theirs_other)}", flush=True)
             found.append({"load": load, "other_cores": {"tfvae": ours_other, "peer": theirs_other},
+                          "own_cores": {"tfvae": ours_own, "peer": theirs_own},
                           "tfvae": ours, "peer": {key: theirs[key] for key, _ in FIGURES},
                           "ratio": {key: ours[key] / theirs[key] for key, _ in FIGURES}})
     finally:
@@ -559,26 +565,38 @@ def class_table(name: str, found: dict, cpu: dict) -> list[str]:
     settings = ", ".join(f"{k}={v}" for k, v in env.items()) or ", ".join(KERNEL_VARIABLES) + " unset"
     k = found["kernels"]
     loads = [r["load"] for r in found["rounds"]] + [found["load_end"]]
-    others = [v for r in found["rounds"] for v in r.get("other_cores", {}).values() if v is not None]
+    others = {side: [r["other_cores"][side] for r in found["rounds"]
+                     if r.get("other_cores", {}).get(side) is not None] for side in ("tfvae", "peer")}
+    own = [r["own_cores"]["tfvae"] for r in found["rounds"] if r.get("own_cores", {}).get("tfvae") is not None]
     lines = [f"{name} kernels: {settings}",
              f"  TF {k['tensorflow']} oneDNN {'on' if k['tensorflow_onednn'] else 'OFF'}; PyTorch {k['torch']}, "
              f"{k['torch_threads']} threads, kernels {k['torch_cpu_capability']}",
              f"  CPU: {cpu['model'][:60]}, {cpu['cores']} cores",
              f"  flags: {flags_text(cpu['flags'])}",
-             f"  load (1 min) {min(loads):.1f}-{max(loads):.1f} over {len(found['rounds'])} round(s)"
-             + (f"; other work {min(others):.1f}-{max(others):.1f} cores" if others else ""),
+             f"  load (1 min) {min(loads):.1f}-{max(loads):.1f} over {len(found['rounds'])} round(s)"]
+    if others["peer"] and others["tfvae"]:
+        lines.append(f"  other work, cores: {_span(others['peer'])} in PyTorch's halves, "
+                     f"{_span(others['tfvae'])} in tfvae's")
+    if own:
+        lines.append(f"  tfvae itself kept {_span(own)} cores busy")
+    lines += [
              f"  {'figure (per s)':24s} {'tfvae':>7s} {'PyTorch':>7s} {'ratio':>6s} {'min':>6s} {'max':>6s}  target"]
-    shared = bool(others) and max(others) > OTHER_WORK_LIMIT
+    shared = bool(others["peer"]) and max(others["peer"]) > OTHER_WORK_LIMIT
     for key, label in FIGURES:
         f = found["figures"][key]
         verdict = {True: "met", False: "NOT met", None: f"<{MIN_ROUNDS} rounds"}[f["target_met"]] + "*" * shared
         lines.append(f"  {label:24s} {_rate(f['tfvae_median']):>7s} {_rate(f['peer_median']):>7s} "
                      f"{f['ratio_median']:5.2f}x {f['ratio_min']:5.2f}x {f['ratio_max']:5.2f}x  {verdict}")
     if shared:
-        lines += [f"  * other work kept up to {max(others):.1f} cores busy: PyTorch's OpenMP threads wait",
-                  "    for descheduled ones and slow down far more than TensorFlow's, so these",
-                  "    ratios overstate tfvae. Measure on a quiet machine."]
+        lines += [f"  * other work kept up to {max(others['peer']):.1f} cores busy while PyTorch ran: its",
+                  "    OpenMP threads wait for descheduled ones and slow down far more than",
+                  "    TensorFlow's, so these ratios overstate tfvae. Measure on a quiet machine."]
     return lines
+
+
+def _span(values) -> str:
+    low, high = f"{min(values):.1f}", f"{max(values):.1f}"
+    return low if low == high else f"{low}-{high}"
 
 
 def rounds(n_rounds: int = 3, isas=("native", "avx2"), quick: bool = False,
@@ -626,8 +644,8 @@ def rounds(n_rounds: int = 3, isas=("native", "avx2"), quick: bool = False,
                 raise RuntimeError(f"the {name} class's {side} process saw {seen}, not {expected}")
         found["environment"] = expected
         found["figures"] = summarise(found["rounds"])
-        others = [v for r in found["rounds"] for v in r["other_cores"].values() if v is not None]
-        found["other_cores_max"] = max(others) if others else None  # above OTHER_WORK_LIMIT: not trusted
+        others = [r["other_cores"]["peer"] for r in found["rounds"] if r["other_cores"]["peer"] is not None]
+        found["other_cores_max"] = max(others) if others else None  # in PyTorch's halves; > OTHER_WORK_LIMIT: starred
         out["classes"][name] = found
     log("", flush=True)
     log(f"tfvae / PyTorch, {n_rounds} interleaved round{'s' if n_rounds > 1 else ''} per class, batch {batch}, "
