@@ -468,6 +468,11 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
         sizes = [t.get_fontsize() for ax in fig.axes for t in ax.get_xticklabels() + [ax.title] if t.get_text()]
         assert sizes and min(sizes) >= reporting.FONT  # readable at 100 % zoom
         assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+        # the colour bar says the map's unit
+        assert [ax.get_xlabel() for ax in fig.axes if ax.get_label() == "<colorbar>"] == ["intensity, z"]
+    from tfvae.predictor_names import ALL_PREDICTORS
+
+    assert set(reporting.MAP_UNITS) == set(ALL_PREDICTORS)  # every map has its unit
         matplotlib.pyplot.close(fig)
     del config
 

@@ -178,6 +178,11 @@ LABEL_NAMES = {1: ("necrosis", "#3d8bff"), 2: ("edema", "#ffd400"), 4: ("enhanci
 # the grey panels of a figure, in order, with their titles
 IMAGE_PANELS = {"image": "input + ground truth", "reconstruction": "reconstruction",
                 "projected_reconstruction": "restored reconstruction"}
+# each map's unit under its colour bar (intensities are z-scored per volume: "z"; tfvae.predictors)
+MAP_UNITS = {"rec_error": "(x - g)², z²", "proj_rec_error": "(x - g)², z²", "elbo_grad": "|∂ELBO/∂x|, nats / z",
+             "kl_grad": "|∂KL/∂x|, nats / z", "rec_grad": "|∂Lrec/∂x|, nats / z", "combi": "nats (KL-gradient weighted)",
+             "recommended": "x above its restoration, z", "intensity": "intensity, z",
+             "intensity_filtered": "intensity above 0, z", "ensemble": "log-odds"}
 MASK_COLOUR = "lime"
 OVERLAY_CMAP = "plasma"  # perceptual, dark to bright yellow: never white like the bright T2 tissue beneath
 FONT = 9  # points: readable at 100 % zoom
@@ -235,6 +240,7 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
                                        fraction=0.04, pad=0.02)
                     bar.ax.xaxis.set_major_locator(MaxNLocator(3))  # few ticks: they stay readable at FONT
                     bar.ax.tick_params(labelsize=FONT)
+                    bar.set_label(MAP_UNITS.get(panel, "score"), fontsize=FONT)
         row[0].set_ylabel(item["title"], fontsize=FONT)
     for ax, panel in zip(axes[0], panels):
         ax.set_title(IMAGE_PANELS.get(panel, panel), fontsize=FONT)
