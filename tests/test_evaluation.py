@@ -470,11 +470,11 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
         assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
         # the colour bar says the map's unit
         assert [ax.get_xlabel() for ax in fig.axes if ax.get_label() == "<colorbar>"] == ["intensity, z"]
+        matplotlib.pyplot.close(fig)
+    del config
     from tfvae.predictor_names import ALL_PREDICTORS
 
     assert set(reporting.MAP_UNITS) == set(ALL_PREDICTORS)  # every map has its unit
-        matplotlib.pyplot.close(fig)
-    del config
 
 
 def test_a_second_evaluation_reuses_the_stored_calibration_and_gives_the_same_results(evaluated, tmp_path,
