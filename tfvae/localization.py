@@ -777,7 +777,8 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
                 log(f"{name}: already localized in {out_dir} with the same settings, skipped (--overwrite localizes "
                     "it again)")
                 continue
-            log(f"[{k}/{len(scans)}] {name}: {'preprocessing the raw head, then ' if chosen is not None else ''}"
+            shown = name if len(name) <= 30 else f"{name[:14]}...{name[-13:]}"  # the line in 80 columns
+            log(f"[{k}/{len(scans)}] {shown}: {'preprocessing, then ' if chosen is not None else ''}"
                 "scoring ...")  # the stage a long scan is in, before its result line
             inputs = None
             try:
