@@ -596,16 +596,6 @@ def output_paths(scan, out_dir) -> dict:
     return {key: os.path.join(os.fspath(out_dir), stem + suffix) for key, suffix in OUTPUT_SUFFIXES.items()}
 
 
-def _write_nifti(path: str, data: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with files.written_whole(path) as tmp:
-        nib.save(img, tmp)
-
-
 def _settings_json(settings: Settings) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(settings)))
 
@@ -655,8 +645,8 @@ def preprocess_scan(scan, out_dir, settings: Settings | None = None, *, reuse: b
     data, affine = nifti.load_volume(scan)
     result = preprocess_volume(data, affine, name=os.fspath(scan), settings=settings)
     paths = output_paths(scan, out_dir)
-    _write_nifti(paths["preprocessed"], result.brain, result.brain_affine)
-    _write_nifti(paths["brainmask"], result.brain_mask, result.raw_affine)
+    nifti.write_scan(paths["preprocessed"], result.brain, result.brain_affine)
+    nifti.write_scan(paths["brainmask"], result.brain_mask, result.raw_affine)
     files.write_json(paths["record"], {**result.record, "scan_sha256": digest,  # written last: the cache's key
                                        "outputs": {k: os.path.basename(v) for k, v in paths.items()}})
     return paths

@@ -503,3 +503,15 @@ def write_maps(volume, out_dir: str, maps: dict) -> None:
         data = data.astype(np.uint8) if name == "label" else data
         nib.save(nib.Nifti1Image(data, volume.geometry.source_affine),
                  os.path.join(out_dir, f"{volume.volume_id}_{name}.nii.gz"))
+
+
+def write_scan(path: str, data: np.ndarray, affine: np.ndarray) -> None:
+    """``data`` as a NIfTI file at ``path`` with ``affine`` as both its qform and sform (codes 1,
+    scanner), written whole or not at all (``tfvae.files.written_whole``)."""
+    from tfvae import files
+
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with files.written_whole(path) as tmp:
+        nib.save(img, tmp)

@@ -61,19 +61,10 @@ class Case:
         return float(abs(np.linalg.det(np.asarray(self.truth["affine"])[:3, :3])) / 1000.0)
 
 
-def _save(path: str, data: np.ndarray, affine: np.ndarray) -> None:
-    from tfvae import files
-
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with files.written_whole(path) as tmp:
-        nib.save(img, tmp)
-
-
 def prepare(work: str, cases: int, first_seed: int, *, coarse: bool = False, log=print) -> list[Case]:
     """The raw phantom set in ``WORK/tree`` (IXI-sized heads, or 4 mm ones when ``coarse``) and the
     phantom-space volume of each head in ``WORK/phantom`` (both kept when there)."""
+    from tfvae import nifti
     from tfvae_datasets import testing_trees as tt
     from tfvae_datasets.brain_phantom import phantom
 
@@ -92,9 +83,9 @@ def prepare(work: str, cases: int, first_seed: int, *, coarse: bool = False, log
             os.makedirs(folder, exist_ok=True)
             subject = phantom.synthesize_subject(case.seed, tumours=True, voxel_mm=float(truth["brain_voxel_mm"]))
             affine = np.asarray(subject.affine, np.float64)
-            _save(case.phantom_mask, subject.brain_mask.astype(np.uint8), affine)
-            _save(case.phantom_seg, subject.label.astype(np.uint8), affine)
-            _save(case.phantom, subject.image.astype(np.float32), affine)
+            nifti.write_scan(case.phantom_mask, subject.brain_mask.astype(np.uint8), affine)
+            nifti.write_scan(case.phantom_seg, subject.label.astype(np.uint8), affine)
+            nifti.write_scan(case.phantom, subject.image.astype(np.float32), affine)
             log(f"{name}: phantom-space volume {subject.image.shape} at {truth['brain_voxel_mm']:g} mm")
         out.append(case)
     return out
