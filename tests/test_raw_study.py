@@ -2,7 +2,6 @@
 (4 mm, the preprocessing at 4 mm as tests/test_localize_preprocess.py) with the tiny run, and its
 figures on arrays whose answers are known."""
 
-import dataclasses
 import json
 import os
 
@@ -13,18 +12,7 @@ import pytest  # noqa: E402
 
 from tfvae import head_preprocessing as hp  # noqa: E402
 from tfvae import raw_study  # noqa: E402
-
-
-@dataclasses.dataclass(frozen=True)
-class CoarseSettings(hp.Settings):
-    resolution_mm: float = 4.0
-    template_resolution_mm: float = 4.0
-    n4_shrink: int = 2
-    n4_iterations: tuple = (20, 20)
-    registration_shrink: tuple = (1,)
-    registration_smoothing_mm: tuple = (2.0,)
-    registration_iterations: int = 100
-    threads: int = 1
+from tests.test_localize_preprocess import CoarseSettings  # noqa: E402  (what --preprocess runs in those tests)
 
 
 def test_figures_on_known_arrays():
