@@ -90,7 +90,7 @@ def report(runs, dump_root: str, baseline_root: str, md_path: str, *, command: s
 
     from tfvae import files
     from tfvae.run import Run
-    from tfvae.threshold_study import stamp_of, write_section
+    from tfvae.threshold_study import publish, stamp_of
 
     start = time.time()
     seeds = [os.path.basename(os.path.normpath(r)) for r in runs]
@@ -103,8 +103,5 @@ def report(runs, dump_root: str, baseline_root: str, md_path: str, *, command: s
     body = (f"Made by `{command}`; commit `{stamp['commit']}`; runs {', '.join(seeds)} (`configs/quickstart.json`, "
             f"seeds {stamp['seeds']}); the baselines have no model (the same maps for every run).\n\n"
             + render(figures, len(runs)))
-    stamp["wall_s"] = round(time.time() - start, 1)
-    evidence = {"stamp": stamp, "results": figures}
-    files.write_json(f"{os.path.splitext(md_path)[0]}_lesion_size.json", evidence)
-    write_section(md_path, "lesion size", body, enclosed_by=MARKERS)
-    return evidence
+    return publish(md_path, "lesion size", f"{os.path.splitext(md_path)[0]}_lesion_size.json", stamp, figures,
+                   body, start, enclosed_by=MARKERS)

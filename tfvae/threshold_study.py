@@ -401,27 +401,50 @@ def report(dump_root: str, md_path: str, runs, *, section: str = "design", comma
     ``END`` of ``section`` (``markers``; the rest of the file is kept) and the evidence beside it
     (``<doc>_<section>.json``: every figure per run, each run's resolved config, the dumps' SHA-256,
     the commit, the command and the wall time); returns the evidence."""
-    import glob
     import time
 
-    from tfvae import calibration, files
+    start = time.time()
+    seeds, configs, by_seed, digests = per_run([dump_root], runs, lambda paths: compare(paths, log=log),
+                                               key=lambda path: os.path.relpath(path, dump_root))
+    stamp = stamp_of(command, configs, seeds, digests)
+    stamp.update({"candidates": {c: o for c, o in CANDIDATES.items()}, "wall_s": None})
+    body = f"Made by `{command}`.\n\n" + render(by_seed, stamp)
+    return publish(md_path, section, f"{os.path.splitext(md_path)[0]}_{section.replace('-', '_')}.json", stamp,
+                   by_seed, body, start)
+
+
+def per_run(dump_roots, runs, analyse, key) -> tuple[list, dict, dict, dict]:
+    """Each run's dumps analysed: ``(seeds, configs, by_seed, digests)`` -- the runs' folder names,
+    their resolved configs, ``analyse(paths)`` of each run's dumps (``<root>/<run folder's
+    name>/*.npz`` for each of ``dump_roots``, sorted within a root) and the dumps' SHA-256 keyed by
+    ``key(path)``."""
+    import glob
+
+    from tfvae import files
     from tfvae.run import Run
 
-    start = time.time()
     seeds = [os.path.basename(os.path.normpath(r)) for r in runs]
     configs = {seed: Run(r).config() for seed, r in zip(seeds, runs)}
     by_seed, digests = {}, {}
     for seed in seeds:
-        paths = sorted(glob.glob(os.path.join(dump_root, seed, "*.npz")))
-        by_seed[seed] = compare(paths, log=log)
-        digests.update({f"{seed}/{os.path.basename(p)}": calibration.file_digest(p) for p in paths})
-    stamp = stamp_of(command, configs, seeds, digests)
-    stamp.update({"candidates": {c: o for c, o in CANDIDATES.items()}, "wall_s": None})
-    body = f"Made by `{command}`.\n\n" + render(by_seed, stamp)
+        paths = [p for root in dump_roots for p in sorted(glob.glob(os.path.join(root, seed, "*.npz")))]
+        by_seed[seed] = analyse(paths)
+        digests.update({key(p): files.file_digest(p) for p in paths})
+    return seeds, configs, by_seed, digests
+
+
+def publish(md_path: str, section: str, evidence_path: str, stamp: dict, results: dict, body: str, start: float,
+            *, enclosed_by: tuple[str, str] | None = None) -> dict:
+    """The evidence ``{"stamp": stamp with the wall time since ``start``, "results"}`` written to
+    ``evidence_path`` and ``body`` into ``md_path``'s ``section`` (``write_section``); returns the evidence."""
+    import time
+
+    from tfvae import files
+
     stamp["wall_s"] = round(time.time() - start, 1)
-    evidence = {"stamp": stamp, "results": by_seed}
-    files.write_json(f"{os.path.splitext(md_path)[0]}_{section.replace('-', '_')}.json", evidence)
-    write_section(md_path, section, body)
+    evidence = {"stamp": stamp, "results": results}
+    files.write_json(evidence_path, evidence)
+    write_section(md_path, section, body, enclosed_by=enclosed_by)
     return evidence
 
 
@@ -498,28 +521,15 @@ def bound_report(dump_roots, md_path: str, runs, *, command: str = "", log=None)
     """``bounds`` on every dump of ``runs`` (their dumps in ``<root>/<run folder's name>`` for each of
     ``dump_roots``: the design and the held-out dumps), written into ``md_path``'s section ``bound``
     and its evidence ``<doc>_bound.json`` (stamped as ``report``'s)."""
-    import glob
     import time
 
-    from tfvae import files
-    from tfvae.run import Run
-
     start = time.time()
-    seeds = [os.path.basename(os.path.normpath(r)) for r in runs]
-    configs = {seed: Run(r).config() for seed, r in zip(seeds, runs)}
-    by_seed, digests = {}, {}
-    for seed in seeds:
-        paths = [p for root in dump_roots for p in sorted(glob.glob(os.path.join(root, seed, "*.npz")))]
-        by_seed[seed] = bounds(paths, log=log)
-        digests.update({os.path.relpath(p, os.path.dirname(dump_roots[0])): files.file_digest(p) for p in paths})
+    seeds, configs, by_seed, digests = per_run(dump_roots, runs, lambda paths: bounds(paths, log=log),
+                                               key=lambda path: os.path.relpath(path, os.path.dirname(dump_roots[0])))
     stamp = stamp_of(command, configs, seeds, digests)
     stamp["bounds"] = [list(b) for b in BOUNDS]
     body = f"Made by `{command}`.\n\n" + render_bounds(by_seed, stamp)
-    stamp["wall_s"] = round(time.time() - start, 1)
-    evidence = {"stamp": stamp, "results": by_seed}
-    files.write_json(f"{os.path.splitext(md_path)[0]}_bound.json", evidence)
-    write_section(md_path, "bound", body)
-    return evidence
+    return publish(md_path, "bound", f"{os.path.splitext(md_path)[0]}_bound.json", stamp, by_seed, body, start)
 
 
 def write_section(md_path: str, section: str, body: str, *, enclosed_by: tuple[str, str] | None = None) -> None:
