@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -42,16 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _git_commit() -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "tfvae/head_preprocessing.py",
-                                     "datasets/brain_phantom", "scripts/brain_extraction_study.py"], cwd=root,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
+    """The commit, and whether the files the study measures had uncommitted changes."""
+    from tfvae import provenance
+
+    state = provenance.git_state(["tfvae/head_preprocessing.py", "datasets/brain_phantom",
+                                  "scripts/brain_extraction_study.py"])
+    return {"commit": state["commit"], "dirty": None if state["dirty"] is None else bool(state["dirty"])}
 
 
 def _dice(a, b) -> float:
