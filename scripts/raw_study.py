@@ -57,6 +57,7 @@ def main(argv=None) -> int:
 
     from tfvae import head_preprocessing as hp
     from tfvae import provenance, raw_study
+    from tfvae.commands import localize
 
     overrides = {}
     for item in args.preprocess_set:
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
     results = {}
     for run_dir in args.runs:
         t = time.time()
-        folders = raw_study.localize_run(args.work, run_dir, cases, outcomes, tag=args.tag)
+        folders = raw_study.localize_run(args.work, run_dir, cases, outcomes, localize=localize.main,
+                                           tag=args.tag)
         if any(rc not in (0, None) for rc in folders["rc"].values()):  # refused or failed: said above
             print(f"error: localize with {run_dir} exited {folders['rc']}; the figures below may be of older "
                   "outputs", file=sys.stderr)

@@ -118,7 +118,7 @@ def test_figures_and_metrics_reach_the_runs_tensorboard(evaluated):
     metrics under the tags the HParams dashboard lists as metrics (its group: that folder)."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag
+    from tfvae.reporting import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag
 
     run, results = evaluated
     values = {}

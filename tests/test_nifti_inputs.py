@@ -154,7 +154,7 @@ def junk_beside(folder, scan_name):
 def test_one_filter_serves_localize_and_every_builder(tmp_path):
     from etils import epath
 
-    from tfvae import localization
+    from tfvae.scans import scan_files
     from tfvae_datasets.brats import brats_dataset_builder
     from tfvae_datasets.nifti_folder import nifti_folder_dataset_builder
 
@@ -162,7 +162,7 @@ def test_one_filter_serves_localize_and_every_builder(tmp_path):
     scans.mkdir()
     save(scans, "patient1_t2.nii.gz", np.ones((3, 4, 5)))
     junk_beside(scans, "patient1_t2.nii.gz")
-    assert localization.scan_files([str(scans)]) == [str(scans / "patient1_t2.nii.gz")]
+    assert scan_files([str(scans)]) == [str(scans / "patient1_t2.nii.gz")]
     assert [i for i, _ in nifti_folder_dataset_builder.find_scans(epath.Path(scans))] == ["patient1_t2"]
     brats = tmp_path / "brats" / "BraTS2021_00001"
     brats.mkdir(parents=True)
@@ -178,12 +178,12 @@ def test_one_filter_serves_localize_and_every_builder(tmp_path):
 
 
 def test_a_folder_of_dicom_files_is_named_with_how_to_convert(tmp_path):
-    from tfvae import localization
+    from tfvae.scans import scan_files
 
     series = tmp_path / "series"
     series.mkdir()
     for i in range(3):
         (series / f"IM_{i:04d}").write_bytes(dicom_bytes())
     with pytest.raises(ValueError) as e:
-        localization.scan_files([str(series)])
+        scan_files([str(series)])
     assert "holds DICOM files (3, e.g. IM_0000) and no NIfTI scan" in str(e.value) and "dcm2niix" in str(e.value)

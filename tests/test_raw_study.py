@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 from tfvae import head_preprocessing as hp  # noqa: E402
 from tfvae import raw_study  # noqa: E402
+from tfvae.commands import localize  # noqa: E402
 from tests.test_localize_preprocess import CoarseSettings  # noqa: E402  (what --preprocess runs in those tests)
 
 
@@ -46,7 +47,7 @@ def test_a_coarse_head_both_ways(monkeypatch, tiny_run, tmp_path):
     outcomes = raw_study.preprocess(work, cases, log=lambda line: None)
     assert outcomes["RawPhantom_09000"].status == "ok"
     options = ("--predictor", "rec_error", "--fpr", "0.05")
-    folders = raw_study.localize_run(work, tiny_run, cases, outcomes, options=options)
+    folders = raw_study.localize_run(work, tiny_run, cases, outcomes, localize=localize.main, options=options)
     assert folders["rc"] == {"a": 0, "b": 0}
     row = raw_study.measure(cases[0], folders["a"], folders["b"])
     assert "reused" in row["b"]["preprocessed"]  # localize took the study's preprocessing
@@ -56,6 +57,6 @@ def test_a_coarse_head_both_ways(monkeypatch, tiny_run, tmp_path):
     assert row["diff"]["auroc"] == pytest.approx(row["b"]["auroc"] - row["a"]["auroc"])
     # again: nothing localized anew, the same figures
     again = raw_study.localize_run(work, tiny_run, cases, raw_study.preprocess(work, cases, log=lambda line: None),
-                                   options=options)
+                                   localize=localize.main, options=options)
     assert raw_study.measure(cases[0], again["a"], again["b"]) == row
     json.dumps(row)  # what the script writes

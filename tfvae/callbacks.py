@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import files
+from tfvae.reporting import (EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, TRAIN_RUN, VALIDATION_RUN,  # noqa: F401
+                             eval_tag, image_tag)
 
 
 def image_grid(columns: list[np.ndarray]) -> np.ndarray:
@@ -64,33 +66,10 @@ class ImageSummaries(keras.callbacks.Callback):
 # the key ones sort first, the two others after them (their names are chosen for that)
 KEY_HPARAMS = ("model.beta", "model.latent_dim", "train.epochs", "train.learning_rate", "train.precision_used",
                "train.seed", "train.with_augment")
-# evaluation metrics shown as HParams metrics (written by reporting.log_evaluation)
-EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
-EVAL_PREDICTORS = ("recommended", "rec_grad", "rec_error", "intensity")
-# the TensorBoard runs under a run's logs/: the curves of each part (the same tags: one chart per
-# quantity with both curves), and the evaluation (its figures, its HParams metrics, one summary card)
-TRAIN_RUN, VALIDATION_RUN, EVALUATION_RUN = "train", "validation", "evaluation"
-
-
-# TensorBoard's Time Series sorts its sections by tag name and opens the first ones: the figures go
-# under a section that sorts after the curves (kl, loss, rec, rec_sq) and the test/ metrics
-IMAGE_SECTION = "views"
-
-
-def image_tag(name: str) -> str:
-    """A figure's tag: ``views/<name>``, after the curves in TensorBoard's alphabetical order."""
-    return f"{IMAGE_SECTION}/{name}"
-
-
-def eval_tag(predictor: str, metric: str) -> str:
-    """The tag of an evaluation metric in the ``EVALUATION_RUN``: ``test/<predictor>/<metric>``
-    (after the curves' sections, kl, loss, rec, in TensorBoard's alphabetical order)."""
-    return f"test/{predictor}/{metric}"
-
-
-def run_hparams(config: dict, extra_keys=()) -> dict:
+def run_hparams(config: dict, extra_keys=(), precision_used: str = "float32") -> dict:
     """The run's hyperparameters for TensorBoard: ``KEY_HPARAMS`` (``train.with_augment``: any
-    augmentation; ``train.precision_used``: the precision ``train.precision`` resolved to;
+    augmentation; ``train.precision_used``: ``precision_used``, the policy ``train.precision``
+    resolved to (``training.resolve_precision``);
     ``train.seed``: the config's ``seed``), then ``extra_keys`` (dotted config keys, e.g. the keys a
     search varies)."""
     from tfvae import augment, config as config_lib
@@ -98,9 +77,7 @@ def run_hparams(config: dict, extra_keys=()) -> dict:
     flat = config_lib.flatten(config)
     flat["train.with_augment"] = augment.is_active(config.get("augment"))
     flat["train.seed"] = config["seed"]
-    from tfvae.training import resolve_precision
-
-    flat["train.precision_used"] = resolve_precision(config)[0]
+    flat["train.precision_used"] = precision_used
     keys = list(KEY_HPARAMS) + [k for k in extra_keys if k not in KEY_HPARAMS]
     return {k: flat[k] for k in keys if k in flat and isinstance(flat[k], (bool, int, float, str))}
 
@@ -112,14 +89,14 @@ class RunLog(keras.callbacks.Callback):
     settings (``run_hparams``, with ``hparam_keys``) and, as metrics, the validation loss and the evaluation's numbers
     (``reporting.log_evaluation`` writes those to ``log_dir/evaluation``)."""
 
-    def __init__(self, log_dir: str, config: dict, hparam_keys=()):
+    def __init__(self, log_dir: str, config: dict, hparam_keys=(), precision_used: str = "float32"):
         super().__init__()
         from tensorboard.plugins.hparams import api as hp
 
         self.log_dir = log_dir
         self.writers = {part: tf.summary.create_file_writer(os.path.join(log_dir, part))
                         for part in (TRAIN_RUN, VALIDATION_RUN)}
-        hparams = run_hparams(config, hparam_keys)
+        hparams = run_hparams(config, hparam_keys, precision_used)
         metrics = [hp.Metric("loss", group=VALIDATION_RUN, display_name="validation loss")]
         metrics += [hp.Metric(eval_tag(p, m), group=EVALUATION_RUN, display_name=f"{p} {m}")
                     for p in EVAL_PREDICTORS for m in EVAL_METRICS]

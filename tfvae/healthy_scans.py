@@ -4,7 +4,7 @@
 By default a run's thresholds and the recommended map's filter sizes come from the healthy
 validation split of its training data. A site whose scans differ (another scanner, protocol or
 population) can calibrate on a few healthy scans of its own instead: they go through exactly the
-preprocessing of localize (``localization.slice_scan``) and replace the validation split wherever
+preprocessing of localize (``scans.slice_scan``) and replace the validation split wherever
 the run takes healthy statistics (``Run.healthy_split``), for the configs that name the set
 (``threshold.calibration``). The set is recorded in the run's ``thresholds.json``
 (``calibration.ThresholdStore.healthy_sets``): the scans, their brain masks and a SHA-256 of the
@@ -24,25 +24,13 @@ import os
 
 import numpy as np
 
-from tfvae import labelmaps, localization
-from tfvae.nifti import NIFTI_SUFFIXES, check_same_grid, load_volume
+from tfvae import labelmaps
+from tfvae.scans import slice_scan, stem, training_modality
+from tfvae.nifti import check_same_grid, load_volume
 from tfvae.scoring import Volume
 
 
-def find(items) -> list[dict]:
-    """``[{"scan": path, "mask": path or None}]`` for the NIfTI scans among ``items`` (files, or
-    folders searched as localize searches them: ``*_seg``, ``*_mask`` and tfvae's outputs skipped);
-    a missing item or an empty folder is a one-line ``ValueError``."""
-    out = []
-    for scan in localization.scan_files(items):
-        stem = os.path.join(os.path.dirname(scan), localization.stem(scan))
-        mask = next((stem + "_mask" + s for s in NIFTI_SUFFIXES if os.path.isfile(stem + "_mask" + s)), None)
-        out.append({"scan": os.path.abspath(scan), "mask": os.path.abspath(mask) if mask else None})
-    names = [localization.stem(p["scan"]) for p in out]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"several healthy scans are named {', '.join(repeated)}; give each scan once")
-    return out
+
 
 
 def fingerprint(pairs: list[dict]) -> str:
@@ -50,7 +38,7 @@ def fingerprint(pairs: list[dict]) -> str:
     from tfvae.calibration import file_digest
 
     digest = hashlib.sha256()
-    for pair in sorted(pairs, key=lambda p: localization.stem(p["scan"])):
+    for pair in sorted(pairs, key=lambda p: stem(p["scan"])):
         for path in (pair["scan"], pair["mask"]):
             if path:
                 digest.update(f"{os.path.basename(path)}\0{file_digest(path)}\n".encode())
@@ -58,14 +46,14 @@ def fingerprint(pairs: list[dict]) -> str:
 
 
 def read(pairs: list[dict], config: dict, builder_config, *, force: bool = False) -> list[Volume]:
-    """The scans as ``Volume`` s through the run's preprocessing (``localization.slice_scan``: the
+    """The scans as ``Volume`` s through the run's preprocessing (``slice_scan``: the
     run's image size, field of view, slice selection and clip). Errors (unreadable file, mask on
     another grid, brain outside the field of view unless ``force``) are one line naming the file."""
     volumes = []
     for pair in pairs:
         path = pair["scan"]
         data, affine = load_volume(path, allow_unknown_orientation=force,
-                                   expect_modality=localization.training_modality(builder_config))
+                                   expect_modality=training_modality(builder_config))
         # a lesion or tissue map in a "healthy" folder, whatever its name: never calibrated on
         labelmaps.refuse_label_map(path, data, "move it out of the healthy scans")
         mask = None
@@ -73,13 +61,13 @@ def read(pairs: list[dict], config: dict, builder_config, *, force: bool = False
             mask, mask_affine = load_volume(pair["mask"], allow_unknown_orientation=force)
             check_same_grid(pair["mask"], mask, mask_affine, path, data, affine, "brain mask")
         try:
-            sliced, _ = localization.slice_scan(
+            sliced, _ = slice_scan(
                 data, affine, image_size=config["data"]["image_size"], fov_mm=builder_config.fov_mm,
                 min_brain_fraction=builder_config.min_brain_fraction, mask=mask, clip=config["data"]["clip"],
                 force=force)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-        volumes.append(Volume(localization.stem(path), sliced.image, sliced.label, sliced.brain_mask,
+        volumes.append(Volume(stem(path), sliced.image, sliced.label, sliced.brain_mask,
                               sliced.slice_index, sliced.geometry))
     return volumes
 

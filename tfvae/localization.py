@@ -28,15 +28,14 @@ import csv
 import dataclasses
 import json
 import os
-import re
 
 import nibabel as nib
 import numpy as np
 
 from tfvae import files, labelmaps, nifti, postprocessing, preprocessing, scan_threshold
-from tfvae.data import clip as clip_lib
 from tfvae.scan_threshold import HealthyReference, ScanThreshold
 from tfvae.nifti import modality_from_name  # noqa: F401 (the one reader's; re-exported for callers)
+from tfvae.scans import slice_scan, stem, training_modality
 from tfvae.scoring import Scorer, Volume, variants
 
 
@@ -96,24 +95,6 @@ class Localized:
                          "mean_score": float(scores.mean())})
         rows.sort(key=lambda r: -r["voxels"])
         return [{"id": k + 1, **r} for k, r in enumerate(rows)]
-
-
-def slice_scan(data: np.ndarray, affine: np.ndarray, *, image_size: int, fov_mm: float, min_brain_fraction: float,
-               mask: np.ndarray | None = None, clip: float | None = None, force: bool = False):
-    """``(sliced, outside)``: a scan that is in no dataset through the run's preprocessing
-    (``preprocessing.volume_to_slices``, then ``data.clip``), and the sentence saying how much of its
-    brain lies outside the field of view (None when under ``preprocessing.MAX_OUTSIDE_FOV``; more is
-    a one-line ``ValueError`` unless ``force``)."""
-    sliced = preprocessing.volume_to_slices(data, affine, mask=mask, image_size=image_size, fov_mm=fov_mm,
-                                            min_brain_fraction=min_brain_fraction)
-    outside = (f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view"
-               if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV else None)
-    if outside and not force:
-        from tfvae.console import option
-
-        raise ValueError(f"{outside} and would not be scored (check the voxel sizes in the header); pass "
-                         f"{option('--force', 'force=True')} to score the rest anyway")
-    return dataclasses.replace(sliced, image=clip_lib(sliced.image, clip)), outside
 
 
 def localize(scorer: Scorer, data: np.ndarray, affine: np.ndarray, *, predictor: str, reference: HealthyReference,
@@ -342,12 +323,6 @@ def _needs_validation_data(run, config: dict, predictor: str, fpr: float, checkp
             "--calibration NAME)")
 
 
-def training_modality(builder_config) -> str:
-    """The modality a run was trained on: its builder config's (t2 where it names none: the paper's,
-    and what a ``nifti_folder`` of single scans is taken to hold)."""
-    return getattr(builder_config, "modality", None) or "t2"
-
-
 TRAINING_SCANS_FILE = "training_scans.json"  # in the run: the training scans' modality, shape and voxel size
 TRAINING_KEYS = ("name", "config", "train_split")  # the data config the record describes
 
@@ -432,52 +407,12 @@ SUMMARY = "summary.csv"
 BRAINMASK = f"{OUTPUT_TAG}brainmask.nii.gz"  # localize --preprocess: the brain mask made, in the scan's raw grid
 
 
-def scan_files(items) -> list[str]:
-    """The NIfTI scans among ``items`` (files, or folders searched for *.nii / *.nii.gz, skipping
-    files named as label maps or masks -- ``_seg``, ``_label``, ``consensus_gt``, ``_mask``, ...:
-    ``labelmaps.name_kind`` -- and tfvae's own outputs); a missing item, an empty folder, a folder
-    of label maps (``labelsTr/``) or of files all named as label maps is a one-line ``ValueError``."""
-    scans = []
-    for item in items:
-        if os.path.isdir(item):
-            try:
-                names = sorted(n for n in os.listdir(item) if not nifti.ignored(n))
-            except PermissionError:
-                raise ValueError(f"{item}: cannot be read (permission denied)") from None
-            stems = {n: nifti.strip_nifti_suffix(n) for n in names}
-            niftis = [n for n in names if stems[n] is not None]
-            found = [os.path.join(item, n) for n in niftis if labelmaps.name_kind(stems[n]) is None]
-            folder = labelmaps.label_folder([os.path.basename(os.path.normpath(item))])
-            if folder and found:
-                raise ValueError(f"{item}: a folder of label maps ({folder}/, as nnU-Net and the Decathlon name "
-                                 "them), not of scans; give the scans' folder (e.g. imagesTs/)")
-            if not found and niftis:
-                raise ValueError(f"{item}: its {len(niftis)} NIfTI file(s) (e.g. {niftis[0]}) are named as label maps "
-                                 "or masks (seg, label, gt, mask, ...), not scans; give the scans")
-            if not found:
-                dicom = [n for n in names[:1000] if nifti.is_dicom(os.path.join(item, n))]
-                if dicom:
-                    raise ValueError(f"{item}: holds DICOM files ({len(dicom)}, e.g. {dicom[0]}) and no NIfTI scan: "
-                                     f"{nifti.DICOM_HINT}")
-                raise ValueError(f"{item}: no .nii or .nii.gz scans in this folder")
-            scans += found
-        elif os.path.isfile(item):
-            scans.append(item)
-        else:
-            raise ValueError(f"{item}: no such file or folder")
-    return scans
-
-
-def stem(path: str) -> str:
-    return re.sub(r"\.nii(\.gz)?$", "", os.path.basename(path))
-
-
 def mask_beside(scan: str) -> str | None:
     """The brain mask beside ``scan``, ``<scan>_mask.nii[.gz]``, found as ``tfvae calibrate`` finds
-    it (``healthy_scans.find``: one rule for every reader), or None."""
-    from tfvae import healthy_scans
+    it (``scans.find``: one rule for every reader), or None."""
+    from tfvae import scans
 
-    return healthy_scans.find([scan])[0]["mask"]
+    return scans.find([scan])[0]["mask"]
 
 
 def brain_masks(scans: list[str], mask=None) -> list[str | None]:

@@ -126,18 +126,18 @@ def run_name(run_dir: str) -> str:
     return os.path.basename(os.path.normpath(run_dir))
 
 
-def localize_run(work: str, run_dir: str, cases: list[Case], outcomes: dict, *, options=(), tag: str | None = None,
-                 log=print) -> dict:
+def localize_run(work: str, run_dir: str, cases: list[Case], outcomes: dict, *, localize, options=(),
+                 tag: str | None = None, log=print) -> dict:
     """``tfvae localize`` of ``run_dir`` (with ``options``: none, i.e. the recommended map at 1 % FPR,
     by default) on (a) the phantom-space volumes and (b) the raw heads with ``--preprocess`` (their
     preprocessing copied in first; into WORK/<run>/raw[-tag]); {"a": folder, "b": folder, "rc": {"a": exit
-    status, "b": ...}}."""
+    status, "b": ...}}. ``localize``: the command itself, ``tfvae.commands.localize.main`` (a list of
+    arguments -> exit status), given by the caller: a study sits below the commands it measures."""
     from tfvae import head_preprocessing as hp
-    from tfvae.commands import localize
 
     name = run_name(run_dir)
     out_a, out_b = os.path.join(work, name, "preprocessed"), os.path.join(work, name, "raw" + suffix(tag))
-    rc = {"a": localize.main(["--run-dir", run_dir, *[c.phantom for c in cases], "--out", out_a, *options])}
+    rc = {"a": localize(["--run-dir", run_dir, *[c.phantom for c in cases], "--out", out_a, *options])}
     os.makedirs(out_b, exist_ok=True)
     raw = []
     for case in cases:
@@ -149,7 +149,7 @@ def localize_run(work: str, run_dir: str, cases: list[Case], outcomes: dict, *, 
             if not os.path.isfile(path):
                 shutil.copy2(outcome.paths[key], path)
         raw.append(case.raw)
-    rc["b"] = localize.main(["--run-dir", run_dir, *raw, "--out", out_b, "--preprocess", *options]) if raw else None
+    rc["b"] = localize(["--run-dir", run_dir, *raw, "--out", out_b, "--preprocess", *options]) if raw else None
     return {"a": out_a, "b": out_b, "rc": rc}
 
 

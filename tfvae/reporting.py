@@ -16,6 +16,30 @@ import numpy as np  # noqa: E402
 
 from tfvae.rundir import RESULTS_FILE  # noqa: E402
 
+# evaluation metrics shown as HParams metrics (written by log_evaluation)
+EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
+EVAL_PREDICTORS = ("recommended", "rec_grad", "rec_error", "intensity")
+# the TensorBoard runs under a run's logs/: the curves of each part (the same tags: one chart per
+# quantity with both curves), and the evaluation (its figures, its HParams metrics, one summary card)
+TRAIN_RUN, VALIDATION_RUN, EVALUATION_RUN = "train", "validation", "evaluation"
+
+
+# TensorBoard's Time Series sorts its sections by tag name and opens the first ones: the figures go
+# under a section that sorts after the curves (kl, loss, rec, rec_sq) and the test/ metrics
+IMAGE_SECTION = "views"
+
+
+def image_tag(name: str) -> str:
+    """A figure's tag: ``views/<name>``, after the curves in TensorBoard's alphabetical order."""
+    return f"{IMAGE_SECTION}/{name}"
+
+
+def eval_tag(predictor: str, metric: str) -> str:
+    """The tag of an evaluation metric in the ``EVALUATION_RUN``: ``test/<predictor>/<metric>``
+    (after the curves' sections, kl, loss, rec, in TensorBoard's alphabetical order)."""
+    return f"test/{predictor}/{metric}"
+
+
 COLUMNS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "measured_fpr01",
            "measured_fpr01_p90", "measured_fpr01_max", "measured_fpr01_far", "dice_fpr05", "measured_fpr05",
            "fallback_fpr01")
@@ -372,12 +396,10 @@ class FigureSlices:
 
 def log_evaluation(log_dir: str, results: dict, images: dict) -> None:
     """The evaluation in the run's TensorBoard folder, as the run ``log_dir/evaluation``
-    (``callbacks.EVALUATION_RUN``): its figures, the HParams metrics (``callbacks.EVAL_METRICS`` of
-    ``callbacks.EVAL_PREDICTORS``, tagged ``callbacks.eval_tag``) and one text card with the whole
+    (``EVALUATION_RUN``): its figures, the HParams metrics (``EVAL_METRICS`` of
+    ``EVAL_PREDICTORS``, tagged ``eval_tag``) and one text card with the whole
     results table (every predictor and metric)."""
     import tensorflow as tf
-
-    from tfvae.callbacks import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag, image_tag
 
     with tf.summary.create_file_writer(os.path.join(log_dir, EVALUATION_RUN)).as_default(step=0):
         for name, image in images.items():

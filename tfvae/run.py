@@ -394,6 +394,7 @@ class Run(RunDir):
         or more than half the set left out)."""
         from tfvae import calibration, config as config_lib, data, healthy_scans
         from tfvae.predictor_names import LOCALIZABLE
+        from tfvae.scans import find as find_scans
 
         config_lib.check_value("threshold.calibration", name, option("--name", "name"))
         config = config_lib.resolve(self.config(overrides), [f"threshold.calibration={name}"])
@@ -401,7 +402,7 @@ class Run(RunDir):
         unknown = [p for p in predictors if p not in LOCALIZABLE]
         if unknown:
             raise ValueError(f"predictor(s) {', '.join(unknown)}: choose from {', '.join(LOCALIZABLE)}")
-        pairs = healthy_scans.find(scans)
+        pairs = find_scans(scans)
         volumes = healthy_scans.read(pairs, config, data.builder(config["data"]).builder_config, force=force)
         screening, scorer = self._screen(pairs, volumes, predictors, config, checkpoint, name)
         if screening.left_out and scorer is not None:  # its fit saw the scans left out: fit again without them

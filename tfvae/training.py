@@ -234,7 +234,7 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
             tfvae_callbacks.Checkpoints(run.model_path("best"), run.model_path("last"),
                                         best_so_far=_best_val_loss(run)),
             tfvae_callbacks.ResumeState(run.backup_dir),
-            tfvae_callbacks.RunLog(logs, config, hparam_keys),  # TensorBoard: curves, images, hparams
+            tfvae_callbacks.RunLog(logs, config, hparam_keys, resolve_precision(config)[0]),  # TensorBoard: curves, images, hparams
             tfvae_callbacks.ImageSummaries(logs,
                                            _preview_slices(validation_examples, t["num_images"]),
                                            every=t["image_every"], seed=config["seed"]),

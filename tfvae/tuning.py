@@ -91,7 +91,7 @@ import tensorflow_probability as tfp
 
 from tfvae import config as config_lib
 from tfvae import files
-from tfvae.callbacks import VALIDATION_RUN
+from tfvae.reporting import VALIDATION_RUN
 from tfvae.predictor_names import LOCALIZABLE
 from tfvae.run import Run
 from tfvae.rundir import sibling, swap_in

@@ -83,7 +83,7 @@ def _main(args) -> int:
 
     quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import config as config_lib
-    from tfvae import data, localization
+    from tfvae import data, localization, scans
     from tfvae.nifti import BadInputError
     from tfvae.run import Run, RunDirError
     from tfvae.rundir import lock
@@ -102,7 +102,7 @@ def _main(args) -> int:
     run = Run(args.run_dir)
     overrides = args.set + ([f"threshold.calibration={args.calibration}"] if args.calibration else [])
     try:
-        files = localization.scan_files(args.scans)
+        files = scans.scan_files(args.scans)
         localization.check_outputs(files, args.out, args.overwrite, args.mask)  # before the model loads
         if not args.overwrite and os.path.isdir(args.out):  # a scan done with other settings: refused now
             settings = localization.batch_settings(run, run.config(overrides), predictor=args.predictor, fpr=args.fpr,
