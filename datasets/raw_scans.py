@@ -1,4 +1,4 @@
-"""Raw heads in the real-data builders: each scan preprocessed once (``tfvae.head_preprocessing``:
+"""Raw heads in the real-data builders: each scan preprocessed once (``tfvae.data.head_preprocessing``:
 reorientation, 1 mm resampling, N4, registration to the MNI152 template, brain extraction, crop),
 cached, and its brain in template space sliced like any skull-stripped scan (issue 32).
 
@@ -27,7 +27,7 @@ lost build) preprocesses only new or changed scans. It lives in TFDS's download 
 the data: the builders never write into the user's data folder (it may be read-only or shared,
 and every file written there would change the fingerprint that tells a built dataset from a stale
 one), and the download folder is where TFDS keeps what is derived from a download and survives a
-rebuild of the dataset (``tfvae.data`` passes the same download folder to a rebuild that builds
+rebuild of the dataset (``tfvae.data.pipelines`` passes the same download folder to a rebuild that builds
 in a staging folder).
 
 **In template space.** The preprocessed brain (cropped, in MNI152 2009a space at
@@ -72,7 +72,7 @@ class PreprocessConfig(real_data.SliceConfig):
 
 
 def _hp():
-    from tfvae import head_preprocessing
+    from tfvae.data import head_preprocessing
 
     return head_preprocessing
 
@@ -317,14 +317,14 @@ def failure(e: Exception, scan) -> str:
 
 def _set_threads(threads: int) -> None:
     """Worker initializer: SimpleITK's threads in this worker."""
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     hp.require_simpleitk().ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
 
 
 def _preprocess_timed(scan: str, out: str, settings) -> float:
     """Worker: preprocess one scan; seconds taken."""
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     start = time.perf_counter()
     hp.preprocess_scan(scan, out, settings)

@@ -1,7 +1,7 @@
 """The plumbing the real-data builders (hcp_t2, brats, nifti_folder, ixi) share: their config fields
 (``SliceConfig``), the manual folder they read (``manual_root``), the case loop of their
 ``_generate_examples`` (``case_examples``), ``skip_bad`` handling (``CaseSkipper``), seeded subject
-splits (``validation_subset``), label checks, and safe NIfTI reading (re-exported from ``tfvae.nifti``).
+splits (``validation_subset``), label checks, and safe NIfTI reading (re-exported from ``tfvae.data.nifti``).
 
 Every problem with a source file becomes a ``BadInputError`` whose message is one line that names
 the file and the problem (``<path>: <problem>``): a missing, corrupt or truncated file, a 2D or 4D
@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfvae import preprocessing
+from tfvae.data import preprocessing
 from tfvae_datasets.slices import slice_examples
-from tfvae.nifti import (AFFINE_ATOL, NIFTI_SUFFIXES, BadInputError, bad, check_same_grid,  # noqa: F401
+from tfvae.data.nifti import (AFFINE_ATOL, NIFTI_SUFFIXES, BadInputError, bad, check_same_grid,  # noqa: F401
                          find_nifti, ignored, label_scaling, load_volume, strip_nifti_suffix)
 
 log = logging.getLogger("tfvae_datasets")
@@ -43,7 +43,7 @@ class SliceConfig(tfds.core.BuilderConfig):
 
 
 class PreprocessFailed(BadInputError):
-    """A raw scan the preprocessing could not handle (``tfvae.head_preprocessing.PreprocessError``:
+    """A raw scan the preprocessing could not handle (``tfvae.data.head_preprocessing.PreprocessError``:
     registration diverged, implausible brain volume; one line naming the scan). ``CaseSkipper``
     always skips it, whatever ``skip_bad`` says: the other scans go on (``raw_scans``)."""
 
@@ -260,5 +260,5 @@ def case_examples(builder, split: str, cases, load, root):
             count += 1
             yield key, example
     skipper.finish(count, root)
-    if builder.info.metadata is not None:  # shown when a run starts (tfvae.data.describe)
+    if builder.info.metadata is not None:  # shown when a run starts (tfvae.data.pipelines.describe)
         builder.info.metadata.setdefault("volumes", {})[split] = volumes

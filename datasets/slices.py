@@ -1,7 +1,7 @@
 """The example layout shared by all tfvae datasets: one axial slice, its masks and its geometry.
 
 Every builder emits examples through ``slice_examples`` so that training, evaluation and the
-writing of maps back into source volumes (``tfvae.preprocessing.slices_to_volume``) read every
+writing of maps back into source volumes (``tfvae.data.preprocessing.slices_to_volume``) read every
 dataset the same way.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfvae import preprocessing
+from tfvae.data import preprocessing
 
 
 def slice_features(image_size: int) -> tfds.features.FeaturesDict:

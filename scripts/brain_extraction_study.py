@@ -7,7 +7,7 @@ error and seconds per step, measured.
 
 For each seed, a raw T2 head (``tfvae_datasets.brain_phantom.raw_heads``: IXI-like 0.94 x 0.94 x
 1.2 mm grid, 255 x 255 x 175, stored LPS, random pose up to 15 deg / 20 mm, strong bias field; odd
-seeds carry tumours) goes through ``tfvae.head_preprocessing.preprocess_volume`` -- the whole
+seeds carry tumours) goes through ``tfvae.data.head_preprocessing.preprocess_volume`` -- the whole
 pipeline, as ``tfvae preprocess`` runs it -- with ``Settings`` (changed by ``--set KEY=JSON``).
 Measured per head:
 
@@ -42,9 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def _git_commit() -> dict:
     """The commit, and whether the files the study measures had uncommitted changes."""
-    from tfvae import provenance
+    from tfvae.utils import provenance
 
-    state = provenance.git_state(["tfvae/head_preprocessing.py", "datasets/brain_phantom",
+    state = provenance.git_state(["tfvae/data/head_preprocessing.py", "datasets/brain_phantom",
                                   "scripts/brain_extraction_study.py"])
     return {"commit": state["commit"], "dirty": None if state["dirty"] is None else bool(state["dirty"])}
 
@@ -98,7 +98,7 @@ def phantom_template_points(head, seed: int, tumours: bool, brain_voxel_mm: floa
     import numpy as np
     from scipy import ndimage
 
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     coords, affine, _ = phantom_deformation(seed, tumours, brain_voxel_mm)
     index = hp.apply_transform(np.linalg.inv(affine) @ head.world_to_phantom, points)
@@ -133,7 +133,7 @@ def registration_error(head, seed: int, tumours: bool, brain_voxel_mm: float, ra
     (``drawn_vs_true``, ``surface_fit_vs_true``): the definition matters at the target's scale."""
     import numpy as np
 
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     points = hp.surface_points(head.brain_mask, head.affine)
     exact = phantom_template_points(head, seed, tumours, brain_voxel_mm, points)
@@ -162,7 +162,7 @@ def measure(seed: int, methods, settings) -> dict:
     """One raw head through ``preprocess_volume``: Dice per method, registration error, times."""
     import numpy as np
 
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
     from tfvae_datasets.brain_phantom import raw_heads
 
     sitk = hp.require_simpleitk()
@@ -298,8 +298,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="docs/preprocessing.json")
     args = parser.parse_args(argv)
 
-    from tfvae import files
-    from tfvae import head_preprocessing as hp
+    from tfvae.utils import files
+    from tfvae.data import head_preprocessing as hp
 
     settings = hp.Settings(**{"threads": args.threads, **_parse_set(args.set)})
     methods = list(dict.fromkeys([settings.brain_extraction, *args.methods]))

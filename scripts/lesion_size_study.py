@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """What the VAE adds, by lesion size (issue 33): the recommended map against its recipe without a
 model and against the intensity, AUROC and AUPRC in the brain, on the phantom's design and
-held-out sets of small-to-medium and of BraTS-sized tumours (``tfvae.lesion_size_study``).
+held-out sets of small-to-medium and of BraTS-sized tumours (``tfvae.studies.lesion_size_study``).
 
     python scripts/lesion_size_study.py --runs runs/design/s0 runs/design/s1 runs/design/s2 \\
         --dumps runs/study --baselines runs/study_baselines/s0 --report docs/results_phantom.md
 
-The dumps are ``tfvae.threshold_study.dump_maps``'s: the recommended map's as
+The dumps are ``tfvae.studies.threshold_study.dump_maps``'s: the recommended map's as
 ``scripts/threshold_study.py`` writes them (DUMPS/<run>/<set>.npz, DUMPS/heldout/<run>/<set>.npz;
 made when missing here), the baselines' as BASELINES/<set>__<predictor>.npz (made when missing,
 with the first run: they need no model).
@@ -28,7 +28,7 @@ def main(argv=None):
     parser.add_argument("--baselines", required=True, help="folder of the baselines' dumps")
     parser.add_argument("--report", required=True, metavar="MD", help="markdown file the table goes into")
     args = parser.parse_args(argv)
-    from tfvae import lesion_size_study, threshold_study
+    from tfvae.studies import lesion_size_study, threshold_study
 
     for run_dir in args.runs:
         seed = os.path.basename(os.path.normpath(run_dir))

@@ -9,7 +9,7 @@ Writes a raw phantom set of ``--cases`` held-out tumour heads (seeds 9000-, ``--
 ``python -m tfvae_datasets.testing_trees raw_phantom``) into WORK/tree, the phantom-space subject
 behind each head into WORK/phantom, preprocesses the heads once (WORK/preprocessing), and for each
 run localizes (a) the phantom-space volumes and (b) the raw heads with ``--preprocess`` into
-WORK/<run>/ (see ``tfvae/raw_study.py``). Prints a table per run; writes the figures, stamped with
+WORK/<run>/ (see ``tfvae/studies/raw_study.py``). Prints a table per run; writes the figures, stamped with
 the commit, the command, the seeds, the runs and the wall time, to ``--out``. ``--preprocess-set``
 runs the preprocessing (and ``localize --preprocess``) with other settings, into folders named by
 ``--tag``. Run again after a kill: what is done is kept.
@@ -30,8 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WATCHED = ("tfvae/head_preprocessing.py", "tfvae/localization.py", "tfvae/raw_study.py", "tfvae/recommended.py",
-           "tfvae/postprocessing.py", "tfvae/scan_threshold.py", "datasets/testing_trees.py",
+WATCHED = ("tfvae/data/head_preprocessing.py", "tfvae/evaluation/localization.py", "tfvae/studies/raw_study.py", "tfvae/maps/recommended.py",
+           "tfvae/maps/postprocessing.py", "tfvae/thresholds/scan_threshold.py", "datasets/testing_trees.py",
            "datasets/brain_phantom", "scripts/raw_study.py")
 
 
@@ -55,8 +55,9 @@ def main(argv=None) -> int:
     if args.preprocess_set and not args.tag:
         p.error("--preprocess-set needs --tag (its preprocessing goes to folders of its own)")
 
-    from tfvae import head_preprocessing as hp
-    from tfvae import provenance, raw_study
+    from tfvae.data import head_preprocessing as hp
+    from tfvae.utils import provenance
+    from tfvae.studies import raw_study
     from tfvae.commands import localize
 
     overrides = {}
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         "seeds": [c.seed for c in cases], "cases": [c.name for c in cases],
         "runs": [os.path.abspath(r) for r in args.runs], "work": os.path.abspath(args.work),
         "preprocessing": {"tag": args.tag, "overrides": overrides, "settings": json.loads(json.dumps(dataclasses.asdict(hp.Settings()))),
-                          "head_preprocessing_sha256": file_sha256("tfvae/head_preprocessing.py"),
+                          "head_preprocessing_sha256": file_sha256("tfvae/data/head_preprocessing.py"),
                           "outcomes": {k: {"status": o.status, "seconds": round(o.seconds, 1), "reason": o.reason}
                                        for k, o in outcomes.items()}},
         "target": f"|b - a| <= {raw_study.TARGET:g} for AUROC in the brain and Dice@1% (issue 32)",

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Screenshots of a run's TensorBoard dashboards (scalars, HParams, images, text) in headless
-Chromium, to check their layout and to show it in docs/ (see tfvae/screenshots.py).
+Chromium, to check their layout and to show it in docs/ (see tfvae/studies/screenshots.py).
 
     python scripts/tensorboard_screenshots.py --logdir runs --out docs/
 """
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="where tensorboard_<dashboard>.png are written")
     p.add_argument("--wait-ms", type=int, default=20000, help="how long each page may load and draw")
     args = p.parse_args(argv)
-    from tfvae.screenshots import tensorboard_screenshots
+    from tfvae.studies.screenshots import tensorboard_screenshots
 
     try:
         for path in tensorboard_screenshots(args.logdir, args.out, wait_ms=args.wait_ms):

@@ -8,7 +8,7 @@
 The first dumps each run's recommended maps of the design test sets (the phantom's default test split,
 its design sites, ``large_lesions``) and of a lesion-share sweep (healthy subjects of two sites with one
 lesion covering 0-40 % of the brain) into OUT/<run>/ (reused when there); the second compares every
-candidate rule of ``tfvae.threshold_study.CANDIDATES`` on those dumps offline and writes the report
+candidate rule of ``tfvae.studies.threshold_study.CANDIDATES`` on those dumps offline and writes the report
 and its evidence (``docs/threshold_study.json``). The held-out sites (``heldout_*``) are never dumped
 here but with ``--held-out``, once, after the rule was fixed. ``--screening`` dumps small lesions
 (0.5-2 % of the brain) of the design sites' healthy subjects into OUT/screening/ to measure how
@@ -50,7 +50,7 @@ def main(argv=None):
                         "targets (an oracle's Dice bound) on the design and held-out dumps, into this report")
     parser.add_argument("--report", metavar="MD", help="compare the rules on the dumps and write this report")
     args = parser.parse_args(argv)
-    from tfvae import threshold_study
+    from tfvae.studies import threshold_study
 
     if args.held_out and args.screening:
         parser.error("--held-out and --screening: one at a time")

@@ -12,7 +12,7 @@ import tfvae  # noqa: E402,F401  (before any test module imports TensorFlow: its
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A TFDS data_dir holding the built ``brain_phantom/tiny`` dataset."""
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     data.builder({"name": "brain_phantom", "config": "tiny", "data_dir": data_dir, "image_size": 32}) \
@@ -32,7 +32,7 @@ def tiny_overrides(tiny_data_dir):
 def tiny_run(tiny_data_dir, tmp_path_factory):
     """A run directory with a model trained for 2 epochs on the tiny phantom."""
     from tfvae import config as config_lib
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     run = str(tmp_path_factory.mktemp("runs") / "tiny")
     config = config_lib.resolve({"name": "tiny", "model": {"latent_dim": 8, "beta": 1.0}}, [

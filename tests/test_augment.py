@@ -1,4 +1,4 @@
-"""tfvae.augment: deterministic, each transform on/off, rotation and flip orientation, and the
+"""tfvae.data.augment: deterministic, each transform on/off, rotation and flip orientation, and the
 pipeline: only the training split is ever augmented."""
 
 import math
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfvae import augment as A
+from tfvae.data import augment as A
 from tfvae import config as config_lib
-from tfvae import data
-from tfvae.run import Run
+from tfvae.data import pipelines as data
+from tfvae.runs.run import Run
 
 OFF = config_lib.defaults()["augment"]
 ON = {"noise_std": 0.1, "rotation_deg": 20.0, "scale": 0.1, "flip": True, "brightness": 0.2, "contrast": 0.2,

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from tfvae import benchmark, benchmark_peer
+from tfvae.studies import benchmark, benchmark_peer
 from tfvae.commands import benchmark as benchmark_command
-from tfvae.timing import Stages
+from tfvae.utils.timing import Stages
 
 
 def test_without_torch_the_peer_is_skipped_not_an_error(monkeypatch):
@@ -26,7 +26,7 @@ def test_without_torch_the_peer_is_skipped_not_an_error(monkeypatch):
 def test_the_peer_is_the_same_network_and_its_figures_come_back():
     import torch
 
-    from tfvae.model import BetaVAE
+    from tfvae.model.vae import BetaVAE
 
     torch.manual_seed(0)
     peer = benchmark_peer.build(latent=64)
@@ -41,7 +41,7 @@ def test_the_peer_is_the_same_network_and_its_figures_come_back():
     expected_rec = -normal(g, 1.0).log_prob(x).sum(dim=(1, 2, 3))
     np.testing.assert_allclose(kl.detach().numpy(), expected_kl.detach().numpy(), rtol=1e-4)
     np.testing.assert_allclose(rec.detach().numpy(), expected_rec.detach().numpy(), rtol=1e-4)
-    done = subprocess.run([sys.executable, "-m", "tfvae.benchmark_peer", "--batch", "4", "--repeats", "1",
+    done = subprocess.run([sys.executable, "-m", "tfvae.studies.benchmark_peer", "--batch", "4", "--repeats", "1",
                            "--steps", "1", "--projection-steps", "1"], capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout)
     assert all(figures[k] > 0 for k in ("train_slices_per_s", "predictor_maps_slices_per_s",
@@ -72,7 +72,7 @@ def _listing(folder):
 
 def test_the_evaluation_benchmark_times_set_up_and_scoring_and_writes_nothing_in_the_run(tiny_run, tmp_path,
                                                                                           monkeypatch):
-    from tfvae import recommended
+    from tfvae.maps import recommended
 
     copies, select = [], recommended.select
     monkeypatch.setattr(recommended, "select", lambda fn, volumes, n, *a, **k: copies.append(n) or
@@ -98,8 +98,8 @@ def test_the_calibration_inside_the_scoring_is_counted_as_set_up_only(tiny_run, 
     """A clock that moves only while the calibration runs: all of it is set-up, none of it scoring
     (with the ensemble the calibration runs after the ensemble's volumes, without it before any)."""
     from tfvae import config as config_lib
-    from tfvae import evaluation
-    from tfvae.run import Run
+    from tfvae.evaluation import evaluate as evaluation
+    from tfvae.runs.run import Run
 
     run = Run(tiny_run)
     overrides = ["evaluate.write_nifti=false"] + ([f"evaluate.predictors={json.dumps(predictors)}"] if predictors else [])

@@ -9,12 +9,14 @@ import shutil
 import numpy as np
 import pytest
 
-from tfvae import calibration, config as config_lib, data, scan_threshold
-from tfvae.run import Run
+from tfvae import config as config_lib
+from tfvae.thresholds import calibration, scan_threshold
+from tfvae.data import pipelines as data
+from tfvae.runs.run import Run
 
 
 def validation_brain_scores(run, config, predictor):
-    from tfvae.scoring import volumes
+    from tfvae.maps.scoring import volumes
 
     scorer = run.scorer([predictor], config=config)
     out = []
@@ -94,7 +96,7 @@ def test_thresholds_stored_with_the_voxel_counted_filters_are_not_served_to_the_
 def test_a_scan_localized_with_the_voxel_counted_filters_is_made_again_not_skipped(tmp_path):
     """localize skips a done scan whose record's settings are today's: a record written before the recommended
     map's sizes were millimetres (map.recommended.median_size null) differs from today's (median_mm null)."""
-    from tfvae import localization
+    from tfvae.evaluation import localization
 
     scan = tmp_path / "scan.nii.gz"
     scan.write_bytes(b"x")

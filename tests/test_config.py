@@ -150,7 +150,7 @@ def test_a_data_folder_that_is_a_file_is_refused_up_front(tmp_path):
 
 
 def test_an_output_folder_that_is_a_file_is_refused_before_anything(tmp_path):
-    from tfvae import localization
+    from tfvae.evaluation import localization
 
     a_file = tmp_path / "out"
     a_file.write_text("x")
@@ -172,7 +172,7 @@ def test_filters_that_do_not_fit_the_image_size_are_refused_before_a_run_folder_
 
 
 def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
-    from tfvae import tuning
+    from tfvae.runs import tuning
 
     monkeypatch.chdir(tmp_path)  # not the repository: configs/quickstart.json is not here
     for name in ("quickstart", "beta10.json"):
@@ -257,7 +257,7 @@ def test_a_data_folder_below_a_file_is_refused_up_front(tmp_path):
 
 def test_calibrate_name_errors_speak_of_the_flag_on_the_command_line_and_of_the_argument_in_python(tmp_path, capsys):
     from tfvae.commands import calibrate
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     assert calibrate.main(["--run-dir", str(tmp_path / "run"), "--name", "my site", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -266,7 +266,7 @@ def test_calibrate_name_errors_speak_of_the_flag_on_the_command_line_and_of_the_
     with pytest.raises(ConfigError) as e:
         Run(str(tmp_path / "run")).calibrate([str(tmp_path)], name="my site")
     assert str(e.value).startswith("name 'my site': must be a name of letters") and "--" not in str(e.value)
-    from tfvae import console
+    from tfvae.utils import console
 
     assert console.COMMAND_LINE is False  # the command gave the Python voice back when it ended
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from script_loader import ROOT
-from tfvae import console
+from tfvae.utils import console
 
 NOISE = re.compile(r"^[IWE]0000 |absl::InitializeLog|cuInit|oneDNN|cuda drivers|Using custom data configuration|\x1b\[")
 
@@ -189,7 +189,7 @@ def test_a_notebook_is_as_quiet_as_the_scripts(tiny_run):
 
 
 def test_durations_read_as_a_person_would_say_them():
-    from tfvae.callbacks import duration
+    from tfvae.runs.callbacks import duration
 
     assert [duration(s) for s in (0.4, 42, 185, 7620)] == ["0 s", "42 s", "3 min 5 s", "2 h 7 min"]
 
@@ -210,7 +210,7 @@ def test_building_the_phantom_says_so_once_and_nothing_about_downloads(tmp_path)
 
 
 def test_the_tensorboard_screenshots_say_what_is_missing(tmp_path, monkeypatch):
-    from tfvae import screenshots
+    from tfvae.studies import screenshots
 
     with pytest.raises(FileNotFoundError, match="no such TensorBoard log folder"):
         screenshots.tensorboard_screenshots(str(tmp_path / "nowhere"), str(tmp_path / "out"))
@@ -222,7 +222,7 @@ def test_the_tensorboard_screenshots_say_what_is_missing(tmp_path, monkeypatch):
 
 def test_data_never_downloaded_is_said_before_tensorflow_loads_as_the_full_check_says_it(tmp_path, monkeypatch):
     from tfvae import config as config_lib
-    from tfvae import data, data_sources
+    from tfvae.data import pipelines as data, data_sources
 
     empty = str(tmp_path / "tfds")
     env = {k: v for k, v in os.environ.items() if k != data_sources.MANUAL_DIR_ENV}
@@ -242,7 +242,7 @@ def test_data_never_downloaded_is_said_before_tensorflow_loads_as_the_full_check
 def test_the_download_instructions_read_without_importing_are_the_builders(tmp_path):
     import importlib
 
-    from tfvae import data, data_sources
+    from tfvae.data import pipelines as data, data_sources
 
     for name, module in data.BUILDERS.items():
         builder = importlib.import_module(module).Builder

@@ -1,4 +1,4 @@
-"""tfvae.cross_domain (scripts/reproduce_tables.py --cross-domain): the study's report and its
+"""tfvae.studies.cross_domain (scripts/reproduce_tables.py --cross-domain): the study's report and its
 targets on known numbers, and a whole (tiny) study: trained once, evaluated on a shifted site,
 calibrated on its healthy scans, reused when run again, its section replaced in the document."""
 
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tfvae import config as config_lib
-from tfvae import cross_domain
+from tfvae.studies import cross_domain
 
 
 def result(fpr01, fpr05, dice, best, fixed_fpr01=0.05, fixed_dice=0.4, p90=0.02, worst=0.04):

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tfvae import X86
 from tfvae import config as config_lib
-from tfvae import training
+from tfvae.runs import training
 
 SCRIPT = textwrap.dedent("""
     import os, sys
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from tfvae import model as model_lib
+    from tfvae.model import vae as model_lib
 
     # z = mu: the sampled noise would differ between one and two replicas
     model_lib.keras.random.normal = lambda shape, seed=None: tf.zeros(shape)
@@ -67,7 +67,7 @@ def test_mixed_precision_keeps_the_distributions_in_float32():
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:
-        from tfvae.model import BetaVAE
+        from tfvae.model.vae import BetaVAE
 
         model = BetaVAE(image_size=32, latent_dim=4, seed=0)
     finally:
@@ -92,9 +92,9 @@ def test_mixed_precision_without_a_gpu_trains_in_float32(capsys):
 def test_a_mixed_precision_model_makes_its_maps_in_float32():
     """Built (trained) under mixed_float16, the model computes in float16; the scorer rebuilds it in
     float32, so its maps equal those of a float32 model with the same weights."""
-    from tfvae import evaluation
-    from tfvae.model import BetaVAE, in_float32
-    from tfvae.predictors import PixelPredictors
+    from tfvae.evaluation import evaluate as evaluation
+    from tfvae.model.vae import BetaVAE, in_float32
+    from tfvae.maps.predictors import PixelPredictors
 
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("mixed_float16")
@@ -155,7 +155,7 @@ def test_precision_choices(monkeypatch, capsys):
 
 ONEDNN_PROBE = textwrap.dedent("""
     import os
-    from tfvae import training
+    from tfvae.runs import training
     import tensorflow
     print("RESULT", os.environ.get("TF_ENABLE_ONEDNN_OPTS"), training.onednn_enabled(), training.onednn_warning())
 """)
@@ -174,7 +174,7 @@ def test_bfloat16_is_refused_where_onednn_has_no_kernel_for_it():
     # oneDNN limited to AVX2 on an AVX-512 CPU (how an AVX2 machine is emulated): TensorFlow hands
     # bfloat16 to oneDNN, which cannot make the convolution, so mixed_bfloat16 trains in float32 instead
     # of failing mid-run; on a CPU without AVX-512 TensorFlow runs it in Eigen (slowly)
-    probe = ("from tfvae import config, training; c = config.resolve({}, ['train.precision=mixed_bfloat16']); "
+    probe = ("from tfvae import config; from tfvae.runs import training; c = config.resolve({}, ['train.precision=mixed_bfloat16']); "
              "print('RESULT', training.bfloat16_convolutions(), training.resolve_precision(c)[0])")
     environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2",
                "CUDA_VISIBLE_DEVICES": ""}
@@ -235,8 +235,9 @@ def test_every_worker_runs_the_same_create_and_only_the_chief_writes(monkeypatch
     """The README starts the same command on every machine: a non-chief worker's ``Run.create``
     neither fails on the chief's run (made before or after it) nor writes, moves or locks anything;
     what the chief refuses, it refuses too where it can tell (else it would wait for the chief forever)."""
-    from tfvae import rundir, training
-    from tfvae.run import Run, RunDirError
+    from tfvae.utils import rundir
+    from tfvae.runs import training
+    from tfvae.runs.run import Run, RunDirError
 
     config = config_lib.resolve({"name": "mw"}, ["train.distribute=multi_worker"])
     folder = tmp_path / "run"
@@ -317,7 +318,7 @@ WORKER = textwrap.dedent("""
     faulthandler.dump_traceback_later(540, exit=True)  # a hang ends with every thread's stack on stderr
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     import tensorflow as tf
-    from tfvae import model as model_lib
+    from tfvae.model import vae as model_lib
     model_lib.keras.random.normal = lambda shape, seed=None: tf.zeros(shape)  # z = mu on every worker
     # stored order: a distributed dataset's shuffle seeds are not the single process's (measured)
     tf.data.Dataset.shuffle = lambda self, *args, **kwargs: self
@@ -325,8 +326,9 @@ WORKER = textwrap.dedent("""
     # the all-reduce's float rounding of near-zero gradients into whole steps)
     if sys.argv[3:] != ["resume"]:  # (a resume keeps Adam: its slots are built when the state is loaded)
         model_lib.keras.optimizers.Adam = lambda learning_rate: model_lib.keras.optimizers.SGD(learning_rate)
-    from tfvae import config as config_lib, training
-    from tfvae.run import Run
+    from tfvae import config as config_lib
+    from tfvae.runs import training
+    from tfvae.runs.run import Run
     config = config_lib.resolve(json.loads(sys.argv[1]), [])
     # every worker the same, as the README's command (or its --resume)
     Run.create(sys.argv[2], config, resume=sys.argv[3:] == ["resume"]).train(verbose=0)

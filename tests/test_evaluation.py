@@ -11,12 +11,13 @@ import tensorflow as tf
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from script_loader import load_script
-from tfvae import preprocessing, config as config_lib
-from tfvae import data
-from tfvae.ensemble import split_volumes
-from tfvae.evaluation import FAR_MM, far_from_lesions
-from tfvae.predictors import ALL_PREDICTORS
-from tfvae.preprocessing import SliceGeometry
+from tfvae import config as config_lib
+from tfvae.data import preprocessing
+from tfvae.data import pipelines as data
+from tfvae.maps.ensemble import split_volumes
+from tfvae.evaluation.evaluate import FAR_MM, far_from_lesions
+from tfvae.maps.predictors import ALL_PREDICTORS
+from tfvae.data.preprocessing import SliceGeometry
 
 METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05")
 
@@ -118,7 +119,7 @@ def test_figures_and_metrics_reach_the_runs_tensorboard(evaluated):
     metrics under the tags the HParams dashboard lists as metrics (its group: that folder)."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from tfvae.reporting import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag
+    from tfvae.evaluation.reporting import EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, eval_tag
 
     run, results = evaluated
     values = {}
@@ -245,7 +246,7 @@ def test_the_recommended_map_is_first_and_its_settings_come_from_validation(eval
 
 
 def test_ensemble_scores_are_log_odds_that_do_not_saturate_and_take_any_features():
-    from tfvae.ensemble import PredictorEnsemble
+    from tfvae.maps.ensemble import PredictorEnsemble
 
     rng = np.random.default_rng(0)
     label = rng.random((2, 200, 200)) < 0.2
@@ -327,7 +328,7 @@ def test_the_volumes_measured_rates_are_reported_beside_the_pooled_one(evaluated
     fallback column is not empty; results.md and the printed table show the 1% ones."""
     import csv
 
-    from tfvae import reporting
+    from tfvae.evaluation import reporting
 
     run, results = evaluated
     with open(os.path.join(run, "eval", "per_volume.csv")) as f:
@@ -383,9 +384,10 @@ def test_a_fallback_is_counted_and_its_reason_and_missing_estimate_reach_per_vol
     import csv
     import types
 
-    from tfvae import reporting, scan_threshold
-    from tfvae.calibration import FPRS
-    from tfvae.evaluation import Measures, PerVolume
+    from tfvae.evaluation import reporting
+    from tfvae.thresholds import scan_threshold
+    from tfvae.thresholds.calibration import FPRS
+    from tfvae.evaluation.evaluate import Measures, PerVolume
 
     rng = np.random.default_rng(0)
     shape = (4, 16, 16, 1)
@@ -434,7 +436,7 @@ def test_a_fallback_is_counted_and_its_reason_and_missing_estimate_reach_per_vol
 def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated):
     import matplotlib
 
-    from tfvae import reporting
+    from tfvae.evaluation import reporting
 
     run, results = evaluated
     config = config_lib.load(os.path.join(run, "config.json"))
@@ -472,16 +474,16 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
         assert [ax.get_xlabel() for ax in fig.axes if ax.get_label() == "<colorbar>"] == ["intensity, z"]
         matplotlib.pyplot.close(fig)
     del config
-    from tfvae.predictor_names import ALL_PREDICTORS
+    from tfvae.config.predictor_names import ALL_PREDICTORS
 
     assert set(reporting.MAP_UNITS) == set(ALL_PREDICTORS)  # every map has its unit
 
 
 def test_a_second_evaluation_reuses_the_stored_calibration_and_gives_the_same_results(evaluated, tmp_path,
                                                                                        monkeypatch):
-    from tfvae import evaluation
-    from tfvae import recommended as recommended_lib
-    from tfvae.run import Run
+    from tfvae.evaluation import evaluate as evaluation
+    from tfvae.maps import recommended as recommended_lib
+    from tfvae.runs.run import Run
 
     run, results = evaluated
     calls = []
@@ -517,7 +519,7 @@ def test_a_test_split_without_lesions_is_refused_before_scoring(tiny_run, tmp_pa
 
 
 def test_an_evaluation_folder_that_is_a_file_is_refused(tiny_run, tmp_path):
-    from tfvae.run import Run, RunDirError
+    from tfvae.runs.run import Run, RunDirError
 
     a_file = tmp_path / "eval"
     a_file.write_text("mine")
@@ -529,7 +531,7 @@ def test_an_evaluation_folder_that_is_a_file_is_refused(tiny_run, tmp_path):
 def test_a_full_disk_during_an_evaluation_is_one_line_and_nothing_in_place(tiny_run, tmp_path, capsys, monkeypatch):
     import errno
 
-    from tfvae import evaluation
+    from tfvae.evaluation import evaluate as evaluation
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "eval" / "results.json"))
@@ -580,8 +582,8 @@ def test_permuted_test_labels_change_no_setting_and_no_threshold(tiny_run, tmp_p
     threshold and healthy reference come out the same when the test labels are scrambled."""
     import tensorflow as tf
 
-    from tfvae import evaluation
-    from tfvae.run import Run
+    from tfvae.evaluation import evaluate as evaluation
+    from tfvae.runs.run import Run
 
     run = Run(tiny_run)
     config = config_lib.resolve(run.config(), ['evaluate.predictors=["recommended", "intensity_filtered", '
@@ -605,7 +607,7 @@ def test_the_reference_pixel_set_is_whole_slices_but_the_first_and_last(tiny_run
     drops included; recomputed here with nibabel, scipy and sklearn."""
     from scipy import ndimage
 
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
     from tfvae_datasets.brain_phantom import phantom
     from tfvae_datasets.brain_phantom.brain_phantom_dataset_builder import subject_seed
 
@@ -644,8 +646,9 @@ def test_the_set_up_scores_each_healthy_volume_once_and_changes_no_map(tiny_run)
     """Scorer.fit keeps the healthy volumes' network passes for the calibration (none is made
     again); the maps made from them equal a fresh scorer's; a slice's restored residual does not
     depend on the slices it is projected with (what the selection relies on), to 1e-5."""
-    from tfvae import calibration, scoring
-    from tfvae.run import Run
+    from tfvae.thresholds import calibration
+    from tfvae.maps import scoring
+    from tfvae.runs.run import Run
 
     run = Run(tiny_run)
     config = run.config()
@@ -673,7 +676,7 @@ def test_the_set_up_scores_each_healthy_volume_once_and_changes_no_map(tiny_run)
 
 
 def test_every_stage_of_the_set_up_is_announced_with_its_progress(tiny_run, tmp_path, capsys):
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     Run(tiny_run).evaluate(out_dir=str(tmp_path / "eval"), overrides=["recommended.synthetic_copies=2"])
     lines = capsys.readouterr().out.splitlines()
@@ -686,7 +689,7 @@ def test_every_stage_of_the_set_up_is_announced_with_its_progress(tiny_run, tmp_
     where = [next(i for i, line in enumerate(lines) if line.startswith(stage)) for stage in stages]
     assert where == sorted(where) and continued > where[-1], lines
     assert lines[where[0] + 1].split()[1] == "slices"  # the count once the stage is done (a log, not a terminal)
-    from tfvae import scoring
+    from tfvae.maps import scoring
 
     volumes = len(list(scoring.as_volumes(Run(tiny_run).healthy_split())))
     assert lines[where[1] + 1].startswith(f"{2 * volumes}/{2 * volumes} ")  # 2 synthetic lesions per volume
@@ -706,7 +709,7 @@ def test_nifti_maps_are_those_asked_for_and_the_disk_use_is_said(tiny_run, tmp_p
     assert last == f"results, maps and figures: {out} ({size / 1e6:.0f} MB in {files} files)"
     assert printed.count("results, maps and figures:") == 1  # after the table only
     # from Python, the same line ends Run.evaluate
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     Run(tiny_run).evaluate(out_dir=str(tmp_path / "py"), overrides=['evaluate.predictors=["intensity"]'])
     said = capsys.readouterr().out.strip().splitlines()[-1]
@@ -716,7 +719,7 @@ def test_nifti_maps_are_those_asked_for_and_the_disk_use_is_said(tiny_run, tmp_p
 
 
 def test_the_nifti_maps_asked_for_are_chosen_once_for_every_volume(tmp_path):
-    from tfvae.evaluation import NiftiMaps
+    from tfvae.evaluation.evaluate import NiftiMaps
 
     asked = NiftiMaps(str(tmp_path), ["ensemble"], scored=["rec_error", "ensemble", "intensity"])
     assert asked.wanted("ensemble") and not asked.wanted("rec_error")  # also on the ensemble's fit volumes
@@ -735,7 +738,7 @@ def test_far_from_lesions_counts_millimetres_per_axis():
     assert not far[2, 1, 4] and far[2, 0, 4]  # 6 mm and 8 mm along the rows
     assert not far[2, 4, 0] and not far[2, 4, 8]  # 4 mm along the columns
     assert far_from_lesions(np.zeros((2, 3, 3)), (1.0, 1.0, 1.0)).all()  # no lesion: everything is far
-    from tfvae import reporting
+    from tfvae.evaluation import reporting
     assert f"more than {FAR_MM:g} mm from any lesion" in reporting.legend()  # the printed legend says the same
 
 
@@ -749,8 +752,8 @@ def _copy_of(tiny_run, tmp_path):
 
 
 def test_a_refused_evaluation_removes_its_own_partial_folder_so_the_next_one_runs(tiny_run, tmp_path):
-    from tfvae.calibration import CalibrationError
-    from tfvae.run import Run
+    from tfvae.thresholds.calibration import CalibrationError
+    from tfvae.runs.run import Run
 
     run = Run(_copy_of(tiny_run, tmp_path))
     out = str(tmp_path / "eval")
@@ -762,7 +765,7 @@ def test_a_refused_evaluation_removes_its_own_partial_folder_so_the_next_one_run
 
 
 def test_ctrl_c_during_an_evaluation_is_one_line_and_leaves_nothing(tiny_run, tmp_path, capsys, monkeypatch):
-    from tfvae import evaluation
+    from tfvae.evaluation import evaluate as evaluation
 
     real = evaluation.evaluate_run
 
@@ -786,7 +789,7 @@ def test_a_full_disk_reported_without_a_file_name_names_the_evaluation(tiny_run,
     (field report: ``error: : No space left on device``)."""
     import errno
 
-    from tfvae import evaluation
+    from tfvae.evaluation import evaluate as evaluation
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -801,7 +804,7 @@ def test_a_full_disk_reported_without_a_file_name_names_the_evaluation(tiny_run,
 
 
 def test_a_damaged_thresholds_file_is_one_line_naming_it(tiny_run, tmp_path, capsys):
-    from tfvae.calibration import CalibrationError, ThresholdStore
+    from tfvae.thresholds.calibration import CalibrationError, ThresholdStore
 
     run_dir = _copy_of(tiny_run, tmp_path)
     path = os.path.join(run_dir, "thresholds.json")
@@ -821,7 +824,7 @@ def test_a_damaged_thresholds_file_is_one_line_naming_it(tiny_run, tmp_path, cap
 
 
 def test_an_existing_evaluation_is_refused_in_the_callers_own_terms(evaluated, capsys):
-    from tfvae.run import Run, RunDirError
+    from tfvae.runs.run import Run, RunDirError
 
     run, _ = evaluated
     with pytest.raises(RunDirError) as e:
@@ -853,8 +856,8 @@ def test_a_test_split_of_one_volume_is_evaluated_without_the_ensemble(tiny_run, 
 
 
 def test_excluded_volumes_must_be_the_splits_and_leave_a_lesion(tiny_run, tmp_path):
-    from tfvae import data
-    from tfvae.run import Run
+    from tfvae.data import pipelines as data
+    from tfvae.runs.run import Run
 
     run = Run(tiny_run)
     config = run.config()

@@ -5,14 +5,14 @@ import os
 import numpy as np
 
 from script_loader import load_script
-from tfvae.predictors import PixelPredictors
-from tfvae.run import Run
+from tfvae.maps.predictors import PixelPredictors
+from tfvae.runs.run import Run
 
 export_script = load_script("export")
 
 
 def test_the_saved_model_serves_the_librarys_maps(tiny_run, tmp_path, capsys):
-    from tfvae import export
+    from tfvae.runs import export
 
     out = str(tmp_path / "saved")
     assert export_script.main(["--run-dir", tiny_run, "--out", out]) == 0

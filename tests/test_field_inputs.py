@@ -1,5 +1,5 @@
 """Scans as researchers' tools write them (issue 31's field cases 19-25, each a kind of input, rebuilt
-here as small generated files): read right through the one reader (``tfvae.nifti.load_volume``,
+here as small generated files): read right through the one reader (``tfvae.data.nifti.load_volume``,
 then ``preprocessing.volume_to_slices``), or refused in one line that names the file, what is
 wrong and what to do. What the reader says goes to ``notes`` (localize's warnings) or, for the
 dataset builders, to the ``tfvae`` logger."""
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tfvae import nifti, preprocessing
-from tfvae.nifti import BadInputError, UnknownOrientationError, load_volume
+from tfvae.data import nifti, preprocessing
+from tfvae.data.nifti import BadInputError, UnknownOrientationError, load_volume
 from tfvae_datasets.brain_phantom import phantom
 
 

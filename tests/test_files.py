@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tfvae import files
+from tfvae.utils import files
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):

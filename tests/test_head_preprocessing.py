@@ -1,4 +1,4 @@
-"""Tests of tfvae.head_preprocessing on small coarse raw phantom heads (4 mm voxels, a 4 mm template).
+"""Tests of tfvae.data.head_preprocessing on small coarse raw phantom heads (4 mm voxels, a 4 mm template).
 
 Bounds: measured on seeds 0-2 at these settings, atlas masks had Dice 0.93-0.97 against the truth
 in the raw grid (at 2 mm atlas_threshold, the default, 0.94-0.96; docs/preprocessing.md has the 1 mm
@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-from tfvae import head_preprocessing as hp  # noqa: E402
-from tfvae import nifti  # noqa: E402
+from tfvae.data import head_preprocessing as hp  # noqa: E402
+from tfvae.data import nifti  # noqa: E402
 from tfvae_datasets.brain_phantom import raw_heads  # noqa: E402
 
 COARSE = dict(brain_voxel_mm=4.0, voxel_mm=(4.0, 4.0, 4.8))

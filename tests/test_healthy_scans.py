@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from script_loader import load_script
-from tfvae import calibration, data, healthy_scans
-from tfvae.run import Run
+from tfvae.thresholds import calibration, healthy_scans
+from tfvae.data import pipelines as data
+from tfvae.runs.run import Run
 from tfvae_datasets.brain_phantom import brain_phantom_dataset_builder as builder_lib
 from tfvae_datasets.brain_phantom import phantom
 
@@ -122,8 +123,8 @@ def test_a_lesion_map_in_a_healthy_folder_is_refused_whatever_its_name(tmp_path)
     """Review of issue 31: a binary lesion map named like a scan (wmh.nii.gz, tumor.nii.gz) in a
     healthy folder was calibrated on; by its content (a few integer values) it is one line. And
     FreeSurfer's aparc+aseg is named as a label map (its '+' split the words)."""
-    from tfvae import labelmaps
-    from tfvae.nifti import BadInputError
+    from tfvae.data import labelmaps
+    from tfvae.data.nifti import BadInputError
     from tfvae_datasets.brain_phantom import brain_phantom_dataset_builder as builder_lib
 
     subject = phantom.synthesize_subject(3, tumours=True, voxel_mm=4.0)

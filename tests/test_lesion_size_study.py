@@ -1,10 +1,10 @@
-"""What the VAE adds by lesion size (tfvae.lesion_size_study): its figures against sklearn on dumps
+"""What the VAE adds by lesion size (tfvae.studies.lesion_size_study): its figures against sklearn on dumps
 written as threshold_study writes them, and its table against those figures."""
 
 import numpy as np
 import pytest
 
-from tfvae import lesion_size_study, threshold_study
+from tfvae.studies import lesion_size_study, threshold_study
 from tests.test_threshold_study import write_dump
 
 

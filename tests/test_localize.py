@@ -10,8 +10,8 @@ import pytest
 
 from script_loader import load_script
 from tfvae_datasets.brain_phantom import phantom
-from tfvae import localization
-from tfvae.localization import modality_from_name
+from tfvae.evaluation import localization
+from tfvae.evaluation.localization import modality_from_name
 
 localize_script = load_script("localize")
 
@@ -58,7 +58,7 @@ def test_maps_keep_the_scans_grid_and_find_the_tumour(tiny_run, lps_scan, tmp_pa
     # label-free estimates, as the scan's ScanThreshold gives them (localized again from Python)
     assert rows[0]["threshold_mode"] == "per_scan"
     assert float(rows[0]["threshold"]) != float(rows[0]["calibrated_threshold"])
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     chosen = Run(tiny_run).localize(path, predictor="rec_error", fpr=0.05).scan_threshold
     assert not chosen.fallback and float(rows[0]["threshold"]) == pytest.approx(chosen.threshold, rel=1e-5)
@@ -111,7 +111,7 @@ def test_a_flair_scan_is_warned_about_whatever_its_name(tiny_run, tmp_path):
     """Field case 24: FLAIR scans named ``AX_FLAIR_T2`` or ``t2_tirm_tra_dark-fluid`` were scored
     by a T2 run without a word (only names ending in ``flair`` were read). The reader now judges the
     name and the fluid's brightness against the run's modality: each gets one warning, in the summary."""
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     subject = phantom.synthesize_subject(9, tumours=False, voxel_mm=2.0)
     brain = subject.image > 0
@@ -148,7 +148,7 @@ def test_outputs_never_land_among_inputs_and_are_never_read_as_scans(tiny_run, l
     shutil.copy(path, mixed / "patient_t2.nii.gz")
     for name in os.listdir(out):
         shutil.copy(os.path.join(out, name), mixed / name)
-    from tfvae.localization import scan_files
+    from tfvae.evaluation.localization import scan_files
     from tfvae_datasets.nifti_folder.nifti_folder_dataset_builder import find_scans
     from etils import epath
 
@@ -345,7 +345,7 @@ def test_one_failing_scan_does_not_stop_the_others_and_a_rerun_completes_the_res
 def test_a_run_in_use_is_refused_naming_the_holder(tiny_run, tmp_path, capsys):
     import multiprocessing
 
-    from tfvae import rundir
+    from tfvae.utils import rundir
 
     ready, done = multiprocessing.Event(), multiprocessing.Event()
 
@@ -377,7 +377,7 @@ def test_the_overlay_shows_lesions_at_a_glance():
     white, and more opaque where the score is higher."""
     import matplotlib
 
-    from tfvae import reporting
+    from tfvae.evaluation import reporting
 
     rng = np.random.default_rng(0)
     image = np.zeros((20, 20, 10), np.float32)
@@ -416,7 +416,7 @@ def test_summary_says_a_fallback_with_its_reason_and_leaves_what_was_not_estimat
     empty -- not "nan"; a scan that was fitted has them, its lesion share included."""
     from scipy import stats
 
-    from tfvae import scan_threshold
+    from tfvae.thresholds import scan_threshold
 
     reference = scan_threshold.HealthyReference({f: float(stats.norm.isf(f)) for f in scan_threshold.REFERENCE_FPRS})
     rng = np.random.default_rng(3)
@@ -451,7 +451,7 @@ def test_label_maps_are_never_localized_as_scans(tiny_run, lps_scan, tmp_path, c
     """Issue 31: nnU-Net's labelsTr/, MSLUB's consensus_gt and a segmentation under a scan's name
     were scored as scans. Named as label maps they are skipped in a folder (a folder of only them,
     or a labelsTr/ folder, is one line); a label map by its content is refused whatever its name."""
-    from tfvae.localization import scan_files
+    from tfvae.evaluation.localization import scan_files
 
     path, label, affine = lps_scan
     scans = tmp_path / "case"

@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from script_loader import load_script  # noqa: E402
-from tfvae import head_preprocessing as hp  # noqa: E402
-from tfvae import localization  # noqa: E402
+from tfvae.data import head_preprocessing as hp  # noqa: E402
+from tfvae.evaluation import localization  # noqa: E402
 from tfvae_datasets.brain_phantom import raw_heads  # noqa: E402
 
 localize_script = load_script("localize")
@@ -121,7 +121,7 @@ def test_maps_in_the_raw_grid_inside_the_brain_and_resumed(coarse, tiny_run, raw
     np.testing.assert_array_equal(np.asarray(nib.load(outputs["_tfvae_mask.nii.gz"]).dataobj) > 0, mask)
 
     # from Python: the same maps, the preprocessing reused from that folder
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     found = Run(tiny_run).localize(path, predictor="rec_error", fpr=0.05, preprocess=True, preprocess_dir=out)
     assert found.preprocessing["reused"] and found.score.shape == raw.shape
@@ -150,7 +150,7 @@ def test_preprocess_without_the_extra_or_with_a_mask_is_one_line(monkeypatch, ti
 
 def test_the_preprocess_setting_of_an_older_record_is_off(tiny_run, raw_scan):
     """A record written before --preprocess existed holds no such setting: it was made without."""
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     run = Run(tiny_run)
     off = localization.batch_settings(run, run.config(), predictor="rec_error", fpr=0.05, checkpoint="final",

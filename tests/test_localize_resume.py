@@ -19,7 +19,7 @@ import pytest
 
 from script_loader import ROOT, load_script
 from test_localize import Page
-from tfvae import localization
+from tfvae.evaluation import localization
 from tfvae_datasets.brain_phantom import phantom
 
 localize_script = load_script("localize")
@@ -64,7 +64,7 @@ def test_a_rerun_skips_scans_done_with_the_same_settings_and_refuses_other_setti
     capsys.readouterr()
     # each scan's record: the settings its outputs were made with, its inputs' digests, its summary row
     record = json.load(open(os.path.join(out, "p41_t2" + localization.RECORD)))
-    from tfvae.calibration import file_digest
+    from tfvae.thresholds.calibration import file_digest
 
     assert record["settings"]["predictor"] == "rec_error" and record["settings"]["fpr"] == 0.01
     assert record["settings"]["run"] == os.path.abspath(tiny_run) and record["settings"]["checkpoint"] == "final"
@@ -292,7 +292,7 @@ def test_the_brain_mask_beside_a_raw_head_is_used_for_a_file_or_a_folder_and_nev
         tiny_run, tmp_path, capsys):
     from test_nifti_inputs import ixi_like_head
 
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     head, brain, affine = ixi_like_head(202)
     folder = tmp_path / "heads"
@@ -333,7 +333,7 @@ def test_a_run_moved_without_its_training_data_localizes_from_its_folder_alone(t
     """Field case 26: a run trained on a nifti_folder, copied to another machine where neither the
     scans it was trained on nor their TFDS build are."""
     from tfvae import config as config_lib
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     cluster = tmp_path / "cluster"
     for seed in range(3):

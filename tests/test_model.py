@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae import networks
-from tfvae.model import BetaVAE
+from tfvae.model import networks
+from tfvae.model.vae import BetaVAE
 
 
 def tiny_model(beta=2.0, image_size=32, latent_dim=6, seed=3):

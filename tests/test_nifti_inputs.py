@@ -1,4 +1,4 @@
-"""Reading users' NIfTI files (tfvae.nifti): the situations researchers meet with real data, each a
+"""Reading users' NIfTI files (tfvae.data.nifti): the situations researchers meet with real data, each a
 small generated file, each refused (or accepted) with one line naming the file and what to do."""
 
 import gzip
@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tfvae import nifti
-from tfvae.nifti import BadInputError, UnknownOrientationError, load_volume
+from tfvae.data import nifti
+from tfvae.data.nifti import BadInputError, UnknownOrientationError, load_volume
 
 
 def save(tmp_path, name, data, affine=None, codes=(1, 1)):
@@ -128,7 +128,7 @@ def ixi_like_head(seed=200, voxel_mm=4.0):
 
 
 def test_a_head_that_was_not_skull_stripped_is_refused_with_the_remedy():
-    from tfvae import preprocessing
+    from tfvae.data import preprocessing
 
     head, brain, affine = ixi_like_head()
     with pytest.raises(preprocessing.PreprocessingError) as e:
@@ -154,7 +154,7 @@ def junk_beside(folder, scan_name):
 def test_one_filter_serves_localize_and_every_builder(tmp_path):
     from etils import epath
 
-    from tfvae.scans import scan_files
+    from tfvae.data.scans import scan_files
     from tfvae_datasets.brats import brats_dataset_builder
     from tfvae_datasets.nifti_folder import nifti_folder_dataset_builder
 
@@ -178,7 +178,7 @@ def test_one_filter_serves_localize_and_every_builder(tmp_path):
 
 
 def test_a_folder_of_dicom_files_is_named_with_how_to_convert(tmp_path):
-    from tfvae.scans import scan_files
+    from tfvae.data.scans import scan_files
 
     series = tmp_path / "series"
     series.mkdir()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tfvae import metrics, postprocessing
+from tfvae import metrics
+from tfvae.maps import postprocessing
 
 OFF = {"erode_brain": 0, "median_size": 0, "min_component_voxels": 0, "positive_only": False}
 

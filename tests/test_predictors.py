@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfvae.model import BetaVAE
-from tfvae.predictors import PixelPredictors, min_max, reference_kernel, smooth, smooth_reference
-from tfvae.projection import CompiledProjection, energy, project
+from tfvae.model.vae import BetaVAE
+from tfvae.maps.predictors import PixelPredictors, min_max, reference_kernel, smooth, smooth_reference
+from tfvae.maps.projection import CompiledProjection, energy, project
 
 BETA = 3.0
 
@@ -194,7 +194,7 @@ def test_compiled_and_eager_projection_agree(model, x):
 
 def test_the_scorer_computes_only_what_is_asked(model, x, monkeypatch):
     from tfvae import config as config_lib
-    from tfvae.scoring import Scorer
+    from tfvae.maps.scoring import Scorer
 
     config = config_lib.resolve({}, ["data.image_size=8"])
     calls = {"gradients": 0}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tfvae import preprocessing as prep
-from tfvae.preprocessing import PreprocessingError
+from tfvae.data import preprocessing as prep
+from tfvae.data.preprocessing import PreprocessingError
 
 SHAPE = (60, 70, 50)
 

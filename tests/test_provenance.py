@@ -1,8 +1,8 @@
-"""The stamp of evidence files (tfvae.provenance) against git itself."""
+"""The stamp of evidence files (tfvae.utils.provenance) against git itself."""
 
 import subprocess
 
-from tfvae import provenance
+from tfvae.utils import provenance
 
 
 def test_git_state_is_gits_and_none_outside_a_checkout(tmp_path, monkeypatch):

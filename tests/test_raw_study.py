@@ -1,4 +1,4 @@
-"""scripts/raw_study.py's library (tfvae/raw_study.py) end to end on one coarse raw phantom head
+"""scripts/raw_study.py's library (tfvae/studies/raw_study.py) end to end on one coarse raw phantom head
 (4 mm, the preprocessing at 4 mm as tests/test_localize_preprocess.py) with the tiny run, and its
 figures on arrays whose answers are known."""
 
@@ -10,8 +10,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tfvae import head_preprocessing as hp  # noqa: E402
-from tfvae import raw_study  # noqa: E402
+from tfvae.data import head_preprocessing as hp  # noqa: E402
+from tfvae.studies import raw_study  # noqa: E402
 from tfvae.commands import localize  # noqa: E402
 from tests.test_localize_preprocess import CoarseSettings  # noqa: E402  (what --preprocess runs in those tests)
 

@@ -8,7 +8,7 @@ import pytest
 
 from script_loader import ROOT, load_script
 from tfvae import config as config_lib
-from tfvae import data
+from tfvae.data import pipelines as data
 from tfvae_datasets import real_data
 from tfvae_datasets import testing_trees as tt
 

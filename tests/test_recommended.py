@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from tfvae import recommended as R
+from tfvae.maps import recommended as R
 
 
 def brute_median(volume, k):

@@ -8,9 +8,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from tfvae import preprocessing, reference_labels
-from tfvae.evaluation import ReferencePixels
-from tfvae.scoring import Volume
+from tfvae.data import preprocessing, reference_labels
+from tfvae.evaluation.evaluate import ReferencePixels
+from tfvae.maps.scoring import Volume
 
 SIZE, SKIP = 32, 2
 AFFINE = np.array([[-2.0, 0, 0, 90], [0, -2.0, 0, 100], [0, 0, 2.0, -40], [0, 0, 0, 1]])  # stored LPS, 2 mm

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from script_loader import load_script  # noqa: E402
-from tfvae import head_preprocessing as hp  # noqa: E402
+from tfvae.data import head_preprocessing as hp  # noqa: E402
 from tfvae_datasets.brain_phantom import phantom, raw_heads  # noqa: E402
 
 COARSE = dict(brain_voxel_mm=4.0, voxel_mm=(4.0, 4.0, 4.8))

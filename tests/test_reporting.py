@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from tfvae import preprocessing
-from tfvae.reporting import FigureSlices
-from tfvae.scoring import Volume
+from tfvae.data import preprocessing
+from tfvae.evaluation.reporting import FigureSlices
+from tfvae.maps.scoring import Volume
 
 
 def test_no_figure_asked_keeps_no_slice_and_does_not_fail():

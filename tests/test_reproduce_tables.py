@@ -1,4 +1,4 @@
-"""tfvae.reproduce (and scripts/reproduce_tables.py): the paper's numbers, plans, the tables over
+"""tfvae.studies.reproduce (and scripts/reproduce_tables.py): the paper's numbers, plans, the tables over
 seeds, findings judged on paired differences, reuse of runs and evaluations, refusal of runs trained
 with other settings, and a whole reproduction on the tiny phantom."""
 
@@ -10,8 +10,8 @@ import pytest
 
 from script_loader import ROOT, load_script
 from tfvae import config as config_lib
-from tfvae import paper
-from tfvae import reproduce as rp
+from tfvae.studies import paper
+from tfvae.studies import reproduce as rp
 
 rt = load_script("reproduce_tables")
 

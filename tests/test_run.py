@@ -7,8 +7,8 @@ import pytest
 
 from script_loader import ROOT, load_script
 from tfvae import config as config_lib
-from tfvae import rundir
-from tfvae.run import MARKER_FILE, Run, RunDirError, is_ours, sibling
+from tfvae.utils import rundir
+from tfvae.runs.run import MARKER_FILE, Run, RunDirError, is_ours, sibling
 
 BETA10 = os.path.join(ROOT, "configs", "beta10.json")
 train_script = load_script("train")
@@ -50,7 +50,7 @@ def test_overwrite_checks_first_and_puts_the_old_run_back_when_the_new_one_fails
 
 def test_an_interrupted_overwrite_keeps_the_original_run_through_the_next_overwrite(tmp_path, tiny_overrides,
                                                                                     monkeypatch):
-    from tfvae import training
+    from tfvae.runs import training
 
     run_dir = str(tmp_path / "R")
     Run.create(run_dir, config_lib.load(BETA10, tiny_overrides))
@@ -93,7 +93,7 @@ def test_an_interrupted_overwrite_keeps_the_original_run_through_the_next_overwr
 
 
 def test_an_overwrite_whose_cleanup_was_cut_short_keeps_the_finished_run(tmp_path, tiny_overrides, monkeypatch):
-    from tfvae import training
+    from tfvae.runs import training
 
     run_dir = str(tmp_path / "R")
     Run.create(run_dir, config_lib.load(BETA10, tiny_overrides))
@@ -103,7 +103,7 @@ def test_an_overwrite_whose_cleanup_was_cut_short_keeps_the_finished_run(tmp_pat
         open(os.path.join(run_dir, "model.keras"), "w").write("the finished model")
 
     monkeypatch.setattr(training, "train", finished)
-    import tfvae.run as run_module
+    import tfvae.runs.run as run_module
 
     monkeypatch.setattr(run_module, "remove_ours", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):  # killed while deleting the replaced run
@@ -150,7 +150,7 @@ class Killed(BaseException):
 def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatch):
     import shutil
 
-    from tfvae import evaluation
+    from tfvae.evaluation import evaluate as evaluation
 
     run_dir = str(tmp_path / "R")
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*"))
@@ -200,7 +200,7 @@ def test_evaluations_are_swapped_in_whole(tiny_run, tmp_path, capsys, monkeypatc
         return set(json.loads(open(os.path.join(folder, "results.json")).read()))
 
     aside = sibling(run.eval_dir, "replaced")
-    import tfvae.run as run_module
+    import tfvae.runs.run as run_module
 
     # killed between the two renames of the swap: the previous evaluation is aside, none in place
     real_rename = os.rename
@@ -245,8 +245,8 @@ def test_a_model_of_another_architecture_dropped_into_a_run_is_refused(tiny_run,
 
     import numpy as np
 
-    from tfvae import callbacks
-    from tfvae.model import BetaVAE
+    from tfvae.runs import callbacks
+    from tfvae.model.vae import BetaVAE
 
     run_dir = str(tmp_path / "R")
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("eval*", "thresholds.json"))

@@ -1,4 +1,4 @@
-"""tfvae.rundir: the run directory as one layer (no job imported), and its lock: one job at a time,
+"""tfvae.utils.rundir: the run directory as one layer (no job imported), and its lock: one job at a time,
 the holder named, a dead holder's lock free, reentrant within a process."""
 
 import ast
@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from tfvae import rundir
+from tfvae.utils import rundir
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "tfvae")
 
@@ -81,7 +81,7 @@ def test_the_run_directory_layer_imports_no_job():
     tree = ast.parse(open(os.path.join(ROOT, "rundir.py")).read())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert {m for m in imported if m.startswith("tfvae")} == {"tfvae"}  # tfvae.files only
+    assert {m for m in imported if m.startswith("tfvae")} == {"tfvae"}  # tfvae.utils.files only
     for job in ("training", "evaluation", "export", "reporting"):  # they import the layer, not Run
         source = open(os.path.join(ROOT, f"{job}.py")).read()
         assert not re.search(r"from tfvae\.run import|from tfvae import (\w+, )*run\b|import tfvae\.run\b", source), job

@@ -1,4 +1,4 @@
-"""Per-scan thresholds (tfvae.scan_threshold) against closed forms and direct counts."""
+"""Per-scan thresholds (tfvae.thresholds.scan_threshold) against closed forms and direct counts."""
 
 import math
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tfvae import metrics, scan_threshold
-from tfvae.scan_threshold import HALO_SHARE, REFERENCE_FPRS, HealthyReference, for_scan
+from tfvae import metrics
+from tfvae.thresholds import scan_threshold
+from tfvae.thresholds.scan_threshold import HALO_SHARE, REFERENCE_FPRS, HealthyReference, for_scan
 
 
 def reference_of(samples) -> HealthyReference:

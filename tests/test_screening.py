@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from script_loader import load_script
-from tfvae import calibration, healthy_scans
-from tfvae.run import Run
+from tfvae.thresholds import calibration, healthy_scans
+from tfvae.runs.run import Run
 from tfvae_datasets.brain_phantom import phantom
 
 calibrate_script = load_script("calibrate")
@@ -149,8 +149,8 @@ def test_a_shifted_and_scaled_scan_flags_the_rate_and_an_excess_tail_is_left_out
 
 
 def test_another_voxel_size_or_contrast_is_warned_about():
-    from tfvae.preprocessing import SliceGeometry
-    from tfvae.scoring import Volume
+    from tfvae.data.preprocessing import SliceGeometry
+    from tfvae.maps.scoring import Volume
 
     rng = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""The per-scan threshold's design study (tfvae.threshold_study): its measures against direct counts,
+"""The per-scan threshold's design study (tfvae.studies.threshold_study): its measures against direct counts,
 its sweep volumes against the phantom, its report against its evidence."""
 
 import json
@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from tfvae import scan_threshold, threshold_study
+from tfvae.thresholds import scan_threshold
+from tfvae.studies import threshold_study
 
 
 def write_dump(path, volumes, reference):

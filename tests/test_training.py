@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 
 from script_loader import ROOT, load_script
-from tfvae import callbacks as tfvae_callbacks
+from tfvae.runs import callbacks as tfvae_callbacks
 from tfvae import config as config_lib
-from tfvae import training
-from tfvae.run import MODEL_FILES, Run
-from tfvae.model import BetaVAE
+from tfvae.runs import training
+from tfvae.runs.run import MODEL_FILES, Run
+from tfvae.model.vae import BetaVAE
 
 BETA10 = os.path.join(ROOT, "configs", "beta10.json")
 
@@ -84,7 +84,7 @@ def test_train_writes_a_complete_run_directory(tmp_path, tiny_overrides, capsys)
 
 
 def test_an_epoch_line_fits_80_columns_whatever_the_values():
-    from tfvae.callbacks import epoch_line
+    from tfvae.runs.callbacks import epoch_line
 
     logs = {"loss": 123456.789, "val_loss": 234567.891, "kl": 1234.5678, "val_kl": 2345.6789,
             "rec": 122222.22, "val_rec": 233333.33, "rec_sq": 5.0}
@@ -194,7 +194,7 @@ def test_patience_stops_at_the_plateau_and_keeps_the_best_epoch(tiny_overrides, 
 
 
 def test_clip_limits_every_split_and_is_off_by_default(tiny_data_dir):
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     config = config_lib.resolve({}, ["data.config=tiny", "data.image_size=32", f"data.data_dir={tiny_data_dir}"])
     plain = np.concatenate([ex["image"] for ex in data.load_split(config["data"], "test").as_numpy_iterator()])
@@ -306,7 +306,7 @@ def test_a_full_disk_while_training_is_one_line_and_the_run_resumes(tmp_path, ti
 
 
 def test_hparams_hold_the_key_settings_then_the_keys_a_search_varies():
-    from tfvae.callbacks import KEY_HPARAMS, run_hparams
+    from tfvae.runs.callbacks import KEY_HPARAMS, run_hparams
 
     config = config_lib.resolve({}, ["train.batch_size=32", "augment.flip=true"])
     plain = run_hparams(config)
@@ -393,7 +393,7 @@ def test_resume_weights_cut_short_fall_back_to_the_last_checkpoint(tmp_path, tin
 def test_the_bar_on_a_terminal_is_one_line_rewritten_in_80_columns(monkeypatch):
     import io
 
-    from tfvae import callbacks
+    from tfvae.runs import callbacks
 
     clock = iter(range(0, 1000, 1))
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: float(next(clock)))

@@ -16,7 +16,7 @@ import pytest
 
 from script_loader import ROOT, load_script
 from tfvae import config as config_lib
-from tfvae import tuning
+from tfvae.runs import tuning
 
 
 def tiny_search(tmp_path, data_dir, **extra):
@@ -121,7 +121,7 @@ def test_search_schema_is_config_fields_with_the_documented_defaults(tmp_path):
 
 
 def test_public_keras_tuner_api_only():
-    for path in ("tfvae/tuning.py", "scripts/tune.py"):
+    for path in ("tfvae/runs/tuning.py", "scripts/tune.py"):
         with open(os.path.join(ROOT, path)) as f:
             assert "keras_tuner.src" not in f.read(), path
 
@@ -227,7 +227,7 @@ def _linear_gaussian_vae(size=8, latent=4, slices=4, beta=1.0, seed=0):
     model, the slices (slices, S, S, 1) and W, b, mu, sigma (float64)."""
     import keras
 
-    from tfvae.model import BetaVAE
+    from tfvae.model.vae import BetaVAE
 
     rng = np.random.default_rng(seed)
     d = size * size
@@ -302,7 +302,7 @@ def test_negative_elbo_of_the_model_at_vanishing_sigma_is_lrec_at_mu_plus_kl():
     whatever beta; one draw has no standard error; fewer than one is refused."""
     import tensorflow as tf
 
-    from tfvae.model import BetaVAE
+    from tfvae.model.vae import BetaVAE
 
     images = np.random.default_rng(0).normal(size=(6, 16, 16, 1)).astype("float32")
     examples = tf.data.Dataset.from_tensor_slices({"image": images})
@@ -356,8 +356,10 @@ def test_the_auroc_objective_holds_test_volumes_apart_unless_told_to_read_the_te
     untrained model is scored); the real searches are the slow tests below."""
     import types
 
-    from tfvae import data, evaluation, training
-    from tfvae.run import Run
+    from tfvae.data import pipelines as data
+    from tfvae.evaluation import evaluate as evaluation
+    from tfvae.runs import training
+    from tfvae.runs.run import Run
 
     def train(config, run_dir, extra_callbacks=(), model=None, **kwargs):  # one epoch's history, then the callbacks
         with open(Run(run_dir).history_path, "w") as f:
@@ -387,7 +389,7 @@ def test_the_auroc_objective_holds_test_volumes_apart_unless_told_to_read_the_te
         assert scored == tuning.held_apart_volumes(test_ids, 1, search.base["seed"])
         assert config["evaluate"]["exclude_volumes"] == scored
         assert evaluated == test_ids - set(scored) and evaluated  # evaluation never sees the objective's volumes
-        from tfvae import reporting
+        from tfvae.evaluation import reporting
 
         assert "test without 1 volume(s) held apart for tuning" in reporting.title(config)
     else:
@@ -425,7 +427,7 @@ def _events_contain(folder, needle: bytes) -> bool:
 # --- searches on the tiny phantom ----------------------------------------------------------------
 @pytest.mark.slow
 def test_grid_search_neg_elbo_resumes_and_exports_best(tmp_path, tiny_data_dir, monkeypatch, capsys):
-    from tfvae import training
+    from tfvae.runs import training
 
     search_file = tiny_search(tmp_path, tiny_data_dir)
     search_dir = str(tmp_path / "search")
@@ -472,8 +474,8 @@ def test_grid_search_neg_elbo_resumes_and_exports_best(tmp_path, tiny_data_dir, 
         assert objectives[trial]["val_loss"] == pytest.approx(float(rows[-1]["val_loss"]))
         # the search's objective (it varies beta): the negative ELBO E_q[Lrec] + KL, estimated again
         # with numpy and draws of its own, agrees within 5 standard errors of the two estimates
-        from tfvae import data
-        from tfvae.model import load
+        from tfvae.data import pipelines as data
+        from tfvae.model.vae import load
 
         model = load(os.path.join(run, "model.keras"))
         images = np.stack([ex["image"] for ex in data.load_split(saved["data"], "validation").as_numpy_iterator()])
@@ -514,8 +516,9 @@ def test_grid_search_neg_elbo_resumes_and_exports_best(tmp_path, tiny_data_dir, 
 def test_grid_search_auroc_objective_uses_the_evaluation_metric(tmp_path, tiny_data_dir):
     from sklearn.metrics import roc_auc_score
 
-    from tfvae import data, evaluation
-    from tfvae.model import load
+    from tfvae.data import pipelines as data
+    from tfvae.evaluation import evaluate as evaluation
+    from tfvae.model.vae import load
 
     search_file = tiny_search(tmp_path, tiny_data_dir, objective="auroc", objective_predictor="rec_error",
                               objective_volumes=1)
@@ -553,7 +556,7 @@ def test_grid_search_auroc_objective_uses_the_evaluation_metric(tmp_path, tiny_d
 
 @pytest.mark.slow
 def test_hypermodel_fit_trains_the_model_build_returned(tmp_path, tiny_data_dir):
-    from tfvae.model import load
+    from tfvae.model.vae import load
 
     search = tuning.load_search(tiny_search(tmp_path, tiny_data_dir))
     search_dir = str(tmp_path / "search")
@@ -571,8 +574,8 @@ def test_hypermodel_fit_trains_the_model_build_returned(tmp_path, tiny_data_dir)
     with open(os.path.join(run, "objective.json")) as f:
         assert json.load(f)["val_loss"] == metrics["val_loss"] and np.isfinite(metrics["val_loss"])
     # the model build returned starts where training.train's own would: same weights after training
-    from tfvae import training
-    from tfvae.run import Run
+    from tfvae.runs import training
+    from tfvae.runs.run import Run
 
     config = search.trial_config(hp, "0")
     Run.create(str(tmp_path / "plain"), config)

@@ -4,34 +4,32 @@
     run = tfvae.Run.create("runs/demo", tfvae.config.load("configs/quickstart.json"))
     run.train(); run.evaluate(); run.localize("scan_t2.nii.gz")
 
-Modules, in the order data flows through them:
+Sub-packages, one per layer, from the bottom up; a module imports only from its own layer and
+those below it (checked by ``tests/test_layers.py``), and the run at the top drives them:
 
-- ``config``         -- JSON run configurations: defaults, validation, ``--set`` overrides.
-- ``rundir``         -- the run directory as one layer: its layout, the marker, folder swaps, the
-                        lock (one job at a time); imports no job.
-- ``run``            -- ``Run``: the face on a run directory that calls every job (train, evaluate,
-                        calibrate, localize, export); what the scripts call.
-- ``files``          -- files written whole or not at all (a temporary name, then a rename).
-- data: ``nifti`` (safe NIfTI reading and writing), ``preprocessing`` (one volume -> 2D slices path
-  shared by every dataset, and its inverse), ``data`` (TFDS datasets -> ``tf.data`` pipelines),
-  ``augment`` (on-the-fly training augmentation). The phantom (synthetic T2 brains with tumours,
-  the embedded default data) is made by ``tfvae_datasets.brain_phantom.phantom``
-  (``datasets/brain_phantom/phantom.py``), next to its TFDS builder.
-- model: ``networks`` (the paper's encoder and decoder), ``model`` (``BetaVAE`` and its TFP ELBO),
-  ``callbacks`` (TensorBoard images, NaN stop), ``training`` (``model.fit`` into a run directory).
-- maps: ``predictor_names`` (their names, without TensorFlow), ``predictors`` (reconstruction error and loss gradients, made as the reference code makes
-  them), ``projection`` (the energy-based projection), ``recommended`` (the recommended map and its
-  label-free settings), ``postprocessing`` (3D filters, components), ``scoring`` (maps of whole
-  volumes: the stream every job scores with), ``ensemble`` (logistic regression over maps).
-- measuring: ``calibration`` (thresholds on healthy validation slices, ``thresholds.json``),
-  ``scan_threshold`` (each scan's own threshold from its score distribution, label-free, and its
-  estimated false-positive rate), ``healthy_scans`` (calibrating on a site's own healthy scans),
-  ``metrics`` (streaming AUROC / AUPRC / Dice / measured FPR), ``evaluation`` (the test split
-  through its consumers: metrics, NIfTI maps, figures).
-- reports: ``reporting`` (tables, figures, overlays), ``localization`` (new scans),
-  ``reproduce`` (the paper's tables over seeds), ``paper`` (its published numbers),
-  ``cross_domain`` (models of one site tested on the phantom's shifted sites).
-- search: ``tuning`` (Keras Tuner over beta and latent size).
+- ``utils``       -- files written whole or not at all, the console, timing, the git stamp of
+                     evidence, the run directory's layout, marker and lock (``rundir``).
+- ``config``      -- JSON run configurations: defaults, validation, ``--set`` overrides; the
+                     predictors' names.
+- ``metrics``     -- streaming AUROC / AUPRC / Dice / measured FPR (numpy only).
+- ``data``        -- safe NIfTI reading and writing (``nifti``), one volume to 2D slices and back
+                     (``preprocessing``), TFDS datasets as ``tf.data`` pipelines (``pipelines``),
+                     augmentation, the user's scan files (``scans``), raw heads to template space
+                     (``head_preprocessing``). The phantom and the dataset builders are in
+                     ``tfvae_datasets`` (``datasets/``).
+- ``model``       -- the paper's encoder and decoder (``networks``), ``BetaVAE`` and its TFP ELBO
+                     (``vae``).
+- ``maps``        -- the predictors, the projection, the recommended map, 3D post-processing, maps of
+                     whole volumes (``scoring``), the ensemble.
+- ``thresholds``  -- calibration on healthy slices, each scan's own threshold, a site's own healthy
+                     scans.
+- ``evaluation``  -- the test split scored and measured (``evaluate``), new scans localized
+                     (``localization``), tables, figures and overlays (``reporting``).
+- ``runs``        -- ``Run`` (``runs.run``): the face on a run directory that calls every job;
+                     training and its callbacks, Keras Tuner searches, the SavedModel export.
+- ``studies``     -- work over several runs that writes the evidence behind ``docs/``: the paper's
+                     tables, the cross-domain, threshold, lesion-size and raw-head studies, benchmarks.
+- ``commands``    -- the command line (``tfvae <command>``, ``scripts/<command>.py``).
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.
 
@@ -59,6 +57,6 @@ if X86:  # before any TensorFlow import: see above
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from tfvae import config  # noqa: F401  (cheap: no TensorFlow)
-from tfvae.run import Run  # noqa: F401
+from tfvae.runs.run import Run  # noqa: F401
 
 __version__ = "0.1.0"

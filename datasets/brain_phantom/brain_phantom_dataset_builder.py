@@ -2,7 +2,7 @@
 
 No download: volumes are synthesised from the MNI152 2009a templates shipped inside nilearn
 (``phantom.py`` next to this module) and go through the same volume-to-slice preprocessing as the
-real datasets (``tfvae.preprocessing``). Fully deterministic given the config's seed.
+real datasets (``tfvae.data.preprocessing``). Fully deterministic given the config's seed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfvae import preprocessing
+from tfvae.data import preprocessing
 from tfvae_datasets.brain_phantom import phantom
 from tfvae_datasets.brain_phantom.shifts import Shift
 from tfvae_datasets.slices import slice_dataset_info, slice_examples

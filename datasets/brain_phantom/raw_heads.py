@@ -1,5 +1,5 @@
 """Raw phantom heads: the phantom brain (``phantom.synthesize_subject``) inside a head, as a scanner
-stores it -- for testing and measuring the raw-scan preprocessing (``tfvae.head_preprocessing``).
+stores it -- for testing and measuring the raw-scan preprocessing (``tfvae.data.head_preprocessing``).
 
 What a raw IXI-like T2 scan has and a skull-stripped phantom does not (issue 32):
 

@@ -3,7 +3,7 @@
 IXI ships raw heads (skull and scalp on, each in its own pose, bias field uncorrected, 0.94 x 0.94
 x 1.2 mm) from three London sites, all healthy subjects. The builder reads
 ``IXI-T2/IXI<nnn>-<site>-<nnnn>-T2.nii.gz`` (site ``Guys``, ``HH`` or ``IOP``) from the manual
-folder, preprocesses each scan once (``tfvae.head_preprocessing`` through ``raw_scans``: 1 mm,
+folder, preprocesses each scan once (``tfvae.data.head_preprocessing`` through ``raw_scans``: 1 mm,
 N4, affine registration to MNI152 2009a, brain extraction, crop; cached in TFDS's download folder)
 and slices the brain in template space like ``hcp_t2`` (the same features: training reads it
 unchanged). Subjects (``IXI<nnn>``) are split into train / validation by a seeded hash of the

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from tfvae import head_preprocessing as hp  # noqa: E402
+from tfvae.data import head_preprocessing as hp  # noqa: E402
 from tfvae_datasets import raw_scans, real_data  # noqa: E402
 from tfvae_datasets import testing_trees as tt  # noqa: E402
 from tfvae_datasets.hcp_t2 import hcp_t2_dataset_builder as hcp  # noqa: E402
@@ -207,7 +207,7 @@ def test_beam_local_runner_builds_the_same_dataset(tmp_path, three_sites, monkey
 
 def test_without_simpleitk_building_is_one_line_naming_the_extra(tmp_path, monkeypatch, three_sites):
     from tfvae import config as config_lib
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     def missing():
         raise hp.MissingExtraError(f"raw-head preprocessing needs SimpleITK, which is not installed: {hp.EXTRA_HINT}")

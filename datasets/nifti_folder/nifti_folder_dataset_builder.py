@@ -1,7 +1,7 @@
 """nifti_folder: any folder of brain-extracted 3D NIfTI scans (e.g. IXI T2), for training or testing.
 
 Every ``*.nii`` / ``*.nii.gz`` file under the folder (searched recursively) is a scan, except label
-maps and masks, which are never taken as scans (``tfvae.labelmaps``): files whose names say so
+maps and masks, which are never taken as scans (``tfvae.data.labelmaps``): files whose names say so
 (``<scan>_seg``, ``*_label*``, ``consensus_gt``, ``*_mask``, ...), files in label folders
 (``labelsTr/``, ``labels/``, ``segmentations/``, ...), and -- found when a scan is read -- volumes
 of a few integer values. A label map is paired with its scan:
@@ -37,7 +37,7 @@ import re
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfvae import labelmaps
+from tfvae.data import labelmaps
 from tfvae_datasets import raw_scans, real_data
 from tfvae_datasets.slices import slice_dataset_info
 

@@ -306,8 +306,8 @@ def test_data_preprocess_builds_a_config_of_its_own(tmp_path, monkeypatch):
     import dataclasses
 
     from tfvae import config as config_lib
-    from tfvae import data
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import pipelines as data
+    from tfvae.data import head_preprocessing as hp
 
     base = {**config_lib.defaults()["data"], "data_dir": str(tmp_path / "tfds"), "image_size": 32}
     b = data.builder({**base, "name": "nifti_folder", "preprocess": True})

@@ -21,9 +21,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def os_error(e: OSError, where: str | None = None, elsewhere: str | None = None, fix: str | None = None) -> str:
     """One line for an operating-system error (disk full, read-only, permission denied, ...) naming
-    the file (``where`` when the error names none) and what to do: ``tfvae.files.os_error``, the one
+    the file (``where`` when the error names none) and what to do: ``tfvae.utils.files.os_error``, the one
     place such errors become messages."""
-    from tfvae import files
+    from tfvae.utils import files
 
     return files.os_error(e, where, elsewhere=elsewhere, fix=fix)
 
@@ -68,12 +68,12 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 def add_run_dir(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     """``--run-dir`` (required) and, with ``checkpoint``, ``--checkpoint``: the run a job works on."""
-    from tfvae.rundir import CHECKPOINTS  # no TensorFlow: --help stays instant
+    from tfvae.utils.rundir import CHECKPOINTS  # no TensorFlow: --help stays instant
 
     p.add_argument("--run-dir", required=True, help="a run directory written by scripts/train.py")
     if checkpoint:
         p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final",
-                       help="which saved model (see tfvae.rundir.MODEL_FILES)")
+                       help="which saved model (see tfvae.utils.rundir.MODEL_FILES)")
 
 
 def add_set(p: argparse.ArgumentParser, help: str = "override config keys") -> None:
@@ -85,7 +85,7 @@ def parse_quietly(parse_args, argv):
     """``parse_args(argv)``, then TensorFlow imported without its start-up noise
     (``console.quiet_tensorflow``) -- after parsing, so that ``--help`` stays instant."""
     args = parse_args(argv)
-    from tfvae.console import quiet_tensorflow
+    from tfvae.utils.console import quiet_tensorflow
 
     quiet_tensorflow()
     return args
@@ -98,7 +98,7 @@ def entry(main):
     not answer itself ends it with one line, exit 130 (no traceback)."""
     @functools.wraps(main)
     def run(argv=None) -> int:
-        from tfvae import console
+        from tfvae.utils import console
 
         before, console.COMMAND_LINE = console.COMMAND_LINE, True
         try:

@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--quality", action="store_true", help="also train the quick start in float32 and bfloat16 "
                                                           "and compare every predictor's AUROC (~15 minutes)")
     p.add_argument("--peer", action="store_true", help="also time a plain PyTorch implementation of the same "
-                                                       "network (tfvae/benchmark_peer.py; needs torch) and print "
+                                                       "network (tfvae/studies/benchmark_peer.py; needs torch) and print "
                                                        "the ratios")
     p.add_argument("--rounds", type=int, metavar="N",
                    help="with --peer: N interleaved rounds (tfvae, peer, tfvae, ...) of training, maps and "
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--evaluation", nargs="?", const="", metavar="RUN_DIR",
                    help="time one evaluation's set-up against its scoring instead (of RUN_DIR, or of the quick "
                         "start trained first)")
-    from tfvae.rundir import CHECKPOINTS  # no TensorFlow: --help stays instant
+    from tfvae.utils.rundir import CHECKPOINTS  # no TensorFlow: --help stays instant
 
     p.add_argument("--checkpoint", choices=CHECKPOINTS,
                    help="with --evaluation RUN_DIR: the checkpoint evaluated (default: final)")
@@ -59,7 +59,7 @@ def parse_args(argv=None):
 def misplaced(args) -> str | None:
     """The options given that do not apply with (or without) ``--evaluation`` or ``--rounds``, as
     one line, or None."""
-    from tfvae.benchmark_peer import KERNEL_CLASSES  # no TensorFlow
+    from tfvae.studies.benchmark_peer import KERNEL_CLASSES  # no TensorFlow
 
     if args.rounds is not None:
         wrong = [f"--{name}" for name in ("layers", "quality") if getattr(args, name)]
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     checkpoint = args.checkpoint or "final"
     if args.evaluation is not None:  # not a trained run, a bad key: one line, before TensorFlow loads
         from tfvae import config as config_lib
-        from tfvae.run import Run, RunDirError
+        from tfvae.runs.run import Run, RunDirError
 
         try:
             if args.evaluation:
@@ -116,10 +116,10 @@ def main(argv=None) -> int:
         except (config_lib.ConfigError, RunDirError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    from tfvae.console import quiet_tensorflow
+    from tfvae.utils.console import quiet_tensorflow
 
     quiet_tensorflow()
-    from tfvae import benchmark
+    from tfvae.studies import benchmark
 
     if args.rounds is not None:
         try:

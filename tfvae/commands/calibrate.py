@@ -9,7 +9,7 @@ Every scan goes through the run's preprocessing (as localize's); a scan's brain 
 rate a per-scan threshold needs) and the recommended map's sizes are stored in R/thresholds.json
 under the name, keyed by the scans' content (calibrating the same name again replaces the set).
 Use them with --calibration NAME in evaluate and localize (or threshold.calibration=NAME). From
-Python: ``tfvae.Run(run_dir).calibrate(scans, name=...)`` (see tfvae/healthy_scans.py).
+Python: ``tfvae.Run(run_dir).calibrate(scans, name=...)`` (see tfvae/thresholds/healthy_scans.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import INTERRUPTED, add_run_dir, add_set, entry, os_error, parser, parse_quietly  # noqa: E402
-from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
+from tfvae.config.predictor_names import LOCALIZABLE  # noqa: E402
 
 FEW_SCANS = 3  # fewer healthy scans than this: the measured FPR spread is wide (docs/results_phantom.md)
 
@@ -41,9 +41,11 @@ def parse_args(argv=None):
 @entry
 def main(argv=None) -> int:
     args = parse_quietly(parse_args, argv)
-    from tfvae import calibration, config as config_lib, data
-    from tfvae.nifti import BadInputError
-    from tfvae.run import Run, RunDirError
+    from tfvae import config as config_lib
+    from tfvae.thresholds import calibration
+    from tfvae.data import pipelines as data
+    from tfvae.data.nifti import BadInputError
+    from tfvae.runs.run import Run, RunDirError
 
     try:
         config_lib.check_value("threshold.calibration", args.name, "--name")

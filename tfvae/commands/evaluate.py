@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import INTERRUPTED, add_run_dir, add_set, entry, os_error, parser  # noqa: E402
-from tfvae.predictor_names import ALL_PREDICTORS  # noqa: E402
+from tfvae.config.predictor_names import ALL_PREDICTORS  # noqa: E402
 
 
 
@@ -41,7 +41,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae import config as config_lib  # no TensorFlow yet: a mistyped key or an existing eval/ said at once
-    from tfvae.run import Run, RunDirError
+    from tfvae.runs.run import Run, RunDirError
 
     flags = []  # the options that set a config key, each with how the user gave it
     if args.projection_steps is not None:
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             return 0
         run.trained_model_path(args.checkpoint)
         run.evaluation_target(args.out, args.overwrite)  # an existing evaluation: refused before any data is read
-        from tfvae import data_sources  # data never downloaded: said before TensorFlow loads
+        from tfvae.data import data_sources  # data never downloaded: said before TensorFlow loads
 
         missing = next(filter(None, (data_sources.missing_download(d) for d in (
             data_sources.test_data_config(config["data"]), config["data"]))), None)
@@ -84,12 +84,13 @@ def main(argv=None) -> int:
 
 def _evaluate(args, run, config, overrides) -> int:
     from tfvae import config as config_lib
-    from tfvae import files
-    from tfvae.console import quiet_tensorflow
-    from tfvae.run import RunDirError
+    from tfvae.utils import files
+    from tfvae.utils.console import quiet_tensorflow
+    from tfvae.runs.run import RunDirError
 
     quiet_tensorflow()
-    from tfvae import data, reporting
+    from tfvae.data import pipelines as data
+    from tfvae.evaluation import reporting
 
     try:
         data.check_splits(data.test_data_config(config["data"]), [config["data"]["test_split"]])

@@ -2,7 +2,7 @@
 
     python scripts/export.py --run-dir R --out DIR [--checkpoint final|best|last]
 
-Signatures ``reconstruct`` and ``maps`` on a batch of preprocessed slices (see tfvae/export.py).
+Signatures ``reconstruct`` and ``maps`` on a batch of preprocessed slices (see tfvae/runs/export.py).
 From Python: ``tfvae.Run(R).export(DIR)``.
 """
 
@@ -27,7 +27,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_quietly(parse_args, argv)
     from tfvae import config as config_lib
-    from tfvae.run import Run, RunDirError
+    from tfvae.runs.run import Run, RunDirError
 
     try:
         out = Run(args.run_dir).export(args.out, checkpoint=args.checkpoint)

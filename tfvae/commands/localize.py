@@ -18,7 +18,7 @@ raw head (skull on, any pose: needs ``pip install tfvae[preprocess]``): tfvae pr
 first, writing OUT/<name>_tfvae_preprocessed.nii.gz, _brainmask.nii.gz and _preprocessing.json
 (reused by a later call when the scan and settings are the same), the brain is localized in
 template space and the maps are carried back into the scan's own raw grid (0 outside the brain
-mask). From Python: ``tfvae.Run(run_dir).localize(scan)`` (see tfvae/localization.py).
+mask). From Python: ``tfvae.Run(run_dir).localize(scan)`` (see tfvae/evaluation/localization.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfvae.commands import add_run_dir, add_set, entry, os_error, parser  # noqa: E402
-from tfvae.predictor_names import LOCALIZABLE  # noqa: E402
+from tfvae.config.predictor_names import LOCALIZABLE  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     from tfvae import config as config_lib
-    from tfvae.run import Run, RunDirError
+    from tfvae.runs.run import Run, RunDirError
 
     try:  # a mistyped scan or run folder, said before TensorFlow loads (then every input is read fully)
         missing = next((s for s in args.scans if not os.path.exists(s)), None)
@@ -79,17 +79,18 @@ def _main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"loading TensorFlow and the model of {args.run_dir} ...", flush=True)  # ~10-20 s said, not silent
-    from tfvae.console import quiet_tensorflow
+    from tfvae.utils.console import quiet_tensorflow
 
     quiet_tensorflow()  # after parsing: --help stays instant
     from tfvae import config as config_lib
-    from tfvae import data, localization, scans
-    from tfvae.nifti import BadInputError
-    from tfvae.run import Run, RunDirError
-    from tfvae.rundir import lock
+    from tfvae.data import pipelines as data, scans
+    from tfvae.evaluation import localization
+    from tfvae.data.nifti import BadInputError
+    from tfvae.runs.run import Run, RunDirError
+    from tfvae.utils.rundir import lock
 
     if args.preprocess:
-        from tfvae import head_preprocessing as hp
+        from tfvae.data import head_preprocessing as hp
 
         try:
             hp.require_simpleitk()

@@ -12,7 +12,7 @@ named with the reason and the others go on (listed at the end; exit status 1). S
 parallel, one process per core (``--workers``), the cores' threads split between them; one line
 per finished scan, ``[i/n] stem  NN s  ok``. Outputs already in OUT for the same content (SHA-256)
 and settings are reused (``reused``), not made again. Needs ``pip install tfvae[preprocess]``.
-From Python: ``tfvae.head_preprocessing.preprocess_scans(scans, out)`` (one scan: ``preprocess_scan``).
+From Python: ``tfvae.data.head_preprocessing.preprocess_scans(scans, out)`` (one scan: ``preprocess_scan``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tfvae.commands import entry, parser  # noqa: E402
 
 
 def parse_args(argv=None):
-    from tfvae.head_preprocessing import BRAIN_EXTRACTION
+    from tfvae.data.head_preprocessing import BRAIN_EXTRACTION
 
     p = parser(__doc__)
     p.add_argument("scans", nargs="+", help="NIfTI scans, or folders of them")
@@ -47,7 +47,7 @@ def parse_args(argv=None):
 
 def scan_paths(items) -> list[str]:
     """The NIfTI files named or found (sorted, not recursive) in the folders named."""
-    from tfvae import nifti
+    from tfvae.data import nifti
 
     found = []
     for item in items:
@@ -62,7 +62,7 @@ def scan_paths(items) -> list[str]:
 @entry
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     try:
         hp.require_simpleitk()

@@ -4,14 +4,14 @@
         [--runs-dir DIR] [--out DIR] [--md PATH] [--data-dir DIR] [--manual-dir DIR]
         [--set KEY=VALUE ...] [--retrain] [--reevaluate] [--quiet]
 
-A plan (``configs/reproduce_*.json``; see ``tfvae/reproduce.py``) names the base run config, the
+A plan (``configs/reproduce_*.json``; see ``tfvae/studies/reproduce.py``) names the base run config, the
 overrides, how many seeds and for which settings. ``--quick`` is ``--plan configs/reproduce_quick.json``:
 the embedded phantom, the paper's learning rate until the validation loss plateaus, 3 seeds for
 latent 64 at beta 1 and 10. Runs go to ``RUNS/l<latent>_b<beta>_s<seed>``; finished runs and
 evaluations are reused, so the same command continues an interrupted reproduction. Writes
 ``OUT/tables.md`` (or ``--md``), ``tables.csv`` and ``tables.json``.
 
-``--cross-domain`` runs the cross-domain study instead (``tfvae/cross_domain.py``): the quick-start
+``--cross-domain`` runs the cross-domain study instead (``tfvae/studies/cross_domain.py``): the quick-start
 model (3 seeds, ``--seeds``) trained on the phantom's default site and tested on every shifted
 site, fixed against per-scan thresholds, and calibrated on 1, 3 and 8 healthy scans of each site;
 runs in ``runs/cross_domain`` (``--runs-dir``), its section written into ``--md``.
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--report-only", action="store_true", help="train and evaluate nothing: the tables of the runs "
                                                               "finished so far")
-    p.add_argument("--cross-domain", action="store_true", help="the cross-domain study (tfvae/cross_domain.py) "
+    p.add_argument("--cross-domain", action="store_true", help="the cross-domain study (tfvae/studies/cross_domain.py) "
                                                                "instead of the paper's tables")
     return p.parse_args(argv)
 
@@ -54,7 +54,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_quietly(parse_args, argv)
     from tfvae import config as config_lib
-    from tfvae import data, reproduce
+    from tfvae.data import pipelines as data
+    from tfvae.studies import reproduce
 
     if args.cross_domain:
         return _cross_domain(args, argv)
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
 
 def _cross_domain(args, argv) -> int:
     from tfvae import config as config_lib
-    from tfvae import cross_domain, data
+    from tfvae.studies import cross_domain
+    from tfvae.data import pipelines as data
 
     seeds = tuple(range(args.seeds)) if args.seeds else cross_domain.SEEDS
     overrides = list(args.set) + (["data.data_dir=" + json.dumps(os.path.abspath(args.data_dir))]

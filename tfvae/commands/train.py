@@ -6,8 +6,8 @@
 Real data (hcp_t2, brats, nifti_folder) is read from the folder given by --manual-dir, else the
 config key data.manual_dir, else the environment variable TFVAE_MANUAL_DIR (see docs/real_data.md).
 
-Watch it with ``tensorboard --logdir runs``. See ``tfvae/run.py`` for what the run directory
-holds and ``tfvae/config.py`` for every config key. From Python: ``tfvae.Run.create(...).train()``.
+Watch it with ``tensorboard --logdir runs``. See ``tfvae/runs/run.py`` for what the run directory
+holds and ``tfvae/config/__init__.py`` for every config key. From Python: ``tfvae.Run.create(...).train()``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tfvae import config as config_lib  # no TensorFlow yet: a mistyped key is said at once
-    from tfvae.run import Run, RunDirError
+    from tfvae.runs.run import Run, RunDirError
 
     try:
         if args.manual_dir:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         if config is not None and not args.resume:  # a run already there, or data never downloaded: said
             # before TensorFlow loads
             Run.check_new(args.run_dir or os.path.join("runs", config["name"]), config, overwrite=args.overwrite)
-            from tfvae import data_sources
+            from tfvae.data import data_sources
 
             missing = data_sources.missing_download(config["data"])
             if missing:
@@ -69,11 +69,11 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from tfvae.console import quiet_tensorflow
+    from tfvae.utils.console import quiet_tensorflow
 
     quiet_tensorflow()
-    from tfvae import data
-    from tfvae.nifti import BadInputError
+    from tfvae.data import pipelines as data
+    from tfvae.data.nifti import BadInputError
 
     try:
         if config is not None and not args.resume:
@@ -103,8 +103,8 @@ def resume_command(run_dir: str) -> str:
 
 def interrupted(run_dir: str) -> str:
     """One line for a training stopped by Ctrl-C: the epochs kept, and the command that continues it."""
-    from tfvae.callbacks import ResumeState
-    from tfvae.run import Run
+    from tfvae.runs.callbacks import ResumeState
+    from tfvae.runs.run import Run
 
     run = Run(run_dir)
     if not run.is_run:
@@ -119,11 +119,11 @@ def interrupted(run_dir: str) -> str:
 
 def _train(args, config, run_dir) -> int:
     from tfvae import config as config_lib
-    from tfvae import files
-    from tfvae import data
-    from tfvae.callbacks import NonFiniteLoss
-    from tfvae.nifti import BadInputError
-    from tfvae.run import Run, RunDirError
+    from tfvae.utils import files
+    from tfvae.data import pipelines as data
+    from tfvae.runs.callbacks import NonFiniteLoss
+    from tfvae.data.nifti import BadInputError
+    from tfvae.runs.run import Run, RunDirError
 
     try:
         run = Run.create(run_dir, config, resume=args.resume, overwrite=args.overwrite, overrides=args.set)
@@ -134,7 +134,7 @@ def _train(args, config, run_dir) -> int:
         print(f"error: {os_error(e, run_dir, elsewhere='choose another --run-dir')}", file=sys.stderr)
         return 2
 
-    from tfvae import training
+    from tfvae.runs import training
 
     try:
         training.strategy(run.config())  # a multi-worker strategy must exist before any TensorFlow op runs
@@ -149,7 +149,7 @@ def _train(args, config, run_dir) -> int:
         return 2
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    from tfvae.training import resolve_precision
+    from tfvae.runs.training import resolve_precision
 
     print(f"precision: {resolve_precision(run.config())[0]}")
     print(f"run directory: {run.dir}  (tensorboard --logdir {os.path.dirname(os.path.abspath(run.dir))})")
@@ -171,7 +171,7 @@ def _train(args, config, run_dir) -> int:
               f"is kept: then continue with: {resume_command(run.dir)}", file=sys.stderr)
         return 2
     final = {k: v[-1] for k, v in history.history.items()} if history.history else {}
-    from tfvae.callbacks import metric_parts
+    from tfvae.runs.callbacks import metric_parts
 
     parts = metric_parts(final)
     while len(parts) > 1 and len("  ".join(parts)) > 58:  # 80 columns with "trained NNN epochs: "

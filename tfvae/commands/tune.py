@@ -3,7 +3,7 @@
     python scripts/tune.py --search configs/search_paper.json [--dir runs/search_paper]
         [--set data.name=brain_phantom data.test_name=null ...] [--overwrite] [--quiet]
 
-The search config (see ``tfvae/tuning.py``) names the base run config, the space (a grid or a list
+The search config (see ``tfvae/runs/tuning.py``) names the base run config, the space (a grid or a list
 of grids searched over their union), the tuner (grid, random, bayesian, hyperband) and the
 objective (``neg_elbo``, ``val_loss``: unsupervised; ``auroc``: pixel AUROC of a predictor on a few
 labelled volumes -- uses labels; by default test volumes held apart, which evaluating the search's
@@ -44,7 +44,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_quietly(parse_args, argv)
     from tfvae import config as config_lib
-    from tfvae import tuning
+    from tfvae.runs import tuning
 
     search_dir = args.dir or os.path.join("runs", os.path.splitext(os.path.basename(args.search))[0])
     try:

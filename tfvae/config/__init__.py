@@ -9,7 +9,7 @@ Schema (dotted key: type, default -- meaning):
 
 - ``name``: str, "run" -- a label for the run (TensorBoard hparams, default run directory).
 - ``seed``: int, 0 -- seeds weight init, sampling of z, shuffling (0 to 2**31 - 1).
-- ``data.name``: str, "brain_phantom" -- TFDS builder (see ``tfvae.data.BUILDERS``).
+- ``data.name``: str, "brain_phantom" -- TFDS builder (see ``tfvae.data.pipelines.BUILDERS``).
 - ``data.config``: str, "default" -- the builder's BuilderConfig.
 - ``data.data_dir``: str or null -- where TFDS keeps built datasets (null: TFDS's default).
 - ``data.image_size``: int, 64 -- slices are resampled to image_size x image_size (power of 2).
@@ -21,7 +21,7 @@ Schema (dotted key: type, default -- meaning):
 - ``data.skip_bad``: bool, false -- when building a real dataset, skip (and report) cases whose
   files are corrupt, missing or inconsistent instead of stopping at the first one.
 - ``data.preprocess``: bool, false -- raw heads (skull on, each in its own pose, as IXI ships them):
-  a ``nifti_folder`` or ``brats`` dataset preprocesses each scan (``tfvae.head_preprocessing``:
+  a ``nifti_folder`` or ``brats`` dataset preprocesses each scan (``tfvae.data.head_preprocessing``:
   1 mm, N4, registration to MNI152 2009a, brain extraction, crop; cached in TFDS's
   ``<data_dir>/downloads``) before slicing, built as a config of its own (``<config>_preprocessed``);
   ``ixi`` always does; ``hcp_t2`` and ``brain_phantom`` (preprocessed scans) refuse it. Shared with
@@ -59,7 +59,7 @@ Schema (dotted key: type, default -- meaning):
 - ``train.patience``: int, 0 -- stop when the validation loss has not improved for this many
   epochs (``train.epochs`` is then the maximum) and keep the best epoch's weights; 0: off.
 - ``augment.*`` -- on-the-fly augmentation of the training split only (never validation or test),
-  deterministic given ``seed`` (see ``tfvae.augment``); every one off by default:
+  deterministic given ``seed`` (see ``tfvae.data.augment``); every one off by default:
   ``noise_std``: float or [low, high], 0 -- std of Gaussian noise added inside the brain (z-score
   units; a range draws each slice's std); ``rotation_deg``: float, 0 -- random rotation in [-r, r]
   degrees; ``scale``: float or [low, high], 0 -- random zoom by a factor in [1 - s, 1 + s] (or in
@@ -72,7 +72,7 @@ Schema (dotted key: type, default -- meaning):
   them over n sampled z.
 - ``predictors.combi``: "zimmerer" (the reference code: smooth(min-max(|dKL/dx|)) times the
   per-pixel negative log-likelihood, the min-max range fixed from healthy validation maps) or
-  "paper" (|dKL/dx| * rec_error, the product as the paper writes it). See ``tfvae.predictors``.
+  "paper" (|dKL/dx| * rec_error, the product as the paper writes it). See ``tfvae.maps.predictors``.
 - ``predictors.elbo_grad``: "beta" (default: |d(Lrec + beta * KL)/dx|, the loss the model was trained
   with) or "reference" (|d(Lrec + KL)/dx|: Zimmerer et al.'s code, whose ELBO has no beta weight);
   the same map at beta = 1.
@@ -80,11 +80,11 @@ Schema (dotted key: type, default -- meaning):
   code's normalised 7x7 Gaussian (sigma 3 px, zero padding), as Zimmerer et al. do.
 - ``predictors.smooth_sigma``: float, 0 -- Gaussian smoothing of every map, in pixels (0: off).
 - ``predictors.projection_steps``: int, 100; ``projection_lambda``: float, 1.0;
-  ``projection_lr``: float, 0.03 -- the energy-based projection (see ``tfvae.projection``).
+  ``projection_lr``: float, 0.03 -- the energy-based projection (see ``tfvae.maps.projection``).
 - ``postprocess.erode_brain`` (voxels), ``median_size`` (voxels), ``min_component_voxels``: ints,
   0 = off; ``postprocess.positive_only``: bool, false -- 3D post-processing of the maps, see
-  ``tfvae.postprocessing``. When any is on, ``evaluate.py`` reports metrics with and without it.
-- ``recommended.*`` -- the ``recommended`` map (``tfvae.recommended``): ``restore``: bool, true --
+  ``tfvae.maps.postprocessing``. When any is on, ``evaluate.py`` reports metrics with and without it.
+- ``recommended.*`` -- the ``recommended`` map (``tfvae.maps.recommended``): ``restore``: bool, true --
   residual of the restored (projected) image, else of the plain reconstruction;
   ``median_mm``: float or null -- 3D median filter over that many millimetres on every axis (0:
   off); ``gaussian_sigma_mm``: float or null -- 3D Gaussian, sigma in millimetres (0: off); both
@@ -100,7 +100,7 @@ Schema (dotted key: type, default -- meaning):
   false-positive rate (Dice@1%/5% FPR in evaluation, localize's mask): "per_scan" moves the
   calibrated threshold with the scan's own score distribution (straight-line fits of its Q-Q plot
   against the healthy reference, the estimated lesion share discounted so that a large lesion does
-  not lift it; no label; see ``tfvae.scan_threshold``), so the rate holds on scans from other sites;
+  not lift it; no label; see ``tfvae.thresholds.scan_threshold``), so the rate holds on scans from other sites;
   "fixed" uses the calibrated threshold as it is.
 - ``threshold.calibration``: str or null, null -- the name of a calibration made with ``tfvae
   calibrate`` on healthy scans of the user's own scanner (``Run.calibrate``): its thresholds and
@@ -119,10 +119,10 @@ Schema (dotted key: type, default -- meaning):
   over (ours crops a 192 mm field of view and keeps slices with 20% of the largest brain area).
   Its labels are each test volume's original segmentation resampled once into that crop (nearest
   neighbour; read from the dataset's source files, the phantom made again), the slices our
-  preprocessing leaves out included with their true labels and maps of 0 (``tfvae.reference_labels``).
+  preprocessing leaves out included with their true labels and maps of 0 (``tfvae.data.reference_labels``).
 - ``evaluate.exclude_volumes``: list of str, [] -- test volumes (ids) evaluation leaves out: a
   hyperparameter search whose ``auroc`` objective selected the model with the labels of held-apart
-  test volumes writes their ids here in each trial's config (``tfvae.tuning``).
+  test volumes writes their ids here in each trial's config (``tfvae.runs.tuning``).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tfvae import files
+from tfvae.utils import files
 
 
 class ConfigError(ValueError):
@@ -195,7 +195,7 @@ def _volume_ids(v):
 
 
 def _predictor_names(v):
-    from tfvae.predictor_names import ALL_PREDICTORS
+    from tfvae.config.predictor_names import ALL_PREDICTORS
 
     unknown = [p for p in v if p not in ALL_PREDICTORS]
     if not v or unknown:
@@ -212,7 +212,7 @@ def _nifti_maps(v):
 
 
 def _ensemble_features(v):
-    from tfvae.predictor_names import LOCALIZABLE as known  # every map but the ensemble's own
+    from tfvae.config.predictor_names import LOCALIZABLE as known  # every map but the ensemble's own
     if not v or any(p not in known for p in v) or len(set(v)) != len(v):
         return f"must be a non-empty list of distinct predictors from {', '.join(known)}"
     return None
@@ -460,7 +460,7 @@ def check_value(key: str, value, source: str) -> Any:
 
 def _check_together(config: dict, source: str) -> None:
     """Keys that must agree with each other (each valid alone): ``model.filters`` has one entry per
-    stride-2 level from ``data.image_size`` down to 4x4 (``tfvae.networks``)."""
+    stride-2 level from ``data.image_size`` down to 4x4 (``tfvae.model.networks``)."""
     filters, size = config["model"]["filters"], config["data"]["image_size"]
     levels = int(round(math.log2(size / 4)))
     if filters is not None and len(filters) != levels:

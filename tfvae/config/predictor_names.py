@@ -1,5 +1,5 @@
 """The predictors' names, importable without TensorFlow (configs and command lines check against
-them before TensorFlow loads); what each one computes is in ``tfvae.predictors``."""
+them before TensorFlow loads); what each one computes is in ``tfvae.maps.predictors``."""
 
 GRADIENT_MAPS = ("rec_error", "elbo_grad", "kl_grad", "rec_grad", "combi")
 ALL_PREDICTORS = ("recommended",) + GRADIENT_MAPS + ("proj_rec_error", "ensemble", "intensity", "intensity_filtered")

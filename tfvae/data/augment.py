@@ -23,7 +23,7 @@ The paper configs (``configs/beta*.json``, ``latent*.json``) use the reference's
 multiplicative brightness 0.95-1.1 (our ``contrast``) and Gaussian noise.
 
 A transform whose setting is 0 / false is skipped entirely, so the default config leaves the images
-untouched. ``tfvae.data.images(..., augment=config["augment"], seed=...)`` applies this to the
+untouched. ``tfvae.data.pipelines.images(..., augment=config["augment"], seed=...)`` applies this to the
 training split only, with a fresh seed per batch and epoch.
 """
 

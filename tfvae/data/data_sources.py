@@ -3,7 +3,7 @@ the user must download, and finds neither it built nor its download, says so at 
 builder's own download instructions) instead of after TensorFlow's ~10 s start.
 
 ``missing_download(data_config)``: the one-line-plus-instructions message of
-``tfvae.data.check_available`` for the case that is certain without building anything -- no
+``tfvae.data.pipelines.check_available`` for the case that is certain without building anything -- no
 version of the dataset built under its data folder, and no manual folder (or an empty one) --
 else None (the full check runs later, after TensorFlow). The instructions are read from the
 builder's module source (its ``MANUAL_DOWNLOAD_INSTRUCTIONS`` string) without importing it.

@@ -3,7 +3,7 @@
 Steps, in order, for one scan (``preprocess_scan`` for a file, ``preprocess_volume`` for arrays):
 
 1. **Orientation from the header**: the voxel axes' directions, voxel sizes and origin are taken
-   from the NIfTI affine (``tfvae.nifti.load_volume``); a header with neither a qform nor an sform
+   from the NIfTI affine (``tfvae.data.nifti.load_volume``); a header with neither a qform nor an sform
    (both codes 0) is refused in one line -- nothing is assumed.
 2. **Resampling** to ``resolution_mm`` (1 mm) isotropic voxels in the scan's own orientation
    (linear interpolation).
@@ -24,7 +24,7 @@ Steps, in order, for one scan (``preprocess_scan`` for a file, ``preprocess_volu
    cropped to the mask's bounding box plus ``crop_margin_mm``.
 
 Outputs (``preprocess_scan``), beside each other in ``out_dir``, each written whole
-(``tfvae.files``): ``<stem>_tfvae_preprocessed.nii.gz`` (the brain in template space),
+(``tfvae.utils.files``): ``<stem>_tfvae_preprocessed.nii.gz`` (the brain in template space),
 ``<stem>_tfvae_brainmask.nii.gz`` (the brain mask in the scan's own raw grid: same shape and affine
 as the input) and ``<stem>_tfvae_preprocessing.json`` (the transforms between the scan's world
 coordinates and the template's, both RAS+ mm, the crop, the settings, the checks and timings).
@@ -52,7 +52,7 @@ import time
 
 import numpy as np
 
-from tfvae import files
+from tfvae.utils import files
 
 EXTRA_HINT = "pip install tfvae[preprocess]"
 OUTPUT_SUFFIXES = {"preprocessed": "_tfvae_preprocessed.nii.gz", "brainmask": "_tfvae_brainmask.nii.gz",
@@ -589,7 +589,7 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, name: str = "scan",
 
 def output_paths(scan, out_dir) -> dict:
     """``{"preprocessed", "brainmask", "record"}`` -> path in ``out_dir`` for ``scan``."""
-    from tfvae import nifti
+    from tfvae.data import nifti
 
     name = os.path.basename(os.fspath(scan))
     stem = nifti.strip_nifti_suffix(name) or name
@@ -630,10 +630,10 @@ def preprocess_scan(scan, out_dir, settings: Settings | None = None, *, reuse: b
     """Preprocess the NIfTI file ``scan`` and write its three outputs to ``out_dir`` (see the module
     docstring); returns their paths. With ``reuse``, outputs made before from the same content
     (SHA-256, in the record) with the same settings are kept (``reusable``). Raises
-    ``tfvae.nifti.BadInputError`` for an unreadable file or a header without orientation,
+    ``tfvae.data.nifti.BadInputError`` for an unreadable file or a header without orientation,
     ``PreprocessError`` for a scan that fails, ``MissingExtraError`` without SimpleITK -- each one
     line naming the scan."""
-    from tfvae import nifti
+    from tfvae.data import nifti
 
     require_simpleitk()
     settings = settings or Settings()
@@ -736,7 +736,7 @@ def _one_line_sitk(e: RuntimeError) -> str:
 def _preprocess_one(scan: str, out_dir: str, settings: Settings) -> tuple:
     """``preprocess_scan`` in a worker: (status, paths or reason, seconds); a scan's own failure is
     returned as its one-line reason, not raised (the others go on)."""
-    from tfvae.nifti import BadInputError
+    from tfvae.data.nifti import BadInputError
 
     start = time.perf_counter()
     try:
@@ -775,7 +775,7 @@ def _fit(text: str, width: int, *, middle: bool = False) -> str:
 
 def scan_stem(scan) -> str:
     """A scan's name without folder and NIfTI suffix (its outputs' prefix)."""
-    from tfvae import nifti
+    from tfvae.data import nifti
 
     name = os.path.basename(os.fspath(scan))
     return nifti.strip_nifti_suffix(name) or name
@@ -816,7 +816,7 @@ def preprocess_scans(scans, out_dir, settings: Settings | None = None, *, worker
     ``log`` gets a line saying how many scans are to do and how, then one line per finished scan,
     in the order they finish, that fits an 80-column terminal (``progress_line``):
     ``[i/n] stem  NN s  ok``, ``reused`` or ``FAILED: reason`` (reused ones first). A
-    scan that fails (``PreprocessError``, ``tfvae.nifti.BadInputError``, a write error, a
+    scan that fails (``PreprocessError``, ``tfvae.data.nifti.BadInputError``, a write error, a
     SimpleITK error, its worker killed) does not stop the others. Returns one ``ScanOutcome`` per
     scan, in the order of ``scans`` (a scan named twice once). Raised before any scan:
     ``MissingExtraError`` (no SimpleITK), ``ValueError`` for two scans of the same name in different

@@ -91,6 +91,6 @@ def refuse_label_map(path, data: np.ndarray, advice: str) -> None:
     scan, is a label map by its content (``content_reason``), whatever its name; else nothing."""
     looks = content_reason(data)
     if looks:
-        from tfvae.nifti import bad
+        from tfvae.data.nifti import bad
 
         raise bad(path, f"{looks}: a label map or mask, not a scan; {advice}")

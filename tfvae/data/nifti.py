@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 from etils import epath
 
-from tfvae import preprocessing
+from tfvae.data import preprocessing
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_TAG = "_tfvae_"  # in every name localize writes: never read back as a scan
@@ -155,7 +155,7 @@ def load_volume(path, *, dtype=np.float32, allow_unknown_orientation: bool = Fal
         source = orientation_source(img, str(path))
         if source is None:
             why, fix, assumed = _unknown_orientation(img)
-            from tfvae.console import option
+            from tfvae.utils.console import option
 
             text = (f"{why}: the orientation of its axes is unknown and tfvae never assumes it; {fix} or pass "
                     f"{option('--force', 'force=True')} to score it with {assumed}")
@@ -507,8 +507,8 @@ def write_maps(volume, out_dir: str, maps: dict) -> None:
 
 def write_scan(path: str, data: np.ndarray, affine: np.ndarray) -> None:
     """``data`` as a NIfTI file at ``path`` with ``affine`` as both its qform and sform (codes 1,
-    scanner), written whole or not at all (``tfvae.files.written_whole``)."""
-    from tfvae import files
+    scanner), written whole or not at all (``tfvae.utils.files.written_whole``)."""
+    from tfvae.utils import files
 
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)

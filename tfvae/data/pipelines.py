@@ -29,9 +29,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfvae import augment as augment_lib
-from tfvae import data_sources
-from tfvae import files
+from tfvae.data import augment as augment_lib
+from tfvae.data import data_sources
+from tfvae.utils import files
 
 # data.name -> module whose import registers the builder with TFDS
 BUILDERS = {
@@ -93,7 +93,7 @@ def builder(data_config: dict) -> tfds.core.DatasetBuilder:
 def data_dir_source(data_config: dict) -> tuple[str, str]:
     """``(where the TFDS data folder comes from, how to choose another)``: ``data.data_dir``, else
     the environment variable ``TFDS_DATA_DIR``, else TFDS's default folder."""
-    from tfvae.console import option
+    from tfvae.utils.console import option
 
     key = option("--set data.data_dir=DIR", "the config key data.data_dir")
     if data_config.get("data_dir"):
@@ -169,7 +169,7 @@ def source_files(folder: str):
     link), each real folder once (a link back up the tree is not walked again), hidden and
     operating-system files and tfvae's own outputs left out (``nifti.ignored``). Yields
     ``(path relative to folder, path)``, sorted."""
-    from tfvae.nifti import ignored
+    from tfvae.data.nifti import ignored
 
     seen = set()
     for parent, dirs, names in os.walk(folder, followlinks=True):
@@ -309,7 +309,7 @@ def _build(b: tfds.core.DatasetBuilder, config, download_dir: str | None = None)
     "downloaded and prepared" lines: nothing is downloaded (the caller says what is built).
     ``download_dir``: TFDS's download folder (None: ``<b's data folder>/downloads``)."""
     if getattr(b.builder_config, "preprocess", False):  # raw heads: SimpleITK needed to build, not to read
-        from tfvae import head_preprocessing
+        from tfvae.data import head_preprocessing
 
         try:
             head_preprocessing.require_simpleitk()
@@ -327,7 +327,7 @@ def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str, download_di
     ``download_dir``: the download folder the rebuild uses (the data folder's, not the staging one's)."""
     import shutil
 
-    from tfvae.rundir import swap_in
+    from tfvae.utils.rundir import swap_in
 
     staging = os.path.join(os.fspath(b.data_dir_root), f".tfvae-rebuild-{b.name}-{b.builder_config.name}")
     shutil.rmtree(staging, ignore_errors=True)  # left by an earlier rebuild that was cut short
@@ -496,7 +496,7 @@ def images(examples: tf.data.Dataset, batch_size: int, *, shuffle_buffer: int = 
     ~150k slices stored volume by volume give ~50 subjects per 10,000-slice buffer.)
 
     ``augment`` (a config's ``augment`` section; training only) transforms each batch on the fly
-    (``tfvae.augment``), with per-batch seeds drawn from ``seed`` that change every epoch; None or
+    (``tfvae.data.augment``), with per-batch seeds drawn from ``seed`` that change every epoch; None or
     all off adds nothing to the pipeline."""
     if shuffle_buffer:
         volumes, ids, counts = volume_slices(examples)

@@ -118,7 +118,7 @@ def check_skull_stripped(nonzero: np.ndarray) -> None:
     brain cropped to its bounding box touches its in-plane faces only where it is widest. Faces of
     a thin axis (a sagittal or coronal slab: ``THIN_AXIS``) are cuts too and not counted.
     """
-    from tfvae.console import option
+    from tfvae.utils.console import option
 
     fill = float(nonzero.mean())
     longest = max(nonzero.shape)

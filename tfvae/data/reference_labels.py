@@ -41,8 +41,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from tfvae import preprocessing
-from tfvae.nifti import AFFINE_ATOL
+from tfvae.data import preprocessing
+from tfvae.data.nifti import AFFINE_ATOL
 
 # volume_id -> (segmentation in the stored axis order, its affine)
 Reader = Callable[[str], tuple[np.ndarray, np.ndarray]]
@@ -103,7 +103,7 @@ def checked(label: np.ndarray, affine: np.ndarray, volume) -> np.ndarray:
 def reader(data_config: dict) -> Reader:
     """The original segmentation of each volume of the dataset ``data_config`` names (see the module
     docstring); a ``ReferenceLabelError`` when there is none to read."""
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     b = data.builder(data_config)
     cfg = b.builder_config

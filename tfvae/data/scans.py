@@ -12,9 +12,9 @@ import re
 
 import numpy as np
 
-from tfvae import labelmaps, nifti, preprocessing
-from tfvae.data import clip as clip_lib
-from tfvae.nifti import NIFTI_SUFFIXES
+from tfvae.data import labelmaps, nifti, preprocessing
+from tfvae.data.pipelines import clip as clip_lib
+from tfvae.data.nifti import NIFTI_SUFFIXES
 
 
 def slice_scan(data: np.ndarray, affine: np.ndarray, *, image_size: int, fov_mm: float, min_brain_fraction: float,
@@ -28,7 +28,7 @@ def slice_scan(data: np.ndarray, affine: np.ndarray, *, image_size: int, fov_mm:
     outside = (f"{100 * sliced.outside_fov:.1f}% of the brain lies outside the run's {fov_mm:g} mm field of view"
                if sliced.outside_fov > preprocessing.MAX_OUTSIDE_FOV else None)
     if outside and not force:
-        from tfvae.console import option
+        from tfvae.utils.console import option
 
         raise ValueError(f"{outside} and would not be scored (check the voxel sizes in the header); pass "
                          f"{option('--force', 'force=True')} to score the rest anyway")

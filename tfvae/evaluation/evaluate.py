@@ -1,6 +1,6 @@
 """Scoring a test split with every predictor, volume by volume, and measuring the maps.
 
-For each predictor (``tfvae.predictors.ALL_PREDICTORS``) ``evaluate`` reports
+For each predictor (``tfvae.maps.predictors.ALL_PREDICTORS``) ``evaluate`` reports
 
 - ``auroc``, ``auprc``: over all pixels of all test slices (the paper's convention: background
   included, labels = seg > 0);
@@ -19,7 +19,7 @@ For each predictor (``tfvae.predictors.ALL_PREDICTORS``) ``evaluate`` reports
   rate; ``fallback_fpr01``, ``fallback_fpr05``: how many of the ``volumes`` kept the calibrated
   threshold because their scores could not be fitted (``ScanThreshold.fallback``).
 
-When post-processing is on (``postprocess.*``, see ``tfvae.postprocessing``), every metric is
+When post-processing is on (``postprocess.*``, see ``tfvae.maps.postprocessing``), every metric is
 reported twice: on the raw maps and, under ``"postprocessed"``, on the post-processed ones (with
 their own thresholds, calibrated on post-processed validation maps; connected components are
 removed from the binary masks before the Dice at a fixed FPR, not in ``best_dice``).
@@ -53,18 +53,21 @@ import tensorflow as tf
 from scipy import ndimage
 
 from tfvae import config as config_lib
-from tfvae import data
-from tfvae import ensemble as ensemble_lib
-from tfvae import metrics, postprocessing, reporting, scan_threshold
-from tfvae import recommended as recommended_lib
-from tfvae import reference_labels
-from tfvae import rundir, timing
-from tfvae import calibration
-from tfvae.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, calibrate
-from tfvae.nifti import write_maps
-from tfvae.predictors import ALL_PREDICTORS
-from tfvae.reporting import FigureSlices
-from tfvae.scoring import Scorer, Volume, variants, volumes
+from tfvae.data import pipelines as data
+from tfvae.maps import ensemble as ensemble_lib
+from tfvae import metrics
+from tfvae.maps import postprocessing
+from tfvae.evaluation import reporting
+from tfvae.thresholds import scan_threshold
+from tfvae.maps import recommended as recommended_lib
+from tfvae.data import reference_labels
+from tfvae.utils import rundir, timing
+from tfvae.thresholds import calibration
+from tfvae.thresholds.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, calibrate
+from tfvae.data.nifti import write_maps
+from tfvae.maps.predictors import ALL_PREDICTORS
+from tfvae.evaluation.reporting import FigureSlices
+from tfvae.maps.scoring import Scorer, Volume, variants, volumes
 
 FAR_MM = 6.0  # two voxels of the 64 x 64 phantom grid (3 mm), three of a 2 mm one
 
@@ -266,14 +269,14 @@ class ReferencePixels:
     not score) and resized linearly; the labels are the volume's original segmentation
     (``labels``: a ``reference_labels.reader``), checked against the dataset and resampled once
     (``reference_labels.paper_crop``) -- slices our preprocessing left out included with their true
-    labels, as the reference scores every slice (see ``tfvae.reference_labels``)."""
+    labels, as the reference scores every slice (see ``tfvae.data.reference_labels``)."""
 
     def __init__(self, predictors, size: int, skip: int, labels):
         self.size, self.skip, self.labels = size, skip, labels
         self.all = {p: metrics.PixelHistogram(bits=HISTOGRAM_BITS) for p in predictors}
 
     def _slices(self, volume: Volume, planes) -> np.ndarray:
-        from tfvae import preprocessing
+        from tfvae.data import preprocessing
 
         data = preprocessing.slices_to_volume(planes, volume.slice_index, volume.geometry, order=1)
         data = preprocessing.to_canonical(data, volume.geometry.source_affine)
@@ -284,7 +287,7 @@ class ReferencePixels:
         return ndimage.zoom(kept, zoom, order=1, grid_mode=True, mode="grid-constant")
 
     def update(self, volume: Volume) -> None:
-        from tfvae import reference_labels
+        from tfvae.data import reference_labels
 
         segmentation, affine = self.labels(volume.volume_id)
         label = reference_labels.paper_crop(reference_labels.checked(segmentation, affine, volume),
@@ -408,7 +411,7 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
     start, calibrating = time.perf_counter(), stages.seconds.get("calibration", 0.0)  # the scoring's clock
     fit_ids, scored_ids = (ensemble_lib.split_volumes(ids, ev["ensemble_fraction"], config["seed"])
                            if "ensemble" in predictors else ([], sorted(set(ids))))
-    from tfvae.console import progress_verbosity
+    from tfvae.utils.console import progress_verbosity
 
     scoring_line = f"scoring the test split: {len(ids)} slices of {len(set(ids))} volumes, {len(predictors)} map(s)"
     if verbose and fit_ids:  # the ensemble's volumes are scored first, then the thresholds calibrated

@@ -4,7 +4,7 @@ A scan goes through exactly the preprocessing of the run's training data
 (``preprocessing.volume_to_slices`` with the run's image size, field of view and slice selection;
 orientation from the affine, brain mask from the given mask or the non-zero voxels, brain z-score),
 every kept slice is scored in batches, the maps are post-processed as the config says
-(``tfvae.postprocessing``) and thresholded at a false-positive rate calibrated on the run's healthy
+(``tfvae.maps.postprocessing``) and thresholded at a false-positive rate calibrated on the run's healthy
 validation slices, and score and mask are written back into the scan's own grid. Slices the
 preprocessing skips (little brain) get score 0.
 
@@ -32,11 +32,14 @@ import os
 import nibabel as nib
 import numpy as np
 
-from tfvae import files, labelmaps, nifti, postprocessing, preprocessing, scan_threshold
-from tfvae.scan_threshold import HealthyReference, ScanThreshold
-from tfvae.nifti import modality_from_name  # noqa: F401 (the one reader's; re-exported for callers)
-from tfvae.scans import slice_scan, stem, training_modality
-from tfvae.scoring import Scorer, Volume, variants
+from tfvae.utils import files
+from tfvae.data import labelmaps, nifti, preprocessing
+from tfvae.maps import postprocessing
+from tfvae.thresholds import scan_threshold
+from tfvae.thresholds.scan_threshold import HealthyReference, ScanThreshold
+from tfvae.data.nifti import modality_from_name  # noqa: F401 (the one reader's; re-exported for callers)
+from tfvae.data.scans import slice_scan, stem, training_modality
+from tfvae.maps.scoring import Scorer, Volume, variants
 
 
 def scan_warnings(path: str, data: np.ndarray, affine: np.ndarray, reference: dict) -> list[str]:
@@ -128,8 +131,8 @@ class Localizer:
 
     def __init__(self, run, config: dict, *, predictor: str = "recommended", fpr: float = 0.01,
                  checkpoint: str = "final", force: bool = False):
-        from tfvae import data
-        from tfvae.predictor_names import LOCALIZABLE
+        from tfvae.data import pipelines as data
+        from tfvae.config.predictor_names import LOCALIZABLE
 
         if predictor not in LOCALIZABLE:
             raise ValueError(f"predictor {predictor!r}: choose one of {', '.join(LOCALIZABLE)} "
@@ -138,7 +141,7 @@ class Localizer:
             raise ValueError(f"fpr must be between 0 and 1, got {fpr}")
         self.run, self.config, self.predictor, self.fpr, self.checkpoint = run, config, predictor, fpr, checkpoint
         self.force = force
-        from tfvae import calibration
+        from tfvae.thresholds import calibration
 
         try:
             self.scorer = run.scorer([predictor], config=config, checkpoint=checkpoint)
@@ -180,12 +183,12 @@ class Localizer:
         is a raw head, localized through ``localize_raw`` (its preprocessing written to
         ``preprocess_dir``, a temporary folder when None). Raises ``nifti.BadInputError`` /
         ``ValueError`` with one line."""
-        from tfvae.nifti import check_same_grid, load_volume, modality_warning, read_background
+        from tfvae.data.nifti import check_same_grid, load_volume, modality_warning, read_background
 
         chosen = preprocess_settings(preprocess)
         if chosen is not None:
             if mask is not None:
-                from tfvae.console import option
+                from tfvae.utils.console import option
 
                 raise ValueError(f"{option('--preprocess', 'preprocess=...')} makes the scan's brain mask: give it "
                                  f"or {option('--mask', 'mask=...')}, not both")
@@ -237,7 +240,7 @@ def preprocess_settings(preprocess):
     or None when off (None, False)."""
     if preprocess is None or preprocess is False:
         return None
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     return hp.Settings() if preprocess is True else preprocess
 
@@ -257,7 +260,7 @@ def to_raw_grid(values: np.ndarray, affine: np.ndarray, raw_shape, raw_affine: n
     """``values`` (on the grid of ``affine``, in template space) resampled onto the raw scan's grid
     through ``raw_to_template`` (4x4, raw world -> template world, RAS+ mm): linear or nearest
     neighbour, 0 outside ``values``' grid (float32)."""
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     image = hp.to_sitk(np.asarray(values, np.float32), affine)
     reference = hp.to_sitk(np.zeros(tuple(raw_shape), np.float32), raw_affine)
@@ -272,8 +275,8 @@ def localize_raw(localizer: "Localizer", scan: str, settings, out_dir: str, *, k
     localized in template space, and score and mask are carried back into the scan's own grid
     through the stored transform (score linear, mask nearest neighbour), 0 outside the brain mask.
     ``keep``: ``out_dir`` outlives the call (else the result names no file in it)."""
-    from tfvae import head_preprocessing as hp
-    from tfvae.nifti import load_volume
+    from tfvae.data import head_preprocessing as hp
+    from tfvae.data.nifti import load_volume
 
     hp.require_simpleitk()
     notes: list[str] = []
@@ -307,7 +310,7 @@ def localize_raw(localizer: "Localizer", scan: str, settings, out_dir: str, *, k
 def _needs_validation_data(run, config: dict, predictor: str, fpr: float, checkpoint: str, error) -> str:
     """One line: the thresholds these settings need are not in the run's ``thresholds.json`` and the
     validation data that would calibrate them (``error``: ``data.MissingDataError``) is not here."""
-    from tfvae import calibration
+    from tfvae.thresholds import calibration
 
     store = calibration.ThresholdStore(run.thresholds_path)
     stored = store.thresholds(store.key(run.model_digest(checkpoint), predictor, config))
@@ -333,7 +336,7 @@ def training_scans(run, config: dict, *, store: bool = True) -> dict | None:
     built training split when that is here (then stored in the run, with ``store``) -- never built
     for this, nor read from the source folder. None when neither is there (a run of an older tfvae
     moved without its data)."""
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     key = {k: config["data"][k] for k in TRAINING_KEYS}
     path = os.path.join(run.dir, TRAINING_SCANS_FILE)
@@ -366,7 +369,7 @@ def write_outputs(result: Localized, out_dir: str, name: str, title: str, scale=
     """``<name>_tfvae_score.nii.gz``, ``<name>_tfvae_mask.nii.gz`` (the scan's grid and affine),
     ``<name>_tfvae_overlay.png`` and ``<name>_tfvae_components.csv`` (one row per connected finding)
     in ``out_dir``; returns the scan's summary row."""
-    from tfvae import reporting
+    from tfvae.evaluation import reporting
 
     os.makedirs(out_dir, exist_ok=True)
     with files.written_whole(os.path.join(out_dir, name + OUTPUTS[0])) as tmp:
@@ -410,7 +413,7 @@ BRAINMASK = f"{OUTPUT_TAG}brainmask.nii.gz"  # localize --preprocess: the brain 
 def mask_beside(scan: str) -> str | None:
     """The brain mask beside ``scan``, ``<scan>_mask.nii[.gz]``, found as ``tfvae calibrate`` finds
     it (``scans.find``: one rule for every reader), or None."""
-    from tfvae import scans
+    from tfvae.data import scans
 
     return scans.find([scan])[0]["mask"]
 
@@ -475,7 +478,7 @@ def batch_settings(run, config: dict, *, predictor: str, fpr: float, checkpoint:
     thresholds are keyed by (``calibration.map_settings``, flattened), and whether raw heads are
     preprocessed first with which settings (``preprocess_record``), and ``force`` (an assumed
     orientation, a brain partly outside the field of view scored). Cheap: no model is loaded."""
-    from tfvae import calibration
+    from tfvae.thresholds import calibration
 
     name = config["threshold"]["calibration"]
     healthy = calibration.ThresholdStore(run.thresholds_path).healthy_set(name)["sha256"] if name else None
@@ -685,15 +688,15 @@ def localize_files(localizer: Localizer, scans: list[str], out_dir: str, *, mask
     preprocessed into ``out_dir`` first (``localize_raw``; reused when there already) and its maps
     written in its own raw grid; its brain mask is the one the preprocessing made (written as
     ``<name>_tfvae_brainmask.nii.gz``), never ``mask`` nor one beside it."""
-    from tfvae.nifti import BadInputError
+    from tfvae.data.nifti import BadInputError
 
     chosen = preprocess_settings(preprocess)
     if chosen is not None:
-        from tfvae import head_preprocessing as hp
+        from tfvae.data import head_preprocessing as hp
 
         hp.require_simpleitk()  # before any scan: one line naming the extra
         if mask:
-            from tfvae.console import option
+            from tfvae.utils.console import option
 
             raise ValueError(f"{option('--preprocess', 'preprocess=...')} makes each scan's brain mask: give it or "
                              f"{option('--mask', 'mask=...')}, not both")

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfvae.rundir import RESULTS_FILE  # noqa: E402
+from tfvae.utils.rundir import RESULTS_FILE  # noqa: E402
 
 # evaluation metrics shown as HParams metrics (written by log_evaluation)
 EVAL_METRICS = ("auroc", "auroc_brain", "auprc_brain", "dice_fpr01")
@@ -54,7 +54,7 @@ VOLUME_COLUMNS = {"measured_fpr01_p90": ("measured_fpr01", "p90"), "measured_fpr
 def title(config: dict, checkpoint: str = "final") -> str:
     """What an evaluation scored: run name, test data and split (and how many of its volumes
     ``evaluate.exclude_volumes`` leaves out), beta, latent size, checkpoint."""
-    from tfvae.data import test_data_config
+    from tfvae.data.pipelines import test_data_config
 
     test = test_data_config(config["data"])
     excluded = config.get("evaluate", {}).get("exclude_volumes") or []
@@ -161,7 +161,7 @@ LEGEND = (
     "their scores could not be fitted (per_volume.csv says why).",
     "intensity: the scan itself thresholded (a baseline, no model); intensity_filtered: the same through the "
     "recommended map's recipe (positive part, 3D median and Gaussian, brain mask; no model); recommended: the "
-    "restored positive residual, 3D-filtered (tfvae/recommended.py); ensemble: fitted on labelled test volumes.",
+    "restored positive residual, 3D-filtered (tfvae/maps/recommended.py); ensemble: fitted on labelled test volumes.",
 )
 
 
@@ -202,7 +202,7 @@ LABEL_NAMES = {1: ("necrosis", "#3d8bff"), 2: ("edema", "#ffd400"), 4: ("enhanci
 # the grey panels of a figure, in order, with their titles
 IMAGE_PANELS = {"image": "input + ground truth", "reconstruction": "reconstruction",
                 "projected_reconstruction": "restored reconstruction"}
-# each map's unit under its colour bar (intensities are z-scored per volume: "z"; tfvae.predictors)
+# each map's unit under its colour bar (intensities are z-scored per volume: "z"; tfvae.maps.predictors)
 MAP_UNITS = {"rec_error": "(x - g)², z²", "proj_rec_error": "(x - g)², z²", "elbo_grad": "|∂ELBO/∂x|, nats / z",
              "kl_grad": "|∂KL/∂x|, nats / z", "rec_grad": "|∂Lrec/∂x|, nats / z", "combi": "nats (KL-gradient weighted)",
              "recommended": "x above its restoration, z", "intensity": "intensity, z",

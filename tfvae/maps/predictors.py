@@ -16,12 +16,12 @@ For a batch of slices x (B, S, S, 1), with L = Lrec + beta * KL the model's per-
   log-likelihood, constant included (it makes the map rank by KL-grad where the residual is
   small). The reference normalises with the minimum and maximum of the *batch*, which makes a
   pixel's score depend on the other slices it is scored with; we use a fixed range instead
-  (``kl_range``), taken from the healthy validation maps (``tfvae.calibration``); without one the
+  (``kl_range``), taken from the healthy validation maps (``tfvae.thresholds.calibration``); without one the
   batch's own range is used, exactly as the reference does.
   ``"paper"``: |dKL/dx| * rec_error, the product as the paper writes it;
 - ``intensity``  the input itself: the plain-threshold baseline (Meissen et al.);
-- ``proj_rec_error``, ``ensemble`` and ``recommended`` come from ``tfvae.projection``,
-  ``tfvae.ensemble`` and ``tfvae.recommended``.
+- ``proj_rec_error``, ``ensemble`` and ``recommended`` come from ``tfvae.maps.projection``,
+  ``tfvae.maps.ensemble`` and ``tfvae.maps.recommended``.
 
 Smoothing. ``smooth_gradients`` (on by default, as in the reference) smooths ELBO-grad, KL-grad and
 Rec-grad -- not Rec-Error -- with the reference's kernel (``reference_kernel``: a normalised 7x7
@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from tfvae.predictor_names import ALL_PREDICTORS, GRADIENT_MAPS  # noqa: F401  (the names, without TensorFlow)
+from tfvae.config.predictor_names import ALL_PREDICTORS, GRADIENT_MAPS  # noqa: F401  (the names, without TensorFlow)
 
 SMOOTHED_GRADIENTS = ("elbo_grad", "kl_grad", "rec_grad")
 COMBI_VARIANTS = ("zimmerer", "paper")

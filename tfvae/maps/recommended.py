@@ -5,7 +5,7 @@ For the stacked slices of one volume (z, S, S) with input x0 and brain mask B::
     recommended = B * G_sigma( M_k( max(x0 - g(mu(x_T)), 0) ) )
 
 1. **Restoration** (``recommended.restore``, on by default): x_T is the input projected onto the
-   normal manifold (``tfvae.projection``, with ``predictors.projection_steps`` /
+   normal manifold (``tfvae.maps.projection``, with ``predictors.projection_steps`` /
    ``projection_lambda`` / ``projection_lr``); off, x_T = x0 and g(mu(x0)) is the plain
    reconstruction.
 2. **Positive residual**: only where the input is brighter than its (restored) reconstruction
@@ -49,7 +49,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from tfvae import metrics, postprocessing
+from tfvae import metrics
+from tfvae.maps import postprocessing
 
 # millimetres, the same on every axis (0: off). The median's 6k + 1 mm are 3, 5 and 7 pixels of 3 mm in plane
 # (the earlier candidates, counted in voxels), each 1 mm clear of a rounding tie (6 mm / 3 mm = 2: 1 or 3)

@@ -2,11 +2,11 @@
 tuning) scores with.
 
 - ``volumes(examples)`` groups a split's slices (stored volume by volume) into ``Volume`` objects;
-- ``Scorer`` makes every requested map of a volume's slices (``tfvae.predictors``,
-  ``tfvae.projection``, ``tfvae.recommended``), after ``Scorer.fit`` took from the healthy
+- ``Scorer`` makes every requested map of a volume's slices (``tfvae.maps.predictors``,
+  ``tfvae.maps.projection``, ``tfvae.maps.recommended``), after ``Scorer.fit`` took from the healthy
   validation volumes what the maps need (the reference Combi's KL-grad range, the recommended map's
   settings); it always computes in float32, whatever precision the model was trained in;
-- ``variants`` gives the maps as scored ("raw") and post-processed in 3D (``tfvae.postprocessing``).
+- ``variants`` gives the maps as scored ("raw") and post-processed in 3D (``tfvae.maps.postprocessing``).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from tfvae import postprocessing, preprocessing
-from tfvae.console import Stage
-from tfvae import recommended as recommended_lib
-from tfvae.model import in_float32
-from tfvae.predictors import PixelPredictors, smooth
-from tfvae.projection import CompiledProjection
+from tfvae.maps import postprocessing
+from tfvae.data import preprocessing
+from tfvae.utils.console import Stage
+from tfvae.maps import recommended as recommended_lib
+from tfvae.model.vae import in_float32
+from tfvae.maps.predictors import PixelPredictors, smooth
+from tfvae.maps.projection import CompiledProjection
 
 MAX_CALIBRATION_SLICES = 4096  # healthy validation slices used for statistics and thresholds
 MAX_KEPT_BYTES = 2 ** 30  # network outputs of healthy volumes a Scorer keeps between fit and calibration
@@ -84,7 +85,7 @@ def intensity_positive(images: np.ndarray) -> np.ndarray:
 
 def as_volumes(healthy, limit: int | None = None):
     """The ``Volume`` s of ``healthy``: a split (``tf.data.Dataset``, grouped by ``volumes``) or
-    already a list of them (e.g. a user's own healthy scans, ``tfvae.healthy_scans``); at most
+    already a list of them (e.g. a user's own healthy scans, ``tfvae.thresholds.healthy_scans``); at most
     ``limit`` when given."""
     stream = volumes(healthy) if isinstance(healthy, tf.data.Dataset) else iter(healthy)
     return stream if limit is None else (v for _, v in zip(range(limit), stream))
@@ -95,7 +96,7 @@ class Scorer:
 
     ``fit(validation)`` must run before scoring when the maps need statistics of healthy
     validation volumes: the fixed KL-grad range of the reference Combi, and the recommended map's
-    settings (``tfvae.recommended``); ``reference`` holds what it found."""
+    settings (``tfvae.maps.recommended``); ``reference`` holds what it found."""
 
     def __init__(self, model, config: dict, predictors):
         p, r = config["predictors"], config["recommended"]
@@ -111,7 +112,7 @@ class Scorer:
                            if "proj_rec_error" in self.predictors or self.restore else None)
         self.smooth_sigma = p["smooth_sigma"]
         self.batch_size = config["evaluate"]["batch_size"]
-        # the filtered maps (tfvae.recommended): their 3D filter sizes in mm (None: chosen by fit), and the
+        # the filtered maps (tfvae.maps.recommended): their 3D filter sizes in mm (None: chosen by fit), and the
         # healthy validation grid (mm per slice, row, column) they were fitted on: a scan's grid when none is given
         self.sizes = {name: {"median_mm": r["median_mm"], "gaussian_sigma_mm": r["gaussian_sigma_mm"]}
                       for name in FILTERED if name in self.predictors}

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae import networks
+from tfvae.model import networks
 
 tfd = tfp.distributions
 

@@ -21,8 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import files
-from tfvae.reporting import (EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, TRAIN_RUN, VALIDATION_RUN,  # noqa: F401
+from tfvae.utils import files
+from tfvae.evaluation.reporting import (EVAL_METRICS, EVAL_PREDICTORS, EVALUATION_RUN, TRAIN_RUN, VALIDATION_RUN,  # noqa: F401
                              eval_tag, image_tag)
 
 
@@ -72,7 +72,8 @@ def run_hparams(config: dict, extra_keys=(), precision_used: str = "float32") ->
     resolved to (``training.resolve_precision``);
     ``train.seed``: the config's ``seed``), then ``extra_keys`` (dotted config keys, e.g. the keys a
     search varies)."""
-    from tfvae import augment, config as config_lib
+    from tfvae import config as config_lib
+    from tfvae.data import augment
 
     flat = config_lib.flatten(config)
     flat["train.with_augment"] = augment.is_active(config.get("augment"))

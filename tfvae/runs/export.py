@@ -1,13 +1,13 @@
 """A run's model as a TensorFlow SavedModel, for TF Serving and ``tf.saved_model.load``.
 
 Serving signatures, each on a batch of *preprocessed* slices (``x``: float32, (batch, S, S, 1),
-z-scored as ``tfvae.preprocessing`` makes them):
+z-scored as ``tfvae.data.preprocessing`` makes them):
 
 - ``reconstruct``: ``reconstruction`` = g(mu(x));
 - ``maps``: ``reconstruction``, ``rec_error`` = (x - g)^2, and the gradient maps ``elbo_grad``,
   ``kl_grad``, ``rec_grad`` = |dL/dx|, |dKL/dx|, |dLrec/dx| of each slice's own loss, smoothed with
   the reference's 7x7 Gaussian when the run's ``predictors.smooth_gradients`` is on -- the maps
-  ``tfvae.predictors.PixelPredictors`` makes (z = mu).
+  ``tfvae.maps.predictors.PixelPredictors`` makes (z = mu).
 
 The maps needing a whole volume or healthy-validation statistics (``recommended``, ``combi``,
 ``proj_rec_error``) and the thresholds stay with the library (``Run.localize``).
@@ -20,8 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfvae.predictors import PixelPredictors, reference_kernel
-from tfvae.rundir import sibling
+from tfvae.maps.predictors import PixelPredictors, reference_kernel
+from tfvae.utils.rundir import sibling
 
 SIGNATURES = ("reconstruct", "maps")
 

@@ -8,7 +8,7 @@
     found = run.localize("scan_t2.nii.gz", fpr=0.01)      # maps in the scan's own grid
     found.components                                     # one row per connected finding
 
-The layout of a run directory, the marker, folder swaps and the run's lock are ``tfvae.rundir``
+The layout of a run directory, the marker, folder swaps and the run's lock are ``tfvae.utils.rundir``
 (a layer that imports no job); ``Run`` is the face on top of it that calls every job.
 
 The scripts (``scripts/*.py``) are this class's command-line face: they parse arguments, call it
@@ -31,9 +31,9 @@ import json
 import os
 
 from tfvae import config as config_lib
-from tfvae import files
-from tfvae.console import option
-from tfvae.rundir import (BACKUP_DIR, CHECKPOINTS, CHECKPOINTS_DIR, CONFIG_FILE, EVAL_DIR, HISTORY_FILE,  # noqa: F401
+from tfvae.utils import files
+from tfvae.utils.console import option
+from tfvae.utils.rundir import (BACKUP_DIR, CHECKPOINTS, CHECKPOINTS_DIR, CONFIG_FILE, EVAL_DIR, HISTORY_FILE,  # noqa: F401
                           LOGS_DIR, MARKER_FILE, MARKER_VERSION, MODEL_FILES, RESULTS_FILE, RESUMABLE_KEYS,
                           THRESHOLDS_FILE, RunDir, RunDirError, RunLockError, delete_whole, is_ours, lock, mark,
                           marker, remove_ours, sibling, swap_in)
@@ -44,7 +44,7 @@ def _holding(job: str):
     def wrap(method):
         @functools.wraps(method)
         def locked(self, *args, **kwargs):
-            from tfvae.console import quiet_tensorflow
+            from tfvae.utils.console import quiet_tensorflow
 
             quiet_tensorflow()  # a notebook as quiet as the scripts
             with self.lock(job, self.config() if self.is_run or self._config is not None else None):
@@ -54,7 +54,7 @@ def _holding(job: str):
 
 
 class Run(RunDir):
-    """A run directory (its layout: ``tfvae.rundir``) and every job on it."""
+    """A run directory (its layout: ``tfvae.utils.rundir``) and every job on it."""
 
     def __init__(self, run_dir: str | os.PathLike):
         super().__init__(run_dir)
@@ -94,11 +94,11 @@ class Run(RunDir):
         import hashlib
         import tempfile
 
-        from tfvae.console import quiet_tensorflow
+        from tfvae.utils.console import quiet_tensorflow
 
         quiet_tensorflow()
-        from tfvae import networks
-        from tfvae.model import load
+        from tfvae.model import networks
+        from tfvae.model.vae import load
 
         path = self.trained_model_path(checkpoint)
         with open(path, "rb") as f:
@@ -128,7 +128,7 @@ class Run(RunDir):
 
     def model_digest(self, checkpoint: str = "final") -> str:
         """SHA-256 of the model file's content: of the bytes ``model`` loaded when it did, else read now."""
-        from tfvae import calibration
+        from tfvae.thresholds import calibration
 
         if checkpoint not in self._digests:
             return calibration.file_digest(self.trained_model_path(checkpoint))
@@ -242,7 +242,7 @@ class Run(RunDir):
     def train(self, *, verbose="auto", extra_callbacks=()):
         """Train (continuing from the backup when there is one); returns Keras's History. With
         ``verbose`` (progress shown) it ends with a line saying where the run is and its size."""
-        from tfvae import training
+        from tfvae.runs import training
 
         self.restored_previous = False
         try:
@@ -258,7 +258,7 @@ class Run(RunDir):
         if self._config is None and os.path.exists(self.replaced):  # the chief's to remove, not a follower's
             remove_ours(self.replaced, "run")
         if self._config is None:  # what localize needs from the training data, kept in the run (the chief's)
-            from tfvae import localization
+            from tfvae.evaluation import localization
 
             localization.training_scans(self, self.config())
         if verbose:
@@ -276,7 +276,8 @@ class Run(RunDir):
         evaluation folder is replaced only with ``overwrite``, and only when complete. Returns the
         results; with ``verbose`` and ``say_where`` it ends with a line saying where they were written
         and their size (the command says it after its table)."""
-        from tfvae import data, evaluation
+        from tfvae.data import pipelines as data
+        from tfvae.evaluation import evaluate as evaluation
 
         config = config or self.config(overrides)
         out_dir, partial = self.evaluation_target(out_dir, overwrite, repair=True)
@@ -341,8 +342,8 @@ class Run(RunDir):
         """A fitted ``scoring.Scorer`` for ``predictors``: what the maps need from healthy validation
         volumes is read from ``thresholds.json`` when a calibration of the same checkpoint and map
         settings stored it, else computed (and stored by ``threshold``)."""
-        from tfvae import calibration
-        from tfvae.scoring import Scorer
+        from tfvae.thresholds import calibration
+        from tfvae.maps.scoring import Scorer
 
         config = config or self.config()
         scorer = Scorer(self.model(checkpoint), config, predictors)
@@ -361,9 +362,10 @@ class Run(RunDir):
     def healthy_split(self, config: dict | None = None):
         """Where the run takes healthy statistics from (thresholds, the recommended map's sizes):
         the validation split of its training data, or the user's own healthy scans of the
-        calibration ``threshold.calibration`` names (``tfvae.healthy_scans``, read again and checked
+        calibration ``threshold.calibration`` names (``tfvae.thresholds.healthy_scans``, read again and checked
         against their fingerprint)."""
-        from tfvae import calibration, data, healthy_scans
+        from tfvae.thresholds import calibration, healthy_scans
+        from tfvae.data import pipelines as data
 
         config = config or self.config()
         name = config["threshold"]["calibration"]
@@ -392,9 +394,11 @@ class Run(RunDir):
         predictor's thresholds at 1 % and 5 % FPR. Errors (one line): an unreadable scan, a
         ``calibration.CalibrationError`` when too few scans would be left (``healthy_scans.MIN_KEPT``,
         or more than half the set left out)."""
-        from tfvae import calibration, config as config_lib, data, healthy_scans
-        from tfvae.predictor_names import LOCALIZABLE
-        from tfvae.scans import find as find_scans
+        from tfvae import config as config_lib
+        from tfvae.thresholds import calibration, healthy_scans
+        from tfvae.data import pipelines as data
+        from tfvae.config.predictor_names import LOCALIZABLE
+        from tfvae.data.scans import find as find_scans
 
         config_lib.check_value("threshold.calibration", name, option("--name", "name"))
         config = config_lib.resolve(self.config(overrides), [f"threshold.calibration={name}"])
@@ -427,8 +431,9 @@ class Run(RunDir):
         scan is left out (its network outputs kept); None below 2 scans (nothing to compare)."""
         import numpy as np
 
-        from tfvae import healthy_scans, postprocessing
-        from tfvae.scoring import Scorer, variants
+        from tfvae.thresholds import healthy_scans
+        from tfvae.maps import postprocessing
+        from tfvae.maps.scoring import Scorer, variants
 
         if len(volumes) < 2:
             return healthy_scans.screen(pairs, volumes, None, predictor=None, name=name), None
@@ -449,8 +454,9 @@ class Run(RunDir):
         ``scan_threshold.REFERENCE_FPRS``, ``calibration.FPRS`` and ``rates``; those missing are
         calibrated now (under the run's lock) in one pass over the healthy split (``healthy_split``,
         or the volumes ``healthy``) and stored -- a stored threshold is never replaced."""
-        from tfvae import calibration, postprocessing, scan_threshold
-        from tfvae.scoring import Scorer
+        from tfvae.thresholds import calibration, scan_threshold
+        from tfvae.maps import postprocessing
+        from tfvae.maps.scoring import Scorer
 
         rates = set(scan_threshold.REFERENCE_FPRS) | set(calibration.FPRS.values()) | {float(r) for r in rates}
         digest = self.model_digest(checkpoint)
@@ -508,8 +514,8 @@ class Run(RunDir):
 
     @_holding("export")
     def export(self, out_dir: str, *, checkpoint: str = "final") -> str:
-        """The model as a TensorFlow SavedModel with serving signatures (``tfvae.export``)."""
-        from tfvae import export
+        """The model as a TensorFlow SavedModel with serving signatures (``tfvae.runs.export``)."""
+        from tfvae.runs import export
 
         return export.export(self.model(checkpoint), out_dir,
                              smooth_gradients=self.config()["predictors"]["smooth_gradients"])
@@ -527,7 +533,7 @@ class Run(RunDir):
         ``preprocess`` (True, or ``head_preprocessing.Settings``): ``scan`` is a raw head (skull on,
         any pose), preprocessed first into ``preprocess_dir`` (a temporary folder when None; reused
         there when made before), maps in its raw grid (``localization.localize_raw``)."""
-        from tfvae import localization
+        from tfvae.evaluation import localization
 
         config = self.config(overrides)
         def stamp(path):  # a model retrained, or thresholds stored by evaluate since: a new Localizer

@@ -1,5 +1,5 @@
 """Training: the model, the callbacks and ``model.fit``, writing into a run directory whose layout
-``tfvae.rundir`` defines (``tfvae.Run.create`` makes one; ``Run.train`` calls ``train``).
+``tfvae.utils.rundir`` defines (``tfvae.Run.create`` makes one; ``Run.train`` calls ``train``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae import callbacks as tfvae_callbacks
+from tfvae.runs import callbacks as tfvae_callbacks
 from tfvae import config as config_lib
-from tfvae import data
-from tfvae.model import BetaVAE
-from tfvae.rundir import RunDir, RunDirError
+from tfvae.data import pipelines as data
+from tfvae.model.vae import BetaVAE
+from tfvae.utils.rundir import RunDir, RunDirError
 
 
 _STRATEGIES: dict = {}  # one MultiWorkerMirroredStrategy per process (it can be made only once)
@@ -201,7 +201,7 @@ def train(config: dict, run_dir: str, *, extra_callbacks=(), verbose="auto", mod
     distribution = strategy(config)  # first: a multi-worker strategy must exist before any TensorFlow op runs
     keras.utils.set_random_seed(config["seed"])
     if verbose == "auto":  # progress bars on a terminal, one line per epoch in a log file
-        from tfvae.console import progress_verbosity
+        from tfvae.utils.console import progress_verbosity
 
         verbose = progress_verbosity()
     t = config["train"]
@@ -281,7 +281,7 @@ def resume(model, run: RunDir, truncate: bool = True) -> int:
             model.optimizer.build(model.trainable_variables)
         problem = _load_weights(model, weights)
         if problem is not None:
-            from tfvae.console import option
+            from tfvae.utils.console import option
 
             fallback = _load_weights(model, last) if weights != last and os.path.isfile(last) else "not there"
             if fallback is not None:

@@ -90,11 +90,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae import config as config_lib
-from tfvae import files
-from tfvae.reporting import VALIDATION_RUN
-from tfvae.predictor_names import LOCALIZABLE
-from tfvae.run import Run
-from tfvae.rundir import sibling, swap_in
+from tfvae.utils import files
+from tfvae.evaluation.reporting import VALIDATION_RUN
+from tfvae.config.predictor_names import LOCALIZABLE
+from tfvae.runs.run import Run
+from tfvae.utils.rundir import sibling, swap_in
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 OBJECTIVES = {"neg_elbo": ("val_neg_elbo", "min"), "val_loss": ("val_loss", "min"), "auroc": ("val_auroc", "max")}
@@ -373,7 +373,7 @@ def objective_examples(search: "Search", config: dict):
     ``objective_split`` null, the ``held_apart_volumes`` of the test split of the test dataset
     (``data.test_data_config``; ``held_apart``: their ids); else the split named (``held_apart``:
     None), of which ``labelled_auroc`` reads the first ``objective_volumes`` volumes."""
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     d = config["data"]
     test_data = data.test_data_config(d)
@@ -391,9 +391,10 @@ def labelled_auroc(model, config: dict, predictor: str, examples, n_volumes: int
     """Pixel AUROC of ``predictor`` over the first ``n_volumes`` volumes of ``examples`` (all
     pixels, labels = seg > 0), with the code ``evaluate.py`` uses. Uses labels. ``volume_ids``, when
     given, receives the ids of the volumes scored."""
-    from tfvae import evaluation, metrics
+    from tfvae import metrics
+    from tfvae.evaluation import evaluate as evaluation
 
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     scorer = evaluation.Scorer(model, config, [predictor])
     # what the map needs from healthy validation slices (recommended settings, Combi's KL range)
@@ -523,7 +524,7 @@ class VAEHyperModel(kt.HyperModel):
         self.search, self.search_dir, self.verbose = search, search_dir, verbose
 
     def build(self, hp):
-        from tfvae import training
+        from tfvae.runs import training
 
         config = self.search.trial_config(hp)
         keras.utils.set_random_seed(config["seed"])  # the weights training.train would start from
@@ -538,7 +539,8 @@ class VAEHyperModel(kt.HyperModel):
         ["val_auroc": ...]}``; ``objective.json`` in the run directory holds them with what the
         objective recorded (the negative ELBO's Monte-Carlo error; the AUROC's volumes, whether they
         were held apart, and the ``warning`` of an objective that read the test split)."""
-        from tfvae import data, training
+        from tfvae.data import pipelines as data
+        from tfvae.runs import training
 
         search = self.search
         run_dir = trial_dir(self.search_dir, trial_id)
@@ -740,7 +742,7 @@ def prepare_search_dir(search: Search, search_dir: str, overwrite: bool = False)
                 saved = json.load(f)
             keys = [k for k in described if k != "source" and saved.get(k) != described[k]]
             if keys:
-                from tfvae.console import option
+                from tfvae.utils.console import option
 
                 raise SearchDirError(f"{search_dir} holds another search (differs in {', '.join(keys)}); pass "
                                      f"{option('--overwrite', 'overwrite=True')} to replace it or "

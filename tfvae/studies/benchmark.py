@@ -30,14 +30,16 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from tfvae import data, files, metrics
-from tfvae.benchmark_peer import KERNEL_CLASSES, KERNEL_VARIABLES
-from tfvae.model import BetaVAE
-from tfvae.networks import forward_flops, layer_flops
-from tfvae.predictors import PixelPredictors
-from tfvae.projection import CompiledProjection, project
-from tfvae.timing import median_time
-from tfvae.training import bfloat16_convolutions, cpu_flags, native_bfloat16, onednn_enabled
+from tfvae import metrics
+from tfvae.data import pipelines as data
+from tfvae.utils import files
+from tfvae.studies.benchmark_peer import KERNEL_CLASSES, KERNEL_VARIABLES
+from tfvae.model.vae import BetaVAE
+from tfvae.model.networks import forward_flops, layer_flops
+from tfvae.maps.predictors import PixelPredictors
+from tfvae.maps.projection import CompiledProjection, project
+from tfvae.utils.timing import median_time
+from tfvae.runs.training import bfloat16_convolutions, cpu_flags, native_bfloat16, onednn_enabled
 
 BATCH = 64
 SIZE = 64
@@ -107,7 +109,7 @@ def quality(data_dir: str | None = None, workdir: str | None = None, log=print) 
     import tempfile
 
     from tfvae import config as config_lib
-    from tfvae.run import Run
+    from tfvae.runs.run import Run
 
     workdir = workdir or tempfile.mkdtemp(prefix="tfvae-quality-")
     found = {}
@@ -130,11 +132,11 @@ def quality(data_dir: str | None = None, workdir: str | None = None, log=print) 
 
 
 def peer_figures(quick: bool, steps: int, projection_steps: int, repeats: int) -> dict | None:
-    """``tfvae.benchmark_peer``'s figures (a plain PyTorch implementation of the same network), run
+    """``tfvae.studies.benchmark_peer``'s figures (a plain PyTorch implementation of the same network), run
     in a subprocess with the same batch, size, latent size, steps and repeats; None without torch."""
     if importlib.util.find_spec("torch") is None:
         return None
-    command = [sys.executable, "-m", "tfvae.benchmark_peer", "--batch", str(BATCH), "--size", str(SIZE),
+    command = [sys.executable, "-m", "tfvae.studies.benchmark_peer", "--batch", str(BATCH), "--size", str(SIZE),
                "--latent", "64", "--repeats", str(repeats), "--steps", str(steps),
                "--projection-steps", str(projection_steps)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -194,9 +196,9 @@ def evaluation(run_dir: str | None = None, checkpoint: str = "final", overrides=
     import tempfile
 
     from tfvae import config as config_lib
-    from tfvae import evaluation as evaluation_lib
-    from tfvae.run import Run
-    from tfvae.timing import Stages
+    from tfvae.evaluation import evaluate as evaluation_lib
+    from tfvae.runs.run import Run
+    from tfvae.utils.timing import Stages
 
     out = {"machine": machine()}
     print_machine(out["machine"])
@@ -231,7 +233,7 @@ def run(quick: bool = False, out_path: str | None = "benchmark.json", data_dir: 
         layers: bool = False, check_quality: bool = False, peer: bool = False) -> dict:
     """Every figure (printed as a table as it is measured); written as JSON to ``out_path``.
     ``check_quality``: also ``quality`` (trains the quick start in both precisions); ``peer``: also
-    a plain PyTorch implementation's training, maps and projection (``tfvae.benchmark_peer``), run
+    a plain PyTorch implementation's training, maps and projection (``tfvae.studies.benchmark_peer``), run
     between tfvae's, and the ratios (skipped with a line when torch is not installed)."""
     repeats = 3 if quick else 7
     rng = np.random.default_rng(0)
@@ -501,7 +503,7 @@ def class_rounds(name: str, rounds: int, batch: int = BATCH, latent: int = 64, s
     benchmark's kept busy during each half (``OtherWork``); what this process and the peer's saw of ``KERNEL_VARIABLES`` and the
     kernels each library runs."""
     seen = {v: os.environ.get(v) for v in KERNEL_VARIABLES}
-    command = [sys.executable, "-m", "tfvae.benchmark_peer", "--serve", "--batch", str(batch), "--size", str(SIZE),
+    command = [sys.executable, "-m", "tfvae.studies.benchmark_peer", "--serve", "--batch", str(batch), "--size", str(SIZE),
                "--latent", str(latent), "--repeats", str(repeats), "--steps", str(steps),
                "--projection-steps", str(projection_steps)]
     peer = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -603,7 +605,7 @@ def rounds(n_rounds: int = 3, isas=("native", "avx2"), quick: bool = False,
            out_path: str | None = "benchmark_rounds.json",
            batch: int = BATCH, latent: int = 64, steps: int | None = None, projection_steps: int | None = None,
            repeats: int | None = None, log=print) -> dict:
-    """tfvae against the PyTorch peer (``tfvae.benchmark_peer``): for each kernel class of ``isas``
+    """tfvae against the PyTorch peer (``tfvae.studies.benchmark_peer``): for each kernel class of ``isas``
     (``KERNEL_CLASSES``), one subprocess in the class's environment runs ``n_rounds`` interleaved
     rounds (tfvae's three figures, then the peer's, in its own process started once in that
     environment); each figure's per-round ratio tfvae / peer, their median and spread (the ratio
@@ -661,8 +663,8 @@ def rounds(n_rounds: int = 3, isas=("native", "avx2"), quick: bool = False,
 
 
 # a kernel class's subprocess: tfvae first (it turns oneDNN on), TensorFlow without its start-up lines
-CLASS_MAIN = ("import sys; from tfvae.console import quiet_tensorflow; quiet_tensorflow(); "
-              "from tfvae.benchmark import _class_main; sys.exit(_class_main(sys.argv[1:]))")
+CLASS_MAIN = ("import sys; from tfvae.utils.console import quiet_tensorflow; quiet_tensorflow(); "
+              "from tfvae.studies.benchmark import _class_main; sys.exit(_class_main(sys.argv[1:]))")
 
 
 def _class_main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""The same figures as ``tfvae.benchmark`` from a plain PyTorch implementation of the same network,
+"""The same figures as ``tfvae.studies.benchmark`` from a plain PyTorch implementation of the same network,
 to compare tfvae with (``scripts/benchmark.py --peer``; needs ``torch``, an optional dependency).
 
 What it implements, float32 on the CPU, ``torch.set_num_threads(os.cpu_count())``:
@@ -6,22 +6,22 @@ What it implements, float32 on the CPU, ``torch.set_num_threads(os.cpu_count())`
 - the network of Zimmerer et al.'s code, in its layout: 4x4 stride-2 convolutions without bias and
   LeakyReLU(0.01) at 16-32-64-256 feature maps down to 4x4, a 4x4 valid convolution to
   2 x latent (mu, log sigma), and the mirror image with transposed convolutions, a linear output
-  (``tfvae.networks`` is the same maths, its two 4x4 <-> 1x1 ends written as dense layers);
+  (``tfvae.model.networks`` is the same maths, its two 4x4 <-> 1x1 ends written as dense layers);
 - a training step: one reparameterised sample, L = Lrec + beta * KL (Gaussian NLL with unit
   variance; the closed-form KL), the batch mean, ``torch.optim.Adam``;
-- the maps tfvae's predictor figure times (``tfvae.predictors``): |dLrec/dx| and |dKL/dx| from two
+- the maps tfvae's predictor figure times (``tfvae.maps.predictors``): |dLrec/dx| and |dKL/dx| from two
   backward passes through one forward pass at z = mu, ELBO-grad by the sum rule, the squared
   error, the reference's 7x7 Gaussian smoothing of the three gradient maps and its Combi, made as
   the reference code makes them (``F.conv2d``, zero padding);
 - the projection: ``torch.optim.Adam`` on the input, E(x) = Lrec(x) + lambda * |x - x0|_1, then the
   projected image's reconstruction and its squared error against the input (the proj_rec_error
-  map): what ``tfvae.projection.CompiledProjection`` returns.
+  map): what ``tfvae.maps.projection.CompiledProjection`` returns.
 
-Run as ``python -m tfvae.benchmark_peer --batch 64 --size 64 --latent 64 --repeats 3 --steps 15
+Run as ``python -m tfvae.studies.benchmark_peer --batch 64 --size 64 --latent 64 --repeats 3 --steps 15
 --projection-steps 10``: prints one JSON object with ``train_slices_per_s``,
 ``predictor_maps_slices_per_s``, ``projection_slice_steps_per_s`` and the versions. With
 ``--serve`` it builds once and prints such a line for each line read from stdin (the interleaved
-rounds of ``tfvae.benchmark.rounds``).
+rounds of ``tfvae.studies.benchmark.rounds``).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import sys
 
 import numpy as np
 
-from tfvae.timing import median_time
+from tfvae.utils.timing import median_time
 
 LEAKY_SLOPE = 0.01
 FILTERS = (16, 32, 64, 256)
 KERNEL_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # what limits both libraries' kernels
-# the kernel classes of tfvae.benchmark.rounds: both libraries limited to AVX2 + FMA, or not limited
+# the kernel classes of tfvae.studies.benchmark.rounds: both libraries limited to AVX2 + FMA, or not limited
 KERNEL_CLASSES = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
@@ -76,7 +76,7 @@ def build(latent: int, filters=FILTERS):
 class Peer:
     """The peer's model, optimizer and input, built once; ``figures()`` times the three figures
     (each the median of ``repeats`` calls after a warm-up) and can be called again: the rounds of
-    ``tfvae.benchmark.rounds`` call it once per round in one process (the model keeps training)."""
+    ``tfvae.studies.benchmark.rounds`` call it once per round in one process (the model keeps training)."""
 
     def __init__(self, batch: int, size: int, latent: int, repeats: int, steps: int, projection_steps: int):
         import torch
@@ -164,7 +164,7 @@ def measure(batch: int, size: int, latent: int, repeats: int, steps: int, projec
 
 def serve(peer: Peer, commands=sys.stdin, out=sys.stdout) -> None:
     """One JSON line of ``peer.figures()`` (and the kernel settings its process sees) per line read
-    from ``commands``, until it ends: the rounds of ``tfvae.benchmark.rounds`` interleave it with
+    from ``commands``, until it ends: the rounds of ``tfvae.studies.benchmark.rounds`` interleave it with
     tfvae's figures without starting PyTorch again."""
     for _ in commands:
         figures = peer.figures()
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=15, help="training steps per timed repeat")
     p.add_argument("--projection-steps", type=int, default=10)
     p.add_argument("--serve", action="store_true", help="build once, then print one JSON line of figures per "
-                                                        "line read from stdin (tfvae.benchmark.rounds)")
+                                                        "line read from stdin (tfvae.studies.benchmark.rounds)")
     args = p.parse_args(argv)
     peer = Peer(args.batch, args.size, args.latent, args.repeats, args.steps, args.projection_steps)
     if args.serve:

@@ -1,7 +1,7 @@
 """The cross-domain study: models trained on ``brain_phantom/default``, tested on every shifted site
 (``tfvae_datasets.brain_phantom.shifts``), with the thresholds calibrated on the training data's
 healthy validation split -- used as they are ("fixed") and moved with each scan (the default,
-``tfvae.scan_threshold``) -- and calibrated on a few healthy scans of the shifted site itself
+``tfvae.thresholds.scan_threshold``) -- and calibrated on a few healthy scans of the shifted site itself
 (``Run.calibrate``).
 
     python scripts/reproduce_tables.py --cross-domain --md docs/results_phantom.md
@@ -24,9 +24,9 @@ import os
 import time
 
 from tfvae import config as config_lib
-from tfvae import files
-from tfvae.reproduce import CROSS_DOMAIN_BEGIN, cell_stats, ensure_evaluated, ensure_trained, judge, paired
-from tfvae.run import Run
+from tfvae.utils import files
+from tfvae.studies.reproduce import CROSS_DOMAIN_BEGIN, cell_stats, ensure_evaluated, ensure_trained, judge, paired
+from tfvae.runs.run import Run
 
 BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.json")
 # the sites the per-scan rule was designed on (issue 30: all but the held-out ones; atrophy and combined
@@ -62,7 +62,7 @@ def write_healthy_scans(config: dict, site: str, folder: str) -> list[str]:
     """The healthy (validation) subjects of ``site`` as NIfTI files in ``folder`` (written once, whole)."""
     import nibabel as nib
 
-    from tfvae import data
+    from tfvae.data import pipelines as data
     from tfvae_datasets.brain_phantom import phantom
     from tfvae_datasets.brain_phantom.brain_phantom_dataset_builder import subject_seed
 
@@ -83,7 +83,7 @@ def write_healthy_scans(config: dict, site: str, folder: str) -> list[str]:
 def stamp(command: str, configs: dict, wall_s: float) -> dict:
     """What an evidence file records of how it was made: the commit (and whether the tree had
     uncommitted changes), the command, each seed's resolved config and the wall time."""
-    from tfvae import provenance
+    from tfvae.utils import provenance
 
     state = provenance.git_state()
     return {"commit": state["commit"] or "unknown", "uncommitted_changes": bool(state["dirty"]),
@@ -150,7 +150,7 @@ def decomposition(runs_dir: str, base: str, seeds, overrides, verbose: bool) -> 
     intensity, the intensity through the recommended recipe (``intensity_filtered``, no model), and
     the recommended map of an untrained model, of a model trained ``DECOMPOSITION_EPOCHS`` epochs and
     of the base config's -- ``{row: [results of that predictor, per seed]}``."""
-    from tfvae import callbacks, training
+    from tfvae.runs import callbacks, training
 
     rows: dict = {}
     for seed in seeds:
@@ -181,7 +181,7 @@ def decomposition(runs_dir: str, base: str, seeds, overrides, verbose: bool) -> 
 
 def _has_set(run: Run, name: str, scans: list[str]) -> bool:
     """Whether the run already holds the calibration ``name`` made on exactly ``scans``."""
-    from tfvae import calibration
+    from tfvae.thresholds import calibration
 
     record = calibration.ThresholdStore(run.thresholds_path).healthy_sets.get(name)
     return record is not None and [p["scan"] for p in record["scans"]] == [os.path.abspath(s) for s in scans]

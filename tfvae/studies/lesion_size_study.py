@@ -3,7 +3,7 @@ without a model (``intensity_filtered``: the intensity through the recommended m
 against the intensity itself, inside the brain, on the phantom's test sets of small-to-medium
 tumours (2-60 ml) and of BraTS-sized ones (100-400 ml with oedema), each as designed on and held out.
 
-Reads ``tfvae.threshold_study`` dumps (brain pixels, labels): the recommended map's per run, the
+Reads ``tfvae.studies.threshold_study`` dumps (brain pixels, labels): the recommended map's per run, the
 two baselines' once (they have no model: every run gives them the same maps). AUROC and AUPRC
 (average precision) over the brain pixels of all volumes of a set pooled, as
 ``sklearn.metrics.roc_auc_score`` / ``average_precision_score`` compute them (the convention of
@@ -39,7 +39,7 @@ def measure(run_folders, baseline_folders) -> dict:
     """``{set: {"recommended": [figures per run], "<baseline>": figures}}`` from the dumps
     ``<set>.npz`` (the recommended map; ``run_folders``: per run, the folders its dumps are in) and
     ``<set>__<baseline>.npz`` (in ``baseline_folders``); a set without every dump is left out."""
-    from tfvae.threshold_study import Dump
+    from tfvae.studies.threshold_study import Dump
 
     out: dict = {}
     for name, _, _ in SETS:
@@ -88,9 +88,9 @@ def report(runs, dump_root: str, baseline_root: str, md_path: str, *, command: s
     import glob
     import time
 
-    from tfvae import files
-    from tfvae.run import Run
-    from tfvae.threshold_study import publish, stamp_of
+    from tfvae.utils import files
+    from tfvae.runs.run import Run
+    from tfvae.studies.threshold_study import publish, stamp_of
 
     start = time.time()
     seeds = [os.path.basename(os.path.normpath(r)) for r in runs]

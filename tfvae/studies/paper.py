@@ -3,7 +3,7 @@
 Pixel-wise AUROC on BraTS2018 T2 (64x64 slices, models trained on healthy HCP T2 slices),
 transcribed from the paper's Table 1 (VAE, beta = 1, latent size l) and Table 2 (beta-VAE,
 l = 64), and the logistic-regression ensemble of Sec. 3 (beta = 10, fitted on 10% of the test
-data). Keys are tfvae predictor names (``tfvae.predictors.ALL_PREDICTORS``).
+data). Keys are tfvae predictor names (``tfvae.maps.predictors.ALL_PREDICTORS``).
 """
 
 from __future__ import annotations

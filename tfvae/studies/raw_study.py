@@ -64,7 +64,7 @@ class Case:
 def prepare(work: str, cases: int, first_seed: int, *, coarse: bool = False, log=print) -> list[Case]:
     """The raw phantom set in ``WORK/tree`` (IXI-sized heads, or 4 mm ones when ``coarse``) and the
     phantom-space volume of each head in ``WORK/phantom`` (both kept when there)."""
-    from tfvae import nifti
+    from tfvae.data import nifti
     from tfvae_datasets import testing_trees as tt
     from tfvae_datasets.brain_phantom import phantom
 
@@ -95,7 +95,7 @@ def with_defaults(overrides: dict):
     """A ``head_preprocessing.Settings`` class whose defaults are ``overrides`` (what ``Settings()``
     gives once it replaces ``head_preprocessing.Settings``: how the study runs ``localize
     --preprocess`` with other preprocessing settings; the records name them)."""
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     base = hp.Settings
     known = {f.name: f for f in dataclasses.fields(base)}
@@ -114,7 +114,7 @@ def suffix(tag: str | None) -> str:
 def preprocess(work: str, cases: list[Case], workers: int = 1, *, tag: str | None = None, log=print) -> dict:
     """``tfvae preprocess`` of the raw heads into ``WORK/preprocessing[-tag]`` (reused when done with
     these settings); {case name: ScanOutcome}."""
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     folder = os.path.join(work, "preprocessing" + suffix(tag))
     outcomes = hp.preprocess_scans([c.raw for c in cases], folder, hp.Settings(), workers=workers, reuse=True,
@@ -133,7 +133,7 @@ def localize_run(work: str, run_dir: str, cases: list[Case], outcomes: dict, *, 
     preprocessing copied in first; into WORK/<run>/raw[-tag]); {"a": folder, "b": folder, "rc": {"a": exit
     status, "b": ...}}. ``localize``: the command itself, ``tfvae.commands.localize.main`` (a list of
     arguments -> exit status), given by the caller: a study sits below the commands it measures."""
-    from tfvae import head_preprocessing as hp
+    from tfvae.data import head_preprocessing as hp
 
     name = run_name(run_dir)
     out_a, out_b = os.path.join(work, name, "preprocessed"), os.path.join(work, name, "raw" + suffix(tag))
@@ -196,7 +196,7 @@ def map_figures(score: np.ndarray, mask: np.ndarray, brain: np.ndarray, label: n
 
 def _record_row(out: str, name: str) -> dict | None:
     """The summary row of a scan's localize record when it is done and its score is there."""
-    from tfvae.localization import OUTPUT_TAG
+    from tfvae.evaluation.localization import OUTPUT_TAG
 
     path = os.path.join(out, f"{name}{OUTPUT_TAG}record.json")
     if not (os.path.isfile(path) and os.path.isfile(os.path.join(out, f"{name}{OUTPUT_TAG}score.nii.gz"))):
@@ -209,7 +209,7 @@ def _record_row(out: str, name: str) -> dict | None:
 def measure(case: Case, out_a: str, out_b: str) -> dict:
     """The figures of one case from localize's outputs (a) and (b) and the truth (a side missing
     where its scan is not done)."""
-    from tfvae.localization import OUTPUT_TAG, stem
+    from tfvae.evaluation.localization import OUTPUT_TAG, stem
 
     row = {"case": case.name, "seed": case.seed, "tumour_ml": case.truth["tumour_ml"],
            "brain_ml": case.truth["brain_ml"], "pose": case.truth["pose"]}

@@ -37,8 +37,9 @@ import time
 import numpy as np
 
 from tfvae import config as config_lib
-from tfvae import files, paper
-from tfvae.run import Run
+from tfvae.utils import files
+from tfvae.studies import paper
+from tfvae.runs.run import Run
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 QUICK_PLAN = os.path.join(CONFIG_DIR, "reproduce_quick.json")
@@ -148,7 +149,7 @@ def check_trained_with(config: dict, run_dir: str, retrain: bool = False) -> boo
     saved, wanted = training_keys(config_lib.load(run.config_path)), training_keys(config)
     if saved != wanted and not retrain:
         diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        from tfvae.console import option
+        from tfvae.utils.console import option
 
         raise RetrainError(f"{run_dir} was trained with other settings ({', '.join(diff)}); pass "
                            f"{option('--retrain', 'retrain=True')} to replace it or "
@@ -502,7 +503,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     ``md_path``), ``tables.csv`` and ``tables.json`` to ``out_dir``; returns the per-setting results.
     ``report_only``: train and evaluate nothing, write the tables of the runs finished so far (the
     document says which runs are missing)."""
-    from tfvae import data
+    from tfvae.data import pipelines as data
 
     runs = configs(plan)
     first = next(iter(runs.values()))
@@ -612,7 +613,7 @@ def evidence(per_setting: dict, extras: dict, claims: list[str], verdicts: list[
 
 
 NOTES_MARKER = "<!-- notes below this line are kept when the document is regenerated -->"
-CROSS_DOMAIN_BEGIN = "<!-- cross-domain study: begin"  # tfvae.cross_domain.BEGIN starts so
+CROSS_DOMAIN_BEGIN = "<!-- cross-domain study: begin"  # tfvae.studies.cross_domain.BEGIN starts so
 
 
 def _kept_notes(path: str) -> str:

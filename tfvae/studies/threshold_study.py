@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from tfvae import scan_threshold
+from tfvae.thresholds import scan_threshold
 
 # the healthy reference's quantiles kept for the study: every half per cent, and the stored tail
 DENSE_FPRS = tuple(sorted({round(float(x), 4) for x in np.linspace(0.005, 0.995, 199)}
@@ -31,8 +31,8 @@ def lesion_share_volumes(site: str, subjects: int, shares=SHARES, image_size: in
     """``(share, Volume)`` for each of ``subjects`` healthy validation subjects of the phantom's
     ``site`` config and each share of ``shares``: the subject with one lesion covering that share of
     its brain, sliced as the builder slices (``preprocessing.volume_to_slices``)."""
-    from tfvae import preprocessing
-    from tfvae.scoring import Volume
+    from tfvae.data import preprocessing
+    from tfvae.maps.scoring import Volume
     from tfvae_datasets.brain_phantom import brain_phantom_dataset_builder as builder_lib
     from tfvae_datasets.brain_phantom import phantom
 
@@ -50,7 +50,7 @@ def lesion_share_volumes(site: str, subjects: int, shares=SHARES, image_size: in
 
 
 def _brain_arrays(volume, score) -> dict:
-    from tfvae.evaluation import far_from_lesions
+    from tfvae.evaluation.evaluate import far_from_lesions
 
     brain = volume.brain_mask[..., 0] > 0
     far = far_from_lesions(volume.label[..., 0], volume.geometry.voxel_mm())
@@ -65,11 +65,12 @@ def dump_maps(run_dir: str, test_set: str | None, out_path: str, *, predictor: s
     ``score``, ``lesion``, ``far`` (brain pixels of all volumes, concatenated), ``offsets`` (each
     volume's start; one more at the end), ``names`` and ``reference`` (thresholds at
     ``DENSE_FPRS`` of the run's healthy validation brain pixels)."""
-    from tfvae import calibration, files
+    from tfvae.thresholds import calibration
+    from tfvae.utils import files
     from tfvae import config as config_lib
-    from tfvae.evaluation import run_inputs, stored_calibration
-    from tfvae.run import Run
-    from tfvae.scoring import Scorer
+    from tfvae.evaluation.evaluate import run_inputs, stored_calibration
+    from tfvae.runs.run import Run
+    from tfvae.maps.scoring import Scorer
 
     run = Run(run_dir)
     config = run.config()
@@ -81,7 +82,7 @@ def dump_maps(run_dir: str, test_set: str | None, out_path: str, *, predictor: s
     reference = calibration.calibrate(scorer, validation, [predictor], config["postprocess"],
                                       fprs=DENSE_FPRS)["raw"][predictor]
     scorer.release()
-    from tfvae.scoring import volumes as split_volumes
+    from tfvae.maps.scoring import volumes as split_volumes
 
     pairs = volumes if volumes is not None else ((v.volume_id, v) for v in split_volumes(test))
     parts, names = [], []
@@ -275,7 +276,7 @@ def screening(dump: Dump) -> dict:
     of the healthy set, "found": {share: sets whose lesioned scan was left out (of n)},
     "others_left_out": {share: healthy scans left out beside it, summed over the n sets}}``. The
     maps are the run's, fitted on its validation split (calibrate fits on the set itself)."""
-    from tfvae import healthy_scans
+    from tfvae.thresholds import healthy_scans
 
     by: dict = {}
     for name, score, _, _ in dump.volumes():
@@ -420,8 +421,8 @@ def per_run(dump_roots, runs, analyse, key) -> tuple[list, dict, dict, dict]:
     ``key(path)``."""
     import glob
 
-    from tfvae import files
-    from tfvae.run import Run
+    from tfvae.utils import files
+    from tfvae.runs.run import Run
 
     seeds = [os.path.basename(os.path.normpath(r)) for r in runs]
     configs = {seed: Run(r).config() for seed, r in zip(seeds, runs)}
@@ -439,7 +440,7 @@ def publish(md_path: str, section: str, evidence_path: str, stamp: dict, results
     ``evidence_path`` and ``body`` into ``md_path``'s ``section`` (``write_section``); returns the evidence."""
     import time
 
-    from tfvae import files
+    from tfvae.utils import files
 
     stamp["wall_s"] = round(time.time() - start, 1)
     evidence = {"stamp": stamp, "results": results}
@@ -451,7 +452,7 @@ def publish(md_path: str, section: str, evidence_path: str, stamp: dict, results
 def stamp_of(command: str, configs: dict, seeds, digests: dict) -> dict:
     """The evidence's stamp: the commit (short hash) and the tfvae files uncommitted then
     (``provenance.git_state``), the command, each run's resolved config and seed, the dumps' SHA-256."""
-    from tfvae import provenance
+    from tfvae.utils import provenance
 
     state = provenance.git_state(["tfvae", "datasets", "scripts"])
     return {"commit": (state["commit"] or "unknown")[:7], "uncommitted": state["dirty"], "command": command,
@@ -536,7 +537,7 @@ def write_section(md_path: str, section: str, body: str, *, enclosed_by: tuple[s
     """``body`` between ``markers(section)`` (or the lines ``enclosed_by``) in ``md_path``: replacing
     that section where the file has it, appended where it has not; the rest of the file is kept
     (written whole)."""
-    from tfvae import files
+    from tfvae.utils import files
 
     begin, end = enclosed_by or markers(section)
     text = f"{begin}\n\n{body.strip()}\n\n{end}"

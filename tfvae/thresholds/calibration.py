@@ -16,10 +16,11 @@ import os
 
 import numpy as np
 
-from tfvae import files, metrics
-from tfvae.files import file_digest  # noqa: F401 (SHA-256 of a file; kept here for callers)
-from tfvae.console import Stage
-from tfvae.scoring import MAX_CALIBRATION_SLICES, Scorer, as_volumes, variants
+from tfvae import metrics
+from tfvae.utils import files
+from tfvae.utils.files import file_digest  # noqa: F401 (SHA-256 of a file; kept here for callers)
+from tfvae.utils.console import Stage
+from tfvae.maps.scoring import MAX_CALIBRATION_SLICES, Scorer, as_volumes, variants
 
 FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}  # the rates every evaluation reports Dice at
 DISPLAY_FPRS = {"display_low": 0.99, "display_high": 0.001}  # a map's colour scale: healthy 1st-99.9th percentile
@@ -92,7 +93,7 @@ class ThresholdStore:
     def _read(path: str) -> dict:
         """The stored calibrations; a file that cannot be read as them (cut short by a copy that
         stopped, edited by hand, not UTF-8) is a one-line ``CalibrationError`` naming it and what to do."""
-        from tfvae.console import option
+        from tfvae.utils.console import option
 
         try:
             with open(path, encoding="utf-8") as f:
@@ -169,7 +170,7 @@ def _fpr_key(fpr: float) -> str:
 def store_evaluation(run, config: dict, checkpoint: str, results: dict) -> None:
     """The thresholds evaluation calibrated (1 % and 5 % FPR), and what the maps took from the
     validation volumes, into the run's ``thresholds.json`` for localize to use."""
-    from tfvae import postprocessing
+    from tfvae.maps import postprocessing
 
     store = ThresholdStore(run.thresholds_path)
     digest = run.model_digest(checkpoint)

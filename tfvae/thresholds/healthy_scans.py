@@ -24,10 +24,10 @@ import os
 
 import numpy as np
 
-from tfvae import labelmaps
-from tfvae.scans import slice_scan, stem, training_modality
-from tfvae.nifti import check_same_grid, load_volume
-from tfvae.scoring import Volume
+from tfvae.data import labelmaps
+from tfvae.data.scans import slice_scan, stem, training_modality
+from tfvae.data.nifti import check_same_grid, load_volume
+from tfvae.maps.scoring import Volume
 
 
 
@@ -35,7 +35,7 @@ from tfvae.scoring import Volume
 
 def fingerprint(pairs: list[dict]) -> str:
     """SHA-256 over the names and contents of the scans and masks (what the set is, wherever it lies)."""
-    from tfvae.calibration import file_digest
+    from tfvae.thresholds.calibration import file_digest
 
     digest = hashlib.sha256()
     for pair in sorted(pairs, key=lambda p: stem(p["scan"])):
@@ -85,7 +85,7 @@ def record(pairs: list[dict], volumes: list[Volume], screening: "Screening | Non
 def load(record_: dict, config: dict, builder_config, *, name: str) -> list[Volume]:
     """The volumes of a recorded set, read again; a file missing or changed since is a one-line
     ``calibration.CalibrationError``."""
-    from tfvae.calibration import CalibrationError
+    from tfvae.thresholds.calibration import CalibrationError
 
     pairs = record_["scans"]
     missing = [p for pair in pairs for p in (pair["scan"], pair["mask"]) if p and not os.path.isfile(p)]
@@ -184,7 +184,7 @@ def _mm(sizes) -> str:
 def source_voxel_mm(volume: Volume) -> np.ndarray:
     """``(3,)`` the scan's voxel sizes (mm) along the canonical x, y, z axes, as stored (before the
     run's resampling, which ``geometry.voxel_mm()`` describes: its in-plane sides are the run's grid)."""
-    from tfvae.preprocessing import canonical_voxel_sizes
+    from tfvae.data.preprocessing import canonical_voxel_sizes
 
     return np.asarray(canonical_voxel_sizes(volume.geometry.source_affine), np.float64)
 
@@ -276,7 +276,7 @@ def screen(pairs: list[dict], volumes: list[Volume], scores: list | None, *, pre
     unlike the set's median (``_warnings``). A ``calibration.CalibrationError`` (one line naming
     the first scan left out and its share) when fewer than ``MIN_KEPT`` scans would be left, or
     more than half the set left out."""
-    from tfvae.calibration import CalibrationError
+    from tfvae.thresholds.calibration import CalibrationError
 
     warnings = _warnings(pairs, volumes)
     kept, found, first = exclusions(scores) if scores is not None else (list(range(len(volumes))), [], {})

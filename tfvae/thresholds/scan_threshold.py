@@ -1,7 +1,7 @@
 """A threshold for each scan, from its own score distribution: false-positive rates that hold on
 scans from another site than the training data's, and on scans whose lesion is large, without labels.
 
-A threshold calibrated on healthy validation scans (``tfvae.calibration``) flags the asked share
+A threshold calibrated on healthy validation scans (``tfvae.thresholds.calibration``) flags the asked share
 of *their* healthy brain pixels. On a scan from another scanner, protocol or population the whole
 score distribution moves (a stronger bias field, thick slices, a tumour's mass effect and the halo
 the recommended map's 3D filters spread around it), and the same threshold flags several times
@@ -101,7 +101,7 @@ class NoFit(ValueError):
 
 class HealthyReference:
     """The healthy (validation) distribution of one map's brain scores, as ``thresholds[fpr]``: the
-    threshold that flags the share ``fpr`` of them (``tfvae.calibration.calibrate``)."""
+    threshold that flags the share ``fpr`` of them (``tfvae.thresholds.calibration.calibrate``)."""
 
     def __init__(self, thresholds: dict):
         self.thresholds = {float(f): float(t) for f, t in thresholds.items()}
@@ -232,7 +232,7 @@ def fit(reference: HealthyReference, scores, *, halo_share: float = HALO_SHARE, 
     """The two lines of ``scores`` (a scan's brain scores, any shape) against ``reference``
     (module docstring); ``NoFit`` (one line) when they cannot be fitted or are degenerate. The
     keyword arguments are the module's constants, to measure alternatives
-    (``tfvae.threshold_study``)."""
+    (``tfvae.studies.threshold_study``)."""
     scores = np.sort(np.asarray(scores, np.float64).ravel())
     if scores.size < MIN_SCAN_PIXELS:
         raise NoFit(f"{scores.size} brain pixels, fewer than {MIN_SCAN_PIXELS}")

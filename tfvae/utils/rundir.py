@@ -1,6 +1,6 @@
 """The run directory as one layer: its layout, the marker that says tfvae made a folder, whole-folder
 swaps and deletions, and the lock that keeps two jobs out of one run. It imports no job
-(training, evaluation, ...): they import it for paths, and ``tfvae.run.Run`` -- the face that calls
+(training, evaluation, ...): they import it for paths, and ``tfvae.runs.run.Run`` -- the face that calls
 every job -- builds on it, so the import graph runs one way.
 
 Layout of a run directory (``RunDir``)::
@@ -10,10 +10,10 @@ Layout of a run directory (``RunDir``)::
     logs/                       TensorBoard, one run: train and validation curves, images, hparams, eval
     checkpoints/best.keras      the model at the epoch of lowest validation loss
     checkpoints/last.keras      the model after the latest finished epoch
-    checkpoints/backup/         the resume state: state.json and the weights it names (tfvae.callbacks)
+    checkpoints/backup/         the resume state: state.json and the weights it names (tfvae.runs.callbacks)
     model.keras                 the model after the last epoch (the best one with train.patience)
-    thresholds.json             thresholds calibrated on healthy validation slices (tfvae.calibration), and
-                                on named sets of the user's own healthy scans (tfvae.healthy_scans)
+    thresholds.json             thresholds calibrated on healthy validation slices (tfvae.thresholds.calibration), and
+                                on named sets of the user's own healthy scans (tfvae.thresholds.healthy_scans)
     eval/                       the evaluation: results.json / .csv / .md, maps/, figures/, config.json
 
 and beside it, hidden: ``.<run>.tfvae-lock`` while a job holds the run (``lock``), and the
@@ -29,7 +29,7 @@ import shutil
 import socket
 import time
 
-from tfvae import files
+from tfvae.utils import files
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"

@@ -1,6 +1,6 @@
 """How benchmarks time work: ``median_time`` (a call repeated) and ``Stages`` (the named stages of
 one long job, e.g. an evaluation's set-up and scoring). No TensorFlow import: the PyTorch peer of
-``tfvae.benchmark_peer`` uses it too."""
+``tfvae.studies.benchmark_peer`` uses it too."""
 
 from __future__ import annotations
 
