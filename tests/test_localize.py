@@ -148,7 +148,7 @@ def test_outputs_never_land_among_inputs_and_are_never_read_as_scans(tiny_run, l
     shutil.copy(path, mixed / "patient_t2.nii.gz")
     for name in os.listdir(out):
         shutil.copy(os.path.join(out, name), mixed / name)
-    from tfvae.evaluation.localization import scan_files
+    from tfvae.data.scans import scan_files
     from tfvae_datasets.nifti_folder.nifti_folder_dataset_builder import find_scans
     from etils import epath
 
@@ -451,7 +451,7 @@ def test_label_maps_are_never_localized_as_scans(tiny_run, lps_scan, tmp_path, c
     """Issue 31: nnU-Net's labelsTr/, MSLUB's consensus_gt and a segmentation under a scan's name
     were scored as scans. Named as label maps they are skipped in a folder (a folder of only them,
     or a labelsTr/ folder, is one line); a label map by its content is refused whatever its name."""
-    from tfvae.evaluation.localization import scan_files
+    from tfvae.data.scans import scan_files
 
     path, label, affine = lps_scan
     scans = tmp_path / "case"

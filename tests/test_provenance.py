@@ -15,3 +15,10 @@ def test_git_state_is_gits_and_none_outside_a_checkout(tmp_path, monkeypatch):
         assert provenance.git_state()["dirty"] == [line[3:] for line in porcelain]
     monkeypatch.setattr(provenance, "ROOT", str(tmp_path))  # not a git checkout
     assert provenance.git_state() == {"commit": None, "dirty": None}
+
+
+def test_the_root_is_the_checkout_holding_tfvae_so_repository_paths_mean_the_same():
+    import os
+
+    assert os.path.isfile(os.path.join(provenance.ROOT, "setup.py"))
+    assert os.path.isfile(os.path.join(provenance.ROOT, "tfvae", "utils", "provenance.py"))

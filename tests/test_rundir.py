@@ -78,10 +78,11 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
 
 
 def test_the_run_directory_layer_imports_no_job():
-    tree = ast.parse(open(os.path.join(ROOT, "rundir.py")).read())
+    tree = ast.parse(open(os.path.join(ROOT, "utils", "rundir.py")).read())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert {m for m in imported if m.startswith("tfvae")} == {"tfvae"}  # tfvae.utils.files only
-    for job in ("training", "evaluation", "export", "reporting"):  # they import the layer, not Run
+    assert {m for m in imported if m.startswith("tfvae")} == {"tfvae.utils"}  # tfvae.utils.files only
+    for job in ("runs/training", "evaluation/evaluate", "runs/export", "evaluation/reporting"):  # not Run
         source = open(os.path.join(ROOT, f"{job}.py")).read()
-        assert not re.search(r"from tfvae\.run import|from tfvae import (\w+, )*run\b|import tfvae\.run\b", source), job
+        assert not re.search(r"from tfvae\.runs\.run import|from tfvae\.runs import (\w+, )*run\b|import tfvae\.runs\.run\b",
+                             source), job

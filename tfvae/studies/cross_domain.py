@@ -28,7 +28,7 @@ from tfvae.utils import files
 from tfvae.studies.reproduce import CROSS_DOMAIN_BEGIN, cell_stats, ensure_evaluated, ensure_trained, judge, paired
 from tfvae.runs.run import Run
 
-BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.json")
+BASE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "quickstart.json")
 # the sites the per-scan rule was designed on (issue 30: all but the held-out ones; atrophy and combined
 # were issue 18's held-out sites and were looked at since)
 DESIGN = ("thick_slices", "contrast", "bias", "noise", "resolution", "hypointense", "atrophy", "combined",

@@ -41,7 +41,7 @@ from tfvae.utils import files
 from tfvae.studies import paper
 from tfvae.runs.run import Run
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 QUICK_PLAN = os.path.join(CONFIG_DIR, "reproduce_quick.json")
 PAPER_PLAN = os.path.join(CONFIG_DIR, "reproduce_paper.json")
 # keys that only change the evaluation, not the trained model (a run is reused across them)
