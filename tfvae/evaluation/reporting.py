@@ -207,9 +207,31 @@ MAP_UNITS = {"rec_error": "(x - g)², z²", "proj_rec_error": "(x - g)², z²", 
              "kl_grad": "|∂KL/∂x|, nats / z", "rec_grad": "|∂Lrec/∂x|, nats / z", "combi": "nats (KL-gradient weighted)",
              "recommended": "x above its restoration, z", "intensity": "intensity, z",
              "intensity_filtered": "intensity above 0, z", "ensemble": "log-odds"}
-MASK_COLOUR = "lime"
+MAP_CMAP = "inferno"  # the maps of the evaluation figures
 OVERLAY_CMAP = "plasma"  # perceptual, dark to bright yellow: never white like the bright T2 tissue beneath
-FONT = 9  # points: readable at 100 % zoom
+# the masks' outlines: a cyan that neither colour map (MAP_CMAP, OVERLAY_CMAP) nor the label colours
+# use (71 or more CIELAB units from each of their colours; lime was 62 from plasma's yellow end)
+MASK_COLOUR = "#19e8ff"
+DPI = 100  # the figures' PNGs (and their TensorBoard images) at DPI dots per inch
+FONT = 12  # points: 16.7 px at DPI, digits and capitals 12 px tall, legible at 100 % zoom
+PANEL = 1.8  # inches per slice panel of the evaluation figures (180 px at DPI)
+
+
+def _wrap(text: str, inches: float, size: float = FONT) -> str:
+    """``text`` on as many lines as it takes to fit ``inches`` at ``size`` points (never breaking a word)."""
+    import textwrap
+
+    width = max(8, int(inches * 72 / (0.62 * size)))
+    head, sep, tail = text.rpartition(", ")
+    if len(text) > width and sep and len(head) < width and len(tail) < width:  # "unit, scale" on two lines
+        return head + ",\n" + tail
+    return textwrap.fill(text, width, break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def save_png(fig, path) -> None:
+    """``fig`` as a PNG at ``DPI``, trimmed to what is drawn (a file path or a binary buffer)."""
+    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.04)
 
 
 def draw_labels(ax, label: np.ndarray) -> None:
@@ -225,17 +247,26 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
     the restored reconstruction g(mu(x_T)) of the projected input x_T (when computed: what the
     recommended map subtracts from the input), then each predictor's map (``intensity`` included) on ONE
     colour scale per predictor -- ``scales[p] = (low, high)``, taken from healthy validation maps,
-    the same on every row and in every figure -- with a colour bar; where ``thresholds[p]`` is
-    given, the mask at that threshold (1 % FPR on healthy validation) is outlined in green, and the
-    first such predictor's mask also on the input."""
+    the same on every row and in every figure -- with a colour bar labelled with its unit; where
+    ``thresholds[p]`` is given, the mask at that threshold (1 % FPR on healthy validation) is outlined
+    in ``MASK_COLOUR``, and the first such predictor's mask also on the input. Laid out to be read at
+    100 % and as a TensorBoard thumbnail: panels of ``PANEL`` inches with no gap to spare, text of
+    ``FONT`` points (wrapped to its panel), the title and legend in one band above the panels."""
     from matplotlib.ticker import MaxNLocator
 
     scales, thresholds = scales or {}, thresholds or {}
     panels = ["image"] + [p for p in list(IMAGE_PANELS)[1:] if any(p in item for item in items)]
     panels += [p for p in predictors if any(p in item for item in items)]
     on_input = next((p for p in panels if p in thresholds), None)  # its mask is outlined on the input too
-    fig, axes = plt.subplots(len(items), len(panels), figsize=(2.0 * len(panels), 2.0 * len(items) + 1.2),
-                             squeeze=False)
+    shape = np.asarray(items[0]["image"]).shape[:2]
+    aspect = shape[0] / shape[1]  # height / width of a panel
+    maps = [p for p in panels if p not in IMAGE_PANELS]
+    # room below the panels for a colour bar with its ticks and (up to two lines of) unit
+    below = 0.0 if not maps else (0.12 + 3.6 * FONT / 72)
+    fig, axes = plt.subplots(len(items), len(panels), squeeze=False, layout="constrained",
+                             figsize=(PANEL * len(panels) + 0.4,
+                                      PANEL * aspect * len(items) + below + 3.4 * FONT / 72))
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
     bars: set = set()
     for row, item in zip(axes, items):
         lo, hi = np.percentile(item["image"], [1, 99.5])
@@ -251,31 +282,46 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
                     draw_labels(ax, np.asarray(item["label"])[..., 0])
                     if on_input in item:
                         ax.contour(np.asarray(item[on_input])[..., 0] >= thresholds[on_input], levels=[0.5],
-                                   colors=[MASK_COLOUR], linewidths=0.8)
+                                   colors=[MASK_COLOUR], linewidths=1.0)
             else:
                 vmin, vmax = scales.get(panel) or (min(0.0, float(np.percentile(data, 1))),
                                                    float(np.percentile(data, 99.5)))
-                shown = ax.imshow(data, cmap="inferno", vmin=vmin, vmax=max(vmax, vmin + 1e-12))
+                shown = ax.imshow(data, cmap=MAP_CMAP, vmin=vmin, vmax=max(vmax, vmin + 1e-12))
                 if panel in thresholds:
-                    ax.contour(data >= thresholds[panel], levels=[0.5], colors=[MASK_COLOUR], linewidths=0.8)
+                    ax.contour(data >= thresholds[panel], levels=[0.5], colors=[MASK_COLOUR], linewidths=1.0)
                 if panel not in bars:
                     bars.add(panel)
-                    bar = fig.colorbar(shown, ax=list(axes[:, panels.index(panel)]), orientation="horizontal",
-                                       fraction=0.04, pad=0.02)
+                    bar = fig.colorbar(shown, ax=list(axes[:, panels.index(panel)]), location="bottom",
+                                       fraction=0.05, pad=0.01, shrink=0.9, aspect=12)
                     bar.ax.xaxis.set_major_locator(MaxNLocator(3))  # few ticks: they stay readable at FONT
-                    bar.ax.tick_params(labelsize=FONT)
-                    bar.set_label(MAP_UNITS.get(panel, "score"), fontsize=FONT)
-        row[0].set_ylabel(item["title"], fontsize=FONT)
+                    bar.ax.tick_params(labelsize=FONT, pad=1)
+                    bar.set_label(_wrap(MAP_UNITS.get(panel, "score"), PANEL * 0.95), fontsize=FONT, labelpad=1,
+                                  linespacing=1.0)
+        row[0].set_ylabel(item["title"], fontsize=FONT, labelpad=2)
     for ax, panel in zip(axes[0], panels):
-        ax.set_title(IMAGE_PANELS.get(panel, panel), fontsize=FONT)
+        ax.set_title(_wrap(IMAGE_PANELS.get(panel, panel), PANEL), fontsize=FONT, pad=3, linespacing=1.0)
     drawn = {int(v) for item in items for v in np.unique(np.asarray(item["label"]))}  # labels on these slices
     handles = [plt.Line2D([], [], color=c, label=n) for value, (n, c) in LABEL_NAMES.items() if value in drawn]
     if on_input:
         handles.append(plt.Line2D([], [], color=MASK_COLOUR, label=f"mask at 1% FPR (on the input: {on_input})"))
-    if handles:
-        fig.legend(handles=handles, loc="upper right", fontsize=FONT, ncol=len(handles), frameon=False)
-    fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
+    _title_band(fig, title, handles)
     return fig
+
+
+def _title_band(fig, title: str, handles: list) -> None:
+    """The figure's title (left) and its legend (right, when there are ``handles``) in one band above the
+    panels, which constrained layout keeps clear."""
+    em = FONT / 72  # inches
+    widths = sorted((len(h.get_label()) * 0.62 * em + 2.7 * em for h in handles), reverse=True)  # roughly
+    ncol = len(handles)
+    while ncol > 1 and sum(widths[:ncol]) > 0.6 * fig.get_figwidth():  # on more lines, beside the title
+        ncol -= 1
+    legend = sum(widths[:ncol])
+    fig.suptitle(_wrap(title, fig.get_figwidth() - legend - 2 * em, FONT + 1), fontsize=FONT + 1, x=0.005,
+                 ha="left", linespacing=1.0)
+    if handles:
+        fig.legend(handles=handles, loc="outside upper right", fontsize=FONT, ncol=ncol, frameon=False,
+                   borderaxespad=0.1, handlelength=1.5, columnspacing=1.2, borderpad=0.1)
 
 
 def save_figures(figures, predictors, out_dir: str, scales: dict | None = None,
@@ -289,7 +335,7 @@ def save_figures(figures, predictors, out_dir: str, scales: dict | None = None,
             continue
         fig = figure([item for _, item in pool], predictors, kind.replace("_", " "), scales, thresholds)
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        save_png(fig, buffer)
         plt.close(fig)
         with open(os.path.join(out_dir, f"{kind}.png"), "wb") as f:
             f.write(buffer.getvalue())
@@ -301,7 +347,7 @@ def overlay_montage(image: np.ndarray, score: np.ndarray, mask: np.ndarray, path
                     n: int = 12, scale: tuple | None = None) -> None:
     """``overlay_figure`` saved as a PNG at ``path``."""
     fig = overlay_figure(image, score, mask, title, n=n, scale=scale)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -326,7 +372,11 @@ def overlay_figure(image: np.ndarray, score: np.ndarray, mask: np.ndarray, title
     zs = list(dict.fromkeys(findings + spread))[:n]
     cols = 4
     rows_ = int(np.ceil(len(zs) / cols))
-    fig, axes = plt.subplots(rows_, cols, figsize=(2.8 * cols, 2.9 * rows_ + 0.9), squeeze=False)
+    aspect = image.shape[1] / image.shape[0]  # a slice's height / width as drawn (transposed)
+    panel = 2.6  # inches per slice, text of FONT points
+    fig, axes = plt.subplots(rows_, cols, squeeze=False, layout="constrained",
+                             figsize=(panel * cols + 0.2, (panel * aspect + 1.5 * FONT / 72) * rows_ + 6.5 * FONT / 72))
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
     brain_scores = score[image != 0]
     if scale is None:
         scale = ((np.percentile(brain_scores, 90), np.percentile(brain_scores, 99.5)) if brain_scores.size
@@ -348,16 +398,15 @@ def overlay_figure(image: np.ndarray, score: np.ndarray, mask: np.ndarray, title
                          alpha=np.where(plane >= shown, 0.35 + 0.55 * strength, 0.0))
         if mask[:, :, z].any():
             ax.contour(mask[:, :, z].T, levels=[0.5], colors=[MASK_COLOUR], linewidths=0.9, origin="lower")
-        ax.set_title(f"z={z}" + (" (finding)" if z in findings else ""), fontsize=FONT)
+        ax.set_title(f"z={z}" + (" (finding)" if z in findings else ""), fontsize=FONT, pad=3)
         ax.text(0.02, 0.5, "L", transform=ax.transAxes, color="white", fontsize=FONT, va="center")
         ax.text(0.98, 0.5, "R", transform=ax.transAxes, color="white", fontsize=FONT, va="center", ha="right")
     if heat is not None:
-        bar = fig.colorbar(heat, ax=list(axes.flat), orientation="horizontal", fraction=0.03, pad=0.03)
-        bar.set_label(f"anomaly score, from the threshold ({shown:.3g}) to {top:.3g}", fontsize=FONT)
-        bar.ax.tick_params(labelsize=FONT)
-    fig.legend(handles=[plt.Line2D([], [], color=MASK_COLOUR, label="anomaly mask")], loc="upper right",
-               fontsize=FONT, frameon=False)
-    fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
+        bar = fig.colorbar(heat, ax=list(axes.flat), location="bottom", fraction=0.03, pad=0.01, shrink=0.6,
+                           aspect=40)
+        bar.set_label(f"anomaly score, from the threshold ({shown:.3g}) to {top:.3g}", fontsize=FONT, labelpad=1)
+        bar.ax.tick_params(labelsize=FONT, pad=1)
+    _title_band(fig, title, [plt.Line2D([], [], color=MASK_COLOUR, label="anomaly mask")])
     return fig
 
 
