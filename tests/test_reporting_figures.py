@@ -1,6 +1,6 @@
-"""reporting's figures legible at 100 % zoom and as TensorBoard thumbnails (issue 34), measured on the
+"""reporting's figures legible at 100 % zoom (issue 34), measured on the
 PNGs the reporting functions write: no margin beside the panels, text at least 12 px tall at the
-saved dpi, no text over another, and mask outlines in a colour that neither colour map uses."""
+saved dpi, no text over another, and mask outlines in a colour (a hue) that neither colour map uses."""
 
 import matplotlib
 import numpy as np
@@ -18,6 +18,7 @@ from tfvae.evaluation import reporting  # noqa: E402
 MAX_MARGIN = 0.05  # of the image's width (left, right) or height (top, bottom), per side
 MIN_TEXT_PX = 12.0  # the height of a capital (or digit) as drawn, at the PNG's dpi
 MIN_COLOUR_DISTANCE = 70.0  # CIELAB units (CIE76) between the outline colour and any colour of a map
+MIN_HUE_SEPARATION = 60.0  # degrees of CIELAB hue between the outline colour and any coloured (chroma >= 15) one
 
 
 def lab(rgb) -> np.ndarray:
@@ -34,6 +35,18 @@ def colour_distance(colour, cmap: str) -> float:
     """The smallest CIELAB distance between ``colour`` and the 256 colours of ``cmap``."""
     samples = matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]
     return float(np.min(np.linalg.norm(lab(samples) - lab(mcolors.to_rgb(colour)), axis=1)))
+
+
+def hue(lab_colours) -> np.ndarray:
+    return np.degrees(np.arctan2(lab_colours[..., 2], lab_colours[..., 1]))
+
+
+def hue_separation(colour, others) -> float:
+    """The smallest CIELAB hue difference (degrees) between ``colour`` and the coloured ones of
+    ``others`` (RGB rows; chroma >= 15: greys and near-blacks have no hue to confuse)."""
+    others = lab(others)
+    coloured = others[np.hypot(others[:, 1], others[:, 2]) >= 15]
+    return float(np.min(np.abs((hue(coloured) - hue(lab(mcolors.to_rgb(colour))) + 180) % 360 - 180)))
 
 
 def cap_height_px(fontsize_pt: float, dpi: float) -> float:
@@ -139,13 +152,17 @@ def test_overlay_is_legible(tmp_path):
 
 
 def test_mask_outlines_use_a_colour_no_map_uses():
-    """The masks' outline colour is far from every colour of the maps' colour map and the overlay's
-    (lime was 62 CIELAB units from plasma's yellow end), and from the ground truth's label colours."""
+    """The masks' outline colour is far from every colour of the maps' colour map and the overlay's,
+    and from the ground truth's label colours, in hue and as a whole (lime: 28 and 31 degrees of hue
+    from inferno's and plasma's yellow ends, 62 CIELAB units from plasma's)."""
     for cmap in (getattr(reporting, "MAP_CMAP", "inferno"), reporting.OVERLAY_CMAP):
         assert colour_distance(reporting.MASK_COLOUR, cmap) >= MIN_COLOUR_DISTANCE, cmap
+        colours = matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]
+        assert hue_separation(reporting.MASK_COLOUR, colours) >= MIN_HUE_SEPARATION, cmap
     for name, colour in reporting.LABEL_NAMES.values():
         distance = np.linalg.norm(lab(mcolors.to_rgb(reporting.MASK_COLOUR)) - lab(mcolors.to_rgb(colour)))
         assert distance >= MIN_COLOUR_DISTANCE, name
+        assert hue_separation(reporting.MASK_COLOUR, [mcolors.to_rgb(colour)]) >= MIN_HUE_SEPARATION, name
     # and the figures draw their maps in that colour map, their outlines in that colour
     fig = reporting.figure(slice_items(1, predictors=["recommended"]), ["recommended"], "t",
                            {"recommended": (0.0, 4.0)}, {"recommended": 3.0})

@@ -209,8 +209,9 @@ MAP_UNITS = {"rec_error": "(x - g)², z²", "proj_rec_error": "(x - g)², z²", 
              "intensity_filtered": "intensity above 0, z", "ensemble": "log-odds"}
 MAP_CMAP = "inferno"  # the maps of the evaluation figures
 OVERLAY_CMAP = "plasma"  # perceptual, dark to bright yellow: never white like the bright T2 tissue beneath
-# the masks' outlines: a cyan that neither colour map (MAP_CMAP, OVERLAY_CMAP) nor the label colours
-# use (71 or more CIELAB units from each of their colours; lime was 62 from plasma's yellow end)
+# the masks' outlines: a cyan, a hue that neither colour map (MAP_CMAP, OVERLAY_CMAP) nor the label
+# colours use: 80 degrees of CIELAB hue or more from the maps' coloured colours (lime: 28 from inferno's
+# yellow end, 31 from plasma's), 70 from the labels', and 71 CIELAB units or more from each (lime: 62)
 MASK_COLOUR = "#19e8ff"
 DPI = 100  # the figures' PNGs (and their TensorBoard images) at DPI dots per inch
 FONT = 12  # points: 16.7 px at DPI, digits and capitals 12 px tall, legible at 100 % zoom
