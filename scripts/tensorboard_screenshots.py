@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Screenshots of a run's TensorBoard dashboards (scalars, HParams, images, text) in headless
-Chromium, to check their layout and to show it in docs/ (see tfvae/studies/screenshots.py).
+"""Screenshots of a run's TensorBoard dashboards (Time Series, scalars, HParams, images, text) in
+headless Chromium, to check their layout and to show it in docs/ (see tfvae/studies/screenshots.py).
 
     python scripts/tensorboard_screenshots.py --logdir runs --out docs/
 """

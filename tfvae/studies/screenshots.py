@@ -2,8 +2,9 @@
 ``docs/``) that they are laid out as docs/training.md says: ``scripts/tensorboard_screenshots.py``.
 
 ``tensorboard_screenshots(logdir, out_dir)`` starts TensorBoard on a free local port, waits until it
-answers, opens each dashboard (scalars, HParams, images, text) in headless Chromium (the system
-package: ``apt-get install chromium``) and saves ``tensorboard_<dashboard>.png`` in ``out_dir``;
+answers, opens each dashboard (Time Series, the one TensorBoard opens on, then scalars, HParams,
+images, text) in headless Chromium (the system package: ``apt-get install chromium``) and saves
+``tensorboard_<dashboard>.png`` in ``out_dir``;
 TensorBoard is stopped whatever happens. Nothing else is read or written. Give it a folder of runs
 (``runs/``): the HParams dashboard finds a run's metrics in its ``validation`` and ``evaluation``
 sub-runs by their path under the log folder, which a run's own ``logs/`` as the log folder lacks.
@@ -20,8 +21,11 @@ import tempfile
 import time
 import urllib.request
 
-DASHBOARDS = ("scalars", "hparams", "images", "text")
+DASHBOARDS = ("timeseries", "scalars", "hparams", "images", "text")  # as TensorBoard names them in its URL
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# Time Series draws its line charts with WebGL, which headless Chromium without a GPU leaves blank:
+# TensorBoard's forceSVG flag draws them as SVG
+QUERY = "?forceSVG=true"
 
 
 def browser() -> str:
@@ -74,7 +78,7 @@ def tensorboard_screenshots(logdir: str, out_dir: str, dashboards=DASHBOARDS, wi
                 subprocess.run([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                                 f"--user-data-dir={profile}", f"--window-size={width},{height}",
                                 f"--virtual-time-budget={wait_ms}", f"--screenshot={partial}",
-                                f"{url}#{dashboard}"], check=True, capture_output=True, timeout=180)
+                                f"{url}{QUERY}#{dashboard}"], check=True, capture_output=True, timeout=180)
                 os.replace(partial, path)  # whole or not at all
                 paths.append(path)
     finally:
