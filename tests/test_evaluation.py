@@ -458,10 +458,10 @@ def test_figures_use_one_colour_scale_per_map_from_healthy_validation(evaluated)
     from matplotlib.colors import to_rgba
 
     input_panel = figs[0].axes[0]  # row 1, "input + ground truth": the 1%-FPR mask outlined on the input too
-    assert input_panel.get_title() == "input + ground truth"
+    titles = [" ".join(ax.get_title().split()) for ax in figs[0].axes[:4]]  # (wrapped to their panels)
+    assert titles[0] == "input + ground truth"
     # the grey panels: what the recommended map subtracts (g(mu(x_T))), named so -- not the projected input x_T
-    assert [ax.get_title() for ax in figs[0].axes[:4]] == ["input + ground truth", "reconstruction",
-                                                          "restored reconstruction", "intensity"]
+    assert titles == ["input + ground truth", "reconstruction", "restored reconstruction", "intensity"]
     assert any(np.allclose(c.get_edgecolor()[0], to_rgba(reporting.MASK_COLOUR)) for c in input_panel.collections
                if len(c.get_edgecolor()))
     for fig, labels in zip(figs, ({"edema"}, set())):  # the legend names the labels drawn, and the mask
