@@ -192,6 +192,33 @@ def test_compiled_and_eager_projection_agree(model, x):
     assert np.abs(eager - x).max() > 0.1  # it moved
 
 
+def test_masked_energy_is_the_weighted_l1_data_term_computed_by_hand(model, x):
+    rng = np.random.default_rng(0)
+    x1 = (x + rng.normal(0, 0.2, x.shape)).astype(np.float32)
+    weights = (rng.random(x.shape) > 0.5).astype(np.float32)
+    rec = model.loss_terms(tf.constant(x1), sample=False)["rec"].numpy()
+    got = energy(model, tf.constant(x1), tf.constant(x), 0.7, tf.constant(weights)).numpy()
+    np.testing.assert_allclose(got, rec + 0.7 * (weights * np.abs(x1 - x)).sum(axis=(1, 2, 3)), rtol=1e-5)
+
+
+def test_masked_projection_with_unit_weights_from_x0_is_the_projection(model, x):
+    projection = CompiledProjection(model, steps=15, lam=0.5, lr=0.03)
+    _, _, reconstruction = projection(x)
+    masked = projection.masked(x, x, np.ones_like(x))
+    np.testing.assert_allclose(masked, reconstruction, rtol=1e-5, atol=1e-6)
+
+
+def test_a_freed_region_follows_the_model_while_the_rest_stays_at_its_data(model, x):
+    free = np.zeros_like(x)
+    free[:, 2:6, 2:6] = 1.0
+    x_t = project(model, x, 30, 1e4, 0.03, weights=tf.constant(1.0 - free)).numpy()
+    moved = np.abs(x_t - x)
+    assert moved[free == 1].mean() > 0.02 and moved[free == 0].max() < 0.03 * moved[free == 1].mean() + 1e-3
+    start = (x * (1 - free)).astype(np.float32)  # the freed region started elsewhere: only there the start matters
+    again = project(model, x, 30, 1e4, 0.03, x_init=tf.constant(start), weights=tf.constant(1.0 - free)).numpy()
+    assert np.abs(again - x_t)[free == 1].mean() > np.abs(again - x_t)[free == 0].mean()
+
+
 def test_the_scorer_computes_only_what_is_asked(model, x, monkeypatch):
     from tfvae import config as config_lib
     from tfvae.maps.scoring import Scorer

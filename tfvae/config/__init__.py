@@ -91,7 +91,9 @@ Schema (dotted key: type, default -- meaning):
   converted per axis for each scan's grid (``recommended.filter_sizes``: the median's window is the
   odd number of voxels nearest to mm / voxel size); null: chosen on the healthy validation volumes
   with synthetic lesions; ``synthetic_copies``: int, 3 -- lesioned copies of each validation volume
-  for that choice. (Before, ``median_size`` / ``gaussian_sigma`` counted voxels of the validation
+  for that choice; ``second_restoration``: bool, false -- restore each scan again with the region
+  the map flags at its healthy 1 % FPR threshold left free of the projection's data term (the
+  large-lesion remedy measured in docs/results_phantom.md; needs ``restore``). (Before, ``median_size`` / ``gaussian_sigma`` counted voxels of the validation
   grid on every axis; a config that still gives them a value is refused with the conversion, one
   that gives them null -- every saved run config -- reads as the new keys' null.)
 - ``ensemble.features``: list, ["rec_error", "kl_grad", "rec_grad"] (the paper's) -- the maps the
@@ -319,6 +321,7 @@ SCHEMA: dict[str, Any] = {
         "median_mm": Field(FLOAT + (type(None),), None, _non_negative),
         "gaussian_sigma_mm": Field(FLOAT + (type(None),), None, _non_negative),
         "synthetic_copies": Field(INT, 3, _positive),
+        "second_restoration": Field(BOOL, False),
     },
     "ensemble": {
         "features": Field(LIST, ["rec_error", "kl_grad", "rec_grad"], _ensemble_features),

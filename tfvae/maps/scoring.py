@@ -16,6 +16,7 @@ import hashlib
 
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
 from tfvae.maps import postprocessing
 from tfvae.data import preprocessing
@@ -26,6 +27,9 @@ from tfvae.maps.predictors import PixelPredictors, smooth
 from tfvae.maps.projection import CompiledProjection
 
 MAX_CALIBRATION_SLICES = 4096  # healthy validation slices used for statistics and thresholds
+FLAG_FPR = 0.01  # the second restoration frees the region the first map flags at this healthy false-positive rate
+FLAG_DILATION = 1  # voxels the flagged region grows by (3D, face neighbours) before it is freed
+FLAG_KEY = "recommended_flag_threshold"  # the threshold in Scorer.reference (stored with the run's calibration)
 MAX_KEPT_BYTES = 2 ** 30  # network outputs of healthy volumes a Scorer keeps between fit and calibration
 GRADIENT_ONLY = ("elbo_grad", "kl_grad", "rec_grad", "combi")  # the maps that need the backward pass
 
@@ -118,6 +122,13 @@ class Scorer:
                       for name in FILTERED if name in self.predictors}
         self.grids: dict = {name: None for name in self.sizes}  # set by fit
         self.synthetic_copies = r["synthetic_copies"]
+        # the second restoration (recommended.second_restoration): the first map's healthy threshold
+        # at FLAG_FPR marks the region restored again without a data term; set by fit
+        if r["second_restoration"] and not self.restore and "recommended" in self.predictors:
+            raise ValueError("recommended.second_restoration needs recommended.restore (a second restoration "
+                             "of a map that restores nothing)")
+        self.second_restoration = self.restore and r["second_restoration"]
+        self.flag_threshold: float | None = None
         self.reference: dict = {}
         self._kept: dict = {}  # network outputs of healthy volumes, made once (``_network``)
         self._kept_bytes = 0
@@ -181,6 +192,23 @@ class Scorer:
             self.sizes[name] = {k: float(chosen[k]) for k in self.sizes[name]}
             self.grids[name] = [float(v) for v in chosen["voxel_mm"]]
             self.reference[name] = chosen
+        if self.second_restoration and self.flag_threshold is None:
+            if FLAG_KEY in stored:
+                self.flag_threshold = float(stored[FLAG_KEY])
+            else:
+                stage = Stage("the first restoration's healthy threshold, on healthy validation volumes", "volume",
+                              verbose)
+                scores = []
+                for volume in self._healthy(validation):
+                    first = self._maps(volume.image, volume.brain_mask, volume.geometry.voxel_mm(),
+                                       second=False)["recommended"]
+                    scores.append(first[volume.brain_mask > 0])
+                    stage.update(len(scores))
+                stage.done()
+                if not scores:
+                    raise ValueError("no healthy validation volume to set the second restoration's threshold on")
+                self.flag_threshold = float(np.quantile(np.concatenate(scores), 1.0 - FLAG_FPR))
+            self.reference[FLAG_KEY] = self.flag_threshold
         return self.reference
 
     def _positive_residual(self, images: np.ndarray) -> np.ndarray:
@@ -228,6 +256,12 @@ class Scorer:
         """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)
         bounds the recommended map; ``voxel_mm`` (slice spacing, row, column) is the grid its filter
         sizes (millimetres) are converted for (``recommended.filter_sizes``; default: the validation grid)."""
+        if self.second_restoration and self.flag_threshold is None and "recommended" in self.sizes:
+            raise RuntimeError("Scorer.fit(validation) must set the second restoration's threshold first")
+        return self._maps(images, brain_mask, voxel_mm, second=self.second_restoration)
+
+    def _maps(self, images: np.ndarray, brain_mask, voxel_mm, *, second: bool) -> dict:
+        """``__call__``'s maps; ``second``: the recommended map from the second restoration."""
         out: dict[str, list] = {}
         network = self._network(images, "network") if self.needs_gradients else None
         projections = self._network(images, "projection") if self.projection is not None else None
@@ -258,9 +292,29 @@ class Scorer:
                 residual = recommended_lib.positive_residual(images, reconstruction)
             else:
                 residual = intensity_positive(images)
+            grid = self.grids[name] if voxel_mm is None else voxel_mm
             maps[name] = recommended_lib.postprocess(residual[..., 0], brain[..., 0], **self.sizes[name],
-                                                     voxel_mm=self.grids[name] if voxel_mm is None else voxel_mm)[..., None]
+                                                     voxel_mm=grid)[..., None]
+            if name == "recommended" and second:
+                maps[name] = self._second_restoration(images, maps, brain, grid)
         return maps
+
+    def _second_restoration(self, images: np.ndarray, maps: dict, brain: np.ndarray, grid) -> np.ndarray:
+        """The recommended map made again from a second restoration: the region the first map flags
+        at ``flag_threshold`` (dilated by one voxel in 3D, inside the brain) starts from the first
+        restoration's reconstruction and has no data term (``CompiledProjection.masked``); the other
+        pixels are restored as before. Measured in docs/results_phantom.md (issue 33)."""
+        flagged = ndimage.binary_dilation(maps["recommended"][..., 0] >= self.flag_threshold,
+                                          iterations=FLAG_DILATION)[..., None] & brain
+        x0 = np.asarray(images, np.float32)
+        x_init = np.where(flagged, maps["projected_reconstruction"], x0).astype(np.float32)
+        weights = (~flagged).astype(np.float32)
+        b = self.batch_size
+        reconstruction = np.concatenate([self.projection.masked(x0[a:a + b], x_init[a:a + b], weights[a:a + b])
+                                         for a in range(0, len(x0), b)])
+        residual = recommended_lib.positive_residual(x0, reconstruction)
+        return recommended_lib.postprocess(residual[..., 0], brain[..., 0], **self.sizes["recommended"],
+                                           voxel_mm=grid)[..., None]
 
 
 def variants(volume: Volume, predictors, settings: dict) -> dict[str, dict]:
