@@ -296,6 +296,7 @@ class Scorer:
             maps[name] = recommended_lib.postprocess(residual[..., 0], brain[..., 0], **self.sizes[name],
                                                      voxel_mm=grid)[..., None]
             if name == "recommended" and second:
+                maps["recommended_first_restoration"] = maps[name]
                 maps[name] = self._second_restoration(images, maps, brain, grid)
         return maps
 
