@@ -180,3 +180,28 @@ def test_long_units_and_titles_wrap_to_their_panel():
         <= reporting.PANEL * 72 / (0.62 * reporting.FONT)
     assert reporting._wrap("|∂ELBO/∂x|, nats / z", reporting.PANEL) == "|∂ELBO/∂x|,\nnats / z"
     assert reporting._wrap("log-odds", reporting.PANEL) == "log-odds"
+
+
+def test_the_tensorboard_thumbnail_is_legible_in_a_card(tmp_path):
+    """TensorBoard shows an image in a card about 400 px wide: the evaluation's figure of every map
+    (13 panels, ~2400 px) has capitals under 2 px there; the thumbnail of one slice and one map keeps
+    them at 9 px or more when fitted to 400 px, and legible at 100 %."""
+    item = slice_items(1)[0]
+    fig = reporting.thumbnail(item, "recommended", {"recommended": (0.0, 4.0)}, {"recommended": 3.0})
+    m = measure(fig, tmp_path / "thumbnail.png")
+    plt.close(fig)
+    assert_legible(m)
+    assert m["cap_px"] * min(1.0, 400 / m["size"][0]) >= 9.0, m["size"]
+    assert {" ".join(t.split()) for t, _ in m["extents"]} >= {"input + ground truth", "recommended"}
+
+
+def test_save_figures_gives_tensorboard_the_thumbnail_beside_the_figures(tmp_path):
+    class Figures:  # what evaluation collects: (rank, item) pairs of tumour and healthy slices
+        tumour = [(0, item) for item in slice_items(2, predictors=["recommended", "intensity"])]
+        healthy = [(0, item) for item in slice_items(1, predictors=["recommended", "intensity"], labels=(0,))]
+
+    images = reporting.save_figures(Figures, ["recommended", "intensity"], str(tmp_path),
+                                    {"recommended": (0.0, 4.0)}, {"recommended": 3.0})
+    assert set(images) == {"tumour_slices", "healthy_slices", "tumour_slice_recommended"}
+    assert images["tumour_slice_recommended"].shape[1] < images["tumour_slices"].shape[1] / 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["healthy_slices.png", "tumour_slices.png"]

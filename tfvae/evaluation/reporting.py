@@ -243,7 +243,7 @@ def draw_labels(ax, label: np.ndarray) -> None:
 
 
 def figure(items: list[dict], predictors: list[str], title: str, scales: dict | None = None,
-           thresholds: dict | None = None):
+           thresholds: dict | None = None, legend: bool = True):
     """One row per slice: the input with the ground truth as labelled contours, the reconstruction,
     the restored reconstruction g(mu(x_T)) of the projected input x_T (when computed: what the
     recommended map subtracts from the input), then each predictor's map (``intensity`` included) on ONE
@@ -252,7 +252,8 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
     ``thresholds[p]`` is given, the mask at that threshold (1 % FPR on healthy validation) is outlined
     in ``MASK_COLOUR``, and the first such predictor's mask also on the input. Laid out to be read at
     100 % and as a TensorBoard thumbnail: panels of ``PANEL`` inches with no gap to spare, text of
-    ``FONT`` points (wrapped to its panel), the title and legend in one band above the panels."""
+    ``FONT`` points (wrapped to its panel), the title and legend (unless ``legend`` is false) in one
+    band above the panels."""
     from matplotlib.ticker import MaxNLocator
 
     scales, thresholds = scales or {}, thresholds or {}
@@ -305,7 +306,7 @@ def figure(items: list[dict], predictors: list[str], title: str, scales: dict | 
     handles = [plt.Line2D([], [], color=c, label=n) for value, (n, c) in LABEL_NAMES.items() if value in drawn]
     if on_input:
         handles.append(plt.Line2D([], [], color=MASK_COLOUR, label=f"mask at 1% FPR (on the input: {on_input})"))
-    _title_band(fig, title, handles)
+    _title_band(fig, title, handles if legend else [])
     return fig
 
 
@@ -325,22 +326,39 @@ def _title_band(fig, title: str, handles: list) -> None:
                    borderaxespad=0.1, handlelength=1.5, columnspacing=1.2, borderpad=0.1)
 
 
+def _rgb(fig) -> tuple[bytes, np.ndarray]:
+    """``fig`` as PNG bytes (``save_png``) and as an RGB array; the figure is closed."""
+    buffer = io.BytesIO()
+    save_png(fig, buffer)
+    plt.close(fig)
+    return buffer.getvalue(), plt.imread(io.BytesIO(buffer.getvalue()))[..., :3]
+
+
+def thumbnail(item: dict, predictor: str, scales: dict | None = None, thresholds: dict | None = None):
+    """One slice as TensorBoard shows it legibly in a card: the input with its ground truth and the
+    ``predictor``'s map (with its mask), two panels at ``FONT`` points (about 400 px wide); the
+    legend of the colours and the title are the full figure's (TensorBoard names it by its tag)."""
+    compact = {k: item[k] for k in ("image", "label", "title", predictor) if k in item}
+    return figure([compact], [predictor], "", scales, thresholds, legend=False)
+
+
 def save_figures(figures, predictors, out_dir: str, scales: dict | None = None,
                  thresholds: dict | None = None) -> dict[str, np.ndarray]:
     """``tumour_slices.png`` and ``healthy_slices.png`` in ``out_dir`` (see ``figure``); returns them
-    as RGB arrays (for TensorBoard)."""
+    as RGB arrays (for TensorBoard), with ``tumour_slice_<predictor>``: the first tumour slice and
+    the first predictor's map alone (``thumbnail``), legible in TensorBoard's card without opening it."""
     os.makedirs(out_dir, exist_ok=True)
     images = {}
     for kind, pool in (("tumour_slices", figures.tumour), ("healthy_slices", figures.healthy)):
         if not pool:
             continue
-        fig = figure([item for _, item in pool], predictors, kind.replace("_", " "), scales, thresholds)
-        buffer = io.BytesIO()
-        save_png(fig, buffer)
-        plt.close(fig)
+        png, images[kind] = _rgb(figure([item for _, item in pool], predictors, kind.replace("_", " "), scales,
+                                        thresholds))
         with open(os.path.join(out_dir, f"{kind}.png"), "wb") as f:
-            f.write(buffer.getvalue())
-        images[kind] = plt.imread(io.BytesIO(buffer.getvalue()))[..., :3]
+            f.write(png)
+        first = next((p for p in predictors if p in pool[0][1]), None)
+        if kind == "tumour_slices" and first is not None:
+            images[f"tumour_slice_{first}"] = _rgb(thumbnail(pool[0][1], first, scales, thresholds))[1]
     return images
 
 
