@@ -43,6 +43,7 @@ from tfvae.run import Run
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 QUICK_PLAN = os.path.join(CONFIG_DIR, "reproduce_quick.json")
 PAPER_PLAN = os.path.join(CONFIG_DIR, "reproduce_paper.json")
+TWO_CORE_PLAN = os.path.join(CONFIG_DIR, "reproduce_2core.json")
 # keys that only change the evaluation, not the trained model (a run is reused across them)
 EVAL_ONLY_PREFIXES = ("predictors.", "postprocess.", "evaluate.", "recommended.", "ensemble.", "threshold.", "data.manual_dir",
                       "data.test_", "train.image_every", "train.num_images")
@@ -65,6 +66,7 @@ class Plan:
     seeded_settings: list | None
     extras: bool
     source: str = ""
+    title: str = ""  # what the tables' titles say of the plan (e.g. "2-core plan: at most 30 epochs")
 
     def seeds_for(self, latent: int, beta: float) -> list[int]:
         seeded = self.seeded_settings is None or [latent, beta] in [[l, float(b)] for l, b in self.seeded_settings]
@@ -87,6 +89,7 @@ PLAN_SCHEMA = {
     "seeds": config_lib.Field((int,), 1, lambda v: None if v >= 1 else "must be >= 1"),
     "seeded_settings": config_lib.Field((list, type(None)), None, _seeded_settings),
     "extras": config_lib.Field((bool,), False),
+    "title": config_lib.Field((str,), ""),
 }
 
 
@@ -94,7 +97,9 @@ def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
     """The plan at ``path`` (keys: ``PLAN_SCHEMA``, validated as run configs are); ``seeds``
     replaces its seed count, ``overrides`` are added to its ``set``. Raises ``config.ConfigError``
     (one line naming the file and the key) for a bad plan."""
-    path = config_lib.locate(path)  # a file, or a shipped plan by name (reproduce_quick)
+    path = config_lib.locate(path)  # a file, or a shipped plan by name (reproduce_quick, or quick)
+    if not os.path.exists(path) and not os.path.dirname(path) and not path.startswith("reproduce_"):
+        path = config_lib.locate("reproduce_" + path)  # --plan 2core: configs/reproduce_2core.json
     raw = config_lib.read_json(path, "plan file")
     plan = config_lib.validate(raw, PLAN_SCHEMA, path, what="a plan")
     if seeds is not None:
@@ -102,7 +107,7 @@ def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
     base = plan["base"] if os.path.isabs(plan["base"]) else os.path.join(os.path.dirname(os.path.abspath(path)),
                                                                           plan["base"])
     return Plan(base, list(plan["set"]) + list(overrides), plan["seeds"], plan["seeded_settings"], plan["extras"],
-                path)
+                path, plan["title"])
 
 
 def run_name(latent: int, beta: float, seed: int) -> str:
