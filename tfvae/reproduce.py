@@ -297,19 +297,19 @@ def table_rows(per_setting: dict, table: int, metric: str = "auroc"):
     return rows, predictors
 
 
-def render(per_setting: dict, compare_paper: bool, metric: str = "auroc", label: str = "") -> tuple[str, list[list]]:
+def render(per_setting: dict, compare_paper: bool, metric: str = "auroc", suffix: str = "") -> tuple[str, list[list]]:
     """Both tables (markdown) and CSV rows. With ``compare_paper`` (BraTS 2018 test data), each cell
     has, in brackets, our AUROC over the reference code's pixels (``auroc_reference``, from
     ``evaluate.pixel_set: reference``), the paper's number and the difference of the two -- the
     comparison made on the pixels the paper's number is over, or said to be missing;
-    ``metric="auroc_brain"`` gives brain pixels only; ``label`` (the test set's role, the plan's
+    ``metric="auroc_brain"`` gives brain pixels only; ``suffix`` (the test set's role, the plan's
     title) ends each table's title."""
     compare_paper = compare_paper and metric == "auroc"
     lines, csv_rows = [], []
     what = "AUROC" if metric == "auroc" else "AUROC inside the brain mask"
     for table, label, title in ((1, "latent size l", f"Table 1: {what}, VAE (beta 1)"),
                                 (2, "beta", f"Table 2: {what}, beta-VAE (latent {paper.TABLE2_LATENT})")):
-        title += f" ({label})" if label else ""
+        title += f" ({suffix})" if suffix else ""
         rows, predictors = table_rows(per_setting, table, metric)
         lines += [f"### {title}", "", "| " + " | ".join([label, "seeds"] + [NAMES[p] for p in predictors]) + " |",
                   "|" + "---|" * (len(predictors) + 2)]
@@ -611,7 +611,7 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     evidence = make_evidence(results_of, extras, histories, missing, stamp)
     per_setting = per_setting_of(evidence)
     claims, verdicts = evidence["findings"], evidence["target"]
-    md, csv_rows = render(per_setting, _compare_paper(first), label=_label_of(evidence))
+    md, csv_rows = render(per_setting, _compare_paper(first), suffix=_label_of(evidence))
     _, csv_brain = render(per_setting, False, metric="auroc_brain")
     os.makedirs(out_dir, exist_ok=True)
     files.write_csv(os.path.join(out_dir, "tables.csv"), csv_rows + csv_brain, header=CSV_HEADER)
@@ -723,8 +723,8 @@ def document(evidence: dict, cross_domain_md: str | None = None) -> str:
     from tfvae import data
 
     test_data = data.test_data_config(first["data"])
-    md, _ = render(per_setting, _compare_paper(first), label=label)
-    md_brain, _ = render(per_setting, False, metric="auroc_brain", label=label)
+    md, _ = render(per_setting, _compare_paper(first), suffix=label)
+    md_brain, _ = render(per_setting, False, metric="auroc_brain", suffix=label)
     target, _ = target_table(per_setting)
     t = first["train"]
     seeded = plan["seeded_settings"]
@@ -743,7 +743,7 @@ def document(evidence: dict, cross_domain_md: str | None = None) -> str:
                                               + ", 1 for the others")
             + f"; overrides: {' '.join(plan['overrides']) or 'none'}. Evidence: `{evidence_name(stamp)}` beside this "
             f"document (every run's figures, resolved config and seed, the data's fingerprint, the wall times; "
-            f"commit `{stamp['commit'][:7]}`).", "",
+            f"commit `{stamp['commit'][:7]}`)." + _wall_line(stamp), "",
             (f"**Every figure of these tables is on a design set**: the test split of `{test_data['name']}/"
              f"{test_data['config']}`, whose subjects the recommended recipe and the per-scan threshold rule were "
              "designed on (`threshold_study.md`); figures on sets held out of that design are marked *held out* "
@@ -772,6 +772,18 @@ def document(evidence: dict, cross_domain_md: str | None = None) -> str:
         text[6:6] = [f"The cross-domain section at the end is made by `python scripts/reproduce_tables.py "
                      f"--cross-domain --md {cross_domain_md}` (see there).", ""]
     return "\n".join(text)
+
+
+def _wall_line(stamp: dict) -> str:
+    """The runs' wall time, summed over those measured (a run trained before it was recorded: not)."""
+    walls = stamp.get("runs_wall_s", {})
+    train = [w["train_s"] for w in walls.values() if w.get("train_s") is not None]
+    evaluate = [w["evaluate_s"] for w in walls.values() if w.get("evaluate_s") is not None]
+    if not train and not evaluate:
+        return ""
+    return (f" Wall time: {sum(train) / 60:.0f} min training ({len(train)} of {len(walls)} runs measured) and "
+            f"{sum(evaluate) / 60:.0f} min evaluating ({len(evaluate)} of {len(walls)}), per run in "
+            "\"Where each run stopped\".")
 
 
 def evidence_name(stamp: dict) -> str:
