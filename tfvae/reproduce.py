@@ -110,7 +110,7 @@ PLAN_SCHEMA = {
     "extras": config_lib.Field((bool,), False),
     "title": config_lib.Field((str,), ""),
     "settings": config_lib.Field((list, type(None)), None, _seeded_settings),
-    "studies": config_lib.Field((dict,), {}, lambda v: _studies(v)),
+    "studies": config_lib.Field((dict,), {}, _studies),
 }
 
 
@@ -603,7 +603,8 @@ def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = Non
     stamp = provenance.stamp(command, found_configs or {run_name(*next(iter(runs))): first})
     md_file = md_path or os.path.join(out_dir, "tables.md")
     written = evidence_path(md_path) if md_path else os.path.join(out_dir, "evidence.json")
-    stamp.update({"evidence": os.path.basename(written), "plan": {"source": os.path.relpath(plan.source, os.path.dirname(CONFIG_DIR)) if plan.source else "",
+    source = os.path.relpath(plan.source, os.path.dirname(CONFIG_DIR)) if plan.source else ""
+    stamp.update({"evidence": os.path.basename(written), "plan": {"source": source,
                            "title": plan.title, "base": os.path.basename(plan.base), "seeds": plan.seeds,
                            "seeded_settings": plan.seeded_settings, "settings": [list(s) for s in settings_of(plan)],
                            "overrides": list(plan.overrides), "extras": plan.extras},
