@@ -19,8 +19,8 @@ VAE adds by lesion size, into ``DOCS/results_phantom.md`` and ``DOCS/threshold_s
 default docs), each table's evidence JSON beside its document, stamped (commit, resolved configs,
 seeds, the data's fingerprint, wall time); runs under ``--runs-dir`` (default runs):
 
-    python scripts/reproduce_tables.py --all --plan 2core     # about 3-4 hours on 2 cores
-    python scripts/reproduce_tables.py --all --plan quick     # the full plan: about a day on 2 cores
+    python scripts/reproduce_tables.py --all --plan 2core     # about 3 hours on 2 cores
+    python scripts/reproduce_tables.py --all --plan quick     # the full plan: about 6-7 hours on 2 cores
 
 ``--cross-domain`` runs the cross-domain study instead (``tfvae/cross_domain.py``): the quick-start
 model (3 seeds, ``--seeds``) trained on the phantom's default site and tested on every shifted
