@@ -28,22 +28,9 @@ def main(argv=None):
     parser.add_argument("--baselines", required=True, help="folder of the baselines' dumps")
     parser.add_argument("--report", required=True, metavar="MD", help="markdown file the table goes into")
     args = parser.parse_args(argv)
-    from tfvae.studies import lesion_size_study, threshold_study
+    from tfvae.studies import lesion_size_study
 
-    for run_dir in args.runs:
-        seed = os.path.basename(os.path.normpath(run_dir))
-        for name, _, role in lesion_size_study.SETS:
-            folder = os.path.join(args.dumps, *(("heldout",) if role == "held out" else ()), seed)
-            path = os.path.join(folder, f"{name}.npz")
-            if not os.path.isfile(path):
-                threshold_study.dump_maps(run_dir, name, path)
-            print(path, flush=True)
-    for name, _, _ in lesion_size_study.SETS:
-        for baseline in lesion_size_study.BASELINES:
-            path = os.path.join(args.baselines, f"{name}__{baseline}.npz")
-            if not os.path.isfile(path):
-                threshold_study.dump_maps(args.runs[0], name, path, predictor=baseline)
-            print(path, flush=True)
+    lesion_size_study.dump(args.runs, args.dumps, args.baselines, log=lambda m: print(m, flush=True))
     command = "python scripts/lesion_size_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     lesion_size_study.report(args.runs, args.dumps, args.baselines, args.report, command=command)
     print(f"report: {args.report}")

@@ -27,21 +27,17 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DESIGN_SETS = ("default", "thick_slices", "contrast", "bias", "noise", "resolution", "hypointense", "atrophy",
-               "combined", "large_lesions")
-SHARE_SITES = ("default", "bias")
-HELD_OUT_SETS = ("heldout_home", "heldout_large", "heldout_site")  # opened once, after the rule was fixed
-HELD_OUT_SHARE_SITES = ("heldout_home", "heldout_site")
-SCREENING_SHARES = (0.0, 0.005, 0.01, 0.02)  # small lesions in a healthy set (--screening)
-
 
 def main(argv=None):
+    from tfvae.studies import threshold_study
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="trained run folders (e.g. runs/design/s0)")
     parser.add_argument("--out", required=True, help="folder of the dumps (one sub-folder per run)")
-    parser.add_argument("--sets", nargs="+", default=list(DESIGN_SETS), choices=DESIGN_SETS,
-                        help="phantom test sets to dump")
-    parser.add_argument("--share-subjects", type=int, default=4, help="healthy subjects per site of the sweep")
+    parser.add_argument("--sets", nargs="+", default=list(threshold_study.DESIGN_SETS),
+                        choices=threshold_study.DESIGN_SETS, help="phantom test sets to dump")
+    parser.add_argument("--share-subjects", type=int, default=threshold_study.SHARE_SUBJECTS,
+                        help="healthy subjects per site of the sweep")
     parser.add_argument("--held-out", action="store_true", help="the held-out sites instead (heldout_*, and the "
                         "sweep on their healthy subjects), in OUT/heldout/: run once, after the rule was fixed")
     parser.add_argument("--screening", action="store_true", help="small lesions (0.5-2%% of the brain) in the "
@@ -50,8 +46,6 @@ def main(argv=None):
                         "targets (an oracle's Dice bound) on the design and held-out dumps, into this report")
     parser.add_argument("--report", metavar="MD", help="compare the rules on the dumps and write this report")
     args = parser.parse_args(argv)
-    from tfvae.studies import threshold_study
-
     if args.held_out and args.screening:
         parser.error("--held-out and --screening: one at a time")
     section = "held-out" if args.held_out else "screening" if args.screening else "design"
@@ -69,23 +63,12 @@ def main(argv=None):
                                log=lambda m: print(m, flush=True))
         print(f"report: {args.report}")
         return
-    sets, share_sites = (HELD_OUT_SETS, HELD_OUT_SHARE_SITES) if args.held_out else ((), SHARE_SITES) \
-        if args.screening else (args.sets, SHARE_SITES)
-    shares = SCREENING_SHARES if args.screening else threshold_study.SHARES
-    for run_dir in args.runs:
-        folder = os.path.join(out, os.path.basename(os.path.normpath(run_dir)))
-        for test_set in sets:
-            path = os.path.join(folder, f"{test_set}.npz")
-            if not os.path.isfile(path):
-                threshold_study.dump_maps(run_dir, test_set, path)
-            print(path, flush=True)
-        for site in share_sites:
-            path = os.path.join(folder, f"shares_{site}.npz")
-            if not os.path.isfile(path):
-                volumes = threshold_study.lesion_share_volumes(site, args.share_subjects, shares)
-                pairs = ((v.volume_id, v) for _, v in volumes)
-                threshold_study.dump_maps(run_dir, None, path, volumes=pairs)
-            print(path, flush=True)
+    ts = threshold_study
+    sets, share_sites = (ts.HELD_OUT_SETS, ts.HELD_OUT_SHARE_SITES) if args.held_out else ((), ts.SHARE_SITES) \
+        if args.screening else (args.sets, ts.SHARE_SITES)
+    shares = ts.SCREENING_SHARES if args.screening else ts.SHARES
+    ts.dump_sets(args.runs, out, sets, share_sites, shares=shares, share_subjects=args.share_subjects,
+                 log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

@@ -44,14 +44,14 @@ def test_targets_are_judged_on_the_means_over_seeds():
     text = cross_domain.render(results, {("bias", 3): [result(0.011, 0.05, 0.6, 0.7)]}, verdicts, [0, 1],
                                cross_domain.BASE_CONFIG, [], "cmd")
     assert text.startswith(cross_domain.BEGIN) and text.endswith(cross_domain.END)
-    assert "| combined |" in text and "| bias | 3 |" in text  # combined: a design site since issue 30
+    assert "| combined (design set) |" in text and "| bias (design set) | 3 |" in text  # combined: a design site since issue 30
     # pooled FPR@1% fixed and per scan, then the volumes' 90th percentile and maximum, mean ± std over seeds
     assert ("| FPR@1% fixed | FPR@1% per scan | FPR@1% per scan, p90 of volumes | max of volumes | FPR@5% fixed |"
             in text)
-    assert "| default | 5.00% ± 0.00 | 1.30% ± 0.14 | 2.50% ± 0.71 | 4.00% ± 0.00 | 10.00% ± 0.00 |" in text
-    assert "| contrast | 5.00% ± 0.00 | 1.20% ± 0.00 | 4.50% ± 0.00 | 20.00% ± 0.00 |" in text
+    assert "| default (design set) | 5.00% ± 0.00 | 1.30% ± 0.14 | 2.50% ± 0.71 | 4.00% ± 0.00 | 10.00% ± 0.00 |" in text
+    assert "| contrast (design set) | 5.00% ± 0.00 | 1.20% ± 0.00 | 4.50% ± 0.00 | 20.00% ± 0.00 |" in text
     assert "**missed fpr01, dice_vs_fixed**" in text and "every target met" in text
-    assert "- contrast: met fpr01, fpr05, dice01, dice_gap, dice_vs_fixed; **missed fpr01_p90**" in text
+    assert "- contrast (design set): met fpr01, fpr05, dice01, dice_gap, dice_vs_fixed; **missed fpr01_p90**" in text
     assert "90th percentile over the test volumes at most 3%" in text
 
 
@@ -64,8 +64,8 @@ def test_evidence_without_the_volumes_distribution_renders_and_is_not_judged_on_
     assert not cross_domain.targets_met(verdicts)
     assert cross_domain.targets_met(cross_domain.judge_targets({"default": [result(0.012, 0.04, 0.70, 0.75)] * 2}))
     text = cross_domain.render(old, {}, verdicts, [0, 1], cross_domain.BASE_CONFIG, [], "cmd")
-    assert "| default | 5.00% ± 0.00 | 1.20% ± 0.00 | — | — | 10.00% ± 0.00 |" in text
-    assert "- default: met fpr01, fpr05, dice01, dice_gap, dice_vs_fixed; not judged fpr01_p90 (not in the evidence)" in text
+    assert "| default (design set) | 5.00% ± 0.00 | 1.20% ± 0.00 | — | — | 10.00% ± 0.00 |" in text
+    assert "- default (design set): met fpr01, fpr05, dice01, dice_gap, dice_vs_fixed; not judged fpr01_p90 (not in the evidence)" in text
     # a mix of seeds with and without it: the cell is over the seeds that have it
     mixed = {"default": [result(0.012, 0.04, 0.70, 0.75, p90=None), result(0.012, 0.04, 0.70, 0.75, p90=0.025)]}
     assert "| 1.20% ± 0.00 | 2.50% | 4.00% |" in cross_domain.render(

@@ -277,3 +277,94 @@ def test_report_only_trains_nothing_and_names_what_is_missing(tiny_data_dir, tmp
     assert len(out["missing"]) == 7 and not (tmp_path / "runs").exists()
     md = (tmp_path / "tables" / "tables.md").read_text()
     assert "**Not finished yet**" in md and "l64_b10_s0" in md
+
+
+STAMP_KEYS = {"commit", "uncommitted", "command", "configs", "seeds", "data", "wall_s"}
+
+
+def test_the_published_tables_are_what_their_evidence_renders():
+    """docs/results_phantom.md's paper tables (everything above its notes) are ``document`` of their
+    evidence, docs/results_phantom.json, which is stamped: a table edited by hand, or evidence
+    replaced without its document, fails here."""
+    md = os.path.join(ROOT, "docs", "results_phantom.md")
+    text = open(md, encoding="utf-8").read()
+    evidence = json.load(open(rp.evidence_path(md), encoding="utf-8"))
+    assert STAMP_KEYS <= set(evidence["stamp"]), "evidence not stamped: regenerate it (docs/evaluation.md)"
+    assert set(evidence["stamp"]["seeds"]) == set(evidence["runs"])  # every run's seed and resolved config
+    kept = text[text.index(rp.NOTES_MARKER):]
+    expected = rp.document(evidence, "docs/results_phantom.md" if rp.CROSS_DOMAIN_BEGIN in kept else None)
+    assert text[:text.index(rp.NOTES_MARKER)].strip() == expected.strip()
+    # its figures say what they were designed on: the phantom's default test split is a design set
+    assert all("(design set" in line for line in text.splitlines() if line.startswith("### Table"))
+
+
+def test_the_inventory_names_every_evidence_file_and_its_command():
+    """docs/evaluation.md's inventory of the tables names every evidence JSON in docs/ (a new
+    table's evidence must say how it is made) and the one command that regenerates them."""
+    text = open(os.path.join(ROOT, "docs", "evaluation.md"), encoding="utf-8").read()
+    inventory = text[text.index("## Every table and its evidence"):]
+    for name in sorted(os.listdir(os.path.join(ROOT, "docs"))):
+        if name.endswith(".json"):
+            assert f"`{name}`" in inventory, name
+    assert "python scripts/reproduce_tables.py --all --plan 2core" in inventory
+    assert "python scripts/reproduce_tables.py --all --plan quick" in inventory
+
+
+def test_all_on_a_tiny_plan_writes_every_table_and_its_stamped_evidence(tiny_data_dir, tmp_path):
+    """``--all`` end to end on the tiny phantom (one setting, one seed, one epoch; every study on
+    one or two tiny sets): each document written, each table's evidence beside it, stamped, and the
+    documents what their evidence renders; run again, nothing is trained, evaluated or dumped."""
+    base = tmp_path / "tiny.json"
+    base.write_text(json.dumps({"name": "tiny", "data": {"config": "tiny", "image_size": 32,
+                                                          "data_dir": tiny_data_dir},
+                                "model": {"latent_dim": 8, "filters": None}, "train": {"epochs": 1, "batch_size": 32},
+                                "predictors": {"projection_steps": 2}, "recommended": {"synthetic_copies": 1},
+                                "evaluate": {"write_nifti": False, "num_figures": 1}}))
+    plan = tmp_path / "reproduce_tiny.json"
+    plan.write_text(json.dumps({
+        "title": "tiny plan: 1 epoch", "base": os.path.join(ROOT, "configs", "beta1.json"),
+        "set": ["data.name=brain_phantom", "data.config=tiny", "data.image_size=32", "data.test_name=null",
+                "data.test_config=null", f"data.data_dir={tiny_data_dir}", "model.filters=null", "train.epochs=1",
+                "train.batch_size=32", "train.learning_rate=0.001", "predictors.projection_steps=2",
+                "evaluate.write_nifti=false", "evaluate.num_figures=1", "recommended.synthetic_copies=1"],
+        "seeds": 1, "settings": [[32, 1.0]], "extras": False,
+        "studies": {"cross_domain": {"base": str(base), "seeds": [0], "test_sets": ["tiny_combined"],
+                                     "calibration_sites": []},
+                    "threshold_study": {"design_sets": ["tiny"], "share_sites": [], "held_out_sets": ["tiny_combined"],
+                                        "held_out_share_sites": [], "screening_sites": []},
+                    "lesion_size": {"sets": [["tiny", "2-60 ml", "design set"],
+                                             ["tiny_combined", "2-60 ml", "held out"]]}}}))
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    argv = ["--all", "--plan", str(plan), "--runs-dir", str(runs), "--docs", str(docs), "--quiet"]
+    assert rt.main(argv) == 0
+    from tfvae.studies import cross_domain, lesion_size_study
+    from tfvae.studies import threshold_study as ts
+
+    results_md, threshold_md = docs / "results_phantom.md", docs / "threshold_study.md"
+    text = results_md.read_text()
+    paper = json.loads((docs / "results_phantom.json").read_text())
+    assert STAMP_KEYS <= set(paper["stamp"]) and paper["stamp"]["seeds"] == {"l32_b1_s0": 0}
+    assert list(paper["stamp"]["data"]) == ["brain_phantom/tiny_32px@1.0.0"] or all(
+        v for v in paper["stamp"]["data"].values())
+    assert paper["stamp"]["runs_wall_s"]["l32_b1_s0"]["train_s"] > 0 and paper["stamp"]["wall_s"] > 0
+    assert paper["stamp"]["plan"]["title"] == "tiny plan: 1 epoch" and "--all" in paper["stamp"]["command"]
+    assert text.startswith(rp.document(paper)) and "(design set; tiny plan: 1 epoch)" in text
+    cross = json.loads((docs / "results_phantom_cross_domain.json").read_text())
+    assert STAMP_KEYS <= set(cross["stamp"]) and any("tiny_combined" in k for k in cross["stamp"]["data"])
+    assert cross_domain.render_from_evidence(cross, "results_phantom_cross_domain.json") in text
+    lesion = json.loads((docs / "results_phantom_lesion_size.json").read_text())
+    assert STAMP_KEYS <= set(lesion["stamp"]) and set(lesion["results"]) == {"tiny", "tiny_combined"}
+    sets = [tuple(s) for s in json.loads(plan.read_text())["studies"]["lesion_size"]["sets"]]
+    assert lesion_size_study.body(lesion, sets).strip() in text
+    threshold = threshold_md.read_text()
+    for section in ("design", "held-out", "bound"):
+        evidence = json.loads((docs / f"threshold_study_{section.replace('-', '_')}.json").read_text())
+        assert STAMP_KEYS <= set(evidence["stamp"]) and evidence["stamp"]["wall_s"] is not None
+        assert ts.section_body(section, evidence).strip() in threshold
+    assert not (docs / "threshold_study_screening.json").exists()  # no screening sites in this plan
+    # run again: everything reused (no file under runs/ rewritten but the evidence)
+    dumps = sorted((runs / "study").rglob("*.npz"))
+    mtimes = {p: p.stat().st_mtime for p in dumps + [runs / "paper_tiny" / "l32_b1_s0" / "model.keras"]}
+    assert rt.main(argv) == 0
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+    assert json.loads((docs / "results_phantom.json").read_text())["runs"] == paper["runs"]

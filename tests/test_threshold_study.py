@@ -196,3 +196,20 @@ def test_dice_bound_brackets_the_best_rule_found_by_enumeration(tmp_path, refere
     top_only = [threshold_study.dice_curve(v[1], v[2]) for v in volumes if v[2].any()]  # the mean: lesioned only
     expect = np.mean([max(d[f == 0]) for d, f in top_only])
     assert strict["achieved"] == pytest.approx(expect) and strict["upper"] == pytest.approx(expect, abs=1e-6)
+
+
+@pytest.mark.parametrize("section", ["design", "held-out", "screening", "bound"])
+def test_each_published_section_is_what_its_evidence_renders(section):
+    """docs/threshold_study.md's generated sections against their evidence files: a table edited by
+    hand, or evidence replaced without its section, fails here."""
+    import json
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "docs", "threshold_study.md"), encoding="utf-8").read()
+    with open(os.path.join(root, "docs", f"threshold_study_{section.replace('-', '_')}.json")) as f:
+        evidence = json.load(f)
+    begin, end = threshold_study.markers(section)
+    assert text.count(begin) == 1 and text.count(end) == 1
+    published = text[text.index(begin) + len(begin):text.index(end)].strip()
+    assert published == threshold_study.section_body(section, evidence).strip()

@@ -44,6 +44,7 @@ from tfvae.runs.run import Run
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 QUICK_PLAN = os.path.join(CONFIG_DIR, "reproduce_quick.json")
 PAPER_PLAN = os.path.join(CONFIG_DIR, "reproduce_paper.json")
+TWO_CORE_PLAN = os.path.join(CONFIG_DIR, "reproduce_2core.json")
 # keys that only change the evaluation, not the trained model (a run is reused across them)
 EVAL_ONLY_PREFIXES = ("predictors.", "postprocess.", "evaluate.", "recommended.", "ensemble.", "threshold.", "data.manual_dir",
                       "data.test_", "train.image_every", "train.num_images")
@@ -66,6 +67,9 @@ class Plan:
     seeded_settings: list | None
     extras: bool
     source: str = ""
+    title: str = ""  # what the tables' titles say of the plan (e.g. "2-core plan: at most 30 epochs")
+    settings: list | None = None  # the [latent, beta] settings trained (None: every one of the paper's)
+    studies: dict = dataclasses.field(default_factory=dict)  # --all: the other studies' sizes (ALL_STUDIES)
 
     def seeds_for(self, latent: int, beta: float) -> list[int]:
         seeded = self.seeded_settings is None or [latent, beta] in [[l, float(b)] for l, b in self.seeded_settings]
@@ -80,6 +84,23 @@ def _seeded_settings(v):
     return None
 
 
+# ``--all``: the studies beside the paper's tables and the keys a plan's ``studies`` may set for each
+# (the sizes the tests shrink; left out, each study's own defaults)
+ALL_STUDIES = {"cross_domain": ("base", "seeds", "test_sets", "calibration_scans", "calibration_sites"),
+               "threshold_study": ("design_sets", "share_sites", "share_subjects", "held_out_sets",
+                                   "held_out_share_sites", "screening_sites"),
+               "lesion_size": ("sets",)}
+
+
+def _studies(v):
+    for study, keys in v.items():
+        if study not in ALL_STUDIES:
+            return f"unknown study {study!r} (known: {', '.join(ALL_STUDIES)}); it"
+        if not isinstance(keys, dict) or set(keys) - set(ALL_STUDIES[study]):
+            return f"{study}: keys must be among {', '.join(ALL_STUDIES[study])}, got {keys!r}; it"
+    return None
+
+
 PLAN_SCHEMA = {
     "description": config_lib.Field((str,), ""),
     "base": config_lib.Field((str,), config_lib.REQUIRED),
@@ -88,6 +109,9 @@ PLAN_SCHEMA = {
     "seeds": config_lib.Field((int,), 1, lambda v: None if v >= 1 else "must be >= 1"),
     "seeded_settings": config_lib.Field((list, type(None)), None, _seeded_settings),
     "extras": config_lib.Field((bool,), False),
+    "title": config_lib.Field((str,), ""),
+    "settings": config_lib.Field((list, type(None)), None, _seeded_settings),
+    "studies": config_lib.Field((dict,), {}, _studies),
 }
 
 
@@ -95,7 +119,9 @@ def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
     """The plan at ``path`` (keys: ``PLAN_SCHEMA``, validated as run configs are); ``seeds``
     replaces its seed count, ``overrides`` are added to its ``set``. Raises ``config.ConfigError``
     (one line naming the file and the key) for a bad plan."""
-    path = config_lib.locate(path)  # a file, or a shipped plan by name (reproduce_quick)
+    path = config_lib.locate(path)  # a file, or a shipped plan by name (reproduce_quick, or quick)
+    if not os.path.exists(path) and not os.path.dirname(path) and not path.startswith("reproduce_"):
+        path = config_lib.locate("reproduce_" + path)  # --plan 2core: configs/reproduce_2core.json
     raw = config_lib.read_json(path, "plan file")
     plan = config_lib.validate(raw, PLAN_SCHEMA, path, what="a plan")
     if seeds is not None:
@@ -103,7 +129,7 @@ def load_plan(path: str, seeds: int | None = None, overrides=()) -> Plan:
     base = plan["base"] if os.path.isabs(plan["base"]) else os.path.join(os.path.dirname(os.path.abspath(path)),
                                                                           plan["base"])
     return Plan(base, list(plan["set"]) + list(overrides), plan["seeds"], plan["seeded_settings"], plan["extras"],
-                path)
+                path, plan["title"], plan["settings"], plan["studies"])
 
 
 def run_name(latent: int, beta: float, seed: int) -> str:
@@ -123,7 +149,7 @@ def predictors_for(latent: int, beta: float) -> list[str]:
 def configs(plan: Plan) -> dict[tuple, dict]:
     """``{(latent, beta, seed): run config}`` for every run of the plan."""
     out = {}
-    for latent, beta in paper.settings():
+    for latent, beta in settings_of(plan):
         for seed in plan.seeds_for(latent, beta):
             out[(latent, beta, seed)] = config_lib.load(plan.base, plan.overrides + [
                 f"name={run_name(latent, beta, seed)}", f"seed={seed}", f"model.latent_dim={latent}",
@@ -272,17 +298,19 @@ def table_rows(per_setting: dict, table: int, metric: str = "auroc"):
     return rows, predictors
 
 
-def render(per_setting: dict, compare_paper: bool, metric: str = "auroc") -> tuple[str, list[list]]:
+def render(per_setting: dict, compare_paper: bool, metric: str = "auroc", suffix: str = "") -> tuple[str, list[list]]:
     """Both tables (markdown) and CSV rows. With ``compare_paper`` (BraTS 2018 test data), each cell
     has, in brackets, our AUROC over the reference code's pixels (``auroc_reference``, from
     ``evaluate.pixel_set: reference``), the paper's number and the difference of the two -- the
     comparison made on the pixels the paper's number is over, or said to be missing;
-    ``metric="auroc_brain"`` gives brain pixels only."""
+    ``metric="auroc_brain"`` gives brain pixels only; ``suffix`` (the test set's role, the plan's
+    title) ends each table's title."""
     compare_paper = compare_paper and metric == "auroc"
     lines, csv_rows = [], []
     what = "AUROC" if metric == "auroc" else "AUROC inside the brain mask"
     for table, label, title in ((1, "latent size l", f"Table 1: {what}, VAE (beta 1)"),
                                 (2, "beta", f"Table 2: {what}, beta-VAE (latent {paper.TABLE2_LATENT})")):
+        title += f" ({suffix})" if suffix else ""
         rows, predictors = table_rows(per_setting, table, metric)
         lines += [f"### {title}", "", "| " + " | ".join([label, "seeds"] + [NAMES[p] for p in predictors]) + " |",
                   "|" + "---|" * (len(predictors) + 2)]
@@ -442,9 +470,15 @@ def findings(per_setting: dict) -> list[str]:
 
 
 def plateau_table(histories: dict) -> str:
-    lines = ["| run | epochs trained | best epoch | best validation loss |", "|---|---|---|---|"]
+    """Where each run stopped, and (where measured) how long it took to train and to evaluate."""
+    def minutes(seconds):
+        return "—" if seconds is None else f"{seconds / 60:.1f}"
+
+    lines = ["| run | epochs trained | best epoch | best validation loss | train min | evaluate min |",
+             "|---|---|---|---|---|---|"]
     for name, h in histories.items():
-        lines.append(f"| {name} | {h['epochs']} | {h['best_epoch']} | {h['best_val_loss']:.1f} |")
+        lines.append(f"| {name} | {h['epochs']} | {h['best_epoch']} | {h['best_val_loss']:.1f} | "
+                     f"{minutes(h.get('train_s'))} | {minutes(h.get('evaluate_s'))} |")
     return "\n".join(lines)
 
 
@@ -496,120 +530,342 @@ def extras_section(extras: dict) -> str:
 
 
 # --- the whole reproduction --------------------------------------------------------------------------
+WALL_TIME = "reproduce_wall_s.json"  # RUN/<this>: how long the run took to train and evaluate, when it was
+
+
+def _wall(run_dir: str, key: str, seconds: float | None = None):
+    """The run's recorded wall time of ``key`` (``train_s``, ``evaluate_s``), or record ``seconds``."""
+    path = os.path.join(run_dir, WALL_TIME)
+    recorded = json.load(open(path)) if os.path.isfile(path) else {}
+    if seconds is None:
+        return recorded.get(key)
+    recorded[key] = round(seconds, 1)
+    files.write_json(path, recorded)
+    return recorded[key]
+
+
 def reproduce(plan: Plan, runs_dir: str, out_dir: str, md_path: str | None = None, *, retrain: bool = False,
               reevaluate: bool = False, verbose: bool = True, command: str = "", log=print,
               report_only: bool = False) -> dict:
     """Train and evaluate every run of ``plan`` (reusing what is done), write ``tables.md`` (or
     ``md_path``), ``tables.csv`` and ``tables.json`` to ``out_dir``; returns the per-setting results.
-    ``report_only``: train and evaluate nothing, write the tables of the runs finished so far (the
-    document says which runs are missing)."""
+    The document is ``document(evidence)``: with ``md_path``, that evidence is written beside it
+    (``<doc>.json``), stamped (the commit, the plan, each run's resolved config and seed, the data's
+    fingerprint, each run's wall time and this command's). ``report_only``: train and evaluate
+    nothing, write the tables of the runs finished so far (the document says which runs are missing)."""
     from tfvae.data import pipelines as data
+    from tfvae.studies import evidence
 
     runs = configs(plan)
     first = next(iter(runs.values()))
     data.check_available(first["data"])
     for (latent, beta, seed), config in runs.items():  # refuse before anything is trained
         check_trained_with(config, os.path.join(runs_dir, run_name(latent, beta, seed)), retrain)
-    per_setting: dict = {}
+    results_of: dict = {}
     extras: dict = {}
     histories = {}
+    walls = {}
     missing: list[str] = []
     start = time.time()
     # the settings with several seeds first (the findings rest on them), then the others
     order = sorted(runs, key=lambda k: -len(plan.seeds_for(k[0], k[1])))
     for latent, beta, seed in order:
         config = runs[(latent, beta, seed)]
-        run_dir = os.path.join(runs_dir, run_name(latent, beta, seed))
-        t0 = time.time()
+        name = run_name(latent, beta, seed)
+        run_dir = os.path.join(runs_dir, name)
+        t0, evaluated = time.time(), None
         if report_only:
             results = Run(run_dir).finished_evaluation(config)
             if results is None:
-                missing.append(run_name(latent, beta, seed))
+                missing.append(name)
                 continue
             done, t1 = "reported", time.time()
         else:
             done = ensure_trained(config, run_dir, retrain, verbose=2 if verbose else 0)
             t1 = time.time()
+            if done != "reused":
+                _wall(run_dir, "train_s", t1 - t0 + (_wall(run_dir, "train_s") or 0 if done == "resumed" else 0))
+            evaluated = None if reevaluate else Run(run_dir).finished_evaluation(config)
             results = ensure_evaluated(config, run_dir, reevaluate, verbose)
-        per_setting.setdefault((latent, beta), []).append(results)
-        extras.setdefault("eval", {}).setdefault((latent, beta), []).append(results)
-        histories[run_name(latent, beta, seed)] = history(run_dir)
+        results_of[name] = results
+        histories[name] = history(run_dir)
         if plan.extras and len(plan.seeds_for(latent, beta)) > 1:
-            for name, extra in extras_for(config).items():
-                found = (Run(run_dir).finished_evaluation(extra, name) if report_only
-                         else ensure_evaluated(extra, run_dir, reevaluate, verbose, name=name))
+            for extra_name, extra in extras_for(config).items():
+                found = (Run(run_dir).finished_evaluation(extra, extra_name) if report_only
+                         else ensure_evaluated(extra, run_dir, reevaluate, verbose, name=extra_name))
                 if found is not None:
-                    extras.setdefault(name, {}).setdefault((latent, beta), []).append(found)
+                    extras.setdefault(extra_name, {})[name] = found
+        if not report_only and evaluated is None:
+            _wall(run_dir, "evaluate_s", time.time() - t1)
+        walls[name] = {"train_s": _wall(run_dir, "train_s"), "evaluate_s": _wall(run_dir, "evaluate_s")}
+        histories[name].update(walls[name])
         log(f"[{time.time() - start:6.0f}s] {run_dir}: {done} ({t1 - t0:.0f}s), evaluated ({time.time() - t1:.0f}s)")
 
-    per_setting = {k: per_setting[k] for k in paper.settings() if k in per_setting}  # the tables' order
-    test_data = data.test_data_config(first["data"])
-    compare_paper = test_data["name"] == paper.TEST_DATASET and data.brats_releases(test_data) == ["2018"]
-    md, csv_rows = render(per_setting, compare_paper)
-    md_brain, csv_brain = render(per_setting, False, metric="auroc_brain")
-    target, verdicts = target_table(per_setting)
-    claims = findings(per_setting)
+    found_configs = {run_name(*k): runs[k] for k in runs if run_name(*k) in results_of}
+    stamp = evidence.stamp(command, found_configs or {run_name(*next(iter(runs))): first})
+    md_file = md_path or os.path.join(out_dir, "tables.md")
+    written = evidence_path(md_path) if md_path else os.path.join(out_dir, "evidence.json")
+    source = os.path.relpath(plan.source, os.path.dirname(CONFIG_DIR)) if plan.source else ""
+    stamp.update({"evidence": os.path.basename(written), "plan": {"source": source,
+                           "title": plan.title, "base": os.path.basename(plan.base), "seeds": plan.seeds,
+                           "seeded_settings": plan.seeded_settings, "settings": [list(s) for s in settings_of(plan)],
+                           "overrides": list(plan.overrides), "extras": plan.extras},
+                  "runs_wall_s": walls, "wall_s": round(time.time() - start, 1)})
+    evidence = make_evidence(results_of, extras, histories, missing, stamp)
+    per_setting = per_setting_of(evidence)
+    claims, verdicts = evidence["findings"], evidence["target"]
+    md, csv_rows = render(per_setting, _compare_paper(first), suffix=_label_of(evidence))
+    _, csv_brain = render(per_setting, False, metric="auroc_brain")
     os.makedirs(out_dir, exist_ok=True)
     files.write_csv(os.path.join(out_dir, "tables.csv"), csv_rows + csv_brain, header=CSV_HEADER)
-    files.write_json(os.path.join(out_dir, "tables.json"),
-                     {f"{run_name(l, b, s)}": r for (l, b), rs in per_setting.items() for s, r in enumerate(rs)})
+    files.write_json(os.path.join(out_dir, "tables.json"), results_of)
+    files.write_json(written, evidence)  # beside the document: every run's cells, the effects, every verdict
+    kept = _kept_notes(md_file) or (f"\n{NOTES_MARKER}\n" if md_path else "")
+    files.write_text(md_file, document(evidence, cross_domain_md=md_path if CROSS_DOMAIN_BEGIN in kept else None)
+                     + kept)
+    extras_by_setting = {"eval": per_setting, **{n: _by_setting(r) for n, r in evidence["extras"].items()}}
+    return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras_by_setting,
+            "missing": missing, "evidence": evidence}
+
+
+def settings_of(plan: Plan) -> list[tuple]:
+    """The paper's settings the plan trains (``settings``; default every one)."""
+    return [(l, float(b)) for l, b in (plan.settings if plan.settings is not None else paper.settings())]
+
+
+def evidence_path(md_path: str) -> str:
+    """Where the paper tables' evidence is written beside their document: ``<doc>.json``."""
+    return os.path.splitext(md_path)[0] + ".json"
+
+
+def _compare_paper(config: dict) -> bool:
+    from tfvae.data import pipelines as data
+
+    test_data = data.test_data_config(config["data"])
+    return test_data["name"] == paper.TEST_DATASET and data.brats_releases(test_data) == ["2018"]
+
+
+def test_role(config: dict) -> str:
+    """What the test set of a run config was to the design: ``design set`` for the phantom's test
+    sets the recommended recipe and the per-scan rule were chosen on (its default test split and
+    shifted sites), ``held out`` for the others (the phantom's ``heldout_*`` sites, real data)."""
+    from tfvae.studies import cross_domain
+    from tfvae.data import pipelines as data
+
+    test_data = data.test_data_config(config["data"])
+    return ("design set" if test_data["name"] == "brain_phantom" and test_data["config"] not in cross_domain.HELD_OUT
+            else "held out")
+
+
+def _label_of(evidence: dict) -> str:
+    """What every table title of the document says: its test set's role and the plan's title."""
+    config = next(iter(evidence["stamp"]["configs"].values()))
+    title = evidence["stamp"]["plan"].get("title")
+    return test_role(config) + (f"; {title}" if title else "")
+
+
+def _parse_run(name: str) -> tuple[int, float, int]:
+    latent, beta, seed = name.split("_")
+    return int(latent[1:]), float(beta[1:]), int(seed[1:])
+
+
+def _by_setting(by_run: dict) -> dict:
+    """``{run name: results}`` as ``{(latent, beta): [results by seed]}``, in the paper's order."""
+    out: dict = {}
+    for name in sorted(by_run, key=lambda n: _parse_run(n)[2]):
+        latent, beta, _ = _parse_run(name)
+        out.setdefault((latent, beta), []).append(by_run[name])
+    return {k: out[k] for k in paper.settings() if k in out}
+
+
+def per_setting_of(evidence: dict) -> dict:
+    """The evidence's runs as ``{(latent, beta): [results by seed]}`` (what the tables are made of)."""
+    return _by_setting(evidence["runs"])
+
+
+EVIDENCE_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05",
+                    "measured_fpr01", "measured_fpr05", "measured_fpr01_far", "measured_fpr05_far",
+                    "auroc_reference")
+
+
+def _cells(results: dict) -> dict:
+    """A predictor's figures the document shows (``EVIDENCE_METRICS``), with those on the ensemble's
+    scored volumes (``ensemble_volumes``)."""
+    out = {}
+    for p, r in results.items():
+        if isinstance(r, dict):
+            out[p] = {m: r[m] for m in EVIDENCE_METRICS if m in r}
+            if isinstance(r.get("ensemble_volumes"), dict):
+                out[p]["ensemble_volumes"] = {m: r["ensemble_volumes"][m] for m in EVIDENCE_METRICS
+                                              if m in r["ensemble_volumes"]}
+    return out
+
+
+def make_evidence(results_of: dict, extras: dict, histories: dict, missing: list, stamp: dict) -> dict:
+    """What the document's numbers rest on, as JSON: every run's figures (per predictor), the extra
+    evaluations' (the measured effects), where each run stopped, the runs missing, every judged
+    claim with its verdict -- those that fail beside those that hold -- and the ``stamp``."""
+    runs = {name: _cells(r) for name, r in results_of.items()}
+    per_setting = _by_setting(runs)
+    claims = findings(per_setting)
+    _, verdicts = target_table(per_setting)
+    return {"stamp": stamp, "runs": runs,
+            "extras": {name: {run: _cells(r) for run, r in by_run.items() if r} for name, by_run in extras.items()},
+            "histories": histories, "missing": missing, "findings": claims, "target": verdicts}
+
+
+def document(evidence: dict, cross_domain_md: str | None = None) -> str:
+    """The paper tables' markdown document, made from its ``evidence`` alone (``make_evidence``) --
+    a document that differs from what its evidence renders to is out of date (tested against
+    ``docs/results_phantom.md``); ``cross_domain_md``: the document holds the cross-domain section
+    too (a line says how it is made)."""
+    stamp, plan = evidence["stamp"], evidence["stamp"]["plan"]
+    first = next(iter(stamp["configs"].values()))
+    per_setting = per_setting_of(evidence)
+    missing = evidence.get("missing", [])
+    label = _label_of(evidence)
+    from tfvae.data import pipelines as data
+
+    test_data = data.test_data_config(first["data"])
+    md, _ = render(per_setting, _compare_paper(first), suffix=label)
+    md_brain, _ = render(per_setting, False, metric="auroc_brain", suffix=label)
+    target, _ = target_table(per_setting)
     t = first["train"]
-    text = [f"# The paper's tables on {test_data['name']}/{test_data['config']} ({first['data']['image_size']}px)", "",
-            "Made by", "", f"```bash\n{command.strip()}\n```", "",
-            f"Plan `{os.path.relpath(plan.source, os.path.dirname(CONFIG_DIR)) if plan.source else ''}`: base config "
-            f"`{os.path.basename(plan.base)}`, Adam lr {t['learning_rate']:g}, batch {t['batch_size']}, at most "
-            f"{t['epochs']} epochs" + (f", stopped when the validation loss had not improved for {t['patience']} "
-                                       f"epochs (best epoch kept)" if t["patience"] else "")
+    seeded = plan["seeded_settings"]
+    role = test_role(first)
+    text = [f"# The paper's tables on {test_data['name']}/{test_data['config']} ({first['data']['image_size']}px)"
+            + (f": {plan['title']}" if plan.get("title") else ""), "",
+            "Made by", "", f"```bash\n{stamp['command'].strip()}\n```", "",
+            f"Plan `{plan['source']}`: base config `{plan['base']}`, Adam lr {t['learning_rate']:g}, batch "
+            f"{t['batch_size']}, at most {t['epochs']} epochs" + (
+                f", stopped when the validation loss had not improved for {t['patience']} epochs (best epoch kept)"
+                if t["patience"] else "")
             + f", projection {first['predictors']['projection_steps']} steps (lambda "
             f"{first['predictors']['projection_lambda']:g}, lr {first['predictors']['projection_lr']:g}); "
-            f"seeds: {plan.seeds} for " + ("every setting" if plan.seeded_settings is None else
-                                           ", ".join(f"latent {l} beta {b:g}" for l, b in plan.seeded_settings)
-                                           + ", 1 for the others")
-            + f"; overrides: {' '.join(plan.overrides) or 'none'}.", "",
+            f"seeds: {plan['seeds']} for " + ("every setting" if seeded is None else
+                                              ", ".join(f"latent {l} beta {float(b):g}" for l, b in seeded)
+                                              + ", 1 for the others")
+            + f"; overrides: {' '.join(plan['overrides']) or 'none'}. Evidence: `{evidence_name(stamp)}` beside this "
+            f"document (every run's figures, resolved config and seed, the data's fingerprint, the wall times; "
+            f"commit `{stamp['commit'][:7]}`)." + _wall_line(stamp), "",
+            (f"**Every figure of these tables is on a design set**: the test split of `{test_data['name']}/"
+             f"{test_data['config']}`, whose subjects the recommended recipe and the per-scan threshold rule were "
+             "designed on (`threshold_study.md`); figures on sets held out of that design are marked *held out* "
+             "where they appear." if role == "design set" else
+             f"**Every figure of these tables is held out**: `{test_data['name']}/{test_data['config']}` was not "
+             "used in designing the recommended recipe or the per-scan threshold rule."), "",
             *([f"**Not finished yet** (the same command without `--report-only` completes them): "
                f"{', '.join(missing)}. The tables below hold the finished runs only.", ""] if missing else []),
-            "## The recommended map against the intensity baselines (inside the brain)", "", target, "",
+            f"## The recommended map against the intensity baselines (inside the brain; {label})", "", target, "",
             "FPR@1%: the share of the test scans' healthy brain pixels flagged at the per-scan 1% thresholds; "
             "FPR@1% >6mm: the same more than 6 mm from any lesion (the lesions' borders left out).", "",
-            *[f"- {v}" for v in verdicts], "", "## The paper's tables", "", md, "",
+            *[f"- {v}" for v in evidence["target"]], "", "## The paper's tables", "", md, "",
             "## The same tables inside the brain mask", "", md_brain, "",
-            "## The paper's findings, judged on paired per-seed differences", "",
+            f"## The paper's findings, judged on paired per-seed differences ({label})", "",
             "A difference is 'better' or 'worse' only when its mean over seeds exceeds the spread (std) of the "
             "paired differences -- with 3 seeds, a difference consistent over the seeds, not a significance test "
             "-- otherwise it is a 'tie'. Settings with one seed use the pooled spread of the "
             "same comparison on the settings with several. 'Comparable' is judged by size instead: it holds "
             f"where the mean difference plus its spread stays within ±{EQUIVALENCE:g} AUROC.", "",
-            *[f"- {c}" for c in claims], ""]
-    if plan.extras:
-        text += ["## Measured effects", "", extras_section(extras)]
-    text += ["## Where each run stopped", "", plateau_table(histories), ""]
-    md_file = md_path or os.path.join(out_dir, "tables.md")
-    if md_path:  # the evidence beside the document: every run's cells, the measured effects, every verdict
-        files.write_json(os.path.splitext(md_path)[0] + ".json", evidence(per_setting, extras, claims, verdicts))
-    kept = _kept_notes(md_file)
-    if CROSS_DOMAIN_BEGIN in kept:  # the cross-domain study's section, made by its own command, is kept
+            *[f"- {c}" for c in evidence["findings"]], ""]
+    if plan["extras"]:
+        extras = {"eval": per_setting, **{n: _by_setting(r) for n, r in evidence["extras"].items()}}
+        text += [f"## Measured effects ({label})", "", extras_section(extras)]
+    text += ["## Where each run stopped", "", plateau_table(evidence["histories"]), ""]
+    if cross_domain_md:  # the cross-domain study's section, made by its own command, is kept
         text[6:6] = [f"The cross-domain section at the end is made by `python scripts/reproduce_tables.py "
-                     f"--cross-domain --md {md_path or md_file}` (see there).", ""]
-    files.write_text(md_file, "\n".join(text) + kept)
-    return {"per_setting": per_setting, "findings": claims, "target": verdicts, "extras": extras, "missing": missing}
+                     f"--cross-domain --md {cross_domain_md}` (see there).", ""]
+    return "\n".join(text)
 
 
-EVIDENCE_METRICS = ("auroc", "auprc", "auroc_brain", "auprc_brain", "best_dice", "dice_fpr01", "dice_fpr05",
-                    "measured_fpr01", "measured_fpr05", "measured_fpr01_far", "measured_fpr05_far")
+def _wall_line(stamp: dict) -> str:
+    """The runs' wall time, summed over those measured (a run trained before it was recorded: not)."""
+    walls = stamp.get("runs_wall_s", {})
+    train = [w["train_s"] for w in walls.values() if w.get("train_s") is not None]
+    evaluate = [w["evaluate_s"] for w in walls.values() if w.get("evaluate_s") is not None]
+    if not train and not evaluate:
+        return ""
+    return (f" Wall time: {sum(train) / 60:.0f} min training ({len(train)} of {len(walls)} runs measured) and "
+            f"{sum(evaluate) / 60:.0f} min evaluating ({len(evaluate)} of {len(walls)}), per run in "
+            "\"Where each run stopped\".")
 
 
-def evidence(per_setting: dict, extras: dict, claims: list[str], verdicts: list[str]) -> dict:
-    """What a document's numbers rest on, as JSON: every run's metric cells (per predictor), the
-    extra evaluations' (the measured effects), and every judged claim with its verdict -- those that
-    fail beside those that hold."""
-    def cells(results: dict) -> dict:
-        return {p: {m: r[m] for m in EVIDENCE_METRICS if m in r} for p, r in results.items() if isinstance(r, dict)}
+def evidence_name(stamp: dict) -> str:
+    return stamp.get("evidence") or "the evidence JSON"
 
-    return {"runs": {run_name(l, b, s): cells(r) for (l, b), rs in per_setting.items() for s, r in enumerate(rs)},
-            "extras": {name: {run_name(l, b, s): cells(r) for (l, b), rs in by_setting.items()
-                              for s, r in enumerate(rs) if r}
-                       for name, by_setting in extras.items() if name != "eval"},
-            "findings": claims, "target": verdicts}
+
+def all_tables(plan: Plan, runs_root: str, docs_dir: str, *, plan_name: str = "", overrides=(), retrain: bool = False,
+               reevaluate: bool = False, verbose: bool = False, command: str = "", log=print) -> dict:
+    """Every table of ``docs_dir`` that a study of the phantom makes, each by its own generator,
+    each reusing what is done (runs, evaluations, dumps) so the same call continues where it stopped,
+    each writing its evidence beside its document, stamped:
+
+    - the paper's tables (``reproduce`` with ``plan``; runs in ``RUNS/paper_<plan_name>``) into
+      ``results_phantom.md`` (evidence ``results_phantom.json``);
+    - the cross-domain study (``cross_domain.study``; runs in ``RUNS/cross_domain``) into the same
+      document (``results_phantom_cross_domain.json``);
+    - the per-scan threshold's study (``threshold_study``: the design, held-out and screening dumps of
+      the cross-domain study's runs -- the quick start, as the study's runs were -- in ``RUNS/study``;
+      its design, held-out, screening and bound sections) into ``threshold_study.md``
+      (``threshold_study_<section>.json``);
+    - what the VAE adds by lesion size (``lesion_size_study``, the same runs and dumps) into
+      ``results_phantom.md`` (``results_phantom_lesion_size.json``).
+
+    ``plan.studies`` sizes the last three (``ALL_STUDIES``; the tests make them tiny); ``overrides``
+    (``KEY=VALUE``, e.g. ``data.data_dir``) apply to every run of them. Returns what each wrote."""
+    from tfvae.studies import cross_domain, lesion_size_study
+    from tfvae.studies import threshold_study as ts
+
+    start = time.time()
+    results_md = os.path.join(docs_dir, "results_phantom.md")
+    threshold_md = os.path.join(docs_dir, "threshold_study.md")
+    paper_runs = os.path.join(runs_root, f"paper_{plan_name}" if plan_name else "paper")
+    written = {}
+    log(f"[{time.time() - start:6.0f}s] the paper's tables: {paper_runs}")
+    reproduce(plan, paper_runs, os.path.join(paper_runs, "tables"), results_md, retrain=retrain,
+              reevaluate=reevaluate, verbose=verbose, command=command, log=log)
+    written["paper"] = evidence_path(results_md)
+
+    cd = plan.studies.get("cross_domain", {})
+    seeds = tuple(cd.get("seeds", cross_domain.SEEDS))
+    cross_runs = os.path.join(runs_root, "cross_domain")
+    log(f"[{time.time() - start:6.0f}s] the cross-domain study: {cross_runs}")
+    base = cd.get("base", cross_domain.BASE_CONFIG)  # relative to the plan file, as the plan's own base
+    base = base if os.path.isabs(base) else os.path.join(os.path.dirname(os.path.abspath(plan.source)), base)
+    cross_domain.study(cross_runs, results_md, base=base, seeds=seeds, overrides=list(overrides),
+                       test_sets=tuple(cd.get("test_sets", cross_domain.TEST_SETS)),
+                       calibration_scans=tuple(cd.get("calibration_scans", cross_domain.CALIBRATION_SCANS)),
+                       calibration_sites=cd.get("calibration_sites"), verbose=verbose, command=command, log=log)
+    written["cross_domain"] = cross_domain.evidence_path(results_md)
+
+    runs = [os.path.join(cross_runs, f"s{seed}") for seed in seeds]
+    study = plan.studies.get("threshold_study", {})
+    dumps = os.path.join(runs_root, "study")
+    subjects = study.get("share_subjects", ts.SHARE_SUBJECTS)
+    log(f"[{time.time() - start:6.0f}s] the per-scan threshold's study: dumps in {dumps}")
+    steps = (("design", dumps, study.get("design_sets", ts.DESIGN_SETS), study.get("share_sites", ts.SHARE_SITES),
+              ts.SHARES),
+             ("held-out", os.path.join(dumps, "heldout"), study.get("held_out_sets", ts.HELD_OUT_SETS),
+              study.get("held_out_share_sites", ts.HELD_OUT_SHARE_SITES), ts.SHARES),
+             ("screening", os.path.join(dumps, "screening"), (), study.get("screening_sites", ts.SHARE_SITES),
+              ts.SCREENING_SHARES))
+    for section, folder, sets, share_sites, shares in steps:
+        if not sets and not share_sites:
+            continue
+        ts.dump_sets(runs, folder, sets, share_sites, shares=shares, share_subjects=subjects)
+        ts.report(folder, threshold_md, runs, section=section, command=command)
+        written[f"threshold_study {section}"] = f"{os.path.splitext(threshold_md)[0]}_{section.replace('-', '_')}.json"
+    ts.bound_report([dumps, os.path.join(dumps, "heldout")], threshold_md, runs, command=command)
+    written["threshold_study bound"] = f"{os.path.splitext(threshold_md)[0]}_bound.json"
+
+    sets = tuple(tuple(s) for s in plan.studies.get("lesion_size", {}).get("sets", lesion_size_study.SETS))
+    baselines = os.path.join(runs_root, "study_baselines", "s0")
+    log(f"[{time.time() - start:6.0f}s] what the VAE adds by lesion size: baselines in {baselines}")
+    lesion_size_study.dump(runs, dumps, baselines, sets)
+    lesion_size_study.report(runs, dumps, baselines, results_md, command=command, sets=sets)
+    written["lesion_size"] = lesion_size_study.evidence_path(results_md)
+    log(f"[{time.time() - start:6.0f}s] every table written: " + ", ".join(written.values()))
+    return written
 
 
 NOTES_MARKER = "<!-- notes below this line are kept when the document is regenerated -->"

@@ -25,6 +25,16 @@ from tfvae.thresholds import scan_threshold
 DENSE_FPRS = tuple(sorted({round(float(x), 4) for x in np.linspace(0.005, 0.995, 199)}
                           | set(scan_threshold.REFERENCE_FPRS) | {0.01, 0.05}, reverse=True))
 SHARES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)
+# what ``scripts/threshold_study.py`` (and ``tfvae reproduce --all``) dumps: the design test sets, the
+# sites of the lesion-share sweep, the held-out sets (opened once, after the rule was fixed) and the
+# small lesions of the screening study
+DESIGN_SETS = ("default", "thick_slices", "contrast", "bias", "noise", "resolution", "hypointense", "atrophy",
+               "combined", "large_lesions")
+SHARE_SITES = ("default", "bias")
+SHARE_SUBJECTS = 4
+HELD_OUT_SETS = ("heldout_home", "heldout_large", "heldout_site")
+HELD_OUT_SHARE_SITES = ("heldout_home", "heldout_site")
+SCREENING_SHARES = (0.0, 0.005, 0.01, 0.02)  # small lesions in a healthy set (--screening)
 
 
 def lesion_share_volumes(site: str, subjects: int, shares=SHARES, image_size: int = 64):
@@ -99,6 +109,36 @@ def dump_maps(run_dir: str, test_set: str | None, out_path: str, *, predictor: s
                                 reference_fprs=np.array(sorted(reference)),
                                 reference=np.array([reference[r] for r in sorted(reference)]))
     return out_path
+
+
+def dump_sets(runs, out: str, sets=(), share_sites=(), *, shares=SHARES, share_subjects: int = SHARE_SUBJECTS,
+              log=None) -> list[str]:
+    """``dump_maps`` of each run (``OUT/<run folder's name>/``) on every test set of ``sets``
+    (``<set>.npz``) and on the lesion-share sweep of each site of ``share_sites``
+    (``shares_<site>.npz``: ``share_subjects`` healthy subjects with one lesion of each share of
+    ``shares``, at the run's image size); a dump already there is kept. Returns the paths."""
+    from tfvae.runs.run import Run
+
+    paths = []
+    for run_dir in runs:
+        folder = os.path.join(out, os.path.basename(os.path.normpath(run_dir)))
+        for test_set in sets:
+            path = os.path.join(folder, f"{test_set}.npz")
+            if not os.path.isfile(path):
+                dump_maps(run_dir, test_set, path)
+            paths.append(path)
+            if log:
+                log(path)
+        for site in share_sites:
+            path = os.path.join(folder, f"shares_{site}.npz")
+            if not os.path.isfile(path):
+                size = Run(run_dir).config()["data"]["image_size"]
+                volumes = lesion_share_volumes(site, share_subjects, shares, image_size=size)
+                dump_maps(run_dir, None, path, volumes=((v.volume_id, v) for _, v in volumes))
+            paths.append(path)
+            if log:
+                log(path)
+    return paths
 
 
 class Dump:
@@ -388,6 +428,13 @@ def render(by_seed: dict, stamp: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def section_body(section: str, evidence: dict) -> str:
+    """A section's markdown (``report``'s or, for ``bound``, ``bound_report``'s) from its evidence
+    alone: what the published section must read (tested against ``docs/threshold_study.md``)."""
+    render_ = render_bounds if section == "bound" else render
+    return f"Made by `{evidence['stamp']['command']}`.\n\n" + render_(evidence["results"], evidence["stamp"])
+
+
 def markers(section: str) -> tuple[str, str]:
     """The lines that enclose a report section (``design``, ``held-out``, ``screening`` or ``bound``) in
     its markdown file."""
@@ -409,7 +456,7 @@ def report(dump_root: str, md_path: str, runs, *, section: str = "design", comma
                                                key=lambda path: os.path.relpath(path, dump_root))
     stamp = stamp_of(command, configs, seeds, digests)
     stamp.update({"candidates": {c: o for c, o in CANDIDATES.items()}, "wall_s": None})
-    body = f"Made by `{command}`.\n\n" + render(by_seed, stamp)
+    body = section_body(section, {"stamp": stamp, "results": by_seed})
     return publish(md_path, section, f"{os.path.splitext(md_path)[0]}_{section.replace('-', '_')}.json", stamp,
                    by_seed, body, start)
 
@@ -450,14 +497,24 @@ def publish(md_path: str, section: str, evidence_path: str, stamp: dict, results
 
 
 def stamp_of(command: str, configs: dict, seeds, digests: dict) -> dict:
-    """The evidence's stamp: the commit (short hash) and the tfvae files uncommitted then
-    (``provenance.git_state``), the command, each run's resolved config and seed, the dumps' SHA-256."""
-    from tfvae.utils import provenance
+    """The evidence's stamp (``evidence.stamp``: the commit, here its short hash, and the files
+    uncommitted then, the command, each run's resolved config and seed, the fingerprint of the data
+    the runs trained on and of the phantom's test sets dumped), the dumps' SHA-256."""
+    from tfvae.data import pipelines as data
+    from tfvae.studies import evidence
 
-    state = provenance.git_state(["tfvae", "datasets", "scripts"])
-    return {"commit": (state["commit"] or "unknown")[:7], "uncommitted": state["dirty"], "command": command,
-            "runs_config": "configs/quickstart.json", "seeds": [configs[s]["seed"] for s in seeds],
-            "configs": configs, "dumps_sha256": digests}
+    stamp = evidence.stamp(command, configs)
+    trained = [c["data"] for c in configs.values()]
+    tested = sorted({os.path.basename(k)[:-len(".npz")].split("__")[0] for k in digests})
+    for name in tested:  # the test sets dumped (the sweeps' volumes are made here, their dumps fingerprinted)
+        for config in trained[:1]:
+            test = dict(config, test_name=None, test_config=name)
+            try:
+                stamp["data"].update(evidence.data_fingerprint([test]))
+            except data.DataError:  # not a dataset: a sweep (shares_<site>)
+                pass
+    return {**stamp, "commit": stamp["commit"][:7], "runs_config": "configs/quickstart.json",
+            "seeds": [configs[s]["seed"] for s in seeds], "dumps_sha256": digests}
 
 
 # (pooled FPR, cap on every volume's FPR) of the oracle bound: issue 30's targets (pooled <= 2 %,
@@ -529,7 +586,7 @@ def bound_report(dump_roots, md_path: str, runs, *, command: str = "", log=None)
                                                key=lambda path: os.path.relpath(path, os.path.dirname(dump_roots[0])))
     stamp = stamp_of(command, configs, seeds, digests)
     stamp["bounds"] = [list(b) for b in BOUNDS]
-    body = f"Made by `{command}`.\n\n" + render_bounds(by_seed, stamp)
+    body = section_body("bound", {"stamp": stamp, "results": by_seed})
     return publish(md_path, "bound", f"{os.path.splitext(md_path)[0]}_bound.json", stamp, by_seed, body, start)
 
 
