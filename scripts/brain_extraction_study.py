@@ -158,7 +158,37 @@ def _volume_ml(mask, affine) -> float:
     return float(np.asarray(mask, bool).sum() * abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1000.0)
 
 
-def measure(seed: int, methods, settings) -> dict:
+def field_pose(seed: int) -> dict:
+    """``synthesize_raw_head`` pose arguments of the ``field`` poses (issue 32's mask sets, seeds
+    9100-9111 design and 9200-9211 held out; chosen before either was built), by ``seed % 100 % 3``:
+    0 the default pose (+-20 mm, +-15 deg) with a stronger bias field (b 0.25-0.35); 1 the head
+    10-25 mm up in the field of view (the scalp at or near the grid's top), +-15 deg; 2 as 1, tilted
+    up to +-20 deg."""
+    kind = int(seed) % 100 % 3
+    if kind == 0:
+        return {"bias_amplitude": (0.25, 0.35)}
+    high = {"translation_range_mm": ((-20.0, 20.0), (-20.0, 20.0), (10.0, 25.0))}
+    return high if kind == 1 else {**high, "max_rotation_deg": 20.0}
+
+
+POSES = {"default": lambda seed: {}, "field": field_pose}
+
+
+def top_gap_mm(head) -> float:
+    """mm between the head (raw intensity above 10 % of its 99th percentile) and the grid's top
+    (superior) edge; 0: the scalp reaches the top slice."""
+    import numpy as np
+
+    axis = int(np.argmax(np.abs(head.affine[2, :3])))
+    step = float(head.affine[2, axis])
+    image = np.moveaxis(np.asarray(head.image), axis, 0)
+    if step < 0:  # the first slice is the most superior one
+        image = image[::-1]
+    inside = image.reshape(image.shape[0], -1).max(axis=1) > 0.1 * np.percentile(head.image, 99)
+    return float((image.shape[0] - 1 - np.flatnonzero(inside).max()) * abs(step))
+
+
+def measure(seed: int, methods, settings, poses: str = "default") -> dict:
     """One raw head through ``preprocess_volume``: Dice per method, registration error, times."""
     import numpy as np
 
@@ -167,8 +197,10 @@ def measure(seed: int, methods, settings) -> dict:
 
     sitk = hp.require_simpleitk()
     tumours = bool(seed % 2)
-    head = raw_heads.synthesize_raw_head(seed, tumours=tumours)
+    pose = POSES[poses](seed)
+    head = raw_heads.synthesize_raw_head(seed, tumours=tumours, **pose)
     row = {"seed": seed, "tumours": tumours, "shape": list(head.image.shape), **head.pose,
+           "pose_arguments": pose, "top_gap_mm": top_gap_mm(head),
            "true_brain_ml": _volume_ml(head.brain_mask, head.affine), "methods": {}}
     load = os.getloadavg()[0]
     try:
@@ -291,6 +323,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--methods", nargs="+", default=["atlas_threshold", "atlas", "threshold"],
                         help="brain-extraction methods measured beside the pipeline's own (robex: slow)")
+    parser.add_argument("--poses", choices=sorted(POSES), default="default",
+                        help="the heads' poses: default (raw_heads' own) or field (field_pose)")
     parser.add_argument("--robex-scans", type=int, default=1, help="run robex on this many heads (slow)")
     parser.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: all cores)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
@@ -307,7 +341,7 @@ def main(argv=None) -> int:
     rows = []
     for i, seed in enumerate(args.seeds):
         chosen = [m for m in methods if m != "robex" or i < args.robex_scans]
-        rows.append(measure(seed, chosen, settings))
+        rows.append(measure(seed, chosen, settings, args.poses))
         r = rows[-1]
         said = r.get("error") or (", ".join(f"{m} {v.get('dice', float('nan')):.3f}" for m, v in r["methods"].items())
                                   + f"; registration error {r['registration']['error']['mean_mm']:.2f} mm; "
@@ -320,7 +354,7 @@ def main(argv=None) -> int:
     files.write_json(args.out, {"git": _git_commit(),
                                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **cpu_info()},
                                 "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
-                                "changed": sorted(_parse_set(args.set)), "rows": rows, "summary": summary,
+                                "changed": sorted(_parse_set(args.set)), "poses": args.poses, "rows": rows, "summary": summary,
                                 "table": text})
     return 0
 
