@@ -173,6 +173,17 @@ def field_pose(seed: int) -> dict:
 
 POSES = {"default": lambda seed: {}, "field": field_pose}
 
+BEFORE_FIX = {"mask_trim_depth_mm": 0.0, "mask_grow_mm": 0.0}
+"""``Settings`` fields that make ``atlas_threshold`` the method before issue 32's fix (the atlas mask
+times the threshold mask); ``--methods atlas_threshold_before`` measures it beside today's."""
+
+
+def _method(method: str, settings):
+    """(extract_brain's method, its settings) for a ``--methods`` entry."""
+    if method == "atlas_threshold_before":
+        return "atlas_threshold", dataclasses.replace(settings, **BEFORE_FIX)
+    return method, settings
+
 
 def top_gap_mm(head) -> float:
     """mm between the head (raw intensity above 10 % of its 99th percentile) and the grid's top
@@ -218,22 +229,25 @@ def measure(seed: int, methods, settings, poses: str = "default") -> dict:
     times = record["times_s"]
     row["methods"][settings.brain_extraction] = {
         "dice": _dice(result.brain_mask, head.brain_mask), "volume_ml": _volume_ml(result.brain_mask, head.affine),
-        "method_s": times["brain_extraction_s"], "total_s": times["total_s"]}
+        "method_s": times["brain_extraction_s"], "method_cpu_s": record["cpu_s"]["brain_extraction_s"],
+        "total_s": times["total_s"]}
     raw = hp.to_sitk(head.image, head.affine)
     for method in methods:
         if method == settings.brain_extraction:
             continue
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         try:
-            mask = hp.extract_brain(method, raw, result.corrected_head, np.asarray(record["template_to_raw"]),
-                                    settings)
+            name, own_settings = _method(method, settings)
+            mask = hp.extract_brain(name, raw, result.corrected_head, np.asarray(record["template_to_raw"]),
+                                    own_settings)
         except Exception as e:  # a method that fails is a result too
             row["methods"][method] = {"error": f"{type(e).__name__}: {e}"}
             continue
-        own = time.perf_counter() - t
+        own, own_cpu = time.perf_counter() - t, time.process_time() - cpu
         data = sitk.GetArrayFromImage(mask).transpose(2, 1, 0).astype(bool)
         shared = times["resample_s"] + times["n4_s"] + (times["registration_s"] if method.startswith("atlas") else 0.0)
-        row["methods"][method] = {"dice": _dice(data, head.brain_mask), "method_s": own, "total_s": shared + own,
+        row["methods"][method] = {"dice": _dice(data, head.brain_mask), "method_s": own, "method_cpu_s": own_cpu,
+                                  "total_s": shared + own,
                                   "volume_ml": _volume_ml(data, head.affine)}
     return row
 
