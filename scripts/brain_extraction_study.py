@@ -199,7 +199,7 @@ def top_gap_mm(head) -> float:
     return float((image.shape[0] - 1 - np.flatnonzero(inside).max()) * abs(step))
 
 
-def measure(seed: int, methods, settings, poses: str = "default") -> dict:
+def measure(seed: int, methods, settings, poses: str = "default", registration: bool = True) -> dict:
     """One raw head through ``preprocess_volume``: Dice per method, registration error, times."""
     import numpy as np
 
@@ -225,7 +225,8 @@ def measure(seed: int, methods, settings, poses: str = "default") -> dict:
                 "affine_scales": record["affine_scales"]})
     to_template = np.asarray(record["raw_to_template"])
     row["raw_to_template"] = to_template.tolist()
-    row["registration"] = registration_error(head, seed, tumours, 1.0, to_template)
+    if registration:  # about a minute a head
+        row["registration"] = registration_error(head, seed, tumours, 1.0, to_template)
     times = record["times_s"]
     row["methods"][settings.brain_extraction] = {
         "dice": _dice(result.brain_mask, head.brain_mask), "volume_ml": _volume_ml(result.brain_mask, head.affine),
@@ -266,11 +267,14 @@ def table(rows, methods) -> str:
         if "error" in r:
             lines.append(pose + f"failed: {r['error']} |")
             continue
-        reg = r["registration"]
         cells = []
         for m in methods:
             got = r["methods"].get(m)
             cells.append("not run" if got is None else "failed" if "error" in got else f"{got['dice']:.3f}")
+        reg = r.get("registration")
+        if reg is None:
+            lines.append(pose + "not measured | | | " + " | ".join(cells) + " |")
+            continue
         lines.append(pose + f"{reg['error']['mean_mm']:.2f} ({reg['error']['max_mm']:.1f}) | "
                      f"{reg['floor']['mean_mm']:.2f} | {reg['total']['mean_mm']:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "| seed | load average | " + " | ".join(f"{s} s, wall / CPU" for s in STEPS) + " |",
@@ -322,11 +326,12 @@ def summarize(rows, methods) -> dict:
             summary[m] = {"scans": len(got), "mean_dice": float(np.mean([g["dice"] for g in got])),
                           "min_dice": float(min(g["dice"] for g in got)),
                           "mean_total_s": float(np.mean([g["total_s"] for g in got]))}
-    if done:
+    if done and all("registration" in r for r in done):
         summary["registration_error_mean_mm"] = float(np.mean([r["registration"]["error"]["mean_mm"] for r in done]))
         summary["registration_error_max_mm"] = float(max(r["registration"]["error"]["max_mm"] for r in done))
         summary["registration_floor_mean_mm"] = float(np.mean([r["registration"]["floor"]["mean_mm"] for r in done]))
         summary["registration_total_mean_mm"] = float(np.mean([r["registration"]["total"]["mean_mm"] for r in done]))
+    if done:
         for kind in ("times_s", "cpu_s"):
             summary[f"mean_{kind}"] = {f"{s}_s": float(np.mean([r[kind][f"{s}_s"] for r in done])) for s in STEPS}
     return summary
@@ -343,6 +348,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: all cores)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
                         help="Settings changed, e.g. n4_shrink=6 'registration_shrink=[4]'")
+    parser.add_argument("--no-registration-error", action="store_true",
+                        help="skip the registration error (about a minute a head)")
     parser.add_argument("--out", default="docs/preprocessing.json")
     args = parser.parse_args(argv)
 
@@ -353,23 +360,29 @@ def main(argv=None) -> int:
     methods = list(dict.fromkeys([settings.brain_extraction, *args.methods]))
     hp.template_images(settings.template_resolution_mm, settings.template_contrast)  # loaded once, not timed
     rows = []
+
+    def write(text: str, summary: dict) -> None:
+        files.write_json(args.out, {"git": _git_commit(),
+                                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **cpu_info()},
+                                    "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+                                    "changed": sorted(_parse_set(args.set)), "poses": args.poses,
+                                    "seeds": list(args.seeds), "rows": rows, "summary": summary, "table": text})
+
     for i, seed in enumerate(args.seeds):
         chosen = [m for m in methods if m != "robex" or i < args.robex_scans]
-        rows.append(measure(seed, chosen, settings, args.poses))
+        rows.append(measure(seed, chosen, settings, args.poses, not args.no_registration_error))
         r = rows[-1]
         said = r.get("error") or (", ".join(f"{m} {v.get('dice', float('nan')):.3f}" for m, v in r["methods"].items())
-                                  + f"; registration error {r['registration']['error']['mean_mm']:.2f} mm; "
+                                  + (f"; registration error {r['registration']['error']['mean_mm']:.2f} mm"
+                                     if "registration" in r else "") + "; "
                                   f"{r['times_s']['total_s']:.0f} s wall, {r['cpu_s']['total_s']:.0f} s CPU")
         print(f"seed {seed}: {said}", file=sys.stderr, flush=True)
+        write("", summarize(rows, methods))  # what is done so far, should the run be stopped
     text = table(rows, methods)
     print(text)
     summary = summarize(rows, methods)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
-    files.write_json(args.out, {"git": _git_commit(),
-                                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **cpu_info()},
-                                "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
-                                "changed": sorted(_parse_set(args.set)), "poses": args.poses, "rows": rows, "summary": summary,
-                                "table": text})
+    write(text, summary)
     return 0
 
 
