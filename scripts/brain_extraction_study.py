@@ -158,7 +158,48 @@ def _volume_ml(mask, affine) -> float:
     return float(np.asarray(mask, bool).sum() * abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1000.0)
 
 
-def measure(seed: int, methods, settings) -> dict:
+def field_pose(seed: int) -> dict:
+    """``synthesize_raw_head`` pose arguments of the ``field`` poses (issue 32's mask sets, seeds
+    9100-9111 design and 9200-9211 held out; chosen before either was built), by ``seed % 100 % 3``:
+    0 the default pose (+-20 mm, +-15 deg) with a stronger bias field (b 0.25-0.35); 1 the head
+    10-25 mm up in the field of view (the scalp at or near the grid's top), +-15 deg; 2 as 1, tilted
+    up to +-20 deg."""
+    kind = int(seed) % 100 % 3
+    if kind == 0:
+        return {"bias_amplitude": (0.25, 0.35)}
+    high = {"translation_range_mm": ((-20.0, 20.0), (-20.0, 20.0), (10.0, 25.0))}
+    return high if kind == 1 else {**high, "max_rotation_deg": 20.0}
+
+
+POSES = {"default": lambda seed: {}, "field": field_pose}
+
+BEFORE_FIX = {"mask_trim_depth_mm": 0.0, "mask_grow_mm": 0.0}
+"""``Settings`` fields that make ``atlas_threshold`` the method before issue 32's fix (the atlas mask
+times the threshold mask); ``--methods atlas_threshold_before`` measures it beside today's."""
+
+
+def _method(method: str, settings):
+    """(extract_brain's method, its settings) for a ``--methods`` entry."""
+    if method == "atlas_threshold_before":
+        return "atlas_threshold", dataclasses.replace(settings, **BEFORE_FIX)
+    return method, settings
+
+
+def top_gap_mm(head) -> float:
+    """mm between the head (raw intensity above 10 % of its 99th percentile) and the grid's top
+    (superior) edge; 0: the scalp reaches the top slice."""
+    import numpy as np
+
+    axis = int(np.argmax(np.abs(head.affine[2, :3])))
+    step = float(head.affine[2, axis])
+    image = np.moveaxis(np.asarray(head.image), axis, 0)
+    if step < 0:  # the first slice is the most superior one
+        image = image[::-1]
+    inside = image.reshape(image.shape[0], -1).max(axis=1) > 0.1 * np.percentile(head.image, 99)
+    return float((image.shape[0] - 1 - np.flatnonzero(inside).max()) * abs(step))
+
+
+def measure(seed: int, methods, settings, poses: str = "default", registration: bool = True) -> dict:
     """One raw head through ``preprocess_volume``: Dice per method, registration error, times."""
     import numpy as np
 
@@ -167,8 +208,10 @@ def measure(seed: int, methods, settings) -> dict:
 
     sitk = hp.require_simpleitk()
     tumours = bool(seed % 2)
-    head = raw_heads.synthesize_raw_head(seed, tumours=tumours)
+    pose = POSES[poses](seed)
+    head = raw_heads.synthesize_raw_head(seed, tumours=tumours, **pose)
     row = {"seed": seed, "tumours": tumours, "shape": list(head.image.shape), **head.pose,
+           "pose_arguments": pose, "top_gap_mm": top_gap_mm(head),
            "true_brain_ml": _volume_ml(head.brain_mask, head.affine), "methods": {}}
     load = os.getloadavg()[0]
     try:
@@ -182,26 +225,30 @@ def measure(seed: int, methods, settings) -> dict:
                 "affine_scales": record["affine_scales"]})
     to_template = np.asarray(record["raw_to_template"])
     row["raw_to_template"] = to_template.tolist()
-    row["registration"] = registration_error(head, seed, tumours, 1.0, to_template)
+    if registration:  # about a minute a head
+        row["registration"] = registration_error(head, seed, tumours, 1.0, to_template)
     times = record["times_s"]
     row["methods"][settings.brain_extraction] = {
         "dice": _dice(result.brain_mask, head.brain_mask), "volume_ml": _volume_ml(result.brain_mask, head.affine),
-        "method_s": times["brain_extraction_s"], "total_s": times["total_s"]}
+        "method_s": times["brain_extraction_s"], "method_cpu_s": record["cpu_s"]["brain_extraction_s"],
+        "total_s": times["total_s"]}
     raw = hp.to_sitk(head.image, head.affine)
     for method in methods:
         if method == settings.brain_extraction:
             continue
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         try:
-            mask = hp.extract_brain(method, raw, result.corrected_head, np.asarray(record["template_to_raw"]),
-                                    settings)
+            name, own_settings = _method(method, settings)
+            mask = hp.extract_brain(name, raw, result.corrected_head, np.asarray(record["template_to_raw"]),
+                                    own_settings)
         except Exception as e:  # a method that fails is a result too
             row["methods"][method] = {"error": f"{type(e).__name__}: {e}"}
             continue
-        own = time.perf_counter() - t
+        own, own_cpu = time.perf_counter() - t, time.process_time() - cpu
         data = sitk.GetArrayFromImage(mask).transpose(2, 1, 0).astype(bool)
         shared = times["resample_s"] + times["n4_s"] + (times["registration_s"] if method.startswith("atlas") else 0.0)
-        row["methods"][method] = {"dice": _dice(data, head.brain_mask), "method_s": own, "total_s": shared + own,
+        row["methods"][method] = {"dice": _dice(data, head.brain_mask), "method_s": own, "method_cpu_s": own_cpu,
+                                  "total_s": shared + own,
                                   "volume_ml": _volume_ml(data, head.affine)}
     return row
 
@@ -220,11 +267,14 @@ def table(rows, methods) -> str:
         if "error" in r:
             lines.append(pose + f"failed: {r['error']} |")
             continue
-        reg = r["registration"]
         cells = []
         for m in methods:
             got = r["methods"].get(m)
             cells.append("not run" if got is None else "failed" if "error" in got else f"{got['dice']:.3f}")
+        reg = r.get("registration")
+        if reg is None:
+            lines.append(pose + "not measured | | | " + " | ".join(cells) + " |")
+            continue
         lines.append(pose + f"{reg['error']['mean_mm']:.2f} ({reg['error']['max_mm']:.1f}) | "
                      f"{reg['floor']['mean_mm']:.2f} | {reg['total']['mean_mm']:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "| seed | load average | " + " | ".join(f"{s} s, wall / CPU" for s in STEPS) + " |",
@@ -276,11 +326,12 @@ def summarize(rows, methods) -> dict:
             summary[m] = {"scans": len(got), "mean_dice": float(np.mean([g["dice"] for g in got])),
                           "min_dice": float(min(g["dice"] for g in got)),
                           "mean_total_s": float(np.mean([g["total_s"] for g in got]))}
-    if done:
+    if done and all("registration" in r for r in done):
         summary["registration_error_mean_mm"] = float(np.mean([r["registration"]["error"]["mean_mm"] for r in done]))
         summary["registration_error_max_mm"] = float(max(r["registration"]["error"]["max_mm"] for r in done))
         summary["registration_floor_mean_mm"] = float(np.mean([r["registration"]["floor"]["mean_mm"] for r in done]))
         summary["registration_total_mean_mm"] = float(np.mean([r["registration"]["total"]["mean_mm"] for r in done]))
+    if done:
         for kind in ("times_s", "cpu_s"):
             summary[f"mean_{kind}"] = {f"{s}_s": float(np.mean([r[kind][f"{s}_s"] for r in done])) for s in STEPS}
     return summary
@@ -291,10 +342,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--methods", nargs="+", default=["atlas_threshold", "atlas", "threshold"],
                         help="brain-extraction methods measured beside the pipeline's own (robex: slow)")
+    parser.add_argument("--poses", choices=sorted(POSES), default="default",
+                        help="the heads' poses: default (raw_heads' own) or field (field_pose)")
     parser.add_argument("--robex-scans", type=int, default=1, help="run robex on this many heads (slow)")
     parser.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: all cores)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
                         help="Settings changed, e.g. n4_shrink=6 'registration_shrink=[4]'")
+    parser.add_argument("--no-registration-error", action="store_true",
+                        help="skip the registration error (about a minute a head)")
     parser.add_argument("--out", default="docs/preprocessing.json")
     args = parser.parse_args(argv)
 
@@ -305,23 +360,29 @@ def main(argv=None) -> int:
     methods = list(dict.fromkeys([settings.brain_extraction, *args.methods]))
     hp.template_images(settings.template_resolution_mm, settings.template_contrast)  # loaded once, not timed
     rows = []
+
+    def write(text: str, summary: dict) -> None:
+        files.write_json(args.out, {"git": _git_commit(),
+                                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **cpu_info()},
+                                    "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+                                    "changed": sorted(_parse_set(args.set)), "poses": args.poses,
+                                    "seeds": list(args.seeds), "rows": rows, "summary": summary, "table": text})
+
     for i, seed in enumerate(args.seeds):
         chosen = [m for m in methods if m != "robex" or i < args.robex_scans]
-        rows.append(measure(seed, chosen, settings))
+        rows.append(measure(seed, chosen, settings, args.poses, not args.no_registration_error))
         r = rows[-1]
         said = r.get("error") or (", ".join(f"{m} {v.get('dice', float('nan')):.3f}" for m, v in r["methods"].items())
-                                  + f"; registration error {r['registration']['error']['mean_mm']:.2f} mm; "
+                                  + (f"; registration error {r['registration']['error']['mean_mm']:.2f} mm"
+                                     if "registration" in r else "") + "; "
                                   f"{r['times_s']['total_s']:.0f} s wall, {r['cpu_s']['total_s']:.0f} s CPU")
         print(f"seed {seed}: {said}", file=sys.stderr, flush=True)
+        write("", summarize(rows, methods))  # what is done so far, should the run be stopped
     text = table(rows, methods)
     print(text)
     summary = summarize(rows, methods)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
-    files.write_json(args.out, {"git": _git_commit(),
-                                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **cpu_info()},
-                                "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
-                                "changed": sorted(_parse_set(args.set)), "rows": rows, "summary": summary,
-                                "table": text})
+    write(text, summary)
     return 0
 
 

@@ -160,12 +160,15 @@ def _stored(array: np.ndarray, affine: np.ndarray, orientation: str):
 def synthesize_raw_head(seed: int, *, tumours: bool = False, brain_voxel_mm: float = 1.0,
                         voxel_mm=IXI_VOXEL_MM, fov_mm=IXI_FOV_MM, orientation: str = "LPS",
                         max_rotation_deg: float = 15.0, max_translation_mm: float = 20.0,
-                        bias_amplitude=(0.2, 0.3)) -> RawHead:
+                        bias_amplitude=(0.2, 0.3), translation_range_mm=None) -> RawHead:
     """A raw T2 head around ``phantom.synthesize_subject(seed, tumours=tumours, voxel_mm=brain_voxel_mm)``.
 
     ``voxel_mm`` (per RAS axis, before reorientation) and ``fov_mm`` set the scanner's grid;
     ``orientation``: the stored axis codes. Small coarse heads for tests: ``brain_voxel_mm=4``,
-    ``voxel_mm=(4, 4, 4.8)``. See the module docstring for the model.
+    ``voxel_mm=(4, 4, 4.8)``. ``translation_range_mm``: ``((low, high),) * 3`` per RAS axis (mm)
+    in place of ``+-max_translation_mm`` on every axis, e.g. ``((-20, 20), (-20, 20), (10, 25))`` for
+    a head placed high in the field of view (drawn by the same single call: the rest of the head's
+    draws do not change). See the module docstring for the model.
     """
     subject = phantom.synthesize_subject(seed, tumours=tumours, voxel_mm=float(brain_voxel_mm))
     rng = np.random.default_rng((int(seed), int(bool(tumours)), RAW_STREAM))
@@ -174,7 +177,11 @@ def synthesize_raw_head(seed: int, *, tumours: bool = False, brain_voxel_mm: flo
     image, fraction, label, head_affine = _head_in_phantom_space(rng, subject, float(brain_voxel_mm), csf_t2)
 
     angles = rng.uniform(-max_rotation_deg, max_rotation_deg, 3)
-    translation = rng.uniform(-max_translation_mm, max_translation_mm, 3)
+    if translation_range_mm is None:
+        translation = rng.uniform(-max_translation_mm, max_translation_mm, 3)
+    else:
+        bounds = np.asarray(translation_range_mm, dtype=np.float64).reshape(3, 2)
+        translation = rng.uniform(bounds[:, 0], bounds[:, 1])
     rotation = phantom._rotation(np.deg2rad(angles))
     brain_centre = (subject.affine @ np.append(np.argwhere(subject.brain_mask).mean(axis=0), 1.0))[:3]
     # scanner world x_s = R (x_p - c) + t, the grid's centre at x_s = 0; so x_p = R^T (x_s - t) + c

