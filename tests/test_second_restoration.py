@@ -63,3 +63,35 @@ def test_a_second_restoration_without_a_first_is_refused(inputs):
     config, model, _, _ = inputs
     with pytest.raises(ValueError, match="second_restoration needs recommended.restore"):
         scorer_for(config, model, "recommended.restore=false")
+
+
+def test_the_threshold_is_stored_with_the_calibration_and_localize_reuses_it(tiny_run, tmp_path, monkeypatch):
+    """Calibrating with the option stores the first restoration's threshold beside the filter sizes;
+    a later scorer (what localize builds) takes it from there and reads no healthy scan; saved
+    calibrations without the option keep their key (the option off is left out of it)."""
+    import json
+    import shutil
+
+    from tfvae.maps.scoring import FLAG_KEY
+    from tfvae.runs.run import Run
+    from tfvae.thresholds import calibration
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run_dir)
+    run = Run(run_dir)
+    config = config_lib.resolve(run.config(), ["recommended.second_restoration=true", "recommended.median_mm=0",
+                                               "recommended.gaussian_sigma_mm=4"])
+    run.threshold("recommended", 0.01, config=config)
+    stored = json.load(open(run.thresholds_path))["calibrations"]
+    mine = [c for c in stored if c["key"]["settings"]["recommended"].get("second_restoration")]
+    assert len(mine) == 1 and FLAG_KEY in mine[0]["reference"] and "recommended" in mine[0]["reference"]
+    monkeypatch.setattr(Run, "healthy_split", lambda self, config=None: pytest.fail("read the healthy split again"))
+    scorer = run.scorer(["recommended"], config=config)
+    assert scorer.flag_threshold == mine[0]["reference"][FLAG_KEY]
+    off = config_lib.resolve(config, ["recommended.second_restoration=false"])
+    assert "second_restoration" not in calibration.map_settings(off)["recommended"]
+    assert calibration.map_settings(config)["recommended"]["second_restoration"] is True
+    with pytest.raises(ValueError, match="no healthy validation data"):
+        from tfvae.maps.scoring import Scorer
+
+        Scorer(run.model(), config, ["recommended"]).fit(None, stored={"recommended": mine[0]["reference"]["recommended"]})

@@ -7,8 +7,8 @@
 Sub-packages, one per layer, from the bottom up; a module imports only from its own layer and
 those below it (checked by ``tests/test_layers.py``), and the run at the top drives them:
 
-- ``utils``       -- files written whole or not at all, the console, timing, the git stamp of
-                     evidence, the run directory's layout, marker and lock (``rundir``).
+- ``utils``       -- files written whole or not at all, the console, timing, the checkout's git
+                     state, the run directory's layout, marker and lock (``rundir``).
 - ``config``      -- JSON run configurations: defaults, validation, ``--set`` overrides; the
                      predictors' names.
 - ``metrics``     -- streaming AUROC / AUPRC / Dice / measured FPR (numpy only).
@@ -28,7 +28,8 @@ those below it (checked by ``tests/test_layers.py``), and the run at the top dri
 - ``runs``        -- ``Run`` (``runs.run``): the face on a run directory that calls every job;
                      training and its callbacks, Keras Tuner searches, the SavedModel export.
 - ``studies``     -- work over several runs that writes the evidence behind ``docs/``: the paper's
-                     tables, the cross-domain, threshold, lesion-size and raw-head studies, benchmarks.
+                     tables, the cross-domain, threshold, lesion-size, second-restoration and
+                     raw-head studies, benchmarks; the stamp of their evidence (``evidence``).
 - ``commands``    -- the command line (``tfvae <command>``, ``scripts/<command>.py``).
 
 Importing ``tfvae`` itself is cheap; TensorFlow is imported by the modules that need it.

@@ -217,3 +217,24 @@ def test_without_simpleitk_building_is_one_line_naming_the_extra(tmp_path, monke
     with pytest.raises(data.DataError, match=r"^building ixi/default: raw-head preprocessing needs SimpleITK.*"
                                              r"pip install tfvae\[preprocess\]$"):
         data.prepare(config, log=lambda line: None)
+
+
+def test_a_build_preprocessed_with_other_settings_is_stale(tmp_path, cache, three_sites, monkeypatch):
+    """A built raw-head dataset records its preprocessing settings' digest; tfvae's preprocessing
+    changing (issue 32's masks) or the config's settings make it stale, never silently reused."""
+    from tfvae.data import pipelines
+
+    builder = tt.build(ixi.Builder, three_sites, tmp_path / "a", image_size=16, validation_fraction=0.34,
+                       **coarse(cache))
+    folder = os.path.join(three_sites, "IXI-T2")
+    pipelines._record_source(builder, folder)
+    assert pipelines._stale_reason(builder, folder) is None
+    monkeypatch.setattr(raw_scans, "settings_digest", lambda settings: "another")
+    assert "preprocessed with other settings" in pipelines._stale_reason(builder, folder)
+    monkeypatch.undo()
+    record = os.path.join(os.fspath(builder.data_dir), pipelines.SOURCE_RECORD)
+    with open(record) as f:
+        old = {k: v for k, v in json.load(f).items() if k != "preprocessing"}  # as a build before it recorded
+    with open(record, "w") as f:
+        json.dump(old, f)
+    assert "preprocessed with other settings" in pipelines._stale_reason(builder, folder)

@@ -238,6 +238,10 @@ def _stale_reason(b: tfds.core.DatasetBuilder, folder: str) -> str | None:
         built = json.load(f)
     if built.get("folder") != folder:
         return f"it was built from {built.get('folder')}, the data is now read from {folder}"
+    preprocessing = _preprocessing_digest(b)
+    if preprocessing is not None and built.get("preprocessing") != preprocessing:
+        return ("its raw heads were preprocessed with other settings (tfvae's raw-head preprocessing changed, e.g. "
+                "issue 32's brain masks, or the config's preprocess_settings did); they are preprocessed again")
     if built.get("fingerprint_version", 1) < FINGERPRINT_VERSION:
         if _has_links(folder):
             return (f"{folder} holds symbolic links, and this build's record (by an older tfvae) did not look "
@@ -340,10 +344,24 @@ def _rebuild_whole(b: tfds.core.DatasetBuilder, config, folder: str, download_di
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _preprocessing_digest(b: tfds.core.DatasetBuilder) -> str | None:
+    """The digest of the raw-head preprocessing settings a build of ``b`` uses
+    (``tfvae_datasets.raw_scans.settings_digest``), or None when its config preprocesses nothing."""
+    cfg = b.builder_config
+    if not getattr(cfg, "preprocess", False):
+        return None
+    from tfvae_datasets import raw_scans
+
+    return raw_scans.settings_digest(raw_scans.settings_of(cfg, b.name))
+
+
 def _record_source(b: tfds.core.DatasetBuilder, folder: str) -> None:
     path = os.path.join(os.fspath(b.data_dir), SOURCE_RECORD)
-    files.write_json(path, {"folder": folder, "fingerprint": source_fingerprint(folder),
-                            "fingerprint_version": FINGERPRINT_VERSION}, indent=None)
+    record = {"folder": folder, "fingerprint": source_fingerprint(folder), "fingerprint_version": FINGERPRINT_VERSION}
+    preprocessing = _preprocessing_digest(b)
+    if preprocessing is not None:  # raw heads: a build made with other preprocessing settings is rebuilt
+        record["preprocessing"] = preprocessing
+    files.write_json(path, record, indent=None)
 
 
 def describe(data_config: dict) -> str:

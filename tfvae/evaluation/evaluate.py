@@ -67,7 +67,7 @@ from tfvae.thresholds.calibration import DISPLAY_FPRS, FPRS, HISTOGRAM_BITS, cal
 from tfvae.data.nifti import write_maps
 from tfvae.maps.predictors import ALL_PREDICTORS
 from tfvae.evaluation.reporting import FigureSlices
-from tfvae.maps.scoring import Scorer, Volume, variants, volumes
+from tfvae.maps.scoring import FLAG_KEY, Scorer, Volume, variants, volumes
 
 FAR_MM = 6.0  # two voxels of the 64 x 64 phantom grid (3 mm), three of a 2 mm one
 
@@ -478,6 +478,8 @@ def evaluate(model, config: dict, test: tf.data.Dataset, validation, out_dir: st
             results[name]["settings"] = recommended_lib.described(**scorer.sizes[name], grid=scorer.grids[name])
             if name in reference:
                 results[name]["selection"] = reference[name]
+    if "recommended" in results and FLAG_KEY in reference:  # the second restoration's threshold
+        results["recommended"][FLAG_KEY] = reference[FLAG_KEY]
     if "combi" in results and "kl_grad_range" in reference:
         results["combi"]["kl_grad_range"] = reference["kl_grad_range"]
     calibrating = stages.seconds.get("calibration", 0.0) - calibrating  # run inside the stream: not scoring

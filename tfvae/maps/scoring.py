@@ -196,14 +196,20 @@ class Scorer:
             if FLAG_KEY in stored:
                 self.flag_threshold = float(stored[FLAG_KEY])
             else:
-                stage = Stage("the first restoration's healthy threshold, on healthy validation volumes", "volume",
+                if validation is None:
+                    raise ValueError("recommended.second_restoration: no stored threshold for the first restoration "
+                                     "and no healthy validation data to set it on")
+                stage = Stage("the first restoration's healthy threshold, on healthy validation slices", "slice",
                               verbose)
-                scores = []
-                for volume in self._healthy(validation):
+                scores, taken = [], 0
+                for volume in self._healthy(validation):  # as many slices as the calibration reads, at most
+                    if taken >= MAX_CALIBRATION_SLICES:
+                        break
                     first = self._maps(volume.image, volume.brain_mask, volume.geometry.voxel_mm(),
                                        second=False)["recommended"]
                     scores.append(first[volume.brain_mask > 0])
-                    stage.update(len(scores))
+                    taken += len(volume.image)
+                    stage.update(taken)
                 stage.done()
                 if not scores:
                     raise ValueError("no healthy validation volume to set the second restoration's threshold on")

@@ -353,7 +353,7 @@ class Run(RunDir):
         for p in predictors:
             stored.update(store.reference(store.key(digest, p, config)) or {})
         needed = [p for p in predictors if p in ("recommended", "intensity_filtered", "combi")]
-        if all(_reference_for(stored, p) for p in needed):
+        if all(set(_reference_keys(p, config)) <= set(stored) for p in needed):
             scorer.fit(None, stored=stored)  # nothing to compute: no healthy scan is read
         else:
             scorer.fit(self.healthy_split(config), stored=stored, verbose=True)  # each stage announced
@@ -484,7 +484,7 @@ class Run(RunDir):
             for p in missing:
                 computed = by_variant[variant][p]
                 store.put(store.key(digest, p, config), {r: t for r, t in computed.items() if r not in stored[p]},
-                          _reference_for(scorer.reference, p))
+                          _reference_for(scorer.reference, p, config))
                 stored[p] = {**computed, **stored[p]}
         return {p: scan_threshold.HealthyReference(stored[p]) for p in predictors}
 
@@ -561,11 +561,22 @@ def _discard_partial(partial: str) -> None:
             os.rmdir(partial)
 
 
-def _reference_for(reference: dict, predictor: str) -> dict:
-    """The part of ``Scorer.reference`` a predictor's maps depend on."""
+def _reference_keys(predictor: str, config: dict | None = None) -> tuple:
+    """The keys of ``Scorer.reference`` a predictor's maps depend on under ``config`` (the second
+    restoration's threshold only where ``recommended.second_restoration`` is on)."""
+    from tfvae.maps.scoring import FLAG_KEY
+
     keys = {"recommended": ("recommended",), "intensity_filtered": ("intensity_filtered",),
             "combi": ("kl_grad_range",)}.get(predictor, ())
-    return {k: reference[k] for k in keys if k in reference}
+    r = (config or {}).get("recommended", {})
+    if predictor == "recommended" and r.get("second_restoration") and r.get("restore", True):
+        keys += (FLAG_KEY,)
+    return keys
+
+
+def _reference_for(reference: dict, predictor: str, config: dict | None = None) -> dict:
+    """The part of ``Scorer.reference`` a predictor's maps depend on (``_reference_keys``)."""
+    return {k: reference[k] for k in _reference_keys(predictor, config) if k in reference}
 
 
 def _follows(config: dict | None) -> bool:

@@ -20,7 +20,7 @@ from tfvae import metrics
 from tfvae.utils import files
 from tfvae.utils.files import file_digest  # noqa: F401 (SHA-256 of a file; kept here for callers)
 from tfvae.utils.console import Stage
-from tfvae.maps.scoring import MAX_CALIBRATION_SLICES, Scorer, as_volumes, variants
+from tfvae.maps.scoring import FLAG_KEY, MAX_CALIBRATION_SLICES, Scorer, as_volumes, variants
 
 FPRS = {"dice_fpr01": 0.01, "dice_fpr05": 0.05}  # the rates every evaluation reports Dice at
 DISPLAY_FPRS = {"display_low": 0.99, "display_high": 0.001}  # a map's colour scale: healthy 1st-99.9th percentile
@@ -61,7 +61,10 @@ HEALTHY_DATA_KEYS = ("name", "config", "image_size", "validation_split")  # whic
 def map_settings(config: dict) -> dict:
     """The config values a map's scores and its calibration depend on (beside the model): its
     sections, the clip and the healthy split the thresholds come from."""
-    return {**{s: config[s] for s in MAP_SECTIONS}, "data.clip": config["data"].get("clip"),
+    sections = {s: dict(config[s]) for s in MAP_SECTIONS}
+    if not sections["recommended"].get("second_restoration", False):  # off (the default): the key of before it
+        sections["recommended"].pop("second_restoration", None)
+    return {**sections, "data.clip": config["data"].get("clip"),
             **{f"data.{k}": config["data"][k] for k in HEALTHY_DATA_KEYS}}
 
 
@@ -188,4 +191,6 @@ def store_evaluation(run, config: dict, checkpoint: str, results: dict) -> None:
             reference[predictor] = result.get("selection", result["settings"])
         if "kl_grad_range" in result:
             reference["kl_grad_range"] = result["kl_grad_range"]
+        if FLAG_KEY in result:  # the recommended map's second restoration
+            reference[FLAG_KEY] = result[FLAG_KEY]
         store.put(store.key(digest, predictor, config), thresholds, reference)

@@ -1,6 +1,6 @@
 """Utilities every layer may use, importing no other layer of tfvae: files written whole or not at all
-(``files``), a quiet console and progress lines (``console``), timing (``timing``), the git state
-stamped into evidence (``provenance``) and the run directory's layout, marker, folder swaps and lock
+(``files``), a quiet console and progress lines (``console``), timing (``timing``), the checkout's
+git state (``provenance``) and the run directory's layout, marker, folder swaps and lock
 (``rundir``: what a run folder holds, not what runs in it).
 
 The layers of ``tfvae``, from the bottom up; a module imports only from its own layer and the ones
