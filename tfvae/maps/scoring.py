@@ -262,7 +262,7 @@ class Scorer:
         """The maps of one volume's slices (z, S, S, 1); ``brain_mask`` (default: non-zero pixels)
         bounds the recommended map; ``voxel_mm`` (slice spacing, row, column) is the grid its filter
         sizes (millimetres) are converted for (``recommended.filter_sizes``; default: the validation grid)."""
-        if self.second_restoration and self.flag_threshold is None and "recommended" in self.sizes:
+        if self.second_restoration and self.flag_threshold is None:
             raise RuntimeError("Scorer.fit(validation) must set the second restoration's threshold first")
         return self._maps(images, brain_mask, voxel_mm, second=self.second_restoration)
 

@@ -52,8 +52,7 @@ def dump(run_dir: str, test_set: str, out_dir: str, log=print) -> str:
     from tfvae.evaluation.evaluate import run_inputs, stored_calibration
     from tfvae.maps.scoring import Scorer, as_volumes, volumes
     from tfvae.runs.run import Run
-    from tfvae.studies.threshold_study import DENSE_FPRS, _brain_arrays
-    from tfvae.utils import files
+    from tfvae.studies.threshold_study import DENSE_FPRS, _brain_arrays, write_dump
 
     folder = os.path.join(out_dir, os.path.basename(os.path.normpath(run_dir)), test_set)
     if all(os.path.isfile(os.path.join(folder, f"{m}.npz")) for m in MAPS):
@@ -83,28 +82,19 @@ def dump(run_dir: str, test_set: str, out_dir: str, log=print) -> str:
         names.append(volume.volume_id)
         log(f"{os.path.basename(os.path.normpath(run_dir))} {test_set} {volume.volume_id}: {time.time() - start:.0f} s")
     scorer.release()
-    os.makedirs(folder, exist_ok=True)
     for m in MAPS:
-        offsets = np.cumsum([0] + [len(p["score"]) for p in parts[m]])
-        with files.written_whole(os.path.join(folder, f"{m}.npz")) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **{k: np.concatenate([p[k] for p in parts[m]])
-                                          for k in ("score", "lesion", "far")},
-                                    offsets=offsets, names=np.array(names), reference_fprs=np.array(DENSE_FPRS),
-                                    reference=healthy_thresholds(healthy[m]), flag_threshold=scorer.flag_threshold,
-                                    wall_s=time.time() - start)
+        write_dump(os.path.join(folder, f"{m}.npz"), parts[m], names, DENSE_FPRS, healthy_thresholds(healthy[m]),
+                   flag_threshold=scorer.flag_threshold, wall_s=time.time() - start)
     return folder
 
 
 def figures_of(path: str) -> dict:
     """``FIGURES`` of one dump (see the module docstring)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
+    from tfvae.studies.lesion_size_study import brain_figures
     from tfvae.studies.threshold_study import Dump, best_dice, measure, rule_of, summary
 
     d = Dump(path)
-    out = {"auroc": float(roc_auc_score(d.lesion, d.score)), "auprc": float(average_precision_score(d.lesion, d.score)),
-           "best_dice": best_dice(d)}
+    out = {**brain_figures(d), "best_dice": best_dice(d)}
     for rule, options in (("per_scan", {}), ("fixed", None)):
         out.update({f"{rule}_{k}": v for k, v in summary(measure(d, rule_of(options))).items()})
     return out

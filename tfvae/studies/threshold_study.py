@@ -76,7 +76,6 @@ def dump_maps(run_dir: str, test_set: str | None, out_path: str, *, predictor: s
     volume's start; one more at the end), ``names`` and ``reference`` (thresholds at
     ``DENSE_FPRS`` of the run's healthy validation brain pixels)."""
     from tfvae.thresholds import calibration
-    from tfvae.utils import files
     from tfvae import config as config_lib
     from tfvae.evaluation.evaluate import run_inputs, stored_calibration
     from tfvae.runs.run import Run
@@ -100,14 +99,22 @@ def dump_maps(run_dir: str, test_set: str | None, out_path: str, *, predictor: s
         maps = scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())
         parts.append(_brain_arrays(volume, maps[predictor]))
         names.append(name)
+    return write_dump(out_path, parts, names, sorted(reference), [reference[r] for r in sorted(reference)])
+
+
+def write_dump(out_path: str, parts: list[dict], names, reference_fprs, reference, **extra) -> str:
+    """A dump (.npz, written whole; its folder made): the volumes' ``parts`` (``_brain_arrays``)
+    concatenated with their ``offsets``, their ``names``, the healthy ``reference`` thresholds at
+    ``reference_fprs`` (what ``Dump`` reads), and ``extra`` arrays beside them."""
+    from tfvae.utils import files
+
     offsets = np.cumsum([0] + [len(p["score"]) for p in parts])
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with files.written_whole(out_path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **{k: np.concatenate([p[k] for p in parts]) for k in ("score", "lesion", "far")},
-                                offsets=offsets, names=np.array(names),
-                                reference_fprs=np.array(sorted(reference)),
-                                reference=np.array([reference[r] for r in sorted(reference)]))
+                                offsets=offsets, names=np.array(names), reference_fprs=np.array(reference_fprs),
+                                reference=np.array(reference), **extra)
     return out_path
 
 
