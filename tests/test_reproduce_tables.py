@@ -12,6 +12,7 @@ from script_loader import ROOT, load_script
 from tfvae import config as config_lib
 from tfvae.studies import paper
 from tfvae.studies import reproduce as rp
+from tests.test_tuning import tiny_search
 
 rt = load_script("reproduce_tables")
 
@@ -333,11 +334,14 @@ def test_all_on_a_tiny_plan_writes_every_table_and_its_stamped_evidence(tiny_dat
                     "threshold_study": {"design_sets": ["tiny"], "share_sites": [], "held_out_sets": ["tiny_combined"],
                                         "held_out_share_sites": [], "screening_sites": []},
                     "lesion_size": {"sets": [["tiny", "2-60 ml", "design set"],
-                                             ["tiny_combined", "2-60 ml", "held out"]]}}}))
+                                             ["tiny_combined", "2-60 ml", "held out"]]},
+                    "second_restoration": {"sets": [["tiny", "2-60 ml", "design"]]},
+                    "beta_search": {"search": tiny_search(tmp_path, tiny_data_dir, objective_volumes=1),
+                                    "seeds": [0]}}}))
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     argv = ["--all", "--plan", str(plan), "--runs-dir", str(runs), "--docs", str(docs), "--quiet"]
     assert rt.main(argv) == 0
-    from tfvae.studies import cross_domain, lesion_size_study
+    from tfvae.studies import cross_domain, lesion_size_study, search_study, second_restoration_study
     from tfvae.studies import threshold_study as ts
 
     results_md, threshold_md = docs / "results_phantom.md", docs / "threshold_study.md"
@@ -362,9 +366,18 @@ def test_all_on_a_tiny_plan_writes_every_table_and_its_stamped_evidence(tiny_dat
         assert STAMP_KEYS <= set(evidence["stamp"]) and evidence["stamp"]["wall_s"] is not None
         assert ts.section_body(section, evidence).strip() in threshold
     assert not (docs / "threshold_study_screening.json").exists()  # no screening sites in this plan
+    restored = json.loads((docs / "results_phantom_second_restoration.json").read_text())
+    assert STAMP_KEYS <= set(restored["stamp"]) and set(restored["results"]) == {"tiny"}
+    begin, end = second_restoration_study.MARKERS
+    assert begin in text and end in text and "second restoration" in text[text.index(begin):text.index(end)]
+    picked = json.loads((docs / "search_beta_picks.json").read_text())
+    assert STAMP_KEYS <= set(picked["stamp"]) and [r["beta"] for r in picked["results"]["0"]] == [0.5, 4.0]
+    assert search_study.body(picked).strip() in (docs / "search.md").read_text()
     # run again: everything reused (no file under runs/ rewritten but the evidence)
-    dumps = sorted((runs / "study").rglob("*.npz"))
-    mtimes = {p: p.stat().st_mtime for p in dumps + [runs / "paper_tiny" / "l32_b1_s0" / "model.keras"]}
+    dumps = sorted((runs / "study").rglob("*.npz")) + sorted((runs / "second_restoration").rglob("*.npz"))
+    models = [runs / "paper_tiny" / "l32_b1_s0" / "model.keras",
+              runs / "search_study" / "s0" / "trials" / "0" / "model.keras"]
+    mtimes = {p: p.stat().st_mtime for p in dumps + models}
     assert rt.main(argv) == 0
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
     assert json.loads((docs / "results_phantom.json").read_text())["runs"] == paper["runs"]

@@ -89,7 +89,7 @@ def _seeded_settings(v):
 ALL_STUDIES = {"cross_domain": ("base", "seeds", "test_sets", "calibration_scans", "calibration_sites"),
                "threshold_study": ("design_sets", "share_sites", "share_subjects", "held_out_sets",
                                    "held_out_share_sites", "screening_sites"),
-               "lesion_size": ("sets",)}
+               "lesion_size": ("sets",), "second_restoration": ("sets",), "beta_search": ("search", "seeds")}
 
 
 def _studies(v):
@@ -809,11 +809,17 @@ def all_tables(plan: Plan, runs_root: str, docs_dir: str, *, plan_name: str = ""
       its design, held-out, screening and bound sections) into ``threshold_study.md``
       (``threshold_study_<section>.json``);
     - what the VAE adds by lesion size (``lesion_size_study``, the same runs and dumps) into
-      ``results_phantom.md`` (``results_phantom_lesion_size.json``).
+      ``results_phantom.md`` (``results_phantom_lesion_size.json``);
+    - the second restoration against the map as it is (``second_restoration_study``, the same runs;
+      dumps in ``RUNS/second_restoration``; the hand-written paragraph
+      ``results_phantom_second_restoration_note.md`` kept before its table) into ``results_phantom.md``
+      (``results_phantom_second_restoration.json``);
+    - which beta each search objective picks (``search_study``: its own grid searches, in
+      ``RUNS/search_study``) into ``search.md`` (``search_beta_picks.json``).
 
-    ``plan.studies`` sizes the last three (``ALL_STUDIES``; the tests make them tiny); ``overrides``
+    ``plan.studies`` sizes the studies (``ALL_STUDIES``; the tests make them tiny); ``overrides``
     (``KEY=VALUE``, e.g. ``data.data_dir``) apply to every run of them. Returns what each wrote."""
-    from tfvae.studies import cross_domain, lesion_size_study
+    from tfvae.studies import cross_domain, lesion_size_study, search_study, second_restoration_study
     from tfvae.studies import threshold_study as ts
 
     start = time.time()
@@ -864,6 +870,27 @@ def all_tables(plan: Plan, runs_root: str, docs_dir: str, *, plan_name: str = ""
     lesion_size_study.dump(runs, dumps, baselines, sets)
     lesion_size_study.report(runs, dumps, baselines, results_md, command=command, sets=sets)
     written["lesion_size"] = lesion_size_study.evidence_path(results_md)
+
+    sets = plan.studies.get("second_restoration", {}).get("sets", second_restoration_study.SETS)
+    sets = tuple(tuple(s) for s in sets)
+    restored = os.path.join(runs_root, "second_restoration")
+    log(f"[{time.time() - start:6.0f}s] the second restoration: dumps in {restored}")
+    for run_dir in runs:
+        for test_set, _, _ in sets:
+            second_restoration_study.dump(run_dir, test_set, restored, log=log if verbose else (lambda m: None))
+    note_path = os.path.join(docs_dir, "results_phantom_second_restoration_note.md")  # hand-written, kept
+    note = open(note_path, encoding="utf-8").read() if os.path.isfile(note_path) else ""
+    second_restoration_study.report(runs, restored, results_md, command=command, note=note, sets=sets)
+    written["second_restoration"] = second_restoration_study.evidence_path(results_md)
+
+    beta = plan.studies.get("beta_search", {})
+    searches = os.path.join(runs_root, "search_study")
+    log(f"[{time.time() - start:6.0f}s] which beta each search objective picks: searches in {searches}")
+    search_md = os.path.join(docs_dir, "search.md")
+    search_study.report(beta.get("search", search_study.SEARCH_CONFIG), searches,
+                        tuple(beta.get("seeds", search_study.SEEDS)), search_md, overrides=list(overrides),
+                        command=command, log=log if verbose else None)
+    written["beta_search"] = search_study.evidence_path(search_md)
     log(f"[{time.time() - start:6.0f}s] every table written: " + ", ".join(written.values()))
     return written
 

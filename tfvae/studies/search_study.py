@@ -172,7 +172,7 @@ def body(evidence: dict) -> str:
 def report(search_path: str, root: str, seeds, md_path: str, *, overrides=(), command: str = "", log=None) -> dict:
     """Run (or resume) the search for each of ``seeds`` in ``root/s<seed>``, score every trial and
     write the table into ``md_path`` between ``MARKERS`` and the evidence beside it
-    (``<doc>_search_study.json``); returns the evidence."""
+    (``<doc>_beta_picks.json``); returns the evidence."""
     from tfvae.runs import tuning
     from tfvae.runs.run import Run
     from tfvae.studies import evidence
@@ -198,4 +198,4 @@ def report(search_path: str, root: str, seeds, md_path: str, *, overrides=(), co
 
 
 def evidence_path(md_path: str) -> str:
-    return f"{os.path.splitext(md_path)[0]}_search_study.json"
+    return f"{os.path.splitext(md_path)[0]}_beta_picks.json"

@@ -162,5 +162,9 @@ def report(runs, dump_root: str, md_path: str, *, command: str = "", note: str =
     body = (f"Made by `{command}`; commit `{stamp['commit']}`; runs {', '.join(seeds)} (`configs/quickstart.json`, "
             f"seeds {stamp['seeds']}); at a nominal 1 % FPR, thresholds from each map's own healthy validation "
             "quantiles.\n\n" + (note.strip() + "\n\n" if note.strip() else "") + render(results, sets))
-    return publish(md_path, "second restoration", f"{os.path.splitext(md_path)[0]}_second_restoration.json", stamp,
-                   results, body, start, enclosed_by=MARKERS)
+    return publish(md_path, "second restoration", evidence_path(md_path), stamp, results, body, start,
+                   enclosed_by=MARKERS)
+
+
+def evidence_path(md_path: str) -> str:
+    return f"{os.path.splitext(md_path)[0]}_second_restoration.json"
