@@ -158,7 +158,8 @@ def report(runs, dump_root: str, md_path: str, *, command: str = "", note: str =
     configs = {seed: Run(r).config() for seed, r in zip(seeds, runs)}
     results = measure(dump_root, runs, sets)
     paths = sorted(p for s in seeds for p in glob.glob(os.path.join(dump_root, s, "*", "*.npz")))
-    stamp = stamp_of(command, configs, seeds, {os.path.relpath(p, dump_root): files.file_digest(p) for p in paths})
+    stamp = stamp_of(command, configs, seeds, {os.path.relpath(p, dump_root): files.file_digest(p) for p in paths},
+                     tested=sorted(results))
     body = (f"Made by `{command}`; commit `{stamp['commit']}`; runs {', '.join(seeds)} (`configs/quickstart.json`, "
             f"seeds {stamp['seeds']}); at a nominal 1 % FPR, thresholds from each map's own healthy validation "
             "quantiles.\n\n" + (note.strip() + "\n\n" if note.strip() else "") + render(results, sets))

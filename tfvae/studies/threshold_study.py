@@ -503,16 +503,18 @@ def publish(md_path: str, section: str, evidence_path: str, stamp: dict, results
     return evidence
 
 
-def stamp_of(command: str, configs: dict, seeds, digests: dict) -> dict:
+def stamp_of(command: str, configs: dict, seeds, digests: dict, tested=None) -> dict:
     """The evidence's stamp (``evidence.stamp``: the commit, here its short hash, and the files
     uncommitted then, the command, each run's resolved config and seed, the fingerprint of the data
-    the runs trained on and of the phantom's test sets dumped), the dumps' SHA-256."""
+    the runs trained on and of the phantom's test sets dumped: ``tested``, or read from the dumps'
+    names ``<set>.npz`` / ``<set>__<predictor>.npz``), the dumps' SHA-256."""
     from tfvae.data import pipelines as data
     from tfvae.studies import evidence
 
     stamp = evidence.stamp(command, configs)
     trained = [c["data"] for c in configs.values()]
-    tested = sorted({os.path.basename(k)[:-len(".npz")].split("__")[0] for k in digests})
+    if tested is None:
+        tested = sorted({os.path.basename(k)[:-len(".npz")].split("__")[0] for k in digests})
     for name in tested:  # the test sets dumped (the sweeps' volumes are made here, their dumps fingerprinted)
         for config in trained[:1]:
             test = dict(config, test_name=None, test_config=name)
