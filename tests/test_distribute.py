@@ -324,10 +324,10 @@ WORKER = textwrap.dedent("""
     tf.data.Dataset.shuffle = lambda self, *args, **kwargs: self
     # plain SGD: unlike Adam it is not invariant to a wrongly scaled gradient (and does not amplify
     # the all-reduce's float rounding of near-zero gradients into whole steps)
-    if sys.argv[3:] != ["resume"]:  # (a resume keeps Adam: its slots are built when the state is loaded)
-        model_lib.keras.optimizers.Adam = lambda learning_rate: model_lib.keras.optimizers.SGD(learning_rate)
     from tfvae import config as config_lib
     from tfvae.runs import training
+    if sys.argv[3:] != ["resume"]:  # (a resume keeps Adam: its slots are built when the state is loaded)
+        training.FusedAdam = lambda learning_rate: model_lib.keras.optimizers.SGD(learning_rate)
     from tfvae.runs.run import Run
     config = config_lib.resolve(json.loads(sys.argv[1]), [])
     # every worker the same, as the README's command (or its --resume)

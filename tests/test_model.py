@@ -227,3 +227,43 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     a, b = model.loss_terms(x, sample=False), loaded.loss_terms(x, sample=False)
     for key in ("rec", "kl", "loss"):
         np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_adam_gives_keras_adams_weights(dtype):
+    """``FusedAdam`` (one ResourceApplyAdam kernel a variable) against ``keras.optimizers.Adam`` and
+    against Adam written out in numpy (Kingma & Ba, Algorithm 1), 30 steps of the same gradients."""
+    from tfvae.model.optimizer import FusedAdam
+
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(40, 3)).astype(dtype)
+    grads = [rng.normal(size=w0.shape).astype(dtype) for _ in range(30)]
+    fused, plain = keras.Variable(w0, dtype=dtype), keras.Variable(w0, dtype=dtype)
+    a, b = FusedAdam(1e-2), keras.optimizers.Adam(1e-2)
+    for g in grads:
+        a.apply_gradients([(tf.constant(g), fused)])
+        b.apply_gradients([(tf.constant(g), plain)])
+    w, m, v = w0.astype(np.float64), np.zeros(w0.shape), np.zeros(w0.shape)
+    for t, g in enumerate(grads, start=1):
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g ** 2
+        w = w - 1e-2 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-7 / np.sqrt(1 - 0.999 ** t))
+    moved = np.abs(w - w0).max()
+    assert moved > 0.05
+    np.testing.assert_allclose(fused.numpy(), plain.numpy(), atol=1e-5 * moved)
+    np.testing.assert_allclose(fused.numpy(), w, atol=1e-5 * moved)
+    assert int(a.iterations.numpy()) == 30
+
+
+def test_a_model_saved_with_fused_adam_resumes_its_optimizer_state(tmp_path):
+    from tfvae.model.optimizer import FusedAdam
+
+    model = BetaVAE(image_size=32, latent_dim=4, seed=0)
+    model.compile(optimizer=FusedAdam(1e-3))
+    x = np.random.default_rng(0).normal(size=(8, 32, 32, 1)).astype(np.float32)
+    model.fit(x, epochs=1, batch_size=4, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.optimizer, FusedAdam) and int(loaded.optimizer.iterations.numpy()) == 2
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

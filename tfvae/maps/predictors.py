@@ -66,19 +66,38 @@ def reference_kernel(kernel_size: int = REFERENCE_KERNEL_SIZE, sigma: float = RE
     return kernel / kernel.sum()
 
 
+def _band(n, profile: np.ndarray) -> tf.Tensor:
+    """The (n, n) matrix T with T[i, j] = profile[j - i + r] where |j - i| <= r (r = len(profile) // 2),
+    0 elsewhere: T @ m is m's columns convolved with the (symmetric) ``profile``, zero padding."""
+    r = len(profile) // 2
+    index = tf.range(n)
+    offset = index[None, :] - index[:, None] + r
+    inside = (offset >= 0) & (offset <= 2 * r)
+    return tf.where(inside, tf.gather(tf.constant(profile, tf.float32), tf.clip_by_value(offset, 0, 2 * r)), 0.0)
+
+
 def smooth_reference_tensor(maps: tf.Tensor) -> tf.Tensor:
-    """(B, S, S, 1) float32 maps convolved slice by slice with ``reference_kernel()``, zero padding,
-    same size (the reference's depthwise ``Conv2d(padding=kernel_size // 2)``), inside a graph."""
-    # the 2D Gaussian is the outer product of its row sums: a column pass then a row pass, 14 taps instead
-    # of 49 (the same sums to float rounding); an odd kernel: (size - 1) / 2 zeros per side
+    """(B, H, W, 1) float32 maps convolved slice by slice with ``reference_kernel()``, zero padding,
+    same size (the reference's depthwise ``Conv2d(padding=kernel_size // 2)``), inside a graph.
+
+    The 2D Gaussian is the outer product of its row sums (symmetric): a column pass then a row pass,
+    each a product with a banded matrix (``_band``), T_H @ m @ T_W^T per slice -- the same sums as
+    the 7x7 convolution to float rounding, and on the CPU several times faster than TensorFlow's
+    convolution kernels for one channel (``docs/performance.md``). Stack maps along the batch axis
+    to smooth them in one call."""
     profile = reference_kernel().sum(axis=1)
-    maps = tf.nn.conv2d(maps, tf.constant(profile[:, None, None, None], tf.float32), strides=1, padding="SAME")
-    return tf.nn.conv2d(maps, tf.constant(profile[None, :, None, None], tf.float32), strides=1, padding="SAME")
+    m = maps[..., 0]
+    shape = tf.shape(m)
+    smoothed = tf.matmul(tf.matmul(_band(shape[1], profile), m), _band(shape[2], profile), transpose_b=True)
+    return smoothed[..., None]
+
+
+_smooth_reference_compiled = tf.function(smooth_reference_tensor, reduce_retracing=True)
 
 
 def smooth_reference(maps: np.ndarray) -> np.ndarray:
-    """``smooth_reference_tensor`` of numpy maps (B, S, S, 1), float32."""
-    return smooth_reference_tensor(tf.convert_to_tensor(maps, tf.float32)).numpy()
+    """``smooth_reference_tensor`` of numpy maps (B, H, W, 1), float32 (compiled)."""
+    return _smooth_reference_compiled(tf.convert_to_tensor(maps, tf.float32)).numpy()
 
 
 def min_max(maps: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -139,8 +158,9 @@ class PixelPredictors:
         t = self.signed_maps(x)
         kl_raw = tf.abs(t["d_kl"])
         grads = {"elbo_grad": tf.abs(t["d_loss"]), "kl_grad": kl_raw, "rec_grad": tf.abs(t["d_rec"])}
-        if self.smooth_gradients:
-            grads.update({k: smooth_reference_tensor(grads[k]) for k in SMOOTHED_GRADIENTS})
+        if self.smooth_gradients:  # the three maps stacked along the batch axis: one smoothing call
+            smoothed = smooth_reference_tensor(tf.concat([grads[k] for k in SMOOTHED_GRADIENTS], axis=0))
+            grads.update(zip(SMOOTHED_GRADIENTS, tf.split(smoothed, len(SMOOTHED_GRADIENTS), axis=0)))
         return {"rec_error": t["rec_error"], "reconstruction": t["reconstruction"], **grads, "kl_grad_raw": kl_raw}
 
     def network(self, x) -> dict[str, np.ndarray]:

@@ -12,8 +12,8 @@ The number of stride-2 levels is ``log2(image_size / 4)``: 4 at 64x64, 3 at 32x3
 
 The stride-2 4x4 transposed convolution to a single channel -- the last layer's forward pass, and
 the first layer's input gradient (the projection and the gradient maps take it) -- is computed as a
-3x3 stride-1 convolution to its four output phases followed by ``depth_to_space`` (same kernel,
-same numbers to float rounding): TensorFlow's oneDNN kernel for that shape takes ~2.4 ms per batch
+3x3 stride-1 convolution to its four output phases, then interleaved (same kernel, same numbers
+to float rounding): TensorFlow's oneDNN kernel for that shape takes ~2.4 ms per batch
 of 64 where its mirror image takes ~0.5 ms (``docs/performance.md``). The two layers keep Keras's
 class names, under which Keras files their weights, so runs saved before load unchanged.
 
@@ -93,10 +93,20 @@ def phase_kernel(kernel):
     return tf.gather(taps, flat.astype(np.int32))
 
 
+def interleave_phases(y):
+    """(B, H, W, 4) -> (B, 2H, 2W, 1): pixel (2i + a, 2j + b) from channel 2a + b of pixel (i, j) --
+    ``tf.nn.depth_to_space(y, 2)``, as a reshape, a transpose and a reshape (the same numbers; half
+    the time of TensorFlow's depth_to_space kernel on the CPU, ``docs/performance.md``)."""
+    dims = [d if d is not None else tf.shape(y)[i] for i, d in enumerate(y.shape[:3])]
+    b, h, w = dims
+    y = tf.transpose(tf.reshape(y, [b, h, w, 2, 2]), [0, 1, 3, 2, 4])
+    return tf.reshape(y, [b, 2 * h, 2 * w, 1])
+
+
 def to_phases(x, kernel):
     """``conv2d_transpose(x, kernel, strides=2, padding="same")`` to one channel, (B, H, W, C) ->
-    (B, 2H, 2W, 1), as a 3x3 convolution to the four output phases and ``depth_to_space``."""
-    return tf.nn.depth_to_space(tf.nn.conv2d(x, phase_kernel(kernel), 1, "SAME"), 2)
+    (B, 2H, 2W, 1), as a 3x3 convolution to the four output phases, interleaved (``interleave_phases``)."""
+    return interleave_phases(tf.nn.conv2d(x, phase_kernel(kernel), 1, "SAME"))
 
 
 def _filter_gradient(inputs, kernel, out_backprop):

@@ -18,6 +18,7 @@ from tfvae.runs import callbacks as tfvae_callbacks
 from tfvae import config as config_lib
 from tfvae.data import pipelines as data
 from tfvae.model.vae import BetaVAE
+from tfvae.model.optimizer import FusedAdam
 from tfvae.utils.rundir import RunDir, RunDirError
 
 
@@ -179,7 +180,7 @@ def build_model(config: dict) -> BetaVAE:
     try:
         model = BetaVAE(image_size=config["data"]["image_size"], latent_dim=config["model"]["latent_dim"],
                         beta=config["model"]["beta"], filters=config["model"]["filters"], seed=config["seed"])
-        model.compile(optimizer=keras.optimizers.Adam(config["train"]["learning_rate"]))
+        model.compile(optimizer=FusedAdam(config["train"]["learning_rate"]))  # Keras's Adam, one kernel a variable
     finally:
         keras.mixed_precision.set_dtype_policy(policy)
     return model
