@@ -21,6 +21,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.model import networks
+from tfvae.model import optimizer  # noqa: F401  (registers FusedAdam, which runs save as their optimizer)
 
 tfd = tfp.distributions
 
