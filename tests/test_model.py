@@ -1,5 +1,7 @@
 """The beta-VAE: architecture, ELBO terms against closed forms, KL against TFP, saving."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -252,6 +254,27 @@ def test_fused_adam_gives_keras_adams_weights(dtype):
     np.testing.assert_allclose(fused.numpy(), plain.numpy(), atol=1e-5 * moved)
     np.testing.assert_allclose(fused.numpy(), w, atol=1e-5 * moved)
     assert int(a.iterations.numpy()) == 30
+
+
+def test_a_run_trained_with_fused_adam_loads_in_a_fresh_process(tmp_path):
+    """What ``tfvae.runs.training`` saves loads where only the model layer is imported (evaluate,
+    localize and export load runs without importing training)."""
+    import subprocess
+    import sys
+
+    from tfvae.model.optimizer import FusedAdam
+
+    model = BetaVAE(image_size=32, latent_dim=4, seed=0)
+    model.compile(optimizer=FusedAdam(1e-3))
+    model.fit(np.zeros((4, 32, 32, 1), np.float32), epochs=1, batch_size=4, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    code = ("import sys; from tfvae.model.vae import load; m = load(sys.argv[1]); "
+            "assert 'tfvae.runs.training' not in sys.modules; print(type(m.optimizer).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "FusedAdam"
 
 
 def test_a_model_saved_with_fused_adam_resumes_its_optimizer_state(tmp_path):
