@@ -80,6 +80,15 @@ def test_to_phases_is_the_stride_2_transposed_convolution_to_one_channel(size, c
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+def test_interleave_phases_is_depth_to_space_also_with_unknown_sizes():
+    y = np.random.default_rng(0).normal(size=(3, 5, 7, 4)).astype(np.float32)
+    want = tf.nn.depth_to_space(y, 2).numpy()
+    np.testing.assert_array_equal(networks.interleave_phases(tf.constant(y)).numpy(), want)
+    unknown = tf.function(networks.interleave_phases, input_signature=[tf.TensorSpec([None, None, None, 4])])
+    np.testing.assert_array_equal(unknown(tf.constant(y)).numpy(), want)
+    assert networks.interleave_phases(tf.zeros((0, 2, 2, 4))).shape == (0, 4, 4, 1)
+
+
 def test_one_channel_layers_equal_keras_layers_with_their_gradients(monkeypatch):
     """conv1 (input gradient through to_phases) and to_image (forward through to_phases) against
     Keras's own layers with the same weights: outputs, input and weight gradients; every other

@@ -115,6 +115,14 @@ def test_reference_kernel_and_smoothing_match_a_hand_built_7x7_gaussian(x):
     assert smooth_reference(ones)[0, 0, 0, 0] < 0.6 and smooth_reference(ones)[0, 8, 8, 0] == pytest.approx(1.0)
 
 
+def test_the_smoothing_of_non_square_maps_is_the_7x7_correlation_with_zero_padding():
+    from scipy import ndimage
+
+    maps = np.random.default_rng(1).random((2, 9, 13, 1)).astype(np.float32)
+    want = ndimage.correlate(maps.astype(np.float64), hand_kernel()[None, :, :, None], mode="constant", cval=0.0)
+    np.testing.assert_allclose(smooth_reference(maps), want, rtol=1e-5, atol=1e-6)
+
+
 def test_gradient_maps_are_smoothed_and_rec_error_is_not(model, x):
     smoothed = PixelPredictors(model)(x)  # the reference's default: gradients smoothed
     plain = PixelPredictors(model, smooth_gradients=False)(x)
@@ -242,7 +250,8 @@ def test_the_scorer_computes_only_what_is_asked(model, x, monkeypatch):
 
 
 def test_every_map_equals_the_numpy_made_maps_to_1e5(model, x):
-    """The maps made in one graph (gradients, |.|, the reference's smoothing as two 1D passes) and
+    """The maps made in one graph (gradients, |.|, the reference's smoothing as products with banded
+    matrices, the three maps in one call) and
     the Combi against the same maps made the earlier way: signed gradients, then float64 numpy
     (scipy.ndimage.correlate with the 7x7 kernel, zero padding) -- to 1e-5 of each map's range."""
     from scipy import ndimage

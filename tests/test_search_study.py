@@ -15,19 +15,31 @@ from tfvae.studies import search_study
 
 def _row(beta, **values):
     base = {"beta": beta, "neg_elbo": 0.0, "val_loss": 0.0, "val_auroc": 0.5, "test_recommended_auroc_brain": 0.5,
-            "test_recommended_dice_fpr01": 0.1}
+            "test_rec_grad_auroc_brain": 0.5, "test_recommended_dice_fpr01": 0.1}
     return base | values
 
 
 def test_picks_take_the_best_value_of_each_objective_in_its_direction():
     rows = [_row(0.1, neg_elbo=10.0, val_loss=1.0, val_auroc=0.7, test_recommended_auroc_brain=0.90),
             _row(1.0, neg_elbo=9.0, val_loss=2.0, val_auroc=0.8, test_recommended_auroc_brain=0.95,
-                 test_recommended_dice_fpr01=0.3),
+                 test_recommended_dice_fpr01=0.3, test_rec_grad_auroc_brain=0.6),
             _row(10.0, neg_elbo=9.5, val_loss=3.0, val_auroc=0.9, test_recommended_auroc_brain=0.93)]
     assert search_study.picks(rows) == {"neg_elbo": 1.0, "val_loss": 0.1, "auroc": 10.0,
-                                        "test AUROC (recommended)": 1.0, "test Dice@1% (recommended)": 1.0}
+                                        "test AUROC (recommended)": 1.0, "test AUROC (rec_grad)": 1.0,
+                                        "test Dice@1% (recommended)": 1.0}
 
 
+@pytest.mark.parametrize("extra, message", [({"objective": "auroc"}, "objective 'auroc'"),
+                                            ({"objective_split": "test"}, "objective_split 'test'"),
+                                            ({"objective_volumes": 2}, "would hold apart all 2 volumes")])
+def test_a_search_the_study_cannot_read_is_refused_before_training(tmp_path, tiny_data_dir, extra, message):
+    search_file = tiny_search(tmp_path, tiny_data_dir, **({"objective_volumes": 1} | extra))
+    with pytest.raises(ValueError, match=message):
+        search_study.report(search_file, str(tmp_path / "study"), [0], str(tmp_path / "s.md"))
+    assert not (tmp_path / "study").exists()  # nothing trained
+
+
+@pytest.mark.slow
 def test_the_study_scores_trials_as_an_auroc_search_would(tmp_path, tiny_data_dir):
     search_file = tiny_search(tmp_path, tiny_data_dir, objective_volumes=1)  # neg_elbo: it varies beta
     md = str(tmp_path / "search.md")

@@ -213,3 +213,21 @@ def test_each_published_section_is_what_its_evidence_renders(section):
     assert text.count(begin) == 1 and text.count(end) == 1
     published = text[text.index(begin) + len(begin):text.index(end)].strip()
     assert published == threshold_study.section_body(section, evidence).strip()
+
+
+def test_a_dump_is_reused_only_for_the_model_that_made_it(tiny_run, tmp_path, monkeypatch):
+    """``dump_sets`` keeps a dump its run's model made (or one made before dumps recorded their
+    model) and makes again one another model made: a run of the same folder name, or retrained."""
+    import os
+
+    from tfvae.runs.run import Run
+
+    made = []
+    monkeypatch.setattr(threshold_study, "dump_maps", lambda run_dir, test_set, path, **kw: made.append(test_set))
+    folder = tmp_path / os.path.basename(tiny_run)
+    folder.mkdir()
+    for name, digest in (("same", Run(tiny_run).model_digest()), ("other", "0" * 64), ("old", None)):
+        extra = {} if digest is None else {"model_digest": digest}
+        np.savez(folder / f"{name}.npz", score=np.zeros(1), **extra)
+    threshold_study.dump_sets([tiny_run], str(tmp_path), ["same", "other", "old", "missing"])
+    assert made == ["other", "missing"]

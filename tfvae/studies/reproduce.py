@@ -887,7 +887,10 @@ def all_tables(plan: Plan, runs_root: str, docs_dir: str, *, plan_name: str = ""
     searches = os.path.join(runs_root, "search_study")
     log(f"[{time.time() - start:6.0f}s] which beta each search objective picks: searches in {searches}")
     search_md = os.path.join(docs_dir, "search.md")
-    search_study.report(beta.get("search", search_study.SEARCH_CONFIG), searches,
+    search = beta.get("search", search_study.SEARCH_CONFIG)  # a file relative to the plan file, or a shipped name
+    beside_plan = os.path.join(os.path.dirname(os.path.abspath(plan.source)), search)
+    search = beside_plan if not os.path.isabs(search) and os.path.isfile(beside_plan) else search
+    search_study.report(search, searches,
                         tuple(beta.get("seeds", search_study.SEEDS)), search_md, overrides=list(overrides),
                         command=command, log=log if verbose else None)
     written["beta_search"] = search_study.evidence_path(search_md)

@@ -46,16 +46,16 @@ def healthy_thresholds(scores) -> np.ndarray:
 
 def dump(run_dir: str, test_set: str, out_dir: str, log=print) -> str:
     """Both maps of ``run_dir``'s model on the phantom's ``test_set`` into
-    ``out_dir/<run>/<test_set>/{first,second}.npz`` (written whole; a folder holding both is left
-    as it is); returns the folder."""
+    ``out_dir/<run>/<test_set>/{first,second}.npz`` (written whole; a folder holding both, made by
+    the same model, is left as it is: ``threshold_study.reusable``); returns the folder."""
     from tfvae import config as config_lib
     from tfvae.evaluation.evaluate import run_inputs, stored_calibration
     from tfvae.maps.scoring import Scorer, as_volumes, volumes
     from tfvae.runs.run import Run
-    from tfvae.studies.threshold_study import DENSE_FPRS, _brain_arrays, write_dump
+    from tfvae.studies.threshold_study import DENSE_FPRS, _brain_arrays, reusable, write_dump
 
     folder = os.path.join(out_dir, os.path.basename(os.path.normpath(run_dir)), test_set)
-    if all(os.path.isfile(os.path.join(folder, f"{m}.npz")) for m in MAPS):
+    if all(reusable(os.path.join(folder, f"{m}.npz"), run_dir) for m in MAPS):
         return folder
     start = time.time()
     run = Run(run_dir)
@@ -84,7 +84,7 @@ def dump(run_dir: str, test_set: str, out_dir: str, log=print) -> str:
     scorer.release()
     for m in MAPS:
         write_dump(os.path.join(folder, f"{m}.npz"), parts[m], names, DENSE_FPRS, healthy_thresholds(healthy[m]),
-                   flag_threshold=scorer.flag_threshold, wall_s=time.time() - start)
+                   flag_threshold=scorer.flag_threshold, wall_s=time.time() - start, model_digest=run.model_digest())
     return folder
 
 

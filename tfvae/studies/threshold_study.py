@@ -99,7 +99,8 @@ def dump_maps(run_dir: str, test_set: str | None, out_path: str, *, predictor: s
         maps = scorer(volume.image, volume.brain_mask, volume.geometry.voxel_mm())
         parts.append(_brain_arrays(volume, maps[predictor]))
         names.append(name)
-    return write_dump(out_path, parts, names, sorted(reference), [reference[r] for r in sorted(reference)])
+    return write_dump(out_path, parts, names, sorted(reference), [reference[r] for r in sorted(reference)],
+                      model_digest=run.model_digest())
 
 
 def write_dump(out_path: str, parts: list[dict], names, reference_fprs, reference, **extra) -> str:
@@ -118,12 +119,27 @@ def write_dump(out_path: str, parts: list[dict], names, reference_fprs, referenc
     return out_path
 
 
+def reusable(path: str, run_dir: str) -> bool:
+    """Whether the dump at ``path`` can stand for ``run_dir``'s model: it exists and was made by that
+    model (the ``model_digest`` it records is ``Run.model_digest()``); dumps made before the digest
+    was recorded are kept, as they were. A dump of another model -- another run of the same folder
+    name, or the run retrained since -- is made again."""
+    from tfvae.runs.run import Run
+
+    if not os.path.isfile(path):
+        return False
+    with np.load(path) as d:
+        recorded = str(d["model_digest"]) if "model_digest" in d.files else None
+    return recorded is None or recorded == Run(run_dir).model_digest()
+
+
 def dump_sets(runs, out: str, sets=(), share_sites=(), *, shares=SHARES, share_subjects: int = SHARE_SUBJECTS,
               log=None) -> list[str]:
     """``dump_maps`` of each run (``OUT/<run folder's name>/``) on every test set of ``sets``
     (``<set>.npz``) and on the lesion-share sweep of each site of ``share_sites``
     (``shares_<site>.npz``: ``share_subjects`` healthy subjects with one lesion of each share of
-    ``shares``, at the run's image size); a dump already there is kept. Returns the paths."""
+    ``shares``, at the run's image size); a dump already there is kept when the same model made it
+    (``reusable``). Returns the paths."""
     from tfvae.runs.run import Run
 
     paths = []
@@ -131,14 +147,14 @@ def dump_sets(runs, out: str, sets=(), share_sites=(), *, shares=SHARES, share_s
         folder = os.path.join(out, os.path.basename(os.path.normpath(run_dir)))
         for test_set in sets:
             path = os.path.join(folder, f"{test_set}.npz")
-            if not os.path.isfile(path):
+            if not reusable(path, run_dir):
                 dump_maps(run_dir, test_set, path)
             paths.append(path)
             if log:
                 log(path)
         for site in share_sites:
             path = os.path.join(folder, f"shares_{site}.npz")
-            if not os.path.isfile(path):
+            if not reusable(path, run_dir):
                 size = Run(run_dir).config()["data"]["image_size"]
                 volumes = lesion_share_volumes(site, share_subjects, shares, image_size=size)
                 dump_maps(run_dir, None, path, volumes=((v.volume_id, v) for _, v in volumes))
