@@ -109,7 +109,7 @@ def score_trial(run_dir: str, labelled) -> dict:
     if os.path.isfile(cached):
         with open(cached) as f:
             scores = json.load(f)
-        if scores.get("model_digest") == digest and scores.get("version") == SCORES_VERSION:
+        if scores.get("model_digest") == digest and scores.get("version", 1) == SCORES_VERSION:  # 1: unversioned
             return scores
     with open(os.path.join(run_dir, "objective.json")) as f:
         objective = json.load(f)
