@@ -10,7 +10,7 @@ folded into the step size, as both write it):
     w <- w - alpha * m / (sqrt(v) + epsilon)
 
 so the weights it gives equal Keras's to float rounding (``tests/test_model.py``). On the CPU the
-paper's network trains about 3 % faster with it (``docs/performance.md``). AMSGrad and dtypes the
+paper's network trains about 2 % faster with it (``docs/performance.md``). AMSGrad and dtypes the
 kernel does not take go through Keras's own update. The optimizer's variables (iterations, the
 moments) are Keras's, so checkpoints and saved runs made with ``keras.optimizers.Adam`` resume
 with it and back.
