@@ -157,7 +157,7 @@ def report(runs, dump_root: str, md_path: str, *, command: str = "", note: str =
     seeds = [os.path.basename(os.path.normpath(r)) for r in runs]
     configs = {seed: Run(r).config() for seed, r in zip(seeds, runs)}
     results = measure(dump_root, runs, sets)
-    paths = sorted(p for s in seeds for p in glob.glob(os.path.join(dump_root, s, "*", "*.npz")))
+    paths = sorted(p for s in seeds for t in results for p in glob.glob(os.path.join(dump_root, s, t, "*.npz")))
     stamp = stamp_of(command, configs, seeds, {os.path.relpath(p, dump_root): files.file_digest(p) for p in paths},
                      tested=sorted(results))
     body = (f"Made by `{command}`; commit `{stamp['commit']}`; runs {', '.join(seeds)} (`configs/quickstart.json`, "
