@@ -4,7 +4,7 @@ grid search over beta per seed (``configs/search_beta_2core.json``: beta 0.1-10 
 2-core schedule, objective neg_elbo), every trial scored by the three objectives (neg_elbo, val_loss,
 auroc on held-apart test volumes) and by the test figures on the other test volumes.
 
-    python scripts/search_study.py --dir runs/search_study --seeds 0 1 --report docs/search.md
+    python scripts/search_study.py --dir runs/search_study --seeds 0 1 2 --report docs/search.md
 
 Resumable: run it again and finished trials and scores are reused. About 30 min per seed on 2 cores.
 """
