@@ -6,7 +6,7 @@ auroc on held-apart test volumes) and by the test figures on the other test volu
 
     python scripts/search_study.py --dir runs/search_study --seeds 0 1 2 --report docs/search.md
 
-Resumable: run it again and finished trials and scores are reused. About 30 min per seed on 2 cores.
+Resumable: run it again and finished trials and scores are reused. About 20 min per seed on 2 cores.
 """
 
 import argparse
