@@ -189,7 +189,13 @@ def test_plans_are_validated_and_name_the_file_and_key(tmp_path):
     for content, words in (({"base": "beta1.json", "sedes": 2}, ["plan.json", "unknown key 'sedes'"]),
                            ({"base": "beta1.json", "seeds": "3"}, ["plan.json", "seeds", "'3'"]),
                            ({"base": "beta1.json", "seeded_settings": [[48, 1]]}, ["seeded_settings", "[48, 1]"]),
-                           ({"seeds": 2}, ["missing key 'base'"])):
+                           ({"seeds": 2}, ["missing key 'base'"]),
+                           ({"base": "beta1.json", "studies": {"beta_search": {"seeds": 0}}},
+                            ["beta_search.seeds", "a list of integers", "0"]),
+                           ({"base": "beta1.json", "studies": {"second_restoration": {"sets": ["default"]}}},
+                            ["second_restoration.sets", "[test set, tumours, role]"]),
+                           ({"base": "beta1.json", "studies": {"threshold_study": {"design_sets": "default"}}},
+                            ["threshold_study.design_sets", "a list of test-set names"])):
         bad.write_text(json.dumps(content))
         with pytest.raises(config_lib.ConfigError) as err:
             rp.load_plan(str(bad))

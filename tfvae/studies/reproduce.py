@@ -92,12 +92,34 @@ ALL_STUDIES = {"cross_domain": ("base", "seeds", "test_sets", "calibration_scans
                "lesion_size": ("sets",), "second_restoration": ("sets",), "beta_search": ("search", "seeds")}
 
 
+def _list_of(kind, length=None):
+    def check(v):
+        return isinstance(v, list) and all(isinstance(i, kind) and not isinstance(i, bool) for i in v) and (
+            length is None or all(len(i) == length for i in v))
+    return check
+
+
+# what each key of a plan's ``studies`` holds: (check, what the error says it must be)
+STUDY_VALUES = {
+    "base": (lambda v: isinstance(v, str), "a config file"),
+    "search": (lambda v: isinstance(v, str), "a search config file or a shipped search's name"),
+    "seeds": (_list_of(int), "a list of integers"), "calibration_scans": (_list_of(int), "a list of integers"),
+    "share_subjects": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "calibration_sites": (lambda v: v is None or _list_of(str)(v), "null or a list of test-set names"),
+    "sets": (_list_of(list, 3), "a list of [test set, tumours, role] lists"),
+}
+
+
 def _studies(v):
     for study, keys in v.items():
         if study not in ALL_STUDIES:
             return f"unknown study {study!r} (known: {', '.join(ALL_STUDIES)}); it"
         if not isinstance(keys, dict) or set(keys) - set(ALL_STUDIES[study]):
             return f"{study}: keys must be among {', '.join(ALL_STUDIES[study])}, got {keys!r}; it"
+        for key, value in keys.items():
+            check, what = STUDY_VALUES.get(key, (_list_of(str), "a list of test-set names"))
+            if not check(value):
+                return f"{study}.{key} must be {what}, got {value!r}; it"
     return None
 
 

@@ -219,7 +219,8 @@ def report(search_path: str, root: str, seeds, md_path: str, *, overrides=(), co
         search = run_search(search_path, directory, seed, overrides=overrides)
         by_seed[seed] = score_search(search, directory, seeded, log)
         for r in by_seed[seed]:
-            configs[f"b{r['beta']:g}_s{seed}"] = Run(tuning.trial_dir(directory, r["trial_id"])).config()
+            trial = Run(tuning.trial_dir(directory, r["trial_id"]))
+            configs[f"l{r['latent_dim']}_b{r['beta']:g}_s{seed}"] = trial.config()
     stamp = evidence.stamp(command, configs)
     stamp["search"] = os.path.relpath(search.source)
     stamp["commit"] = stamp["commit"][:7]
