@@ -19,3 +19,4 @@ for w in maps train projection; do
   { head; python peer_prof.py $w 2>&1 | filter; } > peer_profile_$w.txt
 done
 { head; POLICY=mixed_bfloat16 python profile_ops.py train 2>&1 | filter; } > profile_train_bfloat16.txt
+{ head; echo "## native kernels"; python stacked_vjp.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python stacked_vjp.py 2>&1 | filter; } > stacked_vjp.txt
