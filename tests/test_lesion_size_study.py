@@ -26,7 +26,8 @@ def test_figures_and_table_from_dumps(tmp_path):
             truth[(name, k)] = (roc_auc_score(lesion, score), average_precision_score(lesion, score))
         for b, shift in zip(lesion_size_study.BASELINES, (0.5, 0.2)):
             score = rng.normal(size=n) + lesion * shift
-            write_dump(tmp_path / f"{name}__{b}.npz", [("v0", score, lesion, ~lesion)], reference)
+            write_dump(tmp_path / f"{name}__{b}.npz", [("v0", score[:2500], lesion[:2500], ~lesion[:2500]),
+                                                       ("v1", score[2500:], lesion[2500:], ~lesion[2500:])], reference)
             truth[(name, b)] = (roc_auc_score(lesion, score), average_precision_score(lesion, score))
     figures = lesion_size_study.measure([[str(tmp_path / "elsewhere"), str(r)] for r in roots], [str(tmp_path)])
     assert set(figures) == {"default", "heldout_home"}  # the large sets have no dumps: left out
@@ -55,3 +56,60 @@ def test_the_published_table_is_what_its_evidence_renders():
     section = text[text.index(begin):text.index(end)]
     assert section[len(begin):].strip() == lesion_size_study.body(evidence).strip()  # every line, the stamp's too
     assert evidence["stamp"]["commit"] in section and len(evidence["stamp"]["configs"]) == 3
+
+
+def test_size_classes_score_the_same_volumes_of_every_map(tmp_path):
+    """Each size class pools exactly its volumes' pixels, the same volumes for the recommended map
+    and the baselines (sklearn on those pixels), and the table has one row per class and role."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    reference = {f: 1.0 for f in threshold_study.DENSE_FPRS}
+    n = 4000
+    # volumes with the lesion at 1 % (small), 0 % (no class), 5 % and 10 % (medium) of the brain
+    shares = {"a": 0.01, "b": 0.0, "c": 0.05, "d": 0.10}
+    labels = {v: np.arange(n) < int(sh * n) for v, sh in shares.items()}
+
+    def write(path, gain):
+        scores = {v: rng.normal(size=n) + labels[v] * gain for v in shares}
+        write_dump(path, [(v, scores[v], labels[v], ~labels[v]) for v in shares], reference)
+        return scores
+
+    truth = {}
+    for name in ("default", "large_lesions"):
+        (tmp_path / "s0").mkdir(exist_ok=True)
+        maps = {"recommended": write(tmp_path / "s0" / f"{name}.npz", 2.0)}
+        for b, gain in zip(lesion_size_study.BASELINES, (1.0, 0.3)):
+            maps[b] = write(tmp_path / f"{name}__{b}.npz", gain)
+        for size, volumes in (("small", ["a"]), ("medium", ["c", "d"]), ("large", list(shares))):
+            lab = np.concatenate([labels[v] for v in volumes])
+            for m, scores in maps.items():
+                s = np.concatenate([scores[v] for v in volumes])
+                truth[(name, size, m)] = (roc_auc_score(lab, s), average_precision_score(lab, s))
+    figures = lesion_size_study.measure([[str(tmp_path / "s0")]], [str(tmp_path)])
+    assert set(figures["default"]["by_size"]) == {"small", "medium"}
+    assert set(figures["large_lesions"]["by_size"]) == {"large"}
+    for name, size in (("default", "small"), ("default", "medium"), ("large_lesions", "large")):
+        got = figures[name]["by_size"][size]
+        assert got["volumes"] == {"small": ["a"], "medium": ["c", "d"], "large": list(shares)}[size]
+        assert got["recommended"][0]["auroc"] == pytest.approx(truth[(name, size, "recommended")][0])
+        assert got["recommended"][0]["auprc"] == pytest.approx(truth[(name, size, "recommended")][1])
+        for b in lesion_size_study.BASELINES:
+            assert got[b]["auroc"] == pytest.approx(truth[(name, size, b)][0])
+            assert got[b]["auprc"] == pytest.approx(truth[(name, size, b)][1])
+    table = lesion_size_study.render(figures, 1)
+    small = next(line for line in table.splitlines() if line.startswith("| small |"))
+    assert "`default`: lesion < 2.5 % of the brain" in small and "| design set | 1 |" in small
+    assert f"{truth[('default', 'small', 'intensity_filtered')][0]:.3f}" in small
+    assert sum(line.startswith(("| small |", "| medium |", "| large |")) for line in table.splitlines()) == 3
+
+
+def test_dumps_of_other_volumes_are_refused(tmp_path):
+    reference = {f: 1.0 for f in threshold_study.DENSE_FPRS}
+    lesion = np.arange(100) < 5
+    (tmp_path / "s0").mkdir()
+    write_dump(tmp_path / "s0" / "default.npz", [("a", np.arange(100.0), lesion, ~lesion)], reference)
+    for b in lesion_size_study.BASELINES:
+        write_dump(tmp_path / f"default__{b}.npz", [("z", np.arange(100.0), lesion, ~lesion)], reference)
+    with pytest.raises(ValueError, match="other volumes than"):
+        lesion_size_study.measure([[str(tmp_path / "s0")]], [str(tmp_path)])

@@ -7,7 +7,10 @@ Reads ``tfvae.studies.threshold_study`` dumps (brain pixels, labels): the recomm
 two baselines' once (they have no model: every run gives them the same maps). AUROC and AUPRC
 (average precision) over the brain pixels of all volumes of a set pooled, as
 ``sklearn.metrics.roc_auc_score`` / ``average_precision_score`` compute them (the convention of
-``results.md``'s "brain" columns). Used by ``scripts/lesion_size_study.py``.
+``results.md``'s "brain" columns). The same by size class (``SIZE_CLASSES``): the volumes of a
+2-60 ml set split by their lesion's share of the brain (small under ``SMALL_SHARE``, medium from
+it), the large-lesion sets whole; the class of a volume is its labels', so every predictor is
+scored on the same volumes. Used by ``scripts/lesion_size_study.py``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,38 @@ import numpy as np
 SETS = (("default", "2-60 ml", "design set"), ("heldout_home", "2-60 ml, lobulated", "held out"),
         ("large_lesions", "100-400 ml", "design set"), ("heldout_large", "100-400 ml, lobulated", "held out"))
 BASELINES = ("intensity_filtered", "intensity")
+# the boundary between small and medium tumours: the lesion's share of the volume's brain pixels
+# (2.5 % is ~25-30 ml in an adult brain); chosen from the sets' shares alone, before any class was
+# scored: about a third to a half of each 2-60 ml set's 20 volumes fall below it
+SMALL_SHARE = 0.025
+# (class, the sets whose volumes it takes, which of their volumes: "below" / "from" SMALL_SHARE or "all")
+SIZE_CLASSES = (("small", ("default", "heldout_home"), "below"), ("medium", ("default", "heldout_home"), "from"),
+                ("large", ("large_lesions", "heldout_large"), "all"))
 
 
-def brain_figures(dump) -> dict:
-    """``{"auroc", "auprc"}`` of a dump's pooled brain pixels against its labels (sklearn)."""
+def brain_figures(dump, volumes=None) -> dict:
+    """``{"auroc", "auprc"}`` of a dump's pooled brain pixels against its labels (sklearn); with
+    ``volumes`` (indices into the dump's volumes), of those volumes' pixels only."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    return {"auroc": float(roc_auc_score(dump.lesion, dump.score)),
-            "auprc": float(average_precision_score(dump.lesion, dump.score))}
+    lesion, score = dump.lesion, dump.score
+    if volumes is not None:
+        keep = np.concatenate([np.arange(dump.offsets[i], dump.offsets[i + 1]) for i in volumes])
+        lesion, score = lesion[keep], score[keep]
+    return {"auroc": float(roc_auc_score(lesion, score)), "auprc": float(average_precision_score(lesion, score))}
+
+
+def class_volumes(dump, which: str) -> list[int]:
+    """The indices of the dump's volumes in a size class: ``which`` is ``"below"`` / ``"from"``
+    ``SMALL_SHARE`` (the lesion's share of the volume's brain pixels) or ``"all"``; volumes without a
+    lesion belong to no class but ``"all"``."""
+    out = []
+    for i in range(len(dump.names)):
+        lesion = dump.lesion[dump.offsets[i]:dump.offsets[i + 1]]
+        share = float(lesion.mean()) if len(lesion) else 0.0
+        if which == "all" or (share > 0 and (share < SMALL_SHARE) == (which == "below")):
+            out.append(i)
+    return out
 
 
 def _find(folders, file: str) -> str | None:
@@ -36,9 +63,12 @@ def _find(folders, file: str) -> str | None:
 
 
 def measure(run_folders, baseline_folders, sets=SETS) -> dict:
-    """``{set: {"recommended": [figures per run], "<baseline>": figures}}`` from the dumps
-    ``<set>.npz`` (the recommended map; ``run_folders``: per run, the folders its dumps are in) and
-    ``<set>__<baseline>.npz`` (in ``baseline_folders``); a set without every dump is left out."""
+    """``{set: {"recommended": [figures per run], "<baseline>": figures, "by_size": {class:
+    {"volumes": [names], "recommended": [...], "<baseline>": ...}}}}`` from the dumps ``<set>.npz``
+    (the recommended map; ``run_folders``: per run, the folders its dumps are in) and
+    ``<set>__<baseline>.npz`` (in ``baseline_folders``); a set without every dump is left out;
+    ``by_size``: the size classes (``SIZE_CLASSES``) that take volumes of the set and have some;
+    ``ValueError`` when a set's dumps hold other volumes (made from another build of the set)."""
     from tfvae.studies.threshold_study import Dump
 
     out: dict = {}
@@ -47,31 +77,65 @@ def measure(run_folders, baseline_folders, sets=SETS) -> dict:
         bases = {b: _find(baseline_folders, f"{name}__{b}.npz") for b in BASELINES}
         if None in paths or None in bases.values():
             continue
-        out[name] = {"recommended": [brain_figures(Dump(p)) for p in paths],
-                     **{b: brain_figures(Dump(p)) for b, p in bases.items()}}
+        dumps = [Dump(p) for p in paths]
+        base_dumps = {b: Dump(p) for b, p in bases.items()}
+        out[name] = {"recommended": [brain_figures(d) for d in dumps],
+                     **{b: brain_figures(d) for b, d in base_dumps.items()}, "by_size": {}}
+        for size, names, which in SIZE_CLASSES:
+            if name not in names:
+                continue
+            chosen = class_volumes(dumps[0], which)
+            if not chosen:  # no volume of the set in this class
+                continue
+            volumes = [str(dumps[0].names[i]) for i in chosen]
+            for d in [*dumps[1:], *base_dumps.values()]:  # the same volumes, in the same order, in every dump
+                if [str(n) for n in d.names] != [str(n) for n in dumps[0].names]:
+                    raise ValueError(f"{d.path}: other volumes than {dumps[0].path}; make the dumps again")
+            out[name]["by_size"][size] = {
+                "volumes": volumes, "recommended": [brain_figures(d, chosen) for d in dumps],
+                **{b: brain_figures(d, chosen) for b, d in base_dumps.items()}}
     return out
 
 
+def _cells(f: dict) -> list[str]:
+    """The AUROC, AUPRC and "the model adds" cells of one row: the recommended map (mean ± std over
+    the runs) / the recipe without a model / the intensity; the AUROC difference and AUPRC ratio of
+    the recommended map against the recipe without it (means over the runs)."""
+    cells = []
+    for metric in ("auroc", "auprc"):
+        rec = np.array([r[metric] for r in f["recommended"]])
+        cells.append(f"{rec.mean():.3f} ± {rec.std():.3f} / {f['intensity_filtered'][metric]:.3f} / "
+                     f"{f['intensity'][metric]:.3f}")
+    rec_auroc = np.array([r["auroc"] for r in f["recommended"]])
+    rec_auprc = np.array([r["auprc"] for r in f["recommended"]])
+    cells.append(f"{(rec_auroc - f['intensity_filtered']['auroc']).mean():+.3f} / "
+                 f"{(rec_auprc / f['intensity_filtered']['auprc']).mean():.2f}")
+    return cells
+
+
 def render(figures: dict, runs: int, sets=SETS) -> str:
-    """The markdown table of ``measure``'s figures: per set the recommended map (mean ± std over the
-    runs), the recipe without a model, the intensity, and what the model adds (AUROC difference, AUPRC
-    ratio) against the recipe without it."""
-    lines = [f"| test set | tumours | role | AUROC brain: recommended ({runs} runs) / recipe, no model / intensity "
-             "| AUPRC brain: the same | the model adds: AUROC / AUPRC x |", "|---|---|---|---|---|---|"]
+    """The markdown tables of ``measure``'s figures: per set, then per size class and role, the
+    recommended map (mean ± std over the runs), the recipe without a model, the intensity, and what
+    the model adds (AUROC difference, AUPRC ratio) against the recipe without it."""
+    head = (f"AUROC brain: recommended ({runs} runs) / recipe, no model / intensity | AUPRC brain: the same "
+            "| the model adds: AUROC / AUPRC x |")
+    lines = ["| test set | tumours | role | " + head, "|---|---|---|---|---|---|"]
     for name, tumours, role in sets:
-        if name not in figures:
-            continue
-        f = figures[name]
-        cells = []
-        for metric in ("auroc", "auprc"):
-            rec = np.array([r[metric] for r in f["recommended"]])
-            cells.append(f"{rec.mean():.3f} ± {rec.std():.3f} / {f['intensity_filtered'][metric]:.3f} / "
-                         f"{f['intensity'][metric]:.3f}")
-        rec_auroc = np.array([r["auroc"] for r in f["recommended"]])
-        rec_auprc = np.array([r["auprc"] for r in f["recommended"]])
-        adds = (f"{(rec_auroc - f['intensity_filtered']['auroc']).mean():+.3f} / "
-                f"{(rec_auprc / f['intensity_filtered']['auprc']).mean():.2f}")
-        lines.append(f"| `{name}` | {tumours} | {role} | {cells[0]} | {cells[1]} | {adds} |")
+        if name in figures:
+            lines.append(f"| `{name}` | {tumours} | {role} | " + " | ".join(_cells(figures[name])) + " |")
+    rows = []
+    for size, names, which in SIZE_CLASSES:
+        for name, _, role in sets:
+            got = figures.get(name, {}).get("by_size", {}).get(size)
+            if name not in names or not got:
+                continue
+            share = {"below": f"lesion < {100 * SMALL_SHARE:g} % of the brain",
+                     "from": f"lesion >= {100 * SMALL_SHARE:g} % of the brain", "all": "every volume"}[which]
+            rows.append(f"| {size} | `{name}`: {share} | {role} | {len(got['volumes'])} | "
+                        + " | ".join(_cells(got)) + " |")
+    if rows:
+        lines += ["", "By size class (the same dumps, each class's volumes pooled):", "",
+                  "| size | volumes of | role | volumes | " + head, "|---|---|---|---|---|---|---|", *rows]
     return "\n".join(lines) + "\n"
 
 
