@@ -22,3 +22,4 @@ done
 { head; echo "## native kernels"; python stacked_vjp.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python stacked_vjp.py 2>&1 | filter; } > stacked_vjp.txt
 { head; echo "## native kernels"; python wgrad_nchw.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python wgrad_nchw.py 2>&1 | filter; } > wgrad_nchw.txt
 { head; for isa in native AVX2; do for w in maps train; do for side in tfvae peer; do echo "## $side $w, kernels: $isa"; if [ $isa = AVX2 ]; then ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python onednn_verbose.py $side $w; else python onednn_verbose.py $side $w; fi; done; done; done; } > onednn_verbose.txt
+{ head; echo "## native kernels"; python wgrad_s2d.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python wgrad_s2d.py 2>&1 | filter; } > wgrad_s2d.txt
