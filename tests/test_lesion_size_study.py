@@ -59,57 +59,71 @@ def test_the_published_table_is_what_its_evidence_renders():
 
 
 def test_size_classes_score_the_same_volumes_of_every_map(tmp_path):
-    """Each size class pools exactly its volumes' pixels, the same volumes for the recommended map
-    and the baselines (sklearn on those pixels), and the table has one row per class and role."""
+    """Each size class pools exactly its volumes' pixels, per run, the same volumes for the
+    recommended map and the baselines (sklearn on those pixels); a lesion at exactly 2.5 % of the
+    brain is medium; a set without small volumes has no small row; one row per class and role."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     rng = np.random.default_rng(1)
     reference = {f: 1.0 for f in threshold_study.DENSE_FPRS}
     n = 4000
-    # volumes with the lesion at 1 % (small), 0 % (no class), 5 % and 10 % (medium) of the brain
-    shares = {"a": 0.01, "b": 0.0, "c": 0.05, "d": 0.10}
-    labels = {v: np.arange(n) < int(sh * n) for v, sh in shares.items()}
+    # the lesion at 1 % (small), 0 % (no class), 2.5 % exactly, 5 % and 10 % (medium) of the brain
+    shares = {"a": 0.01, "b": 0.0, "e": 0.025, "c": 0.05, "d": 0.10}
+    labels = {v: np.arange(n) < round(sh * n) for v, sh in shares.items()}
+    only_medium = ["e", "c", "d"]  # heldout_home: no small volume
 
-    def write(path, gain):
-        scores = {v: rng.normal(size=n) + labels[v] * gain for v in shares}
-        write_dump(path, [(v, scores[v], labels[v], ~labels[v]) for v in shares], reference)
+    def write(path, gain, volumes):
+        scores = {v: rng.normal(size=n) + labels[v] * gain for v in volumes}
+        write_dump(path, [(v, scores[v], labels[v], ~labels[v]) for v in volumes], reference)
         return scores
 
     truth = {}
-    for name in ("default", "large_lesions"):
-        (tmp_path / "s0").mkdir(exist_ok=True)
-        maps = {"recommended": write(tmp_path / "s0" / f"{name}.npz", 2.0)}
+    sets = {"default": list(shares), "heldout_home": only_medium, "large_lesions": list(shares)}
+    for name, volumes in sets.items():
+        maps = {}
+        for k, gain in enumerate((2.0, 0.7)):  # two runs, other maps
+            (tmp_path / f"s{k}").mkdir(exist_ok=True)
+            maps[f"run{k}"] = write(tmp_path / f"s{k}" / f"{name}.npz", gain, volumes)
         for b, gain in zip(lesion_size_study.BASELINES, (1.0, 0.3)):
-            maps[b] = write(tmp_path / f"{name}__{b}.npz", gain)
-        for size, volumes in (("small", ["a"]), ("medium", ["c", "d"]), ("large", list(shares))):
-            lab = np.concatenate([labels[v] for v in volumes])
+            maps[b] = write(tmp_path / f"{name}__{b}.npz", gain, volumes)
+        for size, chosen in (("small", ["a"]), ("medium", ["e", "c", "d"]), ("large", volumes)):
+            if not set(chosen) <= set(volumes):
+                continue
+            lab = np.concatenate([labels[v] for v in chosen])
             for m, scores in maps.items():
-                s = np.concatenate([scores[v] for v in volumes])
+                s = np.concatenate([scores[v] for v in chosen])
                 truth[(name, size, m)] = (roc_auc_score(lab, s), average_precision_score(lab, s))
-    figures = lesion_size_study.measure([[str(tmp_path / "s0")]], [str(tmp_path)])
+    figures = lesion_size_study.measure([[str(tmp_path / "s0")], [str(tmp_path / "s1")]], [str(tmp_path)])
     assert set(figures["default"]["by_size"]) == {"small", "medium"}
+    assert set(figures["heldout_home"]["by_size"]) == {"medium"}  # no small volume: no small row
     assert set(figures["large_lesions"]["by_size"]) == {"large"}
-    for name, size in (("default", "small"), ("default", "medium"), ("large_lesions", "large")):
+    for name, size in (("default", "small"), ("default", "medium"), ("heldout_home", "medium"),
+                       ("large_lesions", "large")):
         got = figures[name]["by_size"][size]
-        assert got["volumes"] == {"small": ["a"], "medium": ["c", "d"], "large": list(shares)}[size]
-        assert got["recommended"][0]["auroc"] == pytest.approx(truth[(name, size, "recommended")][0])
-        assert got["recommended"][0]["auprc"] == pytest.approx(truth[(name, size, "recommended")][1])
+        assert got["volumes"] == {"small": ["a"], "medium": ["e", "c", "d"], "large": list(shares)}[size]
+        for k in range(2):
+            assert got["recommended"][k]["auroc"] == pytest.approx(truth[(name, size, f"run{k}")][0])
+            assert got["recommended"][k]["auprc"] == pytest.approx(truth[(name, size, f"run{k}")][1])
         for b in lesion_size_study.BASELINES:
             assert got[b]["auroc"] == pytest.approx(truth[(name, size, b)][0])
             assert got[b]["auprc"] == pytest.approx(truth[(name, size, b)][1])
-    table = lesion_size_study.render(figures, 1)
+    table = lesion_size_study.render(figures, 2)
     small = next(line for line in table.splitlines() if line.startswith("| small |"))
     assert "`default`: lesion < 2.5 % of the brain" in small and "| design set | 1 |" in small
     assert f"{truth[('default', 'small', 'intensity_filtered')][0]:.3f}" in small
-    assert sum(line.startswith(("| small |", "| medium |", "| large |")) for line in table.splitlines()) == 3
+    rows = [line for line in table.splitlines() if line.startswith(("| small |", "| medium |", "| large |"))]
+    assert len(rows) == 4 and sum("`heldout_home`" in r for r in rows) == 1
 
 
-def test_dumps_of_other_volumes_are_refused(tmp_path):
+@pytest.mark.parametrize("change", ["names", "labels"])
+def test_dumps_of_other_volumes_are_refused(tmp_path, change):
     reference = {f: 1.0 for f in threshold_study.DENSE_FPRS}
     lesion = np.arange(100) < 5
+    other = np.arange(100) < (5 if change == "names" else 6)
     (tmp_path / "s0").mkdir()
     write_dump(tmp_path / "s0" / "default.npz", [("a", np.arange(100.0), lesion, ~lesion)], reference)
     for b in lesion_size_study.BASELINES:
-        write_dump(tmp_path / f"default__{b}.npz", [("z", np.arange(100.0), lesion, ~lesion)], reference)
+        write_dump(tmp_path / f"default__{b}.npz", [("z" if change == "names" else "a", np.arange(100.0), other,
+                                                     ~other)], reference)
     with pytest.raises(ValueError, match="other volumes than"):
         lesion_size_study.measure([[str(tmp_path / "s0")]], [str(tmp_path)])

@@ -1,6 +1,6 @@
 """Which oneDNN primitives tfvae and the PyTorch peer run, and how long each takes (issue 35):
 ONEDNN_VERBOSE=1's exec lines of one side's maps or training step, summed by primitive kind,
-implementation and memory formats, per batch of 64.
+implementation and memory formats (every one, largest first), per batch of 64.
 
     python onednn_verbose.py tfvae maps      # or: peer maps, tfvae train, peer train
 
@@ -68,7 +68,11 @@ def summarise(lines: list[str]) -> None:
         count[key] += 1
     all_ms = sum(total.values())
     print(f"{len(execs) / N:.0f} primitive executions, {all_ms / N:.2f} ms a batch (sum of oneDNN's times)")
-    for key, ms in total.most_common(22):
+    kinds = collections.Counter()
+    for (kind, _, prop, _), ms in total.items():
+        kinds[f"{kind} {prop}" if kind in ("convolution", "deconvolution") else kind] += ms
+    print("  by kind: " + ", ".join(f"{k} {ms / N:.2f}" for k, ms in kinds.most_common()))
+    for key, ms in total.most_common():  # every primitive, largest first
         kind, impl, prop, mem = key
         print(f"  {ms / N:6.2f} ms {count[key] / N:4.0f}x  {kind:12s} {impl:24s} {prop:17s} {mem}")
 

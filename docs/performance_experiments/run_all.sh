@@ -19,6 +19,7 @@ for w in maps train projection; do
   { head; python peer_prof.py $w 2>&1 | filter; } > peer_profile_$w.txt
 done
 { head; POLICY=mixed_bfloat16 python profile_ops.py train 2>&1 | filter; } > profile_train_bfloat16.txt
+# stacked_vjp.py needs a trained quick-start run in ../../runs/design/s0 (scripts/threshold_study.py --help says how)
 { head; echo "## native kernels"; python stacked_vjp.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python stacked_vjp.py 2>&1 | filter; } > stacked_vjp.txt
 { head; echo "## native kernels"; python wgrad_nchw.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python wgrad_nchw.py 2>&1 | filter; } > wgrad_nchw.txt
 { head; for isa in native AVX2; do for w in maps train; do for side in tfvae peer; do echo "## $side $w, kernels: $isa"; if [ $isa = AVX2 ]; then ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python onednn_verbose.py $side $w; else python onednn_verbose.py $side $w; fi; done; done; done; } > onednn_verbose.txt

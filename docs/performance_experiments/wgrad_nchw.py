@@ -1,4 +1,4 @@
-"""Weight gradients of the 16-256 channel layers: oneDNN Conv2DBackpropFilter on NHWC tensors against the
+"""Weight gradients of each layer (1-256 channels): oneDNN Conv2DBackpropFilter on NHWC tensors against the
 same op on NCHW ones (the transposes counted), both through TensorFlow's oneDNN kernels."""
 import os, time, statistics
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -25,7 +25,7 @@ SETS = (("default", "2-60 ml", "design set"), ("heldout_home", "2-60 ml, lobulat
         ("large_lesions", "100-400 ml", "design set"), ("heldout_large", "100-400 ml, lobulated", "held out"))
 BASELINES = ("intensity_filtered", "intensity")
 # the boundary between small and medium tumours: the lesion's share of the volume's brain pixels
-# (2.5 % is ~25-30 ml in an adult brain); chosen from the sets' shares alone, before any class was
+# (2.5 % is ~35 ml in the phantom's ~1.4 l brain); chosen from the sets' shares alone, before any class was
 # scored: about a third to a half of each 2-60 ml set's 20 volumes fall below it
 SMALL_SHARE = 0.025
 # (class, the sets whose volumes it takes, which of their volumes: "below" / "from" SMALL_SHARE or "all")
@@ -43,6 +43,13 @@ def brain_figures(dump, volumes=None) -> dict:
         keep = np.concatenate([np.arange(dump.offsets[i], dump.offsets[i + 1]) for i in volumes])
         lesion, score = lesion[keep], score[keep]
     return {"auroc": float(roc_auc_score(lesion, score)), "auprc": float(average_precision_score(lesion, score))}
+
+
+def same_volumes(a, b) -> bool:
+    """Whether two dumps hold the same volumes: names in the same order, the same brain pixels per
+    volume (offsets) and the same labels."""
+    return ([str(n) for n in a.names] == [str(n) for n in b.names] and np.array_equal(a.offsets, b.offsets)
+            and np.array_equal(a.lesion, b.lesion))
 
 
 def class_volumes(dump, which: str) -> list[int]:
@@ -79,6 +86,10 @@ def measure(run_folders, baseline_folders, sets=SETS) -> dict:
             continue
         dumps = [Dump(p) for p in paths]
         base_dumps = {b: Dump(p) for b, p in bases.items()}
+        for d in [*dumps[1:], *base_dumps.values()]:  # the same volumes, pixels and labels in every dump
+            if not same_volumes(d, dumps[0]):
+                raise ValueError(f"{d.path}: other volumes than {dumps[0].path} (names, pixels or labels differ); "
+                                 "make the dumps again from the same build of the set")
         out[name] = {"recommended": [brain_figures(d) for d in dumps],
                      **{b: brain_figures(d) for b, d in base_dumps.items()}, "by_size": {}}
         for size, names, which in SIZE_CLASSES:
@@ -88,9 +99,6 @@ def measure(run_folders, baseline_folders, sets=SETS) -> dict:
             if not chosen:  # no volume of the set in this class
                 continue
             volumes = [str(dumps[0].names[i]) for i in chosen]
-            for d in [*dumps[1:], *base_dumps.values()]:  # the same volumes, in the same order, in every dump
-                if [str(n) for n in d.names] != [str(n) for n in dumps[0].names]:
-                    raise ValueError(f"{d.path}: other volumes than {dumps[0].path}; make the dumps again")
             out[name]["by_size"][size] = {
                 "volumes": volumes, "recommended": [brain_figures(d, chosen) for d in dumps],
                 **{b: brain_figures(d, chosen) for b, d in base_dumps.items()}}
