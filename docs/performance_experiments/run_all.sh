@@ -24,3 +24,4 @@ done
 { head; echo "## native kernels"; python wgrad_nchw.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python wgrad_nchw.py 2>&1 | filter; } > wgrad_nchw.txt
 { head; for isa in native AVX2; do for w in maps train; do for side in tfvae peer; do echo "## $side $w, kernels: $isa"; if [ $isa = AVX2 ]; then ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python onednn_verbose.py $side $w; else python onednn_verbose.py $side $w; fi; done; done; done; } > onednn_verbose.txt
 { head; echo "## native kernels"; python wgrad_s2d.py 2>&1 | filter; echo "## ONEDNN_MAX_CPU_ISA=AVX2"; ONEDNN_MAX_CPU_ISA=AVX2 python wgrad_s2d.py 2>&1 | filter; } > wgrad_s2d.txt
+{ head; python maps_batch_peer.py 2>&1 | filter; } > maps_batch_peer.txt
