@@ -1,5 +1,5 @@
 """Per-op CPU time of tfvae's training step, maps and projection (TF profiler, XSpace parsed)."""
-import os, sys, glob, collections, shutil, time
+import os, sys, glob, collections, shutil, tempfile, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tfvae  # noqa
 import numpy as np, tensorflow as tf, keras
@@ -30,8 +30,7 @@ else:
     proj = CompiledProjection(model, steps=10); proj(x)
     run = lambda: [proj(x) for _ in range(3)]
     n = 30
-logdir = f"/tmp/prof_{what}"
-shutil.rmtree(logdir, ignore_errors=True)
+logdir = tempfile.mkdtemp(prefix=f"prof_{what}_")  # the system's temporary folder, removed below
 t = time.perf_counter()
 tf.profiler.experimental.start(logdir)
 run()
@@ -39,6 +38,7 @@ tf.profiler.experimental.stop()
 wall = time.perf_counter() - t
 path = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]
 space = xplane_pb2.XSpace(); space.ParseFromString(open(path, "rb").read())
+shutil.rmtree(logdir, ignore_errors=True)
 by_type = collections.Counter(); by_name = collections.Counter(); count = collections.Counter()
 for plane in space.planes:
     if "host" not in plane.name.lower():
